@@ -1,0 +1,27 @@
+# The two set-up commands of the README: `make demo` and `make test`.
+# Both create .venv on first use and install the project with everything it needs.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+
+.PHONY: demo test install bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[all]"
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: $(BIN)/.installed
+	$(BIN)/weightzip demo
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest -q -n 2
+
+bench: $(BIN)/.installed
+	$(BIN)/python benchmarks/bench_core_clustering.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

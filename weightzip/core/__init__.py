@@ -1,0 +1,37 @@
+"""The algorithms of weightzip, in NumPy only, written once and used by every front end.
+
+- :func:`fit_centroids`: k centroids of a 1-D weight set (linear, density, Forgy, k-means++, exact optimum;
+  optional Lloyd refinement), optionally weighted by per-weight importance.
+- :func:`cluster_array`: a whole tensor to a :class:`ClusteredTensor` (per-tensor, per-channel or grouped
+  codebooks; sparsity preserved on request).
+- :func:`assign_to_centroids`: nearest centroid by binary search on midpoints, O(n log k).
+- :func:`sse`, :func:`relative_sse`: the k-means objective and its ratio to the optimum.
+"""
+
+from weightzip.core.assign import assign_to_centroids, index_dtype
+from weightzip.core.centroid_init import CentroidInitialization
+from weightzip.core.cluster import ClusterConfig, ClusteredTensor, cluster_array
+from weightzip.core.errors import InvalidClusterCountError, InvalidWeightsError, WeightzipError
+from weightzip.core.fit import fit_centroids
+from weightzip.core.lloyd import lloyd_refine
+from weightzip.core.metrics import relative_sse, sse
+from weightzip.core.optimal import optimal_centroids
+from weightzip.core.sample import SortedSample
+
+__all__ = [
+    "CentroidInitialization",
+    "ClusterConfig",
+    "ClusteredTensor",
+    "InvalidClusterCountError",
+    "InvalidWeightsError",
+    "SortedSample",
+    "WeightzipError",
+    "assign_to_centroids",
+    "cluster_array",
+    "fit_centroids",
+    "index_dtype",
+    "lloyd_refine",
+    "optimal_centroids",
+    "relative_sse",
+    "sse",
+]

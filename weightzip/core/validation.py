@@ -1,0 +1,56 @@
+"""Input checks shared by every core algorithm, so that each error is worded once."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from weightzip.core.errors import InvalidClusterCountError, InvalidWeightsError
+
+
+def as_weight_array(values, *, name: str = "weights") -> np.ndarray:
+    """Return `values` as a non-empty, finite floating-point array (no copy when already one).
+
+    Integer and boolean arrays are rejected rather than silently cast: clustering them is almost
+    always a caller's mistake (e.g. passing indices instead of weights).
+    """
+    array = np.asarray(values)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise InvalidWeightsError(
+            f"{name} must be a floating-point array, got dtype {array.dtype}"
+        )
+    if array.size == 0:
+        raise InvalidWeightsError(f"{name} is empty: nothing to cluster")
+    if not np.all(np.isfinite(array)):
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        raise InvalidWeightsError(f"{name} contains {bad} NaN or infinite value(s)")
+    return array
+
+
+def as_sample_weight(sample_weight, shape: tuple[int, ...]) -> np.ndarray | None:
+    """Validate per-weight importances: same shape as the weights, finite and non-negative."""
+    if sample_weight is None:
+        return None
+    importance = np.asarray(sample_weight, dtype=np.float64)
+    if importance.shape != tuple(shape):
+        raise InvalidWeightsError(
+            f"sample_weight has shape {importance.shape}, expected the weights' shape {tuple(shape)}"
+        )
+    if not np.all(np.isfinite(importance)) or np.any(importance < 0):
+        raise InvalidWeightsError("sample_weight must be finite and non-negative")
+    return importance
+
+
+def check_cluster_count(k, distinct: int | None = None, *, what: str = "distinct values") -> int:
+    """Return `k` as an int after checking 1 <= k (<= `distinct` when given)."""
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise InvalidClusterCountError(f"number_of_clusters must be an integer, got {k!r}")
+    k = int(k)
+    if k < 1:
+        raise InvalidClusterCountError(f"number_of_clusters must be >= 1, got {k}")
+    if distinct is not None and k > distinct:
+        raise InvalidClusterCountError(
+            f"number_of_clusters={k} exceeds the {distinct} {what} available to cluster"
+        )
+    return k
