@@ -16,6 +16,7 @@ from weightzip.core.fit import fit_centroids
 from weightzip.core.lloyd import lloyd_refine
 from weightzip.core.metrics import relative_sse, sse
 from weightzip.core.optimal import optimal_centroids
+from weightzip.core.palette import palettize_exact
 from weightzip.core.sample import SortedSample
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "index_dtype",
     "lloyd_refine",
     "optimal_centroids",
+    "palettize_exact",
     "relative_sse",
     "sse",
 ]
