@@ -5,6 +5,7 @@
 - :func:`cluster_array`: a whole tensor to a :class:`ClusteredTensor` (per-tensor, per-channel or grouped
   codebooks; sparsity preserved on request).
 - :func:`assign_to_centroids`: nearest centroid by binary search on midpoints, O(n log k).
+- :func:`magnitude_mask`, :func:`n_m_mask`, pruning schedules: Deep Compression's pruning stage.
 - :func:`sse`, :func:`relative_sse`: the k-means objective and its ratio to the optimum.
 """
 
@@ -17,9 +18,21 @@ from weightzip.core.lloyd import lloyd_refine
 from weightzip.core.metrics import relative_sse, sse
 from weightzip.core.optimal import optimal_centroids
 from weightzip.core.palette import palettize_exact
+from weightzip.core.pruning import (
+    ConstantSparsity,
+    PolynomialDecay,
+    PruningSchedule,
+    magnitude_mask,
+    n_m_mask,
+)
 from weightzip.core.sample import SortedSample
 
 __all__ = [
+    "ConstantSparsity",
+    "PolynomialDecay",
+    "PruningSchedule",
+    "magnitude_mask",
+    "n_m_mask",
     "CentroidInitialization",
     "ClusterConfig",
     "ClusteredTensor",
