@@ -40,8 +40,20 @@ def optimal_centroids(values, k: int, *, sample_weight=None, max_atoms: int = DE
     k = check_cluster_count(k, count.shape[0])
     cum_count, cum_first, cum_second = (_prefix(a) for a in (count, first, second))
     starts = _optimal_run_starts(cum_count, cum_first, cum_second, k)
-    ends = np.append(starts[1:], count.shape[0])
-    return (cum_first[ends] - cum_first[starts]) / (cum_count[ends] - cum_count[starts])
+    return _run_means(count, first, starts)
+
+
+def _run_means(count: np.ndarray, first: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Weighted mean of each run of atoms, summed run by run.
+
+    Not from the prefix sums: there an atom whose weight is tiny next to the weight before it vanishes
+    (1 + 1e-20 == 1), and a run made of such atoms would get 0 / 0. Each mean is kept inside its run.
+    """
+    weight = np.add.reduceat(count, starts)
+    total = np.add.reduceat(first, starts)
+    atom_mean = first / count
+    last = np.append(starts[1:], count.shape[0]) - 1
+    return np.clip(total / weight, atom_mean[starts], atom_mean[last])
 
 
 def _distinct_moments(array: np.ndarray, importance: np.ndarray | None):
