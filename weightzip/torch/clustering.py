@@ -1,0 +1,251 @@
+"""Trained weight clustering for PyTorch: ``cluster_weights`` / ``strip_clustering`` (TFMOT's names).
+
+Each selected weight is replaced, through :mod:`torch.nn.utils.parametrize`, by a :class:`ClusteredWeight`
+that holds
+
+- ``centroids``: a trainable ``(groups, k)`` parameter, one codebook row per tensor or per channel group;
+- ``indices``: a buffer with one codebook index per weight (uint8 up to k = 256);
+- ``frozen_zeros``: a ``(groups, k)`` mask of the centroids that must stay exactly 0 (``preserve_sparsity``);
+- ``cluster_sizes``: how many weights use each centroid (for ``gradient_aggregation="mean"``).
+
+and computes the weight as ``centroids[group, index]`` on every access. The original float weight is
+dropped, so a clustered layer trains k numbers per codebook instead of one per weight. Autograd's
+backward of the gather hands each centroid the **sum** of its members' gradients — exactly the centroid
+update of Deep Compression (Han et al. 2016, eq. 3). ``gradient_aggregation="mean"`` divides that sum by
+the cluster size, which makes the step size independent of how many weights share a centroid.
+
+Re-assignment policy: **fixed**. The assignment of weights to centroids is computed once, by
+:func:`weightzip.core.cluster_array` from the trained float weights, and kept for the whole fine-tuning,
+as in Deep Compression; only the centroid values train. (TFMOT re-assigns from shadow float weights
+each step; with the float weights gone there is nothing to re-assign from, and a fixed assignment keeps
+the index tensor, and so the stored model, stable.) Assigning a new tensor to a clustered weight
+(``layer.weight = w``) re-clusters ``w`` with the layer's configuration.
+
+Biases are never clustered. A module passed in ``layers`` whose weights are not supported raises
+:class:`~weightzip.torch.targets.UnsupportedLayerError`.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Iterable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from weightzip.core import CentroidInitialization, ClusterConfig, ClusteredTensor, cluster_array, index_dtype
+from weightzip.core.errors import WeightzipError
+from weightzip.torch import parametrized
+from weightzip.torch.targets import WeightTarget, find_targets
+from weightzip.torch.tensors import channel_groups, number_of_groups, to_numpy, torch_index_dtype
+
+
+class GradientAggregation(str, enum.Enum):
+    """How a centroid's gradient combines the gradients of the weights that share it."""
+
+    SUM = "sum"
+    """Sum over the cluster (Deep Compression, TFMOT): plain autograd through the gather."""
+    MEAN = "mean"
+    """Average over the cluster: the sum divided by the number of weights using the centroid."""
+
+    @classmethod
+    def parse(cls, value: "GradientAggregation | str") -> "GradientAggregation":
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, str):
+            for member in cls:
+                if value.strip().lower() in (member.value, member.name.lower()):
+                    return member
+        raise ValueError(f"gradient_aggregation must be 'sum' or 'mean', got {value!r}")
+
+
+class _ScaleGradient(torch.autograd.Function):
+    """Identity in the forward pass; multiplies the incoming gradient by `scale` in the backward pass."""
+
+    @staticmethod
+    def forward(ctx, table: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(scale)
+        return table.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (scale,) = ctx.saved_tensors
+        return grad * scale, None
+
+
+class ClusteredWeight(nn.Module):
+    """Parametrization computing a weight from a trainable codebook and a fixed index per weight.
+
+    Built empty for a tensor of `shape`; :meth:`right_inverse` (called by ``register_parametrization``
+    and on ``layer.weight = tensor``) clusters a float tensor into it with the core's :func:`cluster_array`.
+    """
+
+    def __init__(
+        self,
+        shape: tuple[int, ...],
+        config: ClusterConfig,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+        gradient_aggregation: GradientAggregation | str = GradientAggregation.SUM,
+    ):
+        super().__init__()
+        if not dtype.is_floating_point:
+            raise WeightzipError(f"only floating-point weights can be clustered, got dtype {dtype}")
+        self.shape = tuple(int(s) for s in shape)
+        axis = None if config.axis is None else config.axis % len(self.shape)
+        self.config = ClusterConfig(
+            config.number_of_clusters, config.init, config.lloyd_iterations, axis, config.group_size,
+            config.preserve_sparsity, config.seed,
+        )
+        self.gradient_aggregation = GradientAggregation.parse(gradient_aggregation)
+        k = config.number_of_clusters
+        groups = number_of_groups(self.shape, axis, config.group_size)
+        self.centroids = nn.Parameter(torch.zeros(groups, k, dtype=dtype, device=device))
+        self.register_buffer("indices", torch.zeros(self.shape, dtype=torch_index_dtype(k), device=device))
+        self.register_buffer("frozen_zeros", torch.zeros(groups, k, dtype=torch.bool, device=device))
+        self.register_buffer("cluster_sizes", torch.zeros(groups, k, dtype=torch.int64, device=device))
+        offsets = channel_groups(self.shape, axis, config.group_size) * k
+        self.register_buffer("group_offsets", offsets.to(device), persistent=False)
+
+    @property
+    def number_of_clusters(self) -> int:
+        return self.config.number_of_clusters
+
+    def extra_repr(self) -> str:
+        groups = self.centroids.shape[0]
+        where = "per tensor" if self.config.axis is None else (
+            f"axis={self.config.axis}, group_size={self.config.group_size}, {groups} codebooks")
+        return (f"shape={self.shape}, number_of_clusters={self.number_of_clusters}, {where}, "
+                f"preserve_sparsity={self.config.preserve_sparsity}, "
+                f"gradient_aggregation={self.gradient_aggregation.value}")
+
+    def flat_codes(self) -> torch.Tensor:
+        """Index of every weight into ``centroids.reshape(-1)`` (int64, the weight's shape)."""
+        return self.indices.long() + self.group_offsets
+
+    def forward(self, *originals: torch.Tensor) -> torch.Tensor:
+        table = self.centroids.masked_fill(self.frozen_zeros, 0.0)
+        if self.gradient_aggregation is GradientAggregation.MEAN:
+            scale = 1.0 / self.cluster_sizes.clamp(min=1).to(table.dtype)
+            table = _ScaleGradient.apply(table, scale)
+        return table.reshape(-1)[self.flat_codes()]
+
+    @torch.no_grad()
+    def right_inverse(self, weight: torch.Tensor) -> tuple[()]:
+        """Cluster `weight` into this module's codebook and indices (in place); no tensor stays original."""
+        if tuple(weight.shape) != self.shape:
+            raise WeightzipError(f"cannot assign a tensor of shape {tuple(weight.shape)} to a clustered weight "
+                                 f"of shape {self.shape}")
+        self.load_clustered(cluster_array(to_numpy(weight), self.config))
+        if self.config.preserve_sparsity:
+            zero_codes = self.flat_codes()[weight == 0]
+            self.frozen_zeros.view(-1)[zero_codes] = True
+        return ()
+
+    @torch.no_grad()
+    def load_clustered(self, clustered: ClusteredTensor) -> None:
+        """Copy a core :class:`ClusteredTensor` (same shape and codebook size) into this module."""
+        if clustered.shape != self.shape or tuple(clustered.codebook.shape) != tuple(self.centroids.shape):
+            raise WeightzipError(
+                f"clustered tensor {clustered.shape} with codebook {clustered.codebook.shape} does not fit "
+                f"a clustered weight {self.shape} with codebook {tuple(self.centroids.shape)}")
+        self.centroids.copy_(torch.from_numpy(np.asarray(clustered.codebook, dtype=np.float64)))
+        self.indices.copy_(torch.from_numpy(clustered.indices.astype(np.int64)))
+        self.frozen_zeros.zero_()
+        self.refresh_cluster_sizes()
+
+    @torch.no_grad()
+    def refresh_cluster_sizes(self) -> None:
+        """Recount the weights using each centroid (after the indices changed)."""
+        counts = torch.bincount(self.flat_codes().reshape(-1), minlength=self.centroids.numel())
+        self.cluster_sizes.copy_(counts.reshape(self.centroids.shape))
+
+    @torch.no_grad()
+    def to_clustered_tensor(self) -> ClusteredTensor:
+        """The current state as a core :class:`ClusteredTensor`, each codebook row sorted ascending."""
+        table = self.centroids.masked_fill(self.frozen_zeros, 0.0)
+        codebook = to_numpy(table)
+        order = np.argsort(codebook, axis=1, kind="stable")
+        rank = np.empty_like(order)
+        np.put_along_axis(rank, order, np.arange(order.shape[1])[None, :].repeat(order.shape[0], 0), axis=1)
+        groups = channel_groups(self.shape, self.config.axis, self.config.group_size).numpy()
+        indices = self.indices.cpu().numpy().astype(np.int64)
+        sorted_indices = rank[groups, indices].astype(index_dtype(self.number_of_clusters))
+        return ClusteredTensor(np.take_along_axis(codebook, order, axis=1), sorted_indices,
+                               self.config.axis, self.config.group_size)
+
+
+def cluster_weights(
+    module: nn.Module,
+    number_of_clusters: int,
+    init: CentroidInitialization | str = CentroidInitialization.LINEAR,
+    *,
+    per_channel: bool = False,
+    group_size: int = 1,
+    preserve_sparsity: bool = False,
+    layers: Iterable[str | type] | str | type | None = None,
+    gradient_aggregation: GradientAggregation | str = GradientAggregation.SUM,
+    lloyd_iterations: int = 0,
+    seed: int | None = None,
+) -> nn.Module:
+    """Cluster the weights of `module` in place (and return it) for trained quantization.
+
+    number_of_clusters: codebook size k (per tensor, or per channel group with `per_channel`).
+    init: centroid initialisation, a :class:`CentroidInitialization` or its string value.
+    per_channel: one codebook per output channel (see :mod:`weightzip.torch.targets` for each layer's
+        channel axis); `group_size` > 1 shares a codebook between that many consecutive channels.
+    preserve_sparsity: zero weights stay exactly zero during training (one centroid per codebook is a
+        frozen 0); use after pruning + :func:`~weightzip.torch.strip_pruning`.
+    layers: restrict to these module names or types (default: every supported layer).
+    gradient_aggregation: "sum" (Deep Compression) or "mean" (see :class:`GradientAggregation`).
+    lloyd_iterations, seed: passed to the core's :class:`ClusterConfig`.
+
+    Create the optimizer *after* this call: the clustered weights' parameters are the new ``centroids``.
+    """
+    if not per_channel and group_size != 1:
+        raise ValueError("group_size only applies with per_channel=True")
+    aggregation = GradientAggregation.parse(gradient_aggregation)
+    base = ClusterConfig(number_of_clusters, init, lloyd_iterations, None, group_size, preserve_sparsity, seed)
+    targets = find_targets(module, layers)
+    for target in targets:
+        _refuse_if_parametrized(target)
+    for target in targets:
+        weight = getattr(target.module, target.parameter_name)
+        config = ClusterConfig(base.number_of_clusters, base.init, base.lloyd_iterations,
+                               target.channel_axis if per_channel else None, group_size, preserve_sparsity, seed)
+        parametrization = ClusteredWeight(tuple(weight.shape), config, dtype=weight.dtype, device=weight.device,
+                                          gradient_aggregation=aggregation)
+        parametrization.centroids.requires_grad_(weight.requires_grad)
+        parametrized.register(target.module, target.parameter_name, parametrization)
+    return module
+
+
+def _refuse_if_parametrized(target: WeightTarget) -> None:
+    if parametrize.is_parametrized(target.module, target.parameter_name):
+        kinds = [type(p).__name__ for p in target.module.parametrizations[target.parameter_name]]
+        hint = ("strip_pruning(model) first" if "PruningMask" in kinds else
+                "strip_clustering(model) first" if "ClusteredWeight" in kinds else
+                "remove that parametrization first")
+        raise WeightzipError(f"{target.qualified_name!r} is already parametrized by {kinds}; call {hint}")
+
+
+def clustered_weights(module: nn.Module) -> dict[str, ClusteredWeight]:
+    """Every :class:`ClusteredWeight` in `module`, keyed by the weight's qualified name (``"fc.weight"``)."""
+    return parametrized.parametrizations_of(module, ClusteredWeight)
+
+
+def clustered_tensors(module: nn.Module) -> dict[str, ClusteredTensor]:
+    """The clustered weights of `module` as core :class:`ClusteredTensor` objects (for storage)."""
+    return {name: p.to_clustered_tensor() for name, p in clustered_weights(module).items()}
+
+
+def strip_clustering(module: nn.Module) -> nn.Module:
+    """Replace every clustered weight by a plain ``nn.Parameter`` holding its current clustered values.
+
+    In place; returns `module`. The result has ordinary ``state_dict`` keys (``fc.weight``) and at most
+    k distinct values per codebook group in each formerly clustered weight.
+    """
+    return parametrized.remove(module, ClusteredWeight)
