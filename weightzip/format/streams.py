@@ -1,0 +1,246 @@
+"""Payload sections: raw arrays and entropy-coded integer symbol streams, each self-described in JSON.
+
+Every section descriptor has ``offset`` and ``length`` (bytes, relative to the payload start) and
+``crc32``. A *symbol stream* (cluster indices, gaps) adds ``coding``, ``count`` (symbols) and
+``alphabet`` (symbols lie in [0, alphabet)), and per coding:
+
+- ``packed``: ``bits`` = ceil(log2 alphabet); the section is the values bit-packed LSB-first
+  (:mod:`weightzip.core.bitpack`).
+- ``huffman``: ``table_bytes``; the section is the code length of every symbol of the alphabet packed
+  at 5 bits, then the canonical Huffman bitstream (:mod:`weightzip.core.huffman`).
+- ``ans``: ``count_bits`` and ``table_bytes``; the section is every symbol's count packed at
+  ``count_bits`` bits, then the ANS words as uint32 LE (:mod:`weightzip.core.ans`).
+
+With ``coding="auto"`` the writer encodes each stream every applicable way and keeps the smallest
+(ties go to the simpler coding), tables included; the choice is recorded in the descriptor.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+
+from weightzip.core.ans import ans_available, ans_decode, ans_encode
+from weightzip.core.bitpack import bit_width, pack_bits, packed_size, unpack_bits
+from weightzip.core.errors import WeightzipError
+from weightzip.core.huffman import MAX_CODE_LENGTH, encoded_bit_count, huffman_code_lengths, huffman_decode, \
+    huffman_encode
+from weightzip.format import schema
+from weightzip.format.errors import WzFormatError
+
+LENGTH_BITS = 5  # a Huffman code length (<= 24) in the length table
+MAX_ENTROPY_ALPHABET = 1 << 24  # Huffman and ANS tables list every symbol of the alphabet
+
+
+class Coding(str, Enum):
+    """How a symbol stream is stored."""
+
+    AUTO = "auto"
+    PACKED = "packed"
+    HUFFMAN = "huffman"
+    ANS = "ans"
+
+    @classmethod
+    def parse(cls, value) -> "Coding":
+        try:
+            return cls(value)
+        except ValueError:
+            raise WeightzipError(f"unknown coding {value!r}; choose one of {[c.value for c in cls]}") from None
+
+
+STORED_CODINGS = (Coding.PACKED.value, Coding.HUFFMAN.value, Coding.ANS.value)
+
+
+@dataclass
+class EncodedStream:
+    """A symbol stream ready for the payload: its descriptor fields (without offset/crc) and bytes."""
+
+    fields: dict
+    data: bytes
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+
+@dataclass
+class PayloadBuilder:
+    """Collects sections and hands out their descriptors."""
+
+    chunks: list[bytes] = field(default_factory=list)
+    length: int = 0
+
+    def add(self, data: bytes, **fields) -> dict:
+        data = bytes(data)
+        descriptor = {"offset": self.length, "length": len(data), "crc32": zlib.crc32(data), **fields}
+        self.chunks.append(data)
+        self.length += len(data)
+        return descriptor
+
+    def add_stream(self, stream: EncodedStream) -> dict:
+        return self.add(stream.data, **stream.fields)
+
+    def payload(self) -> bytes:
+        return b"".join(self.chunks)
+
+
+# ---------------------------------------------------------------- encoding
+
+
+def encode_symbols(symbols, alphabet: int, coding=Coding.AUTO) -> EncodedStream:
+    """The smallest stored form of `symbols` (integers in [0, alphabet)) allowed by `coding`."""
+    coding = Coding.parse(coding)
+    symbols = np.asarray(symbols).ravel()
+    count = int(symbols.size)
+    base = {"count": count, "alphabet": int(alphabet)}
+    if count and (symbols.min() < 0 or int(symbols.max()) >= alphabet):
+        raise WeightzipError(f"symbols must lie in [0, {alphabet}), got [{symbols.min()}, {symbols.max()}]")
+    candidates = []
+    if coding in (Coding.AUTO, Coding.PACKED):
+        bits = bit_width(alphabet)
+        candidates.append(EncodedStream({"coding": "packed", **base, "bits": bits}, pack_bits(symbols, bits)))
+    entropy_codable = count > 0 and 2 <= alphabet <= MAX_ENTROPY_ALPHABET
+    histogram = np.bincount(symbols.astype(np.int64), minlength=alphabet) if entropy_codable else None
+    if coding in (Coding.AUTO, Coding.HUFFMAN) and entropy_codable:
+        candidates.append(_huffman_candidate(symbols, histogram, base, best_only=coding is Coding.AUTO,
+                                             to_beat=candidates[0].size if candidates else None))
+    if coding in (Coding.AUTO, Coding.ANS) and entropy_codable and ans_available() \
+            and int(histogram.max()) < 1 << 32:
+        candidates.append(_ans_candidate(symbols, histogram, base))
+    candidates = [c for c in candidates if c is not None]
+    if not candidates:
+        if coding is Coding.ANS and not ans_available():
+            raise WeightzipError("coding='ans' needs the `constriction` package")
+        # An empty stream, or an alphabet of one symbol: nothing to entropy-code, packing is exact.
+        bits = bit_width(alphabet)
+        return EncodedStream({"coding": "packed", **base, "bits": bits}, pack_bits(symbols, bits))
+    return min(candidates, key=lambda c: c.size)  # min keeps the first of equals: packed, huffman, ans
+
+
+def _huffman_candidate(symbols, histogram, base, *, best_only: bool, to_beat: int | None):
+    lengths = huffman_code_lengths(histogram, MAX_CODE_LENGTH)
+    table = pack_bits(lengths, LENGTH_BITS)
+    size = len(table) + (encoded_bit_count(histogram, lengths) + 7) // 8
+    if best_only and to_beat is not None and size >= to_beat:
+        return None  # would lose to packing: skip the encoding work
+    data = table + huffman_encode(symbols, lengths)
+    return EncodedStream({"coding": "huffman", **base, "table_bytes": len(table)}, data)
+
+
+def _ans_candidate(symbols, histogram, base):
+    count_bits = max(1, int(histogram.max()).bit_length())
+    table = pack_bits(histogram, count_bits)
+    words = ans_encode(symbols, histogram).astype("<u4").tobytes()
+    return EncodedStream({"coding": "ans", **base, "count_bits": count_bits, "table_bytes": len(table)},
+                         table + words)
+
+
+def raw_bytes(array: np.ndarray) -> bytes:
+    """Little-endian bytes of `array` in C order."""
+    array = np.ascontiguousarray(array)
+    return array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+# ---------------------------------------------------------------- decoding
+
+
+@dataclass(frozen=True)
+class PayloadReader:
+    """Bounds- and checksum-checked access to the payload's sections."""
+
+    payload: memoryview
+
+    def section(self, descriptor: dict, where: str) -> bytes:
+        offset = schema.integer(descriptor, "offset", where)
+        length = schema.integer(descriptor, "length", where)
+        crc = schema.integer(descriptor, "crc32", where, maximum=0xFFFFFFFF)
+        if offset + length > len(self.payload):
+            raise WzFormatError(f"{where}: section [{offset}, {offset + length}) lies outside the "
+                                f"{len(self.payload)}-byte payload")
+        data = bytes(self.payload[offset:offset + length])
+        if zlib.crc32(data) != crc:
+            raise WzFormatError(f"{where}: section checksum mismatch (corrupted data)")
+        return data
+
+
+def check_symbols_descriptor(descriptor: dict, where: str, *, count: int | None, alphabet: int,
+                             max_count: int) -> int:
+    """Validate a symbol stream's descriptor without decoding it; returns its symbol count."""
+    schema.choice(descriptor, "coding", where, STORED_CODINGS)
+    stored_count = schema.integer(descriptor, "count", where, maximum=max_count)
+    if count is not None and stored_count != count:
+        raise WzFormatError(f"{where}: stream holds {stored_count} symbols, expected {count}")
+    stored_alphabet = schema.integer(descriptor, "alphabet", where, minimum=1)
+    if stored_alphabet != alphabet:
+        raise WzFormatError(f"{where}: stream alphabet {stored_alphabet}, expected {alphabet}")
+    schema.integer(descriptor, "length", where)
+    return stored_count
+
+
+def decode_symbols(descriptor: dict, reader: PayloadReader, where: str) -> np.ndarray:
+    """Symbols of a stream whose descriptor passed :func:`check_symbols_descriptor`."""
+    coding = descriptor["coding"]
+    count, alphabet = descriptor["count"], descriptor["alphabet"]
+    length = descriptor["length"]
+    if coding == "packed":
+        bits = schema.integer(descriptor, "bits", where, maximum=32)
+        if alphabet > 1 << 32 or bits != bit_width(alphabet):
+            raise WzFormatError(f"{where}: {bits}-bit packing does not match alphabet {alphabet}")
+        if length != packed_size(count, bits):
+            raise WzFormatError(f"{where}: {count} symbols at {bits} bits need {packed_size(count, bits)} "
+                                f"bytes, section has {length}")
+        symbols = unpack_bits(reader.section(descriptor, where), count, bits)
+        if symbols.size and int(symbols.max()) >= alphabet:
+            raise WzFormatError(f"{where}: packed symbol {int(symbols.max())} outside alphabet {alphabet}")
+        return symbols
+    if not 2 <= alphabet <= MAX_ENTROPY_ALPHABET:
+        raise WzFormatError(f"{where}: {coding} coding needs an alphabet in [2, {MAX_ENTROPY_ALPHABET}]")
+    table_bytes = schema.integer(descriptor, "table_bytes", where, maximum=length)
+    if coding == "huffman":
+        if table_bytes != packed_size(alphabet, LENGTH_BITS):
+            raise WzFormatError(f"{where}: Huffman table of {table_bytes} bytes, alphabet {alphabet} "
+                                f"needs {packed_size(alphabet, LENGTH_BITS)}")
+        if count > 8 * (length - table_bytes):  # every code has at least one bit
+            raise WzFormatError(f"{where}: {length - table_bytes} bytes cannot hold {count} Huffman codes")
+        data = reader.section(descriptor, where)
+        lengths = unpack_bits(data[:table_bytes], alphabet, LENGTH_BITS)
+        return _wrapped(huffman_decode, where, data[table_bytes:], count, lengths)
+    count_bits = schema.integer(descriptor, "count_bits", where, minimum=1, maximum=32)
+    if table_bytes != packed_size(alphabet, count_bits):
+        raise WzFormatError(f"{where}: ANS table of {table_bytes} bytes, alphabet {alphabet} at "
+                            f"{count_bits} bits needs {packed_size(alphabet, count_bits)}")
+    if (length - table_bytes) % 4:
+        raise WzFormatError(f"{where}: ANS data is not a whole number of 32-bit words")
+    if not ans_available():
+        raise WzFormatError(f"{where}: ANS-coded stream needs the `constriction` package to decode")
+    data = reader.section(descriptor, where)
+    histogram = unpack_bits(data[:table_bytes], alphabet, count_bits, dtype=np.int64)
+    if int(histogram.sum()) != count:
+        raise WzFormatError(f"{where}: ANS model counts {int(histogram.sum())} symbols, stream claims {count}")
+    words = np.frombuffer(data[table_bytes:], dtype="<u4")
+    return _wrapped(ans_decode, where, words, count, histogram)
+
+
+def decode_raw(descriptor: dict, reader: PayloadReader, where: str, dtype: np.dtype, count: int) -> np.ndarray:
+    """`count` little-endian values of `dtype` from a raw section of exactly that size."""
+    length = schema.integer(descriptor, "length", where)
+    if length != count * dtype.itemsize:
+        raise WzFormatError(f"{where}: {count} {dtype} values need {count * dtype.itemsize} bytes, "
+                            f"section has {length}")
+    data = reader.section(descriptor, where)
+    values = np.frombuffer(data, dtype=dtype.newbyteorder("<")).astype(dtype)
+    if dtype == np.bool_ and np.any(np.frombuffer(data, dtype=np.uint8) > 1):
+        raise WzFormatError(f"{where}: boolean data holds bytes other than 0 and 1")
+    return values
+
+
+def _wrapped(decoder, where, *args):
+    try:
+        return decoder(*args)
+    except WzFormatError:
+        raise
+    except WeightzipError as error:
+        raise WzFormatError(f"{where}: {error}") from None
