@@ -52,9 +52,7 @@ def density_centroids(sample: SortedSample, k: int) -> np.ndarray:
 
 
 def forgy_centroids(sample: SortedSample, k: int, rng: np.random.Generator) -> np.ndarray:
-    starts = np.flatnonzero(np.concatenate(([True], np.diff(sample.values) != 0)))
-    ends = np.append(starts[1:], sample.size)
-    weight = sample.weight_up_to(ends) - sample.weight_up_to(starts)
+    starts, weight = sample.distinct_runs()
     eligible = np.flatnonzero(weight > 0)
     probability = weight[eligible] / weight[eligible].sum()
     chosen = rng.choice(eligible, size=k, replace=False, p=probability)
@@ -74,23 +72,34 @@ def kmeans_plus_plus_centroids(sample: SortedSample, k: int, rng: np.random.Gene
         weight, s1, s2 = sample.run_moments(bounds)
         mass = np.maximum(s2 - 2.0 * centroids * s1 + centroids * centroids * weight, 0.0)
         total = mass.sum()
-        if total <= 0.0:
-            break  # every point coincides with a centroid: fewer distinct values than k
-        cluster = int(np.searchsorted(np.cumsum(mass), rng.random() * total, side="right"))
-        cluster = min(cluster, mass.shape[0] - 1)
-        index = _index_in_run(sample, bounds[cluster], bounds[cluster + 1], centroids[cluster],
-                              rng.random() * mass[cluster])
-        value = float(sample.values[index])
-        if np.any(centroids == value):
-            # Only reachable through rounding in the prefix sums: take the run's farthest point instead.
-            lo, hi = bounds[cluster], bounds[cluster + 1] - 1
-            far_lo = abs(float(sample.values[lo]) - centroids[cluster])
-            far_hi = abs(float(sample.values[hi]) - centroids[cluster])
-            value = float(sample.values[lo if far_lo >= far_hi else hi])
-            if np.any(centroids == value):
-                break
+        value = None
+        if total > 0.0:
+            cluster = int(np.searchsorted(np.cumsum(mass), rng.random() * total, side="right"))
+            cluster = min(cluster, mass.shape[0] - 1)
+            index = _index_in_run(sample, bounds[cluster], bounds[cluster + 1], centroids[cluster],
+                                  rng.random() * mass[cluster])
+            value = float(sample.values[index])
+        if value is None or np.any(centroids == value):
+            # Rounding left no usable D² mass (distances below ~1e-154 square to 0, and the prefix
+            # sums of exhausted clusters are noise): take the unused value farthest from every centroid.
+            value = _farthest_unused_value(sample, centroids)
+            if value is None:
+                break  # every value of positive weight is a centroid: fewer distinct values than k
         centroids = np.sort(np.append(centroids, value))
     return centroids
+
+
+def _farthest_unused_value(sample: SortedSample, centroids: np.ndarray) -> float | None:
+    """The distinct value of positive weight farthest from its nearest centroid (None if all are used)."""
+    starts, weight = sample.distinct_runs()
+    candidates = sample.values[starts[weight > 0]].astype(np.float64)
+    slot = np.clip(np.searchsorted(centroids, candidates), 1, max(centroids.shape[0] - 1, 1))
+    below = np.abs(candidates - centroids[slot - 1])
+    above = np.abs(candidates - centroids[np.minimum(slot, centroids.shape[0] - 1)])
+    distance = np.minimum(below, above)
+    if distance.size == 0 or distance.max() <= 0.0:
+        return None
+    return float(candidates[int(np.argmax(distance))])
 
 
 def _index_at_weight(sample: SortedSample, target: float) -> int:

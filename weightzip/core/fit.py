@@ -15,7 +15,12 @@ from weightzip.core.errors import InvalidClusterCountError
 from weightzip.core.lloyd import lloyd_refine
 from weightzip.core.optimal import DEFAULT_MAX_ATOMS, optimal_centroids
 from weightzip.core.sample import SortedSample
-from weightzip.core.validation import as_sample_weight, as_weight_array, check_cluster_count
+from weightzip.core.validation import (
+    as_sample_weight,
+    as_weight_array,
+    check_cluster_count,
+    require_some_weight,
+)
 
 
 def fit_centroids(
@@ -34,17 +39,20 @@ def fit_centroids(
     refines them with Lloyd's algorithm on the full data (an upper bound; it stops at convergence).
     `sample_weight` gives each weight an importance (e.g. a Hessian diagonal or Fisher information).
 
-    Raises :class:`InvalidClusterCountError` when k exceeds the number of distinct values (LINEAR without
-    refinement only checks that the data are not constant, to avoid a sort of large tensors: its empty
-    clusters are harmless, as in TFMOT).
+    Raises :class:`InvalidClusterCountError` when k exceeds the number of distinct values (of positive
+    weight, when weighted; LINEAR without refinement only checks that the data are not constant, to avoid a
+    sort of large tensors: its empty clusters are harmless, as in TFMOT), and :class:`InvalidWeightsError`
+    when `sample_weight` is zero everywhere.
     """
     method = CentroidInitialization.parse(init)
     array = as_weight_array(values).ravel()
     importance = as_sample_weight(sample_weight, np.shape(values))
     importance = None if importance is None else importance.ravel()
+    require_some_weight(importance)
     k = check_cluster_count(number_of_clusters)
-    if lloyd_iterations < 0:
-        raise ValueError(f"lloyd_iterations must be >= 0, got {lloyd_iterations}")
+    integral = isinstance(lloyd_iterations, (int, np.integer)) and not isinstance(lloyd_iterations, bool)
+    if not integral or lloyd_iterations < 0:
+        raise ValueError(f"lloyd_iterations must be an integer >= 0, got {lloyd_iterations!r}")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
 
     if method is CentroidInitialization.OPTIMAL and lloyd_iterations == 0:
@@ -59,7 +67,8 @@ def fit_centroids(
         return np.linspace(low, high, k)
 
     sample = SortedSample.from_values(array, importance)
-    check_cluster_count(k, sample.distinct_count())
+    what = "distinct values" if importance is None else "distinct values of positive sample_weight"
+    check_cluster_count(k, sample.distinct_count(), what=what)
     if method is CentroidInitialization.LINEAR:
         centroids = linear_centroids(sample, k)
     elif method is CentroidInitialization.DENSITY_BASED:

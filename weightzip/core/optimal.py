@@ -18,7 +18,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from weightzip.core.validation import as_sample_weight, as_weight_array, check_cluster_count
+from weightzip.core.validation import as_sample_weight, as_weight_array, check_cluster_count, require_some_weight
 
 DEFAULT_MAX_ATOMS = 1 << 16
 
@@ -28,6 +28,7 @@ def optimal_centroids(values, k: int, *, sample_weight=None, max_atoms: int = DE
     array = as_weight_array(values).ravel()
     importance = as_sample_weight(sample_weight, np.shape(values))
     importance = None if importance is None else importance.ravel()
+    require_some_weight(importance)
     k = check_cluster_count(k)
     if max_atoms < 2:
         raise ValueError(f"max_atoms must be >= 2, got {max_atoms}")
@@ -37,7 +38,8 @@ def optimal_centroids(values, k: int, *, sample_weight=None, max_atoms: int = DE
             count, first, second = _distinct_moments(array, importance)
     else:
         count, first, second = _distinct_moments(array, importance)
-    k = check_cluster_count(k, count.shape[0])
+    k = check_cluster_count(k, count.shape[0], what="distinct values" if importance is None
+                            else "distinct values of positive sample_weight")
     cum_count, cum_first, cum_second = (_prefix(a) for a in (count, first, second))
     starts = _optimal_run_starts(cum_count, cum_first, cum_second, k)
     return _run_means(count, first, starts)

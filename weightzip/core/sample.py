@@ -64,8 +64,20 @@ class SortedSample:
         return self.cum_weight[index]
 
     def distinct_count(self) -> int:
-        """Number of distinct values (O(n), the data being sorted)."""
-        return int(np.count_nonzero(np.diff(self.values))) + 1
+        """Number of distinct values that carry positive weight (O(n), the data being sorted).
+
+        A value of zero weight cannot attract a centroid, so it does not count towards k.
+        """
+        if self.cum_weight is None:
+            return int(np.count_nonzero(np.diff(self.values))) + 1
+        _, weight = self.distinct_runs()
+        return int(np.count_nonzero(weight > 0))
+
+    def distinct_runs(self) -> tuple[np.ndarray, np.ndarray]:
+        """Start index of each run of equal values, and the total weight of the run."""
+        starts = np.flatnonzero(np.concatenate(([True], np.diff(self.values) != 0)))
+        ends = np.append(starts[1:], self.size)
+        return starts, self.weight_up_to(ends) - self.weight_up_to(starts)
 
     def boundaries(self, centroids: np.ndarray) -> np.ndarray:
         """Start index of each centroid's run, plus n: nearest-centroid assignment on sorted data."""

@@ -42,6 +42,12 @@ def as_sample_weight(sample_weight, shape: tuple[int, ...]) -> np.ndarray | None
     return importance
 
 
+def require_some_weight(importance: np.ndarray | None) -> None:
+    """Fitting needs at least one weight of positive importance: with none, every clustering is optimal."""
+    if importance is not None and not np.any(importance > 0):
+        raise InvalidWeightsError("sample_weight is zero everywhere: there is nothing to fit centroids to")
+
+
 def check_cluster_count(k, distinct: int | None = None, *, what: str = "distinct values") -> int:
     """Return `k` as an int after checking 1 <= k (<= `distinct` when given)."""
     if isinstance(k, bool) or not isinstance(k, numbers.Integral):
