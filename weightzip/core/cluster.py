@@ -96,7 +96,9 @@ def cluster_array(weights, config: ClusterConfig, *, sample_weight=None) -> Clus
     A group with fewer distinct values than its codebook has room for is represented exactly: its
     codebook holds its distinct values, the spare entries repeat the largest one and are never used.
     (The 1-D :func:`fit_centroids` raises instead; here a tensor-level call must not fail because one
-    small channel is already low-entropy.)
+    small channel is already low-entropy.) With `sample_weight`, only values of positive weight count as
+    distinct, and a group whose weights are all zero is fitted unweighted (every clustering of it has
+    zero weighted error, so the unweighted fit is the useful tie-break).
     """
     array = as_weight_array(weights)
     importance = as_sample_weight(sample_weight, array.shape)
@@ -149,6 +151,11 @@ def _cluster_values(values, weight, config: ClusterConfig, rng) -> tuple[np.ndar
         return np.zeros(k), codes
     kept = values[nonzero]
     centroids = _fit_or_exact(kept, None if weight is None else weight[nonzero], k - 1, config, rng)
+    # A centroid that is 0 in the tensor's dtype (mean of a cluster straddling zero, or an underflow)
+    # would turn its nonzeros into zeros: move it to the smallest normal number of that dtype.
+    vanished = centroids.astype(values.dtype) == 0
+    if vanished.any():
+        centroids = np.sort(np.where(vanished, np.copysign(np.finfo(values.dtype).tiny, centroids), centroids))
     zero_slot = int(np.searchsorted(centroids, 0.0, side="left"))
     codebook = np.insert(centroids, zero_slot, 0.0)
     positions = assign_to_centroids(kept, centroids).astype(np.int64)
@@ -158,11 +165,13 @@ def _cluster_values(values, weight, config: ClusterConfig, rng) -> tuple[np.ndar
 
 
 def _fit_or_exact(values, weight, k, config: ClusterConfig, rng) -> np.ndarray:
+    if weight is not None and not np.any(weight > 0):
+        weight = None
     try:
         return fit_centroids(values, k, config.init, sample_weight=weight,
                              lloyd_iterations=config.lloyd_iterations, seed=rng)
     except InvalidClusterCountError:
-        distinct = np.unique(values).astype(np.float64)
+        distinct = np.unique(values if weight is None else values[weight > 0]).astype(np.float64)
         if distinct.shape[0] >= k:
             raise
         return np.concatenate((distinct, np.full(k - distinct.shape[0], distinct[-1])))
