@@ -4,11 +4,14 @@ The names follow TFMOT and :mod:`weightzip.keras`:
 
 - :func:`cluster_weights` / :func:`strip_clustering`: trained weight clustering through
   :mod:`torch.nn.utils.parametrize` (a trainable codebook per tensor or per channel group, fixed indices);
+- :func:`prune_low_magnitude` / :func:`update_pruning_step` / :func:`strip_pruning`: magnitude pruning
+  with the core's schedules (:class:`ConstantSparsity`, :class:`PolynomialDecay`) through masks;
 - :class:`CentroidInitialization`: where the centroids start (the core's enum);
 - :func:`clustered_tensors`: the clustered weights as core :class:`~weightzip.core.ClusteredTensor` objects.
 """
 
 from weightzip.core import CentroidInitialization
+from weightzip.core.pruning import ConstantSparsity, PolynomialDecay, PruningSchedule
 from weightzip.torch.clustering import (
     ClusteredWeight,
     GradientAggregation,
@@ -17,11 +20,25 @@ from weightzip.torch.clustering import (
     clustered_weights,
     strip_clustering,
 )
+from weightzip.torch.pruning import (
+    PruningMask,
+    PruningSettings,
+    layer_sparsities,
+    prune_low_magnitude,
+    pruning_masks,
+    strip_pruning,
+    update_pruning_step,
+)
 from weightzip.torch.targets import UnsupportedLayerError, WeightTarget, find_targets
 
 __all__ = [
     "CentroidInitialization",
     "ClusteredWeight",
+    "ConstantSparsity",
+    "PolynomialDecay",
+    "PruningMask",
+    "PruningSchedule",
+    "PruningSettings",
     "GradientAggregation",
     "UnsupportedLayerError",
     "WeightTarget",
@@ -29,5 +46,10 @@ __all__ = [
     "clustered_tensors",
     "clustered_weights",
     "find_targets",
+    "layer_sparsities",
+    "prune_low_magnitude",
+    "pruning_masks",
     "strip_clustering",
+    "strip_pruning",
+    "update_pruning_step",
 ]

@@ -4,14 +4,16 @@ Only the large matrices and kernels are clustered or pruned: biases, normalisati
 small vectors are left in float, as in Deep Compression and TFMOT. Each supported layer type names its
 weight parameters and the axis of its *output channels*, the axis that per-channel codebooks follow:
 
-| layer | parameters | channel axis |
-|---|---|---|
-| ``Linear`` (incl. ``MultiheadAttention.out_proj``) | ``weight`` | 0 (out_features) |
-| ``Conv1d/2d/3d`` (incl. grouped and depthwise) | ``weight`` | 0 (out_channels) |
-| ``ConvTranspose1d/2d/3d`` | ``weight`` | 1 (out_channels); 0 (in_channels) when ``groups > 1``, where no single axis holds the output channels |
-| ``Embedding``, ``EmbeddingBag`` | ``weight`` | 1 (embedding features: a codebook per feature, not per token) |
-| ``RNN``, ``LSTM``, ``GRU`` | every ``weight_ih_l*``, ``weight_hh_l*``, ``weight_hr_l*`` | 0 (gate rows) |
-| ``MultiheadAttention`` | ``in_proj_weight`` or ``q/k/v_proj_weight`` | 0 |
+| layer | parameters | channel axis | input axis |
+|---|---|---|---|
+| ``Linear`` (incl. ``MultiheadAttention.out_proj``) | ``weight`` | 0 (out_features) | 1 |
+| ``Conv1d/2d/3d`` (incl. grouped and depthwise) | ``weight`` | 0 (out_channels) | 1 |
+| ``ConvTranspose1d/2d/3d`` | ``weight`` | 1 (out_channels); 0 (in_channels) when ``groups > 1``, where no single axis holds the output channels | 0 |
+| ``Embedding``, ``EmbeddingBag`` | ``weight`` | 1 (embedding features: a codebook per feature, not per token) | 1 |
+| ``RNN``, ``LSTM``, ``GRU`` | every ``weight_ih_l*``, ``weight_hh_l*``, ``weight_hr_l*`` | 0 (gate rows) | 1 |
+| ``MultiheadAttention`` | ``in_proj_weight`` or ``q/k/v_proj_weight`` | 0 | 1 |
+
+The input axis is the one N:M structured sparsity runs along.
 
 `layers` restricts the selection to modules given by qualified name (``"features.3"``; everything inside
 a named container is included) or by type (``nn.Conv2d``; subclasses match). Asking explicitly for a
@@ -40,6 +42,7 @@ class WeightTarget:
     module: nn.Module
     parameter_name: str
     channel_axis: int
+    input_axis: int = 1
 
     @property
     def qualified_name(self) -> str:
@@ -50,26 +53,27 @@ class WeightTarget:
 _RNN_WEIGHT_PREFIXES = ("weight_ih_l", "weight_hh_l", "weight_hr_l")
 
 
-def weights_of(module: nn.Module) -> list[tuple[str, int]] | None:
-    """``[(parameter name, channel axis), ...]`` of a supported module itself (not its children).
+def weights_of(module: nn.Module) -> list[tuple[str, int, int]] | None:
+    """``[(parameter name, channel axis, input axis), ...]`` of a supported module itself (not its children).
 
-    None when the module type is not supported. Parameters that are absent (``None``) are omitted.
+    The input axis is the one a weight's inputs are summed over (N:M sparsity runs along it). None when
+    the module type is not supported. Parameters that are absent (``None``) are omitted.
     """
     if isinstance(module, nn.Linear):
-        names = [("weight", 0)]
+        names = [("weight", 0, 1)]
     elif isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
-        names = [("weight", 1 if module.groups == 1 else 0)]
+        names = [("weight", 1 if module.groups == 1 else 0, 0)]
     elif isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-        names = [("weight", 0)]
+        names = [("weight", 0, 1)]
     elif isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
-        names = [("weight", 1)]
+        names = [("weight", 1, 1)]
     elif isinstance(module, nn.RNNBase):
-        names = [(name, 0) for name in module._flat_weights_names if name.startswith(_RNN_WEIGHT_PREFIXES)]
+        names = [(name, 0, 1) for name in module._flat_weights_names if name.startswith(_RNN_WEIGHT_PREFIXES)]
     elif isinstance(module, nn.MultiheadAttention):
-        names = [(name, 0) for name in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")]
+        names = [(name, 0, 1) for name in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")]
     else:
         return None
-    return [(name, axis) for name, axis in names if _has_tensor(module, name)]
+    return [entry for entry in names if _has_tensor(module, entry[0])]
 
 
 def _has_tensor(module: nn.Module, name: str) -> bool:
@@ -95,8 +99,8 @@ def find_targets(model: nn.Module, layers: Iterable[str | type] | str | type | N
     targets = []
     for name in selected:
         module = modules[name]
-        for parameter_name, axis in weights_of(module) or []:
-            targets.append(WeightTarget(name, module, parameter_name, axis))
+        for parameter_name, channel_axis, input_axis in weights_of(module) or []:
+            targets.append(WeightTarget(name, module, parameter_name, channel_axis, input_axis))
     if not targets:
         what = "the model" if layers is None else f"the requested layers {layers!r}"
         raise UnsupportedLayerError(
