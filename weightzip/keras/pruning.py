@@ -1,0 +1,131 @@
+"""TFMOT-compatible magnitude pruning for Keras 3: ``prune_low_magnitude``, ``strip_pruning``.
+
+Typical use (the same code as with ``tfmot.sparsity.keras``)::
+
+    from weightzip.core.pruning import PolynomialDecay
+    from weightzip.keras import prune_low_magnitude, strip_pruning, UpdatePruningStep
+
+    pruned = prune_low_magnitude(model, pruning_schedule=PolynomialDecay(0.0, 0.8, 0, 1000))
+    pruned.compile(...)
+    pruned.fit(x, y, callbacks=[UpdatePruningStep()])
+    final = strip_pruning(pruned)          # plain layers again, kernels holding exact zeros
+
+Applied to a whole Sequential or Functional model, every layer with a known kernel is wrapped and every
+other layer copied; the input model is never modified. For selective pruning, pass a ``clone_function`` to
+``keras.models.clone_model`` that calls ``prune_low_magnitude`` on the layers to prune (TFMOT's recipe).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import keras
+import numpy as np
+from keras import ops
+from keras.src.models.functional import Functional  # no public alias; the class of keras.Model(inputs, outputs)
+
+from weightzip.core.pruning import PruningSchedule
+from weightzip.keras.pruning_callbacks import prunable_wrappers
+from weightzip.keras.pruning_registry import compressible_weight_names, copy_layer
+from weightzip.keras.pruning_wrapper import PruneLowMagnitude
+
+
+def prune_low_magnitude(to_prune, pruning_schedule: PruningSchedule | None = None, block_size=(1, 1),
+                        block_pooling_type: str = "AVG", sparsity_m_by_n=None, **kwargs):
+    """Wrap a layer, a list of layers, or every prunable layer of a Sequential/Functional model for pruning.
+
+    pruning_schedule: when and how much (:class:`~weightzip.core.pruning.ConstantSparsity`,
+      :class:`~weightzip.core.pruning.PolynomialDecay`); default 50 % from step 0.
+    block_size / block_pooling_type: block pruning over the kernel's last two axes (``"AVG"``/``"MAX"``).
+    sparsity_m_by_n: ``(2, 4)`` for structured 2:4 sparsity along each kernel's input axis.
+
+    A layer (or each layer of a list) is wrapped as it is, sharing its weights; a model is cloned, so the
+    returned model owns copies of the weights. Layers that are already wrapped are kept as they are.
+    """
+    params = dict(pruning_schedule=pruning_schedule, block_size=block_size,
+                  block_pooling_type=block_pooling_type, sparsity_m_by_n=sparsity_m_by_n, **kwargs)
+    if isinstance(to_prune, (list, tuple)):
+        return [_wrap(layer, params) for layer in to_prune]
+    if isinstance(to_prune, keras.Model):
+        _check_cloneable(to_prune)
+        if kwargs:
+            raise ValueError(f"extra layer arguments {sorted(kwargs)} apply to single layers, not to a model")
+
+        def clone(layer):
+            if isinstance(layer, PruneLowMagnitude):
+                return copy_layer(layer)
+            copied = copy_layer(layer)
+            return PruneLowMagnitude(copied, **params) if compressible_weight_names(layer) else copied
+
+        return keras.models.clone_model(to_prune, clone_function=clone, recursive=True)
+    if isinstance(to_prune, keras.layers.Layer):
+        return _wrap(to_prune, params)
+    raise ValueError(
+        f"prune_low_magnitude takes a Keras layer, a list of layers, or a Sequential/Functional model; "
+        f"got {type(to_prune).__name__}"
+    )
+
+
+def strip_pruning(model):
+    """The model (or layer) without pruning wrappers: plain layers whose kernels hold the masked weights.
+
+    Returns a new model; `model` is not modified. Warns when no wrapper ever saw a pruning step (training
+    without :class:`UpdatePruningStep` silently leaves the weights dense).
+    """
+    if isinstance(model, PruneLowMagnitude):
+        _warn_if_never_pruned([model])
+        return _stripped_layer(model)
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"strip_pruning takes a Keras model or a PruneLowMagnitude layer, got {type(model).__name__}")
+    _check_cloneable(model)
+    _warn_if_never_pruned(prunable_wrappers(model))
+
+    def clone(layer):
+        return _stripped_layer(layer) if isinstance(layer, PruneLowMagnitude) else copy_layer(layer)
+
+    return keras.models.clone_model(model, clone_function=clone, recursive=True)
+
+
+def prune_scope():
+    """Custom-object scope for loading pruned models saved elsewhere (TFMOT's ``prune_scope``).
+
+    Not needed for models saved by weightzip: the wrapper is registered as ``weightzip>PruneLowMagnitude``.
+    """
+    return keras.saving.custom_object_scope({"PruneLowMagnitude": PruneLowMagnitude})
+
+
+def _wrap(layer, params):
+    if isinstance(layer, PruneLowMagnitude):
+        return layer
+    if isinstance(layer, keras.Model):
+        raise ValueError(f"cannot wrap model {layer.name!r} as a layer: pass it to prune_low_magnitude on its own")
+    return PruneLowMagnitude(layer, **params)
+
+
+def _stripped_layer(wrapper: PruneLowMagnitude) -> keras.layers.Layer:
+    stripped = copy_layer(wrapper.layer)
+    if wrapper.built:
+        stripped.set_weights(wrapper.masked_layer_weights())
+    return stripped
+
+
+def _check_cloneable(model):
+    if not isinstance(model, (keras.Sequential, Functional)):
+        raise ValueError(
+            f"model {model.name!r} is a subclassed model; only Sequential and Functional models can be cloned. "
+            "Wrap its layers with prune_low_magnitude inside the model definition instead"
+        )
+    if not model.built:
+        raise ValueError(f"model {model.name!r} is not built: give it an Input or call build() first")
+
+
+def _warn_if_never_pruned(wrappers):
+    untouched = [w.layer.name for w in wrappers
+                 if w.built and int(ops.convert_to_numpy(w.pruning_step)) < 0
+                 and all(np.all(ops.convert_to_numpy(m) == 1) for m in w.masks)]
+    if untouched:
+        warnings.warn(
+            f"layers {untouched} were never pruned: train with the UpdatePruningStep callback "
+            "(or call update_masks) before strip_pruning",
+            stacklevel=3,
+        )

@@ -1,0 +1,181 @@
+"""The ``PruneLowMagnitude`` layer wrapper: a Keras layer whose kernels are multiplied by a 0/1 mask.
+
+How it works (same observable behaviour as TFMOT's wrapper, backend-neutral implementation):
+
+- ``call`` feeds the wrapped layer ``kernel * mask`` in place of its kernel (no assignment), so pruned
+  weights contribute nothing and receive zero gradient, on TensorFlow, JAX and PyTorch alike.
+- Masks are recomputed outside the compiled train step by :class:`~weightzip.keras.pruning_callbacks.UpdatePruningStep`,
+  which calls :meth:`PruneLowMagnitude.update_masks` at each step the schedule names; the mask itself comes
+  from the NumPy core (:func:`weightzip.core.pruning.magnitude_mask` / :func:`n_m_mask`), the one
+  implementation every front end uses. After each update the kernel variable is overwritten with the
+  masked kernel, so a saved model already holds zeros.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+from weightzip.core.pruning import (
+    ConstantSparsity,
+    InvalidSparsityError,
+    PruningSchedule,
+    magnitude_mask,
+    n_m_mask,
+    schedule_from_config,
+)
+from weightzip.keras.pruning_registry import (
+    UnsupportedLayerError,
+    compressible_weight_names,
+    substituted_weights,
+    weight_variables,
+)
+
+_POOLING = {"AVG": "avg", "MAX": "max"}
+
+
+@keras.saving.register_keras_serializable(package="weightzip")
+class PruneLowMagnitude(keras.layers.Wrapper):
+    """Magnitude-prune the kernels of `layer` following `pruning_schedule`.
+
+    pruning_schedule: a :class:`~weightzip.core.pruning.PruningSchedule` (default: 50 % from step 0).
+    block_size: ``(rows, cols)`` blocks over the kernel's last two axes pruned together (TFMOT's
+      ``block_size``); ``(1, 1)`` prunes single weights.
+    block_pooling_type: ``"AVG"`` or ``"MAX"``: how a block's magnitudes are scored.
+    sparsity_m_by_n: ``(n, m)``: structured sparsity keeping the n largest of every m consecutive weights
+      along the kernel's input axis (``(2, 4)`` is the 2:4 pattern); the schedule then only says *when*.
+    """
+
+    def __init__(self, layer, pruning_schedule: PruningSchedule | None = None, block_size=(1, 1),
+                 block_pooling_type: str = "AVG", sparsity_m_by_n=None, **kwargs):
+        if not isinstance(layer, keras.layers.Layer):
+            raise ValueError(f"PruneLowMagnitude wraps a Keras layer, got {type(layer).__name__}")
+        if isinstance(layer, PruneLowMagnitude):
+            raise ValueError(f"layer {layer.name!r} is already wrapped for pruning")
+        if isinstance(pruning_schedule, dict):
+            pruning_schedule = schedule_from_config(pruning_schedule)
+        if pruning_schedule is None:
+            pruning_schedule = ConstantSparsity(0.5, begin_step=0)
+        if not isinstance(pruning_schedule, PruningSchedule):
+            raise ValueError(
+                f"pruning_schedule must be a weightzip PruningSchedule, got {type(pruning_schedule).__name__}"
+            )
+        block_size = tuple(block_size)
+        if len(block_size) != 2 or not all(isinstance(b, int) and b >= 1 for b in block_size):
+            raise ValueError(f"block_size must be two positive integers, got {block_size!r}")
+        if block_pooling_type not in _POOLING:
+            raise ValueError(f"block_pooling_type must be 'AVG' or 'MAX', got {block_pooling_type!r}")
+        if sparsity_m_by_n is not None:
+            sparsity_m_by_n = tuple(sparsity_m_by_n)
+            if (len(sparsity_m_by_n) != 2 or not all(isinstance(v, int) and v >= 1 for v in sparsity_m_by_n)
+                    or sparsity_m_by_n[0] > sparsity_m_by_n[1]):
+                raise ValueError(f"sparsity_m_by_n must be (n, m) with 1 <= n <= m, got {sparsity_m_by_n!r}")
+            if block_size != (1, 1):
+                raise ValueError("sparsity_m_by_n and block_size cannot be combined")
+        if not compressible_weight_names(layer):
+            raise UnsupportedLayerError(f"layer {layer.name!r} ({type(layer).__name__}) has no weights to prune")
+        kwargs.setdefault("name", f"prune_low_magnitude_{layer.name}")
+        super().__init__(layer, **kwargs)
+        self.pruning_schedule = pruning_schedule
+        self.block_size = block_size
+        self.block_pooling_type = block_pooling_type
+        self.sparsity_m_by_n = sparsity_m_by_n
+
+    # ------------------------------------------------------------------ state
+
+    def build(self, input_shape=None):
+        super().build(input_shape)
+        names = compressible_weight_names(self.layer)
+        self._pruned_variables = weight_variables(self.layer, names)
+        self.masks = [
+            self.add_weight(name=f"{name}_mask", shape=tuple(variable.shape), dtype=variable.dtype,
+                            initializer="ones", trainable=False)
+            for name, variable in zip(names, self._pruned_variables)
+        ]
+        self.pruning_step = self.add_weight(name="pruning_step", shape=(), dtype="int32",
+                                            initializer=keras.initializers.Constant(-1), trainable=False)
+        if self.sparsity_m_by_n is not None:
+            for variable in self._pruned_variables:
+                self._check_m_by_n_applies(variable)
+        self.built = True
+
+    def _check_m_by_n_applies(self, variable):
+        n, m = self.sparsity_m_by_n
+        if len(variable.shape) < 2 or variable.shape[-2] % m:
+            raise InvalidSparsityError(
+                f"{n}:{m} sparsity cannot be applied to {self.layer.name}: its weight {variable.path} has shape "
+                f"{tuple(variable.shape)}, whose input axis (-2) is not a multiple of {m}"
+            )
+
+    @property
+    def pruned_variables(self) -> list:
+        """The wrapped layer's variables that this wrapper prunes."""
+        return list(self._pruned_variables)
+
+    # ------------------------------------------------------------------ forward
+
+    def call(self, inputs, *args, **kwargs):
+        replacements = [(variable, ops.multiply(variable, mask))
+                        for variable, mask in zip(self._pruned_variables, self.masks)]
+        with substituted_weights(self.layer, replacements):
+            return self.layer(inputs, *args, **kwargs)
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    # ------------------------------------------------------------------ mask updates (eager, outside the graph)
+
+    def update_masks(self, step: int) -> bool:
+        """Record `step`; when the schedule prunes at it, recompute the masks from the current weights.
+
+        The masks rank the *effective* weights (kernel * mask), so weights pruned earlier have magnitude 0
+        and stay pruned while the sparsity rises. Returns whether the masks were recomputed.
+        """
+        if not self.built:
+            return False
+        self.pruning_step.assign(int(step))
+        if not self.pruning_schedule.should_prune(step):
+            return False
+        sparsity = self.pruning_schedule.sparsity_at(step)
+        for variable, mask in zip(self._pruned_variables, self.masks):
+            effective = ops.convert_to_numpy(variable) * ops.convert_to_numpy(mask)
+            keep = self._keep_mask(effective, sparsity)
+            mask.assign(keep.astype(effective.dtype))
+            variable.assign(np.where(keep, effective, 0).astype(effective.dtype))
+        return True
+
+    def _keep_mask(self, weights: np.ndarray, sparsity: float) -> np.ndarray:
+        if self.sparsity_m_by_n is not None:
+            n, m = self.sparsity_m_by_n
+            return n_m_mask(weights, n, m, axis=-2)
+        if self.block_size == (1, 1):
+            return magnitude_mask(weights, sparsity)
+        if weights.ndim < 2:
+            raise InvalidSparsityError(f"block pruning needs a weight of rank >= 2, got shape {weights.shape}")
+        block_shape = (1,) * (weights.ndim - 2) + self.block_size
+        return magnitude_mask(weights, sparsity, block_shape=block_shape,
+                              pooling=_POOLING[self.block_pooling_type])
+
+    def apply_masks(self) -> None:
+        """Overwrite each pruned variable with kernel * mask (TFMOT's ``weight_mask_op``)."""
+        for variable, mask in zip(self._pruned_variables, self.masks):
+            variable.assign(ops.multiply(variable, mask))
+
+    def masked_layer_weights(self) -> list[np.ndarray]:
+        """The wrapped layer's weights (in its own order) with the masks applied: what strip_pruning keeps."""
+        masked = {id(v): ops.convert_to_numpy(v) * ops.convert_to_numpy(m)
+                  for v, m in zip(self._pruned_variables, self.masks)}
+        return [masked.get(id(v), ops.convert_to_numpy(v)) for v in self.layer.weights]
+
+    # ------------------------------------------------------------------ serialisation
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "pruning_schedule": self.pruning_schedule.get_config(),
+            "block_size": list(self.block_size),
+            "block_pooling_type": self.block_pooling_type,
+            "sparsity_m_by_n": None if self.sparsity_m_by_n is None else list(self.sparsity_m_by_n),
+        })
+        return config
