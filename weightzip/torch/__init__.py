@@ -6,6 +6,8 @@ The names follow TFMOT and :mod:`weightzip.keras`:
   :mod:`torch.nn.utils.parametrize` (a trainable codebook per tensor or per channel group, fixed indices);
 - :func:`prune_low_magnitude` / :func:`update_pruning_step` / :func:`strip_pruning`: magnitude pruning
   with the core's schedules (:class:`ConstantSparsity`, :class:`PolynomialDecay`) through masks;
+- :func:`palettize`, :class:`PalettizedLinear`, :class:`PalettizedConv2d`: inference layers holding
+  bit-packed indices + codebook (weight memory / ~32/bits), expanded per forward;
 - :class:`CentroidInitialization`: where the centroids start (the core's enum);
 - :func:`clustered_tensors`: the clustered weights as core :class:`~weightzip.core.ClusteredTensor` objects.
 """
@@ -20,6 +22,7 @@ from weightzip.torch.clustering import (
     clustered_weights,
     strip_clustering,
 )
+from weightzip.torch.palettized import PalettizedConv2d, PalettizedLinear, palettize, weight_memory_bytes
 from weightzip.torch.pruning import (
     PruningMask,
     PruningSettings,
@@ -40,6 +43,8 @@ __all__ = [
     "PruningSchedule",
     "PruningSettings",
     "GradientAggregation",
+    "PalettizedConv2d",
+    "PalettizedLinear",
     "UnsupportedLayerError",
     "WeightTarget",
     "cluster_weights",
@@ -47,9 +52,11 @@ __all__ = [
     "clustered_weights",
     "find_targets",
     "layer_sparsities",
+    "palettize",
     "prune_low_magnitude",
     "pruning_masks",
     "strip_clustering",
     "strip_pruning",
     "update_pruning_step",
+    "weight_memory_bytes",
 ]

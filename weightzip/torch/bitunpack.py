@@ -1,0 +1,47 @@
+"""Unpacking bit-packed indices with torch ops, so a palettized layer can expand its weight in the graph.
+
+The layout is the core's (:mod:`weightzip.core.bitpack`): value ``i`` occupies stream bits
+``[i*b, (i+1)*b)``, least significant bit first, stream bit ``j`` being bit ``j % 8`` of byte ``j // 8``.
+Packing is done once, by the core, in NumPy; this module only reads.
+
+Every 8 consecutive values fill exactly ``b`` bytes, so the stream is viewed as rows of ``b`` bytes and
+value ``p`` of a row is read from a fixed byte window at a fixed shift (a 3-byte window covers any value
+of up to 16 bits wherever it starts). The byte stream must therefore be padded with zero bytes to a whole
+number of rows (:func:`padded_stream`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from weightzip.core.bitpack import pack_bits
+from weightzip.core.errors import WeightzipError
+
+MAX_UNPACK_BITS = 16
+
+
+def padded_stream(values: np.ndarray, bits: int) -> np.ndarray:
+    """Core-packed `values` as a uint8 array padded to ``ceil(n / 8) * bits`` bytes (whole rows)."""
+    _check_bits(bits)
+    data = np.frombuffer(pack_bits(values, bits), dtype=np.uint8)
+    rows = -(-int(np.size(values)) // 8)
+    return np.concatenate((data, np.zeros(rows * bits - data.size, dtype=np.uint8)))
+
+
+def unpack(stream: torch.Tensor, count: int, bits: int) -> torch.Tensor:
+    """The first `count` values of a padded uint8 `stream` packed at `bits` bits, as int64 (torch ops only)."""
+    _check_bits(bits)
+    rows = stream.reshape(-1, bits).to(torch.int32)
+    rows = torch.nn.functional.pad(rows, (0, 2))  # every 3-byte window stays inside its row
+    starts = [p * bits for p in range(8)]
+    first = torch.tensor([s // 8 for s in starts], device=stream.device)
+    shift = torch.tensor([s % 8 for s in starts], dtype=torch.int32, device=stream.device)
+    window = rows[:, first] | (rows[:, first + 1] << 8) | (rows[:, first + 2] << 16)
+    values = (window >> shift) & ((1 << bits) - 1)
+    return values.reshape(-1)[:count].long()
+
+
+def _check_bits(bits: int) -> None:
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= MAX_UNPACK_BITS:
+        raise WeightzipError(f"palettized indices need 1 to {MAX_UNPACK_BITS} bits, got {bits!r}")
