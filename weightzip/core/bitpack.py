@@ -4,9 +4,10 @@ Layout (what the `.wz` format relies on): value ``i`` occupies stream bits ``[i*
 significant bit first, and stream bit ``j`` is bit ``j % 8`` of byte ``j // 8`` (LSB-first, as in
 DEFLATE). The last byte is padded with zero bits; the packed size is exactly ``ceil(n*b / 8)`` bytes.
 
-Packing and unpacking are vectorised with ``np.unpackbits``/``np.packbits``, processed in chunks of a
-multiple of 8 values so that every chunk starts on a byte boundary and the temporary bit arrays stay
-small (about 32 bytes per value of a chunk).
+Everything is vectorised and processed in chunks of a multiple of 8 values (chunks start on byte
+boundaries, temporaries stay small). Packing below 8 bits builds each block of 8 values (exactly
+`b` bytes) as one uint64; wider widths go through ``np.unpackbits``/``np.packbits``. Unpacking gathers
+an unaligned little-endian uint64 at each value's first byte, then shifts and masks.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ def pack_bits(values, bits: int) -> bytes:
         return b""
     if bits in (8, 16, 32):
         return flat.astype(f"<u{bits // 8}", copy=False).tobytes()
+    if bits < 8:
+        return _pack_narrow(flat, bits)
     words = flat.astype("<u4", copy=False)
     out = bytearray()
     for start in range(0, flat.size, _CHUNK_VALUES):
@@ -63,6 +66,19 @@ def pack_bits(values, bits: int) -> bytes:
         as_bits = np.unpackbits(chunk.view(np.uint8).reshape(-1, 4), axis=1, bitorder="little")
         out += np.packbits(as_bits[:, :bits], bitorder="little").tobytes()
     return bytes(out)
+
+
+def _pack_narrow(flat: np.ndarray, bits: int) -> bytes:
+    """bits < 8: every 8 values fill exactly `bits` bytes; build each block as one uint64."""
+    out = bytearray()
+    shifts = np.arange(8, dtype=np.uint64) * np.uint64(bits)
+    for start in range(0, flat.size, _CHUNK_VALUES):
+        chunk = flat[start:start + _CHUNK_VALUES].astype(np.uint64)
+        blocks = np.zeros(-(-chunk.size // 8) * 8, dtype=np.uint64)
+        blocks[:chunk.size] = chunk
+        words = np.bitwise_or.reduce(blocks.reshape(-1, 8) << shifts, axis=1).astype("<u8")
+        out += words.view(np.uint8).reshape(-1, 8)[:, :bits].tobytes()
+    return bytes(out[: packed_size(flat.size, bits)])
 
 
 def unpack_bits(data, count: int, bits: int, dtype=None) -> np.ndarray:
@@ -86,17 +102,16 @@ def unpack_bits(data, count: int, bits: int, dtype=None) -> np.ndarray:
         return np.zeros(count, dtype=dtype)
     if bits in (8, 16, 32):
         return buffer.view(f"<u{bits // 8}").astype(dtype)
-    word_bytes = 1 if bits <= 8 else 2 if bits <= 16 else 4
+    # Gather, for every value, the 8 bytes starting at its first byte as one little-endian uint64
+    # (an unaligned, overlapping view of a padded copy), then shift and mask: 39 bits at most needed.
+    padded = np.zeros(buffer.size + 8, dtype=np.uint8)
+    padded[:buffer.size] = buffer
+    words = np.ndarray(shape=(buffer.size + 1,), dtype="<u8", buffer=padded, strides=(1,))
+    mask = np.uint64((1 << bits) - 1)
     out = np.empty(count, dtype=dtype)
     for start in range(0, count, _CHUNK_VALUES):
-        stop = min(count, start + _CHUNK_VALUES)
-        first_byte, last_byte = start * bits // 8, packed_size(stop, bits)
-        as_bits = np.unpackbits(buffer[first_byte:last_byte], bitorder="little")
-        as_bits = as_bits[: (stop - start) * bits].reshape(-1, bits)
-        padded = np.zeros((stop - start, 8 * word_bytes), dtype=np.uint8)
-        padded[:, :bits] = as_bits
-        words = np.packbits(padded, axis=1, bitorder="little").view(f"<u{word_bytes}").ravel()
-        out[start:stop] = words
+        offsets = np.arange(start, min(count, start + _CHUNK_VALUES), dtype=np.uint64) * np.uint64(bits)
+        out[start:start + offsets.size] = (words[offsets >> np.uint64(3)] >> (offsets & np.uint64(7))) & mask
     return out
 
 

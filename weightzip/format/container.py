@@ -55,6 +55,10 @@ def assemble(header: dict, payload: bytes, *, deflate_header: bool = True) -> by
 def disassemble(data: bytes) -> tuple[dict, memoryview]:
     """Check the envelope of `data` and return (header dict, payload view). Raises WzFormatError."""
     size = len(data)
+    if size == 0:
+        raise WzFormatError("not a .wz file: the file is empty")
+    if size < len(MAGIC) and MAGIC.startswith(bytes(data)):
+        raise WzFormatError(f"truncated .wz file: {size} bytes")
     if size < len(MAGIC) or bytes(data[: len(MAGIC)]) != MAGIC:
         raise WzFormatError(f"not a .wz file: it does not start with the .wz magic bytes "
                             f"(starts with {bytes(data[:8])!r})")

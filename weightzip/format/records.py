@@ -243,8 +243,9 @@ def check_record(raw: dict, index: int, *, max_elements: int) -> TensorRecord:
     shape = schema.shape(raw, "shape", where)
     elements = math.prod(shape)
     if elements > max_elements:
-        raise WzFormatError(f"{where}: shape {list(shape)} has {elements} elements, more than the reader's "
-                            f"limit of {max_elements} (pass a larger max_elements if the file is trusted)")
+        raise WzFormatError(f"{where}: shape {list(shape)} has {elements} elements, more than the "
+                            f"{max_elements} left of the reader's element limit (max_elements; raise it "
+                            f"only for a trusted file)")
     layout = schema.choice(raw, "layout", where, ("dense", "sparse"))
     nonzero = schema.integer(raw, "nonzero", where, maximum=elements)
     if kind == "clustered":
