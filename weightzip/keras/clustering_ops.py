@@ -1,0 +1,140 @@
+"""The tensor math of trained clustering, written with ``keras.ops`` only (TensorFlow, JAX, PyTorch).
+
+The clustered kernel is ``take(centroids, index)``: automatic differentiation of the gather gives each
+centroid the sum of its members' gradients (Deep Compression's rule), as a scatter-add of size n,
+never an n × k tensor. Nearest-centroid assignment is a binary search among the midpoints of the
+sorted centroids: ``keras.ops.searchsorted`` for one codebook per tensor, and for per-channel
+codebooks (which ``searchsorted`` cannot batch) the same search written as ceil(log2 k) rounds of
+gather-and-compare. On an exact tie the lower centroid wins, as in :func:`weightzip.core.assign_to_centroids`.
+
+Shapes: `centroids` is ``(k,)`` for a per-tensor codebook or ``(channels, k)`` per channel, with the
+channel index running along `channel_axis` of the kernel.
+"""
+
+from __future__ import annotations
+
+from keras import ops
+
+
+def clustered_kernel(
+    centroids,
+    original,
+    *,
+    channel_axis: int | None,
+    fixed_indices=None,
+    centroid_pin=None,
+    sparsity_mask=None,
+    average_gradient: bool = False,
+):
+    """The kernel with every weight replaced by its centroid, differentiable in the centroids.
+
+    original: the layer's own (unclustered) kernel. Without `fixed_indices`, each weight is assigned
+        to its nearest centroid now, and the kernel's gradient also flows to `original`
+        (straight-through estimator), so the original weights can train and be reassigned next step.
+    fixed_indices: int indices into each weight's codebook row (same shape as the kernel), stored
+        once; `original` is then only used for its shape and receives no gradient.
+    centroid_pin: 0/1 tensor shaped like `centroids`; entries at 0 are held at exactly zero and
+        receive no gradient (the zero centroid of ``preserve_sparsity``).
+    sparsity_mask: 0/1 tensor shaped like the kernel; weights at 0 stay exactly zero.
+    average_gradient: divide each centroid's gradient by its member count (TFMOT's ``AVG``).
+    """
+    table = _as_rows(centroids)
+    if centroid_pin is not None:
+        table = table * _as_rows(centroid_pin)
+    kernel_shape = tuple(original.shape)
+    if fixed_indices is None:
+        table = _sort_rows(table)
+        positions = nearest_positions(ops.stop_gradient(original), ops.stop_gradient(table), channel_axis)
+    else:
+        positions = ops.cast(fixed_indices, "int32")
+    index = flat_index(positions, kernel_shape, channel_axis, table.shape[1])
+    flat_table = ops.reshape(table, (-1,))
+    if average_gradient:
+        counts = ops.segment_sum(
+            ops.ones((_size(kernel_shape),), dtype=flat_table.dtype),
+            ops.reshape(index, (-1,)),
+            num_segments=int(table.shape[0]) * int(table.shape[1]),
+        )
+        flat_table = _scale_gradient(flat_table, 1.0 / ops.maximum(counts, 1.0))
+    clustered = ops.take(flat_table, index)
+    if fixed_indices is None:
+        clustered = clustered + (original - ops.stop_gradient(original))
+    if sparsity_mask is not None:
+        clustered = clustered * ops.cast(sparsity_mask, clustered.dtype)
+    return clustered
+
+
+def nearest_positions(weights, sorted_rows, channel_axis: int | None):
+    """Position of each weight's nearest entry in its (ascending) codebook row, as int32."""
+    groups, k = int(sorted_rows.shape[0]), int(sorted_rows.shape[1])
+    kernel_shape = tuple(weights.shape)
+    if k == 1:
+        return ops.zeros(kernel_shape, dtype="int32")
+    midpoints = (sorted_rows[:, 1:] + sorted_rows[:, :-1]) / 2.0
+    if channel_axis is None:
+        if groups != 1:
+            raise ValueError(f"a per-tensor codebook has one row, got {groups}")
+        found = ops.searchsorted(ops.reshape(midpoints, (-1,)), ops.reshape(weights, (-1,)), side="left")
+        return ops.reshape(ops.cast(found, "int32"), kernel_shape)
+    return _batched_search(weights, midpoints, channel_axis)
+
+
+def flat_index(positions, kernel_shape, channel_axis: int | None, k: int):
+    """Index of each weight's centroid in the flattened ``(channels * k,)`` codebook."""
+    if channel_axis is None:
+        return positions
+    return positions + channel_offsets(kernel_shape, channel_axis, k)
+
+
+def channel_offsets(kernel_shape, channel_axis: int, stride: int):
+    """``channel * stride`` for every weight, as an int32 tensor broadcastable to the kernel."""
+    axis = channel_axis % len(kernel_shape)
+    view = [1] * len(kernel_shape)
+    view[axis] = kernel_shape[axis]
+    return ops.reshape(ops.arange(kernel_shape[axis], dtype="int32") * stride, view)
+
+
+def _batched_search(weights, midpoints, channel_axis: int):
+    """Count of each weight's row midpoints strictly below it, by binary lifting.
+
+    The rows are padded with +inf to 2**levels - 1 entries; each round tests the entry `step` places
+    ahead and advances if it is below the weight. ceil(log2 k) gathers of kernel size in all.
+    """
+    groups, width_needed = int(midpoints.shape[0]), int(midpoints.shape[1])
+    levels = width_needed.bit_length()
+    width = (1 << levels) - 1
+    if width > width_needed:
+        padding = ops.full((groups, width - width_needed), float("inf"), dtype=midpoints.dtype)
+        midpoints = ops.concatenate([midpoints, padding], axis=1)
+    flat = ops.reshape(midpoints, (-1,))
+    kernel_shape = tuple(weights.shape)
+    base = channel_offsets(kernel_shape, channel_axis, width)
+    positions = ops.zeros(kernel_shape, dtype="int32")
+    step = 1 << (levels - 1)
+    while step:
+        probe = ops.take(flat, base + positions + (step - 1))
+        positions = ops.where(probe < weights, positions + step, positions)
+        step >>= 1
+    return positions
+
+
+def _as_rows(centroids):
+    return ops.reshape(centroids, (1, -1)) if len(centroids.shape) == 1 else centroids
+
+
+def _sort_rows(table):
+    order = ops.argsort(ops.stop_gradient(table), axis=-1)
+    return ops.take_along_axis(table, order, axis=-1)
+
+
+def _scale_gradient(x, factor):
+    """`x` in the forward pass; its gradient multiplied by `factor` in the backward pass."""
+    frozen = ops.stop_gradient(x)
+    return frozen + (x - frozen) * ops.stop_gradient(factor)
+
+
+def _size(shape) -> int:
+    size = 1
+    for dim in shape:
+        size *= int(dim)
+    return size

@@ -1,0 +1,56 @@
+"""Run a layer with some of its variables read as other tensors, on any Keras backend.
+
+The clustering wrapper must call the wrapped layer with its kernel replaced by the clustered kernel
+(a differentiable tensor), without changing the layer's code and without touching the kernel
+variable. Keras's :class:`keras.StatelessScope` does exactly that: inside it, reading a mapped
+variable returns the mapped tensor. Two details make it safe to nest:
+
+- Under an enclosing scope (JAX training, or symbolic tracing), only the innermost scope is
+  consulted, so the substitutes are added to that enclosing scope for the duration of the call and
+  removed after it; the layer's other variables keep the values the enclosing scope gives them, and
+  its state updates and losses go to that scope as they would without the wrapper.
+- Without one (TensorFlow and PyTorch training, eager calls), a new scope collects the layer's state
+  updates (e.g. a dropout seed) and losses (activity regularisers); the updates are then applied to
+  the variables and the losses returned to the caller.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras.src.backend.common.stateless_scope import get_stateless_scope
+
+_MISSING = object()
+
+
+def call_with_substitutes(layer, substitutes, function):
+    """Return ``(function(), losses)`` with each ``(variable, tensor)`` of `substitutes` read as tensor.
+
+    `layer` owns the variables whose in-call updates must be kept. `losses` are the losses added
+    during the call that the caller must re-add (empty under an enclosing scope, which keeps them).
+    """
+    enclosing = get_stateless_scope()
+    if enclosing is not None:
+        saved = {id(variable): enclosing.state_mapping.get(id(variable), _MISSING)
+                 for variable, _ in substitutes}
+        for variable, value in substitutes:
+            enclosing.state_mapping[id(variable)] = value
+        try:
+            return function(), []
+        finally:
+            for variable, _ in substitutes:
+                previous = saved[id(variable)]
+                if previous is _MISSING:
+                    enclosing.state_mapping.pop(id(variable), None)
+                else:
+                    enclosing.state_mapping[id(variable)] = previous
+    scope = keras.StatelessScope(state_mapping=list(substitutes), collect_losses=True)
+    with scope:
+        outputs = function()
+    replaced = {id(variable) for variable, _ in substitutes}
+    for variable in layer.variables:
+        if id(variable) in replaced:
+            continue
+        updated = scope.get_current_value(variable)
+        if updated is not None:
+            variable.assign(updated)
+    return outputs, list(scope.losses)
