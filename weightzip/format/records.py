@@ -36,6 +36,9 @@ from weightzip.format.streams import Coding, EncodedStream, PayloadBuilder, Payl
     check_symbols_descriptor, decode_raw, decode_symbols, encode_symbols, raw_bytes
 
 
+_BINCOUNT_LIMIT = 1 << 22  # per-group index histograms up to this size use one bincount, else a sort
+
+
 class Layout(str, Enum):
     """Dense storage, sparse storage with relative indices, or whichever is smaller."""
 
@@ -85,11 +88,11 @@ def _encode_clustered(name: str, tensor: ClusteredTensor, options: EncodeOptions
         "clusters": int(k), "groups": int(groups), "axis": tensor.axis, "group_size": int(tensor.group_size),
         "index_dtype": indices.dtype.name,
     }
-    background = _most_common_per_group(flat, group_of_weight, groups, k)
     dense, sparse = None, None
     if options.layout in (Layout.AUTO, Layout.DENSE):
         dense = encode_symbols(flat, k, options.coding)
     if options.layout in (Layout.AUTO, Layout.SPARSE):
+        background = _most_common_per_group(flat, group_of_weight, groups, k)
         sparse = _best_sparse(flat, background[group_of_weight], bit_width(k), options,
                               lambda values: encode_symbols(values, k, options.coding))
     record["codebook"] = payload.add(raw_bytes(codebook))
@@ -204,6 +207,9 @@ def _most_common_per_group(flat: np.ndarray, group: np.ndarray, groups: int, k: 
     background = np.zeros(groups, dtype=np.int64)
     if flat.size == 0:
         return background
+    if groups * k <= _BINCOUNT_LIMIT:  # small histogram: one bincount (argmax takes the lowest index on ties)
+        histogram = np.bincount(group.astype(np.int64) * k + flat.astype(np.int64), minlength=groups * k)
+        return histogram.reshape(groups, k).argmax(axis=1)
     keys, counts = np.unique(group.astype(np.int64) * k + flat.astype(np.int64), return_counts=True)
     key_group, key_index = keys // k, keys % k
     order = np.lexsort((key_index, -counts, key_group))
