@@ -48,3 +48,10 @@ def test_encode_needs_matching_counts():
         ans_encode([0, 1, 1], np.array([2, 1]))
     with pytest.raises(WeightzipError, match="at least 2"):
         ans_encode([0], np.array([1]))
+
+
+def test_alphabet_limit():
+    counts = np.zeros((1 << 16) + 1, dtype=np.int64)
+    counts[[0, -1]] = 1
+    with pytest.raises(WeightzipError, match="exceeds"):
+        ans_encode(np.array([0, counts.size - 1]), counts)

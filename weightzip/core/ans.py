@@ -16,6 +16,9 @@ import numpy as np
 
 from weightzip.core.errors import WeightzipError
 
+# The model quantises probabilities to 24 bits and gives every symbol at least one quantum.
+MAX_ANS_ALPHABET = 1 << 16
+
 try:
     import constriction
 except ImportError:  # pragma: no cover - constriction is a declared dependency
@@ -58,8 +61,10 @@ def ans_decode(words, count: int, counts) -> np.ndarray:
         coder = constriction.stream.stack.AnsCoder(words.copy())
         symbols = coder.decode(_model(counts), count)
         exhausted = coder.is_empty()
-    except (ValueError, RuntimeError, OverflowError) as error:
-        raise WeightzipError(f"invalid ANS stream: {error}") from None
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as error:  # noqa: B036 - a Rust panic arrives as pyo3's PanicException(BaseException)
+        raise WeightzipError(f"invalid ANS stream: {type(error).__name__}: {error}") from None
     if not exhausted:
         raise WeightzipError(f"ANS stream has data left over after its {count} symbols")
     symbols = np.asarray(symbols)
@@ -76,8 +81,8 @@ def _checked_counts(counts) -> np.ndarray:
         raise WeightzipError("ANS model counts must be a 1-D integer array of at least 2 symbols")
     if counts.min() < 0:
         raise WeightzipError("ANS model counts must be non-negative")
-    if counts.size > np.iinfo(np.int32).max:
-        raise WeightzipError("ANS alphabet too large")
+    if counts.size > MAX_ANS_ALPHABET:
+        raise WeightzipError(f"ANS alphabet of {counts.size} symbols exceeds {MAX_ANS_ALPHABET}")
     return counts.astype(np.int64)
 
 

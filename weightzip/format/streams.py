@@ -9,7 +9,8 @@ Every section descriptor has ``offset`` and ``length`` (bytes, relative to the p
 - ``huffman``: ``table_bytes``; the section is the code length of every symbol of the alphabet packed
   at 5 bits, then the canonical Huffman bitstream (:mod:`weightzip.core.huffman`).
 - ``ans``: ``count_bits`` and ``table_bytes``; the section is every symbol's count packed at
-  ``count_bits`` bits, then the ANS words as uint32 LE (:mod:`weightzip.core.ans`).
+  ``count_bits`` bits, then the ANS words as uint32 LE (:mod:`weightzip.core.ans`); alphabet at
+  most 2**16.
 
 With ``coding="auto"`` the writer encodes each stream every applicable way and keeps the smallest
 (ties go to the simpler coding), tables included; the choice is recorded in the descriptor.
@@ -23,7 +24,7 @@ from enum import Enum
 
 import numpy as np
 
-from weightzip.core.ans import ans_available, ans_decode, ans_encode
+from weightzip.core.ans import MAX_ANS_ALPHABET, ans_available, ans_decode, ans_encode
 from weightzip.core.bitpack import bit_width, pack_bits, packed_size, unpack_bits
 from weightzip.core.errors import WeightzipError
 from weightzip.core.huffman import MAX_CODE_LENGTH, encoded_bit_count, huffman_code_lengths, huffman_decode, \
@@ -108,7 +109,7 @@ def encode_symbols(symbols, alphabet: int, coding=Coding.AUTO) -> EncodedStream:
         candidates.append(_huffman_candidate(symbols, histogram, base, best_only=coding is Coding.AUTO,
                                              to_beat=candidates[0].size if candidates else None))
     if coding in (Coding.AUTO, Coding.ANS) and entropy_codable and ans_available() \
-            and int(histogram.max()) < 1 << 32:
+            and alphabet <= MAX_ANS_ALPHABET and int(histogram.max()) < 1 << 32:
         candidates.append(_ans_candidate(symbols, histogram, base))
     candidates = [c for c in candidates if c is not None]
     if not candidates:
@@ -208,6 +209,8 @@ def decode_symbols(descriptor: dict, reader: PayloadReader, where: str) -> np.nd
         data = reader.section(descriptor, where)
         lengths = unpack_bits(data[:table_bytes], alphabet, LENGTH_BITS)
         return _wrapped(huffman_decode, where, data[table_bytes:], count, lengths)
+    if alphabet > MAX_ANS_ALPHABET:
+        raise WzFormatError(f"{where}: ANS coding needs an alphabet of at most {MAX_ANS_ALPHABET}")
     count_bits = schema.integer(descriptor, "count_bits", where, minimum=1, maximum=32)
     if table_bytes != packed_size(alphabet, count_bits):
         raise WzFormatError(f"{where}: ANS table of {table_bytes} bytes, alphabet {alphabet} at "
