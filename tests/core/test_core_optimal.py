@@ -169,3 +169,36 @@ def test_optimal_centroids_accepts_float32_and_any_shape():
     assert centroids.dtype == np.float64
     assert direct_sse(values.ravel(), centroids) <= direct_sse(values.ravel(), _lloyd_from_linear(
         values.ravel().astype(np.float64), 6)) * (1 + 1e-9)
+
+
+def quadratic_dp_sse(values, weights, k):
+    """Textbook O(k·n²) dynamic programme over the sorted points (no monotonicity assumed)."""
+    order = np.argsort(values, kind="stable")
+    x, w = np.asarray(values, np.float64)[order], np.asarray(weights, np.float64)[order]
+    n = x.shape[0]
+    cost = np.zeros((n + 1, n + 1))
+    for start in range(n):
+        for end in range(start + 1, n + 1):
+            run_w, run_x = w[start:end], x[start:end]
+            if run_w.sum() > 0:
+                mean = (run_w * run_x).sum() / run_w.sum()
+                cost[start, end] = (run_w * (run_x - mean) ** 2).sum()
+    best = cost[0].copy()
+    for _ in range(1, k):
+        best = np.array([np.min(best[:end] + cost[:end, end]) if end else np.inf for end in range(n + 1)])
+    return float(best[n])
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_optimal_matches_a_quadratic_dp_on_medium_inputs(seed):
+    """Larger than brute force can reach, so the divide-and-conquer and layer bounds are exercised."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(40, 90))
+    values = rng.choice([rng.normal(size=n), rng.integers(-6, 7, size=n).astype(float),
+                         rng.standard_t(2, size=n)])
+    weights = rng.choice([0.0, 0.3, 1.0, 4.0], size=n) if seed % 2 else np.ones(n)
+    positive = weights > 0
+    k = int(rng.integers(1, min(25, len(np.unique(values[positive]))) + 1))
+    expected = quadratic_dp_sse(values[positive], weights[positive], k)
+    achieved = direct_sse(values, optimal_centroids(values, k, sample_weight=weights), weights)
+    assert achieved == pytest.approx(expected, abs=tolerance(values, weights))
