@@ -253,3 +253,12 @@ def test_error_names_the_tensor_and_section():
     data = assemble(header, bytes(payload))  # whole-file CRC valid, section CRC stale
     with pytest.raises(WzFormatError, match="fc/kernel.*codebook.*checksum"):
         decode_wz(data)
+
+
+def test_element_limit_counts_all_tensors_together():
+    total = sum(t.indices.size if isinstance(t, ClusteredTensor) else t.size for t in TENSORS.values())
+    largest = max(t.indices.size if isinstance(t, ClusteredTensor) else t.size for t in TENSORS.values())
+    assert_same_tensors(decode_wz(VALID, max_elements=total)[0], TENSORS)
+    for limit in (largest, total - 1):
+        with pytest.raises(WzFormatError, match="element limit"):
+            decode_wz(VALID, max_elements=limit)

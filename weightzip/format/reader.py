@@ -21,7 +21,7 @@ from weightzip.format.errors import WzFormatError
 from weightzip.format.records import TensorRecord, check_record, decode_record
 from weightzip.format.streams import PayloadReader
 
-DEFAULT_MAX_ELEMENTS = 1 << 30  # 4 GiB of float32 once decoded; raise it for larger trusted files
+DEFAULT_MAX_ELEMENTS = 1 << 28  # 268 M weights (VGG-16 has 138 M): 1 GiB of float32 once decoded
 
 
 def read_wz(path, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> tuple[dict, dict]:
