@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-MNIST_5K_TEST_SIZE = 1000
 
 
 class DatasetUnavailableError(RuntimeError):
@@ -34,20 +33,19 @@ def mnist_5k_path() -> Path:
     return path
 
 
-def load_mnist_5k(test_size: int = MNIST_5K_TEST_SIZE):
-    """(x_train, y_train, x_test, y_test): the first 5000 − `test_size` rows train, the rest test.
+def load_mnist_5k():
+    """(x_train, y_train, x_test, y_test): 4,000 training and 1,000 test images, 100 test images per class.
 
-    The split is fixed (the file's own order), so every run and every tool sees the same test set.
+    The file is sorted by label, so the split is by position: every fifth row is a test row. It is
+    fixed, so every run and every tool sees the same test set.
     """
     table = np.loadtxt(mnist_5k_path(), delimiter=",", dtype=np.float32)
     if table.ndim != 2 or table.shape[1] != 785:
         raise DatasetUnavailableError(f"unexpected MNIST-5k table shape {table.shape}, expected (5000, 785)")
-    if not 0 < test_size < table.shape[0]:
-        raise ValueError(f"test_size must be in (0, {table.shape[0]}), got {test_size}")
     images = table[:, :784] / 255.0
     labels = table[:, 784].astype(np.int64)
-    split = table.shape[0] - test_size
-    return images[:split], labels[:split], images[split:], labels[split:]
+    is_test = np.arange(table.shape[0]) % 5 == 4
+    return images[~is_test], labels[~is_test], images[is_test], labels[is_test]
 
 
 def load_fashion_mnist(directory: str | Path = FASHION_MNIST_DIR):
