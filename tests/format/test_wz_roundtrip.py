@@ -146,3 +146,12 @@ def test_background_by_sort_matches_background_by_histogram(monkeypatch):
     monkeypatch.setattr(records, "_BINCOUNT_LIMIT", 0)
     assert encode_wz(tensors, options=options) == by_histogram
     assert_same_tensors(decode_wz(by_histogram)[0], tensors)
+
+
+def test_numpy_integer_axis_is_stored_as_json():
+    from weightzip.core import ClusteredTensor
+    tensor = random_clustered((4, 6), 4, axis=1, group_size=2)
+    tensors = {"w": ClusteredTensor(tensor.codebook, tensor.indices, np.int64(1), np.int64(2))}
+    decoded = decode_wz(encode_wz(tensors))[0]["w"]
+    assert (decoded.axis, decoded.group_size) == (1, 2)
+    np.testing.assert_array_equal(decoded.indices, tensor.indices)

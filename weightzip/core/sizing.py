@@ -97,7 +97,7 @@ class SizeReport:
     path: str = ""
 
     columns: ClassVar[tuple[str, ...]] = (
-        "tensor", "shape", "kept %", "bits/weight", "bits/index", "bytes", "rate")
+        "tensor", "shape", "weights", "kept %", "bits/weight", "bits/index", "bytes", "rate")
 
     @property
     def tensor_bytes(self) -> int:
@@ -118,13 +118,14 @@ class SizeReport:
     def table_rows(self) -> list[tuple[str, ...]]:
         """Rows of formatted cells matching `columns`, one per tensor plus overhead and total."""
         cells = [
-            (row.name, "x".join(map(str, row.shape)) or "scalar", f"{row.kept_percent:.1f}",
+            (row.name, "x".join(map(str, row.shape)) or "scalar", str(row.weights), f"{row.kept_percent:.1f}",
              f"{row.bits_per_weight:.2f}", f"{row.bits_per_index:.2f}" if row.layout == "sparse" else "-",
              str(row.encoded_bytes), f"{row.compression_rate:.1f}x")
             for row in self.rows
         ]
-        cells.append(("(container)", "", "", "", "", str(self.overhead_bytes), ""))
-        cells.append(("total", "", "", "", "", str(self.file_bytes), f"{self.compression_rate:.1f}x"))
+        weights = sum(row.weights for row in self.rows)
+        cells.append(("(container)", "", "", "", "", "", str(self.overhead_bytes), ""))
+        cells.append(("total", "", str(weights), "", "", "", str(self.file_bytes), f"{self.compression_rate:.1f}x"))
         return cells
 
     def to_text(self) -> str:

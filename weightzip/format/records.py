@@ -85,7 +85,7 @@ def _encode_clustered(name: str, tensor: ClusteredTensor, options: EncodeOptions
     record = {
         "name": name, "kind": "clustered", "shape": list(indices.shape), "dtype": codebook.dtype.name,
         "nonzero": int(flat.size - np.count_nonzero(decoded_zero)),
-        "clusters": int(k), "groups": int(groups), "axis": tensor.axis, "group_size": int(tensor.group_size),
+        "clusters": int(k), "groups": int(groups), "axis": None if tensor.axis is None else int(tensor.axis), "group_size": int(tensor.group_size),
         "index_dtype": indices.dtype.name,
     }
     dense, sparse = None, None
