@@ -34,6 +34,8 @@ def test_tensor_size_row_figures():
     assert row.encoded_bytes == 22_564
     assert row.compression_rate == pytest.approx(235_200 * 4 / 22_564)
     assert row.bits_per_parameter == pytest.approx(22_564 * 8 / 235_200)
+    assert row.storage == "sparse +"
+    assert TensorSize("b", "array", (3,), 32, "sparse", 1, 1, 0, 4, 1, "raw", "ans").storage == "sparse raw+ans"
 
 
 def test_report_overhead_makes_totals_add_up_to_the_file():
@@ -44,7 +46,8 @@ def test_report_overhead_makes_totals_add_up_to_the_file():
     assert report.compression_rate == pytest.approx((40 + 64) / 100)
     cells = report.table_rows()
     assert [c[0] for c in cells] == ["a", "b", "(container)", "total"]
-    assert cells[-1][2] == "26" and cells[-1][6] == "100"
+    assert cells[-1][2] == "26" and cells[-1][8] == "100"
+    assert cells[0][4] == "dense " and cells[-1][7] == f"{800 / 26:.3f}"
     assert all(len(c) == len(SizeReport.columns) for c in cells)
     text = report.to_text()
     assert "total" in text and len(text.splitlines()) == 5

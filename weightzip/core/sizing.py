@@ -9,7 +9,8 @@ replaced by n indices of log2(k) bits plus a codebook of k b-bit centroids compr
 (the `.wz` reader builds them from a file's sections; see ``weightzip.format.inspect_table``), so
 the totals add up to the file size, container overhead included. Columns follow the paper's Table 2:
 share of weights kept by pruning, bits per stored weight (the value/index stream), bits per relative
-index (the gap stream) and the compression rate against the uncompressed dtype.
+index (the gap stream), and the compression rate against the uncompressed dtype; "bits/param" is all
+of a tensor's bits (codebook included) per weight of the dense tensor, comparable across layouts.
 """
 
 from __future__ import annotations
@@ -87,6 +88,13 @@ class TensorSize:
     def compression_rate(self) -> float:
         return self.original_bytes / self.encoded_bytes if self.encoded_bytes else math.inf
 
+    @property
+    def storage(self) -> str:
+        """How it is stored, e.g. 'dense packed' or 'sparse huffman+ans' (values + gaps)."""
+        if self.layout == "sparse":
+            return f"sparse {self.value_coding}+{self.index_coding}"
+        return f"dense {self.value_coding}"
+
 
 @dataclass(frozen=True)
 class SizeReport:
@@ -97,7 +105,8 @@ class SizeReport:
     path: str = ""
 
     columns: ClassVar[tuple[str, ...]] = (
-        "tensor", "shape", "weights", "kept %", "bits/weight", "bits/index", "bytes", "rate")
+        "tensor", "shape", "weights", "kept %", "storage", "bits/weight", "bits/index", "bits/param",
+        "bytes", "rate")
 
     @property
     def tensor_bytes(self) -> int:
@@ -119,19 +128,23 @@ class SizeReport:
         """Rows of formatted cells matching `columns`, one per tensor plus overhead and total."""
         cells = [
             (row.name, "x".join(map(str, row.shape)) or "scalar", str(row.weights), f"{row.kept_percent:.1f}",
-             f"{row.bits_per_weight:.2f}", f"{row.bits_per_index:.2f}" if row.layout == "sparse" else "-",
+             row.storage, f"{row.bits_per_weight:.2f}",
+             f"{row.bits_per_index:.2f}" if row.layout == "sparse" else "-", f"{row.bits_per_parameter:.3f}",
              str(row.encoded_bytes), f"{row.compression_rate:.1f}x")
             for row in self.rows
         ]
         weights = sum(row.weights for row in self.rows)
-        cells.append(("(container)", "", "", "", "", "", str(self.overhead_bytes), ""))
-        cells.append(("total", "", str(weights), "", "", "", str(self.file_bytes), f"{self.compression_rate:.1f}x"))
+        per_parameter = f"{8 * self.file_bytes / weights:.3f}" if weights else "-"
+        cells.append(("(container)", "", "", "", "", "", "", "", str(self.overhead_bytes), ""))
+        cells.append(("total", "", str(weights), "", "", "", "", per_parameter, str(self.file_bytes),
+                      f"{self.compression_rate:.1f}x"))
         return cells
 
     def to_text(self) -> str:
         """Plain-text table (the CLI may render `table_rows()` its own way)."""
         rows = [self.columns, *self.table_rows()]
         widths = [max(len(row[i]) for row in rows) for i in range(len(self.columns))]
-        lines = ["  ".join(cell.ljust(width) if i < 2 else cell.rjust(width)
-                           for i, (cell, width) in enumerate(zip(row, widths))) for row in rows]
+        text_columns = {self.columns.index(name) for name in ("tensor", "shape", "storage")}
+        lines = ["  ".join(cell.ljust(width) if i in text_columns else cell.rjust(width)
+                           for i, (cell, width) in enumerate(zip(row, widths))).rstrip() for row in rows]
         return "\n".join(lines)
