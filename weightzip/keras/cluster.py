@@ -112,6 +112,8 @@ class _Rewriter:
         return keras.models.clone_model(model, clone_function=self.copied)
 
     def copied(self, layer):
+        if not isinstance(layer, keras.layers.Layer):
+            return layer  # a stateless operation of a Functional graph (e.g. keras.ops.not_equal)
         key = id(layer)
         if key not in self._copies:
             self._copies[key] = self._copy(layer)

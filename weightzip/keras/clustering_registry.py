@@ -63,7 +63,7 @@ _KERNEL_LAYERS: tuple[tuple[tuple[type, ...], tuple[tuple[str, int], ...]], ...]
     ((layers.Conv1DTranspose, layers.Conv2DTranspose, layers.Conv3DTranspose),
      (("kernel", _SECOND_TO_LAST),)),
     ((layers.DepthwiseConv1D, layers.DepthwiseConv2D),
-     (("depthwise_kernel", _SECOND_TO_LAST),)),
+     (("kernel", _SECOND_TO_LAST),)),  # Keras 3 names the depthwise kernel "kernel"
     ((layers.SeparableConv1D, layers.SeparableConv2D),
      (("depthwise_kernel", _SECOND_TO_LAST), ("pointwise_kernel", _LAST))),
     ((layers.Conv1D, layers.Conv2D, layers.Conv3D, layers.Dense, layers.EinsumDense),
