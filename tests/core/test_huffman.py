@@ -136,3 +136,15 @@ def test_corrupted_streams_raise():
 def test_encode_refuses_symbols_without_code():
     with pytest.raises(WeightzipError, match="no code"):
         huffman_encode([2], np.array([1, 1, 0]))
+
+
+@settings(max_examples=150, deadline=None)
+@given(counts=st.lists(st.integers(0, 2 ** 40), min_size=2, max_size=64).filter(lambda c: sum(1 for x in c if x) >= 2),
+       slack=st.integers(0, 3))
+def test_tight_length_limits_stay_complete(counts, slack):
+    counts = np.asarray(counts, dtype=np.int64)
+    limit = max(1, int(np.count_nonzero(counts) - 1).bit_length()) + slack  # ceil(log2 used) + slack
+    lengths = huffman_code_lengths(counts, max_length=limit)
+    assert lengths.max() <= limit
+    assert kraft_sum(lengths) == 1.0
+    assert encoded_bit_count(counts, lengths) >= reference_huffman_cost(counts)
