@@ -1,0 +1,179 @@
+"""TFLite (LiteRT) export of Keras models and inspection of the int8 kernels in a .tflite file.
+
+- :func:`convert_to_tflite`: float or full-integer int8 conversion (representative dataset for activation
+  ranges), optionally written atomically to a path.
+- :func:`tflite_int8_kernels`: the int8 weight tensors of the conv / fully-connected ops with their
+  per-channel scales, read back through the interpreter: how we check that clusters and zeros survived.
+- :func:`distinct_values_per_channel`, :func:`zipped_size`, :func:`tflite_predict`.
+
+Conversion needs TensorFlow (the Keras TensorFlow backend); inspection needs only TensorFlow installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+import warnings
+import zipfile
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+
+# Ops whose input 1 is a weight tensor quantised per output channel.
+_WEIGHT_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "CONV_3D", "TRANSPOSE_CONV")
+
+
+@dataclass(frozen=True)
+class Int8Kernel:
+    """One int8 weight tensor of a .tflite model."""
+
+    op: str
+    name: str
+    values: np.ndarray
+    scales: np.ndarray
+    channel_axis: int
+
+
+def convert_to_tflite(model, representative_data=None, *, int8: bool = True, int8_io: bool = False,
+                      calibration_samples: int = 200, path=None) -> bytes:
+    """Convert a (stripped) Keras model to .tflite bytes.
+
+    int8: full-integer quantisation (weights per channel, activations from `representative_data`, one
+      sample per calibration step, at most `calibration_samples`); False keeps float32.
+    int8_io: with int8, make the model's inputs and outputs int8 too (default: float in/out).
+    path: also write the bytes there (atomically; an existing file is replaced, never partially written).
+    """
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError(
+            f"TFLite conversion needs the TensorFlow Keras backend (KERAS_BACKEND=tensorflow); this process "
+            f"uses {keras.backend.backend()!r}. Save the stripped model and convert it in a TensorFlow process"
+        )
+    import tensorflow as tf
+
+    if any(isinstance(layer, keras.layers.Wrapper) for layer in _all_layers(model)):
+        raise ValueError("convert_to_tflite expects a stripped model: call strip_quantization / strip_pruning first")
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if int8:
+        if representative_data is None:
+            raise ValueError("int8 conversion needs representative_data (a few hundred training inputs)")
+        samples = np.asarray(representative_data, dtype=np.float32)[:calibration_samples]
+        if samples.shape[0] == 0:
+            raise ValueError("representative_data is empty")
+
+        def representative_dataset():
+            for sample in samples:
+                yield [sample[None, ...]]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative_dataset
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if int8_io:
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # the exporter prints signatures
+        warnings.simplefilter("ignore")
+        flatbuffer = converter.convert()
+    if path is not None:
+        _write_atomically(os.fspath(path), flatbuffer)
+    return flatbuffer
+
+
+def tflite_int8_kernels(flatbuffer: bytes) -> list[Int8Kernel]:
+    """The int8 weight tensors (input 1) of every conv / fully-connected op, in op order."""
+    interpreter = _interpreter(flatbuffer)
+    details = {d["index"]: d for d in interpreter.get_tensor_details()}
+    kernels = []
+    for op in interpreter._get_ops_details():  # noqa: SLF001 - the interpreter's only op-graph view
+        if op["op_name"] not in _WEIGHT_OPS or len(op["inputs"]) < 2:
+            continue
+        detail = details[op["inputs"][1]]
+        if detail["dtype"] != np.int8:
+            continue
+        quantization = detail["quantization_parameters"]
+        kernels.append(Int8Kernel(
+            op=op["op_name"], name=detail["name"], values=np.array(interpreter.get_tensor(detail["index"])),
+            scales=np.asarray(quantization["scales"]), channel_axis=int(quantization["quantized_dimension"]),
+        ))
+    return kernels
+
+
+def distinct_values_per_channel(kernel: Int8Kernel) -> np.ndarray:
+    """Number of distinct int8 values in each output channel of `kernel`."""
+    channels = np.moveaxis(kernel.values, kernel.channel_axis, 0).reshape(kernel.values.shape[kernel.channel_axis], -1)
+    return np.array([np.unique(channel).size for channel in channels])
+
+
+def zipped_size(flatbuffer: bytes) -> int:
+    """Bytes of `flatbuffer` in a DEFLATE zip archive (TFMOT's ``get_gzipped_model_size`` measure)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("model.tflite", flatbuffer)
+    return len(buffer.getvalue())
+
+
+def tflite_predict(flatbuffer: bytes, inputs: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Run the .tflite model on `inputs` (float; quantised here when the model takes int8)."""
+    interpreter = _interpreter(flatbuffer)
+    input_detail = interpreter.get_input_details()[0]
+    output_detail = interpreter.get_output_details()[0]
+    outputs = []
+    current = None
+    for start in range(0, len(inputs), batch_size):
+        batch = np.asarray(inputs[start:start + batch_size], dtype=np.float32)
+        if current != batch.shape[0]:
+            interpreter.resize_tensor_input(input_detail["index"], batch.shape)
+            interpreter.allocate_tensors()
+            current = batch.shape[0]
+        interpreter.set_tensor(input_detail["index"], _to_input_dtype(batch, input_detail))
+        interpreter.invoke()
+        outputs.append(_from_output_dtype(interpreter.get_tensor(output_detail["index"]), output_detail))
+    return np.concatenate(outputs)
+
+
+def _interpreter(flatbuffer: bytes):
+    import tensorflow as tf
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        interpreter = tf.lite.Interpreter(model_content=flatbuffer)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def _to_input_dtype(batch, detail):
+    if detail["dtype"] == np.float32:
+        return batch
+    scale, zero_point = detail["quantization"]
+    info = np.iinfo(detail["dtype"])
+    return np.clip(np.round(batch / scale + zero_point), info.min, info.max).astype(detail["dtype"])
+
+
+def _from_output_dtype(values, detail):
+    if detail["dtype"] == np.float32:
+        return np.array(values)
+    scale, zero_point = detail["quantization"]
+    return (values.astype(np.float32) - zero_point) * scale
+
+
+def _all_layers(model):
+    stack = [model]
+    while stack:
+        layer = stack.pop()
+        yield layer
+        stack.extend(getattr(layer, "layers", ()) or ())
+
+
+def _write_atomically(path: str, data: bytes):
+    directory = os.path.dirname(os.path.abspath(path))
+    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tflite.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
