@@ -1,0 +1,98 @@
+"""Keras models to and from `.wz` files: architecture in the metadata, every variable a tensor record.
+
+A kernel that holds few distinct values (after `strip_clustering`) is stored as codebook + indices,
+recovered losslessly by :func:`weightzip.core.palettize_exact`, per tensor or, when that needs too
+many entries, per output channel; zeros left by pruning make the `.wz` writer choose its sparse layout
+(relative indices). Everything else (biases, BatchNorm statistics, unclustered kernels) is stored as is.
+Loading rebuilds the model from its serialized config and assigns every variable by path, so the
+decoded model computes exactly what the stripped model did.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import keras
+import numpy as np
+
+from weightzip.core import InvalidClusterCountError, palettize_exact
+from weightzip.core.errors import WeightzipError
+from weightzip.format import WriteOptions, read_wz_dense, write_wz
+
+FRAMEWORK = "keras"
+DEFAULT_MAX_CLUSTERS = 256
+
+
+def model_tensors(model: keras.Model, *, max_clusters: int = DEFAULT_MAX_CLUSTERS) -> dict:
+    """Name (variable path) -> ClusteredTensor for palettizable kernels, ndarray for the rest."""
+    tensors = {}
+    for variable in model.weights:
+        if variable.path in tensors:
+            raise WeightzipError(f"two variables share the path {variable.path!r}; cannot store them by name")
+        tensors[variable.path] = palettized_or_raw(keras.ops.convert_to_numpy(variable), max_clusters)
+    return tensors
+
+
+def palettized_or_raw(array: np.ndarray, max_clusters: int = DEFAULT_MAX_CLUSTERS):
+    """A ClusteredTensor when codebook + indices cost fewer bits than the raw values, else `array`.
+
+    A codebook per tensor is tried first, then one per last-axis channel. Only nonzero weights count:
+    zeros cost the same in both forms once the writer chooses its sparse layout for a pruned kernel.
+    """
+    if not np.issubdtype(array.dtype, np.floating) or array.ndim == 0 or array.size == 0:
+        return array
+    value_bits = array.dtype.itemsize * 8
+    stored = max(1, int(np.count_nonzero(array)))
+    for axis in (None, -1) if array.ndim >= 2 else (None,):
+        try:
+            clustered = palettize_exact(array, max_clusters, axis=axis)
+        except InvalidClusterCountError:
+            continue
+        groups, k = clustered.codebook.shape
+        index_bits = math.ceil(math.log2(k)) if k > 1 else 0
+        if groups * k * value_bits + stored * index_bits < stored * value_bits:
+            return clustered
+    return array
+
+
+def save_wz(model: keras.Model, path, *, max_clusters: int = DEFAULT_MAX_CLUSTERS,
+            options: WriteOptions = WriteOptions(), overwrite: bool = False, extra_metadata: dict | None = None) -> int:
+    """Write `model` (stripped of clustering/pruning wrappers) to a `.wz` file; returns its size in bytes."""
+    metadata = {
+        "framework": FRAMEWORK,
+        "keras_version": keras.__version__,
+        "model": json.loads(json.dumps(keras.saving.serialize_keras_object(model))),
+        "variables": [variable.path for variable in model.weights],
+    }
+    metadata.update(extra_metadata or {})
+    write_wz(path, model_tensors(model, max_clusters=max_clusters), metadata, options=options, overwrite=overwrite)
+    return os.path.getsize(path)
+
+
+def load_wz(path, *, custom_objects: dict | None = None) -> keras.Model:
+    """Rebuild the Keras model stored in a `.wz` file, with its decoded weights."""
+    tensors, metadata = read_wz_dense(path)
+    if metadata.get("framework") != FRAMEWORK or "model" not in metadata:
+        raise WeightzipError(f"{path} does not hold a Keras model (framework={metadata.get('framework')!r})")
+    model = keras.saving.deserialize_keras_object(metadata["model"], custom_objects=custom_objects)
+    stored = metadata.get("variables", [])
+    variables = model.weights
+    if len(stored) != len(variables) or set(stored) != set(tensors):
+        raise WeightzipError(
+            f"{path}: {len(stored)} stored variables, the rebuilt model has {len(variables)}"
+        )
+    # Variable paths depend on name scopes at build time, so variables are matched by position.
+    for name, variable in zip(stored, variables):
+        value = tensors[name]
+        if tuple(value.shape) != tuple(variable.shape):
+            raise WeightzipError(
+                f"{path}: tensor {name!r} has shape {value.shape}, the rebuilt model's {variable.path!r} "
+                f"expects {tuple(variable.shape)}"
+            )
+        variable.assign(value.astype(variable.dtype))
+    return model
+
+
+__all__ = ["load_wz", "model_tensors", "palettized_or_raw", "save_wz"]
