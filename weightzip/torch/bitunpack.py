@@ -6,11 +6,14 @@ Packing is done once, by the core, in NumPy; this module only reads.
 
 Every 8 consecutive values fill exactly ``b`` bytes, so the stream is viewed as rows of ``b`` bytes and
 value ``p`` of a row is read from a fixed byte window at a fixed shift (a 3-byte window covers any value
-of up to 16 bits wherever it starts). The byte stream must therefore be padded with zero bytes to a whole
+of up to 16 bits wherever it starts). Faster paths: 1, 2, 4 and 8 bits never straddle a byte, and a row
+of fewer than 8 bytes is read as one int64. The byte stream must therefore be padded with zero bytes to a whole
 number of rows (:func:`padded_stream`).
 """
 
 from __future__ import annotations
+
+import sys
 
 import numpy as np
 import torch
@@ -30,16 +33,32 @@ def padded_stream(values: np.ndarray, bits: int) -> np.ndarray:
 
 
 def unpack(stream: torch.Tensor, count: int, bits: int) -> torch.Tensor:
-    """The first `count` values of a padded uint8 `stream` packed at `bits` bits, as int64 (torch ops only)."""
+    """The first `count` values of a padded uint8 `stream` packed at `bits` bits, as int32 (torch ops only).
+
+    int32 throughout: it is what ``index_select`` takes, and torch's uint8 kernels are slower.
+    """
     _check_bits(bits)
-    rows = stream.reshape(-1, bits).to(torch.int32)
-    rows = torch.nn.functional.pad(rows, (0, 2))  # every 3-byte window stays inside its row
-    starts = [p * bits for p in range(8)]
-    first = torch.tensor([s // 8 for s in starts], device=stream.device)
-    shift = torch.tensor([s % 8 for s in starts], dtype=torch.int32, device=stream.device)
-    window = rows[:, first] | (rows[:, first + 1] << 8) | (rows[:, first + 2] << 16)
-    values = (window >> shift) & ((1 << bits) - 1)
-    return values.reshape(-1)[:count].long()
+    mask = (1 << bits) - 1
+    words = stream.to(torch.int32)
+    if bits == 8:
+        values = words
+    elif bits in (1, 2, 4):
+        shifts = torch.arange(0, 8, bits, dtype=torch.int32, device=stream.device)
+        values = (words.unsqueeze(-1) >> shifts) & mask
+    elif bits < 8 and sys.byteorder == "little":
+        # A row of `bits` bytes, zero-padded to 8, read as one little-endian int64 holds its 8 values.
+        rows = torch.nn.functional.pad(stream.reshape(-1, bits), (0, 8 - bits)).view(torch.int64)
+        shifts = torch.arange(0, 8 * bits, bits, dtype=torch.int64, device=stream.device)
+        values = ((rows >> shifts) & mask).to(torch.int32)
+    else:
+        rows = torch.nn.functional.pad(words.reshape(-1, bits), (0, 2))
+        columns = []
+        for position in range(8):
+            first, shift = divmod(position * bits, 8)
+            window = rows[:, first] | (rows[:, first + 1] << 8) | (rows[:, first + 2] << 16)
+            columns.append((window >> shift) & mask)
+        values = torch.stack(columns, dim=-1)
+    return values.reshape(-1)[:count]
 
 
 def _check_bits(bits: int) -> None:

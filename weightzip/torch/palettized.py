@@ -47,15 +47,15 @@ class _PalettizedWeight(nn.Module):
         self.register_buffer("packed", torch.from_numpy(stream).to(device))
         codebook = torch.from_numpy(np.asarray(clustered.codebook, dtype=np.float64))
         self.register_buffer("codebook", codebook.to(device=device, dtype=dtype))
-        offsets = channel_groups(self.weight_shape, self.axis, self.group_size) * k
+        offsets = (channel_groups(self.weight_shape, self.axis, self.group_size) * k).to(torch.int32)
         self.register_buffer("group_offsets", offsets.to(device), persistent=False)
 
     @property
     def weight(self) -> torch.Tensor:
         """The expanded float weight (computed on every access)."""
         count = math.prod(self.weight_shape)
-        codes = unpack(self.packed, count, self.bits).reshape(self.weight_shape) + self.group_offsets
-        return self.codebook.reshape(-1)[codes]
+        codes = unpack(self.packed, count, self.bits).reshape(self.weight_shape) + self.group_offsets  # int32
+        return torch.index_select(self.codebook.reshape(-1), 0, codes.reshape(-1)).reshape(self.weight_shape)
 
     def to_clustered_tensor(self) -> ClusteredTensor:
         """The stored palette as a core :class:`ClusteredTensor` (indices unpacked)."""
