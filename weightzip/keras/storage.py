@@ -31,8 +31,14 @@ def model_tensors(model: keras.Model, *, max_clusters: int = DEFAULT_MAX_CLUSTER
     for variable in model.weights:
         if variable.path in tensors:
             raise WeightzipError(f"two variables share the path {variable.path!r}; cannot store them by name")
-        tensors[variable.path] = palettized_or_raw(keras.ops.convert_to_numpy(variable), max_clusters)
+        tensors[variable.path] = palettized_or_raw(_positive_zeros(keras.ops.convert_to_numpy(variable)), max_clusters)
     return tensors
+
+
+def _positive_zeros(array: np.ndarray) -> np.ndarray:
+    """−0.0 as +0.0 (x + 0 does exactly that): masks applied by multiplication leave −0.0 behind, which
+    would otherwise count as stored entries of a pruned kernel. Numerically the same weights."""
+    return array + array.dtype.type(0) if np.issubdtype(array.dtype, np.floating) else array
 
 
 def palettized_or_raw(array: np.ndarray, max_clusters: int = DEFAULT_MAX_CLUSTERS):
