@@ -109,3 +109,17 @@ def test_assignment_rejects_bad_centroids():
         assign_to_centroids(np.zeros(3), np.array([0.0, np.nan]))
     with pytest.raises(InvalidWeightsError, match="centroids is empty"):
         assign_to_centroids(np.zeros(3), np.array([]))
+
+
+@settings(deadline=None, max_examples=200)
+@given(st.sampled_from([np.float16, np.float32, np.float64]),
+       st.lists(st.floats(-100, 100, width=16), min_size=1, max_size=40),
+       st.lists(st.floats(-150, 150, allow_nan=False), min_size=1, max_size=8))
+def test_sorted_sample_boundaries_match_nearest_centroid_in_float64(dtype, values, centroids):
+    """Midpoints are searched in the values' own dtype (rounded down), with float64 semantics kept."""
+    values = np.array(values, dtype=dtype)
+    centroids = np.sort(np.array(centroids))
+    sample = SortedSample.from_values(values)
+    midpoints = (centroids[1:] + centroids[:-1]) / 2.0
+    expected = np.searchsorted(np.sort(values).astype(np.float64), midpoints, side="right")
+    np.testing.assert_array_equal(sample.boundaries(centroids)[1:-1], expected)

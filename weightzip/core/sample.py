@@ -82,7 +82,7 @@ class SortedSample:
     def boundaries(self, centroids: np.ndarray) -> np.ndarray:
         """Start index of each centroid's run, plus n: nearest-centroid assignment on sorted data."""
         midpoints = (centroids[1:] + centroids[:-1]) / 2.0
-        inner = np.searchsorted(self.values, midpoints, side="right")
+        inner = np.searchsorted(self.values, _rounded_down(midpoints, self.values.dtype), side="right")
         return np.concatenate(([0], inner, [self.size]))
 
     def run_moments(self, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -108,6 +108,21 @@ class SortedSample:
             index = np.searchsorted(self.cum_weight, targets, side="left") - 1
         index = np.clip(index, 0, self.size - 1)
         return self.values[index].astype(np.float64)
+
+
+def _rounded_down(points: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """`points` in `dtype`, each rounded down, so that for values of that dtype v <= point ⇔ v <= result.
+
+    Searching float64 points among float32 values would make NumPy cast all n values first: O(n) per
+    search instead of O(k log n), which made every Lloyd iteration and k-means++ step a full pass.
+    """
+    if points.dtype == dtype:
+        return points
+    with np.errstate(over="ignore"):
+        cast = points.astype(dtype)
+    too_high = cast.astype(np.float64) > points
+    cast[too_high] = np.nextafter(cast[too_high], dtype.type(-np.inf))
+    return cast
 
 
 def _prefix(values: np.ndarray) -> np.ndarray:
