@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
+from weightzip.atomic import check_output_path, write_bytes_atomically
+from weightzip.atomic import write_bytes_atomically as write_atomically  # noqa: F401  (used by weightzip.torch)
 from weightzip.core.errors import WeightzipError
 from weightzip.core.sparse import MAX_GAP_BITS
 from weightzip.format import schema
@@ -84,55 +83,7 @@ def write_wz(path, tensors: dict, metadata: dict | None = None, *, options: Writ
     either untouched or complete. An existing `path` is refused unless `overwrite=True`; a `path` that
     is one of `inputs` (the files the model was read from) is always refused.
     """
-    path = Path(path)
-    for source in inputs:
-        if _same_file(path, Path(source)):
-            raise WeightzipError(f"refusing to write {path}: it is an input file ({source})")
-    if path.exists() and not overwrite:
-        raise WeightzipError(f"{path} already exists (pass overwrite=True to replace it)")
-    if path.is_dir():
-        raise WeightzipError(f"{path} is a directory")
+    check_output_path(path, overwrite=overwrite, inputs=inputs)
     data = encode_wz(tensors, metadata, options)
-    write_atomically(path, data, overwrite=overwrite)
+    write_bytes_atomically(path, data, overwrite=overwrite, inputs=inputs)
     return len(data)
-
-
-def write_atomically(path: Path, data: bytes, *, overwrite: bool) -> None:
-    """Write `data` to a temporary file beside `path`, fsync it, then move it to `path`."""
-    directory = path.parent if str(path.parent) else Path(".")
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(handle, 0o666 & ~_current_umask())  # mkstemp's 0600 -> what open() would give
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        if overwrite:
-            os.replace(temporary, path)
-        else:
-            try:
-                os.link(temporary, path)  # fails if `path` appeared meanwhile: never clobbers
-            except FileExistsError:
-                raise WeightzipError(f"{path} already exists (pass overwrite=True to replace it)") from None
-            except OSError:  # no hard links on this file system
-                if path.exists():
-                    raise WeightzipError(f"{path} already exists (pass overwrite=True to replace it)") from None
-                os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        if a.exists() and b.exists():
-            return os.path.samefile(a, b)
-    except OSError:
-        pass
-    return a.resolve() == b.resolve()
-
-
-def _current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask

@@ -1,0 +1,84 @@
+"""Writing outputs so that nothing is lost: never over an input, never half-written, never clobbering.
+
+Every file weightzip produces (`.wz`, `.keras`, `.tflite`, checkpoints) goes through
+:func:`atomic_output`: the content is written to a temporary file beside the target, flushed to disk,
+then moved into place, so the target is either untouched or complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+from weightzip.core.errors import WeightzipError
+
+
+def check_output_path(path, *, overwrite: bool = False, inputs=()) -> Path:
+    """`path` as a Path, after refusing an input file, a directory, or (without `overwrite`) an existing file."""
+    path = Path(path)
+    for source in inputs:
+        if _same_file(path, Path(source)):
+            raise WeightzipError(f"refusing to write {path}: it is an input file ({source})")
+    if path.is_dir():
+        raise WeightzipError(f"{path} is a directory")
+    if path.exists() and not overwrite:
+        raise WeightzipError(f"{path} already exists (pass overwrite=True / --overwrite to replace it)")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_output(path, *, overwrite: bool = False, inputs=()):
+    """Yield a temporary path beside `path` (same suffix) to write to; publish it to `path` on success.
+
+    Without `overwrite`, publishing uses a hard link, which fails if `path` appeared meanwhile.
+    On an exception the temporary file is removed and `path` is left as it was.
+    """
+    path = check_output_path(path, overwrite=overwrite, inputs=inputs)
+    directory = path.parent if str(path.parent) else Path(".")
+    handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix="".join(path.suffixes))
+    os.close(handle)
+    os.chmod(temporary, 0o666 & ~_current_umask())  # mkstemp's 0600 -> what open() would give
+    try:
+        yield Path(temporary)
+        with open(temporary, "rb") as stream:
+            os.fsync(stream.fileno())
+        _publish(Path(temporary), path, overwrite)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def write_bytes_atomically(path, data: bytes, *, overwrite: bool = False, inputs=()) -> None:
+    with atomic_output(path, overwrite=overwrite, inputs=inputs) as temporary:
+        temporary.write_bytes(data)
+
+
+def _publish(temporary: Path, path: Path, overwrite: bool) -> None:
+    if overwrite:
+        os.replace(temporary, path)
+        return
+    try:
+        os.link(temporary, path)  # fails if `path` appeared meanwhile: never clobbers
+    except FileExistsError:
+        raise WeightzipError(f"{path} already exists (pass overwrite=True / --overwrite to replace it)") from None
+    except OSError:  # no hard links on this file system
+        if path.exists():
+            raise WeightzipError(f"{path} already exists (pass overwrite=True / --overwrite to replace it)") from None
+        os.replace(temporary, path)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
