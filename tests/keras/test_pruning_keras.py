@@ -148,8 +148,15 @@ def test_strip_without_training_warns_and_bad_inputs_are_named():
     pruned = prune_low_magnitude(mlp())
     with pytest.warns(UserWarning, match="UpdatePruningStep"):
         strip_pruning(pruned)
-    with pytest.raises(UnsupportedLayerError, match="lstm"):
-        prune_low_magnitude(keras.Sequential([keras.Input((3, 4)), keras.layers.LSTM(2, name="lstm")]))
+    class Scale(keras.layers.Layer):
+        def build(self, input_shape):
+            self.scale = self.add_weight(shape=(input_shape[-1],), initializer="ones")
+
+        def call(self, x):
+            return x * self.scale
+
+    with pytest.raises(UnsupportedLayerError, match="'scale'.*cannot prune"):
+        prune_low_magnitude(keras.Sequential([keras.Input((3,)), Scale(name="scale")]))
     with pytest.raises(UnsupportedLayerError, match="no weights to prune"):
         prune_low_magnitude(keras.layers.Flatten())
     with pytest.raises(ValueError, match="block_pooling_type"):
@@ -169,3 +176,17 @@ def test_layer_list_wrapping_shares_the_layer():
     dense = keras.layers.Dense(3)
     wrapped = prune_low_magnitude([dense, keras.layers.Conv1D(2, 3)])
     assert wrapped[0].layer is dense and isinstance(wrapped[1], PruneLowMagnitude)
+
+
+def test_recurrent_layer_kernels_are_pruned():
+    keras.utils.set_random_seed(5)
+    model = keras.Sequential([keras.Input((5, 4)), keras.layers.LSTM(4, name="lstm"), keras.layers.Dense(2, name="logits")])
+    pruned = prune_low_magnitude(model, pruning_schedule=ConstantSparsity(0.5, 0))
+    sequences = np.random.default_rng(6).normal(size=(32, 5, 4)).astype("float32")
+    fit(pruned, (sequences, (sequences[:, 0, 0] > 0).astype("int32")), epochs=1)
+    stripped = strip_pruning(pruned)
+    cell = stripped.get_layer("lstm").cell
+    for variable in (cell.kernel, cell.recurrent_kernel):
+        values = keras.ops.convert_to_numpy(variable)
+        assert np.count_nonzero(values == 0) == values.size // 2
+    np.testing.assert_allclose(stripped.predict(sequences, verbose=0), pruned.predict(sequences, verbose=0), atol=1e-5)

@@ -25,8 +25,9 @@ from keras import ops
 from keras.src.models.functional import Functional  # no public alias; the class of keras.Model(inputs, outputs)
 
 from weightzip.core.pruning import PruningSchedule
+from weightzip.keras.layer_copy import copy_layer
 from weightzip.keras.pruning_callbacks import prunable_wrappers
-from weightzip.keras.pruning_registry import compressible_weight_names, copy_layer
+from weightzip.keras.pruning_registry import LayerKind, UnsupportedLayerError, classify_for_pruning, unsupported_for_pruning
 from weightzip.keras.pruning_wrapper import PruneLowMagnitude
 
 
@@ -52,12 +53,25 @@ def prune_low_magnitude(to_prune, pruning_schedule: PruningSchedule | None = Non
             raise ValueError(f"extra layer arguments {sorted(kwargs)} apply to single layers, not to a model")
 
         def clone(layer):
+            if not isinstance(layer, keras.layers.Layer):
+                return layer  # a stateless operation of a Functional graph
             if isinstance(layer, PruneLowMagnitude):
                 return copy_layer(layer)
-            copied = copy_layer(layer)
-            return PruneLowMagnitude(copied, **params) if compressible_weight_names(layer) else copied
+            kind = classify_for_pruning(layer)
+            if kind is LayerKind.CLUSTERED:
+                return PruneLowMagnitude(copy_layer(layer), **params)
+            if kind is LayerKind.MODEL:
+                return prune_low_magnitude(layer, **params)
+            if kind is LayerKind.UNSUPPORTED:
+                raise unsupported_for_pruning(layer)
+            if kind is LayerKind.CONTAINER:
+                raise UnsupportedLayerError(
+                    f"layer {layer.name!r} ({type(layer).__name__}) holds its weights in sublayers; "
+                    "prune_low_magnitude cannot clone it: wrap its sublayers inside its definition instead"
+                )
+            return copy_layer(layer)  # nothing to prune (or already clustered)
 
-        return keras.models.clone_model(to_prune, clone_function=clone, recursive=True)
+        return keras.models.clone_model(to_prune, clone_function=clone)
     if isinstance(to_prune, keras.layers.Layer):
         return _wrap(to_prune, params)
     raise ValueError(
@@ -81,9 +95,15 @@ def strip_pruning(model):
     _warn_if_never_pruned(prunable_wrappers(model))
 
     def clone(layer):
-        return _stripped_layer(layer) if isinstance(layer, PruneLowMagnitude) else copy_layer(layer)
+        if not isinstance(layer, keras.layers.Layer):
+            return layer
+        if isinstance(layer, PruneLowMagnitude):
+            return _stripped_layer(layer)
+        if classify_for_pruning(layer) is LayerKind.MODEL:
+            return strip_pruning(layer)
+        return copy_layer(layer)
 
-    return keras.models.clone_model(model, clone_function=clone, recursive=True)
+    return keras.models.clone_model(model, clone_function=clone)
 
 
 def prune_scope():

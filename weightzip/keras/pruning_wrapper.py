@@ -26,11 +26,13 @@ from weightzip.core.pruning import (
     schedule_from_config,
 )
 from weightzip.keras.pruning_registry import (
+    LayerKind,
     UnsupportedLayerError,
-    compressible_weight_names,
-    substituted_weights,
-    weight_variables,
+    classify_for_pruning,
+    prunable_weights,
+    unsupported_for_pruning,
 )
+from weightzip.keras.variable_substitution import call_with_substitutes
 
 _POOLING = {"AVG": "avg", "MAX": "max"}
 
@@ -73,8 +75,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                 raise ValueError(f"sparsity_m_by_n must be (n, m) with 1 <= n <= m, got {sparsity_m_by_n!r}")
             if block_size != (1, 1):
                 raise ValueError("sparsity_m_by_n and block_size cannot be combined")
-        if not compressible_weight_names(layer):
-            raise UnsupportedLayerError(f"layer {layer.name!r} ({type(layer).__name__}) has no weights to prune")
+        _check_prunable(layer)
         kwargs.setdefault("name", f"prune_low_magnitude_{layer.name}")
         super().__init__(layer, **kwargs)
         self.pruning_schedule = pruning_schedule
@@ -86,12 +87,12 @@ class PruneLowMagnitude(keras.layers.Wrapper):
 
     def build(self, input_shape=None):
         super().build(input_shape)
-        names = compressible_weight_names(self.layer)
-        self._pruned_variables = weight_variables(self.layer, names)
+        targets = prunable_weights(self.layer)
+        self._pruned_variables = [target.variable for target in targets]
         self.masks = [
-            self.add_weight(name=f"{name}_mask", shape=tuple(variable.shape), dtype=variable.dtype,
-                            initializer="ones", trainable=False)
-            for name, variable in zip(names, self._pruned_variables)
+            self.add_weight(name=f"{target.key}_mask", shape=tuple(target.variable.shape),
+                            dtype=target.variable.dtype, initializer="ones", trainable=False)
+            for target in targets
         ]
         self.pruning_step = self.add_weight(name="pruning_step", shape=(), dtype="int32",
                                             initializer=keras.initializers.Constant(-1), trainable=False)
@@ -116,13 +117,21 @@ class PruneLowMagnitude(keras.layers.Wrapper):
     # ------------------------------------------------------------------ forward
 
     def call(self, inputs, *args, **kwargs):
-        replacements = [(variable, ops.multiply(variable, mask))
-                        for variable, mask in zip(self._pruned_variables, self.masks)]
-        with substituted_weights(self.layer, replacements):
-            return self.layer(inputs, *args, **kwargs)
+        substitutes = [(variable, ops.multiply(variable, mask))
+                       for variable, mask in zip(self._pruned_variables, self.masks)]
+        outputs, losses = call_with_substitutes(self.layer, substitutes, lambda: self.layer(inputs, *args, **kwargs))
+        for loss in losses:
+            self.add_loss(loss)
+        return outputs
 
-    def compute_output_shape(self, input_shape):
-        return self.layer.compute_output_shape(input_shape)
+    def compute_output_shape(self, *args, **kwargs):
+        return self.layer.compute_output_shape(*args, **kwargs)
+
+    def compute_output_spec(self, *args, **kwargs):
+        return self.layer.compute_output_spec(*args, **kwargs)
+
+    def compute_mask(self, inputs, mask=None):
+        return self.layer.compute_mask(inputs, mask)
 
     # ------------------------------------------------------------------ mask updates (eager, outside the graph)
 
@@ -179,3 +188,22 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             "sparsity_m_by_n": None if self.sparsity_m_by_n is None else list(self.sparsity_m_by_n),
         })
         return config
+
+
+def _check_prunable(layer):
+    kind = classify_for_pruning(layer)
+    if kind is LayerKind.CLUSTERED:
+        return
+    if kind is LayerKind.PASSTHROUGH:
+        raise UnsupportedLayerError(f"layer {layer.name!r} ({type(layer).__name__}) has no weights to prune")
+    if kind is LayerKind.UNSUPPORTED:
+        raise unsupported_for_pruning(layer)
+    if kind is LayerKind.ALREADY_CLUSTERED:
+        raise UnsupportedLayerError(
+            f"layer {layer.name!r} is clustered: prune first, then cluster with preserve_sparsity=True "
+            "(or strip_clustering before pruning)"
+        )
+    raise UnsupportedLayerError(
+        f"{layer.name!r} is a model or container ({type(layer).__name__}): pass a Sequential/Functional model "
+        "to prune_low_magnitude, or prune the layers inside it"
+    )

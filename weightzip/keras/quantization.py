@@ -21,7 +21,7 @@ import warnings
 import keras
 
 from weightzip.core.errors import InvalidClusterCountError
-from weightzip.keras.pruning_registry import copy_layer
+from weightzip.keras.layer_copy import copy_layer
 from weightzip.keras.quantization_wrapper import Preserve, QuantizeWrapper, quantizable_kernel
 
 
@@ -39,6 +39,10 @@ def quantize_model(to_quantize, preserve=Preserve.NONE, *, quantize_output: bool
         fallbacks = []
 
         def clone(layer):
+            if not isinstance(layer, keras.layers.Layer):
+                return layer  # a stateless operation of a Functional graph
+            if isinstance(layer, keras.Model):
+                return quantize_model(layer, preserve, quantize_output=quantize_output)
             if isinstance(layer, QuantizeWrapper):
                 return copy_layer(layer)
             if isinstance(layer, keras.layers.Wrapper) and quantizable_kernel(layer.layer) is not None:
@@ -54,7 +58,7 @@ def quantize_model(to_quantize, preserve=Preserve.NONE, *, quantize_output: bool
                 fallbacks.append(layer.name)
             return wrapped
 
-        quantized = keras.models.clone_model(to_quantize, clone_function=clone, recursive=True)
+        quantized = keras.models.clone_model(to_quantize, clone_function=clone)
         if fallbacks:
             warnings.warn(
                 f"layers {fallbacks} are not clustered; they get quantisation-aware training without cluster "
@@ -81,9 +85,15 @@ def strip_quantization(model):
     _check_model(model, "strip_quantization")
 
     def clone(layer):
-        return _stripped_layer(layer) if isinstance(layer, QuantizeWrapper) else copy_layer(layer)
+        if not isinstance(layer, keras.layers.Layer):
+            return layer
+        if isinstance(layer, QuantizeWrapper):
+            return _stripped_layer(layer)
+        if isinstance(layer, keras.Model):
+            return strip_quantization(layer)
+        return copy_layer(layer)
 
-    return keras.models.clone_model(model, clone_function=clone, recursive=True)
+    return keras.models.clone_model(model, clone_function=clone)
 
 
 def quantize_scope():

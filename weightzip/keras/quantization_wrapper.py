@@ -26,17 +26,21 @@ from keras import ops
 
 from weightzip.core.errors import InvalidClusterCountError
 from weightzip.core.palette import palettize_exact
-from weightzip.keras.pruning_registry import UnsupportedLayerError, substituted_weights, weight_variables
+from weightzip.keras.clustering_registry import UnsupportedLayerError, clusterable_weights
 from weightzip.keras.quantization_ops import fake_quantize_activations, fake_quantize_weights
+from weightzip.keras.variable_substitution import call_with_substitutes
 
-# Layers whose kernel is quantised per output channel, and which axes of the kernel share one scale.
+# Layers whose kernel TFLite quantises per output channel, and which kernel axes share one scale: all but
+# the last for Dense/Conv (output channels last), the spatial axes for depthwise kernels (TFLite gives each
+# of the in_channels * depth_multiplier filters its own scale). The kernel itself is found by the shared
+# layer registry (:func:`weightzip.keras.clustering_registry.clusterable_weights`).
 _KERNEL_LAYOUT = {
-    "Dense": ("kernel", "all_but_last"),
-    "Conv1D": ("kernel", "all_but_last"),
-    "Conv2D": ("kernel", "all_but_last"),
-    "Conv3D": ("kernel", "all_but_last"),
-    "DepthwiseConv1D": ("depthwise_kernel", "spatial"),
-    "DepthwiseConv2D": ("depthwise_kernel", "spatial"),
+    "Dense": "all_but_last",
+    "Conv1D": "all_but_last",
+    "Conv2D": "all_but_last",
+    "Conv3D": "all_but_last",
+    "DepthwiseConv1D": "spatial",
+    "DepthwiseConv2D": "spatial",
 }
 
 MAX_PALETTE = 256  # more distinct values per channel than int8 has levels: the kernel is not clustered
@@ -58,8 +62,8 @@ class Preserve(str, enum.Enum):
             raise ValueError(f"preserve must be one of {[m.value for m in cls]}, got {value!r}") from None
 
 
-def quantizable_kernel(layer) -> tuple[str, str] | None:
-    """``(kernel attribute, scale layout)`` for layers this wrapper supports, else None."""
+def quantizable_kernel(layer) -> str | None:
+    """The scale layout (``"all_but_last"`` or ``"spatial"``) for layers this wrapper supports, else None."""
     for cls in type(layer).__mro__:
         if cls.__name__ in _KERNEL_LAYOUT and cls.__module__.startswith("keras"):
             return _KERNEL_LAYOUT[cls.__name__]
@@ -110,13 +114,16 @@ class QuantizeWrapper(keras.layers.Wrapper):
 
     # ------------------------------------------------------------------ construction
 
+    def _kernel_variable(self):
+        (target,) = clusterable_weights(self.layer)  # Dense, Conv*, DepthwiseConv*: exactly one kernel
+        return target.variable
+
     def _kernel_values(self) -> np.ndarray:
-        name, _ = quantizable_kernel(self.layer)
         if not self.layer.built:
             raise UnsupportedLayerError(
                 f"cluster-preserving quantisation needs the built, clustered layer {self.layer.name!r}"
             )
-        return ops.convert_to_numpy(getattr(self.layer, name))
+        return ops.convert_to_numpy(self._kernel_variable())
 
     def _palette_layout(self) -> tuple[int | None, int]:
         """Per-tensor codebook when the whole kernel has <= 256 values, else per output channel."""
@@ -134,8 +141,8 @@ class QuantizeWrapper(keras.layers.Wrapper):
 
     def build(self, input_shape=None):
         super().build(input_shape)
-        name, layout = quantizable_kernel(self.layer)
-        (self._kernel,) = weight_variables(self.layer, [name])
+        layout = quantizable_kernel(self.layer)
+        self._kernel = self._kernel_variable()
         shape = tuple(self._kernel.shape)
         self._reduce = _reduce_axes(layout, len(shape))
         kernel = ops.convert_to_numpy(self._kernel)
@@ -188,8 +195,10 @@ class QuantizeWrapper(keras.layers.Wrapper):
         return fake_quantize_weights(self.float_kernel(), self._reduce, self.num_bits)
 
     def call(self, inputs, training=None):
-        with substituted_weights(self.layer, [(self._kernel, self.quantized_kernel())]):
-            outputs = self.layer(inputs, training=training)
+        outputs, losses = call_with_substitutes(self.layer, [(self._kernel, self.quantized_kernel())],
+                                                lambda: self.layer(inputs, training=training))
+        for loss in losses:
+            self.add_loss(loss)
         if not self.quantize_output:
             return outputs
         if training:
