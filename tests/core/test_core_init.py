@@ -86,6 +86,26 @@ def test_random_draws_in_proportion_to_weight():
     assert counts[0.0] / 2000 == pytest.approx(0.8, abs=0.04)
 
 
+def test_random_draws_without_replacement_in_proportion_to_weight():
+    # P({0, 1}) = 0.8·(1/2) + 0.1·(8/9), P({1, 2}) = 2·0.1·(1/9): successive sampling ∝ weight.
+    values, weights, draws = np.array([0.0, 1.0, 2.0]), np.array([8.0, 1.0, 1.0]), 3000
+    counts = Counter(tuple(fit_centroids(values, 2, "random", sample_weight=weights, seed=s).tolist())
+                     for s in range(draws))
+    for pair, probability in {(0.0, 1.0): 0.4 + 0.8 / 9, (0.0, 2.0): 0.4 + 0.8 / 9, (1.0, 2.0): 0.2 / 9}.items():
+        sigma = np.sqrt(probability * (1 - probability) / draws)
+        assert counts[pair] / draws == pytest.approx(probability, abs=4.5 * sigma)
+
+
+def test_random_when_one_value_holds_nearly_all_the_weight():
+    # After the heavy value, redraws almost never find another: the remaining values are listed instead.
+    values = np.array([0.0, 1.0, 2.0, 3.0])
+    weights = np.array([1e12, 1.0, 1.0, 2.0])
+    counts = Counter(tuple(fit_centroids(values, 2, "random", sample_weight=weights, seed=s).tolist())
+                     for s in range(400))
+    assert set(counts) == {(0.0, 1.0), (0.0, 2.0), (0.0, 3.0)}
+    assert counts[(0.0, 3.0)] / 400 == pytest.approx(0.5, abs=0.1)
+
+
 @settings(deadline=None)
 @given(values_and_k(), st.integers(0, 2**32 - 1))
 def test_kmeans_plus_plus_picks_k_distinct_data_points(problem, seed):

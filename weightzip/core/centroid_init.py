@@ -52,11 +52,32 @@ def density_centroids(sample: SortedSample, k: int) -> np.ndarray:
 
 
 def forgy_centroids(sample: SortedSample, k: int, rng: np.random.Generator) -> np.ndarray:
-    starts, weight = sample.distinct_runs()
-    eligible = np.flatnonzero(weight > 0)
-    probability = weight[eligible] / weight[eligible].sum()
-    chosen = rng.choice(eligible, size=k, replace=False, p=probability)
-    return np.sort(sample.values[starts[chosen]].astype(np.float64))
+    """k distinct values, each drawn with probability ∝ its weight among the values not drawn yet.
+
+    Positions are drawn ∝ weight (a binary search each) and a value drawn before is drawn again, which
+    has exactly that law without listing the distinct values (O(n) memory on large tensors). Only when
+    redraws pile up (the values drawn hold nearly all the weight) are the remaining values listed.
+    """
+    chosen: list[float] = []
+    seen: set[float] = set()
+    budget = 64 * k + 1024
+    while len(chosen) < k and budget > 0:
+        batch = min(budget, 2 * (k - len(chosen)) + 16)
+        budget -= batch
+        for value in sample.values[_indices_at_weights(sample, rng.random(batch) * sample.total_weight)].tolist():
+            if value not in seen:
+                seen.add(value)
+                chosen.append(value)
+                if len(chosen) == k:
+                    break
+    if len(chosen) < k:
+        starts, weight = sample.distinct_runs()
+        eligible = starts[weight > 0]
+        unseen = ~np.isin(sample.values[eligible], np.array(chosen, dtype=sample.values.dtype))
+        eligible, mass = eligible[unseen], weight[weight > 0][unseen]
+        rest = rng.choice(eligible, size=k - len(chosen), replace=False, p=mass / mass.sum())
+        chosen.extend(sample.values[rest].tolist())
+    return np.sort(np.array(chosen, dtype=np.float64))
 
 
 def kmeans_plus_plus_centroids(sample: SortedSample, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -103,10 +124,16 @@ def _farthest_unused_value(sample: SortedSample, centroids: np.ndarray) -> float
 
 
 def _index_at_weight(sample: SortedSample, target: float) -> int:
+    return int(_indices_at_weights(sample, np.array([target]))[0])
+
+
+def _indices_at_weights(sample: SortedSample, targets: np.ndarray) -> np.ndarray:
+    """Position whose cumulative-weight interval holds each target in [0, total): a draw ∝ weight."""
     if sample.cum_weight is None:
-        return min(int(target), sample.size - 1)
-    index = int(np.searchsorted(sample.cum_weight, target, side="right")) - 1
-    return int(np.clip(index, 0, sample.size - 1))
+        index = targets.astype(np.int64)
+    else:
+        index = np.searchsorted(sample.cum_weight, targets, side="right") - 1
+    return np.clip(index, 0, sample.size - 1)
 
 
 def _index_in_run(sample: SortedSample, lo: int, hi: int, centre: float, target: float) -> int:
