@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from weightzip.core import ClusterConfig, cluster_array
-from weightzip.core.errors import InvalidClusterCountError
+from weightzip.core.errors import InvalidClusterCountError, WeightzipError
 from weightzip.keras.pruning import prune_low_magnitude
 from weightzip.keras.quantization import quantize_model, strip_quantization
 from weightzip.keras.quantization_ops import fake_quantize_activations, fake_quantize_weights
@@ -147,7 +147,7 @@ def test_pqat_keeps_zeros(trained, data):
 
 
 @tensorflow_only
-def test_post_training_int8_of_a_clustered_conv_model_keeps_clusters(data):
+def test_post_training_int8_of_a_clustered_conv_model_keeps_clusters(tmp_path):
     keras.utils.set_random_seed(2)
     model = keras.Sequential([keras.Input((8, 8, 2)), keras.layers.Conv2D(6, 3, activation="relu", name="conv"),
                               keras.layers.DepthwiseConv2D(3, name="depthwise"), keras.layers.Flatten(),
@@ -158,7 +158,12 @@ def test_post_training_int8_of_a_clustered_conv_model_keeps_clusters(data):
             weights[0] = cluster_array(weights[0], ClusterConfig(K, axis=-1)).decode()  # per-channel codebooks
             layer.set_weights(weights)
     images = np.random.default_rng(3).normal(size=(32, 8, 8, 2)).astype("float32")
-    kernels = tflite_int8_kernels(convert_to_tflite(model, images))
+    target = tmp_path / "clustered.tflite"
+    flatbuffer = convert_to_tflite(model, images, path=target)
+    assert target.read_bytes() == flatbuffer
+    with pytest.raises(WeightzipError, match="already exists"):
+        convert_to_tflite(model, images, path=target)
+    kernels = tflite_int8_kernels(flatbuffer)
     assert sorted(k.op for k in kernels) == ["CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"]
     for kernel in kernels:
         counts = distinct_values_per_channel(kernel)

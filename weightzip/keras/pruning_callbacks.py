@@ -10,12 +10,12 @@ import csv
 import importlib.util
 import io
 import os
-import tempfile
 
 import keras
 import numpy as np
 from keras import ops
 
+from weightzip.atomic import write_bytes_atomically
 from weightzip.core.pruning import measured_sparsity
 from weightzip.keras.pruning_wrapper import PruneLowMagnitude
 
@@ -145,15 +145,7 @@ class PruningSummaries(keras.callbacks.Callback):
         writer = csv.DictWriter(buffer, fieldnames=self.FIELDS)
         writer.writeheader()
         writer.writerows(self.rows)
-        handle, temporary = tempfile.mkstemp(dir=self.log_dir, prefix=".pruning_summaries.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "w", newline="") as out:
-                out.write(buffer.getvalue())
-            os.replace(temporary, self.csv_path)
-        except BaseException:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
-            raise
+        write_bytes_atomically(self.csv_path, buffer.getvalue().encode("utf-8"), overwrite=True)
 
     def _write_tensorboard(self, rows):
         import tensorflow as tf

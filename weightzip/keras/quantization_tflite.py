@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
-import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass
 
 import keras
 import numpy as np
+
+from weightzip.atomic import write_bytes_atomically
 
 # Ops whose input 1 is a weight tensor quantised per output channel.
 _WEIGHT_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "CONV_3D", "TRANSPOSE_CONV")
@@ -38,13 +38,14 @@ class Int8Kernel:
 
 
 def convert_to_tflite(model, representative_data=None, *, int8: bool = True, int8_io: bool = False,
-                      calibration_samples: int = 200, path=None) -> bytes:
+                      calibration_samples: int = 200, path=None, overwrite: bool = False) -> bytes:
     """Convert a (stripped) Keras model to .tflite bytes.
 
     int8: full-integer quantisation (weights per channel, activations from `representative_data`, one
       sample per calibration step, at most `calibration_samples`); False keeps float32.
     int8_io: with int8, make the model's inputs and outputs int8 too (default: float in/out).
-    path: also write the bytes there (atomically; an existing file is replaced, never partially written).
+    path: also write the bytes there, atomically (:mod:`weightzip.atomic`); an existing file is refused
+      unless `overwrite`.
     """
     if keras.backend.backend() != "tensorflow":
         raise RuntimeError(
@@ -77,7 +78,7 @@ def convert_to_tflite(model, representative_data=None, *, int8: bool = True, int
         warnings.simplefilter("ignore")
         flatbuffer = converter.convert()
     if path is not None:
-        _write_atomically(os.fspath(path), flatbuffer)
+        write_bytes_atomically(path, flatbuffer, overwrite=overwrite)
     return flatbuffer
 
 
@@ -164,16 +165,3 @@ def _all_layers(model):
         layer = stack.pop()
         yield layer
         stack.extend(getattr(layer, "layers", ()) or ())
-
-
-def _write_atomically(path: str, data: bytes):
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tflite.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
