@@ -8,12 +8,22 @@ The names follow TFMOT and :mod:`weightzip.keras`:
   with the core's schedules (:class:`ConstantSparsity`, :class:`PolynomialDecay`) through masks;
 - :func:`palettize`, :class:`PalettizedLinear`, :class:`PalettizedConv2d`: inference layers holding
   bit-packed indices + codebook (weight memory / ~32/bits), expanded per forward;
+- :func:`compress_state_dict` / :func:`decompress`: PyTorch checkpoints (module, state_dict, ``.pt``,
+  ``.safetensors``) to and from ``.wz`` files;
 - :class:`CentroidInitialization`: where the centroids start (the core's enum);
 - :func:`clustered_tensors`: the clustered weights as core :class:`~weightzip.core.ClusteredTensor` objects.
 """
 
 from weightzip.core import CentroidInitialization
 from weightzip.core.pruning import ConstantSparsity, PolynomialDecay, PruningSchedule
+from weightzip.torch.checkpoint import (
+    compress_state_dict,
+    decompress,
+    decompress_to_file,
+    load_checkpoint,
+    module_tensors,
+    read_clustered,
+)
 from weightzip.torch.clustering import (
     ClusteredWeight,
     GradientAggregation,
@@ -48,6 +58,12 @@ __all__ = [
     "UnsupportedLayerError",
     "WeightTarget",
     "cluster_weights",
+    "compress_state_dict",
+    "decompress",
+    "decompress_to_file",
+    "load_checkpoint",
+    "module_tensors",
+    "read_clustered",
     "clustered_tensors",
     "clustered_weights",
     "find_targets",

@@ -148,9 +148,15 @@ def palette_of(module: nn.Module, channel_axis: int, max_clusters: int = 256) ->
             return stack[0].to_clustered_tensor()
         raise WeightzipError(f"cannot palettize a weight parametrized by {[type(p).__name__ for p in stack]}; "
                              "strip it first")
-    values = to_numpy(module.weight)
+    return exact_palette(to_numpy(module.weight), channel_axis, max_clusters)
+
+
+def exact_palette(values: np.ndarray, channel_axis: int | None, max_clusters: int = 256) -> ClusteredTensor | None:
+    """`values` as an exact codebook + indices (per tensor or per channel along `channel_axis`, whichever
+    stores smaller), or None when neither has at most `max_clusters` entries per codebook and stores
+    smaller than dense float32."""
     options = []
-    for axis in (None, channel_axis):
+    for axis in (None,) if channel_axis is None else (None, channel_axis):
         try:
             options.append(palettize_exact(values, max_clusters, axis=axis))
         except InvalidClusterCountError:

@@ -1,0 +1,275 @@
+"""PyTorch checkpoints to and from `.wz` files: ``compress_state_dict`` / ``decompress``.
+
+What goes in: a module (clustered with ``cluster_weights``, pruned, palettized, stripped or plain), a
+state_dict (name -> tensor), or a checkpoint file (``.pt``/``.pth``/``.bin`` saved with ``torch.save``,
+loaded with ``weights_only=True``; ``.safetensors``). What is stored, under the *plain* state_dict names
+(``"features.0.weight"``, as in the unclustered architecture):
+
+- weights clustered by ``cluster_weights`` or held by palettized layers: their codebook + indices,
+  exactly (a :class:`~weightzip.core.ClusteredTensor`);
+- with ``number_of_clusters``: the float weights, post-training clustered by the core's
+  :func:`~weightzip.core.cluster_array` (module: every supported layer's weight, with its channel axis;
+  state_dict or file: every floating tensor of rank >= 2, channel axis 0);
+- otherwise, weights that already hold few distinct values (a stripped clustered model): their exact
+  palette, where it stores smaller (:func:`~weightzip.torch.palettized.exact_palette`);
+- everything else (biases, BatchNorm statistics, counters): the array as it is. Pruning masks are applied.
+
+``decompress`` gives back a state_dict of dense tensors, in the original dtypes (bfloat16 is stored as
+float32, exactly, and restored), that loads with ``strict=True`` into the plain architecture.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from weightzip import __version__
+from weightzip.atomic import check_output_path, write_bytes_atomically
+from weightzip.core import CentroidInitialization, ClusterConfig, ClusteredTensor, cluster_array
+from weightzip.core.errors import WeightzipError
+from weightzip.format import WriteOptions, read_wz, read_wz_dense, write_wz
+from weightzip.torch.clustering import ClusteredWeight
+from weightzip.torch.palettized import _PalettizedWeight, exact_palette
+from weightzip.torch.targets import find_targets
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+_WIDENED = {torch.bfloat16: torch.float32}  # torch dtypes NumPy/.wz lack, stored exactly as these
+
+
+def load_checkpoint(path) -> dict[str, torch.Tensor]:
+    """The state_dict in a ``.safetensors`` file or a ``torch.save`` file (loaded with weights_only=True).
+
+    A ``torch.save`` file may hold the state_dict itself or a dict with one of the keys ``state_dict``,
+    ``model_state_dict`` or ``model`` holding it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightzipError(f"{path}: no such file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return dict(load_file(str(path), device="cpu"))
+    if path.suffix not in CHECKPOINT_SUFFIXES:
+        raise WeightzipError(f"{path}: unknown checkpoint type {path.suffix!r}; expected one of {CHECKPOINT_SUFFIXES}")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle and zip errors have no common base class
+        raise WeightzipError(f"{path}: not a loadable torch checkpoint ({type(error).__name__}: {error})") from None
+    return _as_state_dict(loaded, str(path))
+
+
+def _as_state_dict(loaded, where: str) -> dict[str, torch.Tensor]:
+    if isinstance(loaded, Mapping) and not _is_state_dict(loaded):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if key in loaded and isinstance(loaded[key], Mapping) and _is_state_dict(loaded[key]):
+                return dict(loaded[key])
+    if isinstance(loaded, Mapping) and _is_state_dict(loaded):
+        return dict(loaded)
+    raise WeightzipError(f"{where}: expected a state_dict (names -> tensors), got {type(loaded).__name__}"
+                         + (f" with keys {sorted(map(str, loaded))[:8]}" if isinstance(loaded, Mapping) else ""))
+
+
+def _is_state_dict(mapping: Mapping) -> bool:
+    return len(mapping) > 0 and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in mapping.items())
+
+
+def module_tensors(module: nn.Module) -> dict[str, torch.Tensor | ClusteredTensor]:
+    """The module's tensors under their plain state_dict names, clustered ones as ClusteredTensor.
+
+    Parametrized tensors appear once under the unparametrized name (``fc.weight``): a clustered weight as
+    its codebook + indices, any other parametrization (e.g. a pruning mask) as its computed value.
+    Palettized layers give their codebook + indices as ``<layer>.weight``.
+    """
+    replacements: dict[str, torch.Tensor | ClusteredTensor] = {}
+    owner_of_key: dict[str, str] = {}
+    for module_name, submodule in module.named_modules():
+        prefix = f"{module_name}." if module_name else ""
+        if isinstance(submodule, _PalettizedWeight):
+            replacements[prefix + "weight"] = submodule.to_clustered_tensor()
+            for key in ("packed", "codebook"):
+                owner_of_key[prefix + key] = prefix + "weight"
+        if parametrize.is_parametrized(submodule):
+            for tensor_name, stack in submodule.parametrizations.items():
+                if len(stack) == 1 and isinstance(stack[0], ClusteredWeight):
+                    value = stack[0].to_clustered_tensor()
+                else:
+                    with torch.no_grad():
+                        value = getattr(submodule, tensor_name).detach()
+                replacements[prefix + tensor_name] = value
+                owner_of_key[f"{prefix}parametrizations.{tensor_name}"] = prefix + tensor_name
+    tensors: dict[str, torch.Tensor | ClusteredTensor] = {}
+    for key, value in module.state_dict().items():
+        owner = owner_of_key.get(key) or _owner_by_prefix(key, owner_of_key)
+        if owner is None:
+            tensors[key] = value
+        elif owner not in tensors:
+            tensors[owner] = replacements[owner]
+    return tensors
+
+
+def _owner_by_prefix(key: str, owners: dict[str, str]) -> str | None:
+    for prefix, owner in owners.items():
+        if key.startswith(prefix + "."):
+            return owner
+    return None
+
+
+def compress_state_dict(
+    source,
+    path,
+    *,
+    number_of_clusters: int | None = None,
+    init: CentroidInitialization | str = CentroidInitialization.LINEAR,
+    per_channel: bool = False,
+    group_size: int = 1,
+    preserve_sparsity: bool = False,
+    max_clusters: int = 256,
+    metadata: dict | None = None,
+    options: WriteOptions = WriteOptions(),
+    overwrite: bool = False,
+) -> int:
+    """Write `source` (module, state_dict or checkpoint path) to the `.wz` file `path`; returns its size.
+
+    number_of_clusters: cluster every float weight that is not clustered yet to this many shared values
+        (post-training; `init`, `per_channel`, `group_size`, `preserve_sparsity` as in ``cluster_weights``).
+        None stores unclustered weights exactly (as a palette where they hold <= `max_clusters` values).
+    metadata: extra JSON metadata to store (``framework``, ``torch_dtypes`` and ``weightzip`` are set here).
+    options: the format's :class:`~weightzip.format.WriteOptions` (coding, layout, codebook dtype).
+    """
+    inputs = ()
+    if isinstance(source, (str, Path)):
+        inputs = (source,)
+        tensors, axes, kind = load_checkpoint(source), None, "checkpoint"
+    elif isinstance(source, nn.Module):
+        tensors, kind = module_tensors(source), "module"
+        axes = {t.qualified_name: t.channel_axis for t in find_targets(source)} if _has_targets(source) else {}
+    elif isinstance(source, Mapping):
+        tensors, axes, kind = _as_state_dict(source, "state_dict"), None, "state_dict"
+    else:
+        raise TypeError(f"source must be an nn.Module, a state_dict or a checkpoint path, got {type(source).__name__}")
+    if not per_channel and group_size != 1:
+        raise ValueError("group_size only applies with per_channel=True")
+    config = None if number_of_clusters is None else ClusterConfig(
+        number_of_clusters, init, axis=None, group_size=group_size, preserve_sparsity=preserve_sparsity)
+    stored: dict[str, ClusteredTensor | np.ndarray] = {}
+    torch_dtypes = _widened_clustered_dtypes(source) if kind == "module" else {}
+    for name, value in tensors.items():
+        if isinstance(value, ClusteredTensor):
+            stored[name] = value
+            continue
+        array, torch_dtype = _to_storable(name, value)
+        if torch_dtype is not None:
+            torch_dtypes[name] = torch_dtype
+        stored[name] = _encode_choice(name, array, axes, config, per_channel, max_clusters)
+    extra = dict(metadata or {})
+    extra.update(framework="torch", source=kind, weightzip=__version__, torch_dtypes=torch_dtypes)
+    return write_wz(path, stored, extra, options=options, overwrite=overwrite, inputs=inputs)
+
+
+def _widened_clustered_dtypes(module: nn.Module) -> dict[str, str]:
+    """Names of the module's clustered / palettized weights whose torch dtype NumPy lacks (-> stored widened)."""
+    found = {}
+    for module_name, submodule in module.named_modules():
+        prefix = f"{module_name}." if module_name else ""
+        if isinstance(submodule, _PalettizedWeight):
+            found[prefix + "weight"] = submodule.codebook.dtype
+        if parametrize.is_parametrized(submodule):
+            for tensor_name, stack in submodule.parametrizations.items():
+                if len(stack) == 1 and isinstance(stack[0], ClusteredWeight):
+                    found[prefix + tensor_name] = stack[0].centroids.dtype
+    return {name: str(dtype).removeprefix("torch.") for name, dtype in found.items() if dtype in _WIDENED}
+
+
+def _has_targets(module: nn.Module) -> bool:
+    try:
+        find_targets(module)
+    except WeightzipError:
+        return False
+    return True
+
+
+def _to_storable(name: str, tensor: torch.Tensor) -> tuple[np.ndarray, str | None]:
+    tensor = tensor.detach()
+    widened = _WIDENED.get(tensor.dtype)
+    if widened is not None:
+        return tensor.to(widened).cpu().numpy(), str(tensor.dtype).removeprefix("torch.")
+    try:
+        return tensor.cpu().numpy(), None
+    except TypeError as error:
+        raise WeightzipError(f"tensor {name!r}: dtype {tensor.dtype} cannot be stored in a .wz file ({error})") \
+            from None
+
+
+def _encode_choice(name, array: np.ndarray, axes, config: ClusterConfig | None, per_channel: bool,
+                   max_clusters: int):
+    """Cluster, palettize exactly, or keep `array`, following the rules of the module docstring."""
+    if not np.issubdtype(array.dtype, np.floating) or array.ndim < 2 or array.size == 0:
+        return array
+    if axes is not None and name not in axes:
+        return array  # a module's tensor that is not a supported layer's weight
+    axis = 0 if axes is None else axes[name]
+    if config is not None:
+        layer_config = ClusterConfig(config.number_of_clusters, config.init, config.lloyd_iterations,
+                                     axis if per_channel else None, config.group_size, config.preserve_sparsity,
+                                     config.seed)
+        try:
+            return cluster_array(array, layer_config)
+        except WeightzipError as error:
+            raise WeightzipError(f"tensor {name!r}: {error}") from None
+    palette = exact_palette(array, axis, max_clusters) if np.all(np.isfinite(array)) else None
+    return array if palette is None else palette
+
+
+def decompress(path, *, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """The dense state_dict stored in the `.wz` file `path` (clustered tensors decoded to their centroids)."""
+    arrays, metadata = read_wz_dense(path)
+    torch_dtypes = metadata.get("torch_dtypes", {}) if isinstance(metadata, dict) else {}
+    state = {}
+    for name, array in arrays.items():
+        tensor = _as_tensor(array)
+        dtype_name = torch_dtypes.get(name)
+        if dtype_name is not None:
+            dtype = getattr(torch, str(dtype_name), None)
+            if not isinstance(dtype, torch.dtype):
+                raise WeightzipError(f"{path}: tensor {name!r} has unknown torch dtype {dtype_name!r}")
+            tensor = tensor.to(dtype)
+        state[name] = tensor.to(device)
+    return state
+
+
+def _as_tensor(array: np.ndarray) -> torch.Tensor:
+    # np.ascontiguousarray would turn 0-d arrays (e.g. BatchNorm's num_batches_tracked) into 1-d ones.
+    return torch.from_numpy(np.require(array, requirements=["C", "W"]))
+
+
+def read_clustered(path) -> dict[str, ClusteredTensor | torch.Tensor]:
+    """The tensors of the `.wz` file `path`: ClusteredTensor where stored clustered, torch tensors otherwise."""
+    tensors, _ = read_wz(path)
+    return {name: value if isinstance(value, ClusteredTensor) else _as_tensor(value)
+            for name, value in tensors.items()}
+
+
+def decompress_to_file(path, output, *, overwrite: bool = False) -> int:
+    """Write the state_dict of the `.wz` file `path` to `output` (``.safetensors``, or ``.pt``/``.pth``/
+    ``.bin`` via ``torch.save``), atomically; returns the bytes written."""
+    output = check_output_path(output, overwrite=overwrite, inputs=(path,))
+    if output.suffix not in CHECKPOINT_SUFFIXES:
+        raise WeightzipError(f"{output}: unknown checkpoint type {output.suffix!r}; expected one of "
+                             f"{CHECKPOINT_SUFFIXES}")
+    state = decompress(path)
+    if output.suffix == ".safetensors":
+        from safetensors.torch import save
+
+        data = save(state, metadata={"source": Path(path).name})
+    else:
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        data = buffer.getvalue()
+    write_bytes_atomically(output, data, overwrite=overwrite, inputs=(path,))
+    return len(data)
