@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import keras
 from keras import ops
+from keras.src.backend.common.variables import initialize_all_variables
 
 from weightzip.core import WeightzipError
 
@@ -36,14 +37,48 @@ def copy_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
                 f"cannot copy layer {layer.name!r} ({type(layer).__name__}): it has weights but no "
                 "build config (build it by calling it, or on a model with keras.Input)"
             )
-        clone.build_from_config(build_config)
-    source_weights = layer.weights
-    if len(clone.weights) != len(source_weights):
-        raise LayerCopyError(
-            f"the copy of layer {layer.name!r} ({type(layer).__name__}) has {len(clone.weights)} "
-            f"weights, the layer {len(source_weights)}"
-        )
-    for source, target in zip(source_weights, clone.weights):
-        target.assign(ops.copy(source.value))  # a new buffer: JAX may donate (delete) the old
+        _build_with_values(clone, build_config, layer.weights)
+    else:
+        _check_same_count(layer.weights, clone.weights)
+        for source, target in zip(layer.weights, clone.weights):
+            target.assign(ops.copy(source.value))
+    for source, target in zip(layer.weights, clone.weights):
         target.trainable = source.trainable
     return clone
+
+
+def _build_with_values(clone, build_config, source_weights):
+    """Build `clone` so that its weights start as copies of `source_weights`.
+
+    Variables created inside a :class:`keras.StatelessScope` defer their initialisation; giving each
+    the source value as its initialiser skips drawing random initial values (for a 4096 × 4096
+    kernel, most of the cost of a copy). If Keras did not defer them, the values are assigned.
+    """
+    with keras.StatelessScope(initialize_variables=False):
+        clone.build_from_config(build_config)
+    _check_same_count(source_weights, clone.weights)
+    deferred = all(getattr(variable, "_value", 0) is None for variable in clone.weights)
+    if deferred:
+        for source, target in zip(source_weights, clone.weights):
+            target._initializer = _CopyOf(source)
+    initialize_all_variables()
+    if not deferred:
+        for source, target in zip(source_weights, clone.weights):
+            target.assign(ops.copy(source.value))
+
+
+class _CopyOf:
+    """An initialiser returning a fresh copy of a variable's current value."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def __call__(self, shape, dtype=None):
+        return ops.copy(self.source.value)
+
+
+def _check_same_count(source_weights, target_weights):
+    if len(source_weights) != len(target_weights):
+        raise LayerCopyError(
+            f"a copy of a layer has {len(target_weights)} weights where the layer has {len(source_weights)}"
+        )
