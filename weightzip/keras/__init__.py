@@ -35,3 +35,39 @@ __all__ = [
     "cluster_weights",
     "strip_clustering",
 ]
+
+# Pruning and quantisation-aware training (TFMOT's sparsity.keras / quantization.keras / collaborative schemes).
+from weightzip.core.pruning import ConstantSparsity, PolynomialDecay  # noqa: E402
+from weightzip.keras.pruning import prune_low_magnitude, prune_scope, strip_pruning  # noqa: E402
+from weightzip.keras.pruning_callbacks import PruningSummaries, UpdatePruningStep  # noqa: E402
+from weightzip.keras.pruning_wrapper import PruneLowMagnitude  # noqa: E402
+from weightzip.keras.quantization import quantize_model, quantize_scope, strip_quantization  # noqa: E402
+from weightzip.keras.quantization_tflite import (  # noqa: E402
+    convert_to_tflite,
+    distinct_values_per_channel,
+    tflite_int8_kernels,
+    tflite_predict,
+    zipped_size,
+)
+from weightzip.keras.quantization_wrapper import Preserve, QuantizeWrapper  # noqa: E402
+
+__all__ += [
+    "ConstantSparsity",
+    "PolynomialDecay",
+    "Preserve",
+    "PruneLowMagnitude",
+    "PruningSummaries",
+    "QuantizeWrapper",
+    "UpdatePruningStep",
+    "convert_to_tflite",
+    "distinct_values_per_channel",
+    "prune_low_magnitude",
+    "prune_scope",
+    "quantize_model",
+    "quantize_scope",
+    "strip_pruning",
+    "strip_quantization",
+    "tflite_int8_kernels",
+    "tflite_predict",
+    "zipped_size",
+]
