@@ -114,7 +114,7 @@ class ClusterWeights(keras.layers.Wrapper):
             raise UnsupportedLayerError(f"layer {self.layer.name!r} has clusterable weights named alike: {keys}")
         states = []
         for target in targets:
-            kernel = ops.convert_to_numpy(target.variable)
+            kernel = ops.convert_to_numpy(ops.convert_to_tensor(target.variable))
             init = initial_clusters(kernel, self.params, target.channel_axis)
             per_channel = self.params.cluster_per_channel
             codebook = init.codebook if per_channel else init.codebook[0]
@@ -160,9 +160,20 @@ class ClusterWeights(keras.layers.Wrapper):
         return {state.weight.name: self._clustered_value(state) for state in self._cluster_states}
 
     @property
+    def clustered_targets(self) -> tuple[ClusterableWeight, ...]:
+        """The wrapped layer's clustered weights: name, variable and channel axis of each."""
+        return tuple(state.weight for state in self._cluster_states)
+
+    @property
     def cluster_centroids(self) -> dict[str, object]:
-        """The codebook variable of each clustered weight, by name."""
+        """The codebook variable of each clustered weight, by name: ``(k,)`` or ``(channels, k)``."""
         return {state.weight.name: state.centroids for state in self._cluster_states}
+
+    @property
+    def pulling_indices(self) -> dict[str, object]:
+        """The stored assignment of each clustered weight (``Reassignment.FIXED`` only), by name."""
+        return {state.weight.name: state.pulling_indices for state in self._cluster_states
+                if state.pulling_indices is not None}
 
     def _clustered_value(self, state: _ClusterState):
         original = ops.convert_to_tensor(state.weight.variable)

@@ -33,18 +33,25 @@ def clustered_kernel(
         (straight-through estimator), so the original weights can train and be reassigned next step.
     fixed_indices: int indices into each weight's codebook row (same shape as the kernel), stored
         once; `original` is then only used for its shape and receives no gradient.
-    centroid_pin: 0/1 tensor shaped like `centroids`; entries at 0 are held at exactly zero and
-        receive no gradient (the zero centroid of ``preserve_sparsity``).
+    centroid_pin: 0/1 tensor shaped like `centroids`; entries at 0 are held at exactly zero, receive
+        no gradient, and take no weight in the search (the zero centroid of ``preserve_sparsity``:
+        only the weights under `sparsity_mask` are zero, as in :func:`weightzip.core.cluster_array`).
     sparsity_mask: 0/1 tensor shaped like the kernel; weights at 0 stay exactly zero.
     average_gradient: divide each centroid's gradient by its member count (TFMOT's ``AVG``).
     """
     table = _as_rows(centroids)
+    search_keys = ops.stop_gradient(table)
     if centroid_pin is not None:
-        table = table * _as_rows(centroid_pin)
+        pin = _as_rows(centroid_pin)
+        table = table * pin
+        # Nonzero weights are never assigned to the pinned zero: it sorts last, out of reach.
+        search_keys = ops.where(pin > 0, search_keys, float("inf"))
     kernel_shape = tuple(original.shape)
     if fixed_indices is None:
-        table = _sort_rows(table)
-        positions = nearest_positions(ops.stop_gradient(original), ops.stop_gradient(table), channel_axis)
+        order = ops.argsort(search_keys, axis=-1)
+        table = ops.take_along_axis(table, order, axis=-1)
+        search_keys = ops.take_along_axis(search_keys, order, axis=-1)
+        positions = nearest_positions(ops.stop_gradient(original), search_keys, channel_axis)
     else:
         positions = ops.cast(fixed_indices, "int32")
     index = flat_index(positions, kernel_shape, channel_axis, table.shape[1])
@@ -120,11 +127,6 @@ def _batched_search(weights, midpoints, channel_axis: int):
 
 def _as_rows(centroids):
     return ops.reshape(centroids, (1, -1)) if len(centroids.shape) == 1 else centroids
-
-
-def _sort_rows(table):
-    order = ops.argsort(ops.stop_gradient(table), axis=-1)
-    return ops.take_along_axis(table, order, axis=-1)
 
 
 def _scale_gradient(x, factor):

@@ -1,0 +1,127 @@
+"""Every supported layer type clusters, runs, and strips to at most k values per kernel (or per channel)."""
+
+import keras
+import numpy as np
+import pytest
+from keras_clustering_helpers import LAYER_CASES, model_of, per_channel_unique, sample_input, to_numpy
+
+import weightzip.keras as wk
+from weightzip.core import ClusterConfig, assign_to_centroids, cluster_array
+
+pytestmark = pytest.mark.backend_matrix
+
+K = 4
+
+
+def stripped_values(wrapper, stripped_layer):
+    """{weight name: (stripped value, channel axis)} for each weight the wrapper clustered."""
+    positions = [id(variable) for variable in wrapper.layer.weights]
+    values = {}
+    for target in wrapper.clustered_targets:
+        position = positions.index(id(target.variable))
+        values[target.name] = (to_numpy(stripped_layer.weights[position]), target.channel_axis)
+    return values
+
+
+@pytest.mark.parametrize("per_channel", [False, True], ids=["per_tensor", "per_channel"])
+@pytest.mark.parametrize("case", sorted(LAYER_CASES))
+def test_layer_type_clusters_and_strips_to_k_values(case, per_channel):
+    factory, shape, dtype = LAYER_CASES[case]
+    model = model_of(factory(), shape, dtype)
+    x = sample_input(shape, dtype)
+    original = [to_numpy(w) for w in model.weights]
+
+    clustered = wk.cluster_weights(model, K, cluster_per_channel=per_channel)
+    wrapper = clustered.layers[1]
+    assert isinstance(wrapper, wk.ClusterWeights)
+    assert wrapper.clustered_targets, "no weight was clustered"
+    assert all("bias" not in target.name for target in wrapper.clustered_targets)
+
+    stripped = wk.strip_clustering(clustered)
+    plain = stripped.layers[1]
+    assert type(plain) is type(model.layers[1])
+    assert not any(isinstance(layer, wk.ClusterWeights) for layer in stripped.layers)
+    np.testing.assert_allclose(to_numpy(stripped(x)), to_numpy(clustered(x)), rtol=1e-5, atol=1e-5)
+
+    for name, (values, axis) in stripped_values(wrapper, plain).items():
+        centroids = wrapper.cluster_centroids[name]
+        if per_channel:
+            assert tuple(centroids.shape) == (values.shape[axis], K), name
+            counts = per_channel_unique(values, axis)
+            assert max(counts) <= K, (name, counts)
+            assert len(np.unique(values)) > K, f"{name}: channels should have their own codebooks"
+        else:
+            assert tuple(centroids.shape) == (K,), name
+            assert 2 <= len(np.unique(values)) <= K, name
+
+    # The input model is untouched and biases are not clustered.
+    for before, after in zip(original, model.weights):
+        np.testing.assert_array_equal(before, to_numpy(after))
+    for source, target in zip(model.layers[1].weights, plain.weights):
+        if "bias" in source.path:
+            np.testing.assert_array_equal(to_numpy(source), to_numpy(target))
+
+
+def test_multi_head_attention_clusters_its_four_projection_kernels():
+    inputs = keras.Input((5, 8))
+    outputs = keras.layers.MultiHeadAttention(num_heads=2, key_dim=4)(inputs, inputs)
+    model = keras.Model(inputs, outputs)
+    x = sample_input((5, 8))
+    clustered = wk.cluster_weights(model, K)
+    wrapper = clustered.layers[1]
+    assert sorted(t.name for t in wrapper.clustered_targets) == [
+        "key_dense.kernel", "output_dense.kernel", "query_dense.kernel", "value_dense.kernel"]
+    stripped = wk.strip_clustering(clustered)
+    np.testing.assert_allclose(to_numpy(stripped(x)), to_numpy(clustered(x)), rtol=1e-5, atol=1e-5)
+    for name, (values, _) in stripped_values(wrapper, stripped.layers[1]).items():
+        assert len(np.unique(values)) <= K, name
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_initial_clusters_are_the_cores(per_channel):
+    """The wrapper's codebook and assignment are weightzip.core's, not a re-implementation."""
+    model = model_of(keras.layers.Dense(9), (13,))
+    kernel = to_numpy(model.layers[1].kernel)
+    axis = -1 if per_channel else None
+    expected = cluster_array(kernel, ClusterConfig(K, axis=axis))
+
+    fixed = wk.cluster_weights(model, K, cluster_per_channel=per_channel, reassignment="fixed").layers[1]
+    codebook = to_numpy(fixed.cluster_centroids["kernel"])
+    np.testing.assert_allclose(codebook.reshape(expected.codebook.shape), expected.codebook, rtol=1e-6)
+    np.testing.assert_array_equal(to_numpy(fixed.pulling_indices["kernel"]), expected.indices)
+
+    every_step = wk.cluster_weights(model, K, cluster_per_channel=per_channel).layers[1]
+    np.testing.assert_allclose(to_numpy(every_step.clustered_weights()["kernel"]), expected.decode(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_preserve_sparsity_keeps_zeros_and_a_zero_centroid(per_channel):
+    model = model_of(keras.layers.Dense(8), (10,))
+    kernel = to_numpy(model.layers[1].kernel)
+    kernel[np.abs(kernel) < np.median(np.abs(kernel))] = 0.0
+    model.layers[1].kernel.assign(kernel)
+
+    wrapper = wk.cluster_weights(model, K, cluster_per_channel=per_channel, preserve_sparsity=True).layers[1]
+    clustered = to_numpy(wrapper.clustered_weights()["kernel"])
+    np.testing.assert_array_equal(clustered == 0, kernel == 0)
+    codebook = to_numpy(wrapper.cluster_centroids["kernel"]).reshape(-1, K)
+    assert all((row == 0).any() for row in codebook)
+    rows = clustered.T if per_channel else clustered.reshape(1, -1)
+    assert max(len(np.unique(row)) for row in rows) <= K
+
+
+def test_more_clusters_than_weights_represents_them_exactly():
+    model = model_of(keras.layers.Dense(2), (2,))  # a 2 x 2 kernel: 4 values, k = 16
+    kernel = to_numpy(model.layers[1].kernel)
+    wrapper = wk.cluster_weights(model, 16).layers[1]
+    np.testing.assert_array_equal(to_numpy(wrapper.clustered_weights()["kernel"]), kernel)
+
+
+def test_ties_go_to_the_lower_centroid_as_in_the_core():
+    model = model_of(keras.layers.Dense(4), (3,))
+    kernel = np.array([[-1.0, 0.0, 1.0, 0.5], [0.25, -0.5, 0.75, -0.25], [1.0, -1.0, 0.0, 0.5]], dtype="float32")
+    model.layers[1].kernel.assign(kernel)
+    wrapper = wk.cluster_weights(model, 5).layers[1]  # LINEAR: centroids -1, -0.5, 0, 0.5, 1; midpoints = ties
+    codebook = to_numpy(wrapper.cluster_centroids["kernel"])
+    expected = codebook[assign_to_centroids(kernel, codebook)]
+    np.testing.assert_array_equal(to_numpy(wrapper.clustered_weights()["kernel"]), expected)
