@@ -190,3 +190,12 @@ def test_recurrent_layer_kernels_are_pruned():
         values = keras.ops.convert_to_numpy(variable)
         assert np.count_nonzero(values == 0) == values.size // 2
     np.testing.assert_allclose(stripped.predict(sequences, verbose=0), pruned.predict(sequences, verbose=0), atol=1e-5)
+
+
+def test_pruning_follows_the_schedule_with_several_steps_per_execution(data):
+    pruned = prune_low_magnitude(mlp(), pruning_schedule=PolynomialDecay(0.0, 0.5, 0, 7, frequency=1))
+    pruned.compile(keras.optimizers.Adam(0.01), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                   steps_per_execution=3)
+    pruned.fit(*data, batch_size=32, epochs=2, verbose=0, callbacks=[UpdatePruningStep()])
+    assert layer_sparsities(pruned) == {"hidden/kernel": 0.5, "logits/kernel": 0.5}
+    assert int(keras.ops.convert_to_numpy(pruned.get_layer("prune_low_magnitude_hidden").pruning_step)) == 7

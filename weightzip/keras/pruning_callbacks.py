@@ -39,12 +39,16 @@ class UpdatePruningStep(keras.callbacks.Callback):
     """Before each training batch at which a schedule prunes, recompute that wrapper's masks; at each epoch
     end record the step in every wrapper and re-apply the masks to the kernels.
 
-    The step starts at the optimizer's iteration count, so resuming training resumes the schedule.
+    The step starts at the optimizer's iteration count, so resuming training resumes the schedule. With
+    ``steps_per_execution`` > 1 the callback runs once per execution: a pruning step falling inside it is
+    applied at its start (masks change between executions only).
     """
 
     def __init__(self):
         super().__init__()
         self.step = -1
+        self._stride = 1
+        self._epoch_start = 0
         self._wrappers: list[PruneLowMagnitude] = []
 
     def on_train_begin(self, logs=None):
@@ -54,17 +58,32 @@ class UpdatePruningStep(keras.callbacks.Callback):
         optimizer = getattr(self.model, "optimizer", None)
         iterations = getattr(optimizer, "iterations", None)
         self.step = int(ops.convert_to_numpy(iterations)) if iterations is not None else 0
+        self._stride = max(1, int(getattr(self.model, "steps_per_execution", 1) or 1))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = self.step
 
     def on_train_batch_begin(self, batch, logs=None):
-        due = [w for w in self._wrappers if w.built and w.pruning_schedule.should_prune(self.step)]
+        first = self._epoch_start + batch  # Keras passes the execution's first step within the epoch
+        due = []
+        for wrapper in self._wrappers:
+            steps = [s for s in range(first, first + self._stride) if wrapper.pruning_schedule.should_prune(s)]
+            if wrapper.built and steps:
+                due.append((wrapper, steps[-1]))
         if due:
             _sync_backend_state(self.model)
-            for wrapper in due:
-                wrapper.update_masks(self.step)
-        self.step += 1
+            for wrapper, step in due:
+                wrapper.update_masks(step)
+
+    def on_train_batch_end(self, batch, logs=None):
+        # Keras reports a partial last execution as a full one; on_epoch_end corrects from the optimizer.
+        self.step = self._epoch_start + batch + 1
 
     def on_epoch_end(self, epoch, logs=None):
         _sync_backend_state(self.model)
+        iterations = getattr(getattr(self.model, "optimizer", None), "iterations", None)
+        if iterations is not None:
+            self.step = int(ops.convert_to_numpy(iterations))
         for wrapper in self._wrappers:
             if wrapper.built:
                 wrapper.pruning_step.assign(max(self.step - 1, -1))
