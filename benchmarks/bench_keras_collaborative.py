@@ -187,8 +187,8 @@ def main(argv=None):
     parser.add_argument("--calibration", type=int, default=200, help="representative samples for int8")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    data = load_mnist_5k()
-    data = tuple(np.asarray(array, dtype=np.float32) if i % 2 == 0 else np.asarray(array) for i, array in enumerate(data))
+    x_train, y_train, x_test, y_test = load_mnist_5k()
+    data = (x_train.astype(np.float32), y_train, x_test.astype(np.float32), y_test)
     rows = []
     for name in args.models:
         rows.extend(run_model(name, args, data))

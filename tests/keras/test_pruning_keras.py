@@ -45,7 +45,8 @@ def test_whole_model_pruning_reaches_target_and_strip_matches(data):
     base = mlp()
     before = [w.copy() for w in base.get_weights()]
     pruned = fit(prune_low_magnitude(base, pruning_schedule=PolynomialDecay(0.0, 0.75, 0, 6, frequency=2)), data)
-    assert all(isinstance(pruned.get_layer(f"prune_low_magnitude_{n}"), PruneLowMagnitude) for n in ("hidden", "logits"))
+    for name in ("hidden", "logits"):
+        assert isinstance(pruned.get_layer(f"prune_low_magnitude_{name}"), PruneLowMagnitude)
     stripped = strip_pruning(pruned)
     assert not any(isinstance(layer, PruneLowMagnitude) for layer in stripped.layers)
     for name in ("hidden", "logits"):
@@ -180,7 +181,8 @@ def test_layer_list_wrapping_shares_the_layer():
 
 def test_recurrent_layer_kernels_are_pruned():
     keras.utils.set_random_seed(5)
-    model = keras.Sequential([keras.Input((5, 4)), keras.layers.LSTM(4, name="lstm"), keras.layers.Dense(2, name="logits")])
+    model = keras.Sequential([keras.Input((5, 4)), keras.layers.LSTM(4, name="lstm"),
+                              keras.layers.Dense(2, name="logits")])
     pruned = prune_low_magnitude(model, pruning_schedule=ConstantSparsity(0.5, 0))
     sequences = np.random.default_rng(6).normal(size=(32, 5, 4)).astype("float32")
     fit(pruned, (sequences, (sequences[:, 0, 0] > 0).astype("int32")), epochs=1)

@@ -27,7 +27,12 @@ from keras.src.models.functional import Functional  # no public alias; the class
 from weightzip.core.pruning import PruningSchedule
 from weightzip.keras.layer_copy import copy_layer
 from weightzip.keras.pruning_callbacks import prunable_wrappers
-from weightzip.keras.pruning_registry import LayerKind, UnsupportedLayerError, classify_for_pruning, unsupported_for_pruning
+from weightzip.keras.pruning_registry import (
+    LayerKind,
+    UnsupportedLayerError,
+    classify_for_pruning,
+    unsupported_for_pruning,
+)
 from weightzip.keras.pruning_wrapper import PruneLowMagnitude
 
 
