@@ -86,8 +86,11 @@ def tflite_int8_kernels(flatbuffer: bytes) -> list[Int8Kernel]:
     """The int8 weight tensors (input 1) of every conv / fully-connected op, in op order."""
     interpreter = _interpreter(flatbuffer)
     details = {d["index"]: d for d in interpreter.get_tensor_details()}
+    ops_details = getattr(interpreter, "_get_ops_details", None)  # the interpreter's only op-graph view
+    if ops_details is None:
+        raise RuntimeError("this TFLite interpreter does not list its ops (_get_ops_details); cannot find kernels")
     kernels = []
-    for op in interpreter._get_ops_details():  # noqa: SLF001 - the interpreter's only op-graph view
+    for op in ops_details():
         if op["op_name"] not in _WEIGHT_OPS or len(op["inputs"]) < 2:
             continue
         detail = details[op["inputs"][1]]
@@ -137,9 +140,13 @@ def tflite_predict(flatbuffer: bytes, inputs: np.ndarray, batch_size: int = 256)
 def _interpreter(flatbuffer: bytes):
     import tensorflow as tf
 
+    Interpreter = getattr(tf.lite, "Interpreter", None)
+    if Interpreter is None:  # a TensorFlow without the deprecated tf.lite interpreter: standalone LiteRT
+        from ai_edge_litert.interpreter import Interpreter
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        interpreter = tf.lite.Interpreter(model_content=flatbuffer)
+        interpreter = Interpreter(model_content=flatbuffer)
     interpreter.allocate_tensors()
     return interpreter
 
