@@ -137,3 +137,16 @@ def test_refuses_to_overwrite_and_reports_bad_inputs(tmp_path):
     with pytest.raises(TypeError, match="source must be"):
         compress_state_dict(42, tmp_path / "x.wz")
     assert load_checkpoint(tmp_path / "m.pt").keys() == model.state_dict().keys()  # input untouched
+
+
+def test_post_training_pruning_then_clustering_keeps_zeros(tmp_path):
+    state = net().state_dict()
+    compress_state_dict(state, tmp_path / "p.wz", number_of_clusters=8, sparsity=0.6)
+    restored = decompress(tmp_path / "p.wz")
+    weight = restored["4.weight"]
+    assert float((weight == 0).float().mean()) == pytest.approx(0.6, abs=1e-3)
+    assert torch.unique(weight).numel() <= 8
+    kept = state["4.weight"].abs() >= state["4.weight"].abs().flatten().kthvalue(int(0.6 * weight.numel()) + 1).values
+    assert torch.equal(weight != 0, kept)  # the largest magnitudes survive
+    with pytest.raises(WeightzipError, match="sparsity must be"):
+        compress_state_dict(state, tmp_path / "q.wz", sparsity=1.5)

@@ -33,6 +33,7 @@ from weightzip import __version__
 from weightzip.atomic import check_output_path, write_bytes_atomically
 from weightzip.core import CentroidInitialization, ClusterConfig, ClusteredTensor, cluster_array
 from weightzip.core.errors import WeightzipError
+from weightzip.core.pruning import apply_mask, magnitude_mask
 from weightzip.format import WriteOptions, read_wz, read_wz_dense, write_wz
 from weightzip.torch.clustering import ClusteredWeight
 from weightzip.torch.palettized import _PalettizedWeight, exact_palette
@@ -129,6 +130,7 @@ def compress_state_dict(
     per_channel: bool = False,
     group_size: int = 1,
     preserve_sparsity: bool = False,
+    sparsity: float | None = None,
     max_clusters: int = 256,
     metadata: dict | None = None,
     options: WriteOptions = WriteOptions(),
@@ -139,6 +141,8 @@ def compress_state_dict(
     number_of_clusters: cluster every float weight that is not clustered yet to this many shared values
         (post-training; `init`, `per_channel`, `group_size`, `preserve_sparsity` as in ``cluster_weights``).
         None stores unclustered weights exactly (as a palette where they hold <= `max_clusters` values).
+    sparsity: first magnitude-prune those same weights to this fraction of zeros (the core's
+        :func:`~weightzip.core.pruning.magnitude_mask`, per tensor); clustering then keeps the zeros.
     metadata: extra JSON metadata to store (``framework``, ``torch_dtypes`` and ``weightzip`` are set here).
     options: the format's :class:`~weightzip.format.WriteOptions` (coding, layout, codebook dtype).
     """
@@ -155,6 +159,9 @@ def compress_state_dict(
         raise TypeError(f"source must be an nn.Module, a state_dict or a checkpoint path, got {type(source).__name__}")
     if not per_channel and group_size != 1:
         raise ValueError("group_size only applies with per_channel=True")
+    if sparsity is not None:
+        _check_sparsity(sparsity)
+        preserve_sparsity = True
     config = None if number_of_clusters is None else ClusterConfig(
         number_of_clusters, init, axis=None, group_size=group_size, preserve_sparsity=preserve_sparsity)
     stored: dict[str, ClusteredTensor | np.ndarray] = {}
@@ -166,7 +173,7 @@ def compress_state_dict(
         array, torch_dtype = _to_storable(name, value)
         if torch_dtype is not None:
             torch_dtypes[name] = torch_dtype
-        stored[name] = _encode_choice(name, array, axes, config, per_channel, max_clusters)
+        stored[name] = _encode_choice(name, array, axes, config, per_channel, max_clusters, sparsity)
     extra = dict(metadata or {})
     extra.update(framework="torch", source=kind, weightzip=__version__, torch_dtypes=torch_dtypes)
     return write_wz(path, stored, extra, options=options, overwrite=overwrite, inputs=inputs)
@@ -206,14 +213,21 @@ def _to_storable(name: str, tensor: torch.Tensor) -> tuple[np.ndarray, str | Non
             from None
 
 
+def _check_sparsity(sparsity) -> None:
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
+        raise WeightzipError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
+
+
 def _encode_choice(name, array: np.ndarray, axes, config: ClusterConfig | None, per_channel: bool,
-                   max_clusters: int):
-    """Cluster, palettize exactly, or keep `array`, following the rules of the module docstring."""
+                   max_clusters: int, sparsity: float | None = None):
+    """Prune, cluster, palettize exactly, or keep `array`, following the rules of the module docstring."""
     if not np.issubdtype(array.dtype, np.floating) or array.ndim < 2 or array.size == 0:
         return array
     if axes is not None and name not in axes:
         return array  # a module's tensor that is not a supported layer's weight
     axis = 0 if axes is None else axes[name]
+    if sparsity is not None:
+        array = apply_mask(array, magnitude_mask(array, sparsity))
     if config is not None:
         layer_config = ClusterConfig(config.number_of_clusters, config.init, config.lloyd_iterations,
                                      axis if per_channel else None, config.group_size, config.preserve_sparsity,
