@@ -4,8 +4,20 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import pytest
 
 L = keras.layers
+
+
+# JAX compiles every op for each new shape when run eagerly, so each distinct layer case costs seconds
+# there; the JAX run of the backend matrix covers these representative cases, the others run on
+# TensorFlow and PyTorch.
+JAX_CASES = frozenset({"Dense", "Conv2D", "Conv2DTranspose", "DepthwiseConv2D", "Embedding", "LSTM"})
+
+
+def skip_on_jax_unless_representative(case: str) -> None:
+    if keras.backend.backend() == "jax" and case not in JAX_CASES:
+        pytest.skip(f"{case}: covered on tensorflow and torch (JAX compiles each new shape eagerly)")
 
 
 def to_numpy(value) -> np.ndarray:
