@@ -95,3 +95,19 @@ def test_unclustered_layers_stay_dense_unless_requested():
         palettize(model, layers=["0"])
     with pytest.raises(WeightzipError, match="no Linear or Conv2d"):
         palettize(nn.Sequential(nn.Conv1d(2, 2, 1)), layers=[nn.Conv1d])
+
+
+def test_unused_centroids_are_dropped_losslessly():
+    from weightzip.core import ClusterConfig, cluster_array
+    from weightzip.torch.palettized import drop_unused_centroids
+
+    depthwise = torch.randn(6, 1, 3, 3).numpy()
+    clustered = cluster_array(depthwise, ClusterConfig(256, axis=0))
+    compact = drop_unused_centroids(clustered)
+    assert compact.codebook.shape == (6, 9)  # 9 weights per channel
+    np.testing.assert_array_equal(compact.decode(), clustered.decode())
+    assert np.all(np.diff(compact.codebook, axis=1) >= 0)
+    layer = palettize(cluster_weights(nn.Conv2d(6, 6, 3, groups=6), 256, per_channel=True))
+    assert layer.bits == 4 and layer.codebook.shape == (6, 9)
+    already = cluster_array(np.linspace(-1, 1, 64).reshape(8, 8), ClusterConfig(4))
+    assert drop_unused_centroids(already) is already

@@ -6,7 +6,7 @@ loaded with ``weights_only=True``; ``.safetensors``). What is stored, under the 
 (``"features.0.weight"``, as in the unclustered architecture):
 
 - weights clustered by ``cluster_weights`` or held by palettized layers: their codebook + indices,
-  exactly (a :class:`~weightzip.core.ClusteredTensor`);
+  exactly (a :class:`~weightzip.core.ClusteredTensor`; codebook entries no weight uses are dropped);
 - with ``number_of_clusters``: the float weights, post-training clustered by the core's
   :func:`~weightzip.core.cluster_array` (module: every supported layer's weight, with its channel axis;
   state_dict or file: every floating tensor of rank >= 2, channel axis 0);
@@ -36,7 +36,7 @@ from weightzip.core.errors import WeightzipError
 from weightzip.core.pruning import apply_mask, magnitude_mask
 from weightzip.format import WriteOptions, read_wz, read_wz_dense, write_wz
 from weightzip.torch.clustering import ClusteredWeight
-from weightzip.torch.palettized import _PalettizedWeight, exact_palette
+from weightzip.torch.palettized import _PalettizedWeight, drop_unused_centroids, exact_palette
 from weightzip.torch.targets import find_targets
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
@@ -168,7 +168,7 @@ def compress_state_dict(
     torch_dtypes = _widened_clustered_dtypes(source) if kind == "module" else {}
     for name, value in tensors.items():
         if isinstance(value, ClusteredTensor):
-            stored[name] = value
+            stored[name] = drop_unused_centroids(value)
             continue
         array, torch_dtype = _to_storable(name, value)
         if torch_dtype is not None:
@@ -233,7 +233,7 @@ def _encode_choice(name, array: np.ndarray, axes, config: ClusterConfig | None, 
                                      axis if per_channel else None, config.group_size, config.preserve_sparsity,
                                      config.seed)
         try:
-            return cluster_array(array, layer_config)
+            return drop_unused_centroids(cluster_array(array, layer_config))
         except WeightzipError as error:
             raise WeightzipError(f"tensor {name!r}: {error}") from None
     palette = exact_palette(array, axis, max_clusters) if np.all(np.isfinite(array)) else None

@@ -145,10 +145,37 @@ def palette_of(module: nn.Module, channel_axis: int, max_clusters: int = 256) ->
     if parametrize.is_parametrized(module, "weight"):
         stack = module.parametrizations["weight"]
         if len(stack) == 1 and isinstance(stack[0], ClusteredWeight):
-            return stack[0].to_clustered_tensor()
+            return drop_unused_centroids(stack[0].to_clustered_tensor())
         raise WeightzipError(f"cannot palettize a weight parametrized by {[type(p).__name__ for p in stack]}; "
                              "strip it first")
     return exact_palette(to_numpy(module.weight), channel_axis, max_clusters)
+
+
+def drop_unused_centroids(clustered: ClusteredTensor) -> ClusteredTensor:
+    """The same tensor with every codebook row cut to the entries some weight uses (lossless).
+
+    Per-channel codebooks of small channels (a depthwise 3x3 kernel has 9 weights) cannot use k = 256
+    entries; the rows are shortened to the largest number used in any row (shorter rows padded with
+    their last used value, never referenced) and the indices renumbered, so fewer index bits and less
+    codebook are stored and held. Row order is kept (sorted rows stay sorted).
+    """
+    codebook = np.asarray(clustered.codebook)
+    groups, k = codebook.shape
+    group = np.broadcast_to(clustered.group_of_each_weight(), clustered.shape)
+    codes = group.astype(np.int64) * k + clustered.indices
+    used = np.zeros(groups * k, dtype=bool)
+    used[codes.ravel()] = True
+    used = used.reshape(groups, k)
+    width = max(1, int(used.sum(axis=1).max()))
+    if width == k:
+        return clustered
+    rank = np.cumsum(used, axis=1) - 1
+    rows, columns = np.nonzero(used)
+    last_used = used.shape[1] - 1 - np.argmax(used[:, ::-1], axis=1)  # every row uses at least one entry
+    compact = np.repeat(codebook[np.arange(groups), last_used][:, None], width, axis=1)
+    compact[rows, rank[rows, columns]] = codebook[rows, columns]
+    indices = rank[group, clustered.indices].astype(index_dtype(width))
+    return ClusteredTensor(compact, indices, clustered.axis, clustered.group_size)
 
 
 def exact_palette(values: np.ndarray, channel_axis: int | None, max_clusters: int = 256) -> ClusteredTensor | None:
