@@ -1,7 +1,5 @@
 """compress_state_dict / decompress: PyTorch checkpoints through .wz files."""
 
-import copy
-
 import numpy as np
 import pytest
 import torch

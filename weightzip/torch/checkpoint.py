@@ -36,7 +36,7 @@ from weightzip.core.errors import WeightzipError
 from weightzip.core.pruning import apply_mask, magnitude_mask
 from weightzip.format import WriteOptions, read_wz, read_wz_dense, write_wz
 from weightzip.torch.clustering import ClusteredWeight
-from weightzip.torch.palettized import _PalettizedWeight, drop_unused_centroids, exact_palette
+from weightzip.torch.palettized import PalettizedWeight, drop_unused_centroids, exact_palette
 from weightzip.torch.targets import find_targets
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
@@ -91,7 +91,7 @@ def module_tensors(module: nn.Module) -> dict[str, torch.Tensor | ClusteredTenso
     owner_of_key: dict[str, str] = {}
     for module_name, submodule in module.named_modules():
         prefix = f"{module_name}." if module_name else ""
-        if isinstance(submodule, _PalettizedWeight):
+        if isinstance(submodule, PalettizedWeight):
             replacements[prefix + "weight"] = submodule.to_clustered_tensor()
             for key in ("packed", "codebook"):
                 owner_of_key[prefix + key] = prefix + "weight"
@@ -184,7 +184,7 @@ def _widened_clustered_dtypes(module: nn.Module) -> dict[str, str]:
     found = {}
     for module_name, submodule in module.named_modules():
         prefix = f"{module_name}." if module_name else ""
-        if isinstance(submodule, _PalettizedWeight):
+        if isinstance(submodule, PalettizedWeight):
             found[prefix + "weight"] = submodule.codebook.dtype
         if parametrize.is_parametrized(submodule):
             for tensor_name, stack in submodule.parametrizations.items():

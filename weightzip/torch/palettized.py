@@ -32,7 +32,7 @@ from weightzip.torch.targets import find_targets
 from weightzip.torch.tensors import channel_groups, to_numpy
 
 
-class _PalettizedWeight(nn.Module):
+class PalettizedWeight(nn.Module):
     """Shared storage and expansion of a palettized weight (codebook rows along `axis`, `group_size`)."""
 
     def _init_palette(self, clustered: ClusteredTensor, dtype: torch.dtype, device) -> None:
@@ -75,7 +75,7 @@ class _PalettizedWeight(nn.Module):
         return f"k={k}, bits={self.bits}, {where}"
 
 
-class PalettizedLinear(_PalettizedWeight):
+class PalettizedLinear(PalettizedWeight):
     """``nn.Linear`` whose weight is stored as bit-packed codebook indices."""
 
     def __init__(self, clustered: ClusteredTensor, bias: torch.Tensor | None = None, *,
@@ -99,7 +99,7 @@ class PalettizedLinear(_PalettizedWeight):
         return f"in_features={self.in_features}, out_features={self.out_features}, {self._palette_repr()}"
 
 
-class PalettizedConv2d(_PalettizedWeight):
+class PalettizedConv2d(PalettizedWeight):
     """``nn.Conv2d`` whose weight is stored as bit-packed codebook indices (all padding modes, groups)."""
 
     def __init__(self, clustered: ClusteredTensor, bias: torch.Tensor | None = None, *, stride=1, padding=0,
@@ -238,7 +238,7 @@ def weight_memory_bytes(module: nn.Module) -> int:
     """Bytes of the weights of Linear/Conv layers as held at run time (dense or palettized)."""
     total = 0
     for submodule in module.modules():
-        if isinstance(submodule, _PalettizedWeight):
+        if isinstance(submodule, PalettizedWeight):
             total += submodule.weight_bytes()
         elif isinstance(submodule, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             total += submodule.weight.numel() * submodule.weight.element_size()
