@@ -2,14 +2,15 @@
 
 The three stages of Han, Mao & Dally (2016), each followed by retraining on the user's data:
 
-1. magnitude pruning to a target sparsity (a polynomial schedule over the pruning epochs, then the
-   pruned weights stay zero);
+1. magnitude pruning to a target sparsity (a polynomial schedule over the first part of the pruning
+   epochs, then the pruned weights stay zero while the others retrain);
 2. weight sharing: every kernel clustered to k centroids with sparsity preserved (zeros stay zero),
    centroids fine-tuned;
 3. storage: sparse relative-index layout, ceil(log2 k)-bit indices and Huffman/ANS coding (`.wz`).
 
 Dense/Embedding/recurrent kernels and convolution kernels get separate sparsity and cluster counts
-(the paper prunes conv layers less and gives them 8-bit indices, fully connected ones 5 bits).
+(the paper prunes conv layers less and gives them 8-bit indices, fully connected ones 5 bits); any
+layer can be given its own by name (the paper's per-layer pruning rates).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import types
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +31,7 @@ from weightzip.core.errors import WeightzipError
 from weightzip.core.pruning import PolynomialDecay, apply_mask, magnitude_mask
 from weightzip.format import Coding, WriteOptions
 from weightzip.keras.cluster import cluster_weights, strip_clustering
+from weightzip.keras.clustering_config import Reassignment
 from weightzip.keras.pruning import prune_low_magnitude, strip_pruning
 from weightzip.keras.pruning_callbacks import UpdatePruningStep
 from weightzip.keras.pruning_registry import compressible_weight_names
@@ -36,6 +40,38 @@ from weightzip.keras.storage import load_wz, save_wz
 _CONV_TYPES = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D, keras.layers.DepthwiseConv2D,
                keras.layers.SeparableConv2D)
 
+# Mask updates while the sparsity ramps up (TFMOT's `frequency`, expressed as a count).
+_MASK_UPDATES = 10
+
+
+def _is_count(value, minimum: int) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= minimum
+
+
+def _check_sparsity(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def _check_clusters(name: str, value) -> int:
+    if not _is_count(value, 2) or value > 65536:
+        raise ValueError(f"{name} must be an integer in [2, 65536], got {value!r}")
+    return int(value)
+
+
+def _frozen_mapping(name: str, mapping, check) -> Mapping:
+    if mapping is None:
+        mapping = {}
+    if not isinstance(mapping, Mapping):
+        raise ValueError(f"{name} must be a mapping of layer name -> value, got {type(mapping).__name__}")
+    checked = {}
+    for key, value in mapping.items():
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"{name} keys must be layer names (non-empty strings), got {key!r}")
+        checked[key] = check(f"{name}[{key!r}]", value)
+    return types.MappingProxyType(checked)
+
 
 @dataclass(frozen=True)
 class DeepCompressionConfig:
@@ -43,9 +79,21 @@ class DeepCompressionConfig:
 
     sparsity / conv_sparsity: fraction of kernel weights pruned in non-convolutional / convolutional
         layers (0 disables pruning of that kind).
+    layer_sparsity: layer name -> sparsity, overriding the two above for that layer (the paper prunes
+        every layer at its own rate, e.g. 92/91/74 % for LeNet-300-100).
     clusters / conv_clusters: shared weights per kernel (k; one of them is the pruned zero).
+    layer_clusters: layer name -> k, overriding the two above for that layer.
     prune_epochs / cluster_epochs: retraining epochs after pruning and after clustering (0: post-training).
-    learning_rate: Adam learning rate for both retraining stages.
+    ramp_fraction: share of the pruning epochs over which the sparsity rises to its target (the rest
+        retrain at the target sparsity).
+    ramp_power: exponent of the polynomial ramp (3, as TFMOT: prune fast first, slowly near the end).
+    learning_rate: Adam learning rate of the pruning retraining.
+    cluster_learning_rate: Adam learning rate of the centroid fine-tuning (None: `learning_rate`).
+    reassignment: whether weights may change cluster while the centroids train (EVERY_STEP, TFMOT's
+        behaviour) or keep the assignment made at clustering time (FIXED, the paper's).
+    cosine_decay: let the learning rate of each retraining stage fall along a cosine to
+        `final_learning_rate_fraction` of its start (settles the weights, like the float training
+        should have); False keeps it constant.
     init: centroid initialisation (the paper's best, LINEAR, by default).
     """
 
@@ -59,23 +107,87 @@ class DeepCompressionConfig:
     learning_rate: float = 5e-4
     init: CentroidInitialization = CentroidInitialization.LINEAR
     seed: int = 0
+    layer_sparsity: Mapping[str, float] = field(default_factory=dict)
+    layer_clusters: Mapping[str, int] = field(default_factory=dict)
+    ramp_fraction: float = 0.5
+    ramp_power: float = 3.0
+    cluster_learning_rate: float | None = None
+    reassignment: Reassignment = Reassignment.EVERY_STEP
+    cosine_decay: bool = True
+    final_learning_rate_fraction: float = 0.05
 
     def __post_init__(self):
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
         for name in ("sparsity", "conv_sparsity"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {value}")
+            set_(name, _check_sparsity(name, getattr(self, name)))
         for name in ("clusters", "conv_clusters"):
+            set_(name, _check_clusters(name, getattr(self, name)))
+        for name in ("prune_epochs", "cluster_epochs"):
+            if not _is_count(getattr(self, name), 0):
+                raise ValueError(f"{name} must be a non-negative integer, got {getattr(self, name)!r}")
+        if not _is_count(self.batch_size, 1):
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if not _is_count(self.seed, 0):
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        for name in ("learning_rate", "cluster_learning_rate"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 65536:
-                raise ValueError(f"{name} must be an integer in [2, 65536], got {value!r}")
-        for name in ("prune_epochs", "cluster_epochs", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "batch_size" else 0):
-                raise ValueError(f"{name} must be a non-negative integer (batch_size >= 1), got {value!r}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
-        object.__setattr__(self, "init", CentroidInitialization.parse(self.init))
+            if name == "cluster_learning_rate" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or math.isinf(value):
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        if isinstance(self.ramp_fraction, bool) or not isinstance(self.ramp_fraction, (int, float)) \
+                or not 0.0 < self.ramp_fraction <= 1.0:
+            raise ValueError(f"ramp_fraction must be in (0, 1], got {self.ramp_fraction!r}")
+        if isinstance(self.ramp_power, bool) or not isinstance(self.ramp_power, (int, float)) \
+                or not 0.0 < self.ramp_power < math.inf:
+            raise ValueError(f"ramp_power must be a positive number, got {self.ramp_power!r}")
+        if not isinstance(self.cosine_decay, bool):
+            raise ValueError(f"cosine_decay must be True or False, got {self.cosine_decay!r}")
+        if isinstance(self.final_learning_rate_fraction, bool) \
+                or not isinstance(self.final_learning_rate_fraction, (int, float)) \
+                or not 0.0 <= self.final_learning_rate_fraction <= 1.0:
+            raise ValueError(f"final_learning_rate_fraction must be in [0, 1], got {self.final_learning_rate_fraction!r}")
+        set_("init", CentroidInitialization.parse(self.init))
+        set_("reassignment", Reassignment.parse(self.reassignment))
+        set_("layer_sparsity", _frozen_mapping("layer_sparsity", self.layer_sparsity, _check_sparsity))
+        set_("layer_clusters", _frozen_mapping("layer_clusters", self.layer_clusters, _check_clusters))
+
+    @property
+    def fine_tuning_rate(self) -> float:
+        """The learning rate of the centroid fine-tuning."""
+        return self.learning_rate if self.cluster_learning_rate is None else self.cluster_learning_rate
+
+    def sparsity_of(self, layer: keras.layers.Layer) -> float:
+        """Target sparsity of `layer`'s kernels (0 for a layer without any)."""
+        if not compressible_weight_names(layer):
+            return 0.0
+        if layer.name in self.layer_sparsity:
+            return self.layer_sparsity[layer.name]
+        return self.conv_sparsity if isinstance(layer, _CONV_TYPES) else self.sparsity
+
+    def clusters_of(self, layer: keras.layers.Layer) -> int:
+        """Shared weights per kernel of `layer`."""
+        if layer.name in self.layer_clusters:
+            return self.layer_clusters[layer.name]
+        return self.conv_clusters if isinstance(layer, _CONV_TYPES) else self.clusters
+
+    def check_layer_names(self, model: keras.Model) -> None:
+        """Raise ValueError when a per-layer setting names no compressible layer of `model`."""
+        compressible = [layer.name for layer in _all_layers(model) if compressible_weight_names(layer)]
+        for option in ("layer_sparsity", "layer_clusters"):
+            unknown = sorted(set(getattr(self, option)) - set(compressible))
+            if unknown:
+                raise ValueError(f"{option} names layers {unknown} that are not compressible layers of model "
+                                 f"{model.name!r}; its compressible layers are {compressible}")
+
+    def to_json(self) -> dict:
+        """Plain JSON values (stored in the `.wz` metadata)."""
+        values = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        values["init"] = self.init.value
+        values["reassignment"] = self.reassignment.value
+        values["layer_sparsity"] = dict(self.layer_sparsity)
+        values["layer_clusters"] = dict(self.layer_clusters)
+        return values
 
 
 @dataclass(frozen=True)
@@ -86,6 +198,13 @@ class Dataset:
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+
+    def __post_init__(self):
+        for x, y, part in ((self.x_train, self.y_train, "train"), (self.x_test, self.y_test, "test")):
+            if len(x) != len(y):
+                raise ValueError(f"x_{part} has {len(x)} samples but y_{part} has {len(y)} labels")
+            if len(x) == 0:
+                raise ValueError(f"the {part} set is empty")
 
 
 @dataclass(frozen=True)
@@ -102,10 +221,15 @@ class CompressionReport:
     original_bytes: int
     stages: list[Stage] = field(default_factory=list)
 
-    def rows(self) -> list[tuple[str, str, str, str]]:
+    def compression(self, stage: Stage) -> float:
+        """How many times smaller than the float32 parameters `stage`'s file is."""
+        return self.original_bytes / stage.size_bytes
+
+    def rows(self) -> list[tuple[str, str, str, str, str]]:
+        """(stage, accuracy, change vs the first stage, file size, compression) as display strings."""
         base = self.stages[0].accuracy if self.stages else float("nan")
         return [(stage.name, f"{stage.accuracy:.2%}", f"{(stage.accuracy - base) * 100:+.2f} pt",
-                 f"{stage.size_bytes:,} B", f"{self.original_bytes / stage.size_bytes:.1f}x") for stage in self.stages]
+                 f"{stage.size_bytes:,} B", f"{self.compression(stage):.1f}x") for stage in self.stages]
 
 
 def accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int = 512) -> float:
@@ -119,30 +243,39 @@ def parameter_bytes(model: keras.Model) -> int:
     return 4 * sum(math.prod(variable.shape) for variable in model.weights)
 
 
+def pruning_schedule(config: DeepCompressionConfig, target: float, steps_per_epoch: int) -> PolynomialDecay:
+    """Sparsity 0 → `target` over the first `ramp_fraction` of the pruning steps, in equal mask updates.
+
+    The ramp ends exactly on a mask update, so every layer reaches its target sparsity.
+    """
+    ramp_steps = max(1, round(steps_per_epoch * config.prune_epochs * config.ramp_fraction))
+    frequency = max(1, ramp_steps // _MASK_UPDATES)
+    end_step = frequency * max(1, ramp_steps // frequency)
+    return PolynomialDecay(initial_sparsity=0.0, final_sparsity=target, begin_step=0, end_step=end_step,
+                           power=config.ramp_power, frequency=frequency)
+
+
 def prune(model: keras.Model, data: Dataset, config: DeepCompressionConfig, loss) -> keras.Model:
     """Stage 1: magnitude pruning, then retraining with the pruned weights held at zero.
 
-    The sparsity ramps up polynomially over the first half of the pruning epochs (TFMOT's
-    PolynomialDecay) and stays at its target for the rest. With `prune_epochs=0` the masks are applied
+    The sparsity ramps up polynomially (TFMOT's PolynomialDecay) over the first `ramp_fraction` of the
+    pruning epochs and stays at its target for the rest. With `prune_epochs=0` the masks are applied
     once, without retraining. Returns a plain model whose kernels hold exact zeros.
     """
     steps_per_epoch = math.ceil(len(data.x_train) / config.batch_size)
-    ramp_end = max(1, steps_per_epoch * max(1, config.prune_epochs // 2))
 
     def wrap(layer):
-        target = _layer_sparsity(layer, config)
+        target = config.sparsity_of(layer)
         if target <= 0:
             return layer
         if config.prune_epochs == 0:
             return _pruned_once(layer, target)
-        schedule = PolynomialDecay(initial_sparsity=0.0, final_sparsity=target, begin_step=0,
-                                   end_step=ramp_end, frequency=max(1, ramp_end // 10))
-        return prune_low_magnitude(layer, pruning_schedule=schedule)
+        return prune_low_magnitude(layer, pruning_schedule=pruning_schedule(config, target, steps_per_epoch))
 
     pruned = _clone_with_weights(model, wrap)
     if config.prune_epochs == 0:
         return pruned
-    _fit(pruned, data, config, loss, config.prune_epochs, callbacks=[UpdatePruningStep()])
+    _fit(pruned, data, config, loss, config.prune_epochs, config.learning_rate, callbacks=[UpdatePruningStep()])
     return strip_pruning(pruned)
 
 
@@ -152,19 +285,21 @@ def cluster(model: keras.Model, data: Dataset, config: DeepCompressionConfig, lo
     def wrap(layer):
         if not compressible_weight_names(layer):
             return layer
-        k = config.conv_clusters if isinstance(layer, _CONV_TYPES) else config.clusters
-        return cluster_weights(layer, number_of_clusters=k, cluster_centroids_init=config.init,
-                               preserve_sparsity=True, seed=config.seed)
+        return cluster_weights(layer, number_of_clusters=config.clusters_of(layer),
+                               cluster_centroids_init=config.init, preserve_sparsity=True,
+                               reassignment=config.reassignment, seed=config.seed)
 
     clustered = _clone_with_weights(model, wrap)
-    _fit(clustered, data, config, loss, config.cluster_epochs)
+    _fit(clustered, data, config, loss, config.cluster_epochs, config.fine_tuning_rate)
     return strip_clustering(clustered)
 
 
-def _layer_sparsity(layer, config: DeepCompressionConfig) -> float:
-    if not compressible_weight_names(layer):
-        return 0.0
-    return config.conv_sparsity if isinstance(layer, _CONV_TYPES) else config.sparsity
+def _all_layers(model: keras.Model):
+    """The layers of `model`, nested models' layers included."""
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
 
 
 def _pruned_once(layer, sparsity: float):
@@ -190,8 +325,13 @@ def _clone_with_weights(model: keras.Model, wrap) -> keras.Model:
     return keras.models.clone_model(model, clone_function=clone)
 
 
-def _fit(model, data: Dataset, config: DeepCompressionConfig, loss, epochs: int, callbacks=()):
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=loss)
+def _fit(model, data: Dataset, config: DeepCompressionConfig, loss, epochs: int, learning_rate: float,
+         callbacks=()):
+    steps = epochs * math.ceil(len(data.x_train) / config.batch_size)
+    if config.cosine_decay and steps > 0:
+        learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, steps,
+                                                               alpha=config.final_learning_rate_fraction)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss)
     if epochs > 0:
         model.fit(data.x_train, data.y_train, epochs=epochs, batch_size=config.batch_size, verbose=0,
                   callbacks=list(callbacks))
@@ -204,7 +344,7 @@ def compress(model: keras.Model, data: Dataset, output: str | os.PathLike, *,
 
     `loss` defaults to the model's compiled loss. `progress(message)` is called before each stage.
     Returns the decoded model (read back from `output`) and the per-stage report; the last stage's
-    size is the size of `output`.
+    size is the size of `output`. `model` itself is not modified.
     """
     output = Path(output)
     if output.exists() and not overwrite:
@@ -212,6 +352,7 @@ def compress(model: keras.Model, data: Dataset, output: str | os.PathLike, *,
     loss = loss if loss is not None else getattr(model, "loss", None)
     if loss is None:
         raise WeightzipError("the model is not compiled: pass loss= (e.g. a SparseCategoricalCrossentropy)")
+    config.check_layer_names(model)
     say = progress or (lambda message: None)
     keras.utils.set_random_seed(config.seed)
     report = CompressionReport(parameter_bytes(model))
@@ -230,14 +371,8 @@ def compress(model: keras.Model, data: Dataset, output: str | os.PathLike, *,
         clustered = cluster(pruned, data, config, loss)
         measured("pruned + clustered (packed indices)", clustered, Coding.PACKED)
         say("stage 3/3: entropy coding")
-        save_wz(clustered, output, overwrite=overwrite, extra_metadata={"deep_compression": _config_dict(config)})
+        save_wz(clustered, output, overwrite=overwrite, extra_metadata={"deep_compression": config.to_json()})
     decoded = load_wz(output)
     report.stages.append(Stage("+ Huffman/ANS coding (.wz file)", accuracy(decoded, data.x_test, data.y_test),
                                os.path.getsize(output)))
     return decoded, report
-
-
-def _config_dict(config: DeepCompressionConfig) -> dict:
-    values = {name: getattr(config, name) for name in config.__dataclass_fields__}
-    values["init"] = config.init.value
-    return values
