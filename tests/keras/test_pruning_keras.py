@@ -201,3 +201,26 @@ def test_pruning_follows_the_schedule_with_several_steps_per_execution(data):
     pruned.fit(*data, batch_size=32, epochs=2, verbose=0, callbacks=[UpdatePruningStep()])
     assert layer_sparsities(pruned) == {"hidden/kernel": 0.5, "logits/kernel": 0.5}
     assert int(keras.ops.convert_to_numpy(pruned.get_layer("prune_low_magnitude_hidden").pruning_step)) == 7
+
+
+def test_stripped_pruned_kernel_holds_positive_zeros():
+    """Pruned weights become +0.0 (all-zero bits), not −0.0, so sparse storage sees them as zeros."""
+    import keras as _keras
+    import numpy as _np
+
+    from weightzip.core.pruning import ConstantSparsity as _Constant
+    from weightzip.keras import UpdatePruningStep as _Update, prune_low_magnitude as _prune, strip_pruning as _strip
+
+    _keras.utils.set_random_seed(0)
+    model = _keras.Sequential([_keras.Input((16,)), _keras.layers.Dense(32)])
+    model.layers[0].kernel.assign(-_np.abs(model.layers[0].kernel.numpy()) - 0.01)  # every weight negative
+    # Pruning after a few Adam steps: momentum then moves pruned weights off zero before each re-masking.
+    pruned = _prune(model, pruning_schedule=_Constant(0.5, begin_step=4, frequency=1))
+    pruned.compile("adam", "mse")
+    rng = _np.random.default_rng(0)
+    pruned.fit(rng.normal(size=(64, 16)).astype("float32"), rng.normal(size=(64, 32)).astype("float32"),
+               epochs=2, batch_size=8, verbose=0, callbacks=[_Update()])
+    kernel = _strip(pruned).layers[0].kernel.numpy()
+    zeros = kernel == 0
+    assert zeros.mean() == 0.5
+    assert not _np.signbit(kernel[zeros]).any()

@@ -20,6 +20,7 @@ from keras import ops
 from weightzip.core.pruning import (
     ConstantSparsity,
     InvalidSparsityError,
+    apply_mask,
     PruningSchedule,
     magnitude_mask,
     n_m_mask,
@@ -167,13 +168,16 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                               pooling=_POOLING[self.block_pooling_type])
 
     def apply_masks(self) -> None:
-        """Overwrite each pruned variable with kernel * mask (TFMOT's ``weight_mask_op``)."""
+        """Overwrite each pruned variable with its masked value (TFMOT's ``weight_mask_op``).
+
+        Pruned weights become +0.0, not the −0.0 that ``kernel * mask`` leaves for negative weights.
+        """
         for variable, mask in zip(self._pruned_variables, self.masks):
-            variable.assign(ops.multiply(variable, mask))
+            variable.assign(ops.where(mask > 0, variable, ops.zeros_like(variable)))
 
     def masked_layer_weights(self) -> list[np.ndarray]:
         """The wrapped layer's weights (in its own order) with the masks applied: what strip_pruning keeps."""
-        masked = {id(v): ops.convert_to_numpy(v) * ops.convert_to_numpy(m)
+        masked = {id(v): apply_mask(ops.convert_to_numpy(v), ops.convert_to_numpy(m) > 0)
                   for v, m in zip(self._pruned_variables, self.masks)}
         return [masked.get(id(v), ops.convert_to_numpy(v)) for v in self.layer.weights]
 
