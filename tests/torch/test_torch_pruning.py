@@ -67,6 +67,7 @@ def test_polynomial_schedule_ramps_up_and_pruned_weights_get_no_gradient():
     assert seen == sorted(seen) and seen[-1] == pytest.approx(0.8, abs=1 / 384)
     strip_pruning(model)
     assert isinstance(model[0].weight, nn.Parameter)
+    assert not torch.signbit(model[0].weight[model[0].weight == 0]).any()  # +0.0, never -0.0
     assert zero_fraction(model[0].weight) == pytest.approx(0.8, abs=1 / 384)
     assert set(model.state_dict()) == set(mlp().state_dict())
 

@@ -2,8 +2,8 @@
 ``strip_pruning`` (TFMOT's names; the masks and schedules are the core's).
 
 Each selected weight gets a :class:`PruningMask` parametrization: the float weight stays trainable (as
-``parametrizations.weight.original``) and the layer sees ``original * mask``, so pruned weights get no
-gradient. The mask is recomputed by :func:`weightzip.core.pruning.magnitude_mask` (or
+``parametrizations.weight.original``) and the layer sees ``original`` where the mask keeps it and +0.0
+elsewhere, so pruned weights get no gradient. The mask is recomputed by :func:`weightzip.core.pruning.magnitude_mask` (or
 :func:`~weightzip.core.pruning.n_m_mask`) whenever the schedule says so; at that moment the pruned
 originals are also set to zero, as TFMOT does, so a later, sparser mask ranks them last.
 
@@ -76,7 +76,7 @@ class PruningSettings:
 
 
 class PruningMask(nn.Module):
-    """Parametrization ``original * mask`` with a persistent keep-mask and the step it was last updated at."""
+    """Parametrization ``where(mask, original, 0)`` with a persistent keep-mask and the step it was last updated at."""
 
     def __init__(self, shape: tuple[int, ...], settings: PruningSettings, *, device=None):
         super().__init__()
@@ -88,7 +88,9 @@ class PruningMask(nn.Module):
         return f"shape={tuple(self.mask.shape)}, schedule={self.settings.schedule}"
 
     def forward(self, original: torch.Tensor) -> torch.Tensor:
-        return original * self.mask
+        # where, not a product: a pruned negative weight must become +0.0, not -0.0 (whose bit pattern
+        # sparse storage would count as an entry).
+        return torch.where(self.mask, original, torch.zeros((), dtype=original.dtype, device=original.device))
 
     def sparsity(self) -> float:
         """Fraction of weights the current mask removes."""
@@ -101,9 +103,9 @@ class PruningMask(nn.Module):
         should_prune, sparsity = self.settings.schedule(step)
         if not should_prune:
             return False
-        keep = self.settings.keep_mask(to_numpy(original * self.mask), sparsity)
+        keep = self.settings.keep_mask(to_numpy(self.forward(original)), sparsity)
         self.mask.copy_(torch.from_numpy(np.ascontiguousarray(keep)))
-        original.mul_(self.mask)
+        original.masked_fill_(~self.mask, 0.0)
         return True
 
 
@@ -218,5 +220,5 @@ def layer_sparsities(module: nn.Module) -> dict[str, float]:
 
 
 def strip_pruning(module: nn.Module) -> nn.Module:
-    """Replace every pruned weight by a plain ``nn.Parameter`` holding ``original * mask`` (exact zeros)."""
+    """Replace every pruned weight by a plain ``nn.Parameter`` holding the masked weight (exact +0.0 zeros)."""
     return parametrized.remove(module, PruningMask)
