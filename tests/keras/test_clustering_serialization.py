@@ -8,7 +8,7 @@ import textwrap
 import keras
 import numpy as np
 import pytest
-from keras_clustering_helpers import sample_input, to_numpy
+from keras_clustering_helpers import sample_input, skip_on_jax_unless, to_numpy
 
 import weightzip.keras as wk
 
@@ -29,12 +29,19 @@ def compile_and_fit(model, x, y, epochs=1):
     return model.fit(x, y, batch_size=16, epochs=epochs, verbose=0).history["loss"]
 
 
+ROUNDTRIPS = {  # id: (options, load inside cluster_scope, also on JAX)
+    "default-cluster_scope": ({}, True, False),
+    "default-registered": ({}, False, True),
+    "fixed_per_channel": ({"reassignment": "fixed", "cluster_per_channel": True}, False, False),
+    "sparse_average": ({"preserve_sparsity": True, "cluster_gradient_aggregation": "average"}, True, True),
+}
+
+
 @pytest.mark.backend_matrix
-@pytest.mark.parametrize("use_scope", [True, False], ids=["cluster_scope", "registered"])
-@pytest.mark.parametrize("options", [{}, {"reassignment": "fixed", "cluster_per_channel": True},
-                                     {"preserve_sparsity": True, "cluster_gradient_aggregation": "average"}],
-                         ids=["default", "fixed_per_channel", "sparse_average"])
-def test_save_load_roundtrip_then_keep_training(tmp_path, use_scope, options):
+@pytest.mark.parametrize("case", sorted(ROUNDTRIPS))
+def test_save_load_roundtrip_then_keep_training(tmp_path, case):
+    options, use_scope, on_jax = ROUNDTRIPS[case]
+    skip_on_jax_unless(on_jax)
     x = sample_input((6,), batch=48)
     y = (x[:, 0] > 0).astype("int32")
     model = clustered_model(**options)

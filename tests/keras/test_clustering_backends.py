@@ -1,0 +1,30 @@
+"""The backend-agnostic clustering tests (marked ``backend_matrix``) on the PyTorch and JAX Keras backends.
+
+Keras fixes its backend when first imported, so each backend runs in its own pytest subprocess with
+KERAS_BACKEND set; this process (TensorFlow by default) runs the same tests directly.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import pytest
+
+HERE = Path(__file__).parent
+MATRIX_FILES = sorted(str(path) for path in HERE.glob("test_clustering_*.py") if path.name != Path(__file__).name)
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_clustering_on_backend(backend):
+    if keras.backend.backend() == backend:
+        pytest.skip(f"this process already runs on {backend}")
+    pytest.importorskip(backend)
+    env = {**os.environ, "KERAS_BACKEND": backend, "CUDA_VISIBLE_DEVICES": "", "JAX_PLATFORMS": "cpu"}
+    command = [sys.executable, "-m", "pytest", "-q", "-m", "backend_matrix", "-p", "no:cacheprovider",
+               "-p", "no:randomly", "-W", "ignore::DeprecationWarning", *MATRIX_FILES]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200, cwd=HERE.parent.parent)
+    summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+    assert result.returncode == 0, f"{backend}: {summary}\n{result.stdout[-6000:]}\n{result.stderr[-3000:]}"
+    assert " passed" in summary and "failed" not in summary, summary
