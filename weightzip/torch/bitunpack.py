@@ -35,7 +35,8 @@ def padded_stream(values: np.ndarray, bits: int) -> np.ndarray:
 def unpack(stream: torch.Tensor, count: int, bits: int) -> torch.Tensor:
     """The first `count` values of a padded uint8 `stream` packed at `bits` bits, as int32 (torch ops only).
 
-    int32 throughout: it is what ``index_select`` takes, and torch's uint8 kernels are slower.
+    int32 throughout: it is what ``index_select`` takes, and torch's uint8 kernels are slower. The result
+    is a fresh tensor the caller may modify in place.
     """
     _check_bits(bits)
     mask = (1 << bits) - 1
@@ -44,12 +45,12 @@ def unpack(stream: torch.Tensor, count: int, bits: int) -> torch.Tensor:
         values = words
     elif bits in (1, 2, 4):
         shifts = torch.arange(0, 8, bits, dtype=torch.int32, device=stream.device)
-        values = (words.unsqueeze(-1) >> shifts) & mask
+        values = (words.unsqueeze(-1) >> shifts).bitwise_and_(mask)
     elif bits < 8 and sys.byteorder == "little":
         # A row of `bits` bytes, zero-padded to 8, read as one little-endian int64 holds its 8 values.
         rows = torch.nn.functional.pad(stream.reshape(-1, bits), (0, 8 - bits)).view(torch.int64)
         shifts = torch.arange(0, 8 * bits, bits, dtype=torch.int64, device=stream.device)
-        values = ((rows >> shifts) & mask).to(torch.int32)
+        values = (rows >> shifts).bitwise_and_(mask).to(torch.int32)
     else:
         rows = torch.nn.functional.pad(words.reshape(-1, bits), (0, 2))
         columns = []

@@ -54,7 +54,7 @@ class PalettizedWeight(nn.Module):
     def weight(self) -> torch.Tensor:
         """The expanded float weight (computed on every access)."""
         count = math.prod(self.weight_shape)
-        codes = unpack(self.packed, count, self.bits).reshape(self.weight_shape) + self.group_offsets  # int32
+        codes = unpack(self.packed, count, self.bits).reshape(self.weight_shape).add_(self.group_offsets)  # int32
         return torch.index_select(self.codebook.reshape(-1), 0, codes.reshape(-1)).reshape(self.weight_shape)
 
     def to_clustered_tensor(self) -> ClusteredTensor:
