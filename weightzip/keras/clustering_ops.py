@@ -13,6 +13,7 @@ channel index running along `channel_axis` of the kernel.
 
 from __future__ import annotations
 
+import keras
 from keras import ops
 
 
@@ -55,20 +56,73 @@ def clustered_kernel(
     else:
         positions = ops.cast(fixed_indices, "int32")
     index = flat_index(positions, kernel_shape, channel_axis, table.shape[1])
-    flat_table = ops.reshape(table, (-1,))
-    if average_gradient:
-        counts = ops.segment_sum(
-            ops.ones((_size(kernel_shape),), dtype=flat_table.dtype),
-            ops.reshape(index, (-1,)),
-            num_segments=int(table.shape[0]) * int(table.shape[1]),
-        )
-        flat_table = _scale_gradient(flat_table, 1.0 / ops.maximum(counts, 1.0))
-    clustered = ops.take(flat_table, index)
-    if fixed_indices is None:
-        clustered = clustered + (original - ops.stop_gradient(original))
+    straight_through = original if fixed_indices is None else None
+    clustered = shared_weight_lookup(ops.reshape(table, (-1,)), index, straight_through, average_gradient)
     if sparsity_mask is not None:
         clustered = clustered * ops.cast(sparsity_mask, clustered.dtype)
     return clustered
+
+
+def shared_weight_lookup(flat_table, index, original=None, average_gradient: bool = False):
+    """``take(flat_table, index)`` with the gradients of weight sharing.
+
+    The gradient of each table entry is the sum of the upstream gradients at the positions that read
+    it (exactly what automatic differentiation of ``take`` gives), divided by their count when
+    `average_gradient`; the gradient of `original`, when given, is the upstream gradient itself (the
+    straight-through estimator). Written as one custom-gradient op so that the reduction can use each
+    backend's fastest kernel (see :func:`reduce_by_index`) and the straight-through term costs nothing
+    in the forward pass.
+    """
+    size = int(flat_table.shape[0])
+    flat_index = ops.reshape(index, (-1,))
+
+    def table_gradient(upstream):
+        gradient = reduce_by_index(ops.reshape(upstream, (-1,)), flat_index, size)
+        if average_gradient:
+            counts = reduce_by_index(ops.ones(flat_index.shape, dtype=gradient.dtype), flat_index, size)
+            gradient = gradient / ops.maximum(counts, 1.0)
+        return gradient
+
+    if original is None:
+        @ops.custom_gradient
+        def lookup(table):
+            def gradient(*args, upstream=None):
+                return table_gradient(args[0] if upstream is None else upstream)
+            return ops.take(table, index), gradient
+
+        return lookup(flat_table)
+
+    @ops.custom_gradient
+    def lookup_straight_through(table, weights):
+        def gradient(*args, upstream=None):
+            upstream = args[0] if upstream is None else upstream
+            return table_gradient(upstream), upstream
+        return ops.take(table, index), gradient
+
+    return lookup_straight_through(flat_table, original)
+
+
+def reduce_by_index(values, index, size: int):
+    """``out[j] = sum(values[index == j])`` for j < size (1-D int32 `index`), no n × size tensor.
+
+    ``bincount`` with weights where it is the fast kernel (TensorFlow outside XLA, several times
+    faster than its ``unsorted_segment_sum``), ``segment_sum`` (a scatter-add) elsewhere.
+    """
+    if keras.backend.backend() == "tensorflow" and not _in_tensorflow_xla():
+        return ops.cast(ops.bincount(index, weights=values, minlength=size), values.dtype)
+    return ops.segment_sum(values, index, num_segments=size)
+
+
+def _in_tensorflow_xla() -> bool:
+    """Whether TensorFlow is tracing for XLA, where bincount's output size must be a constant."""
+    try:
+        import tensorflow as tf
+        from tensorflow.python.ops import control_flow_util
+    except ImportError:  # pragma: no cover
+        return False
+    if tf.executing_eagerly():
+        return False
+    return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
 
 
 def nearest_positions(weights, sorted_rows, channel_axis: int | None):
@@ -127,16 +181,3 @@ def _batched_search(weights, midpoints, channel_axis: int):
 
 def _as_rows(centroids):
     return ops.reshape(centroids, (1, -1)) if len(centroids.shape) == 1 else centroids
-
-
-def _scale_gradient(x, factor):
-    """`x` in the forward pass; its gradient multiplied by `factor` in the backward pass."""
-    frozen = ops.stop_gradient(x)
-    return frozen + (x - frozen) * ops.stop_gradient(factor)
-
-
-def _size(shape) -> int:
-    size = 1
-    for dim in shape:
-        size *= int(dim)
-    return size
