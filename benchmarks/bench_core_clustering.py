@@ -163,7 +163,7 @@ def exactness_table(values: np.ndarray, ks, atoms) -> None:
     print()
     print("How exact is 'optimal'? It is the exact optimum over partitions cutting between histogram bins;")
     print("below, its SSE on the raw data for several bin counts, relative to the best solution found: the")
-    print(f"finest histogram polished by Lloyd on the full sorted data (a local optimum next to it).")
+    print("finest histogram polished by Lloyd on the full sorted data (a local optimum next to it).")
     sample = SortedSample.from_values(values)
     print()
     print(f"{'k':>4} " + " ".join(f"{'2^%d bins' % int(np.log2(a)):>18}" for a in atoms)

@@ -19,3 +19,21 @@ def test_too_many_values_names_the_channel():
     palettize_exact(weights, 3, axis=-1)
     with pytest.raises(InvalidClusterCountError, match="channel 2 holds 3 distinct values"):
         palettize_exact(weights, 2, axis=-1)
+
+
+def test_smallest_palette_prefers_per_tensor_when_it_fits():
+    from weightzip.core.palette import smallest_exact_palette
+
+    weights = np.random.default_rng(0).choice(np.float32([-1, 0.5, 2]), size=(40, 8))
+    palette = smallest_exact_palette(weights, 16, channel_axis=-1)
+    assert palette.axis is None and palette.codebook.shape == (1, 3)
+
+
+def test_smallest_palette_counts_only_nonzero_weights():
+    """A pruned kernel whose nonzeros are all distinct stores smaller raw (sparse) than as a palette."""
+    from weightzip.core.palette import smallest_exact_palette
+
+    weights = np.zeros((64, 64), np.float32)
+    weights[np.arange(64), np.arange(64)] = np.arange(1, 65)  # 64 distinct nonzeros, one per channel
+    assert smallest_exact_palette(weights, 256, channel_axis=-1) is None
+    assert smallest_exact_palette(np.arange(10), 16) is None  # integers are never palettized

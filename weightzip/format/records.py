@@ -32,7 +32,7 @@ from weightzip.core.errors import WeightzipError
 from weightzip.core.sparse import MAX_GAP_BITS, best_gap_bits, sparse_decode, sparse_encode
 from weightzip.format import schema
 from weightzip.format.errors import WzFormatError
-from weightzip.format.streams import Coding, EncodedStream, PayloadBuilder, PayloadReader, \
+from weightzip.format.streams import Coding, PayloadBuilder, PayloadReader, \
     check_symbols_descriptor, decode_raw, decode_symbols, encode_symbols, raw_bytes
 
 

@@ -11,13 +11,12 @@ decoded model computes exactly what the stripped model did.
 from __future__ import annotations
 
 import json
-import math
 import os
 
 import keras
 import numpy as np
 
-from weightzip.core import InvalidClusterCountError, palettize_exact
+from weightzip.core.palette import smallest_exact_palette
 from weightzip.core.errors import WeightzipError
 from weightzip.format import WriteOptions, read_wz_dense, write_wz
 
@@ -42,25 +41,9 @@ def _positive_zeros(array: np.ndarray) -> np.ndarray:
 
 
 def palettized_or_raw(array: np.ndarray, max_clusters: int = DEFAULT_MAX_CLUSTERS):
-    """A ClusteredTensor when codebook + indices cost fewer bits than the raw values, else `array`.
-
-    A codebook per tensor is tried first, then one per last-axis channel. Only nonzero weights count:
-    zeros cost the same in both forms once the writer chooses its sparse layout for a pruned kernel.
-    """
-    if not np.issubdtype(array.dtype, np.floating) or array.ndim == 0 or array.size == 0:
-        return array
-    value_bits = array.dtype.itemsize * 8
-    stored = max(1, int(np.count_nonzero(array)))
-    for axis in (None, -1) if array.ndim >= 2 else (None,):
-        try:
-            clustered = palettize_exact(array, max_clusters, axis=axis)
-        except InvalidClusterCountError:
-            continue
-        groups, k = clustered.codebook.shape
-        index_bits = math.ceil(math.log2(k)) if k > 1 else 0
-        if groups * k * value_bits + stored * index_bits < stored * value_bits:
-            return clustered
-    return array
+    """A ClusteredTensor (per tensor, else per last-axis channel) when it stores smaller, else `array`."""
+    palette = smallest_exact_palette(array, max_clusters, channel_axis=-1)
+    return array if palette is None else palette
 
 
 def save_wz(model: keras.Model, path, *, max_clusters: int = DEFAULT_MAX_CLUSTERS,

@@ -36,7 +36,8 @@ from weightzip.core.errors import WeightzipError
 from weightzip.core.pruning import apply_mask, magnitude_mask
 from weightzip.format import WriteOptions, read_wz, read_wz_dense, write_wz
 from weightzip.torch.clustering import ClusteredWeight
-from weightzip.torch.palettized import PalettizedWeight, drop_unused_centroids, exact_palette
+from weightzip.core.palette import drop_unused_centroids
+from weightzip.torch.palettized import PalettizedWeight, exact_palette
 from weightzip.torch.targets import find_targets
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")

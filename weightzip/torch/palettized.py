@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from weightzip.core import ClusteredTensor, index_dtype, palettize_exact
+from weightzip.core import ClusteredTensor, index_dtype
+from weightzip.core.palette import drop_unused_centroids, smallest_exact_palette  # noqa: F401 (re-exported)
 from weightzip.core.bitpack import bit_width
 from weightzip.core.errors import InvalidClusterCountError, WeightzipError
 from weightzip.torch.bitunpack import MAX_UNPACK_BITS, padded_stream, unpack
@@ -151,52 +152,10 @@ def palette_of(module: nn.Module, channel_axis: int, max_clusters: int = 256) ->
     return exact_palette(to_numpy(module.weight), channel_axis, max_clusters)
 
 
-def drop_unused_centroids(clustered: ClusteredTensor) -> ClusteredTensor:
-    """The same tensor with every codebook row cut to the entries some weight uses (lossless).
-
-    Per-channel codebooks of small channels (a depthwise 3x3 kernel has 9 weights) cannot use k = 256
-    entries; the rows are shortened to the largest number used in any row (shorter rows padded with
-    their last used value, never referenced) and the indices renumbered, so fewer index bits and less
-    codebook are stored and held. Row order is kept (sorted rows stay sorted).
-    """
-    codebook = np.asarray(clustered.codebook)
-    groups, k = codebook.shape
-    group = np.broadcast_to(clustered.group_of_each_weight(), clustered.shape)
-    codes = group.astype(np.int64) * k + clustered.indices
-    used = np.zeros(groups * k, dtype=bool)
-    used[codes.ravel()] = True
-    used = used.reshape(groups, k)
-    width = max(1, int(used.sum(axis=1).max()))
-    if width == k:
-        return clustered
-    rank = np.cumsum(used, axis=1) - 1
-    rows, columns = np.nonzero(used)
-    last_used = used.shape[1] - 1 - np.argmax(used[:, ::-1], axis=1)  # every row uses at least one entry
-    compact = np.repeat(codebook[np.arange(groups), last_used][:, None], width, axis=1)
-    compact[rows, rank[rows, columns]] = codebook[rows, columns]
-    indices = rank[group, clustered.indices].astype(index_dtype(width))
-    return ClusteredTensor(compact, indices, clustered.axis, clustered.group_size)
-
-
 def exact_palette(values: np.ndarray, channel_axis: int | None, max_clusters: int = 256) -> ClusteredTensor | None:
-    """`values` as an exact codebook + indices (per tensor or per channel along `channel_axis`, whichever
-    stores smaller), or None when neither has at most `max_clusters` entries per codebook and stores
-    smaller than dense float32."""
-    options = []
-    for axis in (None,) if channel_axis is None else (None, channel_axis):
-        try:
-            options.append(palettize_exact(values, max_clusters, axis=axis))
-        except InvalidClusterCountError:
-            continue
-    options = [option for option in options if _stored_bits(option) < 32 * values.size]
-    if not options:
-        return None
-    return min(options, key=_stored_bits)
-
-
-def _stored_bits(clustered: ClusteredTensor) -> int:
-    bits = max(1, bit_width(clustered.number_of_clusters))
-    return clustered.indices.size * bits + clustered.codebook.size * 32
+    """`values` as an exact codebook + indices where that stores smaller (see
+    :func:`weightzip.core.palette.smallest_exact_palette`), else None."""
+    return smallest_exact_palette(values, max_clusters, channel_axis=channel_axis)
 
 
 def palettize(module: nn.Module, *, max_clusters: int = 256,
