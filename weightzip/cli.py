@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from weightzip import __version__
+from weightzip.core.centroid_init import CentroidInitialization
 
 KERAS_SUFFIXES = (".keras", ".h5")
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
@@ -115,8 +116,10 @@ def _compress_torch(source: Path, output: Path, args) -> int:
 
     console = Console()
     with console.status(f"clustering {source.name}"):
-        size = compress_state_dict(source, output, number_of_clusters=args.clusters or 16,
-                                   init="optimal", per_channel=args.per_channel, overwrite=args.overwrite)
+        size = compress_state_dict(source, output, number_of_clusters=args.clusters or 16, init=args.init,
+                                   per_channel=args.per_channel or args.group_size is not None,
+                                   group_size=args.group_size or 1, sparsity=args.sparsity or 0.0,
+                                   preserve_sparsity=bool(args.sparsity), overwrite=args.overwrite)
     console.print(f"wrote {output}: {size:,} bytes ({source.stat().st_size / size:.1f}x smaller than {source.name})")
     return 0
 
@@ -219,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("--clusters", type=int, help="shared weights per non-convolutional kernel (k)")
     compress.add_argument("--conv-clusters", type=int, help="shared weights per convolution kernel")
     compress.add_argument("--per-channel", action="store_true", help="one codebook per output channel (no --data)")
+    compress.add_argument("--group-size", type=int, help="PyTorch: output channels sharing one codebook")
+    compress.add_argument("--init", default="optimal", choices=[m.value for m in CentroidInitialization],
+                          help="PyTorch: centroid initialisation of post-training clustering (default: optimal)")
     compress.add_argument("--prune-epochs", type=int, help="retraining epochs after pruning")
     compress.add_argument("--cluster-epochs", type=int, help="centroid fine-tuning epochs after clustering")
     compress.add_argument("--learning-rate", type=float, help="retraining learning rate (Adam)")
