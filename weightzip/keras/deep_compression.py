@@ -91,6 +91,9 @@ class DeepCompressionConfig:
     cluster_learning_rate: Adam learning rate of the centroid fine-tuning (None: `learning_rate`).
     reassignment: whether weights may change cluster while the centroids train (EVERY_STEP, TFMOT's
         behaviour) or keep the assignment made at clustering time (FIXED, the paper's).
+    weight_decay: decoupled weight decay (AdamW's, scaled by the learning rate) during the pruning
+        retraining: the paper retrains pruned networks with L2 regularisation, which keeps the few
+        remaining weights from overfitting a small training set. Not applied to the centroids.
     cosine_decay: let the learning rate of each retraining stage fall along a cosine to
         `final_learning_rate_fraction` of its start (settles the weights, like the float training
         should have); False keeps it constant.
@@ -115,6 +118,7 @@ class DeepCompressionConfig:
     reassignment: Reassignment = Reassignment.EVERY_STEP
     cosine_decay: bool = True
     final_learning_rate_fraction: float = 0.05
+    weight_decay: float = 0.0
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
@@ -141,6 +145,9 @@ class DeepCompressionConfig:
         if isinstance(self.ramp_power, bool) or not isinstance(self.ramp_power, (int, float)) \
                 or not 0.0 < self.ramp_power < math.inf:
             raise ValueError(f"ramp_power must be a positive number, got {self.ramp_power!r}")
+        if isinstance(self.weight_decay, bool) or not isinstance(self.weight_decay, (int, float)) \
+                or not 0.0 <= self.weight_decay < math.inf:
+            raise ValueError(f"weight_decay must be a non-negative number, got {self.weight_decay!r}")
         if not isinstance(self.cosine_decay, bool):
             raise ValueError(f"cosine_decay must be True or False, got {self.cosine_decay!r}")
         if isinstance(self.final_learning_rate_fraction, bool) \
@@ -246,11 +253,13 @@ def parameter_bytes(model: keras.Model) -> int:
 def pruning_schedule(config: DeepCompressionConfig, target: float, steps_per_epoch: int) -> PolynomialDecay:
     """Sparsity 0 → `target` over the first `ramp_fraction` of the pruning steps, in equal mask updates.
 
-    The ramp ends exactly on a mask update, so every layer reaches its target sparsity.
+    The ramp ends exactly on a mask update at a step that training reaches (the last step at the
+    latest), so every layer reaches its target sparsity.
     """
-    ramp_steps = max(1, round(steps_per_epoch * config.prune_epochs * config.ramp_fraction))
-    frequency = max(1, ramp_steps // _MASK_UPDATES)
-    end_step = frequency * max(1, ramp_steps // frequency)
+    last_step = max(0, steps_per_epoch * config.prune_epochs - 1)
+    ramp_steps = min(last_step, round(steps_per_epoch * config.prune_epochs * config.ramp_fraction))
+    frequency = max(1, math.ceil(ramp_steps / _MASK_UPDATES))
+    end_step = frequency * (ramp_steps // frequency)
     return PolynomialDecay(initial_sparsity=0.0, final_sparsity=target, begin_step=0, end_step=end_step,
                            power=config.ramp_power, frequency=frequency)
 
@@ -275,7 +284,8 @@ def prune(model: keras.Model, data: Dataset, config: DeepCompressionConfig, loss
     pruned = _clone_with_weights(model, wrap)
     if config.prune_epochs == 0:
         return pruned
-    _fit(pruned, data, config, loss, config.prune_epochs, config.learning_rate, callbacks=[UpdatePruningStep()])
+    _fit(pruned, data, config, loss, config.prune_epochs, config.learning_rate, callbacks=[UpdatePruningStep()],
+         weight_decay=config.weight_decay)
     return strip_pruning(pruned)
 
 
@@ -326,12 +336,13 @@ def _clone_with_weights(model: keras.Model, wrap) -> keras.Model:
 
 
 def _fit(model, data: Dataset, config: DeepCompressionConfig, loss, epochs: int, learning_rate: float,
-         callbacks=()):
+         callbacks=(), weight_decay: float = 0.0):
     steps = epochs * math.ceil(len(data.x_train) / config.batch_size)
     if config.cosine_decay and steps > 0:
         learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, steps,
                                                                alpha=config.final_learning_rate_fraction)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss)
+    optimizer = keras.optimizers.Adam(learning_rate, weight_decay=weight_decay or None)
+    model.compile(optimizer=optimizer, loss=loss)
     if epochs > 0:
         model.fit(data.x_train, data.y_train, epochs=epochs, batch_size=config.batch_size, verbose=0,
                   callbacks=list(callbacks))
