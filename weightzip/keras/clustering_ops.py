@@ -41,23 +41,28 @@ def clustered_kernel(
     average_gradient: divide each centroid's gradient by its member count (TFMOT's ``AVG``).
     """
     table = _as_rows(centroids)
+    groups, k = int(table.shape[0]), int(table.shape[1])
     search_keys = ops.stop_gradient(table)
     if centroid_pin is not None:
         pin = _as_rows(centroid_pin)
         table = table * pin
         # Nonzero weights are never assigned to the pinned zero: it sorts last, out of reach.
         search_keys = ops.where(pin > 0, search_keys, float("inf"))
+    flat_table = ops.reshape(table, (-1,))
     kernel_shape = tuple(original.shape)
     if fixed_indices is None:
-        order = ops.argsort(search_keys, axis=-1)
-        table = ops.take_along_axis(table, order, axis=-1)
-        search_keys = ops.take_along_axis(search_keys, order, axis=-1)
-        positions = nearest_positions(ops.stop_gradient(original), search_keys, channel_axis)
+        # Sort each row (centroids may cross while training) with flat gathers: few ops per step.
+        order = ops.reshape(ops.cast(ops.argsort(search_keys, axis=-1), "int32"), (-1,))
+        if groups > 1:
+            order = order + ops.repeat(ops.arange(groups, dtype="int32") * k, k)
+        flat_table = ops.take(flat_table, order)
+        sorted_keys = ops.reshape(ops.take(ops.reshape(search_keys, (-1,)), order), (groups, k))
+        positions = nearest_positions(ops.stop_gradient(original), sorted_keys, channel_axis)
     else:
         positions = ops.cast(fixed_indices, "int32")
-    index = flat_index(positions, kernel_shape, channel_axis, table.shape[1])
+    index = flat_index(positions, kernel_shape, channel_axis, k)
     straight_through = original if fixed_indices is None else None
-    clustered = shared_weight_lookup(ops.reshape(table, (-1,)), index, straight_through, average_gradient)
+    clustered = shared_weight_lookup(flat_table, index, straight_through, average_gradient)
     if sparsity_mask is not None:
         clustered = clustered * ops.cast(sparsity_mask, clustered.dtype)
     return clustered
@@ -126,7 +131,12 @@ def _in_tensorflow_xla() -> bool:
 
 
 def nearest_positions(weights, sorted_rows, channel_axis: int | None):
-    """Position of each weight's nearest entry in its (ascending) codebook row, as int32."""
+    """Position of each weight's nearest entry in its (ascending) codebook row, as int32.
+
+    One row: ``keras.ops.searchsorted`` on the midpoints (TensorFlow's compiled XLA form of it compares
+    every weight with every midpoint, O(n k), so there the binary lifting below is used instead).
+    Several rows (per channel): binary lifting, which ``searchsorted`` cannot batch.
+    """
     groups, k = int(sorted_rows.shape[0]), int(sorted_rows.shape[1])
     kernel_shape = tuple(weights.shape)
     if k == 1:
@@ -135,8 +145,9 @@ def nearest_positions(weights, sorted_rows, channel_axis: int | None):
     if channel_axis is None:
         if groups != 1:
             raise ValueError(f"a per-tensor codebook has one row, got {groups}")
-        found = ops.searchsorted(ops.reshape(midpoints, (-1,)), ops.reshape(weights, (-1,)), side="left")
-        return ops.reshape(ops.cast(found, "int32"), kernel_shape)
+        if not _in_tensorflow_xla():
+            found = ops.searchsorted(ops.reshape(midpoints, (-1,)), ops.reshape(weights, (-1,)), side="left")
+            return ops.reshape(ops.cast(found, "int32"), kernel_shape)
     return _batched_search(weights, midpoints, channel_axis)
 
 
@@ -155,7 +166,7 @@ def channel_offsets(kernel_shape, channel_axis: int, stride: int):
     return ops.reshape(ops.arange(kernel_shape[axis], dtype="int32") * stride, view)
 
 
-def _batched_search(weights, midpoints, channel_axis: int):
+def _batched_search(weights, midpoints, channel_axis: int | None):
     """Count of each weight's row midpoints strictly below it, by binary lifting.
 
     The rows are padded with +inf to 2**levels - 1 entries; each round tests the entry `step` places
@@ -169,7 +180,7 @@ def _batched_search(weights, midpoints, channel_axis: int):
         midpoints = ops.concatenate([midpoints, padding], axis=1)
     flat = ops.reshape(midpoints, (-1,))
     kernel_shape = tuple(weights.shape)
-    base = channel_offsets(kernel_shape, channel_axis, width)
+    base = 0 if channel_axis is None else channel_offsets(kernel_shape, channel_axis, width)
     positions = ops.zeros(kernel_shape, dtype="int32")
     step = 1 << (levels - 1)
     while step:
