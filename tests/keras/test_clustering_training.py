@@ -102,3 +102,20 @@ def test_preserve_sparsity_keeps_pruned_weights_zero_through_training(baseline, 
         assert max(len(np.unique(column)) for column in columns) <= K
         codebook = to_numpy(layer.cluster_centroids["kernel"]).reshape(-1, K)
         assert all(np.count_nonzero(row == 0) >= 1 for row in codebook)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="XLA on the TensorFlow backend")
+@pytest.mark.parametrize("per_channel", [False, True], ids=["per_tensor", "per_channel"])
+def test_xla_compiled_training_matches_graph_training(baseline, per_channel):
+    """Under XLA the search and the gradient reduction use other kernels; the numbers must not change."""
+    x, y, model = baseline
+    weights = []
+    for jit_compile in (False, True):
+        clustered = wk.cluster_weights(model, 8, cluster_per_channel=per_channel,
+                                       cluster_gradient_aggregation="average")
+        clustered.compile(keras.optimizers.SGD(0.5), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                          jit_compile=jit_compile)
+        clustered.fit(x, y, batch_size=256, epochs=3, shuffle=False, verbose=0)
+        weights.append([to_numpy(w) for w in clustered.weights])
+    for graph, xla in zip(*weights):
+        np.testing.assert_allclose(xla, graph, rtol=1e-4, atol=1e-5)
