@@ -173,7 +173,8 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         Pruned weights become +0.0, not the −0.0 that ``kernel * mask`` leaves for negative weights.
         """
         for variable, mask in zip(self._pruned_variables, self.masks):
-            variable.assign(ops.where(mask > 0, variable, ops.zeros_like(variable)))
+            value = ops.convert_to_tensor(variable)
+            variable.assign(ops.where(mask > 0, value, ops.zeros_like(value)))
 
     def masked_layer_weights(self) -> list[np.ndarray]:
         """The wrapped layer's weights (in its own order) with the masks applied: what strip_pruning keeps."""
