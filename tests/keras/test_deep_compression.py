@@ -1,5 +1,6 @@
 """The Keras Deep Compression pipeline end to end on a slice of MNIST-5k, and its configuration."""
 
+import itertools
 import math
 
 import keras
@@ -86,7 +87,7 @@ def test_the_file_is_the_last_stage(compressed):
 def test_every_stage_is_smaller_than_the_one_before(compressed):
     _, _, report, _, _ = compressed
     sizes = [stage.size_bytes for stage in report.stages]
-    assert all(later < earlier for earlier, later in zip(sizes, sizes[1:])), sizes
+    assert all(later < earlier for earlier, later in itertools.pairwise(sizes)), sizes
     assert report.original_bytes == 4 * sum(math.prod(w.shape) for w in tiny_model().weights)
     assert report.compression(report.stages[-1]) > report.compression(report.stages[1]) > 1
 
@@ -185,6 +186,9 @@ def test_the_pruning_ramp_reaches_its_target_within_training(fraction, epochs, s
     ({"cluster_epochs": 1.5}, "cluster_epochs"),
     ({"batch_size": 0}, "batch_size"),
     ({"learning_rate": 0}, "learning_rate"),
+    ({"learning_rate": float("nan")}, "learning_rate"),
+    ({"ramp_power": float("inf")}, "ramp_power"),
+    ({"sparsity": float("nan")}, "sparsity"),
     ({"cluster_learning_rate": -1e-3}, "cluster_learning_rate"),
     ({"ramp_fraction": 0.0}, "ramp_fraction"),
     ({"ramp_power": 0}, "ramp_power"),

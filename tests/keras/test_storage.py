@@ -234,7 +234,7 @@ def test_a_file_for_another_architecture_is_refused(tmp_path):
     model = sequential()
     save_wz(model, path)
     tensors, metadata = read_wz(path)
-    name = [key for key in tensors if key.endswith("logits/bias")][0]
+    name = next(key for key in tensors if key.endswith("logits/bias"))
     del tensors[name]
     metadata["variables"].remove(name)
     forged = tmp_path / "forged.wz"

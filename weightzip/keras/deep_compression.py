@@ -54,6 +54,15 @@ def _check_sparsity(name: str, value) -> float:
     return float(value)
 
 
+def _check_real(name: str, value, low: float, high: float, *, open_low: bool = False) -> None:
+    """`value` a finite real number in [low, high] ((low, high] with `open_low`); infinite `high` excluded."""
+    is_real = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+    if not is_real or math.isnan(value) or value < low or (open_low and value == low) or value > high \
+            or math.isinf(value):
+        interval = f"{'(' if open_low else '['}{low:g}, {high:g}{')' if math.isinf(high) else ']'}"
+        raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
+
+
 def _check_clusters(name: str, value) -> int:
     if not _is_count(value, 2) or value > 65536:
         raise ValueError(f"{name} must be an integer in [2, 65536], got {value!r}")
@@ -121,7 +130,9 @@ class DeepCompressionConfig:
     weight_decay: float = 0.0
 
     def __post_init__(self):
-        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
+        def set_(name, value):  # the dataclass is frozen: normalised values are set this way
+            object.__setattr__(self, name, value)
+
         for name in ("sparsity", "conv_sparsity"):
             set_(name, _check_sparsity(name, getattr(self, name)))
         for name in ("clusters", "conv_clusters"):
@@ -133,27 +144,15 @@ class DeepCompressionConfig:
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         if not _is_count(self.seed, 0):
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
-        for name in ("learning_rate", "cluster_learning_rate"):
-            value = getattr(self, name)
-            if name == "cluster_learning_rate" and value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or math.isinf(value):
-                raise ValueError(f"{name} must be a positive number, got {value!r}")
-        if isinstance(self.ramp_fraction, bool) or not isinstance(self.ramp_fraction, (int, float)) \
-                or not 0.0 < self.ramp_fraction <= 1.0:
-            raise ValueError(f"ramp_fraction must be in (0, 1], got {self.ramp_fraction!r}")
-        if isinstance(self.ramp_power, bool) or not isinstance(self.ramp_power, (int, float)) \
-                or not 0.0 < self.ramp_power < math.inf:
-            raise ValueError(f"ramp_power must be a positive number, got {self.ramp_power!r}")
-        if isinstance(self.weight_decay, bool) or not isinstance(self.weight_decay, (int, float)) \
-                or not 0.0 <= self.weight_decay < math.inf:
-            raise ValueError(f"weight_decay must be a non-negative number, got {self.weight_decay!r}")
+        _check_real("learning_rate", self.learning_rate, 0.0, math.inf, open_low=True)
+        if self.cluster_learning_rate is not None:
+            _check_real("cluster_learning_rate", self.cluster_learning_rate, 0.0, math.inf, open_low=True)
+        _check_real("ramp_fraction", self.ramp_fraction, 0.0, 1.0, open_low=True)
+        _check_real("ramp_power", self.ramp_power, 0.0, math.inf, open_low=True)
+        _check_real("weight_decay", self.weight_decay, 0.0, math.inf)
+        _check_real("final_learning_rate_fraction", self.final_learning_rate_fraction, 0.0, 1.0)
         if not isinstance(self.cosine_decay, bool):
             raise ValueError(f"cosine_decay must be True or False, got {self.cosine_decay!r}")
-        if isinstance(self.final_learning_rate_fraction, bool) \
-                or not isinstance(self.final_learning_rate_fraction, (int, float)) \
-                or not 0.0 <= self.final_learning_rate_fraction <= 1.0:
-            raise ValueError(f"final_learning_rate_fraction must be in [0, 1], got {self.final_learning_rate_fraction!r}")
         set_("init", CentroidInitialization.parse(self.init))
         set_("reassignment", Reassignment.parse(self.reassignment))
         set_("layer_sparsity", _frozen_mapping("layer_sparsity", self.layer_sparsity, _check_sparsity))
