@@ -71,9 +71,18 @@ def test_layer_type_clusters_and_strips_to_k_values(case, per_channel):
             np.testing.assert_array_equal(to_numpy(source), to_numpy(target))
 
 
-def test_multi_head_attention_clusters_its_four_projection_kernels():
+ATTENTION = {
+    "MultiHeadAttention": lambda: keras.layers.MultiHeadAttention(num_heads=2, key_dim=4),
+    "GroupQueryAttention": lambda: keras.layers.GroupQueryAttention(head_dim=4, num_query_heads=4,
+                                                                    num_key_value_heads=2),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(ATTENTION))
+def test_attention_clusters_its_four_projection_kernels(kind):
+    skip_on_jax_unless(kind == "MultiHeadAttention")
     inputs = keras.Input((5, 8))
-    outputs = keras.layers.MultiHeadAttention(num_heads=2, key_dim=4)(inputs, inputs)
+    outputs = ATTENTION[kind]()(inputs, inputs)
     model = keras.Model(inputs, outputs)
     x = sample_input((5, 8))
     clustered = wk.cluster_weights(model, K)
