@@ -47,6 +47,7 @@ import numpy as np  # noqa: E402
 
 from weightzip.data import load_fashion_mnist, load_mnist_5k  # noqa: E402
 from weightzip.format import inspect_table  # noqa: E402
+from weightzip.keras.models import PAPER_SPARSITY, lenet_5, lenet_300_100  # noqa: E402
 from weightzip.keras.deep_compression import (  # noqa: E402
     CompressionReport,
     Dataset,
@@ -63,36 +64,6 @@ PAPER = {
     "lenet-300-100": "paper: 1.64% -> 1.58% top-1 error (MNIST), 1070 KB -> 27 KB, 40x",
     "lenet-5": "paper: 0.80% -> 0.74% top-1 error (MNIST), 1720 KB -> 44 KB, 39x",
 }
-
-# Fraction of each layer's kernel weights pruned: the paper's Tables 4 and 5.
-PAPER_SPARSITY = {
-    "lenet-300-100": {"fc1": 0.92, "fc2": 0.91, "fc3": 0.74},
-    "lenet-5": {"conv1": 0.34, "conv2": 0.88, "fc1": 0.92, "fc2": 0.81},
-}
-
-
-def lenet_300_100() -> keras.Model:
-    return keras.Sequential([
-        keras.Input((784,)),
-        keras.layers.Dense(300, activation="relu", name="fc1"),
-        keras.layers.Dense(100, activation="relu", name="fc2"),
-        keras.layers.Dense(10, name="fc3"),
-    ], name="lenet_300_100")
-
-
-def lenet_5() -> keras.Model:
-    """Caffe's LeNet (the paper's LeNet-5): no activation after the convolutions, ReLU after fc1."""
-    return keras.Sequential([
-        keras.Input((28, 28, 1)),
-        keras.layers.Conv2D(20, 5, name="conv1"),
-        keras.layers.MaxPooling2D(2, name="pool1"),
-        keras.layers.Conv2D(50, 5, name="conv2"),
-        keras.layers.MaxPooling2D(2, name="pool2"),
-        keras.layers.Flatten(name="flatten"),
-        keras.layers.Dense(500, activation="relu", name="fc1"),
-        keras.layers.Dense(10, name="fc2"),
-    ], name="lenet_5")
-
 
 MODELS = {"lenet-300-100": lenet_300_100, "lenet-5": lenet_5}
 DATASETS = ("mnist-5k", "fashion-mnist")

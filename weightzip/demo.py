@@ -12,24 +12,19 @@ import tempfile
 from pathlib import Path
 
 
-def run_demo(*, epochs: int = 8, clusters: int = 16, seed: int = 0, output: str | None = None) -> int:
+def run_demo(*, epochs: int = 20, clusters: int = 32, seed: int = 0, output: str | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
     from rich.console import Console
-    from rich.table import Table
 
     from weightzip.data import load_mnist_5k
     from weightzip.keras.deep_compression import Dataset, DeepCompressionConfig, compress
+    from weightzip.keras.models import PAPER_SPARSITY, lenet_300_100
 
     console = Console()
     keras.utils.set_random_seed(seed)
     data = Dataset(*load_mnist_5k())
-    model = keras.Sequential([
-        keras.Input((784,)),
-        keras.layers.Dense(300, activation="relu"),
-        keras.layers.Dense(100, activation="relu"),
-        keras.layers.Dense(10),
-    ], name="lenet_300_100")
+    model = lenet_300_100()
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     model.compile(keras.optimizers.Adam(1e-3), loss)
     with console.status(f"training LeNet-300-100 on MNIST-5k ({len(data.x_train)} images, {epochs} epochs)"):
@@ -38,17 +33,16 @@ def run_demo(*, epochs: int = 8, clusters: int = 16, seed: int = 0, output: str 
     directory = Path(output) if output else Path(tempfile.mkdtemp(prefix="weightzip-demo-"))
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "lenet_300_100.wz"
-    config = DeepCompressionConfig(clusters=clusters, seed=seed)
+    # The recipe of benchmarks/bench_deep_compression.py: the paper's per-layer pruning, Adam 2e-3 with
+    # weight decay for the pruning retraining, 5e-4 for the centroids.
+    config = DeepCompressionConfig(layer_sparsity=PAPER_SPARSITY["lenet-300-100"], clusters=clusters,
+                                   prune_epochs=16, cluster_epochs=3, learning_rate=2e-3,
+                                   cluster_learning_rate=5e-4, weight_decay=0.1, seed=seed)
     with console.status("compressing") as status:
         decoded, report = compress(model, data, path, config=config, loss=loss, overwrite=True,
                                    progress=lambda message: status.update(message))
 
-    table = Table(title=f"Deep Compression of LeNet-300-100 on MNIST-5k ({report.original_bytes:,} B of float32)")
-    for column in ("stage", "test accuracy", "Δ", ".wz size", "compression"):
-        table.add_column(column)
-    for row in report.rows():
-        table.add_row(*row)
-    console.print(table)
+    console.print(report.table(f"Deep Compression of LeNet-300-100 on MNIST-5k ({report.original_bytes:,} B of float32)"))
     console.print(f"compressed model: {path} (inspect it with `weightzip inspect {path}`; "
                   f"decode it with `weightzip decompress {path} -o model.keras`)")
     return 0

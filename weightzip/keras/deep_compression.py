@@ -237,6 +237,17 @@ class CompressionReport:
         return [(stage.name, f"{stage.accuracy:.2%}", f"{(stage.accuracy - base) * 100:+.2f} pt",
                  f"{stage.size_bytes:,} B", f"{self.compression(stage):.1f}x") for stage in self.stages]
 
+    def table(self, title: str):
+        """The rows as a :class:`rich.table.Table`, for terminals."""
+        from rich.table import Table
+
+        table = Table(title=title)
+        for column in ("stage", "test accuracy", "Δ", ".wz size", "compression"):
+            table.add_column(column)
+        for row in self.rows():
+            table.add_row(*row)
+        return table
+
 
 def accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int = 512) -> float:
     """Top-1 accuracy of a classifier with integer labels."""
