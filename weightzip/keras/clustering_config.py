@@ -12,46 +12,11 @@ import enum
 from dataclasses import asdict, dataclass
 
 from weightzip.core import CentroidInitialization, InvalidClusterCountError
+from weightzip.core.options import GradientAggregation, ParsableEnum
 from weightzip.core.validation import check_cluster_count
 
 
-class _ParsableEnum(str, enum.Enum):
-    """A string enum that parses its members, values, names and TFMOT's ``"Class.NAME"`` spellings."""
-
-    @classmethod
-    def _aliases(cls) -> dict[str, str]:
-        return {}
-
-    @classmethod
-    def parse(cls, value):
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, enum.Enum):
-            value = value.name
-        if isinstance(value, str):
-            lowered = value.strip().lower().rpartition(".")[2]
-            lowered = cls._aliases().get(lowered, lowered)
-            for member in cls:
-                if lowered in (member.value, member.name.lower()):
-                    return member
-        choices = ", ".join(member.name for member in cls)
-        raise ValueError(f"unknown {cls.__name__} {value!r}; choose one of {choices}")
-
-
-class GradientAggregation(_ParsableEnum):
-    """How the gradient of a centroid is formed from the gradients of the weights that share it."""
-
-    SUM = "sum"
-    """The sum of the members' gradients: the exact gradient of the shared weight (Deep Compression's rule)."""
-    AVG = "average"
-    """The members' mean gradient: a step size independent of the cluster's size (TFMOT's ``AVG``)."""
-
-    @classmethod
-    def _aliases(cls) -> dict[str, str]:
-        return {"avg": "average", "mean": "average"}
-
-
-class Reassignment(_ParsableEnum):
+class Reassignment(ParsableEnum):
     """Whether a weight may move to another cluster while the clustered model is fine-tuned.
 
     ``EVERY_STEP`` (default, TFMOT's behaviour): the layer keeps its original weights as trainable

@@ -27,7 +27,6 @@ Biases are never clustered. A module passed in ``layers`` whose weights are not 
 
 from __future__ import annotations
 
-import enum
 from typing import Iterable
 
 import numpy as np
@@ -37,28 +36,10 @@ from torch.nn.utils import parametrize
 
 from weightzip.core import CentroidInitialization, ClusterConfig, ClusteredTensor, cluster_array, index_dtype
 from weightzip.core.errors import WeightzipError
+from weightzip.core.options import GradientAggregation
 from weightzip.torch import parametrized
 from weightzip.torch.targets import WeightTarget, find_targets
 from weightzip.torch.tensors import channel_groups, number_of_groups, to_numpy, torch_index_dtype
-
-
-class GradientAggregation(str, enum.Enum):
-    """How a centroid's gradient combines the gradients of the weights that share it."""
-
-    SUM = "sum"
-    """Sum over the cluster (Deep Compression, TFMOT): plain autograd through the gather."""
-    MEAN = "mean"
-    """Average over the cluster: the sum divided by the number of weights using the centroid."""
-
-    @classmethod
-    def parse(cls, value: "GradientAggregation | str") -> "GradientAggregation":
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, str):
-            for member in cls:
-                if value.strip().lower() in (member.value, member.name.lower()):
-                    return member
-        raise ValueError(f"gradient_aggregation must be 'sum' or 'mean', got {value!r}")
 
 
 class _ScaleGradient(torch.autograd.Function):
@@ -100,7 +81,7 @@ class ClusteredWeight(nn.Module):
             config.number_of_clusters, config.init, config.lloyd_iterations, axis, config.group_size,
             config.preserve_sparsity, config.seed,
         )
-        self.gradient_aggregation = GradientAggregation.parse(gradient_aggregation)
+        self.gradient_aggregation = GradientAggregation.parse(gradient_aggregation, "gradient_aggregation")
         k = config.number_of_clusters
         groups = number_of_groups(self.shape, axis, config.group_size)
         self.centroids = nn.Parameter(torch.zeros(groups, k, dtype=dtype, device=device))
@@ -207,7 +188,7 @@ def cluster_weights(
     """
     if not per_channel and group_size != 1:
         raise ValueError("group_size only applies with per_channel=True")
-    aggregation = GradientAggregation.parse(gradient_aggregation)
+    aggregation = GradientAggregation.parse(gradient_aggregation, "gradient_aggregation")
     base = ClusterConfig(number_of_clusters, init, lloyd_iterations, None, group_size, preserve_sparsity, seed)
     targets = find_targets(module, layers)
     for target in targets:

@@ -1,0 +1,44 @@
+"""Option enums shared by every front end, so that Keras and PyTorch accept the same spellings."""
+
+from __future__ import annotations
+
+import enum
+
+
+class ParsableEnum(str, enum.Enum):
+    """A string enum that parses its members, values, names, aliases and TFMOT's ``"Class.NAME"`` spellings."""
+
+    @classmethod
+    def _aliases(cls) -> dict[str, str]:
+        return {}
+
+    @classmethod
+    def parse(cls, value, what: str | None = None):
+        """The member `value` names; `what` (an argument name) is named in the error."""
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, enum.Enum):
+            value = value.name
+        if isinstance(value, str):
+            lowered = value.strip().lower().rpartition(".")[2]
+            lowered = cls._aliases().get(lowered, lowered)
+            for member in cls:
+                if lowered in (member.value, member.name.lower()):
+                    return member
+        choices = ", ".join(f"{member.name} ({member.value!r})" for member in cls)
+        where = f" for {what}" if what else ""
+        raise ValueError(f"unknown {cls.__name__} {value!r}{where}; choose one of {choices}")
+
+
+class GradientAggregation(ParsableEnum):
+    """How a centroid's gradient is formed from the gradients of the weights that share it."""
+
+    SUM = "sum"
+    """The sum of the members' gradients: the exact gradient of the shared weight (Deep Compression's rule)."""
+    AVG = "average"
+    """The members' mean gradient: a step size independent of the cluster's size (TFMOT's ``AVG``)."""
+    MEAN = "average"  # alias of AVG, the PyTorch front end's spelling
+
+    @classmethod
+    def _aliases(cls) -> dict[str, str]:
+        return {"avg": "average", "mean": "average"}
