@@ -27,7 +27,7 @@ from weightzip.keras.clustering_ops import clustered_kernel
 from weightzip.keras.clustering_registry import UnsupportedLayerError, clusterable_weights
 from weightzip.keras.initial_clusters import initial_clusters
 from weightzip.keras.layer_copy import copy_layer
-from weightzip.keras.variable_substitution import call_with_substitutes
+from weightzip.keras.variable_substitution import SubstitutingWrapper
 
 
 def _name_scope_of(layer):
@@ -52,7 +52,7 @@ class _ClusterState:
 
 
 @keras.saving.register_keras_serializable(package="weightzip")
-class ClusterWeights(keras.layers.Wrapper):
+class ClusterWeights(SubstitutingWrapper):
     """Wraps a layer so that each of its kernels uses at most `number_of_clusters` distinct values.
 
     Build it with :func:`weightzip.keras.cluster_weights` rather than directly. Arguments are those of
@@ -187,23 +187,8 @@ class ClusterWeights(keras.layers.Wrapper):
             average_gradient=self.params.cluster_gradient_aggregation is GradientAggregation.AVG,
         )
 
-    def call(self, inputs, *args, **kwargs):
-        substitutes = [(state.weight.variable, self._clustered_value(state)) for state in self._cluster_states]
-        outputs, losses = call_with_substitutes(
-            self.layer, substitutes, lambda: self.layer(inputs, *args, **kwargs)
-        )
-        for loss in losses:
-            self.add_loss(loss)
-        return outputs
-
-    def compute_output_shape(self, *args, **kwargs):
-        return self.layer.compute_output_shape(*args, **kwargs)
-
-    def compute_output_spec(self, *args, **kwargs):
-        return self.layer.compute_output_spec(*args, **kwargs)
-
-    def compute_mask(self, inputs, mask=None):
-        return self.layer.compute_mask(inputs, mask)
+    def substitutes(self) -> list:
+        return [(state.weight.variable, self._clustered_value(state)) for state in self._cluster_states]
 
     # --------------------------------------------------------------------------------- strip
 

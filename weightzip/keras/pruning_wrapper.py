@@ -33,13 +33,13 @@ from weightzip.keras.pruning_registry import (
     prunable_weights,
     unsupported_for_pruning,
 )
-from weightzip.keras.variable_substitution import call_with_substitutes
+from weightzip.keras.variable_substitution import SubstitutingWrapper
 
 _POOLING = {"AVG": "avg", "MAX": "max"}
 
 
 @keras.saving.register_keras_serializable(package="weightzip")
-class PruneLowMagnitude(keras.layers.Wrapper):
+class PruneLowMagnitude(SubstitutingWrapper):
     """Magnitude-prune the kernels of `layer` following `pruning_schedule`.
 
     pruning_schedule: a :class:`~weightzip.core.pruning.PruningSchedule` (default: 50 % from step 0).
@@ -117,22 +117,8 @@ class PruneLowMagnitude(keras.layers.Wrapper):
 
     # ------------------------------------------------------------------ forward
 
-    def call(self, inputs, *args, **kwargs):
-        substitutes = [(variable, ops.multiply(variable, mask))
-                       for variable, mask in zip(self._pruned_variables, self.masks)]
-        outputs, losses = call_with_substitutes(self.layer, substitutes, lambda: self.layer(inputs, *args, **kwargs))
-        for loss in losses:
-            self.add_loss(loss)
-        return outputs
-
-    def compute_output_shape(self, *args, **kwargs):
-        return self.layer.compute_output_shape(*args, **kwargs)
-
-    def compute_output_spec(self, *args, **kwargs):
-        return self.layer.compute_output_spec(*args, **kwargs)
-
-    def compute_mask(self, inputs, mask=None):
-        return self.layer.compute_mask(inputs, mask)
+    def substitutes(self) -> list:
+        return [(variable, ops.multiply(variable, mask)) for variable, mask in zip(self._pruned_variables, self.masks)]
 
     # ------------------------------------------------------------------ mask updates (eager, outside the graph)
 

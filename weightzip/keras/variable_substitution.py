@@ -54,3 +54,32 @@ def call_with_substitutes(layer, substitutes, function):
         if updated is not None:
             variable.assign(updated)
     return outputs, list(scope.losses)
+
+
+class SubstitutingWrapper(keras.layers.Wrapper):
+    """A wrapper whose layer runs with some of its variables read as computed tensors.
+
+    Subclasses say which in :meth:`substitutes` (clustered kernels, masked kernels, ...); calling,
+    output shapes and masks are the wrapped layer's own.
+    """
+
+    def substitutes(self) -> list:
+        """``(variable, tensor)`` pairs: each variable is read as its tensor during the call."""
+        raise NotImplementedError
+
+    def call(self, inputs, *args, **kwargs):
+        outputs, losses = call_with_substitutes(
+            self.layer, self.substitutes(), lambda: self.layer(inputs, *args, **kwargs)
+        )
+        for loss in losses:
+            self.add_loss(loss)
+        return outputs
+
+    def compute_output_shape(self, *args, **kwargs):
+        return self.layer.compute_output_shape(*args, **kwargs)
+
+    def compute_output_spec(self, *args, **kwargs):
+        return self.layer.compute_output_spec(*args, **kwargs)
+
+    def compute_mask(self, inputs, mask=None):
+        return self.layer.compute_mask(inputs, mask)
