@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import enum
 
+from weightzip.core.errors import WeightzipError
+
 
 class ParsableEnum(str, enum.Enum):
-    """A string enum that parses its members, values, names, aliases and TFMOT's ``"Class.NAME"`` spellings."""
+    """A string enum that parses its members, values, names, aliases and TFMOT's ``"Class.NAME"`` spellings.
+
+    A bad value raises :class:`WeightzipError` (a ValueError) listing the choices.
+    """
 
     @classmethod
     def _aliases(cls) -> dict[str, str]:
@@ -14,7 +19,7 @@ class ParsableEnum(str, enum.Enum):
 
     @classmethod
     def parse(cls, value, what: str | None = None):
-        """The member `value` names; `what` (an argument name) is named in the error."""
+        """The member `value` names; the error names `what` (an argument name), else the enum."""
         if isinstance(value, cls):
             return value
         if isinstance(value, enum.Enum):
@@ -26,8 +31,7 @@ class ParsableEnum(str, enum.Enum):
                 if lowered in (member.value, member.name.lower()):
                     return member
         choices = ", ".join(f"{member.name} ({member.value!r})" for member in cls)
-        where = f" for {what}" if what else ""
-        raise ValueError(f"unknown {cls.__name__} {value!r}{where}; choose one of {choices}")
+        raise WeightzipError(f"unknown {what or cls.__name__} {value!r}; choose one of {choices}")
 
 
 class GradientAggregation(ParsableEnum):

@@ -22,36 +22,36 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from enum import Enum
 
 import numpy as np
 
 from weightzip.core.bitpack import bit_width
 from weightzip.core.cluster import ClusteredTensor
 from weightzip.core.errors import WeightzipError
+from weightzip.core.options import ParsableEnum
 from weightzip.core.sparse import MAX_GAP_BITS, best_gap_bits, sparse_decode, sparse_encode
 from weightzip.format import schema
 from weightzip.format.errors import WzFormatError
-from weightzip.format.streams import Coding, PayloadBuilder, PayloadReader, \
-    check_symbols_descriptor, decode_raw, decode_symbols, encode_symbols, raw_bytes
-
+from weightzip.format.streams import (
+    Coding,
+    PayloadBuilder,
+    PayloadReader,
+    check_symbols_descriptor,
+    decode_raw,
+    decode_symbols,
+    encode_symbols,
+    raw_bytes,
+)
 
 _BINCOUNT_LIMIT = 1 << 22  # per-group index histograms up to this size use one bincount, else a sort
 
 
-class Layout(str, Enum):
+class Layout(ParsableEnum):
     """Dense storage, sparse storage with relative indices, or whichever is smaller."""
 
     AUTO = "auto"
     DENSE = "dense"
     SPARSE = "sparse"
-
-    @classmethod
-    def parse(cls, value) -> "Layout":
-        try:
-            return cls(value)
-        except ValueError:
-            raise WeightzipError(f"unknown layout {value!r}; choose one of {[m.value for m in cls]}") from None
 
 
 @dataclass(frozen=True)

@@ -20,15 +20,20 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
-from enum import Enum
 
 import numpy as np
 
 from weightzip.core.ans import MAX_ANS_ALPHABET, ans_available, ans_decode, ans_encode
 from weightzip.core.bitpack import bit_width, pack_bits, packed_size, unpack_bits
 from weightzip.core.errors import WeightzipError
-from weightzip.core.huffman import MAX_CODE_LENGTH, encoded_bit_count, huffman_code_lengths, huffman_decode, \
-    huffman_encode
+from weightzip.core.huffman import (
+    MAX_CODE_LENGTH,
+    encoded_bit_count,
+    huffman_code_lengths,
+    huffman_decode,
+    huffman_encode,
+)
+from weightzip.core.options import ParsableEnum
 from weightzip.format import schema
 from weightzip.format.errors import WzFormatError
 
@@ -36,20 +41,13 @@ LENGTH_BITS = 5  # a Huffman code length (<= 24) in the length table
 MAX_ENTROPY_ALPHABET = 1 << 24  # Huffman and ANS tables list every symbol of the alphabet
 
 
-class Coding(str, Enum):
+class Coding(ParsableEnum):
     """How a symbol stream is stored."""
 
     AUTO = "auto"
     PACKED = "packed"
     HUFFMAN = "huffman"
     ANS = "ans"
-
-    @classmethod
-    def parse(cls, value) -> "Coding":
-        try:
-            return cls(value)
-        except ValueError:
-            raise WeightzipError(f"unknown coding {value!r}; choose one of {[c.value for c in cls]}") from None
 
 
 STORED_CODINGS = (Coding.PACKED.value, Coding.HUFFMAN.value, Coding.ANS.value)
@@ -93,7 +91,7 @@ class PayloadBuilder:
 
 def encode_symbols(symbols, alphabet: int, coding=Coding.AUTO) -> EncodedStream:
     """The smallest stored form of `symbols` (integers in [0, alphabet)) allowed by `coding`."""
-    coding = Coding.parse(coding)
+    coding = Coding.parse(coding, "coding")
     symbols = np.asarray(symbols).ravel()
     count = int(symbols.size)
     base = {"count": count, "alphabet": int(alphabet)}

@@ -40,8 +40,8 @@ class WriteOptions:
     deflate_header: bool = True
 
     def __post_init__(self):
-        object.__setattr__(self, "coding", Coding.parse(self.coding))
-        object.__setattr__(self, "layout", Layout.parse(self.layout))
+        object.__setattr__(self, "coding", Coding.parse(self.coding, "coding"))
+        object.__setattr__(self, "layout", Layout.parse(self.layout, "layout"))
         if self.gap_bits is not None and (isinstance(self.gap_bits, bool) or not isinstance(self.gap_bits, int)
                                           or not 1 <= self.gap_bits <= MAX_GAP_BITS):
             raise WeightzipError(f"gap_bits must be None or an integer in [1, {MAX_GAP_BITS}], got {self.gap_bits!r}")

@@ -231,14 +231,7 @@ class _Stripper(_Rewriter):
         return copy_layer(layer)
 
     def _replace_in_place(self, layer):
-        if isinstance(layer, ClusterWeights):
-            return layer.stripped_layer()
-        kind = _strip_kind(layer)
-        if kind is LayerKind.MODEL:
-            return self.clone_model(layer)
-        if kind is LayerKind.CONTAINER:
-            return self.rewrite_container(layer)
-        return layer
+        return self.standalone(layer)
 
 
 def _strip_kind(layer) -> LayerKind:

@@ -33,7 +33,7 @@ def quantize_model(to_quantize, preserve=Preserve.NONE, *, quantize_output: bool
     channel) falls back to ``"none"`` / ``"sparsity"`` with a warning, as TFMOT's CQAT does for layers
     left unclustered.
     """
-    preserve = Preserve.parse(preserve)
+    preserve = Preserve.parse(preserve, "preserve")
     if isinstance(to_quantize, keras.Model):
         _check_model(to_quantize, "quantize_model")
         fallbacks = []

@@ -18,13 +18,12 @@ produced it — can be quantised, once clustering wrappers are stripped.
 
 from __future__ import annotations
 
-import enum
-
 import keras
 import numpy as np
 from keras import ops
 
 from weightzip.core.errors import InvalidClusterCountError
+from weightzip.core.options import ParsableEnum
 from weightzip.core.palette import palettize_exact
 from weightzip.keras.clustering_registry import UnsupportedLayerError, clusterable_weights
 from weightzip.keras.quantization_ops import fake_quantize_activations, fake_quantize_weights
@@ -46,20 +45,13 @@ _KERNEL_LAYOUT = {
 MAX_PALETTE = 256  # more distinct values per channel than int8 has levels: the kernel is not clustered
 
 
-class Preserve(str, enum.Enum):
+class Preserve(ParsableEnum):
     """What quantisation-aware training must keep intact in the kernels."""
 
     NONE = "none"
     SPARSITY = "sparsity"
     CLUSTERS = "clusters"
     SPARSE_CLUSTERS = "sparse_clusters"
-
-    @classmethod
-    def parse(cls, value) -> "Preserve":
-        try:
-            return cls(value.value if isinstance(value, cls) else str(value).lower())
-        except ValueError:
-            raise ValueError(f"preserve must be one of {[m.value for m in cls]}, got {value!r}") from None
 
 
 def quantizable_kernel(layer) -> str | None:
@@ -103,7 +95,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
             raise ValueError(f"num_bits must be an integer in [2, 8], got {num_bits!r}")
         kwargs.setdefault("name", f"quant_{layer.name}")
         super().__init__(layer, **kwargs)
-        self.preserve = Preserve.parse(preserve)
+        self.preserve = Preserve.parse(preserve, "preserve")
         self.quantize_output = bool(quantize_output)
         self.ema_decay = float(ema_decay)
         self.num_bits = num_bits
