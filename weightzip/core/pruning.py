@@ -27,7 +27,7 @@ from weightzip.core.schedules import (
     PruningSchedule,
     schedule_from_config,
 )
-from weightzip.core.validation import as_weight_array
+from weightzip.core.validation import as_weight_array, check_fraction
 
 __all__ = [
     "BlockPooling",
@@ -177,12 +177,7 @@ def _pool_blocks(magnitude: np.ndarray, blocks: tuple[int, ...], pooling: str) -
 
 
 def _check_sparsity(sparsity) -> float:
-    if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real):
-        raise InvalidSparsityError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
-    sparsity = float(sparsity)
-    if not 0.0 <= sparsity < 1.0:
-        raise InvalidSparsityError(f"sparsity must be in [0, 1), got {sparsity}")
-    return sparsity
+    return check_fraction(sparsity, "sparsity", InvalidSparsityError)
 
 
 def _check_positive_int(value, name: str) -> int:

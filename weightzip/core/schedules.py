@@ -21,6 +21,7 @@ import numbers
 from dataclasses import dataclass
 
 from weightzip.core.errors import WeightzipError
+from weightzip.core.validation import check_fraction
 
 
 class InvalidScheduleError(WeightzipError):
@@ -34,12 +35,7 @@ def _check_int(value, name: str) -> int:
 
 
 def _check_sparsity(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise InvalidScheduleError(f"{name} must be a number in [0, 1), got {value!r}")
-    value = float(value)
-    if not 0.0 <= value < 1.0:
-        raise InvalidScheduleError(f"{name} must be in [0, 1), got {value}")
-    return value
+    return check_fraction(value, name, InvalidScheduleError)
 
 
 def _check_steps(begin_step, end_step, frequency, *, allow_forever: bool) -> tuple[int, int, int]:

@@ -60,3 +60,13 @@ def check_cluster_count(k, distinct: int | None = None, *, what: str = "distinct
             f"number_of_clusters={k} exceeds the {distinct} {what} available to cluster"
         )
     return k
+
+
+def check_fraction(value, name: str, error: type[Exception] = ValueError) -> float:
+    """`value` as a float in [0, 1) (a sparsity), else `error` naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise error(f"{name} must be a number in [0, 1), got {value!r}")
+    value = float(value)
+    if not 0.0 <= value < 1.0:
+        raise error(f"{name} must be in [0, 1), got {value}")
+    return value
