@@ -247,3 +247,17 @@ def test_report_rows():
 def test_parameter_bytes_counts_every_variable():
     model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3), keras.layers.BatchNormalization()])
     assert parameter_bytes(model) == 4 * (5 * 3 + 3 + 4 * 3)
+
+
+def test_post_training_pruning_reaches_recurrent_kernels():
+    """Composite layers name their kernels "cell.kernel": pruning works on the variables themselves."""
+    from weightzip.keras.deep_compression import prune as prune_stage
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((5, 4)), keras.layers.LSTM(8, name="lstm"), keras.layers.Dense(3)])
+    data = Dataset(np.zeros((4, 5, 4), "float32"), np.zeros(4, "int64"), np.zeros((2, 5, 4), "float32"),
+                   np.zeros(2, "int64"))
+    pruned = prune_stage(model, data, DeepCompressionConfig(sparsity=0.5, prune_epochs=0, cluster_epochs=0), None)
+    cell = pruned.get_layer("lstm").cell
+    for kernel in (cell.kernel.numpy(), cell.recurrent_kernel.numpy()):
+        assert np.mean(kernel == 0) == pytest.approx(0.5, abs=0.01)

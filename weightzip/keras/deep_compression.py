@@ -34,7 +34,7 @@ from weightzip.keras.cluster import cluster_weights, strip_clustering
 from weightzip.keras.clustering_config import Reassignment
 from weightzip.keras.pruning import prune_low_magnitude, strip_pruning
 from weightzip.keras.pruning_callbacks import UpdatePruningStep
-from weightzip.keras.pruning_registry import compressible_weight_names
+from weightzip.keras.pruning_registry import compressible_weight_names, prunable_weights
 from weightzip.keras.storage import load_wz, save_wz
 
 _CONV_TYPES = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D, keras.layers.DepthwiseConv2D,
@@ -324,10 +324,9 @@ def _all_layers(model: keras.Model):
 
 def _pruned_once(layer, sparsity: float):
     """Post-training pruning: the layer's kernels with their smallest-magnitude weights set to zero."""
-    for name in compressible_weight_names(layer):
-        variable = getattr(layer, name)
-        kernel = keras.ops.convert_to_numpy(variable)
-        variable.assign(apply_mask(kernel, magnitude_mask(kernel, sparsity)))
+    for weight in prunable_weights(layer):  # variables directly: composite layers name them "cell.kernel"
+        kernel = keras.ops.convert_to_numpy(weight.variable)
+        weight.variable.assign(apply_mask(kernel, magnitude_mask(kernel, sparsity)))
     return layer
 
 
