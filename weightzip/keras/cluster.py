@@ -127,26 +127,25 @@ class _Rewriter:
 
     def rewrite_container(self, parent):
         """Replace the sublayers that `parent` holds in attributes, lists and dicts."""
+        def replaced(item):
+            replacement = self.in_place(item)
+            if replacement is not item:
+                _retrack(parent, item, replacement)
+            return replacement
+
         for name, value in _attribute_items(parent):
             if isinstance(value, keras.layers.Layer):
-                replacement = self.in_place(value)
+                replacement = replaced(value)
                 if replacement is not value:
-                    _retrack(parent, value, replacement)
                     setattr(parent, name, replacement)
-            elif isinstance(value, list):
-                for position, item in enumerate(value):
+            elif isinstance(value, (list, dict)):
+                keys = range(len(value)) if isinstance(value, list) else list(value)
+                for key in keys:
+                    item = value[key]
                     if isinstance(item, keras.layers.Layer):
-                        replacement = self.in_place(item)
+                        replacement = replaced(item)
                         if replacement is not item:
-                            _retrack(parent, item, replacement)
-                            value[position] = replacement
-            elif isinstance(value, dict):
-                for item_key, item in list(value.items()):
-                    if isinstance(item, keras.layers.Layer):
-                        replacement = self.in_place(item)
-                        if replacement is not item:
-                            _retrack(parent, item, replacement)
-                            value[item_key] = replacement
+                            value[key] = replacement
         _forget_compiled_functions(parent)
         return parent
 
