@@ -60,11 +60,12 @@ def test_weighted_density_is_the_weighted_quantiles(problem, data):
     np.testing.assert_array_equal(fit_centroids(values, k, "density", sample_weight=weights), expected)
 
 
+@pytest.mark.parametrize("init", ["random", "kmeans++"])
 @settings(deadline=None)
 @given(values_and_k(), st.integers(0, 2**32 - 1))
-def test_random_picks_k_distinct_observed_values(problem, seed):
+def test_seeded_inits_pick_k_distinct_observed_values(init, problem, seed):
     values, k = problem
-    centroids = fit_centroids(values, k, "random", seed=seed)
+    centroids = fit_centroids(values, k, init, seed=seed)
     assert centroids.shape == (k,)
     assert len(np.unique(centroids)) == k
     assert np.isin(centroids, values).all()
@@ -104,16 +105,6 @@ def test_random_when_one_value_holds_nearly_all_the_weight():
                      for s in range(400))
     assert set(counts) == {(0.0, 1.0), (0.0, 2.0), (0.0, 3.0)}
     assert counts[(0.0, 3.0)] / 400 == pytest.approx(0.5, abs=0.1)
-
-
-@settings(deadline=None)
-@given(values_and_k(), st.integers(0, 2**32 - 1))
-def test_kmeans_plus_plus_picks_k_distinct_data_points(problem, seed):
-    values, k = problem
-    centroids = fit_centroids(values, k, "kmeans++", seed=seed)
-    assert centroids.shape == (k,)
-    assert len(np.unique(centroids)) == k
-    assert np.isin(centroids, values).all()
 
 
 def test_kmeans_plus_plus_picks_k_distinct_points_among_many_duplicates():
