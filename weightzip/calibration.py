@@ -1,0 +1,164 @@
+"""Calibration inputs for post-training compression: an `.npz` with an `x` array, or a folder of images.
+
+Calibration inputs are what the model is fed to measure, per layer, how much its output depends on each
+weight (sensitivity) and, on a held-out part, how close the compressed model stays to the float one
+(fidelity). They carry no labels: the float model's own outputs are the reference.
+
+- ``.npz``: the array ``x`` holds the inputs exactly as the model takes them, batch axis first; its
+  header is checked (numeric dtype, shape matching the model's input) before the data is read.
+- a folder: every image file in it (PNG, JPEG, BMP, GIF, TIFF, WebP; hidden files aside) is converted to
+  the model's channels (1 = greyscale, 3 = RGB), resized to its height and width (bilinear), and scaled
+  to [0, 1] float32. Both channel layouts are recognised from the input shape: (H, W, C) as Keras takes
+  images and (C, H, W) as PyTorch does. A model that expects other preprocessing (e.g. ImageNet mean/std
+  normalisation) takes an ``.npz`` of already preprocessed inputs.
+
+Every problem is one :class:`CalibrationError` line naming the file and what is wrong.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from weightzip.core.errors import WeightzipError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+ARRAY_NAME = "x"
+
+
+class CalibrationError(WeightzipError):
+    """Calibration data that cannot feed the model: missing, empty, wrong shape or dtype, unreadable."""
+
+
+def load_calibration(path, input_shape: Sequence[int | None], *, max_samples: int | None = None) -> np.ndarray:
+    """Calibration inputs for a model whose input is `input_shape` (no batch axis; None = any size).
+
+    Returns a float32 array ``(n, *input_shape)`` with n >= 1 (at most `max_samples`, the first ones).
+    """
+    shape = _checked_input_shape(input_shape)
+    if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, int)
+                                    or max_samples < 1):
+        raise CalibrationError(f"max_samples must be a positive integer or None, got {max_samples!r}")
+    source = Path(path)
+    if source.is_dir():
+        return _load_image_folder(source, shape, max_samples)
+    if not source.is_file():
+        raise CalibrationError(f"calibration data {source}: no such file or folder")
+    if source.suffix.lower() != ".npz":
+        raise CalibrationError(f"calibration data {source}: expected an .npz file with an array "
+                               f"{ARRAY_NAME!r} or a folder of images, not a {source.suffix or 'suffix-less'} file")
+    return _load_npz(source, shape, max_samples)
+
+
+def _checked_input_shape(input_shape) -> tuple[int | None, ...]:
+    try:
+        shape = tuple(None if size is None else int(size) for size in input_shape)
+    except (TypeError, ValueError):
+        raise CalibrationError(f"input_shape must be a sequence of sizes (None for any), got {input_shape!r}") from None
+    if not shape or any(size is not None and size < 1 for size in shape):
+        raise CalibrationError(f"input_shape must be a non-empty sequence of positive sizes, got {input_shape!r}")
+    return shape
+
+
+def _describe(shape) -> str:
+    return "(" + ", ".join("any" if size is None else str(size) for size in shape) + ")"
+
+
+def _check_sample_shape(source: Path, sample_shape: tuple[int, ...], expected: tuple[int | None, ...]) -> None:
+    matches = len(sample_shape) == len(expected) and all(
+        want is None or want == got for got, want in zip(sample_shape, expected))
+    if not matches:
+        raise CalibrationError(
+            f"calibration data {source}: {ARRAY_NAME!r} holds samples of shape {_describe(sample_shape)}, "
+            f"the model takes {_describe(expected)} (batch axis first: (n, {_describe(expected)[1:-1]}))")
+
+
+# ---------------------------------------------------------------- .npz
+
+
+def _load_npz(source: Path, shape: tuple[int | None, ...], max_samples: int | None) -> np.ndarray:
+    member = f"{ARRAY_NAME}.npy"
+    try:
+        with zipfile.ZipFile(source) as archive:
+            names = archive.namelist()
+            if member not in names:
+                found = ", ".join(repr(name[:-4]) for name in names if name.endswith(".npy")) or "none"
+                raise CalibrationError(f"calibration data {source}: no array {ARRAY_NAME!r} (arrays found: {found})")
+            with archive.open(member) as stream:  # the header only: shape and dtype before any data is read
+                version = np.lib.format.read_magic(stream)
+                if version == (1, 0):
+                    array_shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+                else:
+                    array_shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+    except zipfile.BadZipFile:
+        raise CalibrationError(f"calibration data {source}: not a valid .npz (zip) file") from None
+    except ValueError as error:
+        raise CalibrationError(f"calibration data {source}: unreadable array {ARRAY_NAME!r}: {error}") from None
+    if dtype.kind not in "fiu" or dtype.hasobject:
+        raise CalibrationError(f"calibration data {source}: {ARRAY_NAME!r} has dtype {dtype}; expected a real "
+                               "numeric dtype (float or integer)")
+    if len(array_shape) < 1 or array_shape[0] == 0:
+        raise CalibrationError(f"calibration data {source}: {ARRAY_NAME!r} holds no samples (shape {array_shape})")
+    _check_sample_shape(source, tuple(array_shape[1:]), shape)
+    with np.load(source, allow_pickle=False) as arrays:
+        values = arrays[ARRAY_NAME]
+    if max_samples is not None:
+        values = values[:max_samples]
+    values = np.asarray(values, dtype=np.float32)
+    if not np.isfinite(values).all():
+        raise CalibrationError(f"calibration data {source}: {ARRAY_NAME!r} contains NaN or infinite values")
+    return values
+
+
+# ---------------------------------------------------------------- image folders
+
+
+def image_layout(shape: tuple[int | None, ...]) -> tuple[str, int, int | None, int | None]:
+    """("channels_last" | "channels_first", channels, height, width) of an image input shape."""
+    if len(shape) == 3 and shape[-1] in (1, 3):
+        return "channels_last", shape[-1], shape[0], shape[1]
+    if len(shape) == 3 and shape[0] in (1, 3):
+        return "channels_first", shape[0], shape[1], shape[2]
+    if len(shape) == 2:
+        return "channels_last", 0, shape[0], shape[1]
+    raise CalibrationError(f"the model's input {_describe(shape)} is not an image (H, W, 1|3), (C=1|3, H, W) or "
+                           "(H, W); give its calibration inputs as an .npz with an array 'x'")
+
+
+def _load_image_folder(folder: Path, shape: tuple[int | None, ...], max_samples: int | None) -> np.ndarray:
+    layout, channels, height, width = image_layout(shape)
+    if height is None or width is None:
+        raise CalibrationError(f"the model's input {_describe(shape)} has no fixed height and width to resize "
+                               "images to; give its calibration inputs as an .npz with an array 'x'")
+    files = sorted(entry for entry in folder.iterdir() if not entry.name.startswith("."))
+    others = [entry.name for entry in files if entry.suffix.lower() not in IMAGE_SUFFIXES]
+    if others:
+        raise CalibrationError(f"calibration folder {folder}: {others[0]!r} is not an image "
+                               f"({', '.join(IMAGE_SUFFIXES)}); the folder must hold only images")
+    if not files:
+        raise CalibrationError(f"calibration folder {folder} is empty: it must hold at least one image")
+    if max_samples is not None:
+        files = files[:max_samples]
+    from PIL import Image, UnidentifiedImageError
+
+    batch = np.empty((len(files), height, width, max(channels, 1)), dtype=np.float32)
+    for position, file in enumerate(files):
+        try:
+            with Image.open(file) as image:
+                converted = image.convert("L" if channels in (0, 1) else "RGB")
+                resized = converted.resize((width, height), Image.Resampling.BILINEAR)
+                pixels = np.asarray(resized, dtype=np.float32) / 255.0
+        except (UnidentifiedImageError, OSError) as error:
+            raise CalibrationError(f"calibration folder {folder}: cannot read image {file.name!r}: {error}") from None
+        batch[position] = pixels.reshape(height, width, -1)
+    if channels == 0:
+        return batch[..., 0]
+    if layout == "channels_first":
+        return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+    return batch
+
+
+__all__ = ["ARRAY_NAME", "CalibrationError", "IMAGE_SUFFIXES", "image_layout", "load_calibration"]
