@@ -1,0 +1,60 @@
+"""Fidelity figures: float vs compressed outputs, the held-out split and the one-line warning."""
+
+import numpy as np
+import pytest
+
+from weightzip.core.errors import WeightzipError
+from weightzip.core.fidelity import (
+    FIDELITY_FLOOR, NOT_MEASURED, Fidelity, fidelity_summary, fidelity_warning, measure_fidelity, split_calibration)
+
+
+def test_identical_outputs_are_perfect_and_known_perturbation_is_measured():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(50, 10))
+    same = measure_fidelity(logits, logits.copy())
+    assert same == Fidelity(50, 1.0, 0.0, pytest.approx(1.0))
+    noisy = logits.copy()
+    noisy[:10] = -noisy[:10]  # first 10 samples: argmax moves (to the old argmin), cosine -1
+    result = measure_fidelity(logits, noisy)
+    assert result.top1_agreement == pytest.approx(0.8)
+    assert result.mean_cosine == pytest.approx((40 - 10) / 50)
+    expected = np.linalg.norm(2 * logits[:10]) / np.linalg.norm(logits)
+    assert result.relative_output_error == pytest.approx(expected)
+
+
+def test_embeddings_have_no_top1_and_dict_round_trip():
+    rng = np.random.default_rng(1)
+    y = rng.normal(size=(8, 4, 16))
+    result = measure_fidelity(y, y * 2.0)  # same direction: cosine 1, relative error 1
+    assert result.top1_agreement is None
+    assert result.mean_cosine == pytest.approx(1.0) and result.relative_output_error == pytest.approx(1.0)
+    assert Fidelity.from_dict(result.to_dict()) == result
+    assert "top-1" not in result.summary() and "8 held-out" in result.summary()
+    assert fidelity_summary(None) == NOT_MEASURED
+
+
+def test_bad_outputs_are_refused():
+    with pytest.raises(WeightzipError, match="shape"):
+        measure_fidelity(np.zeros((2, 3)), np.zeros((2, 4)))
+    with pytest.raises(WeightzipError, match="NaN"):
+        measure_fidelity(np.zeros((2, 3)), np.full((2, 3), np.nan))
+
+
+def test_split_is_disjoint_covering_and_seeded():
+    fit, held = split_calibration(64, held_out=0.25, seed=3)
+    assert len(held) == 16 and len(fit) == 48
+    assert sorted(np.concatenate((fit, held)).tolist()) == list(range(64))
+    assert np.array_equal(held, split_calibration(64, held_out=0.25, seed=3)[1])
+    assert len(split_calibration(2)[1]) == 1
+    with pytest.raises(WeightzipError, match="at least 2"):
+        split_calibration(1)
+
+
+def test_warning_only_below_the_floor_and_names_layers():
+    good = Fidelity(16, 0.95, 0.05, 0.99)
+    assert fidelity_warning(good, ["a"], "more bits") is None
+    bad = Fidelity(16, 0.5, 0.3, 0.9)
+    line = fidelity_warning(bad, ["features.0.0.weight", "classifier.1.weight"], "--bits-per-weight 4")
+    assert "\n" not in line and "features.0.0.weight" in line and "--bits-per-weight 4" in line
+    assert "0.500 < 0.9" in line and FIDELITY_FLOOR["relative_output_error"] == 0.1
+    assert fidelity_warning(None, [], "x") is None

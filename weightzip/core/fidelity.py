@@ -1,0 +1,133 @@
+"""Fidelity of a compressed model: how closely its outputs follow the float model's on the same inputs.
+
+Weight-space error says little about what a model computes (a 1 % weight error in a depthwise stem can
+flip every prediction, the same error in a wide classifier none). These figures compare *outputs*, float
+model vs compressed model, on held-out calibration inputs that were not used to choose the compression:
+
+- ``top1_agreement``: fraction of samples whose arg-max over the last axis is the same (classifiers only);
+- ``relative_output_error``: ``‖y − ŷ‖ / ‖y‖`` over the whole held-out set (all samples flattened);
+- ``mean_cosine``: mean over samples of the cosine between ``y_i`` and ``ŷ_i`` (each flattened); the
+  figure for embedding models.
+
+:func:`split_calibration` makes the held-out part; :func:`fidelity_warning` is the one line a front end
+prints when a measured fidelity falls below :data:`FIDELITY_FLOOR`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from weightzip.core.errors import WeightzipError
+
+FIDELITY_FLOOR = dict(top1_agreement=0.9, relative_output_error=0.1)
+NOT_MEASURED = "fidelity not measured (no calibration data)"
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """Float model vs compressed model on `samples` held-out calibration inputs."""
+
+    samples: int
+    top1_agreement: float | None
+    relative_output_error: float
+    mean_cosine: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Fidelity":
+        if not isinstance(data, dict):
+            raise WeightzipError(f"fidelity must be a JSON object, got {type(data).__name__}")
+        try:
+            top1 = data["top1_agreement"]
+            return cls(int(data["samples"]), None if top1 is None else float(top1),
+                       float(data["relative_output_error"]), float(data["mean_cosine"]))
+        except (KeyError, TypeError, ValueError) as error:
+            raise WeightzipError(f"fidelity record is incomplete or malformed: {error!r}") from None
+
+    def below_floor(self, floor: dict | None = None) -> bool:
+        """True when top-1 agreement is under the floor's or the relative error above its."""
+        floor = FIDELITY_FLOOR if floor is None else floor
+        low_top1 = self.top1_agreement is not None and self.top1_agreement < floor["top1_agreement"]
+        return low_top1 or self.relative_output_error > floor["relative_output_error"]
+
+    def summary(self) -> str:
+        """One line: 'fidelity on 16 held-out samples: top-1 agreement 0.938, relative output error ...'."""
+        parts = [] if self.top1_agreement is None else [f"top-1 agreement {self.top1_agreement:.3f}"]
+        parts += [f"relative output error {self.relative_output_error:.4f}", f"mean cosine {self.mean_cosine:.4f}"]
+        return f"fidelity on {self.samples} held-out samples: " + ", ".join(parts)
+
+
+def fidelity_summary(fidelity: Fidelity | dict | None) -> str:
+    """:meth:`Fidelity.summary`, or the sentence saying fidelity was not measured (for reports and inspect)."""
+    if fidelity is None:
+        return NOT_MEASURED
+    if isinstance(fidelity, dict):
+        fidelity = Fidelity.from_dict(fidelity)
+    return fidelity.summary()
+
+
+def measure_fidelity(reference, candidate, *, classifier: bool | None = None) -> Fidelity:
+    """Compare outputs `candidate` (compressed model) with `reference` (float model), sample axis first.
+
+    classifier: whether top-1 agreement is meaningful; None guesses it: a 2-D output with at least two
+    columns (samples x classes). Rank-1 outputs are one scalar per sample.
+    """
+    y = np.asarray(reference, dtype=np.float64)
+    y_hat = np.asarray(candidate, dtype=np.float64)
+    if y.shape != y_hat.shape:
+        raise WeightzipError(f"outputs differ in shape: float model {y.shape}, compressed model {y_hat.shape}")
+    if y.ndim == 0 or y.shape[0] == 0:
+        raise WeightzipError("no samples to measure fidelity on")
+    if not (np.all(np.isfinite(y)) and np.all(np.isfinite(y_hat))):
+        raise WeightzipError("model outputs contain NaN or infinite values: fidelity cannot be measured")
+    samples = y.shape[0]
+    if classifier is None:
+        classifier = y.ndim == 2 and y.shape[1] >= 2
+    flat, flat_hat = y.reshape(samples, -1), y_hat.reshape(samples, -1)
+    norm = float(np.linalg.norm(flat))
+    error = float(np.linalg.norm(flat - flat_hat))
+    relative = error / norm if norm > 0 else (0.0 if error == 0 else math.inf)
+    row_norms = np.linalg.norm(flat, axis=1) * np.linalg.norm(flat_hat, axis=1)
+    dots = np.einsum("ij,ij->i", flat, flat_hat)
+    both_zero = (row_norms == 0) & np.all(flat == flat_hat, axis=1)
+    cosine = np.where(row_norms > 0, dots / np.where(row_norms > 0, row_norms, 1.0), np.where(both_zero, 1.0, 0.0))
+    top1 = None
+    if classifier:
+        top1 = float(np.mean(y.argmax(axis=-1).reshape(samples, -1) == y_hat.argmax(axis=-1).reshape(samples, -1)))
+    return Fidelity(samples, top1, relative, float(np.mean(cosine)))
+
+
+def split_calibration(n: int, *, held_out: float = 0.25, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(fit indices, held-out indices) of `n` calibration samples, a seeded random split.
+
+    The fit part chooses the compression (sensitivities, allocation); the held-out part only measures it.
+    At least one sample lands on each side, so `n` must be >= 2.
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
+        raise WeightzipError(f"calibration needs at least 2 samples (some to fit, some held out), got {n!r}")
+    if not 0.0 < held_out < 1.0:
+        raise WeightzipError(f"held_out must be a fraction in (0, 1), got {held_out!r}")
+    count = min(n - 1, max(1, int(round(n * held_out))))
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[count:]), np.sort(order[:count])
+
+
+def fidelity_warning(fidelity: Fidelity | None, worst_layers: list[str], suggestion: str,
+                     floor: dict | None = None) -> str | None:
+    """One warning line when `fidelity` is below `floor` (default :data:`FIDELITY_FLOOR`), else None."""
+    if fidelity is None or not fidelity.below_floor(floor):
+        return None
+    floor = FIDELITY_FLOOR if floor is None else floor
+    low = []
+    if fidelity.top1_agreement is not None and fidelity.top1_agreement < floor["top1_agreement"]:
+        low.append(f"top-1 agreement {fidelity.top1_agreement:.3f} < {floor['top1_agreement']}")
+    if fidelity.relative_output_error > floor["relative_output_error"]:
+        low.append(f"relative output error {fidelity.relative_output_error:.3f} > {floor['relative_output_error']}")
+    layers = ", ".join(worst_layers[:3]) if worst_layers else "unknown"
+    return f"warning: compressed model is far from the float model ({'; '.join(low)}); most damaged layers: " \
+           f"{layers}; try {suggestion}"
