@@ -21,6 +21,7 @@ import enum
 import keras
 
 from weightzip.core import WeightzipError
+from weightzip.keras._layers import LAST, LAYER_TABLE
 from weightzip.keras.clusterable_layer import ClusterableLayer, ClusteringAlgorithm, ClusterableWeight
 
 layers = keras.layers
@@ -55,20 +56,11 @@ _NOT_CLUSTERED_BY_DESIGN = tuple(
     if hasattr(layers, name)
 )
 
-_LAST = -1
-_SECOND_TO_LAST = -2
+_LAST = LAST
 
-# Order matters: subclasses before their bases.
-_KERNEL_LAYERS: tuple[tuple[tuple[type, ...], tuple[tuple[str, int], ...]], ...] = (
-    ((layers.Conv1DTranspose, layers.Conv2DTranspose, layers.Conv3DTranspose),
-     (("kernel", _SECOND_TO_LAST),)),
-    ((layers.DepthwiseConv1D, layers.DepthwiseConv2D),
-     (("kernel", _SECOND_TO_LAST),)),  # Keras 3 names the depthwise kernel "kernel"
-    ((layers.SeparableConv1D, layers.SeparableConv2D),
-     (("depthwise_kernel", _SECOND_TO_LAST), ("pointwise_kernel", _LAST))),
-    ((layers.Conv1D, layers.Conv2D, layers.Conv3D, layers.Dense, layers.EinsumDense),
-     (("kernel", _LAST),)),
-    ((layers.Embedding,), (("embeddings", _LAST),)),
+# The kernel layers (Dense, Conv*, Embedding, ...) come from the one table of layer kinds.
+_KERNEL_LAYERS: tuple[tuple[tuple[type, ...], tuple[tuple[str, int], ...]], ...] = tuple(
+    (spec.types, tuple((kernel.name, kernel.channel_axis) for kernel in spec.kernels)) for spec in LAYER_TABLE
 )
 
 _RNN_CELL_WEIGHTS = (("kernel", _LAST), ("recurrent_kernel", _LAST))

@@ -30,15 +30,13 @@ from weightzip.core import CentroidInitialization
 from weightzip.core.errors import WeightzipError
 from weightzip.core.pruning import PolynomialDecay, apply_mask, magnitude_mask
 from weightzip.format import Coding, WriteOptions
+from weightzip.keras._layers import is_convolution
 from weightzip.keras.cluster import cluster_weights, strip_clustering
 from weightzip.keras.clustering_config import Reassignment
 from weightzip.keras.pruning import prune_low_magnitude, strip_pruning
 from weightzip.keras.pruning_callbacks import UpdatePruningStep
 from weightzip.keras.pruning_registry import compressible_weight_names, prunable_weights
 from weightzip.keras.storage import load_wz, save_wz
-
-_CONV_TYPES = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D, keras.layers.DepthwiseConv2D,
-               keras.layers.SeparableConv2D)
 
 # Mask updates while the sparsity ramps up (TFMOT's `frequency`, expressed as a count).
 _MASK_UPDATES = 10
@@ -169,13 +167,13 @@ class DeepCompressionConfig:
             return 0.0
         if layer.name in self.layer_sparsity:
             return self.layer_sparsity[layer.name]
-        return self.conv_sparsity if isinstance(layer, _CONV_TYPES) else self.sparsity
+        return self.conv_sparsity if is_convolution(layer) else self.sparsity
 
     def clusters_of(self, layer: keras.layers.Layer) -> int:
         """Shared weights per kernel of `layer`."""
         if layer.name in self.layer_clusters:
             return self.layer_clusters[layer.name]
-        return self.conv_clusters if isinstance(layer, _CONV_TYPES) else self.clusters
+        return self.conv_clusters if is_convolution(layer) else self.clusters
 
     def check_layer_names(self, model: keras.Model) -> None:
         """Raise ValueError when a per-layer setting names no compressible layer of `model`."""

@@ -25,22 +25,16 @@ from keras import ops
 from weightzip.core.errors import InvalidClusterCountError
 from weightzip.core.options import ParsableEnum
 from weightzip.core.palette import palettize_exact
+from weightzip.keras._layers import qat_layer_names, qat_layout
 from weightzip.keras.clustering_registry import UnsupportedLayerError, clusterable_weights
 from weightzip.keras.quantization_ops import fake_quantize_activations, fake_quantize_weights
 from weightzip.keras.variable_substitution import call_with_substitutes
 
-# Layers whose kernel TFLite quantises per output channel, and which kernel axes share one scale: all but
-# the last for Dense/Conv (output channels last), the spatial axes for depthwise kernels (TFLite gives each
-# of the in_channels * depth_multiplier filters its own scale). The kernel itself is found by the shared
-# layer registry (:func:`weightzip.keras.clustering_registry.clusterable_weights`).
-_KERNEL_LAYOUT = {
-    "Dense": "all_but_last",
-    "Conv1D": "all_but_last",
-    "Conv2D": "all_but_last",
-    "Conv3D": "all_but_last",
-    "DepthwiseConv1D": "spatial",
-    "DepthwiseConv2D": "spatial",
-}
+# Layers whose kernel TFLite quantises per output channel, and which kernel axes share one scale, are the
+# `qat_layout` column of the layer table (weightzip.keras._layers): all but the last for Dense/Conv (output
+# channels last), the spatial axes for depthwise kernels (TFLite gives each of the in_channels *
+# depth_multiplier filters its own scale). The kernel itself is found by the shared layer registry
+# (:func:`weightzip.keras.clustering_registry.clusterable_weights`).
 
 MAX_PALETTE = 256  # more distinct values per channel than int8 has levels: the kernel is not clustered
 
@@ -56,10 +50,7 @@ class Preserve(ParsableEnum):
 
 def quantizable_kernel(layer) -> str | None:
     """The scale layout (``"all_but_last"`` or ``"spatial"``) for layers this wrapper supports, else None."""
-    for cls in type(layer).__mro__:
-        if cls.__name__ in _KERNEL_LAYOUT and cls.__module__.startswith("keras"):
-            return _KERNEL_LAYOUT[cls.__name__]
-    return None
+    return qat_layout(layer)
 
 
 def _reduce_axes(layout: str, rank: int) -> tuple[int, ...]:
@@ -87,7 +78,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
         if quantizable_kernel(layer) is None:
             raise UnsupportedLayerError(
                 f"layer {layer.name!r} ({type(layer).__name__}) is not supported by quantisation-aware training; "
-                f"supported: {sorted(_KERNEL_LAYOUT)}"
+                f"supported: {qat_layer_names()}"
             )
         if not 0.0 <= float(ema_decay) < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
