@@ -13,7 +13,8 @@ import keras
 import pytest
 
 HERE = Path(__file__).parent
-MATRIX_FILES = sorted(str(path) for path in HERE.glob("test_clustering_*.py") if path.name != Path(__file__).name)
+MATRIX_FILES = sorted(str(path) for path in HERE.glob("test_clustering_*.py") if path.name != Path(__file__).name) + [
+    str(HERE / "test_calibration.py")]  # per-sample Fisher gradients are backend-specific code
 
 
 @pytest.mark.parametrize("backend", ["torch", "jax"])

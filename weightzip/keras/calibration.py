@@ -1,0 +1,331 @@
+"""Per-weight sensitivities of a Keras model from calibration inputs (no labels needed).
+
+Two estimates of how much the model's outputs depend on each clusterable weight, the same names as
+:mod:`weightzip.torch.calibration`:
+
+- :func:`input_second_moments`: E[x²] of each input channel of the layer that owns a kernel (mean over
+  samples and every other axis: time steps, pixels). For a linear map y = W x the squared output error
+  of a weight change δ is ``Σ_i δ_i² E[x_i²]`` plus cross terms: these moments are the diagonal of the
+  layer Hessian (the GPTQ / AWQ proxy), measured in the layer's own output units. Collected by wrapping
+  each layer's ``call`` for one eager pass per batch: works on every Keras backend.
+- :func:`fisher_diagonal`: the diagonal Fisher information of each weight w.r.t. the model's own
+  predictive distribution, E_x E_{y~p(·|x)} [(∂ log p(y|x)/∂w)²]: the diagonal of the Hessian of the
+  KL divergence from the float model's outputs, i.e. how much the *final* outputs move, on one common
+  scale for every layer (what per-layer allocation compares). For a classifier y is sampled from the
+  float model's softmax (its outputs if they already are probabilities); for other outputs (embeddings,
+  regression) the Gaussian Fisher diag(JᵀJ) is estimated with a random projection r ~ N(0, I) per sample,
+  since E_r[(∂ rᵀf/∂w)²] = Σ_j (∂f_j/∂w)². Per-sample gradients on the TensorFlow, JAX and PyTorch
+  backends.
+
+Both return ``{variable path: array}``; :func:`importance_of` turns them into the per-weight importance
+the core's weighted k-means takes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import keras
+import numpy as np
+
+from weightzip.core.errors import WeightzipError
+from weightzip.keras.clusterable_layer import ClusterableWeight
+from weightzip.keras.clustering_registry import (
+    LayerKind,
+    classify_layer,
+    clusterable_weights,
+    unsupported_layer_error,
+)
+
+_ATTENTION_PROJECTIONS = ("_query_dense", "_key_dense", "_value_dense", "_output_dense")
+# The input kernels that multiply an RNN layer's own input (a stacked cell's later kernels see hidden states).
+_FIRST_CELL_KERNELS = {f"{side}{cell}.kernel" for side in ("", "forward_layer.", "backward_layer.")
+                       for cell in ("cell", "cell.0")}
+
+
+@dataclass(frozen=True)
+class ModelWeight:
+    """A clusterable kernel of a model: the layer it belongs to, the kernel, and the layer whose input
+    it multiplies (None when that input is not a layer input, e.g. recurrent kernels)."""
+
+    layer: keras.layers.Layer
+    weight: ClusterableWeight
+    input_layer: keras.layers.Layer | None
+    input_axis: int | None
+
+    @property
+    def path(self) -> str:
+        return self.weight.variable.path
+
+
+def model_weights(model: keras.Model) -> list[ModelWeight]:
+    """Every clusterable kernel of `model`, in layer order (nested models flattened).
+
+    Raises :class:`~weightzip.keras.UnsupportedLayerError` for a layer with weights that cannot be clustered.
+    """
+    found = []
+    for layer in flattened_layers(model):
+        kind = classify_layer(layer)
+        if kind is LayerKind.UNSUPPORTED:
+            raise unsupported_layer_error(layer)
+        if kind is not LayerKind.CLUSTERED:
+            continue
+        for weight in clusterable_weights(layer):
+            owner, axis = _input_of(layer, weight)
+            found.append(ModelWeight(layer, weight, owner, axis))
+    return found
+
+
+def flattened_layers(model) -> Iterable[keras.layers.Layer]:
+    """The layers of `model`, nested Sequential/Functional models replaced by their layers."""
+    for layer in model.layers:
+        if classify_layer(layer) is LayerKind.MODEL:
+            yield from flattened_layers(layer)
+        else:
+            yield layer
+
+
+def _input_of(layer, weight: ClusterableWeight) -> tuple[keras.layers.Layer | None, int | None]:
+    """(layer whose first call argument the kernel multiplies, kernel axis of its input channels)."""
+    shape = tuple(weight.variable.shape)
+    if len(shape) < 2:
+        return None, None
+    layers = keras.layers
+    if weight.name.split(".")[0] in [name.lstrip("_") for name in _ATTENTION_PROJECTIONS]:
+        projection = getattr(layer, "_" + weight.name.split(".")[0], None)
+        return (projection, 0) if projection is not None else (None, None)
+    if isinstance(layer, (layers.Conv1DTranspose, layers.Conv2DTranspose, layers.Conv3DTranspose)):
+        return layer, len(shape) - 1
+    if isinstance(layer, (layers.SeparableConv1D, layers.SeparableConv2D)):
+        return (layer, len(shape) - 2) if weight.name == "depthwise_kernel" else (None, None)
+    if isinstance(layer, (layers.Conv1D, layers.Conv2D, layers.Conv3D, layers.DepthwiseConv1D,
+                          layers.DepthwiseConv2D, layers.Dense)):
+        return layer, len(shape) - 2
+    if isinstance(layer, layers.EinsumDense):
+        return layer, 0  # "ab,bc->ac"-style equations contract the input's last axis with the kernel's first
+    if isinstance(layer, (layers.RNN, layers.Bidirectional)) and weight.name in _FIRST_CELL_KERNELS:
+        return layer, 0 if len(shape) == 2 else len(shape) - 2  # (in, gates) or ConvLSTM (..., in, gates)
+    return None, None  # Embedding, recurrent kernels, stacked cells, custom layers: Fisher only
+
+
+# ---------------------------------------------------------------- E[x²] per input channel
+
+
+def input_second_moments(model: keras.Model, batches: Iterable) -> dict[str, np.ndarray]:
+    """variable path -> E[x²] per input channel of the layer input the kernel multiplies.
+
+    batches: an iterable of input batches (arrays, or whatever ``model(batch)`` takes). Kernels whose
+    input is not a layer's call argument (Embedding, recurrent kernels) are absent from the result.
+    """
+    weights = [w for w in model_weights(model) if w.input_layer is not None]
+    totals: dict[int, list] = {}
+    layers_by_id = {id(w.input_layer): w.input_layer for w in weights}
+    originals = {}
+
+    def recorder(target, call):
+        def recording_call(*args, **kwargs):
+            inputs = args[0] if args else next(iter(kwargs.values()))
+            values = keras.ops.convert_to_numpy(inputs).astype(np.float64)
+            channels = values.reshape(-1, values.shape[-1]) if values.ndim > 1 else values.reshape(1, -1)
+            entry = totals.setdefault(id(target), [np.zeros(channels.shape[1]), 0])
+            entry[0] += np.einsum("ij,ij->j", channels, channels)
+            entry[1] += channels.shape[0]
+            return call(*args, **kwargs)
+        return recording_call
+
+    for key, layer in layers_by_id.items():
+        originals[key] = layer.__dict__.get("call")
+        object.__setattr__(layer, "call", recorder(layer, layer.call))
+    try:
+        seen = 0
+        for batch in batches:
+            model(batch, training=False)
+            seen += 1
+    finally:
+        for key, layer in layers_by_id.items():
+            if originals[key] is None:
+                object.__delattr__(layer, "call")
+            else:
+                object.__setattr__(layer, "call", originals[key])
+    if seen == 0:
+        raise WeightzipError("no calibration batches: input second moments need at least one")
+    moments = {}
+    for weight in weights:
+        entry = totals.get(id(weight.input_layer))
+        if entry is None or entry[1] == 0:
+            continue
+        mean_square = entry[0] / entry[1]
+        if mean_square.shape[0] == weight.weight.variable.shape[weight.input_axis]:
+            moments[weight.path] = mean_square
+    return moments
+
+
+# ---------------------------------------------------------------- diagonal Fisher
+
+
+def fisher_diagonal(model: keras.Model, batches: Iterable, *, classifier: bool | None = None,
+                    seed: int = 0) -> dict[str, np.ndarray]:
+    """variable path -> diagonal Fisher information of each clusterable kernel (same shape).
+
+    batches: iterable of input batches; every sample contributes its own squared gradient (per-sample
+    Fisher, not the square of batch gradients). classifier: outputs are class scores (logits or
+    probabilities, last axis = classes); None: a 2-D output with >= 2 columns, as
+    :func:`weightzip.core.fidelity.measure_fidelity` decides.
+    """
+    weights = model_weights(model)
+    variables = [w.weight.variable for w in weights]
+    sums = [np.zeros(tuple(v.shape)) for v in variables]
+    rng = np.random.default_rng(seed)
+    gradient = _per_sample_gradient(model, variables)
+    samples = 0
+    for batch in batches:
+        batch = np.asarray(batch)
+        outputs = _flat_outputs(model(batch, training=False))
+        is_classifier = classifier if classifier is not None else (outputs.ndim == 2 and outputs.shape[1] >= 2)
+        for position in range(batch.shape[0]):
+            if is_classifier:
+                probabilities = _probabilities(outputs[position])
+                direction = np.zeros_like(outputs[position], dtype=np.float32)
+                direction[rng.choice(probabilities.shape[0], p=probabilities)] = 1.0
+                mode = "log_probability" if _are_probabilities(outputs[position]) else "log_softmax"
+            else:
+                direction = rng.standard_normal(outputs[position].shape).astype(np.float32)
+                mode = "projection"
+            for total, grad in zip(sums, gradient(batch[position:position + 1], direction, mode)):
+                total += np.square(grad.astype(np.float64))
+            samples += 1
+    if samples == 0:
+        raise WeightzipError("no calibration samples: the Fisher information needs at least one")
+    return {w.path: total / samples for w, total in zip(weights, sums)}
+
+
+def _flat_outputs(outputs) -> np.ndarray:
+    parts = [keras.ops.convert_to_numpy(part) for part in keras.tree.flatten(outputs)]
+    if len(parts) == 1:
+        return parts[0].astype(np.float64)
+    return np.concatenate([p.reshape(p.shape[0], -1) for p in parts], axis=1).astype(np.float64)
+
+
+def _are_probabilities(row: np.ndarray) -> bool:
+    return bool(np.all(row >= 0) and abs(float(row.sum()) - 1.0) < 1e-3)
+
+
+def _probabilities(row: np.ndarray) -> np.ndarray:
+    if _are_probabilities(row):
+        p = np.clip(row, 0, None)
+    else:
+        shifted = np.exp(row - row.max())
+        p = shifted
+    return p / p.sum()
+
+
+def _scalar_objective(outputs, direction, mode):
+    """The per-sample scalar whose gradient is sampled: log p(y) (y one-hot in `direction`) or rᵀ f."""
+    ops = keras.ops
+    flat = [ops.reshape(part, (1, -1)) for part in keras.tree.flatten(outputs)]
+    values = flat[0] if len(flat) == 1 else ops.concatenate(flat, axis=1)
+    direction = ops.reshape(ops.convert_to_tensor(direction), (1, -1))
+    if mode == "log_softmax":
+        values = ops.log_softmax(values, axis=-1)
+    elif mode == "log_probability":
+        values = ops.log(ops.maximum(values, 1e-12))
+    return ops.sum(values * direction)
+
+
+def _per_sample_gradient(model, variables):
+    """A function (one-sample batch, direction, mode) -> list of gradient arrays, one per variable."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        @tf.function(reduce_retracing=True)
+        def tf_gradient(x, direction, log_softmax, log_probability):
+            with tf.GradientTape() as tape:
+                for variable in variables:
+                    tape.watch(variable.value)
+                outputs = model(x, training=False)
+                flat = [tf.reshape(part, (1, -1)) for part in tf.nest.flatten(outputs)]
+                values = flat[0] if len(flat) == 1 else tf.concat(flat, axis=1)
+                values = tf.cast(values, tf.float32)
+                values = tf.where(log_softmax, tf.nn.log_softmax(values, axis=-1), values)
+                values = tf.where(log_probability, tf.math.log(tf.maximum(values, 1e-12)), values)
+                objective = tf.reduce_sum(values * tf.reshape(direction, (1, -1)))
+            return tape.gradient(objective, [variable.value for variable in variables],
+                                 unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+        def gradient(x, direction, mode):
+            grads = tf_gradient(tf.convert_to_tensor(x), tf.convert_to_tensor(direction),
+                                tf.constant(mode == "log_softmax"), tf.constant(mode == "log_probability"))
+            return [g.numpy() for g in grads]
+        return gradient
+    if backend == "jax":
+        import jax
+
+        trainable = list(model.trainable_variables)
+        non_trainable = list(model.non_trainable_variables)
+        positions = []
+        for variable in variables:
+            matches = [i for i, v in enumerate(trainable) if v is variable]
+            if not matches:
+                raise WeightzipError(f"variable {variable.path} is not trainable: the Fisher information on the "
+                                     "JAX backend needs trainable kernels")
+            positions.append(matches[0])
+
+        def objective(trainable_values, non_trainable_values, x, direction, mode):
+            outputs, _ = model.stateless_call(trainable_values, non_trainable_values, x, training=False)
+            return _scalar_objective(outputs, direction, mode)
+
+        grad = jax.jit(jax.grad(objective), static_argnums=(4,))
+
+        def gradient(x, direction, mode):
+            grads = grad([v.value for v in trainable], [v.value for v in non_trainable], x, direction, mode)
+            return [np.asarray(grads[i]) for i in positions]
+        return gradient
+    if backend == "torch":
+        import torch
+
+        def gradient(x, direction, mode):
+            values = [variable.value for variable in variables]
+            flags = [v.requires_grad for v in values]
+            for v in values:
+                v.requires_grad_(True)
+            try:
+                with torch.enable_grad():
+                    objective = _scalar_objective(model(x, training=False), direction, mode)
+                    grads = torch.autograd.grad(objective, values, allow_unused=True)
+            finally:
+                for v, flag in zip(values, flags):
+                    v.requires_grad_(flag)
+            return [np.zeros(tuple(v.shape)) if g is None else g.detach().cpu().numpy() for v, g in zip(values, grads)]
+        return gradient
+    raise WeightzipError(f"the Fisher information is not implemented for the {backend!r} Keras backend; "
+                         "use sensitivity='activation' or 'none'")
+
+
+# ---------------------------------------------------------------- per-weight importance
+
+
+def importance_of(weight: ModelWeight, *, fisher: dict | None = None, moments: dict | None = None,
+                  floor: float = 1e-2) -> np.ndarray | None:
+    """Per-weight importance (kernel shape) of one kernel: its Fisher diagonal if given, else the input
+    channel's E[x²] broadcast along the kernel's input axis, else None (plain squared error).
+
+    floor: a fraction of the mean importance added to every weight, so weights that the calibration
+    samples happened not to exercise still count a little (they may matter on other inputs).
+    """
+    shape = tuple(weight.weight.variable.shape)
+    values = None
+    if fisher is not None and weight.path in fisher:
+        values = np.asarray(fisher[weight.path], dtype=np.float64)
+    elif moments is not None and weight.path in moments and weight.input_axis is not None:
+        view = [1] * len(shape)
+        view[weight.input_axis] = shape[weight.input_axis]
+        values = np.broadcast_to(np.asarray(moments[weight.path]).reshape(view), shape).astype(np.float64)
+    if values is None or not np.any(values > 0):
+        return None
+    return values + floor * float(values.mean())
+
+
+__all__ = ["ModelWeight", "fisher_diagonal", "flattened_layers", "importance_of", "input_second_moments",
+           "model_weights"]
