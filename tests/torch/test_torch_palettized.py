@@ -70,7 +70,7 @@ def test_weight_memory_drops_by_about_32_over_bits():
     dense_bytes = 256 * 128 * 4
     palettized = palettize(layer)
     assert isinstance(palettized, PalettizedLinear) and palettized.bits == 4
-    assert palettized.packed.numel() == 256 * 128 * 4 // 8
+    assert palettized.packed.numel() == 256 * 128 * 4 // 8 + 8  # + the 8 bytes kernels may over-read
     assert dense_bytes / weight_memory_bytes(palettized) > 7.5
 
 
@@ -93,8 +93,8 @@ def test_unclustered_layers_stay_dense_unless_requested():
     assert isinstance(model[2], nn.Linear)  # 16 distinct values, but a palette would not be smaller
     with pytest.raises(InvalidClusterCountError, match="'0.weight' is not clustered"):
         palettize(model, layers=["0"])
-    with pytest.raises(WeightzipError, match="no Linear or Conv2d"):
-        palettize(nn.Sequential(nn.Conv1d(2, 2, 1)), layers=[nn.Conv1d])
+    with pytest.raises(WeightzipError, match="no Linear, Conv1d, Conv2d, Embedding layer"):
+        palettize(nn.Sequential(nn.Conv3d(2, 2, 1)), layers=[nn.Conv3d])
 
 
 def test_unused_centroids_are_dropped_losslessly():

@@ -6,8 +6,9 @@ The names follow TFMOT and :mod:`weightzip.keras`:
   :mod:`torch.nn.utils.parametrize` (a trainable codebook per tensor or per channel group, fixed indices);
 - :func:`prune_low_magnitude` / :func:`update_pruning_step` / :func:`strip_pruning`: magnitude pruning
   with the core's schedules (:class:`ConstantSparsity`, :class:`PolynomialDecay`) through masks;
-- :func:`palettize`, :class:`PalettizedLinear`, :class:`PalettizedConv2d`: inference layers holding
-  bit-packed indices + codebook (weight memory / ~32/bits), expanded per forward;
+- :func:`palettize`, :func:`load_palettized` and the ``Palettized*`` layers (Linear, Conv1d, Conv2d,
+  Embedding): inference layers holding bit-packed indices + codebook (weight memory / ~32/bits), run by
+  fused lookup-table kernels (torch custom ops ``torch.ops.weightzip.*``);
 - :func:`compress_state_dict` / :func:`decompress`: PyTorch checkpoints (module, state_dict, ``.pt``,
   ``.safetensors``) to and from ``.wz`` files;
 - :class:`CentroidInitialization`: where the centroids start (the core's enum);
@@ -32,7 +33,15 @@ from weightzip.torch.clustering import (
     clustered_weights,
     strip_clustering,
 )
-from weightzip.torch.palettized import PalettizedConv2d, PalettizedLinear, palettize, weight_memory_bytes
+from weightzip.torch.palettized import (
+    PalettizedConv1d,
+    PalettizedConv2d,
+    PalettizedEmbedding,
+    PalettizedLinear,
+    palettize,
+    weight_memory_bytes,
+)
+from weightzip.torch.palettized_loader import PalettizedLoadError, load_palettized
 from weightzip.torch.pruning import (
     PruningMask,
     PruningSettings,
@@ -53,8 +62,11 @@ __all__ = [
     "PruningSchedule",
     "PruningSettings",
     "GradientAggregation",
+    "PalettizedConv1d",
     "PalettizedConv2d",
+    "PalettizedEmbedding",
     "PalettizedLinear",
+    "PalettizedLoadError",
     "UnsupportedLayerError",
     "WeightTarget",
     "cluster_weights",
@@ -68,6 +80,7 @@ __all__ = [
     "clustered_weights",
     "find_targets",
     "layer_sparsities",
+    "load_palettized",
     "palettize",
     "prune_low_magnitude",
     "pruning_masks",

@@ -1,15 +1,20 @@
-"""Palettized inference layers: bit-packed indices + codebook in memory, the weight expanded per forward.
+"""Palettized inference layers: bit-packed indices + codebook in memory, never the whole float weight.
 
 A clustered layer with k shared weights needs only ``ceil(log2 k)`` bits per weight plus a small
-codebook. :class:`PalettizedLinear` and :class:`PalettizedConv2d` keep exactly that at run time — a
-``packed`` uint8 buffer (the core's bit packing, :mod:`weightzip.core.bitpack`) and a ``codebook``
-``(groups, k)`` — and rebuild the float weight inside each forward pass (unpack with torch ops, then a
-gather). Weight memory drops by about ``32 / bits`` against float32; the price is the expansion time per
-call, which ``benchmarks/bench_torch_palettized.py`` measures.
+codebook. The layers here keep exactly that at run time: a ``packed`` uint8 buffer (each weight row
+bit-packed with the core's layout, :mod:`weightzip.torch._kernels.layout`), a ``codebook`` ``(groups, k)``
+and, for codebooks along an axis other than 0, per-column codebook offsets. Their forward passes are
+the custom ops of :mod:`weightzip.torch._kernels.ops` (``torch.ops.weightzip.*``; they work under
+``torch.compile`` and ``torch.export``): a fused lookup-table GEMV for small batches, tiles of at most
+1 MiB of decoded weights multiplied with BLAS / oneDNN for larger ones and for convolutions, and a gather
+of the decoded rows for embeddings. Weight memory drops by about ``32 / bits`` against float32
+(``benchmarks/bench_palettized_runtime.py`` measures memory and latency against dense float32 and
+torch's dynamic int8).
 
-:func:`palettize` converts the Linear and Conv2d layers of a model that is clustered (``cluster_weights``)
-or clustered and stripped (``strip_clustering``: the codebook is recovered exactly from the distinct
-values, per tensor or per output channel, whichever stores smaller).
+:func:`palettize` converts the Linear, Conv1d, Conv2d (grouped and depthwise included) and Embedding
+layers of a model that is clustered (``cluster_weights``) or clustered and stripped (``strip_clustering``:
+the codebook is recovered exactly from the distinct values, per tensor or per channel, whichever stores
+smaller). :func:`weightzip.torch.load_palettized` builds the same layers straight from a ``.wz`` file.
 """
 
 from __future__ import annotations
@@ -25,50 +30,49 @@ from torch.nn.utils import parametrize
 
 from weightzip.core import ClusteredTensor, index_dtype
 from weightzip.core.palette import drop_unused_centroids, smallest_exact_palette  # noqa: F401 (re-exported)
-from weightzip.core.bitpack import bit_width
 from weightzip.core.errors import InvalidClusterCountError, WeightzipError
-from weightzip.torch.bitunpack import MAX_UNPACK_BITS, padded_stream, unpack
+from weightzip.torch._kernels import ops as _ops  # noqa: F401 (registers torch.ops.weightzip.*)
+from weightzip.torch._kernels.layout import PackedLayout, decode_rows_torch, pack_rows, packed_layout, unpack_rows
 from weightzip.torch.clustering import ClusteredWeight
 from weightzip.torch.targets import find_targets
-from weightzip.torch.tensors import channel_groups, to_numpy
+from weightzip.torch.tensors import to_numpy
 
 
 class PalettizedWeight(nn.Module):
-    """Shared storage and expansion of a palettized weight (codebook rows along `axis`, `group_size`)."""
+    """Storage of a palettized weight shared by the palettized layers: packed indices, codebook, offsets."""
 
     def _init_palette(self, clustered: ClusteredTensor, dtype: torch.dtype, device) -> None:
-        k = clustered.number_of_clusters
+        layout, col_offsets = packed_layout(clustered)
+        self.layout = layout
         self.weight_shape = tuple(int(s) for s in clustered.shape)
-        self.bits = max(1, bit_width(k))
-        if self.bits > MAX_UNPACK_BITS:
-            raise WeightzipError(f"a palettized layer holds at most {1 << MAX_UNPACK_BITS} clusters, got {k}")
+        self.bits = layout.bits
         self.axis = clustered.axis
         self.group_size = clustered.group_size
-        stream = padded_stream(np.asarray(clustered.indices).ravel(), self.bits)
-        self.register_buffer("packed", torch.from_numpy(stream).to(device))
+        self.register_buffer("packed", torch.from_numpy(pack_rows(clustered.indices, layout)).to(device))
         codebook = torch.from_numpy(np.asarray(clustered.codebook, dtype=np.float64))
         self.register_buffer("codebook", codebook.to(device=device, dtype=dtype))
-        offsets = (channel_groups(self.weight_shape, self.axis, self.group_size) * k).to(torch.int32)
-        self.register_buffer("group_offsets", offsets.to(device), persistent=False)
+        offsets = None if col_offsets is None else torch.from_numpy(col_offsets).to(device)
+        self.register_buffer("col_offsets", offsets, persistent=False)
 
     @property
     def weight(self) -> torch.Tensor:
-        """The expanded float weight (computed on every access)."""
-        count = math.prod(self.weight_shape)
-        codes = unpack(self.packed, count, self.bits).reshape(self.weight_shape).add_(self.group_offsets)  # int32
-        return torch.index_select(self.codebook.reshape(-1), 0, codes.reshape(-1)).reshape(self.weight_shape)
+        """The whole float weight, decoded on every access (for inspection; the forward never builds it)."""
+        rows = decode_rows_torch(self.packed, self.layout, self.codebook, self.col_offsets, slice(None))
+        return rows.reshape(self.weight_shape)
 
     def to_clustered_tensor(self) -> ClusteredTensor:
         """The stored palette as a core :class:`ClusteredTensor` (indices unpacked)."""
-        with torch.no_grad():
-            count = math.prod(self.weight_shape)
-            indices = unpack(self.packed, count, self.bits).reshape(self.weight_shape).cpu().numpy()
+        indices = unpack_rows(self.packed.cpu().numpy(), self.layout).reshape(self.weight_shape)
         k = self.codebook.shape[1]
         return ClusteredTensor(to_numpy(self.codebook), indices.astype(index_dtype(k)), self.axis, self.group_size)
 
     def weight_bytes(self) -> int:
-        """Bytes held for the weight at run time: packed indices + codebook (+ the tiny group offsets)."""
-        return sum(t.numel() * t.element_size() for t in (self.packed, self.codebook, self.group_offsets))
+        """Bytes held for the weight at run time: packed indices + codebook (+ per-column offsets)."""
+        tensors = [t for t in (self.packed, self.codebook, self.col_offsets) if t is not None]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def _op_args(self) -> tuple:
+        return self.packed, self.codebook, self.col_offsets, self.bits
 
     def _palette_repr(self) -> str:
         k = self.codebook.shape[1]
@@ -94,45 +98,112 @@ class PalettizedLinear(PalettizedWeight):
         return cls(clustered, linear.bias, dtype=weight.dtype, device=weight.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        y = torch.ops.weightzip.palettized_linear(x, *self._op_args(), self.out_features, self.in_features,
+                                                  self.layout.rows_per_group)
+        return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, {self._palette_repr()}"
 
 
-class PalettizedConv2d(PalettizedWeight):
-    """``nn.Conv2d`` whose weight is stored as bit-packed codebook indices (all padding modes, groups)."""
+class _PalettizedConv(PalettizedWeight):
+    """Shared part of the palettized ``nn.Conv1d`` / ``nn.Conv2d`` (all padding modes, groups, depthwise)."""
+
+    _DENSE: type[nn.Module]
 
     def __init__(self, clustered: ClusteredTensor, bias: torch.Tensor | None = None, *, stride=1, padding=0,
                  dilation=1, groups: int = 1, padding_mode: str = "zeros",
                  dtype: torch.dtype = torch.float32, device=None):
         super().__init__()
-        if len(clustered.shape) != 4:
-            raise WeightzipError(f"a Conv2d weight is 4-D, got shape {clustered.shape}")
-        reference = nn.Conv2d(clustered.shape[1] * groups, clustered.shape[0], clustered.shape[2:], stride,
-                              padding, dilation, groups, bias=False, padding_mode=padding_mode, device="meta")
+        dims = self._DIMS
+        if len(clustered.shape) != dims + 2:
+            raise WeightzipError(f"a {self._DENSE.__name__} weight is {dims + 2}-D, got shape {clustered.shape}")
+        reference = self._DENSE(clustered.shape[1] * groups, clustered.shape[0], clustered.shape[2:], stride,
+                                padding, dilation, groups, bias=False, padding_mode=padding_mode, device="meta")
         self.in_channels, self.out_channels = reference.in_channels, reference.out_channels
         self.kernel_size, self.stride, self.padding = reference.kernel_size, reference.stride, reference.padding
         self.dilation, self.groups, self.padding_mode = reference.dilation, reference.groups, reference.padding_mode
-        self._reversed_padding_repeated_twice = reference._reversed_padding_repeated_twice
+        self._reversed_padding_repeated_twice = list(reference._reversed_padding_repeated_twice)
         self._init_palette(clustered, dtype, device)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone().to(device))
 
     @classmethod
-    def from_conv2d(cls, conv: nn.Conv2d, clustered: ClusteredTensor) -> "PalettizedConv2d":
+    def _from_dense(cls, conv: nn.Module, clustered: ClusteredTensor):
         weight = conv.weight
         return cls(clustered, conv.bias, stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
                    groups=conv.groups, padding_mode=conv.padding_mode, dtype=weight.dtype, device=weight.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.padding_mode != "zeros":
-            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        padding = self.padding
+        if self.padding_mode != "zeros" or isinstance(padding, str):
+            # Explicit padding first (reflect/replicate/circular, or 'same'): the op then pads nothing.
+            mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+            x = F.pad(x, self._reversed_padding_repeated_twice, mode=mode)
+            padding = (0,) * self._DIMS
+        return torch.ops.weightzip.palettized_conv(
+            x, self.packed, self.codebook, self.col_offsets, self.bias, self.bits, list(self.weight_shape),
+            self.layout.rows_per_group, list(self.stride), list(padding), list(self.dilation), self.groups)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, groups={self.groups}, {self._palette_repr()}")
+
+
+class PalettizedConv1d(_PalettizedConv):
+    """``nn.Conv1d`` whose weight is stored as bit-packed codebook indices."""
+
+    _DENSE, _DIMS = nn.Conv1d, 1
+
+    @classmethod
+    def from_conv1d(cls, conv: nn.Conv1d, clustered: ClusteredTensor) -> "PalettizedConv1d":
+        return cls._from_dense(conv, clustered)
+
+
+class PalettizedConv2d(_PalettizedConv):
+    """``nn.Conv2d`` whose weight is stored as bit-packed codebook indices."""
+
+    _DENSE, _DIMS = nn.Conv2d, 2
+
+    @classmethod
+    def from_conv2d(cls, conv: nn.Conv2d, clustered: ClusteredTensor) -> "PalettizedConv2d":
+        return cls._from_dense(conv, clustered)
+
+
+class PalettizedEmbedding(PalettizedWeight):
+    """``nn.Embedding`` whose table is stored as bit-packed codebook indices; a lookup decodes only the
+    rows it gathers. ``max_norm`` (which rewrites the table in place) is refused."""
+
+    def __init__(self, clustered: ClusteredTensor, *, padding_idx: int | None = None,
+                 dtype: torch.dtype = torch.float32, device=None):
+        super().__init__()
+        if len(clustered.shape) != 2:
+            raise WeightzipError(f"an Embedding weight is 2-D, got shape {clustered.shape}")
+        self.num_embeddings, self.embedding_dim = clustered.shape
+        self.padding_idx = padding_idx
+        self._init_palette(clustered, dtype, device)
+
+    @classmethod
+    def from_embedding(cls, embedding: nn.Embedding, clustered: ClusteredTensor) -> "PalettizedEmbedding":
+        if embedding.max_norm is not None:
+            raise WeightzipError("cannot palettize an Embedding with max_norm: it renormalises its table in place")
+        weight = embedding.weight
+        return cls(clustered, padding_idx=embedding.padding_idx, dtype=weight.dtype, device=weight.device)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return torch.ops.weightzip.palettized_embedding(ids, *self._op_args(), self.num_embeddings,
+                                                        self.embedding_dim, self.layout.rows_per_group)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, {self._palette_repr()}"
+
+
+# Dense layer type -> palettized layer and its constructor from (dense layer, ClusteredTensor).
+PALETTIZED_LAYERS: dict[type[nn.Module], tuple[type[PalettizedWeight], callable]] = {
+    nn.Linear: (PalettizedLinear, PalettizedLinear.from_linear),
+    nn.Conv1d: (PalettizedConv1d, PalettizedConv1d.from_conv1d),
+    nn.Conv2d: (PalettizedConv2d, PalettizedConv2d.from_conv2d),
+    nn.Embedding: (PalettizedEmbedding, PalettizedEmbedding.from_embedding),
+}
 
 
 def palette_of(module: nn.Module, channel_axis: int, max_clusters: int = 256) -> ClusteredTensor | None:
@@ -160,16 +231,18 @@ def exact_palette(values: np.ndarray, channel_axis: int | None, max_clusters: in
 
 def palettize(module: nn.Module, *, max_clusters: int = 256,
               layers: Iterable[str | type] | str | type | None = None) -> nn.Module:
-    """Replace the clustered Linear and Conv2d layers of `module` by palettized ones (in place).
+    """Replace the clustered Linear, Conv1d, Conv2d and Embedding layers of `module` by palettized ones
+    (in place).
 
     Returns `module`, or the palettized layer when `module` itself is one. A layer named in `layers` that
     is not clustered (more than `max_clusters` distinct values per tensor and per channel) is an error;
     without `layers`, such layers simply stay dense.
     """
     targets = [t for t in find_targets(module, layers)
-               if parametrize.type_before_parametrizations(t.module) in (nn.Linear, nn.Conv2d)]
+               if parametrize.type_before_parametrizations(t.module) in PALETTIZED_LAYERS]
     if layers is not None and not targets:
-        raise WeightzipError(f"no Linear or Conv2d layer among {layers!r}")
+        names = ", ".join(kind.__name__ for kind in PALETTIZED_LAYERS)
+        raise WeightzipError(f"no {names} layer among {layers!r}")
     replaced = module
     for target in targets:
         palette = palette_of(target.module, target.channel_axis, max_clusters)
@@ -179,10 +252,8 @@ def palettize(module: nn.Module, *, max_clusters: int = 256,
                     f"{target.qualified_name!r} is not clustered: more than {max_clusters} distinct values per "
                     "tensor and per channel, or a palette would not store smaller; cluster it first")
             continue
-        if isinstance(target.module, nn.Linear):
-            new = PalettizedLinear.from_linear(target.module, palette)
-        else:
-            new = PalettizedConv2d.from_conv2d(target.module, palette)
+        _, build = PALETTIZED_LAYERS[parametrize.type_before_parametrizations(target.module)]
+        new = build(target.module, palette)
         new.train(target.module.training)
         if target.module_name:
             parent_name, _, child = target.module_name.rpartition(".")
@@ -194,11 +265,11 @@ def palettize(module: nn.Module, *, max_clusters: int = 256,
 
 
 def weight_memory_bytes(module: nn.Module) -> int:
-    """Bytes of the weights of Linear/Conv layers as held at run time (dense or palettized)."""
+    """Bytes of the weights of Linear/Conv/Embedding layers as held at run time (dense or palettized)."""
     total = 0
     for submodule in module.modules():
         if isinstance(submodule, PalettizedWeight):
             total += submodule.weight_bytes()
-        elif isinstance(submodule, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        elif isinstance(submodule, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)):
             total += submodule.weight.numel() * submodule.weight.element_size()
     return total

@@ -1,0 +1,240 @@
+"""The palettized runtime: compiled lookup-table kernels, custom ops, layers, compile/export, load_palettized."""
+
+import copy
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from weightzip.core import ClusterConfig, ClusteredTensor, cluster_array
+from weightzip.format import write_wz
+from weightzip.torch import (
+    PalettizedConv1d,
+    PalettizedConv2d,
+    PalettizedEmbedding,
+    PalettizedLinear,
+    PalettizedLoadError,
+    cluster_weights,
+    compress_state_dict,
+    load_palettized,
+    palettize,
+    strip_clustering,
+)
+from weightzip.torch import _kernels
+from weightzip.torch._kernels import ops
+from weightzip.torch._kernels.layout import decode_rows_torch, pack_rows, packed_layout, unpack_rows
+
+
+def test_the_compiled_kernels_are_built_and_loaded():
+    # `make test` builds them (`make kernels`); a missing or stale build must fail here, not skip.
+    assert _kernels.available(), _kernels._load()
+
+
+def random_palette(rng, shape, bits, axis, group_size=1, k=None) -> ClusteredTensor:
+    k = k or 1 << bits
+    groups = 1 if axis is None else -(-shape[axis] // group_size)
+    codebook = np.sort(rng.standard_normal((groups, k)).astype(np.float32), axis=1)
+    indices = rng.integers(0, k, size=shape).astype(np.uint8 if k <= 256 else np.uint16)
+    return ClusteredTensor(codebook, indices, axis, group_size)
+
+
+CASES = [  # (shape, bits, k, axis, group_size): every lookup path (k <= 8, 16, 32, gather), row/column codebooks
+    ((5, 100), 4, 16, 0, 1), ((33, 27), 3, 8, 0, 4), ((20, 300), 8, 256, None, 1), ((7, 9), 1, 2, 0, 1),
+    ((16, 64), 5, 32, 0, 2), ((6, 130), 2, 3, None, 1), ((9, 40), 6, 40, 0, 1), ((3, 17), 7, 100, 0, 1),
+    ((12, 200), 4, 11, 1, 1), ((8, 4, 3, 3), 3, 8, 1, 2), ((64, 96), 4, 16, None, 1), ((10, 70), 8, 200, 0, 3),
+]
+
+
+@pytest.mark.parametrize("shape,bits,k,axis,group_size", CASES)
+def test_kernels_decode_and_multiply_exactly_like_the_dense_decoded_weight(shape, bits, k, axis, group_size):
+    rng = np.random.default_rng(bits * 100 + len(shape))
+    clustered = random_palette(rng, shape, bits, axis, group_size, k)
+    layout, offsets = packed_layout(clustered)
+    packed = pack_rows(clustered.indices, layout)
+    np.testing.assert_array_equal(unpack_rows(packed, layout), clustered.indices.reshape(layout.rows, layout.cols))
+    dense = torch.from_numpy(clustered.decode()).reshape(layout.rows, layout.cols)
+    packed_t, codebook = torch.from_numpy(packed), torch.from_numpy(clustered.codebook)
+    offsets_t = None if offsets is None else torch.from_numpy(offsets)
+    args = (packed_t, layout.stride, bits, layout.cols, codebook, k, layout.rows_per_group, offsets_t)
+    assert torch.equal(decode_rows_torch(packed_t, layout, codebook, offsets_t, slice(None)), dense)
+    rows = torch.tensor([layout.rows - 1, 0, layout.rows // 2, 0])
+    x = torch.randn(7, layout.cols)
+    reference = (x.double() @ dense.double().T)
+    scale = x.abs().double() @ dense.abs().double().T  # rounding bound of a float32 dot product
+    for simd in (True, False):  # AVX2 path and portable scalar path
+        assert torch.equal(_kernels.decode_rows(*args, first_row=0, count=layout.rows, simd=simd), dense)
+        assert torch.equal(_kernels.decode_rows(*args, row_ids=rows, simd=simd), dense[rows])
+        for batch in (1, 3, 7):
+            y = _kernels.gemv(packed_t, layout.stride, bits, layout.rows, layout.cols, codebook, k,
+                              layout.rows_per_group, offsets_t, x[:batch].contiguous(), simd=simd)
+            assert ((y.double() - reference[:batch]).abs() <= 1e-5 * scale[:batch] + 1e-30).all()
+
+
+def dense_twin(layer: nn.Module) -> nn.Module:
+    """A copy of the plain (stripped) layer, to palettize while the original stays the reference."""
+    return copy.deepcopy(layer)
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_palettized_layers_equal_their_dense_decoded_layers(per_channel, monkeypatch):
+    torch.manual_seed(0)
+    layers = {
+        "linear": (nn.Linear(40, 24), (3, 40)),
+        "linear_3d_input": (nn.Linear(40, 24, bias=False), (2, 5, 40)),
+        "conv1d": (nn.Conv1d(6, 10, 3, padding=1, padding_mode="circular"), (2, 6, 11)),
+        "conv2d": (nn.Conv2d(4, 12, 3, stride=2, padding=1), (2, 4, 9, 9)),
+        "conv2d_same": (nn.Conv2d(4, 6, (2, 3), padding="same", dilation=2), (1, 4, 7, 7)),
+        "grouped": (nn.Conv2d(8, 12, 3, groups=4, padding=1, padding_mode="reflect"), (2, 8, 6, 6)),
+        "depthwise": (nn.Conv2d(16, 16, 3, groups=16, padding=1, bias=False), (2, 16, 7, 7)),
+        "embedding": (nn.Embedding(50, 24, padding_idx=0), None),
+    }
+    for tile in (ops.TILE_ELEMENTS, 40):  # one piece, then tiles of a few output channels
+        monkeypatch.setattr(ops, "TILE_ELEMENTS", tile)
+        for name, (layer, shape) in layers.items():
+            clustered = cluster_weights(layer, 8, per_channel=per_channel)
+            reference = strip_clustering(clustered).eval()
+            palettized = palettize(dense_twin(reference), layers=[type(reference)])
+            assert type(palettized).__name__ == "Palettized" + type(reference).__name__, name
+            x = torch.randint(0, 50, (3, 7)) if shape is None else torch.randn(*shape)
+            with torch.no_grad():
+                expected, got = reference(x), palettized(x)
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6, msg=name)
+            assert torch.equal(palettized.weight, reference.weight), name
+
+
+def test_large_batches_take_the_tiled_gemm_and_match(monkeypatch):
+    torch.manual_seed(1)
+    reference = strip_clustering(cluster_weights(nn.Linear(300, 70), 16, per_channel=True))
+    palettized = palettize(dense_twin(reference))
+    monkeypatch.setattr(ops, "TILE_ELEMENTS", 1000)  # 3 rows a tile
+    x = torch.randn(2, 17, 300)
+    with torch.no_grad():
+        torch.testing.assert_close(palettized(x), reference(x), rtol=1e-5, atol=1e-5)
+
+
+def test_without_the_kernels_the_layers_fall_back_to_torch_ops_and_warn(monkeypatch):
+    torch.manual_seed(2)
+    reference = strip_clustering(cluster_weights(nn.Linear(64, 8), 4))
+    palettized = palettize(dense_twin(reference))
+    x = torch.randn(1, 64)
+    with torch.no_grad():
+        fast = palettized(x)
+    monkeypatch.setattr(_kernels, "_load", lambda: "not built (test)")
+    _kernels.warn_fallback_once.cache_clear()
+    with pytest.warns(RuntimeWarning, match="not built"), torch.no_grad():
+        slow = palettized(x)
+    with pytest.raises(_kernels.KernelsUnavailableError, match="not built"):
+        _kernels.require()
+    _kernels.warn_fallback_once.cache_clear()
+    torch.testing.assert_close(slow, fast, rtol=1e-5, atol=1e-6)
+
+
+class SmallNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(30, 8)
+        self.conv = nn.Conv1d(8, 8, 3, padding=1, groups=2)
+        self.conv2 = nn.Conv2d(1, 4, 3, padding=1)
+        self.norm = nn.LayerNorm(8)
+        self.head = nn.Linear(8 + 4 * 16, 5)
+
+    def forward(self, ids, image):
+        h = self.conv(self.embed(ids).transpose(1, 2)).mean(-1)
+        g = self.conv2(image).flatten(1)
+        return self.head(torch.cat([self.norm(h), g], dim=1))
+
+
+def small_inputs():
+    return torch.randint(0, 30, (2, 6)), torch.randn(2, 1, 4, 4)
+
+
+def test_palettized_model_runs_under_torch_compile_and_export():
+    torch.manual_seed(3)
+    model = strip_clustering(cluster_weights(SmallNet(), 8, per_channel=True)).eval()
+    palettized = palettize(dense_twin(model))
+    inputs = small_inputs()
+    with torch.no_grad():
+        expected = model(*inputs)
+        compiled = torch.compile(palettized, backend="aot_eager", fullgraph=True)  # no graph break
+        torch.testing.assert_close(compiled(*inputs), expected, rtol=1e-5, atol=1e-6)
+    program = torch.export.export(palettized, inputs)
+    targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert {"weightzip.palettized_linear.default", "weightzip.palettized_conv.default",
+            "weightzip.palettized_embedding.default"} <= targets
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(*inputs), expected, rtol=1e-5, atol=1e-6)
+
+
+def saved(tmp_path, model, name="m.wz"):
+    path = tmp_path / name
+    compress_state_dict(model, path)
+    return path
+
+
+def test_load_palettized_builds_palettized_layers_from_the_file_on_a_meta_model(tmp_path):
+    torch.manual_seed(4)
+    clustered = cluster_weights(SmallNet(), 8, per_channel=True)
+    path = saved(tmp_path, clustered, "c.wz")
+    reference = strip_clustering(clustered).eval()
+    with torch.device("meta"):
+        model = SmallNet()
+    loaded = load_palettized(model.eval(), path)
+    assert loaded is model
+    assert isinstance(model.embed, PalettizedEmbedding) and isinstance(model.conv, PalettizedConv1d)
+    assert isinstance(model.conv2, PalettizedConv2d) and isinstance(model.head, PalettizedLinear)
+    assert not any(t.is_meta for t in list(model.parameters()) + list(model.buffers()))
+    assert isinstance(model.head.bias, nn.Parameter)
+    inputs = small_inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(model(*inputs), reference(*inputs), rtol=1e-5, atol=1e-6)
+
+
+def test_load_palettized_refuses_a_mismatching_file_before_replacing_anything(tmp_path):
+    torch.manual_seed(5)
+    path = saved(tmp_path, cluster_weights(SmallNet(), 4))
+    other = nn.Sequential(nn.Linear(8, 5))
+    with pytest.raises(PalettizedLoadError, match="tensor '0.weight' of the model is missing"):
+        load_palettized(other, path)
+    assert isinstance(other[0], nn.Linear)
+
+    class Wider(SmallNet):
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Linear(8 + 4 * 16, 6)
+
+    wider = Wider()
+    with pytest.raises(PalettizedLoadError, match=r"'head.weight' has shape \[5, 72\] in the file, \[6, 72\]"):
+        load_palettized(wider, path)
+    assert all(type(m).__module__.startswith("torch") for m in wider.modules() if m is not wider)
+
+    class Fewer(SmallNet):
+        def __init__(self):
+            super().__init__()
+            del self.norm
+
+        def forward(self, ids, image):  # pragma: no cover - never run
+            raise AssertionError
+
+    with pytest.raises(PalettizedLoadError, match="tensor 'norm.weight' of the file is not in the model"):
+        load_palettized(Fewer(), path)
+    keras_file = tmp_path / "k.wz"
+    write_wz(keras_file, {"dense/kernel": cluster_array(np.ones((4, 4), np.float32), ClusterConfig(2))},
+             {"framework": "keras"})
+    with pytest.raises(PalettizedLoadError, match="holds a 'keras' model, not a PyTorch one"):
+        load_palettized(SmallNet(), keras_file)
+
+
+def test_load_palettized_reports_clustered_tensors_it_leaves_dense(tmp_path):
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.Linear(6, 6), nn.GRU(6, 4))
+    path = saved(tmp_path, cluster_weights(model, 4))
+    fresh = nn.Sequential(nn.Linear(6, 6), nn.GRU(6, 4))
+    with pytest.warns(UserWarning, match=r"1.weight_ih_l0 \(not the weight of a Linear"):
+        load_palettized(fresh, path)
+    assert isinstance(fresh[0], PalettizedLinear) and isinstance(fresh[1], nn.GRU)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        x = torch.randn(3, 6)
+        fresh[1](fresh[0](x))

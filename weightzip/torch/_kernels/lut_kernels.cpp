@@ -1,0 +1,484 @@
+// Lookup-table kernels for palettized weights: bit-packed codebook indices decoded on the fly.
+//
+// A palettized 2-D weight (rows x cols; a conv weight is viewed as out_channels x (in/groups * kernel))
+// is held as:
+//   packed:   rows x row_stride bytes, row_stride = ceil(cols * bits / 8); each row is packed with the
+//             core's layout (value i at row bits [i*b, (i+1)*b), LSB first), starting on a byte boundary.
+//             The buffer carries 8 zero bytes after the last row, so a kernel may read 8 bytes past any
+//             group of 8 values.
+//   codebook: float32, groups x k, row-major.
+//   which codebook row a weight uses:
+//     col_offsets == nullptr: codebook row (r / rows_per_group) for all of row r (rows_per_group = 0: row 0);
+//     col_offsets != nullptr: codebook[col_offsets[c] + index] (codebooks along the columns).
+//
+// Every 8 consecutive values of a row fill exactly `bits` bytes, so each group of 8 starts on a byte
+// boundary: the SIMD path loads two 32-bit words (values 0-3 and 4-7), shifts each lane by its own
+// amount (vpsrlvd), masks, and looks the 8 indices up in registers: one vpermps for k <= 8, two plus a
+// blend for k <= 16, four plus three blends for k <= 32, a vgatherdps beyond. Nothing but one row's
+// group of 8 values is ever decoded at a time in the GEMV; decode_rows writes float tiles for GEMM/conv.
+//
+// Plain C ABI (called through ctypes), no Python or torch headers: builds in a second with g++.
+// The AVX2/FMA path is chosen at run time (__builtin_cpu_supports), a portable scalar path otherwise.
+
+#include <cstdint>
+#include <cstring>
+#include <immintrin.h>
+#include <omp.h>
+
+namespace {
+
+inline uint32_t load_u32(const uint8_t* p) {
+    uint32_t v;
+    std::memcpy(&v, p, 4);
+    return v;
+}
+
+inline uint32_t index_at(const uint8_t* row, int64_t i, int bits) {
+    const int64_t bit = i * bits;
+    uint32_t word;
+    std::memcpy(&word, row + (bit >> 3), 4);  // <= 7 + 8 bits needed: 4 bytes are plenty (padded buffer)
+    return (word >> (bit & 7)) & ((1u << bits) - 1u);
+}
+
+inline const float* row_codebook(const float* codebook, int k, int64_t r, int64_t rows_per_group) {
+    return rows_per_group > 0 ? codebook + (r / rows_per_group) * k : codebook;
+}
+
+// ------------------------------------------------------------------ scalar reference path
+
+void gemv_scalar(const uint8_t* packed, int64_t stride, int bits, int64_t rows, int64_t cols,
+                 const float* codebook, int k, int64_t rows_per_group, const int32_t* col_offsets,
+                 const float* x, int64_t batch, const float* bias, float* y, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+        const uint8_t* row = packed + r * stride;
+        const float* cb = row_codebook(codebook, k, r, rows_per_group);
+        for (int64_t n = 0; n < batch; ++n) {
+            const float* xn = x + n * cols;
+            float acc = 0.f;
+            for (int64_t c = 0; c < cols; ++c) {
+                const uint32_t i = index_at(row, c, bits);
+                acc += (col_offsets ? codebook[col_offsets[c] + i] : cb[i]) * xn[c];
+            }
+            y[n * rows + r] = acc + (bias ? bias[r] : 0.f);
+        }
+    }
+}
+
+void decode_rows_scalar(const uint8_t* packed, int64_t stride, int bits, int64_t cols, const int64_t* row_ids,
+                        int64_t first_row, int64_t count, const float* codebook, int k, int64_t rows_per_group,
+                        const int32_t* col_offsets, float* out, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static) if (count * cols > 65536)
+    for (int64_t n = 0; n < count; ++n) {
+        const int64_t r = row_ids ? row_ids[n] : first_row + n;
+        const uint8_t* row = packed + r * stride;
+        const float* cb = row_codebook(codebook, k, r, rows_per_group);
+        float* o = out + n * cols;
+        for (int64_t c = 0; c < cols; ++c) {
+            const uint32_t i = index_at(row, c, bits);
+            o[c] = col_offsets ? codebook[col_offsets[c] + i] : cb[i];
+        }
+    }
+}
+
+// ------------------------------------------------------------------ AVX2 + FMA path
+
+#define WZ_AVX2 __attribute__((target("avx2,fma")))
+
+struct Unpacker {
+    __m256i shifts, mask;
+    int hi_byte, hi_shift;
+};
+
+WZ_AVX2 inline Unpacker make_unpacker(int bits) {
+    Unpacker u;
+    u.shifts = _mm256_setr_epi32(0, bits, 2 * bits, 3 * bits, 0, bits, 2 * bits, 3 * bits);
+    u.mask = _mm256_set1_epi32((1 << bits) - 1);
+    u.hi_byte = (4 * bits) >> 3;
+    u.hi_shift = (4 * bits) & 7;
+    return u;
+}
+
+// The 8 indices of the group of 8 values starting at byte `p` (values 4-7 fit in 32 bits after their shift).
+WZ_AVX2 inline __m256i unpack8(const uint8_t* p, const Unpacker& u) {
+    const uint32_t lo = load_u32(p);
+    const uint32_t hi = load_u32(p + u.hi_byte) >> u.hi_shift;
+    const __m256i words = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_set1_epi32((int)lo)),
+                                                  _mm_set1_epi32((int)hi), 1);
+    return _mm256_and_si256(_mm256_srlv_epi32(words, u.shifts), u.mask);
+}
+
+// Codebook entries in registers (tables of 8 floats) for k <= 32, a gather beyond.
+struct Lookup {
+    int tables;  // 1, 2, 4, or 0 = gather from `base`
+    __m256 t[4];
+    const float* base;
+};
+
+WZ_AVX2 inline Lookup make_lookup(const float* cb, int k) {
+    Lookup l;
+    l.base = cb;
+    l.tables = k <= 8 ? 1 : k <= 16 ? 2 : k <= 32 ? 4 : 0;
+    if (l.tables) {
+        alignas(32) float padded[32] = {0};
+        std::memcpy(padded, cb, sizeof(float) * k);
+        for (int i = 0; i < l.tables; ++i) l.t[i] = _mm256_load_ps(padded + 8 * i);
+    }
+    return l;
+}
+
+WZ_AVX2 inline __m256 lookup8(const Lookup& l, __m256i idx) {
+    switch (l.tables) {
+        case 1:
+            return _mm256_permutevar8x32_ps(l.t[0], idx);
+        case 2: {
+            const __m256 bit3 = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28));
+            return _mm256_blendv_ps(_mm256_permutevar8x32_ps(l.t[0], idx), _mm256_permutevar8x32_ps(l.t[1], idx), bit3);
+        }
+        case 4: {
+            const __m256 bit3 = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28));
+            const __m256 bit4 = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 27));
+            const __m256 a = _mm256_blendv_ps(_mm256_permutevar8x32_ps(l.t[0], idx),
+                                              _mm256_permutevar8x32_ps(l.t[1], idx), bit3);
+            const __m256 b = _mm256_blendv_ps(_mm256_permutevar8x32_ps(l.t[2], idx),
+                                              _mm256_permutevar8x32_ps(l.t[3], idx), bit3);
+            return _mm256_blendv_ps(a, b, bit4);
+        }
+        default:
+            return _mm256_i32gather_ps(l.base, idx, 4);
+    }
+}
+
+// The 8 weights of row group `g` (columns 8g..8g+7) as floats.
+WZ_AVX2 inline __m256 weights8(const uint8_t* row, int64_t g, int bits, const Unpacker& u, const Lookup& l,
+                               const float* codebook, const int32_t* col_offsets) {
+    __m256i idx = unpack8(row + g * bits, u);
+    if (col_offsets) {
+        idx = _mm256_add_epi32(idx, _mm256_loadu_si256((const __m256i*)(col_offsets + 8 * g)));
+        return _mm256_i32gather_ps(codebook, idx, 4);
+    }
+    return lookup8(l, idx);
+}
+
+WZ_AVX2 inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    return _mm_cvtss_f32(s);
+}
+
+// The lookup of 8 indices with the table count fixed at compile time (no branch in the inner loop).
+template <int TABLES>
+WZ_AVX2 inline __m256 lookup_t(const __m256* t, const float* base, __m256i idx) {
+    if constexpr (TABLES == 1) {
+        return _mm256_permutevar8x32_ps(t[0], idx);
+    } else if constexpr (TABLES == 2) {
+        const __m256 bit3 = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28));
+        return _mm256_blendv_ps(_mm256_permutevar8x32_ps(t[0], idx), _mm256_permutevar8x32_ps(t[1], idx), bit3);
+    } else if constexpr (TABLES == 4) {
+        const __m256 bit3 = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28));
+        const __m256 bit4 = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 27));
+        const __m256 a = _mm256_blendv_ps(_mm256_permutevar8x32_ps(t[0], idx), _mm256_permutevar8x32_ps(t[1], idx), bit3);
+        const __m256 b = _mm256_blendv_ps(_mm256_permutevar8x32_ps(t[2], idx), _mm256_permutevar8x32_ps(t[3], idx), bit3);
+        return _mm256_blendv_ps(a, b, bit4);
+    } else {
+        return _mm256_i32gather_ps(base, idx, 4);
+    }
+}
+
+// GEMV for bits in {1, 2, 4, 8} and codebooks along rows ("byte lanes"): 8 packed bytes are widened to 8
+// int32 lanes with one vpmovzxbd; shifting all lanes by j*bits gives values l*v + j (v = 8 / bits values a
+// byte, l the lane). The inputs are reordered once per call (xr) to match, so the weights never are.
+template <int NB, int TABLES, int BITS>
+WZ_AVX2 void gemv_lanes(const uint8_t* packed, int64_t stride, int64_t rows, int64_t cols, const float* codebook,
+                        int k, int64_t rows_per_group, const float* x, const float* xr, float* y, int threads) {
+    constexpr int V = 8 / BITS;      // values per byte
+    constexpr int BLOCK = 8 * V;     // values per 8 bytes
+    const int64_t blocks = cols / BLOCK;
+    const __m256i mask = _mm256_set1_epi32((1 << BITS) - 1);
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+        const uint8_t* row = packed + r * stride;
+        const float* cb = row_codebook(codebook, k, r, rows_per_group);
+        __m256 t[4];
+        if constexpr (TABLES > 0) {
+            alignas(32) float padded[32] = {0};
+            std::memcpy(padded, cb, sizeof(float) * k);
+            for (int i = 0; i < TABLES; ++i) t[i] = _mm256_load_ps(padded + 8 * i);
+        }
+        __m256 acc0[NB], acc1[NB];
+        for (int n = 0; n < NB; ++n) acc0[n] = acc1[n] = _mm256_setzero_ps();
+        __m256 acc2[NB], acc3[NB];
+        for (int n = 0; n < NB; ++n) acc2[n] = acc3[n] = _mm256_setzero_ps();
+        int64_t b = 0;
+        // Two blocks per iteration, four accumulators per batch row: the FMA latency chains stay short.
+        for (; b + 1 < blocks; b += 2) {
+            const __m256i lanes0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(row + 8 * b)));
+            const __m256i lanes1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(row + 8 * b + 8)));
+            #pragma GCC unroll 8
+            for (int j = 0; j < V; ++j) {
+                const __m256i i0 = BITS == 8 ? lanes0 : _mm256_and_si256(_mm256_srli_epi32(lanes0, j * BITS), mask);
+                const __m256i i1 = BITS == 8 ? lanes1 : _mm256_and_si256(_mm256_srli_epi32(lanes1, j * BITS), mask);
+                const __m256 w0 = lookup_t<TABLES>(t, cb, i0);
+                const __m256 w1 = lookup_t<TABLES>(t, cb, i1);
+                for (int n = 0; n < NB; ++n) {
+                    const float* xb = xr + n * cols + b * BLOCK + 8 * j;
+                    if (j & 1) {
+                        acc1[n] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xb), acc1[n]);
+                        acc3[n] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xb + BLOCK), acc3[n]);
+                    } else {
+                        acc0[n] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xb), acc0[n]);
+                        acc2[n] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xb + BLOCK), acc2[n]);
+                    }
+                }
+            }
+        }
+        for (; b < blocks; ++b) {
+            const __m256i lanes = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(row + 8 * b)));
+            #pragma GCC unroll 8
+            for (int j = 0; j < V; ++j) {
+                const __m256i idx = BITS == 8 ? lanes : _mm256_and_si256(_mm256_srli_epi32(lanes, j * BITS), mask);
+                const __m256 w = lookup_t<TABLES>(t, cb, idx);
+                for (int n = 0; n < NB; ++n) {
+                    const __m256 xv = _mm256_loadu_ps(xr + n * cols + b * BLOCK + 8 * j);
+                    if (j & 1) acc1[n] = _mm256_fmadd_ps(w, xv, acc1[n]);
+                    else acc0[n] = _mm256_fmadd_ps(w, xv, acc0[n]);
+                }
+            }
+        }
+        for (int n = 0; n < NB; ++n) {
+            float s = hsum(_mm256_add_ps(_mm256_add_ps(acc0[n], acc1[n]), _mm256_add_ps(acc2[n], acc3[n])));
+            for (int64_t c = blocks * BLOCK; c < cols; ++c) s += cb[index_at(row, c, BITS)] * x[n * cols + c];
+            y[n * rows + r] = s;
+        }
+    }
+}
+
+// Any bits 1..8, codebooks along rows or columns: values unpacked 8 at a time in natural order (vpsrlvd).
+template <int NB, int TABLES, bool COLS>
+WZ_AVX2 void gemv_generic(const uint8_t* packed, int64_t stride, int bits, int64_t rows, int64_t cols,
+                          const float* codebook, int k, int64_t rows_per_group, const int32_t* col_offsets,
+                          const float* x, float* y, int threads) {
+    const Unpacker u = make_unpacker(bits);
+    const int64_t full = cols / 8;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+        const uint8_t* row = packed + r * stride;
+        const float* cb = COLS ? codebook : row_codebook(codebook, k, r, rows_per_group);
+        __m256 t[4];
+        if constexpr (TABLES > 0) {
+            alignas(32) float padded[32] = {0};
+            std::memcpy(padded, cb, sizeof(float) * k);
+            for (int i = 0; i < TABLES; ++i) t[i] = _mm256_load_ps(padded + 8 * i);
+        }
+        __m256 acc0[NB], acc1[NB];
+        for (int n = 0; n < NB; ++n) acc0[n] = acc1[n] = _mm256_setzero_ps();
+        for (int64_t g = 0; g < full; ++g) {
+            __m256i idx = unpack8(row + g * bits, u);
+            if constexpr (COLS) idx = _mm256_add_epi32(idx, _mm256_loadu_si256((const __m256i*)(col_offsets + 8 * g)));
+            const __m256 w = lookup_t<TABLES>(t, cb, idx);
+            for (int n = 0; n < NB; ++n) {
+                const __m256 xv = _mm256_loadu_ps(x + n * cols + 8 * g);
+                if (g & 1) acc1[n] = _mm256_fmadd_ps(w, xv, acc1[n]);
+                else acc0[n] = _mm256_fmadd_ps(w, xv, acc0[n]);
+            }
+        }
+        for (int n = 0; n < NB; ++n) {
+            float s = hsum(_mm256_add_ps(acc0[n], acc1[n]));
+            for (int64_t c = 8 * full; c < cols; ++c) {
+                const uint32_t i = index_at(row, c, bits);
+                s += (COLS ? codebook[col_offsets[c] + i] : cb[i]) * x[n * cols + c];
+            }
+            y[n * rows + r] = s;
+        }
+    }
+}
+
+// GEMV for 4-bit indices into codebooks of <= 16 entries along rows ("byte planes"): the 4 bytes of the
+// 16 codebook floats form 4 byte tables of 16 entries; vpshufb looks 32 nibbles up in each, and two rounds
+// of unpacks reassemble 32 floats (in the order given by reorder_nibbles, which the inputs are put in).
+template <int NB>
+WZ_AVX2 void gemv_nibbles(const uint8_t* packed, int64_t stride, int64_t rows, int64_t cols, const float* codebook,
+                          int k, int64_t rows_per_group, const float* x, const float* xr, float* y, int threads) {
+    const int64_t blocks = cols / 32;
+    const __m128i low4 = _mm_set1_epi8(0x0F);
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+        const uint8_t* row = packed + r * stride;
+        const float* cb = row_codebook(codebook, k, r, rows_per_group);
+        alignas(32) float padded[16] = {0};
+        std::memcpy(padded, cb, sizeof(float) * k);
+        alignas(16) uint8_t planes[4][16];
+        for (int e = 0; e < 16; ++e) {
+            uint32_t bitsof;
+            std::memcpy(&bitsof, padded + e, 4);
+            for (int p = 0; p < 4; ++p) planes[p][e] = (uint8_t)(bitsof >> (8 * p));
+        }
+        __m256i t[4];
+        for (int p = 0; p < 4; ++p) t[p] = _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i*)planes[p]));
+        __m256 acc[4][NB];
+        for (int q = 0; q < 4; ++q)
+            for (int n = 0; n < NB; ++n) acc[q][n] = _mm256_setzero_ps();
+        for (int64_t b = 0; b < blocks; ++b) {
+            const __m128i v = _mm_loadu_si128((const __m128i*)(row + 16 * b));
+            const __m128i lo = _mm_and_si128(v, low4);
+            const __m128i hi = _mm_and_si128(_mm_srli_epi16(v, 4), low4);
+            const __m256i nib = _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
+            const __m256i p0 = _mm256_shuffle_epi8(t[0], nib), p1 = _mm256_shuffle_epi8(t[1], nib);
+            const __m256i p2 = _mm256_shuffle_epi8(t[2], nib), p3 = _mm256_shuffle_epi8(t[3], nib);
+            const __m256i a = _mm256_unpacklo_epi8(p0, p1), bb = _mm256_unpackhi_epi8(p0, p1);
+            const __m256i c = _mm256_unpacklo_epi8(p2, p3), d = _mm256_unpackhi_epi8(p2, p3);
+            const __m256 w[4] = {_mm256_castsi256_ps(_mm256_unpacklo_epi16(a, c)),
+                                 _mm256_castsi256_ps(_mm256_unpackhi_epi16(a, c)),
+                                 _mm256_castsi256_ps(_mm256_unpacklo_epi16(bb, d)),
+                                 _mm256_castsi256_ps(_mm256_unpackhi_epi16(bb, d))};
+            for (int q = 0; q < 4; ++q)
+                for (int n = 0; n < NB; ++n)
+                    acc[q][n] = _mm256_fmadd_ps(w[q], _mm256_loadu_ps(xr + n * cols + 32 * b + 8 * q), acc[q][n]);
+        }
+        for (int n = 0; n < NB; ++n) {
+            float s = hsum(_mm256_add_ps(_mm256_add_ps(acc[0][n], acc[1][n]), _mm256_add_ps(acc[2][n], acc[3][n])));
+            for (int64_t c = blocks * 32; c < cols; ++c) s += cb[index_at(row, c, 4)] * x[n * cols + c];
+            y[n * rows + r] = s;
+        }
+    }
+}
+
+// xr for gemv_nibbles: in each block of 32 inputs, float vector q holds inputs 8q + {0, 2, 4, 6, 1, 3, 5, 7}.
+void reorder_nibbles(const float* x, int64_t batch, int64_t cols, float* xr) {
+    static const int order[8] = {0, 2, 4, 6, 1, 3, 5, 7};
+    for (int64_t n = 0; n < batch; ++n) {
+        const float* xn = x + n * cols;
+        float* o = xr + n * cols;
+        const int64_t blocks = cols / 32;
+        for (int64_t b = 0; b < blocks; ++b)
+            for (int q = 0; q < 4; ++q)
+                for (int e = 0; e < 8; ++e) o[32 * b + 8 * q + e] = xn[32 * b + 8 * q + order[e]];
+        for (int64_t c = blocks * 32; c < cols; ++c) o[c] = xn[c];
+    }
+}
+
+// xr: each block of 8 * (8 / bits) inputs reordered to the byte-lane order of gemv_lanes.
+void reorder_inputs(const float* x, int64_t batch, int64_t cols, int bits, float* xr) {
+    const int v = 8 / bits, block = 8 * v;
+    for (int64_t n = 0; n < batch; ++n) {
+        const float* xn = x + n * cols;
+        float* o = xr + n * cols;
+        const int64_t blocks = cols / block;
+        for (int64_t b = 0; b < blocks; ++b)
+            for (int j = 0; j < v; ++j)
+                for (int l = 0; l < 8; ++l) o[b * block + 8 * j + l] = xn[b * block + l * v + j];
+        for (int64_t c = blocks * block; c < cols; ++c) o[c] = xn[c];
+    }
+}
+
+template <int NB>
+WZ_AVX2 void gemv_avx2_block(const uint8_t* packed, int64_t stride, int bits, int64_t rows, int64_t cols,
+                             const float* codebook, int k, int64_t rows_per_group, const int32_t* col_offsets,
+                             const float* x, const float* xr, float* y, int threads) {
+    const int tables = k <= 8 ? 1 : k <= 16 ? 2 : k <= 32 ? 4 : 0;
+#define WZ_ARGS_L packed, stride, rows, cols, codebook, k, rows_per_group, x, xr, y, threads
+#define WZ_ARGS_G packed, stride, bits, rows, cols, codebook, k, rows_per_group, col_offsets, x, y, threads
+    if (col_offsets) return gemv_generic<NB, 0, true>(WZ_ARGS_G);
+    if (xr) {
+        switch (bits) {
+            case 1: return gemv_lanes<NB, 1, 1>(WZ_ARGS_L);
+            case 2: return gemv_lanes<NB, 1, 2>(WZ_ARGS_L);
+            case 4: return gemv_nibbles<NB>(WZ_ARGS_L);
+            default: return gemv_lanes<NB, 0, 8>(WZ_ARGS_L);
+        }
+    }
+    switch (tables) {
+        case 1: return gemv_generic<NB, 1, false>(WZ_ARGS_G);
+        case 2: return gemv_generic<NB, 2, false>(WZ_ARGS_G);
+        case 4: return gemv_generic<NB, 4, false>(WZ_ARGS_G);
+        default: return gemv_generic<NB, 0, false>(WZ_ARGS_G);
+    }
+#undef WZ_ARGS_L
+#undef WZ_ARGS_G
+}
+
+WZ_AVX2 void decode_rows_avx2(const uint8_t* packed, int64_t stride, int bits, int64_t cols, const int64_t* row_ids,
+                              int64_t first_row, int64_t count, const float* codebook, int k,
+                              int64_t rows_per_group, const int32_t* col_offsets, float* out, int threads) {
+    const Unpacker u = make_unpacker(bits);
+    const int64_t full = cols / 8;
+#pragma omp parallel for num_threads(threads) schedule(static) if (count * cols > 65536)
+    for (int64_t n = 0; n < count; ++n) {
+        const int64_t r = row_ids ? row_ids[n] : first_row + n;
+        const uint8_t* row = packed + r * stride;
+        const float* cb = row_codebook(codebook, k, r, rows_per_group);
+        const Lookup l = make_lookup(cb, col_offsets ? 33 : k);
+        float* o = out + n * cols;
+        for (int64_t g = 0; g < full; ++g)
+            _mm256_storeu_ps(o + 8 * g, weights8(row, g, bits, u, l, codebook, col_offsets));
+        for (int64_t c = 8 * full; c < cols; ++c) {
+            const uint32_t i = index_at(row, c, bits);
+            o[c] = col_offsets ? codebook[col_offsets[c] + i] : cb[i];
+        }
+    }
+}
+
+bool use_avx2(int simd) {
+    static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    return simd && supported;
+}
+
+}  // namespace
+
+extern "C" {
+
+// Bumped whenever a signature below changes; the Python loader refuses a library of another version.
+int wz_abi_version() { return 2; }
+
+int wz_has_avx2() { return use_avx2(1) ? 1 : 0; }
+
+// y (batch x rows) = x (batch x cols) @ W^T (+ bias). Meant for small batches (a GEMV per batch row).
+void wz_gemv(const uint8_t* packed, int64_t stride, int bits, int64_t rows, int64_t cols, const float* codebook,
+             int k, int64_t rows_per_group, const int32_t* col_offsets, const float* x, int64_t batch,
+             const float* bias, float* y, int threads, int simd) {
+    if (!use_avx2(simd)) {
+        gemv_scalar(packed, stride, bits, rows, cols, codebook, k, rows_per_group, col_offsets, x, batch, bias, y,
+                    threads);
+        return;
+    }
+    const bool lanes = col_offsets == nullptr && (bits == 1 || bits == 2 || bits == 4 || bits == 8) && cols >= 64;
+    float* xr = nullptr;
+    if (lanes) {
+        xr = new float[batch * cols];
+        if (bits == 4)
+            reorder_nibbles(x, batch, cols, xr);
+        else
+            reorder_inputs(x, batch, cols, bits, xr);
+    }
+    for (int64_t n0 = 0; n0 < batch; n0 += 4) {
+        const int64_t nb = batch - n0 < 4 ? batch - n0 : 4;
+        const float* xs = x + n0 * cols;
+        const float* xrs = xr ? xr + n0 * cols : nullptr;
+        float* ys = y + n0 * rows;
+        switch (nb) {
+            case 1: gemv_avx2_block<1>(packed, stride, bits, rows, cols, codebook, k, rows_per_group, col_offsets, xs, xrs, ys, threads); break;
+            case 2: gemv_avx2_block<2>(packed, stride, bits, rows, cols, codebook, k, rows_per_group, col_offsets, xs, xrs, ys, threads); break;
+            case 3: gemv_avx2_block<3>(packed, stride, bits, rows, cols, codebook, k, rows_per_group, col_offsets, xs, xrs, ys, threads); break;
+            default: gemv_avx2_block<4>(packed, stride, bits, rows, cols, codebook, k, rows_per_group, col_offsets, xs, xrs, ys, threads); break;
+        }
+    }
+    delete[] xr;
+    if (bias)
+        for (int64_t n = 0; n < batch; ++n)
+            for (int64_t r = 0; r < rows; ++r) y[n * rows + r] += bias[r];
+}
+
+// out (count x cols) = the decoded rows row_ids[0..count) (row_ids == nullptr: first_row .. first_row+count).
+void wz_decode_rows(const uint8_t* packed, int64_t stride, int bits, int64_t cols, const int64_t* row_ids,
+                    int64_t first_row, int64_t count, const float* codebook, int k, int64_t rows_per_group,
+                    const int32_t* col_offsets, float* out, int threads, int simd) {
+    if (use_avx2(simd))
+        decode_rows_avx2(packed, stride, bits, cols, row_ids, first_row, count, codebook, k, rows_per_group,
+                         col_offsets, out, threads);
+    else
+        decode_rows_scalar(packed, stride, bits, cols, row_ids, first_row, count, codebook, k, rows_per_group,
+                           col_offsets, out, threads);
+}
+
+}  // extern "C"

@@ -1,0 +1,149 @@
+"""Palettized linear, convolution and embedding as torch custom ops (``torch.ops.weightzip.*``).
+
+Registered with :func:`torch.library.custom_op` and a fake (meta) implementation, so ``torch.compile``
+treats each as one opaque node (no graph break) and ``torch.export`` keeps them in the exported program.
+The tensors of a palettized weight (packed indices, codebook, column offsets) are ordinary op inputs; the
+layout's integers travel as ``int`` arguments.
+
+Strategy, per op:
+
+- linear, up to :data:`GEMV_MAX_BATCH` rows of input: the fused GEMV kernel (the weight is read once per
+  4 input rows, decoded 8 values at a time in registers);
+- linear, larger batches: tiled GEMM: decode a tile of :data:`TILE_ELEMENTS` weights (1 MiB of float32,
+  cache-sized) into a scratch buffer, multiply it with ``torch.mm`` (BLAS), move on;
+- convolution: the same tiles over output channels (whole channel groups), each run through
+  ``F.conv1d/conv2d``; a weight smaller than a tile is decoded in one piece;
+- embedding: the kernel decodes exactly the looked-up rows.
+
+Float32 inputs and codebooks use the compiled kernels; other dtypes, or a missing build, use torch ops
+on the same tiles (:func:`~weightzip.torch._kernels.layout.decode_rows_torch`).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from weightzip.torch import _kernels
+from weightzip.torch._kernels.layout import PackedLayout, decode_rows_torch
+
+GEMV_MAX_BATCH = 4
+TILE_ELEMENTS = 1 << 18  # weights decoded at a time: 1 MiB of float32
+
+
+def _layout(bits: int, rows: int, cols: int, codebook: torch.Tensor, rows_per_group: int) -> PackedLayout:
+    return PackedLayout(bits, rows, cols, codebook.shape[-1], rows_per_group)
+
+
+def _use_kernels(*tensors: torch.Tensor) -> bool:
+    if not all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors):
+        return False
+    if not _kernels.available():
+        _kernels.warn_fallback_once()
+        return False
+    return True
+
+
+def decode_tile(packed: torch.Tensor, layout: PackedLayout, codebook: torch.Tensor, col_offsets: Optional[torch.Tensor],
+                first: int, count: int, fast: bool) -> torch.Tensor:
+    """Weight rows ``first .. first + count`` as a dense (count, cols) tensor."""
+    if fast:
+        return _kernels.decode_rows(packed, layout.stride, layout.bits, layout.cols, codebook, layout.clusters,
+                                    layout.rows_per_group, col_offsets, first_row=first, count=count)
+    return decode_rows_torch(packed, layout, codebook, col_offsets, slice(first, first + count))
+
+
+@torch.library.custom_op("weightzip::palettized_linear", mutates_args=())
+def palettized_linear(x: torch.Tensor, packed: torch.Tensor, codebook: torch.Tensor,
+                      col_offsets: Optional[torch.Tensor], bits: int, rows: int, cols: int,
+                      rows_per_group: int) -> torch.Tensor:
+    """``x @ W.T`` for the palettized W (rows x cols); x of shape (..., cols)."""
+    layout = _layout(bits, rows, cols, codebook, rows_per_group)
+    flat = x.reshape(-1, cols)
+    fast = _use_kernels(flat, codebook)
+    if fast and flat.shape[0] <= GEMV_MAX_BATCH:
+        y = _kernels.gemv(packed, layout.stride, bits, rows, cols, codebook, layout.clusters, rows_per_group,
+                          col_offsets, flat.contiguous())
+        return y.reshape(*x.shape[:-1], rows)
+    out_t = torch.empty(rows, flat.shape[0], dtype=x.dtype)
+    step = max(1, TILE_ELEMENTS // cols)
+    flat_t = flat.t()
+    for first in range(0, rows, step):
+        count = min(step, rows - first)
+        tile = decode_tile(packed, layout, codebook, col_offsets, first, count, fast)
+        torch.mm(tile.to(x.dtype), flat_t, out=out_t[first:first + count])
+    return out_t.t().reshape(*x.shape[:-1], rows)
+
+
+@palettized_linear.register_fake
+def _(x, packed, codebook, col_offsets, bits, rows, cols, rows_per_group):
+    return x.new_empty(*x.shape[:-1], rows)
+
+
+_CONV = {1: F.conv1d, 2: F.conv2d}
+
+
+@torch.library.custom_op("weightzip::palettized_conv", mutates_args=())
+def palettized_conv(x: torch.Tensor, packed: torch.Tensor, codebook: torch.Tensor,
+                    col_offsets: Optional[torch.Tensor], bias: Optional[torch.Tensor], bits: int,
+                    weight_shape: list[int], rows_per_group: int, stride: list[int], padding: list[int],
+                    dilation: list[int], groups: int) -> torch.Tensor:
+    """``F.conv1d/conv2d(x, W, bias, ...)`` (zero padding) with W decoded a tile of output channels at a time."""
+    conv = _CONV[len(weight_shape) - 2]
+    rows, cols = weight_shape[0], 1
+    for size in weight_shape[1:]:
+        cols *= size
+    layout = _layout(bits, rows, cols, codebook, rows_per_group)
+    fast = _use_kernels(x, codebook)
+    if rows * cols <= TILE_ELEMENTS:
+        weight = decode_tile(packed, layout, codebook, col_offsets, 0, rows, fast).reshape(weight_shape)
+        return conv(x, weight, bias, stride, padding, dilation, groups)
+    per_group_out, per_group_in = rows // groups, weight_shape[1]
+    groups_per_tile = max(1, TILE_ELEMENTS // (per_group_out * cols))
+    pieces = []
+    for first_group in range(0, groups, groups_per_tile):
+        count = min(groups_per_tile, groups - first_group)
+        if groups == 1:  # tile over output channels
+            for first in range(0, rows, max(1, TILE_ELEMENTS // cols)):
+                n = min(max(1, TILE_ELEMENTS // cols), rows - first)
+                weight = decode_tile(packed, layout, codebook, col_offsets, first, n, fast)
+                piece_bias = None if bias is None else bias[first:first + n]
+                pieces.append(conv(x, weight.reshape(n, *weight_shape[1:]), piece_bias, stride, padding, dilation, 1))
+            break
+        first, n = first_group * per_group_out, count * per_group_out
+        weight = decode_tile(packed, layout, codebook, col_offsets, first, n, fast)
+        inputs = x[:, first_group * per_group_in:(first_group + count) * per_group_in]
+        piece_bias = None if bias is None else bias[first:first + n]
+        pieces.append(conv(inputs, weight.reshape(n, *weight_shape[1:]), piece_bias, stride, padding, dilation, count))
+    return torch.cat(pieces, dim=1)
+
+
+@palettized_conv.register_fake
+def _(x, packed, codebook, col_offsets, bias, bits, weight_shape, rows_per_group, stride, padding, dilation, groups):
+    weight = x.new_empty(weight_shape)
+    return _CONV[len(weight_shape) - 2](x, weight, bias, stride, padding, dilation, groups)
+
+
+@torch.library.custom_op("weightzip::palettized_embedding", mutates_args=())
+def palettized_embedding(ids: torch.Tensor, packed: torch.Tensor, codebook: torch.Tensor,
+                         col_offsets: Optional[torch.Tensor], bits: int, rows: int, cols: int,
+                         rows_per_group: int) -> torch.Tensor:
+    """``W[ids]``: only the looked-up rows are decoded."""
+    flat = ids.reshape(-1).to(torch.int64)
+    if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= rows):
+        raise IndexError(f"embedding index out of range: ids must lie in [0, {rows}), got "
+                         f"[{int(flat.min())}, {int(flat.max())}]")
+    layout = _layout(bits, rows, cols, codebook, rows_per_group)
+    if _use_kernels(codebook):
+        out = _kernels.decode_rows(packed, layout.stride, bits, cols, codebook, layout.clusters, rows_per_group,
+                                   col_offsets, row_ids=flat.contiguous())
+    else:
+        out = decode_rows_torch(packed, layout, codebook, col_offsets, flat)
+    return out.reshape(*ids.shape, cols)
+
+
+@palettized_embedding.register_fake
+def _(ids, packed, codebook, col_offsets, bits, rows, cols, rows_per_group):
+    return codebook.new_empty(*ids.shape, cols)

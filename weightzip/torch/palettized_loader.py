@@ -1,0 +1,175 @@
+"""``load_palettized``: a `.wz` file straight into a model's palettized layers, never holding float weights.
+
+The model gives the architecture (plain, not clustered; best built on the meta device, ``with
+torch.device("meta"): model = Net()``, so its float weights are never allocated). Every clustered tensor
+of a Linear, Conv1d, Conv2d or Embedding layer becomes a palettized layer built from the file's codebook
+and indices (packed at ``ceil(log2 k)`` bits a weight); every other tensor is loaded as it is stored.
+Peak memory is the file's bytes, the palettized layers, the other tensors and one tensor's indices
+unpacked (one byte a weight) at a time.
+
+Everything is checked against the file's header before anything is decoded or replaced: the file must
+come from PyTorch (``compress_state_dict``), hold exactly the model's state_dict names with their shapes,
+and the model may hold no meta-device tensor the file cannot fill. Decoding then builds every new layer
+and tensor aside; the model is changed only once all of them decoded. One :class:`PalettizedLoadError`
+names the tensor at fault.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from weightzip.core import ClusteredTensor
+from weightzip.core.errors import WeightzipError
+from weightzip.format import DEFAULT_MAX_ELEMENTS, WzFormatError
+from weightzip.format.reader import _checked
+from weightzip.format.records import TensorRecord, decode_record
+from weightzip.torch.palettized import PALETTIZED_LAYERS
+
+FRAMEWORK = "torch"
+MAX_PALETTIZED_CLUSTERS = 256
+
+
+class PalettizedLoadError(WeightzipError):
+    """A `.wz` file that does not fit the model given to :func:`load_palettized`."""
+
+
+def load_palettized(model: nn.Module, path, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> nn.Module:
+    """Load the `.wz` file `path` into `model` in place, its clustered Linear/Conv1d/Conv2d/Embedding weights
+    as palettized layers; returns `model` (or the palettized layer when `model` itself is one)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    path = Path(path)
+    if not path.is_file():
+        raise PalettizedLoadError(f"{path}: no such file")
+    data = path.read_bytes()
+    metadata, records, reader = _checked(data, max_elements, str(path))
+    if metadata.get("framework") != FRAMEWORK:
+        raise PalettizedLoadError(f"{path} holds a {metadata.get('framework')!r} model, not a PyTorch one "
+                                  "(written by weightzip.torch.compress_state_dict)")
+    palettized, dense = _plan(model, {record.name: record for record in records}, path)
+    torch_dtypes = metadata.get("torch_dtypes") or {}
+    built = {}
+    for module_name, (module, record) in palettized.items():
+        built[module_name] = _palettized_layer(module, _decode(record, reader, path))
+    tensors = {}
+    for name, record in dense.items():
+        tensors[name] = _dense_tensor(_decode(record, reader, path), torch_dtypes.get(name), record, path)
+    del data
+    return _install(model, built, tensors)
+
+
+def _plan(model: nn.Module, records: dict[str, TensorRecord], path: Path):
+    """(module name -> (dense module, weight record) to palettize, state_dict name -> record to load dense)."""
+    for name, module in model.named_modules():
+        if parametrize.is_parametrized(module):
+            raise PalettizedLoadError(f"module {name or type(model).__name__!r} is parametrized (clustered or "
+                                      "pruned); load into the plain architecture")
+    expected = model.state_dict(keep_vars=True)
+    for name, tensor in expected.items():
+        if name not in records:
+            raise PalettizedLoadError(f"{path}: tensor {name!r} of the model is missing from the file")
+        record = records[name]
+        if tuple(record.shape) != tuple(tensor.shape):
+            raise PalettizedLoadError(f"{path}: tensor {name!r} has shape {list(record.shape)} in the file, "
+                                      f"{list(tensor.shape)} in the model")
+    for name in records:
+        if name not in expected:
+            raise PalettizedLoadError(f"{path}: tensor {name!r} of the file is not in the model")
+    persistent = set(expected)
+    for module_name, module in model.named_modules():
+        for buffer_name, buffer in module.named_buffers(recurse=False):
+            full = f"{module_name}.{buffer_name}" if module_name else buffer_name
+            if buffer is not None and buffer.is_meta and full not in persistent:
+                raise PalettizedLoadError(f"buffer {full!r} is on the meta device and not stored in {path}; "
+                                          "create the model with its non-persistent buffers on the CPU")
+    palettized, dense, left_dense = {}, dict(records), {}
+    for module_name, module in model.named_modules():
+        weight_name = f"{module_name}.weight" if module_name else "weight"
+        record = records.get(weight_name)
+        if record is None or record.kind != "clustered":
+            continue
+        reason = _why_not_palettized(module, record)
+        if reason:
+            left_dense[weight_name] = reason
+            continue
+        palettized[module_name] = (module, record)
+        del dense[weight_name]
+    for name, record in dense.items():
+        if record.kind == "clustered" and name not in left_dense:
+            left_dense[name] = "not the weight of a Linear, Conv1d, Conv2d or Embedding layer"
+    if left_dense:
+        listed = ", ".join(f"{name} ({reason})" for name, reason in left_dense.items())
+        warnings.warn(f"{path}: clustered tensors loaded as dense float weights: {listed}", stacklevel=3)
+    return palettized, dense
+
+
+def _why_not_palettized(module: nn.Module, record: TensorRecord) -> str | None:
+    if type(module) not in PALETTIZED_LAYERS:
+        return f"{type(module).__name__} has no palettized layer"
+    if record.raw["clusters"] > MAX_PALETTIZED_CLUSTERS:
+        return f"{record.raw['clusters']} clusters, palettized layers hold at most {MAX_PALETTIZED_CLUSTERS}"
+    if isinstance(module, nn.Embedding) and module.max_norm is not None:
+        return "Embedding with max_norm"
+    return None
+
+
+def _decode(record: TensorRecord, reader, path: Path):
+    try:
+        return decode_record(record, reader)
+    except WzFormatError as error:
+        raise WzFormatError(f"{path}: {error}") from None
+
+
+def _palettized_layer(module: nn.Module, clustered: ClusteredTensor) -> nn.Module:
+    """The palettized counterpart of `module`, on the CPU, without its bias (loaded with the dense tensors)."""
+    layer_type, _ = PALETTIZED_LAYERS[type(module)]
+    dtype = module.weight.dtype if module.weight.dtype.is_floating_point else torch.float32
+    if isinstance(module, nn.Linear):
+        return layer_type(clustered, None, dtype=dtype, device="cpu")
+    if isinstance(module, nn.Embedding):
+        return layer_type(clustered, padding_idx=module.padding_idx, dtype=dtype, device="cpu")
+    return layer_type(clustered, None, stride=module.stride, padding=module.padding, dilation=module.dilation,
+                      groups=module.groups, padding_mode=module.padding_mode, dtype=dtype, device="cpu")
+
+
+def _dense_tensor(value, dtype_name, record: TensorRecord, path: Path) -> torch.Tensor:
+    array = value.decode() if isinstance(value, ClusteredTensor) else value
+    tensor = torch.from_numpy(np.require(array, requirements=["C", "W"]))
+    if dtype_name is not None:
+        dtype = getattr(torch, str(dtype_name), None)
+        if not isinstance(dtype, torch.dtype):
+            raise PalettizedLoadError(f"{path}: tensor {record.name!r} has unknown torch dtype {dtype_name!r}")
+        tensor = tensor.to(dtype)
+    return tensor
+
+
+def _install(model: nn.Module, built: dict[str, nn.Module], tensors: dict[str, torch.Tensor]) -> nn.Module:
+    """Swap the built layers in and assign every dense tensor (parameters stay parameters)."""
+    result = model
+    for module_name, layer in built.items():
+        old = model.get_submodule(module_name)
+        layer.train(old.training)
+        if getattr(old, "bias", None) is not None:
+            layer.bias = nn.Parameter(torch.empty(0), requires_grad=old.bias.requires_grad)
+        if module_name:
+            parent_name, _, child = module_name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
+        else:
+            result = layer
+    for name, tensor in tensors.items():
+        owner_name, _, attribute = name.rpartition(".")
+        owner = result.get_submodule(owner_name) if owner_name else result
+        if attribute in owner._parameters:
+            old = owner._parameters[attribute]
+            requires_grad = old.requires_grad if old is not None else tensor.is_floating_point()
+            owner._parameters[attribute] = nn.Parameter(tensor, requires_grad=requires_grad and
+                                                        tensor.is_floating_point())
+        else:
+            owner._buffers[attribute] = tensor
+    return result
