@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -70,18 +71,11 @@ def _compress_keras(source: Path, output: Path, args) -> int:
     keras = _import_keras()
     model = keras.models.load_model(source, compile=True)
     if args.data is None:
-        from weightzip.keras.post_training import compress_post_training
-        from weightzip.keras.storage import save_wz
-
-        with console.status("post-training pruning and clustering (no --data: no retraining)"):
-            compressed = compress_post_training(
-                model, sparsity=args.sparsity or 0.0, conv_sparsity=args.conv_sparsity or 0.0,
-                clusters=args.clusters or 16, conv_clusters=args.conv_clusters or 16,
-                per_channel=args.per_channel)
-            size = save_wz(compressed, output, overwrite=args.overwrite)
-        original = 4 * sum(int(v.numpy().size) for v in model.weights)
-        console.print(f"wrote {output}: {size:,} bytes ({original / size:.1f}x smaller than float32 parameters)")
-        return 0
+        return _post_training_keras(model, source, output, args, console)
+    post_training_flags = [flag for flag, value in _post_training_flags(args) if value is not None]
+    if post_training_flags:
+        raise CliError(f"{', '.join(post_training_flags)}: post-training options; with --data the model is retrained "
+                       "(drop --data to compress post-training)")
 
     from weightzip.keras.deep_compression import DeepCompressionConfig, Dataset, compress
 
@@ -99,12 +93,47 @@ def _compress_keras(source: Path, output: Path, args) -> int:
     return 0
 
 
+def _post_training_flags(args) -> list[tuple[str, object]]:
+    return [("--calibration", args.calibration), ("--bits-per-weight", args.bits_per_weight),
+            ("--target-size", args.target_size), ("--min-fidelity", args.min_fidelity),
+            ("--sensitivity", args.sensitivity)]
+
+
+def _post_training_keras(model, source: Path, output: Path, args, console) -> int:
+    from weightzip.calibration import load_calibration
+    from weightzip.keras.post_training import compress_post_training
+
+    calibration = None
+    if args.calibration is not None:
+        calibration = load_calibration(args.calibration, tuple(model.inputs[0].shape[1:]))
+    with console.status("post-training compression (no --data: no retraining)"):
+        _, report = compress_post_training(
+            model, calibration, clusters=args.clusters or 16, conv_clusters=args.conv_clusters,
+            sparsity=args.sparsity or 0.0, conv_sparsity=args.conv_sparsity, per_channel=args.per_channel,
+            group_size=args.group_size, bits_per_weight=args.bits_per_weight, target_bytes=args.target_size,
+            min_fidelity=args.min_fidelity, sensitivity=args.sensitivity, path=output, overwrite=args.overwrite,
+            inputs=(source,))
+    for line in report.summary_lines():
+        console.print(line, highlight=False, soft_wrap=True)
+    original = 4 * sum(math.prod(v.shape) for v in model.weights)
+    console.print(f"wrote {output}: {report.file_bytes:,} bytes ({original / report.file_bytes:.1f}x smaller than "
+                  "float32 parameters)")
+    warning = report.warning()
+    if warning:
+        print(warning, file=sys.stderr)
+    return 0
+
+
 def _compress_torch(source: Path, output: Path, args) -> int:
     from rich.console import Console
 
     if args.data is not None:
         raise CliError("retraining a PyTorch checkpoint needs its nn.Module: use weightzip.torch from Python; "
                        "the CLI compresses checkpoints post-training (drop --data)")
+    post_training_flags = [flag for flag, value in _post_training_flags(args) if value is not None]
+    if post_training_flags:
+        raise CliError(f"{', '.join(post_training_flags)}: not available for PyTorch checkpoints in this version "
+                       "(use weightzip.torch.post_training from Python)")
     from weightzip.torch.checkpoint import compress_state_dict
 
     console = Console()
@@ -215,13 +244,27 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("--clusters", type=int, help="shared weights per non-convolutional kernel (k)")
     compress.add_argument("--conv-clusters", type=int, help="shared weights per convolution kernel")
     compress.add_argument("--per-channel", action="store_true", help="one codebook per output channel (no --data)")
-    compress.add_argument("--group-size", type=int, help="PyTorch: output channels sharing one codebook")
+    compress.add_argument("--group-size", type=int, help="output channels sharing one codebook (with --per-channel)")
     compress.add_argument("--init", default="optimal", choices=[m.value for m in CentroidInitialization],
                           help="PyTorch: centroid initialisation of post-training clustering (default: optimal)")
     compress.add_argument("--prune-epochs", type=int, help="retraining epochs after pruning")
     compress.add_argument("--cluster-epochs", type=int, help="centroid fine-tuning epochs after clustering")
     compress.add_argument("--learning-rate", type=float, help="retraining learning rate (Adam)")
     compress.add_argument("--batch-size", type=int, help="retraining batch size")
+    compress.add_argument("--calibration", metavar="PATH",
+                          help="post-training: calibration inputs (an .npz with an array 'x', or a folder of images "
+                          "resized to the model's input, scaled to [0, 1]) for sensitivities and measured fidelity")
+    compress.add_argument("--bits-per-weight", type=float, metavar="B",
+                          help="post-training: choose each tensor's k and codebooks for this average over the "
+                          "compressed tensors (codebooks and indices counted as stored)")
+    compress.add_argument("--target-size", type=int, metavar="BYTES",
+                          help="post-training: the whole .wz file at most this many bytes")
+    compress.add_argument("--min-fidelity", type=float, metavar="X",
+                          help="post-training (needs --calibration): the smallest file whose top-1 agreement "
+                          "(classifiers; mean cosine otherwise) with the float model reaches X")
+    compress.add_argument("--sensitivity", choices=("fisher", "activation", "none"),
+                          help="post-training: weight each weight's error by its Fisher information or its input's "
+                          "E[x^2] (default: fisher with --calibration, else none)")
     compress.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     compress.set_defaults(handler=_compress)
 

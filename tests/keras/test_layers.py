@@ -62,7 +62,7 @@ def test_pipeline_and_post_training_agree_on_what_a_convolution_is(name):
     config = DeepCompressionConfig(sparsity=0.5, conv_sparsity=0.25, clusters=3, conv_clusters=5)
     assert config.sparsity_of(layer) == (0.25 if expected else 0.5)
     assert config.clusters_of(layer) == (5 if expected else 3)
-    compressed = compress_post_training(model, sparsity=0.5, conv_sparsity=0.25, clusters=3, conv_clusters=5)
+    compressed, _ = compress_post_training(model, sparsity=0.5, conv_sparsity=0.25, clusters=3, conv_clusters=5)
     for weight in clusterable_weights(compressed.layers[-1]):
         kernel = keras.ops.convert_to_numpy(weight.variable)
         assert len(np.unique(kernel)) == (5 if expected else 3), weight.name

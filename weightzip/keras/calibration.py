@@ -59,20 +59,26 @@ class ModelWeight:
         return self.weight.variable.path
 
 
-def model_weights(model: keras.Model) -> list[ModelWeight]:
-    """Every clusterable kernel of `model`, in layer order (nested models flattened).
+def model_weights(model: keras.Model, *, skip_unsupported: bool = False) -> list[ModelWeight]:
+    """Every clusterable kernel of `model` (rank >= 2, floating point), in layer order (nested models flattened).
 
-    Raises :class:`~weightzip.keras.UnsupportedLayerError` for a layer with weights that cannot be clustered.
+    Raises :class:`~weightzip.keras.UnsupportedLayerError` for a layer with weights that cannot be clustered,
+    unless `skip_unsupported` (the caller then reports those layers itself).
     """
     found = []
     for layer in flattened_layers(model):
         kind = classify_layer(layer)
         if kind is LayerKind.UNSUPPORTED:
+            if skip_unsupported:
+                continue
             raise unsupported_layer_error(layer)
         if kind is not LayerKind.CLUSTERED:
             continue
         for weight in clusterable_weights(layer):
-            owner, axis = _input_of(layer, weight)
+            variable = weight.variable
+            if len(variable.shape) < 2 or "float" not in str(variable.dtype):
+                continue
+            owner, axis = input_of(layer, weight)
             found.append(ModelWeight(layer, weight, owner, axis))
     return found
 
@@ -86,7 +92,7 @@ def flattened_layers(model) -> Iterable[keras.layers.Layer]:
             yield layer
 
 
-def _input_of(layer, weight: ClusterableWeight) -> tuple[keras.layers.Layer | None, int | None]:
+def input_of(layer, weight: ClusterableWeight) -> tuple[keras.layers.Layer | None, int | None]:
     """(layer whose first call argument the kernel multiplies, kernel axis of its input channels)."""
     shape = tuple(weight.variable.shape)
     if len(shape) < 2:
@@ -112,13 +118,15 @@ def _input_of(layer, weight: ClusterableWeight) -> tuple[keras.layers.Layer | No
 # ---------------------------------------------------------------- E[x²] per input channel
 
 
-def input_second_moments(model: keras.Model, batches: Iterable) -> dict[str, np.ndarray]:
+def input_second_moments(model: keras.Model, batches: Iterable, *,
+                         weights: list[ModelWeight] | None = None) -> dict[str, np.ndarray]:
     """variable path -> E[x²] per input channel of the layer input the kernel multiplies.
 
     batches: an iterable of input batches (arrays, or whatever ``model(batch)`` takes). Kernels whose
     input is not a layer's call argument (Embedding, recurrent kernels) are absent from the result.
+    weights: the kernels to measure (default: :func:`model_weights`).
     """
-    weights = [w for w in model_weights(model) if w.input_layer is not None]
+    weights = [w for w in (model_weights(model) if weights is None else weights) if w.input_layer is not None]
     totals: dict[int, list] = {}
     layers_by_id = {id(w.input_layer): w.input_layer for w in weights}
     originals = {}
@@ -165,15 +173,15 @@ def input_second_moments(model: keras.Model, batches: Iterable) -> dict[str, np.
 
 
 def fisher_diagonal(model: keras.Model, batches: Iterable, *, classifier: bool | None = None,
-                    seed: int = 0) -> dict[str, np.ndarray]:
+                    seed: int = 0, weights: list[ModelWeight] | None = None) -> dict[str, np.ndarray]:
     """variable path -> diagonal Fisher information of each clusterable kernel (same shape).
 
     batches: iterable of input batches; every sample contributes its own squared gradient (per-sample
     Fisher, not the square of batch gradients). classifier: outputs are class scores (logits or
     probabilities, last axis = classes); None: a 2-D output with >= 2 columns, as
-    :func:`weightzip.core.fidelity.measure_fidelity` decides.
+    :func:`weightzip.core.fidelity.measure_fidelity` decides. weights: the kernels (default: :func:`model_weights`).
     """
-    weights = model_weights(model)
+    weights = model_weights(model) if weights is None else weights
     variables = [w.weight.variable for w in weights]
     sums = [np.zeros(tuple(v.shape)) for v in variables]
     rng = np.random.default_rng(seed)
@@ -327,5 +335,5 @@ def importance_of(weight: ModelWeight, *, fisher: dict | None = None, moments: d
     return values + floor * float(values.mean())
 
 
-__all__ = ["ModelWeight", "fisher_diagonal", "flattened_layers", "importance_of", "input_second_moments",
+__all__ = ["ModelWeight", "fisher_diagonal", "flattened_layers", "importance_of", "input_of", "input_second_moments",
            "model_weights"]

@@ -1,67 +1,379 @@
-"""Post-training compression of a Keras model, when no training data is at hand.
+"""Post-training compression of a Keras model that keeps it working: sensitivities, allocation, fidelity.
 
-Each clusterable kernel is magnitude-pruned to its target sparsity and clustered with the exact
-1-D k-means optimum (the best codebook when the centroids cannot be fine-tuned), zeros kept exactly.
-The model is copied; the input is never modified.
+:func:`compress_post_training` takes a ``keras.Model`` and, optionally, calibration inputs (no labels),
+the same steps and names as :mod:`weightzip.torch.post_training`:
+
+1. the calibration set is split (seeded) into a *fit* part and a *held-out* part;
+2. on the fit part, each kernel's sensitivity is measured (``sensitivity="fisher"``: the diagonal Fisher
+   of the model's output distribution; ``"activation"``: E[x²] of its input channel; ``"none"``), see
+   :mod:`weightzip.keras.calibration`;
+3. each clusterable kernel is clustered by exact optimal (OPTIMAL) k-means weighted by those
+   sensitivities, either uniformly (``clusters`` k, ``granularity``), or with a per-tensor k / granularity
+   chosen by :func:`weightzip.core.allocation.allocate` to meet ``bits_per_weight`` or ``target_bytes``
+   (the whole `.wz` file) with the least estimated output error, or the smallest plan whose fidelity on the
+   fit part reaches ``min_fidelity``; a tensor is stored as floats whenever that is smaller;
+4. on the held-out part, the compressed model's outputs are compared with the float model's; without
+   calibration data the report says fidelity was not measured;
+5. with ``path``, the model is written to a `.wz` file whose metadata holds the report.
+
+Optional magnitude pruning (``sparsity``/``conv_sparsity``) and per-kind cluster counts (``conv_clusters``)
+keep the earlier uniform behaviour, pruned zeros stored exactly. Every variable left uncompressed is listed
+in the report with its reason (normalisation statistics, biases, unsupported layers, ...). The input model
+is never modified: the work is done on a clone.
 """
 
 from __future__ import annotations
 
-import keras
+import time
 
+import keras
+import numpy as np
+
+from weightzip import __version__
+from weightzip.atomic import check_output_path, write_bytes_atomically
 from weightzip.core import CentroidInitialization, ClusterConfig, cluster_array
+from weightzip.core.allocation import (
+    AllocationPlan,
+    Candidates,
+    TensorChoice,
+    TensorToCompress,
+    stored_bytes,
+    weighted_error,
+    write_options_for,
+)
+from weightzip.core.errors import WeightzipError
+from weightzip.core.fidelity import Fidelity, measure_fidelity, split_calibration
+from weightzip.core.palette import drop_unused_centroids
+from weightzip.core.post_training import (
+    HEADER_SLACK,
+    KEPT_AS_FLOAT,
+    METADATA_KEY,
+    PostTrainingReport,
+    Sensitivity,
+    check_goals,
+    choose_plan,
+    report_stub,
+)
 from weightzip.core.pruning import apply_mask, magnitude_mask
 from weightzip.core.validation import check_fraction
+from weightzip.format import encode_wz
 from weightzip.keras._layers import is_convolution
-from weightzip.keras.pruning_registry import prunable_weights
-from weightzip.keras.clustering_registry import LayerKind, classify_layer, unsupported_layer_error
+from weightzip.keras.calibration import (
+    ModelWeight,
+    fisher_diagonal,
+    flattened_layers,
+    importance_of,
+    input_second_moments,
+    model_weights,
+)
+from weightzip.keras.clustering_registry import LayerKind, classify_layer
+
+__all__ = ["PostTrainingReport", "Sensitivity", "compress_post_training"]
 
 
-def compress_post_training(model: keras.Model, *, sparsity: float = 0.0, conv_sparsity: float | None = None,
-                           clusters: int = 16, conv_clusters: int | None = None, per_channel: bool = False,
-                           group_size: int = 1,
-                           init: CentroidInitialization | str = CentroidInitialization.OPTIMAL) -> keras.Model:
-    """A copy of `model` with every supported kernel pruned and clustered without retraining.
+def compress_post_training(
+    model: keras.Model,
+    calibration=None,
+    *,
+    clusters: int = 16,
+    granularity: str | None = None,
+    group_size: int | None = None,
+    bits_per_weight: float | None = None,
+    target_bytes: int | None = None,
+    min_fidelity: float | None = None,
+    sensitivity: Sensitivity | str | None = None,
+    outliers: float = 0.0,
+    candidates: Candidates | None = None,
+    held_out: float = 0.25,
+    batch_size: int = 32,
+    classifier: bool | None = None,
+    seed: int = 0,
+    sparsity: float = 0.0,
+    conv_sparsity: float | None = None,
+    conv_clusters: int | None = None,
+    per_channel: bool = False,
+    init: CentroidInitialization | str = CentroidInitialization.OPTIMAL,
+    path=None,
+    overwrite: bool = False,
+    inputs=(),
+    metadata: dict | None = None,
+) -> tuple[keras.Model, PostTrainingReport]:
+    """Compress a copy of `model` post-training (see the module doc); returns (compressed copy, report).
 
-    conv_sparsity / conv_clusters: the convolutions' own settings (a convolution is what the layer
-        table, :mod:`weightzip.keras._layers`, says is one); None: `sparsity` / `clusters`.
-    per_channel / group_size: one codebook per output channel, or per `group_size` consecutive ones.
-    init: centroid initialisation (OPTIMAL, the exact 1-D k-means, by default: the best codebook
-        when the centroids cannot be fine-tuned).
-
-    Raises :class:`~weightzip.keras.UnsupportedLayerError` naming a layer with weights that cannot be
-    clustered (as ``cluster_weights`` does).
+    calibration: inputs the model takes (array, samples first), or None. sensitivity: default "fisher" with
+    calibration, "none" without. At most one of bits_per_weight (average over the compressed kernels, every
+    byte of their records counted), target_bytes (the whole `.wz` file) and min_fidelity (top-1 agreement
+    for classifiers, mean cosine otherwise, on the fit part). With none, every kernel gets `clusters`
+    shared values (`conv_clusters` for convolutions) at `granularity` ("tensor", "channel", or "group" of
+    `group_size` channels; `per_channel=True` is "channel"). classifier: whether the outputs are class
+    scores (None: a 2-D output with >= 2 columns). path: write the `.wz` file there (atomically).
     """
+    start = time.perf_counter()
+    chosen = check_goals(calibration_given=calibration is not None, bits_per_weight=bits_per_weight,
+                         target_bytes=target_bytes, min_fidelity=min_fidelity, sensitivity=sensitivity,
+                         outliers=outliers)
+    granularity, group_size = _granularity(granularity, group_size, per_channel)
     sparsity = check_fraction(sparsity, "sparsity")
     conv_sparsity = sparsity if conv_sparsity is None else check_fraction(conv_sparsity, "conv_sparsity")
     conv_clusters = clusters if conv_clusters is None else conv_clusters
-    if not per_channel and group_size != 1:
-        raise ValueError("group_size only applies with per_channel=True")
     init = CentroidInitialization.parse(init)
+    legacy = sparsity > 0 or conv_sparsity > 0 or init is not CentroidInitialization.OPTIMAL
+    goal = bits_per_weight is not None or target_bytes is not None or min_fidelity is not None
+    if goal and (legacy or conv_clusters != clusters):
+        raise WeightzipError("sparsity, conv_sparsity, conv_clusters and init apply to uniform clustering only; "
+                             "bits_per_weight / target_bytes / min_fidelity choose them per tensor")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise WeightzipError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if path is not None:
+        check_output_path(path, overwrite=overwrite, inputs=inputs)
+
     copy = keras.models.clone_model(model)
     copy.set_weights(model.get_weights())
-    for layer in _flattened_layers(copy):
-        kind = classify_layer(layer)
-        if kind is LayerKind.UNSUPPORTED:
-            raise unsupported_layer_error(layer)
-        if kind is not LayerKind.CLUSTERED:
+    # The clone's variable paths may differ (a cloned Sequential is renamed): report and store the user's.
+    original_path = {clone.path: own.path for own, clone in zip(model.weights, copy.weights)}
+    weights, uncompressed = _kernels(copy)
+    for row in uncompressed:
+        row["tensor"] = original_path[row["tensor"]]
+
+    fit_batches = held_batches = None
+    if calibration is not None:
+        samples = _checked_calibration(calibration, copy)
+        fit, held = split_calibration(samples.shape[0], held_out=held_out, seed=seed)
+        fit_batches = _batches(samples[fit], batch_size)
+        held_batches = _batches(samples[held], batch_size)
+        reference = _outputs(copy, held_batches)  # also: the model runs on these inputs, or one clear error
+    importance = _importance(copy, weights, chosen, fit_batches, classifier, seed)
+    tensors = [TensorToCompress(original_path[w.path], keras.ops.convert_to_numpy(w.weight.variable),
+                                importance.get(w.path), w.weight.channel_axis % len(w.weight.variable.shape),
+                                is_convolution(w.layer))
+               for w in weights]
+    by_path = {original_path[w.path]: w for w in weights}
+    originals = {t.name: t.weights for t in tensors}
+
+    if legacy:
+        plan = _pruned_uniform_plan(tensors, clusters, conv_clusters, sparsity, conv_sparsity, granularity,
+                                    group_size, init, chosen is not Sensitivity.NONE)
+        mode = _uniform_mode(clusters, conv_clusters, granularity, group_size) + \
+            f", sparsity {sparsity:g} (conv {conv_sparsity:g}), init {init.value}"
+    elif conv_clusters != clusters:
+        plan = _merged_uniform(tensors, clusters, conv_clusters, granularity, group_size, chosen)
+        mode = _uniform_mode(clusters, conv_clusters, granularity, group_size)
+    else:
+        fit_reference = _outputs(copy, fit_batches) if min_fidelity is not None else None
+
+        def fidelity_of(candidate: AllocationPlan) -> Fidelity:
+            _assign(by_path, candidate)
+            measured = measure_fidelity(fit_reference, _outputs(copy, fit_batches), classifier=classifier)
+            _restore(by_path, originals)
+            return measured
+
+        def file_bytes(candidate: AllocationPlan) -> int:
+            _assign(by_path, candidate)
+            size = len(_encode(model, copy, candidate, report_stub(candidate, uncompressed), metadata)) + HEADER_SLACK
+            _restore(by_path, originals)
+            return size
+
+        plan, mode = choose_plan(tensors, clusters=clusters, granularity=granularity, group_size=group_size,
+                                 weighted=chosen is not Sensitivity.NONE, bits_per_weight=bits_per_weight,
+                                 target_bytes=target_bytes, min_fidelity=min_fidelity, candidates=candidates,
+                                 file_bytes=file_bytes, fidelity_of=fidelity_of)
+
+    _assign(by_path, plan)
+    for name, choice in plan.choices.items():
+        if choice.clusters == 0:
+            uncompressed.append({"tensor": name, "shape": list(np.shape(choice.stored)), "reason": KEPT_AS_FLOAT})
+    fidelity = None
+    if calibration is not None:
+        fidelity = measure_fidelity(reference, _outputs(copy, held_batches), classifier=classifier)
+    report = PostTrainingReport(plan, uncompressed, fidelity, chosen.value, mode, 0.0)
+    report.seconds = time.perf_counter() - start
+    if path is not None:
+        data = _encode(model, copy, plan, report, metadata)
+        if target_bytes is not None and len(data) > target_bytes:
+            raise WeightzipError(f"internal: the .wz file came out at {len(data):,} bytes, over the target of "
+                                 f"{target_bytes:,}; nothing written")
+        write_bytes_atomically(path, data, overwrite=overwrite, inputs=inputs)
+        report.file_bytes = len(data)
+    return copy, report
+
+
+# ---------------------------------------------------------------- options
+
+
+def _granularity(granularity: str | None, group_size: int | None, per_channel: bool) -> tuple[str, int | None]:
+    if granularity is None:
+        granularity = ("group" if group_size not in (None, 1) else "channel") if per_channel else "tensor"
+    elif per_channel and granularity == "tensor":
+        raise WeightzipError("per_channel=True contradicts granularity='tensor'")
+    if granularity not in ("tensor", "channel", "group"):
+        raise WeightzipError(f"granularity must be 'tensor', 'channel' or 'group', got {granularity!r}")
+    if granularity == "group":
+        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+            raise WeightzipError(f"granularity 'group' needs group_size, a positive integer, got {group_size!r}")
+    elif group_size not in (None, 1):
+        raise WeightzipError(f"group_size only applies with granularity 'group' (got {granularity!r})")
+    return granularity, group_size if granularity == "group" else None
+
+
+def _uniform_mode(clusters, conv_clusters, granularity, group_size) -> str:
+    each = f"k={clusters}" if conv_clusters == clusters else f"k={clusters}, conv k={conv_clusters}"
+    return f"uniform {each} per {granularity}" + (f" of {group_size}" if granularity == "group" else "")
+
+
+# ---------------------------------------------------------------- the model's tensors
+
+
+def _kernels(model: keras.Model) -> tuple[list[ModelWeight], list[dict]]:
+    """The clusterable kernels, and every other variable with why it is left as it is."""
+    kernels = model_weights(model, skip_unsupported=True)
+    reasons: dict[int, str] = {}
+    for layer in flattened_layers(model):
+        if classify_layer(layer) is LayerKind.UNSUPPORTED:
+            for variable in layer.weights:
+                reasons.setdefault(id(variable), f"unsupported layer type {type(layer).__name__}")
+    chosen = {id(w.weight.variable) for w in kernels}
+    rows = []
+    for variable in model.weights:
+        if id(variable) in chosen:
             continue
-        is_conv = is_convolution(layer)
-        target = conv_sparsity if is_conv else sparsity
-        for weight in prunable_weights(layer):
-            kernel = keras.ops.convert_to_numpy(weight.variable)
-            if target > 0:
-                kernel = apply_mask(kernel, magnitude_mask(kernel, target))
-            config = ClusterConfig(conv_clusters if is_conv else clusters, init=init,
-                                   axis=weight.channel_axis if per_channel else None, group_size=group_size,
-                                   preserve_sparsity=target > 0)
-            weight.variable.assign(cluster_array(kernel, config).decode())
-    return copy
-
-
-def _flattened_layers(model: keras.Model):
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from _flattened_layers(layer)
+        shape = tuple(variable.shape)
+        if id(variable) in reasons:
+            reason = reasons[id(variable)]
+        elif "float" not in str(variable.dtype):
+            reason = f"not floating point ({variable.dtype})"
+        elif len(shape) == 0:
+            reason = "scalar"
+        elif not variable.trainable:
+            reason = "non-trainable (e.g. normalisation statistics)"
+        elif len(shape) == 1:
+            reason = "1-D (bias or normalisation scale)"
         else:
-            yield layer
+            reason = "not a kernel of a clusterable layer (e.g. normalisation parameters)"
+        rows.append({"tensor": variable.path, "shape": list(shape), "reason": reason})
+    return kernels, rows
+
+
+def _importance(model, weights: list[ModelWeight], sensitivity: Sensitivity, batches, classifier, seed) -> dict:
+    if sensitivity is Sensitivity.NONE or not weights:
+        return {}
+    if sensitivity is Sensitivity.FISHER:
+        fisher = fisher_diagonal(model, batches, classifier=classifier, seed=seed, weights=weights)
+        found = {w.path: importance_of(w, fisher=fisher) for w in weights}
+    else:
+        moments = input_second_moments(model, batches, weights=weights)
+        found = {w.path: importance_of(w, moments=moments) for w in weights}
+    return {path: value for path, value in found.items() if value is not None}
+
+
+# ---------------------------------------------------------------- calibration inputs
+
+
+def _checked_calibration(calibration, model: keras.Model) -> np.ndarray:
+    samples = np.asarray(calibration)
+    if samples.dtype.kind not in "fiu":
+        raise WeightzipError(f"calibration inputs must be a numeric array, got dtype {samples.dtype}")
+    expected = tuple(model.inputs[0].shape[1:]) if getattr(model, "inputs", None) else None
+    if samples.ndim < 1 or samples.shape[0] < 2:
+        raise WeightzipError(f"calibration needs at least 2 samples (some to fit, some held out), got shape "
+                             f"{samples.shape}")
+    if expected is not None and (len(expected) != samples.ndim - 1 or any(
+            want is not None and want != got for want, got in zip(expected, samples.shape[1:]))):
+        raise WeightzipError(f"calibration inputs have samples of shape {samples.shape[1:]}, the model takes "
+                             f"{tuple('any' if s is None else s for s in expected)}")
+    if samples.dtype.kind == "f" and not np.all(np.isfinite(samples)):
+        raise WeightzipError("calibration inputs contain NaN or infinite values")
+    return samples.astype(np.float32) if samples.dtype.kind == "f" else samples
+
+
+def _batches(samples: np.ndarray, size: int) -> list[np.ndarray]:
+    return [samples[start:start + size] for start in range(0, samples.shape[0], size)]
+
+
+def _outputs(model: keras.Model, batches) -> np.ndarray:
+    try:
+        parts = [_flat(model(batch, training=False)) for batch in batches]
+    except WeightzipError:
+        raise
+    except Exception as error:  # noqa: BLE001 - whatever the backend raises, one line for the user
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise WeightzipError(f"the model cannot run on the calibration inputs: {first[:300]}") from None
+    return np.concatenate(parts, axis=0)
+
+
+def _flat(outputs) -> np.ndarray:
+    parts = [keras.ops.convert_to_numpy(part) for part in keras.tree.flatten(outputs)]
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate([p.reshape(p.shape[0], -1) for p in parts], axis=1)
+
+
+# ---------------------------------------------------------------- plans
+
+
+def _merged_uniform(tensors, clusters, conv_clusters, granularity, group_size, sensitivity) -> AllocationPlan:
+    choices = {}
+    for wanted_conv, k in ((False, clusters), (True, conv_clusters)):
+        part = [t for t in tensors if t.is_convolution == wanted_conv]
+        if part:
+            plan, _ = choose_plan(part, clusters=k, granularity=granularity, group_size=group_size,
+                                  weighted=sensitivity is not Sensitivity.NONE)
+            choices.update(plan.choices)
+    return AllocationPlan({t.name: choices[t.name] for t in tensors}, write_options_for(None))
+
+
+def _pruned_uniform_plan(tensors, clusters, conv_clusters, sparsity, conv_sparsity, granularity, group_size,
+                         init, weighted) -> AllocationPlan:
+    """Magnitude pruning then clustering with `init`, pruned zeros kept exactly (the earlier uniform path)."""
+    from weightzip.format import WriteOptions
+
+    options = WriteOptions()  # the sparse layout pays for pruned tensors
+    choices = {}
+    for tensor in tensors:
+        target = conv_sparsity if tensor.is_convolution else sparsity
+        k = conv_clusters if tensor.is_convolution else clusters
+        values = tensor.weights
+        if target > 0:
+            values = apply_mask(values, magnitude_mask(values, target))
+        axis = None if granularity == "tensor" else tensor.channel_axis
+        config = ClusterConfig(k, init=init, axis=axis, group_size=group_size or 1, preserve_sparsity=target > 0)
+        clustered = drop_unused_centroids(cluster_array(values, config,
+                                                        sample_weight=tensor.importance if weighted else None))
+        choice = TensorChoice(tensor.name, k, granularity if axis is not None else "tensor", group_size or 1,
+                              float(target), stored_bytes(tensor.name, clustered, options), tensor.size,
+                              weighted_error(tensor.weights, clustered.decode(), tensor.importance), clustered)
+        raw = stored_bytes(tensor.name, tensor.weights, options)
+        if raw < choice.stored_bytes:
+            choice = TensorChoice(tensor.name, 0, "float", 1, 0.0, raw, tensor.size, 0.0, tensor.weights)
+        choices[tensor.name] = choice
+    return AllocationPlan(choices, options)
+
+
+# ---------------------------------------------------------------- applying and writing
+
+
+def _assign(by_path: dict[str, ModelWeight], plan: AllocationPlan) -> None:
+    for name, choice in plan.choices.items():
+        variable = by_path[name].weight.variable
+        values = choice.stored if choice.clusters == 0 else choice.stored.decode()
+        variable.assign(np.asarray(values, dtype=np.dtype(variable.dtype)))
+
+
+def _restore(by_path: dict[str, ModelWeight], originals: dict[str, np.ndarray]) -> None:
+    for name, values in originals.items():
+        by_path[name].weight.variable.assign(values)
+
+
+def _encode(model: keras.Model, copy: keras.Model, plan: AllocationPlan, report: PostTrainingReport | None,
+            metadata: dict | None) -> bytes:
+    """The `.wz` bytes of `copy`'s values under `model`'s architecture and variable paths."""
+    from weightzip.keras.storage import model_metadata, model_tensors
+
+    extra = dict(metadata or {})
+    extra.update(weightzip=__version__)
+    if report is not None:
+        extra[METADATA_KEY] = report.to_metadata()
+    values = model_tensors(copy, planned={clone.path: plan.choices[own.path].stored
+                                          for own, clone in zip(model.weights, copy.weights)
+                                          if own.path in plan.choices})
+    tensors = {own.path: values[clone.path] for own, clone in zip(model.weights, copy.weights)}
+    return encode_wz(tensors, model_metadata(model, extra), plan.write_options or write_options_for(None))

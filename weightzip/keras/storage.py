@@ -24,13 +24,24 @@ FRAMEWORK = "keras"
 DEFAULT_MAX_CLUSTERS = 256
 
 
-def model_tensors(model: keras.Model, *, max_clusters: int = DEFAULT_MAX_CLUSTERS) -> dict:
-    """Name (variable path) -> ClusteredTensor for palettizable kernels, ndarray for the rest."""
+def model_tensors(model: keras.Model, *, max_clusters: int = DEFAULT_MAX_CLUSTERS, planned: dict | None = None) -> dict:
+    """Name (variable path) -> ClusteredTensor for palettizable kernels, ndarray for the rest.
+
+    planned: variable path -> what to store for it as given (post-training's chosen ClusteredTensor with its
+    own codebook granularity, or a float array), instead of searching for an exact palette.
+    """
+    planned = planned or {}
     tensors = {}
     for variable in model.weights:
         if variable.path in tensors:
             raise WeightzipError(f"two variables share the path {variable.path!r}; cannot store them by name")
+        if variable.path in planned:
+            tensors[variable.path] = planned[variable.path]
+            continue
         tensors[variable.path] = palettized_or_raw(_positive_zeros(keras.ops.convert_to_numpy(variable)), max_clusters)
+    unknown = sorted(set(planned) - set(tensors))
+    if unknown:
+        raise WeightzipError(f"planned tensors {unknown[:3]} are not variables of the model")
     return tensors
 
 
@@ -47,8 +58,19 @@ def palettized_or_raw(array: np.ndarray, max_clusters: int = DEFAULT_MAX_CLUSTER
 
 
 def save_wz(model: keras.Model, path, *, max_clusters: int = DEFAULT_MAX_CLUSTERS,
-            options: WriteOptions = WriteOptions(), overwrite: bool = False, extra_metadata: dict | None = None) -> int:
-    """Write `model` (stripped of clustering/pruning wrappers) to a `.wz` file; returns its size in bytes."""
+            options: WriteOptions = WriteOptions(), overwrite: bool = False, extra_metadata: dict | None = None,
+            planned: dict | None = None, inputs=()) -> int:
+    """Write `model` (stripped of clustering/pruning wrappers) to a `.wz` file; returns its size in bytes.
+
+    planned: see :func:`model_tensors`. inputs: files the model was read from (never overwritten).
+    """
+    write_wz(path, model_tensors(model, max_clusters=max_clusters, planned=planned),
+             model_metadata(model, extra_metadata), options=options, overwrite=overwrite, inputs=inputs)
+    return os.path.getsize(path)
+
+
+def model_metadata(model: keras.Model, extra_metadata: dict | None = None) -> dict:
+    """The `.wz` metadata of a Keras model: its serialized architecture and variable paths, plus `extra_metadata`."""
     metadata = {
         "framework": FRAMEWORK,
         "keras_version": keras.__version__,
@@ -56,8 +78,7 @@ def save_wz(model: keras.Model, path, *, max_clusters: int = DEFAULT_MAX_CLUSTER
         "variables": [variable.path for variable in model.weights],
     }
     metadata.update(extra_metadata or {})
-    write_wz(path, model_tensors(model, max_clusters=max_clusters), metadata, options=options, overwrite=overwrite)
-    return os.path.getsize(path)
+    return metadata
 
 
 def load_wz(path, *, custom_objects: dict | None = None) -> keras.Model:
@@ -84,4 +105,4 @@ def load_wz(path, *, custom_objects: dict | None = None) -> keras.Model:
     return model
 
 
-__all__ = ["load_wz", "model_tensors", "palettized_or_raw", "save_wz"]
+__all__ = ["load_wz", "model_metadata", "model_tensors", "palettized_or_raw", "save_wz"]

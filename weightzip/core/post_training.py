@@ -1,0 +1,193 @@
+"""The framework-neutral steps of post-training compression, shared by the Keras and PyTorch front ends.
+
+A front end finds the model's weight tensors and their sensitivities, and knows how to run the model and
+write its `.wz` file; everything else is here, written once:
+
+- :class:`Sensitivity`: which per-weight importance weights the clustering error;
+- :func:`check_goals`: the options' validation (at most one size/fidelity goal, calibration where needed);
+- :func:`choose_plan`: uniform k, or the allocation to ``bits_per_weight`` / ``target_bytes`` (the whole
+  `.wz` file, measured with the front end's own encoder) / ``min_fidelity`` (smallest plan whose fidelity,
+  measured by the front end, reaches it);
+- :class:`PostTrainingReport`: per tensor k, granularity, bits/weight, weighted error; every tensor left
+  uncompressed with its reason; fidelity or "not measured"; stored in the `.wz` metadata.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from weightzip.core.allocation import (
+    AllocationPlan,
+    Candidates,
+    TargetUnreachableError,
+    TensorToCompress,
+    allocate,
+    rate_distortion_curves,
+    smallest_plan,
+    uniform_plan,
+    write_options_for,
+)
+from weightzip.core.errors import WeightzipError
+from weightzip.core.fidelity import Fidelity, fidelity_summary, fidelity_warning
+from weightzip.core.options import ParsableEnum
+
+METADATA_KEY = "post_training"
+KEPT_AS_FLOAT = "kept as float: no clustering stores it smaller"
+
+
+class Sensitivity(ParsableEnum):
+    """Which per-weight importance weights the clustering error."""
+
+    FISHER = "fisher"
+    ACTIVATION = "activation"
+    NONE = "none"
+
+
+def check_goals(*, calibration_given: bool, bits_per_weight, target_bytes, min_fidelity, sensitivity,
+                outliers: float = 0.0) -> Sensitivity:
+    """Validate the goal options; returns the sensitivity to use (default fisher with calibration, else none)."""
+    goals = [g for g in (bits_per_weight, target_bytes, min_fidelity) if g is not None]
+    if len(goals) > 1:
+        raise WeightzipError("give at most one of bits_per_weight, target_bytes and min_fidelity")
+    if outliers:
+        raise WeightzipError("outliers (a dense-and-sparse side stream) are not supported by this version: "
+                             "leave outliers at 0")
+    chosen = Sensitivity.parse(sensitivity if sensitivity is not None else
+                               ("fisher" if calibration_given else "none"), "sensitivity")
+    if not calibration_given and (chosen is not Sensitivity.NONE or min_fidelity is not None):
+        needs = "min_fidelity" if min_fidelity is not None else f"sensitivity {chosen.value!r}"
+        raise WeightzipError(f"{needs} needs calibration inputs")
+    if min_fidelity is not None and (isinstance(min_fidelity, bool) or not isinstance(min_fidelity, (int, float))
+                                     or not 0.0 < min_fidelity <= 1.0):
+        raise WeightzipError(f"min_fidelity must be a number in (0, 1], got {min_fidelity!r}")
+    return chosen
+
+
+def fidelity_figure(fidelity: Fidelity) -> float:
+    """The one figure `min_fidelity` is compared with: top-1 agreement for classifiers, else mean cosine."""
+    return fidelity.top1_agreement if fidelity.top1_agreement is not None else fidelity.mean_cosine
+
+
+def choose_plan(tensors: list[TensorToCompress], *, clusters: int = 16, granularity: str = "tensor",
+                group_size: int | None = None, weighted: bool = False, bits_per_weight: float | None = None,
+                target_bytes: int | None = None, min_fidelity: float | None = None,
+                candidates: Candidates | None = None,
+                file_bytes: Callable[[AllocationPlan], int] | None = None,
+                fidelity_of: Callable[[AllocationPlan], Fidelity] | None = None) -> tuple[AllocationPlan, str]:
+    """(plan, mode description) for the goal given (see module doc).
+
+    file_bytes: size of the whole `.wz` file a plan gives (needed with target_bytes); fidelity_of: the
+    measured fidelity of a plan on the fit part of the calibration set (needed with min_fidelity).
+    """
+    if not tensors:
+        raise WeightzipError("the model has no weight tensors weightzip can compress")
+    write_options = write_options_for(candidates)
+    if bits_per_weight is None and target_bytes is None and min_fidelity is None:
+        plan = uniform_plan(tensors, clusters=clusters, granularity=granularity, group_size=group_size,
+                            weighted=weighted, write_options=write_options)
+        mode = f"uniform k={clusters} per {granularity}" + (f" of {group_size}" if granularity == "group" else "")
+        return plan, mode
+    curves = rate_distortion_curves(tensors, candidates or Candidates(), write_options=write_options)
+    if bits_per_weight is not None:
+        return allocate(curves, bits_per_weight=bits_per_weight), f"{bits_per_weight:g} bits per weight"
+    if target_bytes is not None:
+        if file_bytes is None:
+            raise WeightzipError("internal: target_bytes needs the front end's file size function")
+        return plan_for_file_size(curves, target_bytes, file_bytes), f"target {target_bytes:,} bytes"
+    if fidelity_of is None:
+        raise WeightzipError("internal: min_fidelity needs the front end's fidelity function")
+    plan = smallest_plan(curves, lambda candidate: fidelity_figure(fidelity_of(candidate)) >= min_fidelity)
+    return plan, f"min fidelity {min_fidelity:g}"
+
+
+def plan_for_file_size(curves, target: int, file_bytes: Callable[[AllocationPlan], int],
+                       attempts: int = 6) -> AllocationPlan:
+    """The allocation whose whole `.wz` file (other tensors, header and report included) fits `target` bytes."""
+    if isinstance(target, bool) or not isinstance(target, (int, np.integer)) or target <= 0:
+        raise WeightzipError(f"target size must be a positive number of bytes, got {target!r}")
+    smallest = AllocationPlan({name: curve.smallest() for name, curve in curves.items()},
+                              next(iter(curves.values())).write_options)
+    overhead = file_bytes(smallest) - smallest.total_bytes
+    budget = target - overhead
+    if budget < smallest.total_bytes:
+        raise TargetUnreachableError(
+            f"target of {target:,} bytes cannot be met: the smallest file is {smallest.total_bytes + overhead:,} "
+            f"bytes (codebooks and indices {smallest.total_bytes:,}, other tensors and header {overhead:,})")
+    for _ in range(attempts):
+        plan = allocate(curves, target_bytes=budget)
+        size = file_bytes(plan)
+        if size <= target:
+            return plan
+        budget -= size - target
+        if budget < smallest.total_bytes:
+            break
+    return smallest
+
+
+@dataclass
+class PostTrainingReport:
+    """What was done to each tensor and how close the result stays to the float model."""
+
+    plan: AllocationPlan
+    uncompressed: list[dict]  # {"tensor", "shape", "reason"} for every tensor stored as it was
+    fidelity: Fidelity | None
+    sensitivity: str
+    mode: str  # "uniform k=16 per tensor", "3 bits per weight", ...
+    seconds: float
+    file_bytes: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def bits_per_weight(self) -> float:
+        return self.plan.bits_per_weight
+
+    def rows(self) -> list[dict]:
+        """Per compressed tensor: k, granularity, bits/weight, sensitivity-weighted error."""
+        return self.plan.report_rows()
+
+    def worst_tensors(self, count: int = 3) -> list[str]:
+        return self.plan.worst_tensors(count)
+
+    def warning(self, suggestion: str | None = None) -> str | None:
+        """One line when the measured fidelity is below the floor, naming the worst layers; else None."""
+        if suggestion is None:
+            more = max(4.0, math.ceil(self.bits_per_weight) + 1)
+            suggestion = f"--bits-per-weight {more:g} with --calibration (sensitivity-weighted allocation)"
+        return fidelity_warning(self.fidelity, self.worst_tensors(), suggestion)
+
+    def summary_lines(self) -> list[str]:
+        lines = [f"post-training ({self.mode}, sensitivity {self.sensitivity}): {len(self.plan.choices)} weight "
+                 f"tensors at {self.bits_per_weight:.3f} bits per weight ({self.plan.total_bytes:,} bytes), "
+                 f"{self.seconds:.1f} s", fidelity_summary(self.fidelity)]
+        if self.uncompressed:
+            shown = "; ".join(f"{u['tensor']} ({u['reason']})" for u in self.uncompressed[:6])
+            more = f"; and {len(self.uncompressed) - 6} more" if len(self.uncompressed) > 6 else ""
+            lines.append(f"left uncompressed: {shown}{more}")
+        return lines + self.notes
+
+    def to_metadata(self) -> dict:
+        fidelity = None if self.fidelity is None else {
+            key: round(value, 6) if isinstance(value, float) else value for key, value in self.fidelity.to_dict().items()}
+        return {"mode": self.mode, "sensitivity": self.sensitivity,
+                "bits_per_weight": round(self.bits_per_weight, 5), "compressed_bytes": self.plan.total_bytes,
+                "fidelity": fidelity,
+                "tensors": self.rows(), "uncompressed": self.uncompressed, "seconds": round(self.seconds, 2)}
+
+
+def report_stub(plan: AllocationPlan, uncompressed: list[dict]) -> PostTrainingReport:
+    """A report of the final shape (same rows, figures of maximal length), to measure the header's size."""
+    fidelity = Fidelity(100000, 0.123457, 0.123457, 0.123457)
+    rows = uncompressed + [{"tensor": name, "shape": list(np.shape(c.stored)), "reason": KEPT_AS_FLOAT}
+                           for name, c in plan.choices.items() if c.clusters == 0]
+    return PostTrainingReport(plan, rows, fidelity, "activation", "target 000,000,000,000 bytes", 99999.99)
+
+
+HEADER_SLACK = 96  # bytes: the final header's figures (fidelity, time) deflate a little differently
+
+
+__all__ = ["HEADER_SLACK", "KEPT_AS_FLOAT", "METADATA_KEY", "PostTrainingReport", "Sensitivity", "check_goals",
+           "choose_plan", "fidelity_figure", "plan_for_file_size", "report_stub"]
