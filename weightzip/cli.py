@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     compress = commands.add_parser(
         "compress", help="prune, cluster and encode a model into a .wz file",
         description="Keras (.keras/.h5): with --data, the Deep Compression pipeline (prune + retrain, cluster + "
-        "retrain centroids, entropy-coded .wz); without, post-training pruning and exact optimal clustering. "
+        "retrain centroids, entropy-coded .wz); without, post-training pruning and optimal 1-D clustering (exact up to 65,536 weights per tensor and for 16-bit weights; larger float32 tensors: optimal over a 65,536-bin histogram). "
         "PyTorch checkpoints (.pt/.pth/.bin/.safetensors): post-training clustering of every weight matrix. "
         "The input is never modified; the output is written atomically.")
     compress.add_argument("input", help="model file (.keras, .h5, .pt, .pth, .bin, .safetensors)")

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from weightzip.core import fit_centroids, lloyd_refine, optimal_centroids, sse
+from weightzip.core import fit_centroids, lloyd_refine, optimal_centroids, optimal_partition, relative_sse, sse
 from weightzip.core.sample import SortedSample
 
 # A few repeated values mixed with arbitrary ones, so that duplicates are common.
@@ -202,3 +202,122 @@ def test_optimal_matches_a_quadratic_dp_on_medium_inputs(seed):
     expected = quadratic_dp_sse(values[positive], weights[positive], k)
     achieved = direct_sse(values, optimal_centroids(values, k, sample_weight=weights), weights)
     assert achieved == pytest.approx(expected, abs=tolerance(values, weights))
+
+
+# ---------------------------------------------------------------- exactness on offset data (issue 10)
+
+
+def fraction_optimum(values, weights, k):
+    """Independent exact solver: the O(k·n²) DP over the sorted distinct values in rational arithmetic.
+
+    Every float is converted to a Fraction exactly, and run costs Σw·x² − (Σw·x)²/Σw are exact, so no
+    cancellation can occur: this is the true optimum of the 1-D k-means problem on these values.
+    """
+    from fractions import Fraction
+
+    atoms = {}
+    for x, w in zip(np.asarray(values, np.float64).tolist(), np.asarray(weights, np.float64).tolist()):
+        if w > 0:
+            atoms[Fraction(x)] = atoms.get(Fraction(x), 0) + Fraction(w)
+    xs = sorted(atoms)
+    cw, c1, c2 = [Fraction(0)], [Fraction(0)], [Fraction(0)]
+    for x in xs:
+        cw.append(cw[-1] + atoms[x])
+        c1.append(c1[-1] + atoms[x] * x)
+        c2.append(c2[-1] + atoms[x] * x * x)
+
+    def cost(m, i):
+        total = c1[i] - c1[m]
+        return c2[i] - c2[m] - total * total / (cw[i] - cw[m])
+
+    n = len(xs)
+    best = [None] + [cost(0, i) for i in range(1, n + 1)]
+    for j in range(1, k):
+        best = [None] * (j + 1) + [min(best[m] + cost(m, i) for m in range(j, i)) for i in range(j + 1, n + 1)]
+    return best[n]
+
+
+def fraction_partition_cost(values, weights, upper_bounds):
+    """Exact Σw·(x − run mean)² of the partition that `upper_bounds` defines, in rational arithmetic."""
+    from fractions import Fraction
+
+    runs = np.searchsorted(upper_bounds, values, side="left")
+    total = Fraction(0)
+    for run in np.unique(runs):
+        members = runs == run
+        w = [Fraction(v) for v in np.asarray(weights, np.float64)[members].tolist()]
+        x = [Fraction(v) for v in np.asarray(values, np.float64)[members].tolist()]
+        weight = sum(w)
+        if weight > 0:
+            first = sum(a * b for a, b in zip(w, x))
+            total += sum(a * b * b for a, b in zip(w, x)) - first * first / weight
+    return total
+
+
+@pytest.mark.parametrize("offset", [0.0, 1.0, -1e3, 1e8])
+@pytest.mark.parametrize("spread", [1e-5, 1e-2])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_optimal_is_exact_on_offset_data_against_a_rational_solver(offset, spread, weighted):
+    """LayerNorm-like data (offset ≫ spread): raw prefix sums gave up to 48,000× the optimum here."""
+    rng = np.random.default_rng(int(abs(offset)) % 97 + int(1 / spread) % 89 + weighted)
+    values = offset + spread * rng.standard_normal(32)
+    values[:5] = values[5:10]  # duplicates
+    weights = rng.choice([0.0, 0.25, 1.0, 3.0], size=32) if weighted else np.ones(32)
+    for k in (2, 7):
+        optimum = fraction_optimum(values, weights, k)
+        partition = optimal_partition(values, k, sample_weight=weights if weighted else None)
+        assert partition.exact
+        achieved = fraction_partition_cost(values, weights, partition.upper_bounds)
+        assert optimum <= achieved
+        assert float(achieved / optimum) <= 1 + 1e-9
+        assert partition.sse == pytest.approx(float(optimum), rel=1e-9)
+
+
+@pytest.mark.parametrize("offset", [0.0, 1.0, 1e4])
+def test_binned_path_on_offset_data_is_near_the_exact_optimum(offset):
+    """More values than max_atoms: bins of offset data keep their exact moments, centred."""
+    values = (offset + 1e-3 * np.random.default_rng(5).standard_normal(20000)).astype(np.float64)
+    exact = optimal_partition(values, 8, max_atoms=None)
+    binned = optimal_partition(values, 8, max_atoms=2048)
+    assert exact.exact and not binned.exact
+    assert exact.sse <= binned.sse <= exact.sse * (1 + 1e-3)
+    # The reported SSE is that of the partition; nearest-centroid assignment can only improve on it.
+    assert exact.sse == pytest.approx(sse(values, exact.centroids), rel=1e-9)
+    assert sse(values, binned.centroids) <= binned.sse * (1 + 1e-12)
+
+
+def test_sixteen_bit_data_is_solved_exactly_whatever_its_size():
+    rng = np.random.default_rng(8)
+    half = rng.normal(size=30000).astype(np.float16)
+    bf16 = (rng.normal(size=30000).astype(np.float32).view(np.uint32) & np.uint32(0xFFFF0000)).view(np.float32)
+    bf16[:5] = -0.0
+    bf16[5:10] = 0.0
+    for values in (half, bf16):
+        fast = optimal_partition(values, 16, max_atoms=1024)  # 30,000 > max_atoms, yet exact
+        reference = optimal_partition(values, 16, max_atoms=None)
+        assert fast.exact
+        np.testing.assert_array_equal(fast.centroids, reference.centroids)
+        assert fast.sse == pytest.approx(reference.sse, rel=1e-12)
+
+
+def test_binned_path_is_marked_exact_when_no_bin_holds_two_values():
+    values = np.repeat(np.array([0.0, 1.0, 2.5, 7.0, 7.25]), 500)
+    partition = optimal_partition(values, 3, max_atoms=1024)
+    assert partition.exact
+    np.testing.assert_allclose(partition.centroids, [0.5, 2.5, 7.125])
+    np.testing.assert_array_equal(partition.upper_bounds, [1.0, 2.5])
+
+
+def test_relative_sse_compares_with_the_exact_optimum_not_the_binned_one():
+    values = np.random.default_rng(9).normal(size=6000)
+    binned = optimal_centroids(values, 16, max_atoms=256)
+    exact = optimal_centroids(values, 16, max_atoms=None)
+    assert sse(values, exact) < sse(values, binned)
+    assert relative_sse(values, exact) == pytest.approx(1.0, abs=1e-12)
+    assert relative_sse(values, binned) > 1.0 + 1e-7
+
+
+def test_exact_mode_refuses_what_it_cannot_hold():
+    values = np.arange(300000, dtype=np.float64)
+    with pytest.raises(ValueError, match="GiB of split points"):
+        optimal_partition(values, 1000, max_atoms=None)

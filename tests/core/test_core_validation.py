@@ -179,7 +179,7 @@ def test_preserve_sparsity_needs_two_clusters():
 
 
 def test_max_atoms_below_two_is_rejected():
-    with pytest.raises(ValueError, match="max_atoms must be >= 2, got 1"):
+    with pytest.raises(ValueError, match="max_atoms must be >= 2 or None, got 1"):
         optimal_centroids(GOOD, 2, max_atoms=1)
 
 

@@ -16,7 +16,7 @@ from weightzip.core.errors import InvalidClusterCountError, InvalidWeightsError,
 from weightzip.core.fit import fit_centroids
 from weightzip.core.lloyd import lloyd_refine
 from weightzip.core.metrics import relative_sse, sse
-from weightzip.core.optimal import optimal_centroids
+from weightzip.core.optimal import OptimalPartition, optimal_centroids, optimal_partition
 from weightzip.core.palette import palettize_exact
 from weightzip.core.pruning import (
     ConstantSparsity,
@@ -45,7 +45,9 @@ __all__ = [
     "fit_centroids",
     "index_dtype",
     "lloyd_refine",
+    "OptimalPartition",
     "optimal_centroids",
+    "optimal_partition",
     "palettize_exact",
     "relative_sse",
     "sse",

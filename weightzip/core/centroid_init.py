@@ -2,7 +2,8 @@
 
 Deep Compression (§3.1) compares Forgy (random), density-based and linear initialisation and finds
 linear best, because it keeps the rare large weights, which matter most, represented. TFMOT adds
-k-means++. `OPTIMAL` is weightzip's own: the exact 1-D k-means solution (see :mod:`.optimal`).
+k-means++. `OPTIMAL` is weightzip's own: the optimal 1-D k-means solution by dynamic programming, exact up to
+65,536 weights and for 16-bit data of any size, otherwise optimal over a 65,536-bin histogram (see :mod:`.optimal`).
 """
 
 from __future__ import annotations

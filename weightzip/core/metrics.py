@@ -19,16 +19,19 @@ def sse(values, centroids, *, sample_weight=None) -> float:
 
 
 def relative_sse(values, centroids, *, sample_weight=None, optimum: float | None = None) -> float:
-    """SSE of `centroids` divided by the optimal SSE for the same k (1.0 means optimal).
+    """SSE of `centroids` divided by the optimal SSE for the same k (1.0 means optimal, up to rounding).
 
-    `optimum` may be passed when already known; otherwise the exact optimum is computed.
+    `optimum` may be passed when already known; otherwise the exact optimum is computed by the exact
+    solver on the distinct values (``optimal_partition(..., max_atoms=None)``), never by the binned default
+    that :func:`~weightzip.core.optimal.optimal_centroids` uses on large float32 arrays, so a clustering
+    better than the binned solution still scores >= 1. That solver needs k × distinct-values int32 split
+    points and refuses above 1 GiB: for such arrays pass `optimum`.
     """
-    from weightzip.core.optimal import optimal_centroids
+    from weightzip.core.optimal import optimal_partition
 
     codebook = np.asarray(centroids, dtype=np.float64).ravel()
     if optimum is None:
-        best = optimal_centroids(values, codebook.shape[0], sample_weight=sample_weight)
-        optimum = sse(values, best, sample_weight=sample_weight)
+        optimum = optimal_partition(values, codebook.shape[0], sample_weight=sample_weight, max_atoms=None).sse
     achieved = sse(values, codebook, sample_weight=sample_weight)
     if optimum == 0.0:
         return 1.0 if achieved == 0.0 else float("inf")
