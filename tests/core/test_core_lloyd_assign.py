@@ -123,3 +123,26 @@ def test_sorted_sample_boundaries_match_nearest_centroid_in_float64(dtype, value
     midpoints = (centroids[1:] + centroids[:-1]) / 2.0
     expected = np.searchsorted(np.sort(values).astype(np.float64), midpoints, side="right")
     np.testing.assert_array_equal(sample.boundaries(centroids)[1:-1], expected)
+
+
+def test_assignment_of_many_values_matches_argmin_with_repeated_unsorted_centroids():
+    """Enough values to exercise the lookup table, outliers beyond the midpoints, values on midpoints."""
+    rng = np.random.default_rng(4)
+    centroids = np.concatenate((rng.normal(size=30), [0.5, 0.5, -3.0]))[rng.permutation(33)]
+    ordered = np.unique(centroids)
+    on_midpoints = (ordered[1:] + ordered[:-1]) / 2
+    values = np.concatenate((rng.normal(size=60000) * 2, [1e9, -1e9, 0.5, -3.0], on_midpoints))
+    for array in (values, values.astype(np.float32)):
+        expected, distance = argmin_assignment(array, centroids)
+        nearest = np.sort(distance, axis=1)
+        clear = nearest[:, 1] - nearest[:, 0] > 1e-12 * (1 + np.abs(array.astype(np.float64)))
+        got = assign_to_centroids(array, centroids)
+        np.testing.assert_array_equal(got[clear], expected[clear])
+        # A value on a midpoint (a tie up to rounding) goes to one of its two centroids, lowest index for that value.
+        tied = ~clear
+        assert tied.sum() >= len(on_midpoints) - 2
+        lowest_index = {value: int(np.flatnonzero(centroids == value)[0]) for value in ordered}
+        for value, index in zip(array[tied].astype(np.float64), got[tied]):
+            assert lowest_index[centroids[index]] == index
+            gap = abs(value - centroids[index]) - np.min(np.abs(value - centroids))
+            assert gap <= 1e-12 * (1 + abs(value))

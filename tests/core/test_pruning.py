@@ -44,6 +44,30 @@ def test_magnitude_mask_breaks_ties_by_lower_index_and_is_deterministic():
     np.testing.assert_array_equal(keep, magnitude_mask(weights.copy(), 0.4))
 
 
+def sorted_reference_mask(weights, sparsity, axis):
+    """The mask by a full stable sort (largest first, equal magnitudes in index order), slice by slice."""
+    magnitude = np.abs(weights)
+    rows = magnitude.reshape(1, -1) if axis is None else np.moveaxis(magnitude, axis, 0).reshape(
+        magnitude.shape[axis], -1)
+    keep = np.zeros(rows.shape, dtype=bool)
+    kept = rows.shape[1] - pruned_count(rows.shape[1], sparsity)
+    np.put_along_axis(keep, np.argsort(-rows, axis=1, kind="stable")[:, :kept], True, axis=1)
+    if axis is None:
+        return keep.reshape(weights.shape)
+    return np.moveaxis(keep.reshape((weights.shape[axis],) + tuple(np.delete(weights.shape, axis))), 0, axis)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.floats(0.0, 0.99), st.sampled_from([None, 0, 1]), st.integers(1, 5))
+def test_magnitude_mask_selection_equals_a_full_stable_sort(seed, sparsity, axis, levels):
+    """O(n) selection against the sort it replaces, with many ties (few distinct magnitudes, both signs)."""
+    rng = np.random.default_rng(seed)
+    weights = rng.integers(-levels, levels + 1, size=(int(rng.integers(1, 9)), int(rng.integers(1, 40))))
+    weights = weights.astype(np.float32) * 0.5
+    np.testing.assert_array_equal(magnitude_mask(weights, sparsity, axis=axis),
+                                  sorted_reference_mask(weights, sparsity, axis))
+
+
 def test_magnitude_mask_per_axis_prunes_every_slice_equally():
     rng = np.random.default_rng(1)
     weights = rng.normal(size=(10, 6)) * np.array([100.0, 1, 1, 1, 1, 0.01])  # very unequal columns

@@ -155,13 +155,31 @@ def _magnitude_mask_unblocked(magnitude: np.ndarray, sparsity: float, axis: int 
         axis = _normalised_axis(axis, magnitude.ndim)
         rows = np.moveaxis(magnitude, axis, 0).reshape(magnitude.shape[axis], -1)
     zeros = pruned_count(rows.shape[1], sparsity)
-    order = np.argsort(-rows, axis=1, kind="stable")  # largest first; equal magnitudes in index order
-    keep = np.zeros(rows.shape, dtype=bool)
-    np.put_along_axis(keep, order[:, : rows.shape[1] - zeros], True, axis=1)
+    keep = _keep_largest(rows, rows.shape[1] - zeros)
     if axis is None:
         return keep.reshape(magnitude.shape)
     moved_shape = (magnitude.shape[axis],) + tuple(np.delete(magnitude.shape, axis))
     return np.moveaxis(keep.reshape(moved_shape), 0, axis)
+
+
+def _keep_largest(rows: np.ndarray, keep: int) -> np.ndarray:
+    """Per row, True at its `keep` largest entries; among equal entries the lower index is kept.
+
+    O(n) selection, no sort: the smallest kept value of each row (`np.partition`) is the threshold;
+    everything above it is kept, and of the entries equal to it, the first ones in index order.
+    """
+    size = rows.shape[1]
+    if keep >= size:
+        return np.ones(rows.shape, dtype=bool)
+    threshold = np.partition(rows, size - keep, axis=1)[:, size - keep: size - keep + 1]
+    above = rows > threshold
+    tied = rows == threshold
+    room = keep - np.count_nonzero(above, axis=1)  # how many tied entries fit
+    crowded = np.flatnonzero(np.count_nonzero(tied, axis=1) > room)
+    keep_mask = above | tied
+    for row in crowded:  # more ties than room: only the first ones in index order
+        keep_mask[row] = above[row] | (tied[row] & (np.cumsum(tied[row]) <= room[row]))
+    return keep_mask
 
 
 def _pool_blocks(magnitude: np.ndarray, blocks: tuple[int, ...], pooling: str) -> np.ndarray:

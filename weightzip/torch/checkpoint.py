@@ -227,7 +227,7 @@ def _encode_choice(name, array: np.ndarray, axes, config: ClusterConfig | None, 
     if axes is not None and name not in axes:
         return array  # a module's tensor that is not a supported layer's weight
     axis = 0 if axes is None else axes[name]
-    if sparsity is not None:
+    if sparsity:  # a sparsity of 0 prunes nothing: skip the pass over the tensor
         array = apply_mask(array, magnitude_mask(array, sparsity))
     if config is not None:
         layer_config = ClusterConfig(config.number_of_clusters, config.init, config.lloyd_iterations,
