@@ -263,9 +263,12 @@ def _run_cost(cum_count, cum_first, cum_second, start, end):
 def _optimal_run_starts(cum_count, cum_first, cum_second, k):
     """Start atom of each of the k runs of an optimal partition of the n atoms.
 
-    The inner loop minimises previous[m] + cost(m, i) over m; cost's term Σw·y²(i) does not depend on m,
-    so it is added once per i, and previous[m] − Σw·y²(m) is precomputed per layer: one division and
-    three loads per candidate. Candidates start at the previous layer's best split for the same i.
+    Layer j (the first i atoms in j+1 runs) minimises previous[m] + cost(m, i) over the last run's start m.
+    The best m is non-decreasing in i, so the layer is solved level by level of an implicit binary tree
+    over i (the divide and conquer of Grønlund et al. without a stack): each i searches only between the
+    best m of its nearest solved neighbours, and never below the best m of the layer before (one run
+    fewer ends earlier). cost's term Σw·y²(i) does not depend on m, so it is added once per i, and
+    previous[m] − Σw·y²(m) is precomputed per layer: one division and three loads per candidate.
     """
     n = cum_count.shape[0] - 1
     previous = np.empty(n + 1)
@@ -275,55 +278,46 @@ def _optimal_run_starts(cum_count, cum_first, cum_second, k):
     for i in range(1, n + 1):
         previous[i] = _run_cost(cum_count, cum_first, cum_second, 0, i)
     split = np.zeros((k, n + 1), dtype=np.int32)
-    stack = np.empty((4 * (n + 2), 4), dtype=np.int64)
+    top = 1
+    while top < n + 1:
+        top <<= 1
     for j in range(1, k):
-        # Layer j: first i atoms in j+1 runs, i in [j+1, n]; last run starts at m in [j, i-1].
         for m in range(n + 1):
             adjusted[m] = previous[m] - cum_second[m]
-        stack[0, 0] = j + 1
-        stack[0, 1] = n
-        stack[0, 2] = j
-        stack[0, 3] = n - 1
-        top = 1
-        while top > 0:
-            top -= 1
-            i_lo = stack[top, 0]
-            i_hi = stack[top, 1]
-            m_lo = stack[top, 2]
-            m_hi = stack[top, 3]
-            if i_lo > i_hi:
-                continue
-            mid = (i_lo + i_hi) // 2
-            last = m_hi if m_hi < mid - 1 else mid - 1
-            first = split[j - 1, mid]  # the best split with one run fewer (0 for j = 1)
-            if first < m_lo:
-                first = m_lo
-            if first > last:  # only through rounding noise in near-ties
-                first = last
-            first_total = cum_first[mid]
-            weight_total = cum_count[mid]
-            best = np.inf
-            best_m = first
-            for m in range(first, last + 1):
-                weight = weight_total - cum_count[m]
-                value = adjusted[m]
-                if weight > 0.0:  # a run of atoms whose weights vanished in the prefix sums costs 0
-                    total = first_total - cum_first[m]
-                    value -= total * total / weight
-                if value < best:
-                    best = value
-                    best_m = m
-            current[mid] = best + cum_second[mid]
-            split[j, mid] = best_m
-            stack[top, 0] = i_lo
-            stack[top, 1] = mid - 1
-            stack[top, 2] = m_lo
-            stack[top, 3] = best_m
-            stack[top + 1, 0] = mid + 1
-            stack[top + 1, 1] = i_hi
-            stack[top + 1, 2] = best_m
-            stack[top + 1, 3] = m_hi
-            top += 2
+        before = split[j - 1]  # best splits with one run fewer (all 0 for j = 1)
+        best_split = split[j]
+        base = j + 1  # i = base + t for t in [0, size): at least one atom per run
+        size = n - j
+        step = top
+        while step >= 1:
+            t = step - 1
+            while t < size:  # the points of this level; their neighbours t ± step are solved
+                i = base + t
+                low = before[i] if before[i] > j else j
+                if t >= step and best_split[i - step] > low:
+                    low = best_split[i - step]
+                high = i - 1
+                if t + step < size and best_split[i + step] < high:
+                    high = best_split[i + step]
+                if low > high:  # only through rounding noise in near-ties
+                    low = high
+                first_total = cum_first[i]
+                weight_total = cum_count[i]
+                best = np.inf
+                best_m = low
+                for m in range(low, high + 1):
+                    weight = weight_total - cum_count[m]
+                    value = adjusted[m]
+                    if weight > 0.0:  # a run of atoms whose weights vanished in the prefix sums costs 0
+                        total = first_total - cum_first[m]
+                        value -= total * total / weight
+                    if value < best:
+                        best = value
+                        best_m = m
+                current[i] = best + cum_second[i]
+                best_split[i] = best_m
+                t += 2 * step
+            step >>= 1
         for i in range(j + 1):
             current[i] = np.inf
         previous, current = current, previous
