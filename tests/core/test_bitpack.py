@@ -63,3 +63,14 @@ def test_unpack_needs_the_exact_byte_count():
         unpack_bits(data + b"\0", 3, 5)
     with pytest.raises(WeightzipError, match="need 2 bytes"):
         unpack_bits(data[:1], 3, 5)
+
+
+@pytest.mark.parametrize("bits", [1, 3, 4, 7, 9, 12, 17, 24, 31])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32, np.int64])
+def test_layout_equals_a_bit_string_reference(bits, dtype):
+    """Every value's bits, least significant first, concatenated and cut into LSB-first bytes."""
+    high = min(2 ** bits, np.iinfo(dtype).max + 1)
+    values = np.random.default_rng(bits).integers(0, high, size=1001).astype(dtype)
+    stream = ((values.astype(np.uint64)[:, None] >> np.arange(bits, dtype=np.uint64)) & np.uint64(1)).astype(np.uint8)
+    assert pack_bits(values, bits) == np.packbits(stream.ravel(), bitorder="little").tobytes()
+    np.testing.assert_array_equal(unpack_bits(pack_bits(values, bits), values.size, bits, dtype=np.int64), values)

@@ -4,20 +4,19 @@ Layout (what the `.wz` format relies on): value ``i`` occupies stream bits ``[i*
 significant bit first, and stream bit ``j`` is bit ``j % 8`` of byte ``j // 8`` (LSB-first, as in
 DEFLATE). The last byte is padded with zero bits; the packed size is exactly ``ceil(n*b / 8)`` bytes.
 
-Everything is vectorised and processed in chunks of a multiple of 8 values (chunks start on byte
-boundaries, temporaries stay small). Packing below 8 bits builds each block of 8 values (exactly
-`b` bytes) as one uint64; wider widths go through ``np.unpackbits``/``np.packbits``. Unpacking gathers
-an unaligned little-endian uint64 at each value's first byte, then shifts and masks.
+Widths of 8, 16 and 32 bits are the values' little-endian bytes. Other widths go through two numba
+kernels that stream the bits through a 64-bit accumulator, one pass over the values and no
+temporaries, at memory speed.
 """
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from weightzip.core.errors import WeightzipError
 
 MAX_BIT_WIDTH = 32
-_CHUNK_VALUES = 1 << 18  # multiple of 8: chunks start on byte boundaries
 
 
 def bit_width(k: int) -> int:
@@ -57,28 +56,26 @@ def pack_bits(values, bits: int) -> bytes:
         return b""
     if bits in (8, 16, 32):
         return flat.astype(f"<u{bits // 8}", copy=False).tobytes()
-    if bits < 8:
-        return _pack_narrow(flat, bits)
-    words = flat.astype("<u4", copy=False)
-    out = bytearray()
-    for start in range(0, flat.size, _CHUNK_VALUES):
-        chunk = words[start:start + _CHUNK_VALUES]
-        as_bits = np.unpackbits(chunk.view(np.uint8).reshape(-1, 4), axis=1, bitorder="little")
-        out += np.packbits(as_bits[:, :bits], bitorder="little").tobytes()
-    return bytes(out)
+    out = np.zeros(packed_size(flat.size, bits), dtype=np.uint8)
+    _pack_kernel(flat if flat.dtype.itemsize <= 4 else flat.astype(np.uint32), bits, out)
+    return out.tobytes()
 
 
-def _pack_narrow(flat: np.ndarray, bits: int) -> bytes:
-    """bits < 8: every 8 values fill exactly `bits` bytes; build each block as one uint64."""
-    out = bytearray()
-    shifts = np.arange(8, dtype=np.uint64) * np.uint64(bits)
-    for start in range(0, flat.size, _CHUNK_VALUES):
-        chunk = flat[start:start + _CHUNK_VALUES].astype(np.uint64)
-        blocks = np.zeros(-(-chunk.size // 8) * 8, dtype=np.uint64)
-        blocks[:chunk.size] = chunk
-        words = np.bitwise_or.reduce(blocks.reshape(-1, 8) << shifts, axis=1).astype("<u8")
-        out += words.view(np.uint8).reshape(-1, 8)[:, :bits].tobytes()
-    return bytes(out[: packed_size(flat.size, bits)])
+@numba.njit(cache=True, nogil=True)
+def _pack_kernel(values, bits, out):
+    accumulator = np.uint64(0)
+    pending = 0
+    position = 0
+    for i in range(values.shape[0]):
+        accumulator |= np.uint64(values[i]) << np.uint64(pending)
+        pending += bits
+        while pending >= 8:
+            out[position] = np.uint8(accumulator & np.uint64(0xFF))
+            accumulator >>= np.uint64(8)
+            pending -= 8
+            position += 1
+    if pending > 0:
+        out[position] = np.uint8(accumulator & np.uint64(0xFF))
 
 
 def unpack_bits(data, count: int, bits: int, dtype=None) -> np.ndarray:
@@ -102,17 +99,25 @@ def unpack_bits(data, count: int, bits: int, dtype=None) -> np.ndarray:
         return np.zeros(count, dtype=dtype)
     if bits in (8, 16, 32):
         return buffer.view(f"<u{bits // 8}").astype(dtype)
-    # Gather, for every value, the 8 bytes starting at its first byte as one little-endian uint64
-    # (an unaligned, overlapping view of a padded copy), then shift and mask: 39 bits at most needed.
-    padded = np.zeros(buffer.size + 8, dtype=np.uint8)
-    padded[:buffer.size] = buffer
-    words = np.ndarray(shape=(buffer.size + 1,), dtype="<u8", buffer=padded, strides=(1,))
-    mask = np.uint64((1 << bits) - 1)
-    out = np.empty(count, dtype=dtype)
-    for start in range(0, count, _CHUNK_VALUES):
-        offsets = np.arange(start, min(count, start + _CHUNK_VALUES), dtype=np.uint64) * np.uint64(bits)
-        out[start:start + offsets.size] = (words[offsets >> np.uint64(3)] >> (offsets & np.uint64(7))) & mask
-    return out
+    out = np.empty(count, dtype=dtype if dtype.kind == "u" and dtype.itemsize <= 8 else np.uint64)
+    _unpack_kernel(buffer, bits, out)
+    return out if out.dtype == dtype else out.astype(dtype)
+
+
+@numba.njit(cache=True, nogil=True)
+def _unpack_kernel(buffer, bits, out):
+    mask = (np.uint64(1) << np.uint64(bits)) - np.uint64(1)
+    accumulator = np.uint64(0)
+    pending = 0
+    position = 0
+    for i in range(out.shape[0]):
+        while pending < bits:
+            accumulator |= np.uint64(buffer[position]) << np.uint64(pending)
+            pending += 8
+            position += 1
+        out[i] = accumulator & mask
+        accumulator >>= np.uint64(bits)
+        pending -= bits
 
 
 def _check_width(bits) -> int:

@@ -87,6 +87,8 @@ class ClusteredTensor:
 
     def decode(self) -> np.ndarray:
         """The clustered weights: each weight replaced by its centroid."""
+        if self.axis is None or self.codebook.shape[0] == 1:  # one row: a plain take, no broadcast index
+            return np.take(self.codebook[0], self.indices)
         return self.codebook[self.group_of_each_weight(), self.indices]
 
 

@@ -103,10 +103,12 @@ def huffman_encode(symbols, lengths) -> bytes:
         return b""
     if not np.issubdtype(symbols.dtype, np.integer) or symbols.min() < 0 or symbols.max() >= lengths.size:
         raise WeightzipError(f"symbols must be integers in [0, {lengths.size}), got {symbols.dtype}")
-    symbols = symbols.astype(np.int64)
-    if np.any(lengths[symbols] == 0):
+    if symbols.dtype.itemsize > 4 or symbols.dtype.kind != "u":
+        symbols = symbols.astype(np.uint32)
+    histogram = np.bincount(symbols, minlength=lengths.size)
+    if np.any(histogram[lengths == 0]):
         raise WeightzipError("a symbol to encode has no code (its length is 0)")
-    total_bits = encoded_bit_count(np.bincount(symbols, minlength=lengths.size), lengths)
+    total_bits = encoded_bit_count(histogram, lengths)
     out = np.zeros((total_bits + 7) // 8, dtype=np.uint8)
     _encode_kernel(symbols, codes.astype(np.uint64), lengths.astype(np.int64), out)
     return out.tobytes()
@@ -141,7 +143,7 @@ def huffman_decode(data, count: int, lengths) -> np.ndarray:
     first_code = _first_codes(per_length)
     by_code = used[np.lexsort((used, lengths[used]))].astype(np.int64)
     first_index = np.concatenate(([0], np.cumsum(per_length)[:-1])).astype(np.int64)
-    out = np.empty(count, dtype=np.int64)
+    out = np.empty(count, dtype=out_dtype)
     status, used_bits = _decode_kernel(buffer, count, table_bits, table_symbol, table_length,
                                        first_code, per_length, first_index, by_code, int(lengths.max()), out)
     if status == _INVALID_CODE:
@@ -150,7 +152,7 @@ def huffman_decode(data, count: int, lengths) -> np.ndarray:
         raise WeightzipError(f"Huffman stream ends before its {count} symbols")
     if (used_bits + 7) // 8 != buffer.size:
         raise WeightzipError(f"Huffman stream has {buffer.size - (used_bits + 7) // 8} trailing bytes")
-    return out.astype(out_dtype)
+    return out
 
 
 def _checked_lengths(lengths) -> np.ndarray:
@@ -250,26 +252,35 @@ def _limit_lengths(per_length: np.ndarray, max_length: int) -> np.ndarray:
     return bits[: max_length + 1]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _encode_kernel(symbols, codes, lengths, out):
-    acc = np.uint64(0)
+    """Codes MSB-first into a 64-bit accumulator, flushed 32 bits at a time (codes have <= 24 bits)."""
+    accumulator = np.uint64(0)
     pending = 0
-    pos = 0
+    position = 0
     for i in range(symbols.shape[0]):
         s = symbols[i]
         length = lengths[s]
-        acc = (acc << np.uint64(length)) | codes[s]
+        accumulator = (accumulator << np.uint64(length)) | codes[s]
         pending += length
-        while pending >= 8:
-            pending -= 8
-            out[pos] = np.uint8((acc >> np.uint64(pending)) & np.uint64(0xFF))
-            pos += 1
-        acc &= (np.uint64(1) << np.uint64(pending)) - np.uint64(1)
+        if pending >= 32:
+            pending -= 32
+            word = accumulator >> np.uint64(pending)
+            out[position] = np.uint8((word >> np.uint64(24)) & np.uint64(0xFF))
+            out[position + 1] = np.uint8((word >> np.uint64(16)) & np.uint64(0xFF))
+            out[position + 2] = np.uint8((word >> np.uint64(8)) & np.uint64(0xFF))
+            out[position + 3] = np.uint8(word & np.uint64(0xFF))
+            position += 4
+            accumulator &= (np.uint64(1) << np.uint64(pending)) - np.uint64(1)
+    while pending >= 8:
+        pending -= 8
+        out[position] = np.uint8((accumulator >> np.uint64(pending)) & np.uint64(0xFF))
+        position += 1
     if pending > 0:
-        out[pos] = np.uint8((acc << np.uint64(8 - pending)) & np.uint64(0xFF))
+        out[position] = np.uint8((accumulator << np.uint64(8 - pending)) & np.uint64(0xFF))
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _peek(buffer, bit_position, width):
     """`width` (<= 25) bits of `buffer` from `bit_position`, MSB-first, zeros past the end."""
     byte = bit_position >> 3
@@ -281,20 +292,32 @@ def _peek(buffer, bit_position, width):
     return (word >> (32 - (bit_position & 7) - width)) & ((1 << width) - 1)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _decode_kernel(buffer, count, table_bits, table_symbol, table_length,
                    first_code, per_length, first_index, by_code, max_length, out):
+    """Table-driven decoding from a 64-bit bit buffer refilled a byte at a time (zeros past the end)."""
     total_bits = buffer.shape[0] * 8
+    size = buffer.shape[0]
+    table_mask = (np.uint64(1) << np.uint64(table_bits)) - np.uint64(1)
+    accumulator = np.uint64(0)
+    available = 0  # bits of the accumulator not yet consumed (its low `available` bits)
+    next_byte = 0
     position = 0
     for i in range(count):
-        window = _peek(buffer, position, table_bits)
+        while available <= 56:
+            byte = buffer[next_byte] if next_byte < size else 0
+            accumulator = (accumulator << np.uint64(8)) | np.uint64(byte)
+            available += 8
+            next_byte += 1
+        window = (accumulator >> np.uint64(available - table_bits)) & table_mask
         length = table_length[window]
         if length > 0:
             symbol = table_symbol[window]
         else:
             symbol = -1
             for candidate in range(table_bits + 1, max_length + 1):
-                code = _peek(buffer, position, candidate)
+                code = np.int64((accumulator >> np.uint64(available - candidate))
+                                & ((np.uint64(1) << np.uint64(candidate)) - np.uint64(1)))
                 offset = code - first_code[candidate]
                 if 0 <= offset < per_length[candidate]:
                     symbol = by_code[first_index[candidate] + offset]
@@ -305,5 +328,7 @@ def _decode_kernel(buffer, count, table_bits, table_symbol, table_length,
         position += length
         if position > total_bits:
             return _TRUNCATED, position
+        available -= length
+        accumulator &= (np.uint64(1) << np.uint64(available)) - np.uint64(1)
         out[i] = symbol
     return _OK, position

@@ -89,10 +89,13 @@ def drop_unused_centroids(clustered: ClusteredTensor) -> ClusteredTensor:
     codebook = np.asarray(clustered.codebook)
     groups, k = codebook.shape
     group = np.broadcast_to(clustered.group_of_each_weight(), clustered.shape)
-    codes = group.astype(np.int64) * k + clustered.indices
-    used = np.zeros(groups * k, dtype=bool)
-    used[codes.ravel()] = True
-    used = used.reshape(groups, k)
+    if groups == 1:  # one row: a histogram of the indices, no per-weight code array
+        used = (np.bincount(np.asarray(clustered.indices).ravel(), minlength=k) > 0).reshape(1, k)
+    else:
+        codes = group.astype(np.int64) * k + clustered.indices
+        used = np.zeros(groups * k, dtype=bool)
+        used[codes.ravel()] = True
+        used = used.reshape(groups, k)
     width = max(1, int(used.sum(axis=1).max()))
     if width == k:
         return clustered
