@@ -35,16 +35,18 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    import json
 
-    from weightzip.format import FORMAT_VERSION, inspect_table, read_metadata
+    from weightzip.format import inspect_wz
+    from weightzip.format.inspect import summary_line, table_text, to_json
 
-    metadata = read_metadata(args.file)
-    report = inspect_table(args.file)
-    console = Console()
-    console.print(f"[bold]{args.file}[/bold]: {os.path.getsize(args.file):,} bytes, .wz format {FORMAT_VERSION}, "
-                  f"framework {metadata.get('framework', 'unknown')}")
-    console.print(report.to_text(), highlight=False, soft_wrap=True)
+    summary = inspect_wz(args.file)
+    if args.json:
+        print(json.dumps(to_json(summary.report, summary.version, summary.metadata), indent=1))
+        return 0
+    # Plain text, never rich markup: names and metadata come from the file (see weightzip.format.inspect).
+    print(summary_line(summary.report, summary.version, summary.metadata))
+    print(table_text(summary.report))
     return 0
 
 
@@ -281,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Per tensor: weights, %% kept by pruning, storage, bits per weight and per index, bytes, "
         "compression rate, all from the file's actual bytes.")
     inspect.add_argument("file", help="the .wz file")
+    inspect.add_argument("--json", action="store_true", help="print the table as JSON (exact byte counts)")
     inspect.set_defaults(handler=_inspect)
     return parser
 
@@ -292,8 +295,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args) or 0)
-    except (CliError, WeightzipError, FileExistsError, FileNotFoundError, ValueError) as error:
+    except (CliError, WeightzipError, ValueError) as error:
         print(f"weightzip {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # unreadable input, read-only or full output directory, file-size limit
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"weightzip {args.command}: error: {where}{error.strerror or error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

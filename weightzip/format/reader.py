@@ -9,6 +9,7 @@ each section's CRC-32 and the streams' own consistency (valid codes, exact lengt
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import numpy as np
 from weightzip.core.cluster import ClusteredTensor
 from weightzip.core.sizing import SizeReport, TensorSize
 from weightzip.format import schema
-from weightzip.format.container import disassemble
+from weightzip.format.container import PREAMBLE, disassemble
 from weightzip.format.errors import WzFormatError
 from weightzip.format.records import TensorRecord, check_record, decode_record
 from weightzip.format.streams import PayloadReader
@@ -49,14 +50,53 @@ def read_wz_dense(path, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> tuple[di
 
 def decode_dense(tensors: dict) -> dict[str, np.ndarray]:
     """Each ClusteredTensor replaced by its decoded weights; arrays passed through."""
-    return {name: t.decode() if isinstance(t, ClusteredTensor) else t for name, t in tensors.items()}
+    return {name: _decoded(t) if isinstance(t, ClusteredTensor) else t for name, t in tensors.items()}
+
+
+def _decoded(tensor: ClusteredTensor) -> np.ndarray:
+    if tensor.indices.size == 0:  # nothing to look up (and no per-channel layout to build for long empty axes)
+        return np.zeros(tensor.shape, dtype=tensor.codebook.dtype)
+    return tensor.decode()
 
 
 def inspect_table(path, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> SizeReport:
     """Per-tensor size table of a `.wz` file from its actual section sizes (the file is checked, not decoded)."""
+    return inspect_bytes(_read_bytes(path), max_elements=max_elements, source=str(path))
+
+
+def inspect_bytes(data: bytes, *, max_elements: int = DEFAULT_MAX_ELEMENTS, source: str = "<bytes>") -> SizeReport:
+    """Like :func:`inspect_table`, from the file's bytes."""
+    _, records, _ = _checked(data, max_elements, source)
+    return SizeReport([_size_row(record) for record in records], len(data), source)
+
+
+def decode_tensor(data: bytes, name: str, *, max_elements: int = DEFAULT_MAX_ELEMENTS, source: str = "<bytes>"):
+    """The one tensor `name` of a `.wz` file's bytes (ClusteredTensor or ndarray), bit-exact."""
+    _, records, reader = _checked(data, max_elements, source)
+    for record in records:
+        if record.name == name:
+            try:
+                return decode_record(record, reader)
+            except WzFormatError as error:
+                raise WzFormatError(f"{source}: {error}") from None
+    raise WzFormatError(f"{source}: no tensor named {name!r}")
+
+
+@dataclass(frozen=True)
+class WzSummary:
+    """What `weightzip inspect` shows: the file's format version, its metadata and its size table."""
+
+    version: str
+    metadata: dict
+    report: SizeReport
+
+
+def inspect_wz(path, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> WzSummary:
+    """Format version, metadata and per-tensor size table of a `.wz` file (checked, not decoded)."""
     data = _read_bytes(path)
-    _, records, _ = _checked(data, max_elements, str(path))
-    return SizeReport([_size_row(record) for record in records], len(data), str(path))
+    metadata, records, _ = _checked(data, max_elements, str(path))
+    major, minor = PREAMBLE.unpack_from(data, 0)[1:3]
+    return WzSummary(f"{major}.{minor}", metadata, SizeReport([_size_row(r) for r in records], len(data), str(path)))
 
 
 def read_metadata(path) -> dict:
@@ -82,11 +122,11 @@ def _checked(data: bytes, max_elements: int, source: str) -> tuple[dict, list[Te
             raise WzFormatError("header: tensors must be a list")
         records, total, names = [], 0, set()
         for index, raw in enumerate(raw_records):
-            record = check_record(raw, index, max_elements=max_elements - total)
+            record = check_record(raw, index, max_elements=max_elements - total, payload_length=len(payload))
             if record.name in names:
                 raise WzFormatError(f"tensor '{record.name}' appears twice")
             names.add(record.name)
-            total += record.elements
+            total += record.nominal
             records.append(record)
     except WzFormatError as error:
         raise WzFormatError(f"{source}: {error}") from None

@@ -234,22 +234,30 @@ class TensorRecord:
     elements: int
     entries: int
     raw: dict
+    nominal: int  # elements, with zero-length axes counted as 1: what the reader's element limit counts
 
     @property
     def where(self) -> str:
         return f"tensor '{self.name}'"
 
 
-def check_record(raw: dict, index: int, *, max_elements: int) -> TensorRecord:
-    """Validate one record's structure and sizes (no payload access, no allocation)."""
+def check_record(raw: dict, index: int, *, max_elements: int, payload_length: int) -> TensorRecord:
+    """Validate one record's structure and sizes (no payload access, no allocation).
+
+    Every section must lie inside the `payload_length`-byte payload, so sizes derived from a section
+    (codebook rows × k, table sizes) are bounded by the file's size."""
     where = f"tensor #{index}"
     name = schema.string(raw, "name", where)
     where = f"tensor '{name}'"
     kind = schema.choice(raw, "kind", where, ("clustered", "array"))
     shape = schema.shape(raw, "shape", where)
     elements = math.prod(shape)
-    if elements > max_elements:
-        raise WzFormatError(f"{where}: shape {list(shape)} has {elements} elements, more than the "
+    # A zero-length axis does not make the others free: NumPy (and any per-channel arange) still sizes
+    # arrays by the non-zero axes, so a tensor counts as the product of its axes with 0 read as 1.
+    nominal = math.prod(max(dim, 1) for dim in shape)
+    if nominal > max_elements:
+        counted = f"{elements} elements" if elements else f"no elements but axes of {nominal} together"
+        raise WzFormatError(f"{where}: shape {list(shape)} has {counted}, more than the "
                             f"{max_elements} left of the reader's element limit (max_elements; raise it "
                             f"only for a trusted file)")
     layout = schema.choice(raw, "layout", where, ("dense", "sparse"))
@@ -257,7 +265,7 @@ def check_record(raw: dict, index: int, *, max_elements: int) -> TensorRecord:
     if kind == "clustered":
         dtype = schema.dtype(raw, "dtype", where, schema.FLOAT_DTYPES)
         k = schema.integer(raw, "clusters", where, minimum=1)
-        groups = schema.integer(raw, "groups", where, minimum=1)
+        groups = schema.integer(raw, "groups", where, minimum=0)  # 0: a per-channel tensor with no channels
         axis = schema.optional_integer(raw, "axis", where, minimum=-len(shape), maximum=len(shape) - 1)
         group_size = schema.integer(raw, "group_size", where, minimum=1)
         index_dtype = schema.dtype(raw, "index_dtype", where, schema.INDEX_DTYPES)
@@ -266,35 +274,51 @@ def check_record(raw: dict, index: int, *, max_elements: int) -> TensorRecord:
         if groups != _expected_groups(shape, axis, group_size, where, WzFormatError):
             raise WzFormatError(f"{where}: {groups} codebook rows do not match axis={axis}, "
                                 f"group_size={group_size} and shape {list(shape)}")
-        codebook_length = schema.integer(schema.field(raw, "codebook", where), "length", f"{where} codebook")
+        codebook_length = _section_length(raw, "codebook", where, payload_length)
         if codebook_length != groups * k * dtype.itemsize:
             raise WzFormatError(f"{where}: codebook section of {codebook_length} bytes, {groups}x{k} "
                                 f"{dtype} values need {groups * k * dtype.itemsize}")
         if layout == "dense":
+            _section_length(raw, "indices", where, payload_length)
             entries = check_symbols_descriptor(schema.field(raw, "indices", where), f"{where} indices",
                                                count=elements, alphabet=k, max_count=max_elements)
         else:
             schema.integer_list(raw, "background", where, length=groups, maximum=k - 1)
-            entries = _check_sparse_streams(raw, where, elements, max_elements, value_alphabet=k)
+            entries = _check_sparse_streams(raw, where, elements, max_elements, payload_length, value_alphabet=k)
     else:
         dtype = schema.dtype(raw, "dtype", where)
         if layout == "dense":
             entries = elements
-            length = schema.integer(schema.field(raw, "data", where), "length", f"{where} data")
+            length = _section_length(raw, "data", where, payload_length)
             if length != elements * dtype.itemsize:
                 raise WzFormatError(f"{where}: data section of {length} bytes, {elements} {dtype} values "
                                     f"need {elements * dtype.itemsize}")
         else:
-            entries = _check_sparse_streams(raw, where, elements, max_elements, value_alphabet=None)
-            length = schema.integer(schema.field(raw, "values", where), "length", f"{where} values")
+            entries = _check_sparse_streams(raw, where, elements, max_elements, payload_length, value_alphabet=None)
+            length = _section_length(raw, "values", where, payload_length)
             if length != entries * dtype.itemsize:
                 raise WzFormatError(f"{where}: values section of {length} bytes, {entries} {dtype} values "
                                     f"need {entries * dtype.itemsize}")
-    return TensorRecord(name, kind, shape, dtype, layout, nonzero, elements, entries, raw)
+    return TensorRecord(name, kind, shape, dtype, layout, nonzero, elements, entries, raw, nominal)
 
 
-def _check_sparse_streams(raw, where, elements, max_elements, *, value_alphabet) -> int:
+def _section_length(raw: dict, key: str, where: str, payload_length: int) -> int:
+    """The length of section `key`, after checking that the section lies inside the payload."""
+    descriptor = schema.field(raw, key, where)
+    where = f"{where} {key}"
+    offset = schema.integer(descriptor, "offset", where)
+    length = schema.integer(descriptor, "length", where)
+    schema.integer(descriptor, "crc32", where, maximum=0xFFFFFFFF)
+    if offset + length > payload_length:
+        raise WzFormatError(f"{where}: section [{offset}, {offset + length}) lies outside the "
+                            f"{payload_length}-byte payload")
+    return length
+
+
+def _check_sparse_streams(raw, where, elements, max_elements, payload_length, *, value_alphabet) -> int:
     gap_bits = schema.integer(raw, "gap_bits", where, minimum=1, maximum=MAX_GAP_BITS)
+    _section_length(raw, "gaps", where, payload_length)
+    _section_length(raw, "values", where, payload_length)
     entries = check_symbols_descriptor(schema.field(raw, "gaps", where), f"{where} gaps", count=None,
                                        alphabet=1 << gap_bits, max_count=min(elements, max_elements))
     if value_alphabet is not None:
@@ -322,10 +346,13 @@ def decode_record(record: TensorRecord, reader: PayloadReader):
     else:
         gaps = decode_symbols(raw["gaps"], reader, f"{where} gaps")
         values = decode_symbols(raw["values"], reader, f"{where} values").astype(index_dtype)
-        # The group layout of the tensor, from a zero-strided stand-in for its indices (no allocation).
-        layout = ClusteredTensor(codebook, np.broadcast_to(np.zeros((), np.uint8), record.shape), axis, group_size)
         background = np.asarray(raw["background"], dtype=index_dtype)
-        per_weight = np.broadcast_to(background[layout.group_of_each_weight()], record.shape).ravel()
+        if record.elements:
+            # The group layout of the tensor, from a zero-strided stand-in for its indices (no allocation).
+            layout = ClusteredTensor(codebook, np.broadcast_to(np.zeros((), np.uint8), record.shape), axis, group_size)
+            per_weight = np.broadcast_to(background[layout.group_of_each_weight()], record.shape).ravel()
+        else:  # no weights: no per-channel layout to build (its axes may still be long)
+            per_weight = np.zeros(0, dtype=index_dtype)
         indices = _sparse_decode(gaps, values, per_weight, record, where)
     return ClusteredTensor(codebook, indices.reshape(record.shape), axis, group_size)
 

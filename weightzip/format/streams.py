@@ -222,7 +222,29 @@ def decode_symbols(descriptor: dict, reader: PayloadReader, where: str) -> np.nd
     if int(histogram.sum()) != count:
         raise WzFormatError(f"{where}: ANS model counts {int(histogram.sum())} symbols, stream claims {count}")
     words = np.frombuffer(data[table_bytes:], dtype="<u4")
+    needed = ans_information_bits(histogram)
+    if needed > 32 * words.size + ANS_STATE_BITS:
+        raise WzFormatError(f"{where}: {words.size} ANS words cannot hold {count} symbols of this model "
+                            f"(their information content is {needed:.0f} bits)")
     return _wrapped(ans_decode, where, words, count, histogram)
+
+
+ANS_STATE_BITS = 64  # the coder's state, flushed with the words: the most a stream can hold beyond its words
+
+
+def ans_information_bits(histogram: np.ndarray) -> float:
+    """A lower bound on the bits any ANS encoding of a stream with these symbol counts takes.
+
+    Whatever the coder's quantised model q, the stream's cost Σ count·(−log2 q) is at least its
+    empirical entropy (Gibbs' inequality). This bounds the symbol count by the data's length, so a short
+    stream cannot make the decoder produce 2^28 symbols (a constant stream, of entropy 0, legitimately
+    takes no words at all).
+    """
+    counts = histogram[histogram > 0].astype(np.float64)
+    total = counts.sum()
+    if total == 0:
+        return 0.0
+    return float(-(counts * np.log2(counts / total)).sum())
 
 
 def decode_raw(descriptor: dict, reader: PayloadReader, where: str, dtype: np.dtype, count: int) -> np.ndarray:

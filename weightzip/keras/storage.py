@@ -18,7 +18,7 @@ import numpy as np
 
 from weightzip.core.palette import smallest_exact_palette
 from weightzip.core.errors import WeightzipError
-from weightzip.format import WriteOptions, read_wz_dense, write_wz
+from weightzip.format import WriteOptions, WzFormatError, read_wz_dense, write_wz
 
 FRAMEWORK = "keras"
 DEFAULT_MAX_CLUSTERS = 256
@@ -86,8 +86,15 @@ def load_wz(path, *, custom_objects: dict | None = None) -> keras.Model:
     tensors, metadata = read_wz_dense(path)
     if metadata.get("framework") != FRAMEWORK or "model" not in metadata:
         raise WeightzipError(f"{path} does not hold a Keras model (framework={metadata.get('framework')!r})")
-    model = keras.saving.deserialize_keras_object(metadata["model"], custom_objects=custom_objects)
-    stored = metadata.get("variables", [])
+    config, stored = _checked_model_metadata(metadata, path)
+    try:
+        model = keras.saving.deserialize_keras_object(config, custom_objects=custom_objects)
+    except Exception as error:  # Keras raises anything from KeyError to TypeError for a malformed config
+        message = (str(error).strip().splitlines() or [""])[0]
+        raise WzFormatError(f"{path}: the stored Keras model config cannot be rebuilt "
+                            f"({type(error).__name__}: {message[:200]})") from None
+    if not isinstance(model, keras.Model):
+        raise WzFormatError(f"{path}: the stored config rebuilds a {type(model).__name__}, not a Keras model")
     variables = model.weights
     if len(stored) != len(variables) or set(stored) != set(tensors):
         raise WeightzipError(
@@ -103,6 +110,22 @@ def load_wz(path, *, custom_objects: dict | None = None) -> keras.Model:
             )
         variable.assign(value.astype(variable.dtype))
     return model
+
+
+def _checked_model_metadata(metadata: dict, path) -> tuple[dict, list[str]]:
+    """The metadata's model config and variable paths, after checking their types (a one-line error, not a
+    traceback from deep inside Keras, for a damaged or hand-edited file)."""
+    config = metadata["model"]
+    if not isinstance(config, dict) or not isinstance(config.get("class_name"), str) \
+            or not isinstance(config.get("config"), (dict, type(None))):
+        raise WzFormatError(f"{path}: metadata 'model' must be a serialized Keras model "
+                            f"(an object with 'class_name' and 'config'), got {type(config).__name__}")
+    stored = metadata.get("variables", [])
+    if not isinstance(stored, list) or not all(isinstance(name, str) for name in stored):
+        raise WzFormatError(f"{path}: metadata 'variables' must be a list of variable paths")
+    if len(set(stored)) != len(stored):
+        raise WzFormatError(f"{path}: metadata 'variables' names a variable twice")
+    return config, stored
 
 
 __all__ = ["load_wz", "model_metadata", "model_tensors", "palettized_or_raw", "save_wz"]

@@ -34,7 +34,7 @@ from weightzip.atomic import check_output_path, write_bytes_atomically
 from weightzip.core import CentroidInitialization, ClusterConfig, ClusteredTensor, cluster_array
 from weightzip.core.errors import WeightzipError
 from weightzip.core.pruning import apply_mask, magnitude_mask
-from weightzip.format import WriteOptions, read_wz, read_wz_dense, write_wz
+from weightzip.format import WriteOptions, WzFormatError, read_wz, read_wz_dense, write_wz
 from weightzip.torch.clustering import ClusteredWeight
 from weightzip.core.palette import drop_unused_centroids
 from weightzip.torch.palettized import PalettizedWeight, exact_palette
@@ -56,14 +56,23 @@ def load_checkpoint(path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return dict(load_file(str(path), device="cpu"))
+        try:
+            return dict(load_file(str(path), device="cpu"))
+        except Exception as error:  # safetensors' Rust errors share no base class with Python's
+            raise WeightzipError(f"{path}: not a valid .safetensors file ({_first_line(error)})") from None
     if path.suffix not in CHECKPOINT_SUFFIXES:
         raise WeightzipError(f"{path}: unknown checkpoint type {path.suffix!r}; expected one of {CHECKPOINT_SUFFIXES}")
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle and zip errors have no common base class
-        raise WeightzipError(f"{path}: not a loadable torch checkpoint ({type(error).__name__}: {error})") from None
+        raise WeightzipError(f"{path}: not a loadable torch checkpoint ({type(error).__name__}: "
+                             f"{_first_line(error)})") from None
     return _as_state_dict(loaded, str(path))
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _as_state_dict(loaded, where: str) -> dict[str, torch.Tensor]:
@@ -244,18 +253,45 @@ def _encode_choice(name, array: np.ndarray, axes, config: ClusterConfig | None, 
 def decompress(path, *, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     """The dense state_dict stored in the `.wz` file `path` (clustered tensors decoded to their centroids)."""
     arrays, metadata = read_wz_dense(path)
-    torch_dtypes = metadata.get("torch_dtypes", {}) if isinstance(metadata, dict) else {}
+    torch_dtypes = _checked_torch_dtypes(metadata, arrays, path)
     state = {}
     for name, array in arrays.items():
         tensor = _as_tensor(array)
-        dtype_name = torch_dtypes.get(name)
-        if dtype_name is not None:
-            dtype = getattr(torch, str(dtype_name), None)
-            if not isinstance(dtype, torch.dtype):
-                raise WeightzipError(f"{path}: tensor {name!r} has unknown torch dtype {dtype_name!r}")
-            tensor = tensor.to(dtype)
+        if name in torch_dtypes:
+            tensor = _narrowed(tensor, torch_dtypes[name])
         state[name] = tensor.to(device)
     return state
+
+
+def _checked_torch_dtypes(metadata: dict, arrays: dict, path) -> dict[str, torch.dtype]:
+    """The metadata's ``torch_dtypes`` (name -> a dtype stored widened), validated against the tensors."""
+    stored = metadata.get("torch_dtypes", {})
+    if not isinstance(stored, dict):
+        raise WzFormatError(f"{path}: metadata 'torch_dtypes' must be a map of tensor name -> dtype, "
+                            f"got {type(stored).__name__}")
+    allowed = {str(dtype).removeprefix("torch."): dtype for dtype in _WIDENED}
+    checked = {}
+    for name, dtype_name in stored.items():
+        if not isinstance(dtype_name, str) or dtype_name not in allowed:
+            raise WzFormatError(f"{path}: tensor {name!r} has torch dtype {dtype_name!r} in the metadata; "
+                                f"only {sorted(allowed)} are stored widened")
+        if name not in arrays or not np.issubdtype(arrays[name].dtype, np.floating):
+            found = "no such tensor" if name not in arrays else f"a {arrays[name].dtype} tensor"
+            raise WzFormatError(f"{path}: metadata says tensor {name!r} is {dtype_name} stored as floats, "
+                                f"but the file has {found}")
+        checked[name] = allowed[dtype_name]
+    return checked
+
+
+def _narrowed(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`tensor` as bfloat16: rounded to nearest (exact for values that came from bfloat16); NaNs stored as
+    float32 by their top 16 bits, so a NaN's sign and payload come back as they were (torch's cast gives 0xFFFF)."""
+    narrowed = tensor.to(dtype)
+    nan = torch.isnan(tensor)
+    if tensor.dtype == torch.float32 and dtype == torch.bfloat16 and bool(nan.any()):
+        top_bits = (tensor.view(torch.int32) >> 16).to(torch.int16).view(dtype)
+        narrowed = torch.where(nan, top_bits, narrowed)
+    return narrowed
 
 
 def _as_tensor(array: np.ndarray) -> torch.Tensor:
