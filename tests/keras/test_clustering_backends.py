@@ -14,7 +14,7 @@ import pytest
 
 HERE = Path(__file__).parent
 MATRIX_FILES = sorted(str(path) for path in HERE.glob("test_clustering_*.py") if path.name != Path(__file__).name) + [
-    str(HERE / "test_calibration.py")]  # per-sample Fisher gradients are backend-specific code
+    str(HERE / "test_keras_calibration.py")]  # per-sample Fisher gradients are backend-specific code
 
 
 @pytest.mark.parametrize("backend", ["torch", "jax"])
