@@ -1,7 +1,8 @@
-"""Files written by format version 1.0 stay readable: committed fixtures must decode to the same tensors.
+"""Files written by every format version stay readable: committed fixtures must decode to the same tensors.
 
-The tensors are built by integer arithmetic (no RNG), so they do not depend on NumPy's generators.
-Regenerate the fixtures only for a new format version (keep the old ones):
+v1.0 files have their header before the payload, v1.1 files after it (flag bit 1). The tensors are built
+by integer arithmetic (no RNG), so they do not depend on NumPy's generators. Regenerate the fixtures only
+for a new format version (keep the old ones); this writes the current version's:
 
     python tests/format/test_wz_fixtures.py
 """
@@ -13,7 +14,8 @@ import pytest
 from wz_samples import assert_same_tensors
 
 from weightzip.core import ClusteredTensor
-from weightzip.format import WriteOptions, inspect_table, read_wz, write_wz
+from weightzip.format import FORMAT_VERSION, WriteOptions, inspect_table, inspect_wz, read_tensor, read_wz, write_wz
+from weightzip.format.container import FLAG_HEADER_AT_END, PREAMBLE
 
 FIXTURES = Path(__file__).parent / "fixtures"
 VARIANTS = [(coding, layout) for coding in ("packed", "huffman", "ans") for layout in ("dense", "sparse")]
@@ -42,21 +44,33 @@ def fixture_tensors() -> dict:
 METADATA = {"framework": "fixture", "version": [1, 0]}
 
 
+@pytest.mark.parametrize("version", ["1.0", "1.1"])
 @pytest.mark.parametrize("coding, layout", VARIANTS)
-def test_version_1_0_fixture_reads_back(coding, layout):
-    path = FIXTURES / f"v1.0-{coding}-{layout}.wz"
+def test_fixture_reads_back(version, coding, layout):
+    path = FIXTURES / f"v{version}-{coding}-{layout}.wz"
+    _, major, minor, flags = PREAMBLE.unpack_from(path.read_bytes(), 0)[:4]
+    assert f"{major}.{minor}" == version and bool(flags & FLAG_HEADER_AT_END) == (version != "1.0")
     tensors, metadata = read_wz(path)
     assert metadata == METADATA
-    assert_same_tensors(tensors, fixture_tensors())
-    rows = {row.name: row for row in inspect_table(path).rows}
+    expected = fixture_tensors()
+    assert_same_tensors(tensors, expected)
+    summary = inspect_wz(path)
+    assert summary.version == version
+    rows = {row.name: row for row in summary.report.rows}
     assert rows["fc/kernel"].layout == layout and rows["fc/kernel"].value_coding == coding
+    assert_same_tensors({"conv/kernel": read_tensor(path, "conv/kernel")}, {"conv/kernel": expected["conv/kernel"]})
+
+
+def test_the_writer_writes_the_newest_fixture_version():
+    assert FORMAT_VERSION == "1.1"
+    assert all((FIXTURES / f"v{FORMAT_VERSION}-{c}-{l}.wz").is_file() for c, l in VARIANTS)
 
 
 def regenerate():
     FIXTURES.mkdir(exist_ok=True)
     for coding, layout in VARIANTS:
         options = WriteOptions(coding=coding, layout=layout, gap_bits=4 if layout == "sparse" else None)
-        write_wz(FIXTURES / f"v1.0-{coding}-{layout}.wz", fixture_tensors(), METADATA, options=options,
+        write_wz(FIXTURES / f"v{FORMAT_VERSION}-{coding}-{layout}.wz", fixture_tensors(), METADATA, options=options,
                  overwrite=True)
 
 

@@ -119,8 +119,13 @@ def test_foreign_files_name_the_problem(tmp_path):
 
 
 def test_appended_bytes_are_rejected():
-    with pytest.raises(WzFormatError, match="unexpected bytes"):
+    with pytest.raises(WzFormatError, match="end marker missing"):  # format 1.1: the file ends with its header
         decode_wz(VALID + b"\0")
+    header, payload = disassemble(VALID)
+    version_1_0 = assemble(header, bytes(payload), header_at_end=False)
+    assert_same_tensors(decode_wz(version_1_0)[0], TENSORS)
+    with pytest.raises(WzFormatError, match="unexpected bytes"):
+        decode_wz(version_1_0 + b"\0" * 8 + b"WZND")
 
 
 @pytest.mark.parametrize("major, minor, flags, message", [

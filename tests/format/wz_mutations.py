@@ -178,6 +178,7 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
     if rng.random() < 0.95:
         header["payload_length"] = len(payload)
     try:
-        return assemble(header, bytes(payload), deflate_header=rng.random() < 0.8)
+        return assemble(header, bytes(payload), deflate_header=rng.random() < 0.8,
+                        header_at_end=rng.random() < 0.7)  # format 1.1 layout, or 1.0's header first
     except Exception:  # noqa: BLE001 - a header the writer cannot serialise: use it unsealed
         return data

@@ -10,13 +10,13 @@ a damaged, truncated, foreign or newer-version file raises :class:`WzFormatError
     tensors, metadata = read_wz("model.wz")
     print(inspect_table("model.wz").to_text())
 
-The byte layout is documented in ``weightzip/format/README.md`` (format version 1.0).
+The byte layout is documented in ``weightzip/format/README.md`` (format version 1.1; 1.0 files stay readable).
 """
 
 from weightzip.format.container import FORMAT_MAJOR, FORMAT_MINOR, MAGIC
 from weightzip.format.errors import WzFormatError
 from weightzip.format.reader import DEFAULT_MAX_ELEMENTS, WzSummary, decode_dense, decode_wz, inspect_table, \
-    inspect_wz, read_metadata, read_wz, read_wz_dense
+    inspect_wz, read_metadata, read_tensor, read_wz, read_wz_dense
 from weightzip.format.records import Layout
 from weightzip.format.streams import Coding
 from weightzip.format.writer import WriteOptions, encode_wz, write_wz
@@ -38,6 +38,7 @@ __all__ = [
     "inspect_table",
     "inspect_wz",
     "read_metadata",
+    "read_tensor",
     "read_wz",
     "read_wz_dense",
     "write_wz",

@@ -1,14 +1,21 @@
 """Reading `.wz` files: envelope checks, then record checks, then decoding; any problem is a WzFormatError.
 
-Order of defence: the envelope (magic, version, lengths, header and whole-file CRC-32) rejects foreign,
-truncated and corrupted files before the header is trusted; every record is then checked for types,
-ranges and size consistency (a section's length must match what its shape and coding imply, and all
-tensors together may not exceed `max_elements`) before anything is allocated; decoding finally checks
-each section's CRC-32 and the streams' own consistency (valid codes, exact lengths, indices in range).
+Order of defence: the envelope (magic, version, lengths, header CRC-32, and for whole-file reads the
+whole-file CRC-32) rejects foreign, truncated and corrupted files before the header is trusted; every
+record is then checked for types, ranges and size consistency (a section must lie inside the payload and
+its length match what its shape and coding imply, and all tensors together may not exceed
+`max_elements`) before anything is allocated; decoding finally checks each section's CRC-32 and the
+streams' own consistency (valid codes, exact lengths, indices in range).
+
+Files are read with positioned reads: :func:`read_tensor`, :func:`inspect_table` and
+:func:`read_metadata` read the preamble, the header (the index of every section) and, for one tensor,
+its sections only; :func:`read_wz` reads everything once (whole-file CRC included) without holding the
+file's bytes twice.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +24,7 @@ import numpy as np
 from weightzip.core.cluster import ClusteredTensor
 from weightzip.core.sizing import SizeReport, TensorSize
 from weightzip.format import schema
-from weightzip.format.container import PREAMBLE, disassemble
+from weightzip.format.container import ByteSource, FileSource, read_envelope
 from weightzip.format.errors import WzFormatError
 from weightzip.format.records import TensorRecord, check_record, decode_record
 from weightzip.format.streams import PayloadReader
@@ -25,21 +32,36 @@ from weightzip.format.streams import PayloadReader
 DEFAULT_MAX_ELEMENTS = 1 << 28  # 268 M weights (VGG-16 has 138 M): 1 GiB of float32 once decoded
 
 
+@dataclass(frozen=True)
+class WzSummary:
+    """What `weightzip inspect` shows: the file's format version, its metadata and its size table."""
+
+    version: str
+    metadata: dict
+    report: SizeReport
+
+
 def read_wz(path, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> tuple[dict, dict]:
     """(tensors, metadata) of a `.wz` file: ClusteredTensor or ndarray per name, exactly as written."""
-    return decode_wz(_read_bytes(path), max_elements=max_elements, source=str(path))
+    with _open(path) as source:
+        return _decode_all(source, max_elements, str(path))
 
 
 def decode_wz(data: bytes, *, max_elements: int = DEFAULT_MAX_ELEMENTS, source: str = "<bytes>") -> tuple[dict, dict]:
     """Like :func:`read_wz`, from the file's bytes."""
-    metadata, records, reader = _checked(data, max_elements, source)
-    tensors = {}
-    for record in records:
-        try:
-            tensors[record.name] = decode_record(record, reader)
-        except WzFormatError as error:
-            raise WzFormatError(f"{source}: {error}") from None
-    return tensors, metadata
+    return _decode_all(ByteSource(data), max_elements, source)
+
+
+def read_tensor(path, name: str, *, max_elements: int = DEFAULT_MAX_ELEMENTS):
+    """The one tensor `name` of a `.wz` file (ClusteredTensor or ndarray), bit-exact, reading only the
+    file's preamble, header and that tensor's sections (each checked by its own CRC-32)."""
+    with _open(path) as source:
+        return _decode_one(source, name, max_elements, str(path))
+
+
+def decode_tensor(data: bytes, name: str, *, max_elements: int = DEFAULT_MAX_ELEMENTS, source: str = "<bytes>"):
+    """Like :func:`read_tensor`, from the file's bytes."""
+    return _decode_one(ByteSource(data), name, max_elements, source)
 
 
 def read_wz_dense(path, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> tuple[dict[str, np.ndarray], dict]:
@@ -60,60 +82,75 @@ def _decoded(tensor: ClusteredTensor) -> np.ndarray:
 
 
 def inspect_table(path, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> SizeReport:
-    """Per-tensor size table of a `.wz` file from its actual section sizes (the file is checked, not decoded)."""
-    return inspect_bytes(_read_bytes(path), max_elements=max_elements, source=str(path))
+    """Per-tensor size table of a `.wz` file from its actual section sizes (header only: nothing decoded)."""
+    return inspect_wz(path, max_elements=max_elements).report
 
 
 def inspect_bytes(data: bytes, *, max_elements: int = DEFAULT_MAX_ELEMENTS, source: str = "<bytes>") -> SizeReport:
     """Like :func:`inspect_table`, from the file's bytes."""
-    _, records, _ = _checked(data, max_elements, source)
-    return SizeReport([_size_row(record) for record in records], len(data), source)
-
-
-def decode_tensor(data: bytes, name: str, *, max_elements: int = DEFAULT_MAX_ELEMENTS, source: str = "<bytes>"):
-    """The one tensor `name` of a `.wz` file's bytes (ClusteredTensor or ndarray), bit-exact."""
-    _, records, reader = _checked(data, max_elements, source)
-    for record in records:
-        if record.name == name:
-            try:
-                return decode_record(record, reader)
-            except WzFormatError as error:
-                raise WzFormatError(f"{source}: {error}") from None
-    raise WzFormatError(f"{source}: no tensor named {name!r}")
-
-
-@dataclass(frozen=True)
-class WzSummary:
-    """What `weightzip inspect` shows: the file's format version, its metadata and its size table."""
-
-    version: str
-    metadata: dict
-    report: SizeReport
+    return _summary(ByteSource(data), max_elements, source).report
 
 
 def inspect_wz(path, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> WzSummary:
-    """Format version, metadata and per-tensor size table of a `.wz` file (checked, not decoded)."""
-    data = _read_bytes(path)
-    metadata, records, _ = _checked(data, max_elements, str(path))
-    major, minor = PREAMBLE.unpack_from(data, 0)[1:3]
-    return WzSummary(f"{major}.{minor}", metadata, SizeReport([_size_row(r) for r in records], len(data), str(path)))
+    """Format version, metadata and per-tensor size table of a `.wz` file, from its envelope and header
+    only (header and section descriptors checked; the payload is neither read nor decoded)."""
+    with _open(path) as source:
+        return _summary(source, max_elements, str(path))
 
 
 def read_metadata(path) -> dict:
-    """The metadata of a `.wz` file (the file is checked, not decoded)."""
-    return _checked(_read_bytes(path), DEFAULT_MAX_ELEMENTS, str(path))[0]
+    """The metadata of a `.wz` file (envelope and header checked, payload not read)."""
+    with _open(path) as source:
+        return _checked_source(source, DEFAULT_MAX_ELEMENTS, str(path), verify_file_crc=False)[0]
 
 
-def _read_bytes(path) -> bytes:
+@contextmanager
+def _open(path):
     path = Path(path)
     if not path.is_file():
         raise WzFormatError(f"{path}: no such file")
-    return path.read_bytes()
+    with open(path, "rb") as handle:
+        yield FileSource(handle)
+
+
+def _decode_all(source, max_elements: int, where: str) -> tuple[dict, dict]:
+    metadata, records, reader, _ = _checked_source(source, max_elements, where, verify_file_crc=True)
+    tensors = {}
+    for record in records:
+        tensors[record.name] = _decode_record(record, reader, where)
+    return tensors, metadata
+
+
+def _decode_one(source, name: str, max_elements: int, where: str):
+    _, records, reader, _ = _checked_source(source, max_elements, where, verify_file_crc=False, only=name)
+    if not records:
+        raise WzFormatError(f"{where}: no tensor named {name!r}")
+    return _decode_record(records[0], reader, where)
+
+
+def _decode_record(record: TensorRecord, reader: PayloadReader, where: str):
+    try:
+        return decode_record(record, reader)
+    except WzFormatError as error:
+        raise WzFormatError(f"{where}: {error}") from None
+
+
+def _summary(source, max_elements: int, where: str) -> WzSummary:
+    metadata, records, _, version = _checked_source(source, max_elements, where, verify_file_crc=False)
+    return WzSummary(version, metadata, SizeReport([_size_row(r) for r in records], source.size, where))
 
 
 def _checked(data: bytes, max_elements: int, source: str) -> tuple[dict, list[TensorRecord], PayloadReader]:
+    """(metadata, checked records, payload reader) of a whole file's bytes, every checksum verified."""
+    return _checked_source(ByteSource(data), max_elements, source, verify_file_crc=True)[:3]
+
+
+def _checked_source(source, max_elements: int, where: str, *, verify_file_crc: bool, only: str | None = None):
+    """(metadata, checked records, payload reader, version): all records, or with `only` just that one
+    (the other records' names are still checked to be unique strings)."""
     try:
-        header, payload = disassemble(data)
+        envelope = read_envelope(source, verify_file_crc=verify_file_crc)
+        header = envelope.header
         metadata = schema.field(header, "metadata", "header")
         if not isinstance(metadata, dict):
             raise WzFormatError("header: metadata must be a JSON object")
@@ -122,15 +159,24 @@ def _checked(data: bytes, max_elements: int, source: str) -> tuple[dict, list[Te
             raise WzFormatError("header: tensors must be a list")
         records, total, names = [], 0, set()
         for index, raw in enumerate(raw_records):
-            record = check_record(raw, index, max_elements=max_elements - total, payload_length=len(payload))
-            if record.name in names:
+            if only is not None:
+                name = schema.string(raw, "name", f"tensor #{index}")
+                if name in names:
+                    raise WzFormatError(f"tensor '{name}' appears twice")
+                names.add(name)
+                if name != only:
+                    continue
+            record = check_record(raw, index, max_elements=max_elements - total,
+                                  payload_length=envelope.payload_length)
+            if record.name in names and only is None:
                 raise WzFormatError(f"tensor '{record.name}' appears twice")
             names.add(record.name)
             total += record.nominal
             records.append(record)
     except WzFormatError as error:
-        raise WzFormatError(f"{source}: {error}") from None
-    return metadata, records, PayloadReader(payload)
+        raise WzFormatError(f"{where}: {error}") from None
+    reader = PayloadReader(source, envelope.payload_offset, envelope.payload_length)
+    return metadata, records, reader, envelope.version
 
 
 def _size_row(record: TensorRecord) -> TensorSize:

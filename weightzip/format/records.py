@@ -117,7 +117,10 @@ def _encode_array(name: str, tensor, options: EncodeOptions, payload) -> dict:
               "nonzero": int(np.count_nonzero(flat))}
     raw_size = flat.size * array.dtype.itemsize
     sparse = None
-    if options.layout in (Layout.AUTO, Layout.SPARSE):
+    # Sparse storage holds every entry's value raw plus the gaps: with every position kept it cannot be
+    # smaller than the raw data, so AUTO does not try it (same bytes, none of its work).
+    all_kept = options.layout is Layout.AUTO and np.count_nonzero(_bit_pattern(flat)) == flat.size
+    if options.layout in (Layout.AUTO, Layout.SPARSE) and not all_kept:
         sparse = _best_sparse(flat, 0, 8 * array.dtype.itemsize, options, _RawValues)
     if sparse is None or (options.layout is Layout.AUTO and raw_size <= _size(sparse)):
         record["layout"] = "dense"

@@ -19,7 +19,7 @@ With ``coding="auto"`` the writer encodes each stream every applicable way and k
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -65,17 +65,29 @@ class EncodedStream:
         return len(self.data)
 
 
-@dataclass
 class PayloadBuilder:
-    """Collects sections and hands out their descriptors."""
+    """Collects sections and hands out their descriptors.
 
-    chunks: list[bytes] = field(default_factory=list)
-    length: int = 0
+    Without a `sink` the sections are kept in memory (:meth:`payload`); with one (a binary file object)
+    each section is written as soon as it is added, so the writer holds one tensor's sections at a time.
+    `crc32` is the running CRC-32 of everything added.
+    """
+
+    def __init__(self, sink=None):
+        self.sink = sink
+        self.chunks: list[bytes] = []
+        self.length = 0
+        self.crc32 = 0
 
     def add(self, data: bytes, **fields) -> dict:
         data = bytes(data)
-        descriptor = {"offset": self.length, "length": len(data), "crc32": zlib.crc32(data), **fields}
-        self.chunks.append(data)
+        crc = zlib.crc32(data)
+        descriptor = {"offset": self.length, "length": len(data), "crc32": crc, **fields}
+        if self.sink is None:
+            self.chunks.append(data)
+        else:
+            self.sink.write(data)
+        self.crc32 = zlib.crc32(data, self.crc32)
         self.length += len(data)
         return descriptor
 
@@ -83,6 +95,8 @@ class PayloadBuilder:
         return self.add(stream.data, **stream.fields)
 
     def payload(self) -> bytes:
+        if self.sink is not None:
+            raise WeightzipError("this payload was streamed to its sink")
         return b"".join(self.chunks)
 
 
@@ -148,18 +162,21 @@ def raw_bytes(array: np.ndarray) -> bytes:
 
 @dataclass(frozen=True)
 class PayloadReader:
-    """Bounds- and checksum-checked access to the payload's sections."""
+    """Bounds- and checksum-checked access to the payload's sections, read from `source` (a container
+    ByteSource or FileSource) where the payload starts at `offset`: only the sections asked for are read."""
 
-    payload: memoryview
+    source: object
+    offset: int
+    length: int
 
     def section(self, descriptor: dict, where: str) -> bytes:
         offset = schema.integer(descriptor, "offset", where)
         length = schema.integer(descriptor, "length", where)
         crc = schema.integer(descriptor, "crc32", where, maximum=0xFFFFFFFF)
-        if offset + length > len(self.payload):
+        if offset + length > self.length:
             raise WzFormatError(f"{where}: section [{offset}, {offset + length}) lies outside the "
-                                f"{len(self.payload)}-byte payload")
-        data = bytes(self.payload[offset:offset + length])
+                                f"{self.length}-byte payload")
+        data = self.source.read(self.offset + offset, length)
         if zlib.crc32(data) != crc:
             raise WzFormatError(f"{where}: section checksum mismatch (corrupted data)")
         return data

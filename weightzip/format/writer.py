@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import json
+import zlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
-from weightzip.atomic import check_output_path, write_bytes_atomically
+from weightzip.atomic import atomic_output, check_output_path
 from weightzip.atomic import write_bytes_atomically as write_atomically  # noqa: F401  (used by weightzip.torch)
 from weightzip.core.errors import WeightzipError
 from weightzip.core.sparse import MAX_GAP_BITS
 from weightzip.format import schema
-from weightzip.format.container import assemble
+from weightzip.format.container import END_MARKER, FOOTER, PREAMBLE, crc32_combine, header_bytes, preamble_bytes
 from weightzip.format.records import EncodeOptions, Layout, encode_tensor
 from weightzip.format.streams import Coding, PayloadBuilder
 
@@ -53,10 +56,58 @@ class WriteOptions:
         return EncodeOptions(self.coding, self.layout, self.gap_bits, dtype)
 
 
-def encode_wz(tensors: dict, metadata: dict | None = None, options: WriteOptions = WriteOptions()) -> bytes:
+def encode_wz(tensors, metadata: dict | None = None, options: WriteOptions = WriteOptions()) -> bytes:
     """The bytes of a `.wz` file holding `tensors` (name -> ClusteredTensor or array) and `metadata`."""
-    if not isinstance(tensors, dict):
-        raise WeightzipError(f"tensors must be a dict of name -> ClusteredTensor or array, got {type(tensors).__name__}")
+    buffer = io.BytesIO()
+    _write_stream(buffer, tensors, metadata, options)
+    return buffer.getvalue()
+
+
+def write_wz(path, tensors, metadata: dict | None = None, *, options: WriteOptions = WriteOptions(),
+             overwrite: bool = False, inputs=()) -> int:
+    """Write `tensors` and `metadata` to the `.wz` file `path`; returns the file size in bytes.
+
+    `tensors` is a dict of name -> ClusteredTensor or array, or any iterable of (name, tensor) pairs (e.g.
+    a generator that loads one tensor at a time): each tensor's sections go to disk as soon as it is
+    encoded, and the header (the index of every section) follows them, so the writer never holds more
+    than one encoded tensor. The file is written to a temporary file in the same directory and moved into
+    place, so `path` is either untouched or complete. An existing `path` is refused unless
+    `overwrite=True`; a `path` that is one of `inputs` (the files the model was read from) is always refused.
+    """
+    check_output_path(path, overwrite=overwrite, inputs=inputs)
+    with atomic_output(path, overwrite=overwrite, inputs=inputs) as temporary:
+        with open(temporary, "wb") as handle:
+            return _write_stream(handle, tensors, metadata, options)
+
+
+def _write_stream(handle, tensors, metadata, options: WriteOptions) -> int:
+    """Write a whole `.wz` file (format 1.1: payload, then header) to the seekable binary `handle`."""
+    metadata = _checked_metadata(metadata)
+    if not isinstance(options, WriteOptions):
+        raise WeightzipError(f"options must be a WriteOptions, got {type(options).__name__}")
+    handle.write(bytes(PREAMBLE.size))  # patched once the header is known
+    payload = PayloadBuilder(sink=handle)
+    encode_options = options.encode_options()
+    records, names = [], set()
+    for name, tensor in _named_tensors(tensors):
+        if not isinstance(name, str) or not name:
+            raise WeightzipError(f"tensor names must be non-empty strings, got {name!r}")
+        if name in names:
+            raise WeightzipError(f"tensor name {name!r} given twice")
+        names.add(name)
+        records.append(encode_tensor(name, tensor, encode_options, payload))
+    header = {"metadata": metadata, "tensors": records, "payload_length": payload.length}
+    stored, text_length = header_bytes(header, deflate_header=options.deflate_header)
+    handle.write(stored)
+    preamble = preamble_bytes(stored, text_length, deflate_header=options.deflate_header, header_at_end=True)
+    body_crc = crc32_combine(zlib.crc32(preamble), zlib.crc32(stored, payload.crc32), payload.length + len(stored))
+    handle.write(FOOTER.pack(body_crc, END_MARKER))
+    handle.seek(0)
+    handle.write(preamble)
+    return PREAMBLE.size + payload.length + len(stored) + FOOTER.size
+
+
+def _checked_metadata(metadata) -> dict:
     metadata = {} if metadata is None else metadata
     if not isinstance(metadata, dict):
         raise WeightzipError(f"metadata must be a dict, got {type(metadata).__name__}")
@@ -64,26 +115,19 @@ def encode_wz(tensors: dict, metadata: dict | None = None, options: WriteOptions
         json.dumps(metadata, allow_nan=False)
     except (TypeError, ValueError) as error:
         raise WeightzipError(f"metadata must be JSON-serialisable (no NaN/inf): {error}") from None
-    payload = PayloadBuilder()
-    encode_options = options.encode_options()
-    records = []
-    for name, tensor in tensors.items():
-        if not isinstance(name, str) or not name:
-            raise WeightzipError(f"tensor names must be non-empty strings, got {name!r}")
-        records.append(encode_tensor(name, tensor, encode_options, payload))
-    header = {"metadata": metadata, "tensors": records, "payload_length": payload.length}
-    return assemble(header, payload.payload(), deflate_header=options.deflate_header)
+    return metadata
 
 
-def write_wz(path, tensors: dict, metadata: dict | None = None, *, options: WriteOptions = WriteOptions(),
-             overwrite: bool = False, inputs=()) -> int:
-    """Write `tensors` and `metadata` to the `.wz` file `path`; returns the file size in bytes.
+def _named_tensors(tensors):
+    if isinstance(tensors, Mapping):
+        return tensors.items()
+    if isinstance(tensors, (str, bytes)) or not isinstance(tensors, Iterable):
+        raise WeightzipError(f"tensors must be a dict of name -> ClusteredTensor or array (or an iterable of "
+                             f"(name, tensor) pairs), got {type(tensors).__name__}")
+    return (_pair(item) for item in tensors)
 
-    The file is written to a temporary file in the same directory and moved into place, so `path` is
-    either untouched or complete. An existing `path` is refused unless `overwrite=True`; a `path` that
-    is one of `inputs` (the files the model was read from) is always refused.
-    """
-    check_output_path(path, overwrite=overwrite, inputs=inputs)
-    data = encode_wz(tensors, metadata, options)
-    write_bytes_atomically(path, data, overwrite=overwrite, inputs=inputs)
-    return len(data)
+
+def _pair(item):
+    if not isinstance(item, tuple) or len(item) != 2:
+        raise WeightzipError(f"tensors given as an iterable must yield (name, tensor) pairs, got {item!r:.80}")
+    return item
