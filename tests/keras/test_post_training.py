@@ -217,3 +217,19 @@ def test_cli_bad_input_is_one_line_exit_2_nothing_written(saved, tmp_path, capsy
     error = capsys.readouterr().err.strip()
     assert error.startswith("weightzip compress: error:") and "\n" not in error, error
     assert not output.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["flat.npz", "photos"]
+
+
+def test_near_zero_kernels_keep_their_few_large_weights():
+    """Issue 9: a kernel 97 % near zero made DENSITY_BASED put all 16 centroids near 1e-31 (constant output);
+    post-training uses the exact optimum (OPTIMAL), which keeps the large weights."""
+    rng = np.random.default_rng(0)
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(32, use_bias=False)])
+    kernel = rng.normal(scale=1e-30, size=(64, 32))
+    large = rng.random((64, 32)) < 0.03
+    kernel[large] = rng.normal(scale=0.5, size=large.sum())
+    model.layers[0].kernel.assign(kernel.astype(np.float32))
+    x = rng.normal(size=(40, 64)).astype(np.float32)
+    _, report = compress_post_training(model, x, clusters=16)
+    assert report.fidelity.relative_output_error < 0.1 and report.fidelity.mean_cosine > 0.99
+    _, density = compress_post_training(model, x, clusters=16, init="density")
+    assert density.fidelity.relative_output_error > 0.9  # the collapse the default avoids
