@@ -238,3 +238,13 @@ def test_load_palettized_reports_clustered_tensors_it_leaves_dense(tmp_path):
         warnings.simplefilter("error")
         x = torch.randn(3, 6)
         fresh[1](fresh[0](x))
+
+
+def test_eager_calls_skip_the_dispatcher_but_gradients_are_refused_loudly():
+    torch.manual_seed(7)
+    layer = palettize(strip_clustering(cluster_weights(nn.Linear(16, 4), 4)))
+    x = torch.randn(2, 16)
+    assert ops.eager(x) and not ops.eager(x.requires_grad_())
+    y = layer(x)  # through torch.ops.weightzip.palettized_linear, which has no backward formula
+    with pytest.raises(RuntimeError, match="no autograd formula"):
+        y.sum().backward()

@@ -31,7 +31,7 @@ from torch.nn.utils import parametrize
 from weightzip.core import ClusteredTensor, index_dtype
 from weightzip.core.palette import drop_unused_centroids, smallest_exact_palette  # noqa: F401 (re-exported)
 from weightzip.core.errors import InvalidClusterCountError, WeightzipError
-from weightzip.torch._kernels import ops as _ops  # noqa: F401 (registers torch.ops.weightzip.*)
+from weightzip.torch._kernels import ops as _ops  # also registers torch.ops.weightzip.*
 from weightzip.torch._kernels.layout import PackedLayout, decode_rows_torch, pack_rows, packed_layout, unpack_rows
 from weightzip.torch.clustering import ClusteredWeight
 from weightzip.torch.targets import find_targets
@@ -98,8 +98,8 @@ class PalettizedLinear(PalettizedWeight):
         return cls(clustered, linear.bias, dtype=weight.dtype, device=weight.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.ops.weightzip.palettized_linear(x, *self._op_args(), self.out_features, self.in_features,
-                                                  self.layout.rows_per_group)
+        op = _ops.linear if _ops.eager(x) else torch.ops.weightzip.palettized_linear
+        y = op(x, *self._op_args(), self.out_features, self.in_features, self.layout.rows_per_group)
         return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:
@@ -140,7 +140,8 @@ class _PalettizedConv(PalettizedWeight):
             mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=mode)
             padding = (0,) * self._DIMS
-        return torch.ops.weightzip.palettized_conv(
+        op = _ops.conv if _ops.eager(x) else torch.ops.weightzip.palettized_conv
+        return op(
             x, self.packed, self.codebook, self.col_offsets, self.bias, self.bits, list(self.weight_shape),
             self.layout.rows_per_group, list(self.stride), list(padding), list(self.dilation), self.groups)
 
@@ -190,8 +191,8 @@ class PalettizedEmbedding(PalettizedWeight):
         return cls(clustered, padding_idx=embedding.padding_idx, dtype=weight.dtype, device=weight.device)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return torch.ops.weightzip.palettized_embedding(ids, *self._op_args(), self.num_embeddings,
-                                                        self.embedding_dim, self.layout.rows_per_group)
+        op = _ops.embedding if _ops.eager(ids) else torch.ops.weightzip.palettized_embedding
+        return op(ids, *self._op_args(), self.num_embeddings, self.embedding_dim, self.layout.rows_per_group)
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, {self._palette_repr()}"

@@ -294,6 +294,35 @@ WZ_AVX2 void gemv_generic(const uint8_t* packed, int64_t stride, int bits, int64
     }
 }
 
+// The 4 byte planes of a codebook of <= 16 floats as vpshufb tables (both 128-bit lanes alike).
+WZ_AVX2 inline void nibble_tables(const float* cb, int k, __m256i t[4]) {
+    alignas(32) float padded[16] = {0};
+    std::memcpy(padded, cb, sizeof(float) * k);
+    alignas(16) uint8_t planes[4][16];
+    for (int e = 0; e < 16; ++e) {
+        uint32_t bitsof;
+        std::memcpy(&bitsof, padded + e, 4);
+        for (int p = 0; p < 4; ++p) planes[p][e] = (uint8_t)(bitsof >> (8 * p));
+    }
+    for (int p = 0; p < 4; ++p) t[p] = _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i*)planes[p]));
+}
+
+// The 32 weights of 16 packed bytes: w[q] holds values 8q + {0, 2, 4, 6, 1, 3, 5, 7}.
+WZ_AVX2 inline void nibbles32(const uint8_t* p, const __m256i t[4], __m128i low4, __m256 w[4]) {
+    const __m128i v = _mm_loadu_si128((const __m128i*)p);
+    const __m128i lo = _mm_and_si128(v, low4);
+    const __m128i hi = _mm_and_si128(_mm_srli_epi16(v, 4), low4);
+    const __m256i nib = _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
+    const __m256i p0 = _mm256_shuffle_epi8(t[0], nib), p1 = _mm256_shuffle_epi8(t[1], nib);
+    const __m256i p2 = _mm256_shuffle_epi8(t[2], nib), p3 = _mm256_shuffle_epi8(t[3], nib);
+    const __m256i a = _mm256_unpacklo_epi8(p0, p1), b = _mm256_unpackhi_epi8(p0, p1);
+    const __m256i c = _mm256_unpacklo_epi8(p2, p3), d = _mm256_unpackhi_epi8(p2, p3);
+    w[0] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(a, c));
+    w[1] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(a, c));
+    w[2] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(b, d));
+    w[3] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(b, d));
+}
+
 // GEMV for 4-bit indices into codebooks of <= 16 entries along rows ("byte planes"): the 4 bytes of the
 // 16 codebook floats form 4 byte tables of 16 entries; vpshufb looks 32 nibbles up in each, and two rounds
 // of unpacks reassemble 32 floats (in the order given by reorder_nibbles, which the inputs are put in).
@@ -306,32 +335,14 @@ WZ_AVX2 void gemv_nibbles(const uint8_t* packed, int64_t stride, int64_t rows, i
     for (int64_t r = 0; r < rows; ++r) {
         const uint8_t* row = packed + r * stride;
         const float* cb = row_codebook(codebook, k, r, rows_per_group);
-        alignas(32) float padded[16] = {0};
-        std::memcpy(padded, cb, sizeof(float) * k);
-        alignas(16) uint8_t planes[4][16];
-        for (int e = 0; e < 16; ++e) {
-            uint32_t bitsof;
-            std::memcpy(&bitsof, padded + e, 4);
-            for (int p = 0; p < 4; ++p) planes[p][e] = (uint8_t)(bitsof >> (8 * p));
-        }
         __m256i t[4];
-        for (int p = 0; p < 4; ++p) t[p] = _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i*)planes[p]));
+        nibble_tables(cb, k, t);
         __m256 acc[4][NB];
         for (int q = 0; q < 4; ++q)
             for (int n = 0; n < NB; ++n) acc[q][n] = _mm256_setzero_ps();
         for (int64_t b = 0; b < blocks; ++b) {
-            const __m128i v = _mm_loadu_si128((const __m128i*)(row + 16 * b));
-            const __m128i lo = _mm_and_si128(v, low4);
-            const __m128i hi = _mm_and_si128(_mm_srli_epi16(v, 4), low4);
-            const __m256i nib = _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
-            const __m256i p0 = _mm256_shuffle_epi8(t[0], nib), p1 = _mm256_shuffle_epi8(t[1], nib);
-            const __m256i p2 = _mm256_shuffle_epi8(t[2], nib), p3 = _mm256_shuffle_epi8(t[3], nib);
-            const __m256i a = _mm256_unpacklo_epi8(p0, p1), bb = _mm256_unpackhi_epi8(p0, p1);
-            const __m256i c = _mm256_unpacklo_epi8(p2, p3), d = _mm256_unpackhi_epi8(p2, p3);
-            const __m256 w[4] = {_mm256_castsi256_ps(_mm256_unpacklo_epi16(a, c)),
-                                 _mm256_castsi256_ps(_mm256_unpackhi_epi16(a, c)),
-                                 _mm256_castsi256_ps(_mm256_unpacklo_epi16(bb, d)),
-                                 _mm256_castsi256_ps(_mm256_unpackhi_epi16(bb, d))};
+            __m256 w[4];
+            nibbles32(row + 16 * b, t, low4, w);
             for (int q = 0; q < 4; ++q)
                 for (int n = 0; n < NB; ++n)
                     acc[q][n] = _mm256_fmadd_ps(w[q], _mm256_loadu_ps(xr + n * cols + 32 * b + 8 * q), acc[q][n]);
@@ -403,13 +414,28 @@ WZ_AVX2 void decode_rows_avx2(const uint8_t* packed, int64_t stride, int bits, i
                               int64_t rows_per_group, const int32_t* col_offsets, float* out, int threads) {
     const Unpacker u = make_unpacker(bits);
     const int64_t full = cols / 8;
+    const bool nibbles = bits == 4 && k <= 16 && col_offsets == nullptr;
 #pragma omp parallel for num_threads(threads) schedule(static) if (count * cols > 65536)
     for (int64_t n = 0; n < count; ++n) {
         const int64_t r = row_ids ? row_ids[n] : first_row + n;
         const uint8_t* row = packed + r * stride;
         const float* cb = row_codebook(codebook, k, r, rows_per_group);
-        const Lookup l = make_lookup(cb, col_offsets ? 33 : k);
         float* o = out + n * cols;
+        if (nibbles) {  // 32 at a time through the byte planes, put back in order with one vpermps each
+            __m256i t[4];
+            nibble_tables(cb, k, t);
+            const __m128i low4 = _mm_set1_epi8(0x0F);
+            const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+            const int64_t blocks = cols / 32;
+            for (int64_t b = 0; b < blocks; ++b) {
+                __m256 w[4];
+                nibbles32(row + 16 * b, t, low4, w);
+                for (int q = 0; q < 4; ++q) _mm256_storeu_ps(o + 32 * b + 8 * q, _mm256_permutevar8x32_ps(w[q], order));
+            }
+            for (int64_t c = 32 * blocks; c < cols; ++c) o[c] = cb[index_at(row, c, 4)];
+            continue;
+        }
+        const Lookup l = make_lookup(cb, col_offsets ? 33 : k);
         for (int64_t g = 0; g < full; ++g)
             _mm256_storeu_ps(o + 8 * g, weights8(row, g, bits, u, l, codebook, col_offsets));
         for (int64_t c = 8 * full; c < cols; ++c) {

@@ -33,6 +33,18 @@ GEMV_MAX_BATCH = 4
 TILE_ELEMENTS = 1 << 18  # weights decoded at a time: 1 MiB of float32
 
 
+def eager(x: torch.Tensor) -> bool:
+    """Whether a layer may call the implementation directly instead of ``torch.ops.weightzip.*``.
+
+    Only for plain CPU tensors in eager mode with nothing to differentiate: the dispatcher's path to a
+    Python custom op costs about 0.1 ms a call, more than a small layer's whole GEMV. Under
+    ``torch.compile``/``torch.export``/tracing (fake, functional or proxy tensors), or when gradients
+    are wanted (the op then raises on backward instead of silently returning no gradient), the op is used.
+    """
+    return (type(x) is torch.Tensor and x.device.type == "cpu" and not torch.compiler.is_compiling()
+            and not torch.jit.is_tracing() and not (x.requires_grad and torch.is_grad_enabled()))
+
+
 def _layout(bits: int, rows: int, cols: int, codebook: torch.Tensor, rows_per_group: int) -> PackedLayout:
     return PackedLayout(bits, rows, cols, codebook.shape[-1], rows_per_group)
 
@@ -55,8 +67,7 @@ def decode_tile(packed: torch.Tensor, layout: PackedLayout, codebook: torch.Tens
     return decode_rows_torch(packed, layout, codebook, col_offsets, slice(first, first + count))
 
 
-@torch.library.custom_op("weightzip::palettized_linear", mutates_args=())
-def palettized_linear(x: torch.Tensor, packed: torch.Tensor, codebook: torch.Tensor,
+def linear(x: torch.Tensor, packed: torch.Tensor, codebook: torch.Tensor,
                       col_offsets: Optional[torch.Tensor], bits: int, rows: int, cols: int,
                       rows_per_group: int) -> torch.Tensor:
     """``x @ W.T`` for the palettized W (rows x cols); x of shape (..., cols)."""
@@ -67,14 +78,17 @@ def palettized_linear(x: torch.Tensor, packed: torch.Tensor, codebook: torch.Ten
         y = _kernels.gemv(packed, layout.stride, bits, rows, cols, codebook, layout.clusters, rows_per_group,
                           col_offsets, flat.contiguous())
         return y.reshape(*x.shape[:-1], rows)
-    out_t = torch.empty(rows, flat.shape[0], dtype=x.dtype)
     step = max(1, TILE_ELEMENTS // cols)
-    flat_t = flat.t()
+    pieces = []
     for first in range(0, rows, step):
         count = min(step, rows - first)
         tile = decode_tile(packed, layout, codebook, col_offsets, first, count, fast)
-        torch.mm(tile.to(x.dtype), flat_t, out=out_t[first:first + count])
-    return out_t.t().reshape(*x.shape[:-1], rows)
+        pieces.append(F.linear(flat, tile.to(x.dtype)))
+    y = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
+    return y.reshape(*x.shape[:-1], rows)
+
+
+palettized_linear = torch.library.custom_op("weightzip::palettized_linear", mutates_args=())(linear)
 
 
 @palettized_linear.register_fake
@@ -85,13 +99,12 @@ def _(x, packed, codebook, col_offsets, bits, rows, cols, rows_per_group):
 _CONV = {1: F.conv1d, 2: F.conv2d}
 
 
-@torch.library.custom_op("weightzip::palettized_conv", mutates_args=())
-def palettized_conv(x: torch.Tensor, packed: torch.Tensor, codebook: torch.Tensor,
+def conv(x: torch.Tensor, packed: torch.Tensor, codebook: torch.Tensor,
                     col_offsets: Optional[torch.Tensor], bias: Optional[torch.Tensor], bits: int,
                     weight_shape: list[int], rows_per_group: int, stride: list[int], padding: list[int],
                     dilation: list[int], groups: int) -> torch.Tensor:
     """``F.conv1d/conv2d(x, W, bias, ...)`` (zero padding) with W decoded a tile of output channels at a time."""
-    conv = _CONV[len(weight_shape) - 2]
+    convolve = _CONV[len(weight_shape) - 2]
     rows, cols = weight_shape[0], 1
     for size in weight_shape[1:]:
         cols *= size
@@ -99,7 +112,7 @@ def palettized_conv(x: torch.Tensor, packed: torch.Tensor, codebook: torch.Tenso
     fast = _use_kernels(x, codebook)
     if rows * cols <= TILE_ELEMENTS:
         weight = decode_tile(packed, layout, codebook, col_offsets, 0, rows, fast).reshape(weight_shape)
-        return conv(x, weight, bias, stride, padding, dilation, groups)
+        return convolve(x, weight, bias, stride, padding, dilation, groups)
     per_group_out, per_group_in = rows // groups, weight_shape[1]
     groups_per_tile = max(1, TILE_ELEMENTS // (per_group_out * cols))
     pieces = []
@@ -110,14 +123,17 @@ def palettized_conv(x: torch.Tensor, packed: torch.Tensor, codebook: torch.Tenso
                 n = min(max(1, TILE_ELEMENTS // cols), rows - first)
                 weight = decode_tile(packed, layout, codebook, col_offsets, first, n, fast)
                 piece_bias = None if bias is None else bias[first:first + n]
-                pieces.append(conv(x, weight.reshape(n, *weight_shape[1:]), piece_bias, stride, padding, dilation, 1))
+                pieces.append(convolve(x, weight.reshape(n, *weight_shape[1:]), piece_bias, stride, padding, dilation, 1))
             break
         first, n = first_group * per_group_out, count * per_group_out
         weight = decode_tile(packed, layout, codebook, col_offsets, first, n, fast)
         inputs = x[:, first_group * per_group_in:(first_group + count) * per_group_in]
         piece_bias = None if bias is None else bias[first:first + n]
-        pieces.append(conv(inputs, weight.reshape(n, *weight_shape[1:]), piece_bias, stride, padding, dilation, count))
+        pieces.append(convolve(inputs, weight.reshape(n, *weight_shape[1:]), piece_bias, stride, padding, dilation, count))
     return torch.cat(pieces, dim=1)
+
+
+palettized_conv = torch.library.custom_op("weightzip::palettized_conv", mutates_args=())(conv)
 
 
 @palettized_conv.register_fake
@@ -126,8 +142,7 @@ def _(x, packed, codebook, col_offsets, bias, bits, weight_shape, rows_per_group
     return _CONV[len(weight_shape) - 2](x, weight, bias, stride, padding, dilation, groups)
 
 
-@torch.library.custom_op("weightzip::palettized_embedding", mutates_args=())
-def palettized_embedding(ids: torch.Tensor, packed: torch.Tensor, codebook: torch.Tensor,
+def embedding(ids: torch.Tensor, packed: torch.Tensor, codebook: torch.Tensor,
                          col_offsets: Optional[torch.Tensor], bits: int, rows: int, cols: int,
                          rows_per_group: int) -> torch.Tensor:
     """``W[ids]``: only the looked-up rows are decoded."""
@@ -142,6 +157,9 @@ def palettized_embedding(ids: torch.Tensor, packed: torch.Tensor, codebook: torc
     else:
         out = decode_rows_torch(packed, layout, codebook, col_offsets, flat)
     return out.reshape(*ids.shape, cols)
+
+
+palettized_embedding = torch.library.custom_op("weightzip::palettized_embedding", mutates_args=())(embedding)
 
 
 @palettized_embedding.register_fake
