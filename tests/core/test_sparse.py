@@ -84,3 +84,32 @@ def test_gaps_running_past_the_end_are_refused():
         positions_from_gaps(np.array([3, 4]), 8)
     with pytest.raises(WeightzipError, match="gap_bits"):
         relative_positions(np.ones(3, dtype=bool), 0)
+
+
+def reference_entries(keep, gap_bits):
+    """Entries written out plainly: walk the positions, emit a filler whenever the gap would overflow."""
+    gaps, positions, last, span = [], [], -1, 1 << gap_bits
+    for position in np.flatnonzero(keep):
+        gap = position - last - 1
+        while gap >= span:
+            last += span
+            gaps.append(span - 1)
+            positions.append(last)
+            gap -= span
+        gaps.append(gap)
+        positions.append(position)
+        last = position
+    return gaps, positions
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 3000), st.floats(0.0, 1.0), st.integers(1, 9), st.integers(0, 2**32 - 1))
+def test_entries_and_best_width_equal_a_plain_reference(length, density, gap_bits, seed):
+    keep = np.random.default_rng(seed).random(length) < density ** 3  # long empty runs too
+    stream = relative_positions(keep, gap_bits)
+    gaps, positions = reference_entries(keep, gap_bits)
+    np.testing.assert_array_equal(stream.gaps, gaps)
+    np.testing.assert_array_equal(stream.positions, positions)
+    assert stream.fillers == len(gaps) - int(keep.sum())
+    costs = {w: len(reference_entries(keep, w)[0]) * (w + 3.5) for w in range(1, 17)}
+    assert costs[best_gap_bits(keep, 3.5)] == min(costs.values())

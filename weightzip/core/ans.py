@@ -37,7 +37,8 @@ def ans_encode(symbols, counts) -> np.ndarray:
     if symbols.size and (not np.issubdtype(symbols.dtype, np.integer) or symbols.min() < 0
                          or symbols.max() >= counts.size):
         raise WeightzipError(f"symbols must be integers in [0, {counts.size})")
-    if not np.array_equal(np.bincount(symbols.astype(np.int64), minlength=counts.size), counts):
+    histogram_input = symbols if symbols.dtype.kind == "u" and symbols.dtype.itemsize <= 4 else symbols.astype(np.int64)
+    if not np.array_equal(np.bincount(histogram_input, minlength=counts.size), counts):
         raise WeightzipError("ANS model counts do not match the symbols' histogram")
     if symbols.size == 0:
         return np.zeros(0, dtype=np.uint32)

@@ -13,14 +13,15 @@ Positions after the last kept one need no entries: the dense length is known. Th
 gaps for conv layers and 5-bit gaps for fully connected layers; :func:`best_gap_bits` picks the width
 minimising the total size for a given value width.
 
-Everything is vectorised: encoding is a `flatnonzero`, a `diff` and a `repeat` for the fillers;
-decoding is a `cumsum` and a scatter.
+Encoding is two numba passes over the mask (count the entries, then write them), and choosing the
+gap width one more (the filler count of every width at once); decoding is a `cumsum` and a scatter.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from weightzip.core.bitpack import unsigned_dtype
@@ -52,27 +53,51 @@ class RelativeIndexStream:
 def relative_positions(keep, gap_bits: int) -> RelativeIndexStream:
     """Gap stream (with fillers) for the True positions of the flat boolean mask `keep`."""
     gap_bits = _check_gap_bits(gap_bits)
-    keep = np.asarray(keep, dtype=bool).ravel()
-    kept = np.flatnonzero(keep).astype(np.int64)
-    raw_gaps = np.diff(kept, prepend=np.int64(-1)) - 1
-    span = np.int64(1) << gap_bits  # positions one maximal filler entry advances by
-    fillers_before = raw_gaps // span
-    total_fillers = int(fillers_before.sum())
-    entries = kept.size + total_fillers
+    keep = np.ascontiguousarray(np.asarray(keep, dtype=bool).ravel())
+    kept, fillers = _count_entries(keep.view(np.uint8))
+    total_fillers = int(fillers[gap_bits])
+    entries = int(kept) + total_fillers
     gaps = np.empty(entries, dtype=unsigned_dtype(gap_bits))
     positions = np.empty(entries, dtype=np.int64)
-    if total_fillers == 0:
-        gaps[:] = raw_gaps
-        positions[:] = kept
-    else:
-        # Slot of each kept entry once the fillers before it are inserted.
-        kept_slot = np.arange(kept.size) + np.cumsum(fillers_before)
-        is_filler = np.ones(entries, dtype=bool)
-        is_filler[kept_slot] = False
-        gaps[is_filler] = span - 1
-        gaps[kept_slot] = raw_gaps - fillers_before * span
-        positions[:] = np.cumsum(gaps.astype(np.int64) + 1) - 1
+    _write_entries(keep.view(np.uint8), gap_bits, gaps, positions)
     return RelativeIndexStream(gaps, positions, gap_bits, keep.size, total_fillers)
+
+
+@numba.njit(cache=True, nogil=True)
+def _count_entries(keep):
+    """(kept positions, fillers[w] = fillers needed at gap width w for w in 0..MAX_GAP_BITS)."""
+    fillers = np.zeros(MAX_GAP_BITS + 1, dtype=np.int64)
+    kept = 0
+    last = -1
+    for position in range(keep.shape[0]):
+        if keep[position]:
+            gap = position - last - 1
+            if gap > 1:
+                for width in range(1, MAX_GAP_BITS + 1):
+                    fillers[width] += gap >> width
+            kept += 1
+            last = position
+    return kept, fillers
+
+
+@numba.njit(cache=True, nogil=True)
+def _write_entries(keep, gap_bits, gaps, positions):
+    span = 1 << gap_bits  # positions one maximal filler entry advances by
+    entry = 0
+    last = -1
+    for position in range(keep.shape[0]):
+        if keep[position]:
+            gap = position - last - 1
+            while gap >= span:  # fillers, each on a position that was not kept
+                last += span
+                gaps[entry] = span - 1
+                positions[entry] = last
+                entry += 1
+                gap -= span
+            gaps[entry] = gap
+            positions[entry] = position
+            entry += 1
+            last = position
 
 
 def positions_from_gaps(gaps, length: int) -> np.ndarray:
@@ -120,14 +145,12 @@ def sparse_decode(gaps, values, background, length: int, dtype=None) -> np.ndarr
 
 def best_gap_bits(keep, value_bits: float, candidates=range(1, MAX_GAP_BITS + 1)) -> int:
     """Gap width minimising entries·(gap_bits + value_bits), the fillers' cost included."""
-    keep = np.asarray(keep, dtype=bool).ravel()
-    kept = np.flatnonzero(keep).astype(np.int64)
-    raw_gaps = np.diff(kept, prepend=np.int64(-1)) - 1
+    keep = np.ascontiguousarray(np.asarray(keep, dtype=bool).ravel())
+    kept, fillers = _count_entries(keep.view(np.uint8))
     best, best_cost = None, None
     for gap_bits in candidates:
         gap_bits = _check_gap_bits(gap_bits)
-        entries = kept.size + int(np.sum(raw_gaps >> gap_bits))
-        cost = entries * (gap_bits + value_bits)
+        cost = (int(kept) + int(fillers[gap_bits])) * (gap_bits + value_bits)
         if best_cost is None or cost < best_cost:
             best, best_cost = gap_bits, cost
     if best is None:
