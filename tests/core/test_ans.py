@@ -55,3 +55,47 @@ def test_alphabet_limit():
     counts[[0, -1]] = 1
     with pytest.raises(WeightzipError, match="exceeds"):
         ans_encode(np.array([0, counts.size - 1]), counts)
+
+
+def constriction_decode(words, count, counts):
+    """constriction's own decoder, as weightzip used it before its numba kernel: (symbols, is_empty)."""
+    import constriction
+
+    coder = constriction.stream.stack.AnsCoder(np.asarray(words, dtype=np.uint32).copy())
+    model = constriction.stream.model.Categorical(counts / counts.sum(), perfect=False)
+    symbols = np.asarray(coder.decode(model, count))
+    return symbols, coder.is_empty()
+
+
+@settings(max_examples=60, deadline=None)
+@given(alphabet=st.sampled_from([2, 3, 16, 200, 256, 4099, 1 << 16]), count=st.integers(1, 2000),
+       skew=st.floats(0.05, 3.0), seed=st.integers(0, 2 ** 32 - 1))
+def test_decoder_equals_constriction_on_valid_and_random_words(alphabet, count, skew, seed):
+    """The numba decoder must read every stream exactly as constriction does, valid or not."""
+    rng = np.random.default_rng(seed)
+    symbols = rng.choice(alphabet, size=count, p=rng.dirichlet(np.full(alphabet, skew)))
+    counts = np.bincount(symbols, minlength=alphabet)
+    words = ans_encode(symbols, counts)
+    np.testing.assert_array_equal(ans_decode(words, count, counts), constriction_decode(words, count, counts)[0])
+    noise = rng.integers(1, 2 ** 32, size=max(1, words.size), dtype=np.uint64).astype(np.uint32)
+    expected, empty = constriction_decode(noise, count, counts)
+    matches = empty and np.array_equal(np.bincount(expected, minlength=alphabet), counts)
+    if matches:
+        np.testing.assert_array_equal(ans_decode(noise, count, counts), expected)
+    else:
+        with pytest.raises(WeightzipError):
+            ans_decode(noise, count, counts)
+    from weightzip.core import ans  # the symbols themselves, before the integrity checks
+
+    cdf = ans._quantized_cdf(counts / counts.sum())
+    table = np.searchsorted(cdf[:-1], np.arange(1 << 12, dtype=np.int64) << 12, side="right") - 1
+    raw = np.empty(count, dtype=np.int64)
+    exhausted = ans._decode_kernel(noise, cdf, table, raw)
+    assert empty or not exhausted  # ours is also stricter: no words may be left
+    np.testing.assert_array_equal(raw, expected)
+
+
+def test_a_stream_of_only_the_first_symbol_is_empty_and_decodes():
+    counts = np.array([50, 0, 0])
+    words = ans_encode(np.zeros(50, dtype=np.int64), counts)
+    np.testing.assert_array_equal(ans_decode(words, 50, counts), np.zeros(50))
