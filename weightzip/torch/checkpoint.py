@@ -2,7 +2,8 @@
 
 What goes in: a module (clustered with ``cluster_weights``, pruned, palettized, stripped or plain), a
 state_dict (name -> tensor), or a checkpoint file (``.pt``/``.pth``/``.bin`` saved with ``torch.save``,
-loaded with ``weights_only=True``; ``.safetensors``). What is stored, under the *plain* state_dict names
+loaded with ``weights_only=True``; ``.safetensors``; a TorchScript archive, recognised by its content,
+whose state_dict is stored with the archive's skeleton: :mod:`weightzip.torch.torchscript`). What is stored, under the *plain* state_dict names
 (``"features.0.weight"``, as in the unclustered architecture):
 
 - weights clustered by ``cluster_weights`` or held by palettized layers: their codebook + indices,
@@ -20,6 +21,7 @@ float32, exactly, and restored), that loads with ``strict=True`` into the plain 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from collections.abc import Mapping
 from pathlib import Path
@@ -39,6 +41,15 @@ from weightzip.torch.clustering import ClusteredWeight
 from weightzip.core.palette import drop_unused_centroids
 from weightzip.torch.palettized import PalettizedWeight, exact_palette
 from weightzip.torch.targets import find_targets
+from weightzip.torch.torchscript import (
+    ARCHIVE_SUFFIXES,
+    ARCHIVE_TENSOR,
+    is_archive_output,
+    is_torchscript_archive,
+    load_archive,
+    rebuild_archive,
+    skeleton_array,
+)
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 _WIDENED = {torch.bfloat16: torch.float32}  # torch dtypes NumPy/.wz lack, stored exactly as these
@@ -60,13 +71,16 @@ def load_checkpoint(path) -> dict[str, torch.Tensor]:
             return dict(load_file(str(path), device="cpu"))
         except Exception as error:  # safetensors' Rust errors share no base class with Python's
             raise WeightzipError(f"{path}: not a valid .safetensors file ({_first_line(error)})") from None
+    if is_torchscript_archive(path):
+        return load_archive(path)[0]
     if path.suffix not in CHECKPOINT_SUFFIXES:
         raise WeightzipError(f"{path}: unknown checkpoint type {path.suffix!r}; expected one of {CHECKPOINT_SUFFIXES}")
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle and zip errors have no common base class
         raise WeightzipError(f"{path}: not a loadable torch checkpoint ({type(error).__name__}: "
-                             f"{_first_line(error)})") from None
+                             f"{_first_line(error)}); weightzip reads state_dicts (torch.save(model.state_dict())), "
+                             ".safetensors and TorchScript archives (torch.jit.save), never arbitrary pickles") from None
     return _as_state_dict(loaded, str(path))
 
 
@@ -136,11 +150,13 @@ def compress_state_dict(
     path,
     *,
     number_of_clusters: int | None = None,
-    init: CentroidInitialization | str = CentroidInitialization.LINEAR,
+    init: CentroidInitialization | str = CentroidInitialization.OPTIMAL,
     per_channel: bool = False,
     group_size: int = 1,
     preserve_sparsity: bool = False,
     sparsity: float | None = None,
+    conv_number_of_clusters: int | None = None,
+    conv_sparsity: float | None = None,
     max_clusters: int = 256,
     metadata: dict | None = None,
     options: WriteOptions = WriteOptions(),
@@ -149,15 +165,24 @@ def compress_state_dict(
     """Write `source` (module, state_dict or checkpoint path) to the `.wz` file `path`; returns its size.
 
     number_of_clusters: cluster every float weight that is not clustered yet to this many shared values
-        (post-training; `init`, `per_channel`, `group_size`, `preserve_sparsity` as in ``cluster_weights``).
-        None stores unclustered weights exactly (as a palette where they hold <= `max_clusters` values).
+        (post-training; `init`, `per_channel`, `group_size`, `preserve_sparsity` as in ``cluster_weights``;
+        the default init is OPTIMAL, the exact 1-D k-means: the best codebook when the centroids cannot be
+        fine-tuned). None stores unclustered weights exactly (as a palette where they hold <= `max_clusters`
+        values).
     sparsity: first magnitude-prune those same weights to this fraction of zeros (the core's
-        :func:`~weightzip.core.pruning.magnitude_mask`, per tensor); clustering then keeps the zeros.
+        :func:`~weightzip.core.pruning.magnitude_mask`, per tensor); clustering then keeps the zeros
+        (a positive sparsity turns on `preserve_sparsity` for the tensors it prunes).
+    conv_number_of_clusters / conv_sparsity: the same for convolution weights, here every weight of rank
+        >= 3 (None: `number_of_clusters` / `sparsity`), as ``conv_clusters``/``conv_sparsity`` on Keras.
     metadata: extra JSON metadata to store (``framework``, ``torch_dtypes`` and ``weightzip`` are set here).
     options: the format's :class:`~weightzip.format.WriteOptions` (coding, layout, codebook dtype).
     """
     inputs = ()
-    if isinstance(source, (str, Path)):
+    skeleton = None
+    if isinstance(source, (str, Path)) and is_torchscript_archive(source):
+        inputs = (source,)
+        (tensors, skeleton), axes, kind = load_archive(source), None, "torchscript"
+    elif isinstance(source, (str, Path)):
         inputs = (source,)
         tensors, axes, kind = load_checkpoint(source), None, "checkpoint"
     elif isinstance(source, nn.Module):
@@ -169,11 +194,21 @@ def compress_state_dict(
         raise TypeError(f"source must be an nn.Module, a state_dict or a checkpoint path, got {type(source).__name__}")
     if not per_channel and group_size != 1:
         raise ValueError("group_size only applies with per_channel=True")
-    if sparsity is not None:
-        _check_sparsity(sparsity)
-        preserve_sparsity = True
-    config = None if number_of_clusters is None else ClusterConfig(
-        number_of_clusters, init, axis=None, group_size=group_size, preserve_sparsity=preserve_sparsity)
+    for value in (sparsity, conv_sparsity):
+        if value is not None:
+            _check_sparsity(value)
+    if conv_number_of_clusters is not None and number_of_clusters is None:
+        raise WeightzipError("conv_number_of_clusters needs number_of_clusters (the other weights' cluster count)")
+    if conv_sparsity is None:
+        conv_sparsity = sparsity
+    if conv_number_of_clusters is None:
+        conv_number_of_clusters = number_of_clusters
+    configs = {}  # is_convolution -> (ClusterConfig | None, sparsity | None)
+    for is_conv, k, fraction in ((False, number_of_clusters, sparsity),
+                                 (True, conv_number_of_clusters, conv_sparsity)):
+        config = None if k is None else ClusterConfig(k, init, axis=None, group_size=group_size,
+                                                      preserve_sparsity=preserve_sparsity or bool(fraction))
+        configs[is_conv] = (config, fraction)
     stored: dict[str, ClusteredTensor | np.ndarray] = {}
     torch_dtypes = _widened_clustered_dtypes(source) if kind == "module" else {}
     for name, value in tensors.items():
@@ -183,7 +218,10 @@ def compress_state_dict(
         array, torch_dtype = _to_storable(name, value)
         if torch_dtype is not None:
             torch_dtypes[name] = torch_dtype
-        stored[name] = _encode_choice(name, array, axes, config, per_channel, max_clusters, sparsity)
+        config, fraction = configs[array.ndim >= 3]
+        stored[name] = _encode_choice(name, array, axes, config, per_channel, max_clusters, fraction)
+    if skeleton is not None:
+        stored[ARCHIVE_TENSOR] = skeleton_array(skeleton)
     extra = dict(metadata or {})
     extra.update(framework="torch", source=kind, weightzip=__version__, torch_dtypes=torch_dtypes)
     return write_wz(path, stored, extra, options=options, overwrite=overwrite, inputs=inputs)
@@ -239,9 +277,7 @@ def _encode_choice(name, array: np.ndarray, axes, config: ClusterConfig | None, 
     if sparsity:  # a sparsity of 0 prunes nothing: skip the pass over the tensor
         array = apply_mask(array, magnitude_mask(array, sparsity))
     if config is not None:
-        layer_config = ClusterConfig(config.number_of_clusters, config.init, config.lloyd_iterations,
-                                     axis if per_channel else None, config.group_size, config.preserve_sparsity,
-                                     config.seed)
+        layer_config = dataclasses.replace(config, axis=axis if per_channel else None)
         try:
             return drop_unused_centroids(cluster_array(array, layer_config))
         except WeightzipError as error:
@@ -252,7 +288,17 @@ def _encode_choice(name, array: np.ndarray, axes, config: ClusterConfig | None, 
 
 def decompress(path, *, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     """The dense state_dict stored in the `.wz` file `path` (clustered tensors decoded to their centroids)."""
+    return _read_state(path, device)[0]
+
+
+def _read_state(path, device="cpu") -> tuple[dict[str, torch.Tensor], np.ndarray | None]:
+    """The state_dict of the `.wz` file `path`, and the TorchScript skeleton if it came from an archive."""
     arrays, metadata = read_wz_dense(path)
+    skeleton = None
+    if metadata.get("source") == "torchscript":
+        skeleton = arrays.pop(ARCHIVE_TENSOR, None)
+        if skeleton is None or skeleton.dtype != np.uint8 or skeleton.ndim != 1:
+            raise WzFormatError(f"{path}: a TorchScript .wz without its archive skeleton")
     torch_dtypes = _checked_torch_dtypes(metadata, arrays, path)
     state = {}
     for name, array in arrays.items():
@@ -260,7 +306,7 @@ def decompress(path, *, device: torch.device | str = "cpu") -> dict[str, torch.T
         if name in torch_dtypes:
             tensor = _narrowed(tensor, torch_dtypes[name])
         state[name] = tensor.to(device)
-    return state
+    return state, skeleton
 
 
 def _checked_torch_dtypes(metadata: dict, arrays: dict, path) -> dict[str, torch.dtype]:
@@ -308,13 +354,18 @@ def read_clustered(path) -> dict[str, ClusteredTensor | torch.Tensor]:
 
 def decompress_to_file(path, output, *, overwrite: bool = False) -> int:
     """Write the state_dict of the `.wz` file `path` to `output` (``.safetensors``, or ``.pt``/``.pth``/
-    ``.bin`` via ``torch.save``), atomically; returns the bytes written."""
+    ``.bin`` via ``torch.save``), atomically; returns the bytes written. A `.wz` made from a TorchScript
+    archive gives the archive back (with the decoded weights) for ``.pt``/``.pth``/``.jit``/``.ts``/
+    ``.torchscript``/``.zip``, and its state_dict for ``.safetensors``/``.bin``."""
     output = check_output_path(output, overwrite=overwrite, inputs=(path,))
-    if output.suffix not in CHECKPOINT_SUFFIXES:
+    state, skeleton = _read_state(path)
+    allowed = CHECKPOINT_SUFFIXES + (ARCHIVE_SUFFIXES if skeleton is not None else ())
+    if output.suffix not in allowed:
         raise WeightzipError(f"{output}: unknown checkpoint type {output.suffix!r}; expected one of "
-                             f"{CHECKPOINT_SUFFIXES}")
-    state = decompress(path)
-    if output.suffix == ".safetensors":
+                             f"{tuple(dict.fromkeys(allowed))}")
+    if skeleton is not None and is_archive_output(output):
+        data = rebuild_archive(skeleton, state)
+    elif output.suffix == ".safetensors":
         from safetensors.torch import save
 
         data = save(state, metadata={"source": Path(path).name})
