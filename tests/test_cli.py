@@ -132,3 +132,185 @@ def test_keras_pipeline_with_builtin_data(tmp_path, capsys):
     assert "Huffman" in out and f"{output.stat().st_size:,} B" in out
     kernel = load_wz(output).layers[0].kernel.numpy()
     assert np.mean(kernel == 0) == pytest.approx(0.5, abs=0.01) and len(np.unique(kernel)) <= 4
+
+
+# ---------------------------------------------------------------- one meaning per option, on both front ends
+
+
+@pytest.fixture
+def torch_checkpoint(tmp_path):
+    """A state_dict with a convolution weight (ndim 4), a matrix and a bias, no exact zeros."""
+    torch.manual_seed(0)
+    state = {"conv.weight": torch.randn(8, 3, 3, 3), "fc.weight": torch.randn(10, 40), "fc.bias": torch.randn(10)}
+    path = tmp_path / "state.pt"
+    torch.save(state, path)
+    return path, state
+
+
+def _decoded_torch(output):
+    from weightzip.torch.checkpoint import decompress
+
+    return decompress(output)
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--clusters", "0"], "--clusters must be an integer in [1, 65536], got 0"),
+    (["--conv-clusters", "-3"], "--conv-clusters must be an integer in [1, 65536], got -3"),
+    (["--group-size", "0"], "--group-size must be an integer >= 1, got 0"),
+    (["--sparsity", "-1"], "--sparsity must be a fraction in [0, 1), got -1.0"),
+    (["--sparsity", "nan"], "--sparsity must be a fraction in [0, 1), got nan"),
+    (["--conv-sparsity", "1"], "--conv-sparsity must be a fraction in [0, 1), got 1.0"),
+    (["--prune-epochs", "2"], "--prune-epochs only apply to retraining: add --data"),
+    (["--per-channel", "--data", "mnist-5k"], "--per-channel only apply to post-training clustering"),
+    (["--group-size", "4", "--data", "mnist-5k"], "--group-size only apply to post-training clustering"),
+    (["--sparsity", "0.5", "--clusters", "1"], "--clusters 1 leaves no shared weight besides the pruned zero"),
+])
+@pytest.mark.parametrize("front_end", ["keras", "torch"])
+def test_options_that_cannot_apply_are_refused_in_one_line(front_end, options, message, keras_model_file,
+                                                           torch_checkpoint, tmp_path, capsys):
+    source = keras_model_file if front_end == "keras" else torch_checkpoint[0]
+    output = tmp_path / "refused.wz"
+    assert main(["compress", str(source), "-o", str(output), *options]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not output.exists()
+
+
+def test_torch_without_sparsity_reserves_no_zero_centroid(torch_checkpoint, tmp_path):
+    source, state = torch_checkpoint
+    output = tmp_path / "k1.wz"
+    assert main(["compress", str(source), "-o", str(output), "--clusters", "1"]) == 0  # failed before
+    decoded = _decoded_torch(output)
+    assert torch.allclose(decoded["fc.weight"], state["fc.weight"].mean().expand(10, 40))
+    output2 = tmp_path / "k2.wz"
+    assert main(["compress", str(source), "-o", str(output2), "--clusters", "2"]) == 0
+    values = _decoded_torch(output2)["fc.weight"].unique()
+    assert values.numel() == 2 and not (values == 0).any()  # both centroids serve the weights
+
+
+def test_torch_conv_options_apply_to_weights_of_rank_3_and_more(torch_checkpoint, tmp_path):
+    source, state = torch_checkpoint
+    output = tmp_path / "conv.wz"
+    assert main(["compress", str(source), "-o", str(output), "--clusters", "5", "--conv-clusters", "3",
+                 "--sparsity", "0.25", "--conv-sparsity", "0.5"]) == 0
+    decoded = _decoded_torch(output)
+    conv, fc = decoded["conv.weight"], decoded["fc.weight"]
+    assert conv.unique().numel() == 3 and fc.unique().numel() == 5  # each with its pruned zero
+    assert (conv == 0).float().mean().item() == pytest.approx(0.5, abs=0.01)
+    assert (fc == 0).float().mean().item() == pytest.approx(0.25, abs=0.01)
+    assert torch.equal(decoded["fc.bias"], state["fc.bias"])
+
+
+def _keras_conv_model_file(tmp_path):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(8, 3, activation="relu")(inputs)
+    x = keras.layers.Flatten()(x)
+    model = keras.Model(inputs, keras.layers.Dense(10)(x))
+    path = tmp_path / "conv.keras"
+    model.save(path)
+    return path
+
+
+def test_clusters_reach_convolutions_on_both_front_ends(tmp_path, torch_checkpoint):
+    source = _keras_conv_model_file(tmp_path)
+    assert main(["compress", str(source), "-o", str(tmp_path / "k.wz"), "--clusters", "5"]) == 0
+    decoded = load_wz(tmp_path / "k.wz")
+    assert len(np.unique(decoded.layers[1].kernel.numpy())) == 5  # the Conv2D, as the Dense
+    assert len(np.unique(decoded.layers[3].kernel.numpy())) == 5
+    assert main(["compress", str(torch_checkpoint[0]), "-o", str(tmp_path / "t.wz"), "--clusters", "5"]) == 0
+    assert _decoded_torch(tmp_path / "t.wz")["conv.weight"].unique().numel() == 5
+
+
+def test_keras_post_training_applies_init_and_group_size(tmp_path):
+    from weightzip.core import ClusterConfig, cluster_array
+    from weightzip.keras.loading import load_model
+
+    source = _keras_conv_model_file(tmp_path)
+    dense_kernel = load_model(source).layers[3].kernel.numpy()
+    for init in ("linear", "optimal"):
+        output = tmp_path / f"{init}.wz"
+        assert main(["compress", str(source), "-o", str(output), "--clusters", "4", "--init", init]) == 0
+        expected = cluster_array(dense_kernel, ClusterConfig(4, init=init)).decode()
+        np.testing.assert_allclose(load_wz(output).layers[3].kernel.numpy(), expected, rtol=1e-6)
+    output = tmp_path / "groups.wz"
+    assert main(["compress", str(source), "-o", str(output), "--clusters", "2", "--group-size", "5"]) == 0
+    kernel = load_wz(output).layers[3].kernel.numpy()  # (288, 10): channels 0-4 and 5-9 share a codebook
+    assert [len(np.unique(kernel[:, group * 5:group * 5 + 5])) for group in (0, 1)] == [2, 2]
+    assert len(np.unique(kernel)) == 4
+
+
+def test_keras_pipeline_gets_init_and_clusters_for_convolutions(keras_model_file, tmp_path, monkeypatch):
+    import weightzip.keras.deep_compression as deep_compression
+
+    seen = {}
+
+    def fake_compress(model, data, output, *, config, **kwargs):
+        seen["config"] = config
+        raise deep_compression.WeightzipError("stopped by the test")
+
+    monkeypatch.setattr(deep_compression, "compress", fake_compress)
+    assert main(["compress", str(keras_model_file), "-o", str(tmp_path / "p.wz"), "--data", "mnist-5k",
+                 "--clusters", "7", "--sparsity", "0.3", "--init", "kmeans++"]) == 2
+    config = seen["config"]
+    assert (config.clusters, config.conv_clusters, config.sparsity, config.conv_sparsity) == (7, 7, 0.3, 0.3)
+    assert config.init.value == "kmeans++"
+
+
+def test_output_exists_is_checked_before_any_work(tmp_path, capsys):
+    for name in ("broken.pt", "broken.keras", "broken.safetensors"):
+        source = tmp_path / name
+        source.write_bytes(b"not a model at all")
+        output = tmp_path / f"{name}.wz"
+        output.write_bytes(b"keep me")
+        assert main(["compress", str(source), "-o", str(output)]) == 2
+        assert "already exists" in capsys.readouterr().err  # not a complaint about the unreadable input
+        assert output.read_bytes() == b"keep me"
+
+
+def test_post_training_api_default_init_is_optimal_as_in_the_cli():
+    import inspect
+
+    from weightzip.core import CentroidInitialization
+    from weightzip.keras.post_training import compress_post_training
+    from weightzip.torch.checkpoint import compress_state_dict
+
+    for function in (compress_state_dict, compress_post_training):
+        assert inspect.signature(function).parameters["init"].default is CentroidInitialization.OPTIMAL
+    assert build_parser().parse_args(["compress", "m.pt"]).init is None  # the CLI leaves it to the path
+
+
+def test_torch_api_default_init_gives_the_optimal_codebook(tmp_path):
+    from weightzip.core import ClusterConfig, cluster_array
+    from weightzip.torch.checkpoint import compress_state_dict, decompress
+
+    weight = torch.randn(20, 30, generator=torch.Generator().manual_seed(2))
+    compress_state_dict({"w": weight}, tmp_path / "w.wz", number_of_clusters=4)
+    expected = cluster_array(weight.numpy(), ClusterConfig(4, init="optimal")).decode()
+    np.testing.assert_allclose(decompress(tmp_path / "w.wz")["w"].numpy(), expected, rtol=1e-6)
+
+
+# ---------------------------------------------------------------- quiet by default, -v to show framework logs
+
+
+def _run_cli(*arguments: str, cwd) -> "subprocess.CompletedProcess":
+    """The CLI in a fresh interpreter (TensorFlow's C++ logging set up as a user's run would have it)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("TF_", "ABSL"))}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    return subprocess.run([sys.executable, "-m", "weightzip.cli", *arguments], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_keras_commands_print_nothing_on_stderr_unless_verbose(keras_model_file, tmp_path):
+    for arguments in (["compress", str(keras_model_file), "-o", "m.wz", "--clusters", "8"],
+                      ["inspect", "m.wz"],
+                      ["decompress", "m.wz", "-o", "m.tflite"]):
+        result = _run_cli(*arguments, cwd=tmp_path)
+        assert result.returncode == 0 and result.stderr == "", (arguments, result.stderr)
+        assert result.stdout
+    verbose = _run_cli("-v", "decompress", "m.wz", "-o", "verbose.tflite", cwd=tmp_path)
+    assert verbose.returncode == 0 and verbose.stderr != ""  # the converter's own log lines

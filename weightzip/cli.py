@@ -51,27 +51,97 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _compress(args: argparse.Namespace) -> int:
+    from weightzip.atomic import check_output_path
+
     source = Path(args.input)
     if not source.is_file():
         raise CliError(f"{source}: no such file")
+    _check_compress_options(args)
     output = Path(args.output) if args.output else source.with_suffix(".wz")
+    check_output_path(output, overwrite=args.overwrite, inputs=(source,))  # before any work
     if source.suffix in KERAS_SUFFIXES:
         return _compress_keras(source, output, args)
-    if source.suffix in TORCH_SUFFIXES:
+    if source.suffix in TORCH_SUFFIXES or _is_torchscript(source):
         return _compress_torch(source, output, args)
     raise CliError(f"{source}: unknown model type {source.suffix!r}; expected one of "
-                   f"{KERAS_SUFFIXES + TORCH_SUFFIXES}")
+                   f"{KERAS_SUFFIXES + TORCH_SUFFIXES} or a TorchScript archive")
+
+
+# Options of the --data pipeline (retraining) only, and of post-training clustering only.
+_RETRAINING_OPTIONS = ("prune_epochs", "cluster_epochs", "learning_rate", "batch_size")
+_POST_TRAINING_OPTIONS = ("per_channel", "group_size")
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_compress_options(args: argparse.Namespace) -> None:
+    """Refuse, in one line, a value an option cannot take or an option that does not apply."""
+    import math
+
+    for name in ("clusters", "conv_clusters"):
+        value = getattr(args, name)
+        if value is not None and not 1 <= value <= 65536:
+            raise CliError(f"{_option(name)} must be an integer in [1, 65536], got {value}")
+    for name in ("group_size", "batch_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise CliError(f"{_option(name)} must be an integer >= 1, got {value}")
+    for name in ("prune_epochs", "cluster_epochs"):
+        value = getattr(args, name)
+        if value is not None and value < 0:
+            raise CliError(f"{_option(name)} must be an integer >= 0, got {value}")
+    for name in ("sparsity", "conv_sparsity"):
+        value = getattr(args, name)
+        if value is not None and not 0.0 <= value < 1.0:  # NaN fails this too
+            raise CliError(f"{_option(name)} must be a fraction in [0, 1), got {value}")
+    kinds = (("--clusters", args.clusters, args.sparsity),
+             ("--conv-clusters", _first(args.conv_clusters, args.clusters), _first(args.conv_sparsity, args.sparsity)))
+    for option, clusters, sparsity in kinds:
+        if sparsity and clusters == 1:
+            raise CliError(f"{option} 1 leaves no shared weight besides the pruned zero: with a sparsity, use >= 2")
+    if args.learning_rate is not None and not (args.learning_rate > 0 and math.isfinite(args.learning_rate)):
+        raise CliError(f"--learning-rate must be a finite number > 0, got {args.learning_rate}")
+    if args.data is None:
+        given = [_option(name) for name in _RETRAINING_OPTIONS if getattr(args, name) is not None]
+        if given:
+            raise CliError(f"{', '.join(given)} only apply to retraining: add --data, or drop them")
+    else:
+        given = [_option(name) for name in _POST_TRAINING_OPTIONS if getattr(args, name) not in (None, False)]
+        if given:
+            raise CliError(f"{', '.join(given)} only apply to post-training clustering (per-channel codebooks); "
+                           "the --data pipeline clusters each kernel with one codebook: drop them or --data")
+
+
+def _first(value, fallback):
+    return fallback if value is None else value
+
+
+def _post_training_settings(args: argparse.Namespace) -> dict:
+    """What --clusters/--conv-clusters/--sparsity/--conv-sparsity/--per-channel/--group-size/--init mean for
+    post-training clustering, the same on both front ends: the --conv-* options override the others for
+    convolutions; a sparsity is asked for only when given."""
+    clusters = 16 if args.clusters is None else args.clusters
+    return dict(
+        clusters=clusters,
+        conv_clusters=clusters if args.conv_clusters is None else args.conv_clusters,
+        sparsity=args.sparsity,
+        conv_sparsity=args.sparsity if args.conv_sparsity is None else args.conv_sparsity,
+        per_channel=args.per_channel or args.group_size is not None,
+        group_size=1 if args.group_size is None else args.group_size,
+        init=CentroidInitialization.OPTIMAL if args.init is None else args.init,
+    )
 
 
 def _compress_keras(source: Path, output: Path, args) -> int:
     from rich.console import Console
 
-    from weightzip.atomic import check_output_path
-
-    check_output_path(output, overwrite=args.overwrite, inputs=(source,))
     console = Console()
-    keras = _import_keras()
-    model = keras.models.load_model(source, compile=True)
+    keras = _import_keras(args)
+    from weightzip.keras.loading import load_model
+
+    model = load_model(source, custom_objects=args.custom_objects)
     if args.data is None:
         return _post_training_keras(model, source, output, args, console)
     post_training_flags = [flag for flag, value in _post_training_flags(args) if value is not None]
@@ -82,9 +152,16 @@ def _compress_keras(source: Path, output: Path, args) -> int:
     from weightzip.keras.deep_compression import DeepCompressionConfig, Dataset, compress
 
     overrides = {name: getattr(args, name) for name in
-                 ("sparsity", "conv_sparsity", "clusters", "conv_clusters", "prune_epochs", "cluster_epochs",
-                  "learning_rate", "batch_size") if getattr(args, name) is not None}
-    config = DeepCompressionConfig(**overrides)
+                 ("sparsity", "conv_sparsity", "clusters", "conv_clusters", "init") + _RETRAINING_OPTIONS
+                 if getattr(args, name) is not None}
+    # --clusters / --sparsity reach the convolutions too unless --conv-* is given (as on PyTorch).
+    for name in ("sparsity", "clusters"):
+        if name in overrides and f"conv_{name}" not in overrides:
+            overrides[f"conv_{name}"] = overrides[name]
+    try:
+        config = DeepCompressionConfig(**overrides)
+    except ValueError as error:
+        raise CliError(str(error)) from None
     data = Dataset(*_load_dataset(args.data))
     loss = getattr(model, "loss", None) or keras.losses.SparseCategoricalCrossentropy(
         from_logits=not _ends_in_softmax(model))
@@ -105,14 +182,16 @@ def _post_training_keras(model, source: Path, output: Path, args, console) -> in
     from weightzip.calibration import load_calibration
     from weightzip.keras.post_training import compress_post_training
 
+    settings = _post_training_settings(args)
     calibration = None
     if args.calibration is not None:
         calibration = load_calibration(args.calibration, tuple(model.inputs[0].shape[1:]))
     with console.status("post-training compression (no --data: no retraining)"):
         _, report = compress_post_training(
-            model, calibration, clusters=args.clusters or 16, conv_clusters=args.conv_clusters,
-            sparsity=args.sparsity or 0.0, conv_sparsity=args.conv_sparsity, per_channel=args.per_channel,
-            group_size=args.group_size, bits_per_weight=args.bits_per_weight, target_bytes=args.target_size,
+            model, calibration, clusters=settings["clusters"], conv_clusters=args.conv_clusters,
+            sparsity=args.sparsity or 0.0, conv_sparsity=args.conv_sparsity, per_channel=settings["per_channel"],
+            group_size=args.group_size, init=settings["init"], bits_per_weight=args.bits_per_weight,
+            target_bytes=args.target_size,
             min_fidelity=args.min_fidelity, sensitivity=args.sensitivity, path=output, overwrite=args.overwrite,
             inputs=(source,))
     for line in report.summary_lines():
@@ -136,16 +215,26 @@ def _compress_torch(source: Path, output: Path, args) -> int:
     if post_training_flags:
         raise CliError(f"{', '.join(post_training_flags)}: not available for PyTorch checkpoints in this version "
                        "(use weightzip.torch.post_training from Python)")
+    if args.custom_objects is not None:
+        raise CliError("--custom-objects applies to Keras models only")
     from weightzip.torch.checkpoint import compress_state_dict
 
+    settings = _post_training_settings(args)
     console = Console()
     with console.status(f"clustering {source.name}"):
-        size = compress_state_dict(source, output, number_of_clusters=args.clusters or 16, init=args.init,
-                                   per_channel=args.per_channel or args.group_size is not None,
-                                   group_size=args.group_size or 1, sparsity=args.sparsity or 0.0,
-                                   preserve_sparsity=bool(args.sparsity), overwrite=args.overwrite)
+        size = compress_state_dict(source, output, number_of_clusters=settings["clusters"],
+                                   conv_number_of_clusters=settings["conv_clusters"], init=settings["init"],
+                                   per_channel=settings["per_channel"], group_size=settings["group_size"],
+                                   sparsity=settings["sparsity"], conv_sparsity=settings["conv_sparsity"],
+                                   overwrite=args.overwrite)
     console.print(f"wrote {output}: {size:,} bytes ({source.stat().st_size / size:.1f}x smaller than {source.name})")
     return 0
+
+
+def _is_torchscript(path: Path) -> bool:
+    from weightzip.torch.torchscript import is_torchscript_archive
+
+    return is_torchscript_archive(path)
 
 
 def _decompress(args: argparse.Namespace) -> int:
@@ -158,7 +247,7 @@ def _decompress(args: argparse.Namespace) -> int:
     if framework == "keras":
         if output.suffix not in (".keras", ".tflite"):
             raise CliError(f"{output}: a Keras model decompresses to .keras or .tflite, not {output.suffix!r}")
-        _import_keras()
+        _import_keras(args)
         from weightzip.keras.storage import load_wz
 
         model = load_wz(source)
@@ -179,8 +268,10 @@ def _decompress(args: argparse.Namespace) -> int:
     return 0
 
 
-def _import_keras():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+def _import_keras(args: argparse.Namespace | None = None):
+    from weightzip.quiet import quiet_frameworks
+
+    quiet_frameworks(verbose=bool(getattr(args, "verbose", False)))
     import keras
 
     return keras
@@ -219,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run `weightzip COMMAND --help` for a command's options.",
     )
     parser.add_argument("--version", action="version", version=f"weightzip {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show TensorFlow/absl log lines and framework warnings (hidden by default)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     demo = commands.add_parser(
@@ -241,14 +334,26 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("-o", "--output", help="the .wz file to write (default: INPUT with suffix .wz)")
     compress.add_argument("--data", help=f"training/test data for retraining: {', '.join(BUILTIN_DATASETS)} or a "
                           ".npz with x_train, y_train, x_test, y_test (integer labels)")
-    compress.add_argument("--sparsity", type=float, help="fraction of dense/embedding/recurrent weights pruned")
-    compress.add_argument("--conv-sparsity", type=float, help="fraction of convolution weights pruned")
-    compress.add_argument("--clusters", type=int, help="shared weights per non-convolutional kernel (k)")
-    compress.add_argument("--conv-clusters", type=int, help="shared weights per convolution kernel")
-    compress.add_argument("--per-channel", action="store_true", help="one codebook per output channel (no --data)")
-    compress.add_argument("--group-size", type=int, help="output channels sharing one codebook (with --per-channel)")
-    compress.add_argument("--init", default="optimal", choices=[m.value for m in CentroidInitialization],
-                          help="PyTorch: centroid initialisation of post-training clustering (default: optimal)")
+    compress.add_argument("--sparsity", type=float,
+                          help="fraction of each compressed kernel's weights pruned, in [0, 1) (convolutions too, "
+                          "unless --conv-sparsity; default: no pruning without --data)")
+    compress.add_argument("--conv-sparsity", type=float, help="fraction of convolution weights pruned (a "
+                          "convolution: a Keras Conv*/DepthwiseConv*/SeparableConv*/ConvLSTM layer, or a PyTorch "
+                          "weight with ndim >= 3)")
+    compress.add_argument("--clusters", type=int, help="shared weights per kernel (k; convolutions too, unless "
+                          "--conv-clusters; default: 16 without --data)")
+    compress.add_argument("--conv-clusters", type=int, help="shared weights per convolution kernel (see "
+                          "--conv-sparsity for what a convolution is)")
+    compress.add_argument("--per-channel", action="store_true",
+                          help="one codebook per output channel (post-training only: no --data)")
+    compress.add_argument("--group-size", type=int, help="output channels sharing one codebook (implies "
+                          "--per-channel; post-training only)")
+    compress.add_argument("--init", choices=[m.value for m in CentroidInitialization],
+                          help="centroid initialisation (default: optimal post-training; with --data, the "
+                          "pipeline's default, linear)")
+    compress.add_argument("--custom-objects", metavar="MODULE",
+                          help="Keras: a .py file or dotted module path whose Keras layers/objects the model "
+                          "needs (custom layers); its registered serializables and public classes are used")
     compress.add_argument("--prune-epochs", type=int, help="retraining epochs after pruning")
     compress.add_argument("--cluster-epochs", type=int, help="centroid fine-tuning epochs after clustering")
     compress.add_argument("--learning-rate", type=float, help="retraining learning rate (Adam)")
@@ -285,14 +390,20 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("file", help="the .wz file")
     inspect.add_argument("--json", action="store_true", help="print the table as JSON (exact byte counts)")
     inspect.set_defaults(handler=_inspect)
+    for command in (demo, compress, decompress, inspect):
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help="show TensorFlow/absl log lines and framework warnings")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from weightzip.core.errors import WeightzipError
 
+    from weightzip.quiet import quiet_frameworks
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    quiet_frameworks(verbose=args.verbose)
     try:
         return int(args.handler(args) or 0)
     except (CliError, WeightzipError, ValueError) as error:
