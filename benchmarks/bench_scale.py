@@ -1,0 +1,224 @@
+"""Big checkpoints end to end (issue 12 item 5): a synthetic sharded checkpoint compressed and decoded.
+
+The script makes, in a temporary directory, a Hugging Face style sharded safetensors checkpoint of
+transformer-like float32 tensors (per block: q/k/v/o projections d×d, MLP up 4d×d and down d×4d, a
+LayerNorm gain of d values near 1.0; N(0, 0.02²) weights), then runs the `weightzip` command line on it,
+each step in its own process, and prints per step: wall and CPU seconds, weights/s per wall second and
+per CPU second (the "per core" figure: every kernel is single-threaded), and the process's peak RSS (from
+``wait4``). Then the time to read one tensor from the middle of the `.wz` with ``read_tensor``.
+
+    python benchmarks/bench_scale.py                          # the issue's size: 1e9 weights (4 GB, minutes)
+    python benchmarks/bench_scale.py --weights 1e8 --clusters 16 256
+
+Steps that the command line does not offer yet are printed as "not available" with the reason, never
+skipped in silence: a sharded checkpoint is compressed through its ``model.safetensors.index.json`` when
+`weightzip compress` accepts one, otherwise shard by shard (one `.wz` per shard, said so in the table);
+``--jobs 2`` and a 2-worker Dask ``LocalCluster`` (``--scheduler``) run only when `compress --help` lists
+those options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+MIB = 1 << 20
+
+
+@dataclass
+class Step:
+    label: str
+    weights: int
+    wall: float
+    cpu: float
+    peak_rss_mib: float
+    note: str = ""
+
+    def row(self) -> str:
+        return (f"{self.label:<34} {self.wall:8.1f} {self.cpu:8.1f} {self.weights / self.wall / 1e6:10.2f} "
+                f"{self.weights / self.cpu / 1e6:10.2f} {self.peak_rss_mib:9.0f}  {self.note}")
+
+
+def block_shapes(hidden: int) -> list[tuple[str, tuple[int, ...]]]:
+    """One transformer block's weight tensors."""
+    return [("self_attn.q_proj.weight", (hidden, hidden)), ("self_attn.k_proj.weight", (hidden, hidden)),
+            ("self_attn.v_proj.weight", (hidden, hidden)), ("self_attn.o_proj.weight", (hidden, hidden)),
+            ("mlp.up_proj.weight", (4 * hidden, hidden)), ("mlp.down_proj.weight", (hidden, 4 * hidden)),
+            ("input_layernorm.weight", (hidden,))]
+
+
+def make_checkpoint(directory: Path, weights: float, hidden: int, shard_weights: float, seed: int) -> tuple[Path, int, str]:
+    """Write the sharded checkpoint; returns (index path, weights written, name of a tensor in the middle)."""
+    from safetensors.numpy import save_file
+
+    per_block = sum(int(np.prod(shape)) for _, shape in block_shapes(hidden))
+    blocks = max(1, round(weights / per_block))
+    rng = np.random.default_rng(seed)
+    names = [(f"model.layers.{b}.{name}", shape) for b in range(blocks) for name, shape in block_shapes(hidden)]
+    weight_map, shard, shard_size, shards, total = {}, {}, 0, [], 0
+
+    def flush():
+        nonlocal shard, shard_size
+        if shard:
+            path = directory / f"model-{len(shards) + 1:05d}.safetensors"
+            save_file(shard, str(path))
+            shards.append(path)
+            for key in shard:
+                weight_map[key] = path.name
+            shard, shard_size = {}, 0
+
+    for name, shape in names:
+        if name.endswith("layernorm.weight"):
+            tensor = (1.0 + 0.05 * rng.standard_normal(shape)).astype(np.float32)  # gains near 1.0
+        else:
+            tensor = rng.standard_normal(shape, dtype=np.float32) * np.float32(0.02)
+        if shard_size and shard_size + tensor.size > shard_weights:
+            flush()
+        shard[name] = tensor
+        shard_size += tensor.size
+        total += tensor.size
+    flush()
+    for number, path in enumerate(shards, start=1):  # the Hugging Face naming once the count is known
+        final = directory / f"model-{number:05d}-of-{len(shards):05d}.safetensors"
+        path.rename(final)
+        for key, value in weight_map.items():
+            if value == path.name:
+                weight_map[key] = final.name
+    index = directory / "model.safetensors.index.json"
+    index.write_text(json.dumps({"metadata": {"total_size": 4 * total}, "weight_map": weight_map}, indent=1))
+    middle = names[len(names) // 2][0]
+    if middle.endswith("layernorm.weight"):
+        middle = names[len(names) // 2 - 1][0]
+    return index, total, middle
+
+
+def run(command: list[str], label: str, weights: int, note: str = "") -> Step:
+    """Run `command` in its own process; wall time, CPU time and peak RSS of that process."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    output = process.stdout.read().decode(errors="replace")
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{label}: `{' '.join(command)}` failed:\n{output[-2000:]}")
+    return Step(label, weights, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, note)
+
+
+def cli(*arguments) -> list[str]:
+    return [sys.executable, "-m", "weightzip.cli", *map(str, arguments)]
+
+
+def compress_help() -> str:
+    return subprocess.run(cli("compress", "--help"), capture_output=True, text=True).stdout
+
+
+def accepts_index(index: Path, workdir: Path) -> bool:
+    """Whether `weightzip compress` takes a sharded checkpoint's index file (tried on a tiny one)."""
+    from safetensors.numpy import save_file
+
+    probe = workdir / "probe"
+    probe.mkdir(exist_ok=True)
+    save_file({"w": np.ones((4, 4), np.float32) + np.arange(16, dtype=np.float32).reshape(4, 4)},
+              str(probe / "model-00001-of-00001.safetensors"))
+    (probe / index.name).write_text(json.dumps({"metadata": {}, "weight_map": {"w": "model-00001-of-00001.safetensors"}}))
+    result = subprocess.run(cli("compress", probe / index.name, "--clusters", "4", "-o", probe / "probe.wz"),
+                            capture_output=True, text=True)
+    return result.returncode == 0
+
+
+def read_one_tensor(path: Path, name: str, warm_up: str) -> tuple[float, float]:
+    """(seconds to read `name` with read_tensor, seconds to read the whole file with read_wz), in a fresh
+    process, imports and JIT loading excluded (`warm_up` is read once first)."""
+    code = ("import sys, time; from weightzip.format import read_tensor, read_wz; read_tensor(sys.argv[1], sys.argv[3]); "
+            "t = time.perf_counter(); read_tensor(sys.argv[1], sys.argv[2]); one = time.perf_counter() - t; "
+            "t = time.perf_counter(); read_wz(sys.argv[1], max_elements=1 << 40); whole = time.perf_counter() - t; "
+            "print(one, whole)")
+    result = subprocess.run([sys.executable, "-c", code, str(path), name, warm_up], capture_output=True, text=True)
+    if result.returncode != 0:
+        return float("nan"), float("nan")
+    one, whole = result.stdout.split()[-2:]
+    return float(one), float(whole)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", type=float, default=1e9, help="weights in the checkpoint (default 1e9)")
+    parser.add_argument("--hidden", type=int, default=2048, help="model width d (default 2048)")
+    parser.add_argument("--shard-weights", type=float, default=2.5e8, help="weights per shard (default 2.5e8, 1 GB)")
+    parser.add_argument("--clusters", type=int, nargs="+", default=[16], help="k values to compress with")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep", help="make the checkpoint in this directory and keep it (default: a temp dir)")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="wz-scale-") as temporary:
+        workdir = Path(args.keep or temporary)
+        workdir.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        index, total, middle = make_checkpoint(workdir, args.weights, args.hidden, args.shard_weights, args.seed)
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        largest = max(int(np.prod(shape)) for _, shape in block_shapes(args.hidden))
+        print(f"checkpoint: {total:,} weights ({4 * total / 2**30:.2f} GiB float32) in {len(shards)} shards, "
+              f"largest tensor {largest:,} weights ({4 * largest / MIB:.0f} MiB); made in "
+              f"{time.perf_counter() - start:.0f} s in {workdir}")
+        help_text = compress_help()
+        by_index = accepts_index(index, workdir)
+        print()
+        print(f"{'step':<34} {'wall s':>8} {'CPU s':>8} {'Mw/s wall':>10} {'Mw/s CPU':>10} {'peak MiB':>9}  note")
+        print("-" * 100)
+        startup = run([sys.executable, "-c", "import weightzip.cli, weightzip.torch.checkpoint"], "startup (imports only)", 1)
+        print(f"{startup.label:<34} {startup.wall:8.1f} {startup.cpu:8.1f} {'':>10} {'':>10} {startup.peak_rss_mib:9.0f}  "
+              "included in every step below (one process per step)")
+        for k in args.clusters:
+            outputs = []
+            if by_index:
+                output = workdir / f"model-k{k}.wz"
+                steps = [run(cli("compress", index, "--clusters", k, "-o", output), f"compress k={k} serial", total)]
+                outputs.append((output, None))
+            else:
+                steps = []
+                for shard in shards:
+                    output = workdir / f"{Path(shard).stem}-k{k}.wz"
+                    steps.append(run(cli("compress", workdir / shard, "--clusters", k, "-o", output),
+                                     f"compress k={k} serial", 0))
+                    outputs.append((output, shard))
+                steps = [Step(f"compress k={k} serial", total, sum(s.wall for s in steps), sum(s.cpu for s in steps),
+                              max(s.peak_rss_mib for s in steps),
+                              "shard by shard: index input not accepted by this build")]
+            for option, text in (("--jobs", "compress k={k} --jobs 2"), ("--scheduler", "compress k={k} LocalCluster(2)")):
+                if option not in help_text:
+                    print(f"{text.format(k=k):<34} {'not available: `weightzip compress` has no ' + option + ' option yet':>60}")
+            for step in steps:
+                print(step.row())
+            wz_bytes = sum(path.stat().st_size for path, _ in outputs)
+            decode_steps = [run(cli("decompress", path, "-o", path.with_suffix(".safetensors")),
+                                f"decompress k={k}", 0) for path, _ in outputs]
+            print(Step(f"decompress k={k}", total, sum(s.wall for s in decode_steps), sum(s.cpu for s in decode_steps),
+                       max(s.peak_rss_mib for s in decode_steps), "per .wz" if len(outputs) > 1 else "").row())
+            holder = outputs[0][0] if by_index else next(
+                path for path, shard in outputs if shard == json.loads(index.read_text())["weight_map"][middle])
+            one, whole = read_one_tensor(holder, middle, middle)
+            print(f"{'read one tensor k=' + str(k):<34} {one * 1e3:8.1f} ms  ({middle}; whole file "
+                  f"{holder.name}: {whole * 1e3:.0f} ms)")
+            print(f"{'size k=' + str(k):<34} {wz_bytes:,} bytes ({4 * total / wz_bytes:.1f}x smaller)")
+            for path, _ in outputs:
+                path.unlink()
+                path.with_suffix(".safetensors").unlink(missing_ok=True)
+            print()
+        print("Targets (issue 12): >= 10 M weights/s per core (CPU column) at k=16 and k=256; decode >= 50 M/s per "
+              "core; peak RSS <= 2x the largest tensor + 300 MB; --jobs 2 >= 1.7x serial; read one tensor <= 50 ms "
+              "+ its decode.")
+        print(f"(2x the largest tensor + 300 MB = {2 * 4 * largest / MIB + 300:.0f} MiB)")
+
+
+if __name__ == "__main__":
+    main()
