@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -48,6 +49,44 @@ def atomic_output(path, *, overwrite: bool = False, inputs=()):
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
+
+
+@contextlib.contextmanager
+def atomic_directory(path, *, overwrite: bool = False, inputs=()):
+    """Yield a new temporary directory beside `path` to fill; publish it as `path` on success.
+
+    Without `overwrite`, an existing `path` (file or directory) is refused before anything is created; with it,
+    an existing directory is replaced only once the new one is complete. On an exception nothing is left.
+    """
+    path = Path(path)
+    for source in inputs:
+        if _same_file(path, Path(source)) or Path(source).resolve().is_relative_to(path.resolve()):
+            raise WeightzipError(f"refusing to write {path}: it is or holds an input ({source})")
+    if path.exists() and not overwrite:
+        raise WeightzipError(f"{path} already exists (pass overwrite=True / --overwrite to replace it)")
+    if path.exists() and not path.is_dir():
+        raise WeightzipError(f"{path} exists and is not a directory")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise WeightzipError(f"{parent}: no such directory")
+    temporary = Path(tempfile.mkdtemp(dir=parent, prefix=f".{path.name}."))
+    os.chmod(temporary, 0o777 & ~_current_umask())
+    old = None
+    try:
+        yield temporary
+        if path.exists():
+            old = Path(tempfile.mkdtemp(dir=parent, prefix=f".{path.name}.old."))
+            os.replace(path, old / "replaced")
+        try:
+            os.rename(temporary, path)
+        except OSError:
+            if old is not None:
+                os.replace(old / "replaced", path)
+            raise WeightzipError(f"{path} appeared while it was being written; left as it is") from None
+    finally:
+        for leftover in (temporary, old):
+            if leftover is not None and leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
 
 
 def write_bytes_atomically(path, data: bytes, *, overwrite: bool = False, inputs=()) -> None:

@@ -266,6 +266,14 @@ def _check_sparsity(sparsity) -> None:
         raise WeightzipError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
 
 
+def encode_tensor(name: str, tensor: torch.Tensor, config: ClusterConfig | None, *, per_channel: bool = False,
+                  max_clusters: int = 256, sparsity: float | None = None):
+    """(stored value, widened torch dtype name or None) of one checkpoint tensor, by the rules of the module
+    docstring for a state_dict (channel axis 0); lets callers stream a checkpoint one tensor at a time."""
+    array, torch_dtype = _to_storable(name, tensor)
+    return _encode_choice(name, array, None, config, per_channel, max_clusters, sparsity), torch_dtype
+
+
 def _encode_choice(name, array: np.ndarray, axes, config: ClusterConfig | None, per_channel: bool,
                    max_clusters: int, sparsity: float | None = None):
     """Prune, cluster, palettize exactly, or keep `array`, following the rules of the module docstring."""
@@ -307,6 +315,19 @@ def _read_state(path, device="cpu") -> tuple[dict[str, torch.Tensor], np.ndarray
             tensor = _narrowed(tensor, torch_dtypes[name])
         state[name] = tensor.to(device)
     return state, skeleton
+
+
+def checked_torch_dtypes(metadata: dict, tensors: dict, path) -> dict[str, torch.dtype]:
+    """The validated ``torch_dtypes`` of a file's metadata; `tensors` as :func:`read_wz` gives them (for
+    callers that decode one tensor at a time)."""
+    views = {name: value.codebook if isinstance(value, ClusteredTensor) else value for name, value in tensors.items()}
+    return _checked_torch_dtypes(metadata, views, path)
+
+
+def as_stored_tensor(array: np.ndarray, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A decoded array as a torch tensor, narrowed to `dtype` (from :func:`checked_torch_dtypes`) if given."""
+    tensor = _as_tensor(array)
+    return tensor if dtype is None else _narrowed(tensor, dtype)
 
 
 def _checked_torch_dtypes(metadata: dict, arrays: dict, path) -> dict[str, torch.dtype]:
