@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: demo test install kernels bench clean
+.PHONY: demo test install kernels browser bench clean
 
 # The palettized layers' lookup-table kernels: a plain C ABI library (no Python/torch headers), loaded with
 # ctypes. Built here, never at import time; written under a temporary name so a failed build leaves nothing.
@@ -32,7 +32,12 @@ install: $(BIN)/.installed $(KERNELS)
 demo: $(BIN)/.installed $(KERNELS)
 	$(BIN)/weightzip demo
 
-test: $(BIN)/.installed $(KERNELS)
+# Headless Chromium (Debian's package) for the test that renders the HTML report; CI runs as root.
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null)
+
+test: $(BIN)/.installed $(KERNELS) browser
 	$(BIN)/python -m pytest -q -n 2
 
 bench: $(BIN)/.installed $(KERNELS)

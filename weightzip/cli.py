@@ -6,11 +6,15 @@
     weightzip compress model.safetensors --clusters 16
     weightzip inspect model.wz                      # per-tensor size table (the paper's Table 1 columns)
     weightzip decompress model.wz -o model.keras    # or .tflite, .safetensors, .pt
+    weightzip compress MODEL_DIR --clusters 16      # a Hugging Face model directory -> MODEL_DIR.wz
+    weightzip decompress MODEL_DIR.wz -o DIR        # the directory again (from_pretrained(DIR) loads it)
+    weightzip report model.wz -o report.html        # figures: histograms, bits per weight, stages
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -54,6 +58,8 @@ def _compress(args: argparse.Namespace) -> int:
     from weightzip.atomic import check_output_path
 
     source = Path(args.input)
+    if source.is_dir():
+        return _compress_directory(source, args)
     if not source.is_file():
         raise CliError(f"{source}: no such file")
     _check_compress_options(args)
@@ -137,7 +143,7 @@ def _post_training_settings(args: argparse.Namespace) -> dict:
 def _compress_keras(source: Path, output: Path, args) -> int:
     from rich.console import Console
 
-    console = Console()
+    console = Console(quiet=args.json)
     keras = _import_keras(args)
     from weightzip.keras.loading import load_model
 
@@ -169,6 +175,8 @@ def _compress_keras(source: Path, output: Path, args) -> int:
         _, report = compress(model, data, output, config=config, loss=loss, overwrite=args.overwrite,
                              progress=lambda message: status.update(message))
     console.print(report.table(f"{source.name} → {output.name}"))
+    _print_json(args, input=str(source), output=str(output), output_bytes=output.stat().st_size,
+                input_bytes=source.stat().st_size)
     return 0
 
 
@@ -202,6 +210,41 @@ def _post_training_keras(model, source: Path, output: Path, args, console) -> in
     warning = report.warning()
     if warning:
         print(warning, file=sys.stderr)
+    _print_json(args, input=str(source), output=str(output), output_bytes=report.file_bytes,
+                float32_bytes=original, post_training=report.to_metadata())
+    return 0
+
+
+def _compress_directory(source: Path, args) -> int:
+    """A Hugging Face model directory (config.json + safetensors shards) -> one .wz carrying its other files."""
+    _check_compress_options(args)
+    refused = [flag for flag, value in _post_training_flags(args) + [
+        ("--data", args.data), ("--conv-sparsity", args.conv_sparsity), ("--conv-clusters", args.conv_clusters),
+        ("--custom-objects", args.custom_objects)] if value is not None]
+    if refused:
+        raise CliError(f"{', '.join(refused)}: not available for a model directory (post-training clustering of "
+                       "every weight matrix; use --clusters, --sparsity, --per-channel, --group-size, --init)")
+    from weightzip.progress import progress_bar
+    from weightzip.torch.hf import compress_model_dir
+
+    settings = _post_training_settings(args)
+    output = Path(args.output) if args.output else source.resolve().with_suffix(".wz")
+    with progress_bar(f"compressing {source.name}", enabled=not args.json) as update:
+        summary = compress_model_dir(source, output, number_of_clusters=settings["clusters"], init=settings["init"],
+                                     per_channel=settings["per_channel"], group_size=settings["group_size"],
+                                     sparsity=settings["sparsity"], overwrite=args.overwrite, progress=update)
+    if args.json:
+        print(json.dumps(summary.to_json()))
+        return 0
+    left = [t for t in summary.tensors if t.action != "clustered"]
+    print(f"wrote {output}: {summary.output_bytes:,} bytes ({summary.ratio:.1f}x smaller than its "
+          f"{summary.weight_bytes:,} bytes of weights); {len(summary.tensors) - len(left)} tensors clustered, "
+          f"{len(summary.carried_files)} other files carried")
+    for reason in sorted({t.reason for t in left}):
+        names = [t.name for t in left if t.reason == reason]
+        print(f"  not clustered, {reason}: {len(names)} tensors, e.g. {names[0]}")
+    for name, reason in summary.left_out.items():
+        print(f"  left out {name}: {reason}")
     return 0
 
 
@@ -220,7 +263,7 @@ def _compress_torch(source: Path, output: Path, args) -> int:
     from weightzip.torch.checkpoint import compress_state_dict
 
     settings = _post_training_settings(args)
-    console = Console()
+    console = Console(quiet=args.json)
     with console.status(f"clustering {source.name}"):
         size = compress_state_dict(source, output, number_of_clusters=settings["clusters"],
                                    conv_number_of_clusters=settings["conv_clusters"], init=settings["init"],
@@ -228,6 +271,7 @@ def _compress_torch(source: Path, output: Path, args) -> int:
                                    sparsity=settings["sparsity"], conv_sparsity=settings["conv_sparsity"],
                                    overwrite=args.overwrite)
     console.print(f"wrote {output}: {size:,} bytes ({source.stat().st_size / size:.1f}x smaller than {source.name})")
+    _print_json(args, input=str(source), output=str(output), output_bytes=size, input_bytes=source.stat().st_size)
     return 0
 
 
@@ -237,13 +281,26 @@ def _is_torchscript(path: Path) -> bool:
     return is_torchscript_archive(path)
 
 
+def _print_json(args, **summary) -> None:
+    """With --json: the command's summary as one JSON line on stdout (its other output is suppressed)."""
+    if getattr(args, "json", False):
+        print(json.dumps(summary))
+
+
 def _decompress(args: argparse.Namespace) -> int:
     from weightzip.atomic import atomic_output, check_output_path
     from weightzip.format import read_metadata
 
     source, output = Path(args.input), Path(args.output)
+    metadata = read_metadata(source)
+    if "hf" in metadata:  # made from a Hugging Face model directory: rebuild the directory
+        from weightzip.torch.hf import decompress_model_dir
+
+        written = decompress_model_dir(source, output, overwrite=args.overwrite)
+        print(f"wrote {output}/: {len(written)} files")
+        return 0
     check_output_path(output, overwrite=args.overwrite, inputs=(source,))
-    framework = read_metadata(source).get("framework")
+    framework = metadata.get("framework")
     if framework == "keras":
         if output.suffix not in (".keras", ".tflite"):
             raise CliError(f"{output}: a Keras model decompresses to .keras or .tflite, not {output.suffix!r}")
@@ -265,6 +322,34 @@ def _decompress(args: argparse.Namespace) -> int:
     else:
         raise CliError(f"{source}: unknown framework {framework!r} in its metadata")
     print(f"wrote {output}: {output.stat().st_size:,} bytes")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from weightzip.atomic import check_output_path
+    from weightzip.progress import progress_bar
+    from weightzip.report import build_report
+
+    if args.output is None and args.png is None:
+        raise CliError("nothing to write: give -o REPORT.html and/or --png DIR")
+    if args.output is not None:
+        check_output_path(args.output, overwrite=args.overwrite, inputs=(args.file,))
+    if args.png is not None and Path(args.png).exists() and not args.overwrite:
+        raise CliError(f"{args.png} already exists (pass --overwrite to replace it)")
+    with progress_bar("drawing", enabled=not args.json) as update:
+        report = build_report(args.file, progress=update)
+    summary = report.to_json()
+    if args.output is not None:
+        summary["html"], summary["html_bytes"] = args.output, report.write_html(args.output, overwrite=args.overwrite)
+    if args.png is not None:
+        summary["png_dir"], summary["png_files"] = args.png, len(report.write_pngs(args.png, overwrite=args.overwrite))
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        written = [f"{summary['html']} ({summary['html_bytes']:,} bytes)"] if args.output else []
+        written += [f"{summary['png_files']} PNG files in {args.png}/"] if args.png else []
+        print(f"{args.file}: {summary['tensors']} tensors, {len(report.histograms)} histograms; wrote "
+              + " and ".join(written))
     return 0
 
 
@@ -330,7 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
         "retrain centroids, entropy-coded .wz); without, post-training pruning and optimal 1-D clustering (exact up to 65,536 weights per tensor and for 16-bit weights; larger float32 tensors: optimal over a 65,536-bin histogram). "
         "PyTorch checkpoints (.pt/.pth/.bin/.safetensors): post-training clustering of every weight matrix. "
         "The input is never modified; the output is written atomically.")
-    compress.add_argument("input", help="model file (.keras, .h5, .pt, .pth, .bin, .safetensors)")
+    compress.add_argument("input", help="model file (.keras, .h5, .pt, .pth, .bin, .safetensors) or a Hugging Face "
+                          "model directory (config.json + model.safetensors or its shards and index)")
     compress.add_argument("-o", "--output", help="the .wz file to write (default: INPUT with suffix .wz)")
     compress.add_argument("--data", help=f"training/test data for retraining: {', '.join(BUILTIN_DATASETS)} or a "
                           ".npz with x_train, y_train, x_test, y_test (integer labels)")
@@ -373,13 +459,15 @@ def build_parser() -> argparse.ArgumentParser:
                           help="post-training: weight each weight's error by its Fisher information or its input's "
                           "E[x^2] (default: fisher with --calibration, else none)")
     compress.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    compress.add_argument("--json", action="store_true", help="print only a JSON summary (one line) on stdout")
     compress.set_defaults(handler=_compress)
 
     decompress = commands.add_parser(
         "decompress", help="decode a .wz file back to a working model",
         description="Keras: .keras or .tflite (float LiteRT). PyTorch: .safetensors, .pt, .pth or .bin state_dict.")
     decompress.add_argument("input", help="the .wz file")
-    decompress.add_argument("-o", "--output", required=True, help="the model file to write")
+    decompress.add_argument("-o", "--output", required=True,
+                            help="the model file to write (a directory for a .wz made from a model directory)")
     decompress.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     decompress.set_defaults(handler=_decompress)
 
@@ -390,7 +478,19 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("file", help="the .wz file")
     inspect.add_argument("--json", action="store_true", help="print the table as JSON (exact byte counts)")
     inspect.set_defaults(handler=_inspect)
-    for command in (demo, compress, decompress, inspect):
+
+    report = commands.add_parser(
+        "report", help="draw a .wz file's figures into an HTML page and/or PNG files",
+        description="Per tensor: weight histogram with centroids and pruned zeros; bits per weight split into "
+        "codebook / indices / sparse positions / container; compression after each stage; fidelity when the file "
+        "records it; a sortable per-tensor table. The HTML page is self-contained (figures embedded).")
+    report.add_argument("file", help="the .wz file")
+    report.add_argument("-o", "--output", help="the HTML page to write")
+    report.add_argument("--png", metavar="DIR", help="also write every figure as a PNG file into the new DIR")
+    report.add_argument("--overwrite", action="store_true", help="replace outputs that exist")
+    report.add_argument("--json", action="store_true", help="print only a JSON summary (one line) on stdout")
+    report.set_defaults(handler=_report)
+    for command in (demo, compress, decompress, inspect, report):
         command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                              help="show TensorFlow/absl log lines and framework warnings")
     return parser
