@@ -17,7 +17,7 @@ rounding).
   ``.wz`` file. Peak RSS is measured in a fresh subprocess per variant (float checkpoint load, int8,
   ``load_palettized``) after loading, as the whole process and above the process's RSS once torch is imported.
 
-    python benchmarks/bench_palettized_runtime.py                       # everything (~15 min on 2 busy cores)
+    python benchmarks/bench_palettized_runtime.py                       # everything (~20 min on 2 busy cores)
     python benchmarks/bench_palettized_runtime.py --only layers --bits 4 --threads 1
     python benchmarks/bench_palettized_runtime.py --only models --models mobilenet_v2
 """
@@ -271,7 +271,7 @@ def run_models(args, workdir: Path) -> list[dict]:
         variants = {"float32": dense, "int8 dynamic": dynamic_int8(dense)}
         memory = {"float32": weight_memory_bytes(dense), "int8 dynamic": int8_weight_bytes(variants["int8 dynamic"])}
         checks, files, rss = {}, {}, {}
-        for bits in args.bits:
+        for bits in args.model_bits:
             path = workdir / f"{model_name}-{bits}b.wz"
             # Packed coding: the indices load without an entropy decoder (Huffman/ANS files are ~8% smaller
             # and load the same, but decoding them costs time and the decoder's own memory).
@@ -335,6 +335,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20, help="timed rounds per layer measurement at batch 1")
     parser.add_argument("--model-repeats", type=int, default=9, help="timed rounds per model measurement at batch 1")
     parser.add_argument("--models", nargs="+", default=["mobilenet_v2", "all-MiniLM-L6-v2"])
+    parser.add_argument("--model-bits", type=int, nargs="+", default=[4], help="index widths end to end")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("--rss-child", nargs=3, metavar=("MODEL", "VARIANT", "WZ"), help=argparse.SUPPRESS)
     args = parser.parse_args()

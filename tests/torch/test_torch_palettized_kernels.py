@@ -70,6 +70,9 @@ def test_kernels_decode_and_multiply_exactly_like_the_dense_decoded_weight(shape
             y = _kernels.gemv(packed_t, layout.stride, bits, layout.rows, layout.cols, codebook, k,
                               layout.rows_per_group, offsets_t, x[:batch].contiguous(), simd=simd)
             assert ((y.double() - reference[:batch]).abs() <= 1e-5 * scale[:batch] + 1e-30).all()
+            y = _kernels.gemm_rows(packed_t, layout.stride, bits, layout.rows, layout.cols, codebook, k,
+                                   layout.rows_per_group, offsets_t, x[:batch].contiguous(), simd=simd)
+            assert ((y.double() - reference[:batch]).abs() <= 1e-5 * scale[:batch] + 1e-30).all()
 
 
 def dense_twin(layer: nn.Module) -> nn.Module:
@@ -104,11 +107,13 @@ def test_palettized_layers_equal_their_dense_decoded_layers(per_channel, monkeyp
             assert torch.equal(palettized.weight, reference.weight), name
 
 
-def test_large_batches_take_the_tiled_gemm_and_match(monkeypatch):
+@pytest.mark.parametrize("l2_bytes", [ops.L2_INPUT_BYTES, 0])  # row-decoding kernel, then BLAS tiles
+def test_larger_batches_take_the_gemm_paths_and_match(l2_bytes, monkeypatch):
     torch.manual_seed(1)
     reference = strip_clustering(cluster_weights(nn.Linear(300, 70), 16, per_channel=True))
     palettized = palettize(dense_twin(reference))
     monkeypatch.setattr(ops, "TILE_ELEMENTS", 1000)  # 3 rows a tile
+    monkeypatch.setattr(ops, "L2_INPUT_BYTES", l2_bytes)
     x = torch.randn(2, 17, 300)
     with torch.no_grad():
         torch.testing.assert_close(palettized(x), reference(x), rtol=1e-5, atol=1e-5)

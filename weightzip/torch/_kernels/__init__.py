@@ -25,7 +25,7 @@ from weightzip.core.errors import WeightzipError
 
 LIBRARY = Path(__file__).with_name("_lut_kernels.so")
 SOURCE = Path(__file__).with_name("lut_kernels.cpp")
-ABI_VERSION = 2
+ABI_VERSION = 3
 BUILD_COMMAND = "make kernels"
 
 
@@ -53,6 +53,8 @@ def _load() -> ctypes.CDLL | str:
         return f"{LIBRARY} has ABI version {lib.wz_abi_version()}, expected {ABI_VERSION}; run `{BUILD_COMMAND}`"
     lib.wz_gemv.argtypes = [_P, _I64, _INT, _I64, _I64, _P, _INT, _I64, _P, _P, _I64, _P, _P, _INT, _INT]
     lib.wz_gemv.restype = None
+    lib.wz_gemm_rows.argtypes = [_P, _I64, _INT, _I64, _I64, _P, _INT, _I64, _P, _P, _I64, _P, _INT, _INT]
+    lib.wz_gemm_rows.restype = None
     lib.wz_decode_rows.argtypes = [_P, _I64, _INT, _I64, _P, _I64, _I64, _P, _INT, _I64, _P, _P, _INT, _INT]
     lib.wz_decode_rows.restype = None
     return lib
@@ -95,10 +97,21 @@ def gemv(packed: torch.Tensor, stride: int, bits: int, rows: int, cols: int, cod
     return y
 
 
+def gemm_rows(packed: torch.Tensor, stride: int, bits: int, rows: int, cols: int, codebook: torch.Tensor, k: int,
+              rows_per_group: int, col_offsets: torch.Tensor | None, x: torch.Tensor, *,
+              simd: bool = True) -> torch.Tensor:
+    """``x @ W.T`` for a contiguous float32 `x` (batch, cols) that fits in L2: each weight row is decoded once."""
+    y = torch.empty(x.shape[0], rows, dtype=torch.float32)
+    require().wz_gemm_rows(packed.data_ptr(), stride, bits, rows, cols, codebook.data_ptr(), k, rows_per_group,
+                           _ptr(col_offsets), x.data_ptr(), x.shape[0], y.data_ptr(), torch.get_num_threads(),
+                           int(simd))
+    return y
+
+
 def decode_rows(packed: torch.Tensor, stride: int, bits: int, cols: int, codebook: torch.Tensor, k: int,
                 rows_per_group: int, col_offsets: torch.Tensor | None, *, first_row: int = 0, count: int = 0,
                 row_ids: torch.Tensor | None = None, out: torch.Tensor | None = None,
-                simd: bool = True) -> torch.Tensor:
+                simd: bool = True, threads: int | None = None) -> torch.Tensor:
     """Rows ``first_row .. first_row + count`` (or the int64 `row_ids`) of W decoded to float32 (count, cols)."""
     if row_ids is not None:
         count = row_ids.numel()
@@ -106,5 +119,5 @@ def decode_rows(packed: torch.Tensor, stride: int, bits: int, cols: int, codeboo
         out = torch.empty(count, cols, dtype=torch.float32)
     require().wz_decode_rows(packed.data_ptr(), stride, bits, cols, _ptr(row_ids), first_row, count,
                              codebook.data_ptr(), k, rows_per_group, _ptr(col_offsets), out.data_ptr(),
-                             torch.get_num_threads(), int(simd))
+                             torch.get_num_threads() if threads is None else threads, int(simd))
     return out

@@ -409,39 +409,90 @@ WZ_AVX2 void gemv_avx2_block(const uint8_t* packed, int64_t stride, int bits, in
 #undef WZ_ARGS_G
 }
 
+// Row r of the weight decoded to `o` (cols floats).
+WZ_AVX2 inline void decode_row_avx2(const uint8_t* packed, int64_t stride, int bits, int64_t cols, int64_t r,
+                                    const float* codebook, int k, int64_t rows_per_group, const int32_t* col_offsets,
+                                    const Unpacker& u, float* o) {
+    const uint8_t* row = packed + r * stride;
+    const float* cb = row_codebook(codebook, k, r, rows_per_group);
+    if (bits == 4 && k <= 16 && col_offsets == nullptr) {  // 32 at a time through the byte planes, reordered
+        __m256i t[4];
+        nibble_tables(cb, k, t);
+        const __m128i low4 = _mm_set1_epi8(0x0F);
+        const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        const int64_t blocks = cols / 32;
+        for (int64_t b = 0; b < blocks; ++b) {
+            __m256 w[4];
+            nibbles32(row + 16 * b, t, low4, w);
+            for (int q = 0; q < 4; ++q) _mm256_storeu_ps(o + 32 * b + 8 * q, _mm256_permutevar8x32_ps(w[q], order));
+        }
+        for (int64_t c = 32 * blocks; c < cols; ++c) o[c] = cb[index_at(row, c, 4)];
+        return;
+    }
+    const Lookup l = make_lookup(cb, col_offsets ? 33 : k);
+    const int64_t full = cols / 8;
+    for (int64_t g = 0; g < full; ++g) _mm256_storeu_ps(o + 8 * g, weights8(row, g, bits, u, l, codebook, col_offsets));
+    for (int64_t c = 8 * full; c < cols; ++c) {
+        const uint32_t i = index_at(row, c, bits);
+        o[c] = col_offsets ? codebook[col_offsets[c] + i] : cb[i];
+    }
+}
+
 WZ_AVX2 void decode_rows_avx2(const uint8_t* packed, int64_t stride, int bits, int64_t cols, const int64_t* row_ids,
                               int64_t first_row, int64_t count, const float* codebook, int k,
                               int64_t rows_per_group, const int32_t* col_offsets, float* out, int threads) {
     const Unpacker u = make_unpacker(bits);
-    const int64_t full = cols / 8;
-    const bool nibbles = bits == 4 && k <= 16 && col_offsets == nullptr;
 #pragma omp parallel for num_threads(threads) schedule(static) if (count * cols > 65536)
-    for (int64_t n = 0; n < count; ++n) {
-        const int64_t r = row_ids ? row_ids[n] : first_row + n;
-        const uint8_t* row = packed + r * stride;
-        const float* cb = row_codebook(codebook, k, r, rows_per_group);
-        float* o = out + n * cols;
-        if (nibbles) {  // 32 at a time through the byte planes, put back in order with one vpermps each
-            __m256i t[4];
-            nibble_tables(cb, k, t);
-            const __m128i low4 = _mm_set1_epi8(0x0F);
-            const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-            const int64_t blocks = cols / 32;
-            for (int64_t b = 0; b < blocks; ++b) {
-                __m256 w[4];
-                nibbles32(row + 16 * b, t, low4, w);
-                for (int q = 0; q < 4; ++q) _mm256_storeu_ps(o + 32 * b + 8 * q, _mm256_permutevar8x32_ps(w[q], order));
+    for (int64_t n = 0; n < count; ++n)
+        decode_row_avx2(packed, stride, bits, cols, row_ids ? row_ids[n] : first_row + n, codebook, k,
+                        rows_per_group, col_offsets, u, out + n * cols);
+}
+
+// y (batch x rows) = x (batch x cols) @ W^T for moderate batches whose inputs fit in L2: one parallel
+// region; each thread decodes two weight rows at a time into an L1-sized buffer and multiplies them with
+// the inputs four batch rows at a time (8 accumulators; each decoded vector feeds 4 FMAs).
+WZ_AVX2 void gemm_rows_avx2(const uint8_t* packed, int64_t stride, int bits, int64_t rows, int64_t cols,
+                            const float* codebook, int k, int64_t rows_per_group, const int32_t* col_offsets,
+                            const float* x, int64_t batch, float* y, int threads) {
+    const Unpacker u = make_unpacker(bits);
+    const int64_t full = cols / 8;
+#pragma omp parallel num_threads(threads)
+    {
+        float* w = static_cast<float*>(_mm_malloc(sizeof(float) * (2 * cols + 16), 32));
+        float* w1 = w + ((cols + 7) / 8) * 8;
+#pragma omp for schedule(static)
+        for (int64_t pair = 0; pair < (rows + 1) / 2; ++pair) {
+            const int64_t r = 2 * pair;
+            const bool two = r + 1 < rows;
+            decode_row_avx2(packed, stride, bits, cols, r, codebook, k, rows_per_group, col_offsets, u, w);
+            if (two) decode_row_avx2(packed, stride, bits, cols, r + 1, codebook, k, rows_per_group, col_offsets, u, w1);
+            else std::memset(w1, 0, sizeof(float) * cols);
+            for (int64_t n0 = 0; n0 < batch; n0 += 4) {
+                const int nb = batch - n0 < 4 ? (int)(batch - n0) : 4;
+                const float* xs[4];
+                for (int i = 0; i < 4; ++i) xs[i] = x + (n0 + (i < nb ? i : 0)) * cols;
+                __m256 a0[4], a1[4];
+                for (int i = 0; i < 4; ++i) a0[i] = a1[i] = _mm256_setzero_ps();
+                for (int64_t g = 0; g < full; ++g) {
+                    const __m256 v0 = _mm256_load_ps(w + 8 * g), v1 = _mm256_load_ps(w1 + 8 * g);
+                    for (int i = 0; i < 4; ++i) {
+                        const __m256 xv = _mm256_loadu_ps(xs[i] + 8 * g);
+                        a0[i] = _mm256_fmadd_ps(v0, xv, a0[i]);
+                        a1[i] = _mm256_fmadd_ps(v1, xv, a1[i]);
+                    }
+                }
+                for (int i = 0; i < nb; ++i) {
+                    float s0 = hsum(a0[i]), s1 = hsum(a1[i]);
+                    for (int64_t c = 8 * full; c < cols; ++c) {
+                        s0 += w[c] * xs[i][c];
+                        s1 += w1[c] * xs[i][c];
+                    }
+                    y[(n0 + i) * rows + r] = s0;
+                    if (two) y[(n0 + i) * rows + r + 1] = s1;
+                }
             }
-            for (int64_t c = 32 * blocks; c < cols; ++c) o[c] = cb[index_at(row, c, 4)];
-            continue;
         }
-        const Lookup l = make_lookup(cb, col_offsets ? 33 : k);
-        for (int64_t g = 0; g < full; ++g)
-            _mm256_storeu_ps(o + 8 * g, weights8(row, g, bits, u, l, codebook, col_offsets));
-        for (int64_t c = 8 * full; c < cols; ++c) {
-            const uint32_t i = index_at(row, c, bits);
-            o[c] = col_offsets ? codebook[col_offsets[c] + i] : cb[i];
-        }
+        _mm_free(w);
     }
 }
 
@@ -455,7 +506,7 @@ bool use_avx2(int simd) {
 extern "C" {
 
 // Bumped whenever a signature below changes; the Python loader refuses a library of another version.
-int wz_abi_version() { return 2; }
+int wz_abi_version() { return 3; }
 
 int wz_has_avx2() { return use_avx2(1) ? 1 : 0; }
 
@@ -493,6 +544,19 @@ void wz_gemv(const uint8_t* packed, int64_t stride, int bits, int64_t rows, int6
     if (bias)
         for (int64_t n = 0; n < batch; ++n)
             for (int64_t r = 0; r < rows; ++r) y[n * rows + r] += bias[r];
+}
+
+// y (batch x rows) = x (batch x cols) @ W^T, each weight row decoded once into L1 and used for every
+// batch row (meant for inputs that fit in L2). Scalar CPUs: the GEMV path.
+void wz_gemm_rows(const uint8_t* packed, int64_t stride, int bits, int64_t rows, int64_t cols, const float* codebook,
+                  int k, int64_t rows_per_group, const int32_t* col_offsets, const float* x, int64_t batch, float* y,
+                  int threads, int simd) {
+    if (!use_avx2(simd)) {
+        gemv_scalar(packed, stride, bits, rows, cols, codebook, k, rows_per_group, col_offsets, x, batch, nullptr, y,
+                    threads);
+        return;
+    }
+    gemm_rows_avx2(packed, stride, bits, rows, cols, codebook, k, rows_per_group, col_offsets, x, batch, y, threads);
 }
 
 // out (count x cols) = the decoded rows row_ids[0..count) (row_ids == nullptr: first_row .. first_row+count).

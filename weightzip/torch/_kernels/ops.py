@@ -8,9 +8,11 @@ layout's integers travel as ``int`` arguments.
 Strategy, per op:
 
 - linear, up to :data:`GEMV_MAX_BATCH` rows of input: the fused GEMV kernel (the weight is read once per
-  4 input rows, decoded 8 values at a time in registers);
-- linear, larger batches: tiled GEMM: decode a tile of :data:`TILE_ELEMENTS` weights (1 MiB of float32,
-  cache-sized) into a scratch buffer, multiply it with ``torch.mm`` (BLAS), move on;
+  4 input rows, decoded 32 values at a time in registers);
+- linear, inputs up to :data:`L2_INPUT_BYTES`: each weight row decoded once into L1 and multiplied with
+  all input rows (one parallel region: on a shared CPU every extra fork/join waits for a descheduled thread);
+- linear, larger inputs: tiled GEMM: decode a tile of at most :data:`TILE_ELEMENTS` weights (4 MiB of
+  float32, L3-sized) into a scratch buffer, multiply it with BLAS (``F.linear``), move on;
 - convolution: the same tiles over output channels (whole channel groups), each run through
   ``F.conv1d/conv2d``; a weight smaller than a tile is decoded in one piece;
 - embedding: the kernel decodes exactly the looked-up rows.
@@ -30,7 +32,8 @@ from weightzip.torch import _kernels
 from weightzip.torch._kernels.layout import PackedLayout, decode_rows_torch
 
 GEMV_MAX_BATCH = 4
-TILE_ELEMENTS = 1 << 18  # weights decoded at a time: 1 MiB of float32
+L2_INPUT_BYTES = 1 << 19  # inputs up to this size: row-decoding GEMM kernel (they stay in L2)
+TILE_ELEMENTS = 1 << 20  # weights decoded at a time otherwise: 4 MiB of float32
 
 
 def eager(x: torch.Tensor) -> bool:
@@ -58,12 +61,22 @@ def _use_kernels(*tensors: torch.Tensor) -> bool:
     return True
 
 
+def tile_rows(cols: int) -> int:
+    """Weight rows decoded at a time: about TILE_ELEMENTS weights, rounded down to a multiple of 64 (or 16) rows
+    so that BLAS / oneDNN get the channel counts their blocked kernels are fastest at."""
+    rows = max(1, TILE_ELEMENTS // cols)
+    for multiple in (64, 16):
+        if rows >= multiple:
+            return rows // multiple * multiple
+    return rows
+
+
 def decode_tile(packed: torch.Tensor, layout: PackedLayout, codebook: torch.Tensor, col_offsets: Optional[torch.Tensor],
                 first: int, count: int, fast: bool) -> torch.Tensor:
     """Weight rows ``first .. first + count`` as a dense (count, cols) tensor."""
-    if fast:
+    if fast:  # one thread: the BLAS / oneDNN call on the tile that follows is the parallel part
         return _kernels.decode_rows(packed, layout.stride, layout.bits, layout.cols, codebook, layout.clusters,
-                                    layout.rows_per_group, col_offsets, first_row=first, count=count)
+                                    layout.rows_per_group, col_offsets, first_row=first, count=count, threads=1)
     return decode_rows_torch(packed, layout, codebook, col_offsets, slice(first, first + count))
 
 
@@ -78,7 +91,11 @@ def linear(x: torch.Tensor, packed: torch.Tensor, codebook: torch.Tensor,
         y = _kernels.gemv(packed, layout.stride, bits, rows, cols, codebook, layout.clusters, rows_per_group,
                           col_offsets, flat.contiguous())
         return y.reshape(*x.shape[:-1], rows)
-    step = max(1, TILE_ELEMENTS // cols)
+    if fast and flat.numel() * 4 <= L2_INPUT_BYTES:
+        y = _kernels.gemm_rows(packed, layout.stride, bits, rows, cols, codebook, layout.clusters, rows_per_group,
+                               col_offsets, flat.contiguous())
+        return y.reshape(*x.shape[:-1], rows)
+    step = tile_rows(cols)
     pieces = []
     for first in range(0, rows, step):
         count = min(step, rows - first)
@@ -119,8 +136,9 @@ def conv(x: torch.Tensor, packed: torch.Tensor, codebook: torch.Tensor,
     for first_group in range(0, groups, groups_per_tile):
         count = min(groups_per_tile, groups - first_group)
         if groups == 1:  # tile over output channels
-            for first in range(0, rows, max(1, TILE_ELEMENTS // cols)):
-                n = min(max(1, TILE_ELEMENTS // cols), rows - first)
+            step = tile_rows(cols)
+            for first in range(0, rows, step):
+                n = min(step, rows - first)
                 weight = decode_tile(packed, layout, codebook, col_offsets, first, n, fast)
                 piece_bias = None if bias is None else bias[first:first + n]
                 pieces.append(convolve(x, weight.reshape(n, *weight_shape[1:]), piece_bias, stride, padding, dilation, 1))
