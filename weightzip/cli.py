@@ -58,7 +58,7 @@ def _compress(args: argparse.Namespace) -> int:
     from weightzip.atomic import check_output_path
 
     source = Path(args.input)
-    if source.is_dir():
+    if source.is_dir() or source.name.endswith(".index.json"):
         return _compress_directory(source, args)
     if not source.is_file():
         raise CliError(f"{source}: no such file")
@@ -216,7 +216,8 @@ def _post_training_keras(model, source: Path, output: Path, args, console) -> in
 
 
 def _compress_directory(source: Path, args) -> int:
-    """A Hugging Face model directory (config.json + safetensors shards) -> one .wz carrying its other files."""
+    """A Hugging Face model directory (config.json + safetensors shards) -> one .wz carrying its other files;
+    a sharded checkpoint's model.safetensors.index.json -> one .wz keeping the shard layout."""
     _check_compress_options(args)
     refused = [flag for flag, value in _post_training_flags(args) + [
         ("--data", args.data), ("--conv-sparsity", args.conv_sparsity), ("--conv-clusters", args.conv_clusters),
@@ -225,12 +226,14 @@ def _compress_directory(source: Path, args) -> int:
         raise CliError(f"{', '.join(refused)}: not available for a model directory (post-training clustering of "
                        "every weight matrix; use --clusters, --sparsity, --per-channel, --group-size, --init)")
     from weightzip.progress import progress_bar
-    from weightzip.torch.hf import compress_model_dir
+    from weightzip.torch.hf import compress_model_dir, compress_safetensors
 
     settings = _post_training_settings(args)
-    output = Path(args.output) if args.output else source.resolve().with_suffix(".wz")
+    folder = source if source.is_dir() else source.parent
+    output = Path(args.output) if args.output else folder.resolve().with_suffix(".wz")
+    compress = compress_model_dir if source.is_dir() else compress_safetensors
     with progress_bar(f"compressing {source.name}", enabled=not args.json) as update:
-        summary = compress_model_dir(source, output, number_of_clusters=settings["clusters"], init=settings["init"],
+        summary = compress(source, output, number_of_clusters=settings["clusters"], init=settings["init"],
                                      per_channel=settings["per_channel"], group_size=settings["group_size"],
                                      sparsity=settings["sparsity"], overwrite=args.overwrite, progress=update)
     if args.json:
@@ -293,10 +296,13 @@ def _decompress(args: argparse.Namespace) -> int:
 
     source, output = Path(args.input), Path(args.output)
     metadata = read_metadata(source)
-    if "hf" in metadata:  # made from a Hugging Face model directory: rebuild the directory
-        from weightzip.torch.hf import decompress_model_dir
+    if ("hf" in metadata or "safetensors" in metadata) and output.suffix not in TORCH_SUFFIXES:
+        # made from a model directory (rebuilt whole) or a sharded checkpoint (its shards and index); to a
+        # .safetensors/.pt file name, the state_dict as one file instead
+        from weightzip.torch.hf import decompress_model_dir, decompress_safetensors
 
-        written = decompress_model_dir(source, output, overwrite=args.overwrite)
+        rebuild = decompress_model_dir if "hf" in metadata else decompress_safetensors
+        written = rebuild(source, output, overwrite=args.overwrite)
         print(f"wrote {output}/: {len(written)} files")
         return 0
     check_output_path(output, overwrite=args.overwrite, inputs=(source,))

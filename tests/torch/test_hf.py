@@ -149,3 +149,32 @@ def test_a_wz_without_the_directory_files_is_refused(sharded_model_dir, tmp_path
     assert not target.exists() and not list(tmp_path.glob(".restored*"))
     assert main(["decompress", str(made), "-o", str(sharded_model_dir)]) == 2  # never over an existing directory
     assert "already exists" in capsys.readouterr().err
+
+
+def test_sharded_checkpoint_by_its_index_streams_in_and_out(sharded_model_dir, tmp_path, capsys):
+    """A bare sharded checkpoint (no config.json) through its index; bfloat16 kept; shards written back."""
+    from safetensors.torch import load_file
+
+    from weightzip.torch.shards import open_safetensors
+
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    for file in open_safetensors(sharded_model_dir).layout.files:
+        (checkpoint / file).write_bytes((sharded_model_dir / file).read_bytes())
+    first = sorted(checkpoint.glob("*.safetensors"))[0]
+    tensors = load_file(str(first))
+    tensors = {name: t.to(torch.bfloat16) for name, t in tensors.items()}
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(first), metadata={"format": "pt"})
+    output, restored = tmp_path / "ckpt.wz", tmp_path / "restored"
+    assert main(["compress", str(checkpoint / INDEX_FILE), "-o", str(output), "--clusters", "256"]) == 0
+    assert main(["decompress", str(output), "-o", str(restored)]) == 0
+    assert main(["decompress", str(output), "-o", str(tmp_path / "one.safetensors")]) == 0
+    capsys.readouterr()
+    assert sorted(p.name for p in restored.iterdir()) == sorted(p.name for p in checkpoint.iterdir())
+    one = load_file(str(tmp_path / "one.safetensors"))
+    for name, tensor in load_file(str(restored / first.name)).items():
+        assert tensor.dtype == torch.bfloat16 and one[name].dtype == torch.bfloat16
+        assert torch.equal(tensor, one[name])
+        assert torch.allclose(tensor.float(), tensors[name].float(), atol=0.02)

@@ -53,6 +53,7 @@ from weightzip.torch.torchscript import (
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 _WIDENED = {torch.bfloat16: torch.float32}  # torch dtypes NumPy/.wz lack, stored exactly as these
+WIDENED_DTYPES = tuple(_WIDENED)  # torch dtypes stored widened (to _WIDENED's values)
 
 
 def load_checkpoint(path) -> dict[str, torch.Tensor]:

@@ -3,6 +3,7 @@
     compress_model_dir("all-MiniLM-L6-v2/", "minilm.wz", number_of_clusters=16)
     decompress_model_dir("minilm.wz", "minilm-restored/")      # AutoModel.from_pretrained("minilm-restored/")
     compress_pretrained(model, "model.wz", tokenizer=tokenizer)  # a loaded PreTrainedModel
+    compress_safetensors("ckpt/model.safetensors.index.json", "ckpt.wz")  # a bare sharded checkpoint
     model = load_pretrained("model.wz")                           # AutoModel by default
 
 A model directory is a ``config.json`` plus safetensors weights (``model.safetensors``, or the shards of
@@ -33,11 +34,13 @@ from weightzip import __version__
 from weightzip.atomic import atomic_directory, check_output_path
 from weightzip.core import CentroidInitialization, ClusterConfig, ClusteredTensor
 from weightzip.core.errors import WeightzipError
-from weightzip.format import WriteOptions, read_metadata, read_wz, write_wz
-from weightzip.torch.checkpoint import as_stored_tensor, checked_torch_dtypes, encode_tensor
-from weightzip.torch.shards import ShardLayout, ShardError, open_safetensors, write_sharded
+from weightzip.format import WriteOptions, read_metadata, write_wz
+from weightzip.format.reader import inspect_wz, read_tensor
+from weightzip.torch.checkpoint import WIDENED_DTYPES, as_stored_tensor, encode_tensor
+from weightzip.torch.shards import DTYPES, ShardError, ShardLayout, open_safetensors, write_sharded
 
-METADATA_KEY = "hf"
+METADATA_KEY = "hf"  # a model directory: shard layout, tensor specs, carried files
+CHECKPOINT_KEY = "safetensors"  # a bare (sharded) safetensors checkpoint: shard layout and tensor specs
 CONFIG_FILE = "config.json"
 MAX_CARRIED_BYTES = 32 * 1024 * 1024  # the .wz header holds the carried files; its limit is 64 MiB
 # Other serialisations of the same weights: left out (the .wz holds the weights), each named in the summary.
@@ -93,73 +96,134 @@ def is_model_directory(path) -> bool:
     return Path(path).is_dir()
 
 
-def compress_model_dir(directory, output, *, number_of_clusters: int | None = 16,
-                       init: CentroidInitialization | str = CentroidInitialization.OPTIMAL, per_channel: bool = False,
-                       group_size: int = 1, sparsity: float | None = None, max_clusters: int = 256,
-                       metadata: dict | None = None, options: WriteOptions = WriteOptions(),
-                       overwrite: bool = False, progress: Progress | None = None) -> DirectoryCompression:
+def compress_model_dir(directory, output, **options) -> DirectoryCompression:
     """Compress the Hugging Face model directory `directory` into the `.wz` file `output`.
 
-    Options as in :func:`weightzip.torch.checkpoint.compress_state_dict`. Everything is checked (config.json,
-    weights, index against shards, output path) before the first tensor is read.
+    Options as in :func:`compress_safetensors`. Everything is checked (config.json, weights, index against
+    shards, output path) before the first tensor is read.
     """
-    directory, output = Path(directory), Path(output)
+    directory = Path(directory)
     checkpoint, carried, left_out = _scan(directory)
-    check_output_path(output, overwrite=overwrite)
-    if output.resolve().is_relative_to(directory.resolve()):
-        raise ModelDirectoryError(f"refusing to write {output} inside the model directory {directory}")
+    files = {name: _pack_file(directory / name) for name in carried}
+    stored = {"layout": checkpoint.layout.to_json(), "specs": _specs_json(checkpoint), "files": files,
+              "left_out": left_out}
+    summary = _compress_checkpoint(checkpoint, directory, output, {METADATA_KEY: stored}, "hf_directory", **options)
+    summary.carried_files, summary.left_out = carried, left_out
+    return summary
+
+
+def compress_safetensors(source, output, **options) -> DirectoryCompression:
+    """Compress a safetensors checkpoint: a ``*.safetensors`` file or a sharded one's ``*.index.json``.
+
+    The shard layout is kept in the metadata (key ``safetensors``) so that :func:`decompress_safetensors`
+    writes the same shards and index again. Options: number_of_clusters (None: no clustering, exact palettes
+    where small), init, per_channel, group_size, sparsity, max_clusters, metadata, options (WriteOptions),
+    overwrite, progress (callback(name, bytes done, bytes in all)).
+    """
+    source = Path(source)
+    checkpoint = open_safetensors(source)
+    stored = {"layout": checkpoint.layout.to_json(), "specs": _specs_json(checkpoint)}
+    return _compress_checkpoint(checkpoint, source, output, {CHECKPOINT_KEY: stored}, "safetensors", **options)
+
+
+def _compress_checkpoint(checkpoint, source: Path, output, layout_metadata: dict, kind: str, *,
+                         number_of_clusters: int | None = 16,
+                         init: CentroidInitialization | str = CentroidInitialization.OPTIMAL,
+                         per_channel: bool = False, group_size: int = 1, sparsity: float | None = None,
+                         max_clusters: int = 256, metadata: dict | None = None,
+                         options: WriteOptions = WriteOptions(), overwrite: bool = False,
+                         progress: Progress | None = None) -> DirectoryCompression:
+    """Stream the checkpoint's tensors, one at a time, through the encoder into the `.wz` writer."""
+    output = Path(output)
+    inputs = [checkpoint.directory / file for file in checkpoint.layout.files]
+    check_output_path(output, overwrite=overwrite, inputs=inputs)
+    if source.is_dir() and output.resolve().is_relative_to(source.resolve()):
+        raise ModelDirectoryError(f"refusing to write {output} inside the model directory {source}")
     if not per_channel and group_size != 1:
         raise WeightzipError("group_size only applies with per_channel=True")
-    if sparsity is not None and not (isinstance(sparsity, (int, float)) and 0.0 <= sparsity < 1.0):
+    if sparsity is not None and (isinstance(sparsity, bool) or not isinstance(sparsity, (int, float))
+                                 or not 0.0 <= sparsity < 1.0):
         raise WeightzipError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
     config = None if number_of_clusters is None else ClusterConfig(
-        number_of_clusters, init, axis=None, group_size=group_size, preserve_sparsity=sparsity is not None)
-    files = {name: _pack_file(directory / name) for name in carried}
-    total, done = checkpoint.total_bytes, 0
-    stored, torch_dtypes, actions = {}, {}, []
-    for name, tensor in checkpoint.tensors():
+        number_of_clusters, init, axis=None, group_size=group_size, preserve_sparsity=bool(sparsity))
+    # bfloat16 & co. are stored widened; the headers say which before any tensor is read
+    torch_dtypes = {entry.name: str(DTYPES[entry.dtype]).removeprefix("torch.")
+                    for entry in checkpoint.entries.values() if DTYPES[entry.dtype] in WIDENED_DTYPES}
+    total, actions, done = checkpoint.total_bytes, [], [0]
+
+    def encoded():
+        for name, tensor in checkpoint.tensors():
+            if progress is not None:
+                progress(name, done[0], total)
+            value, _ = encode_tensor(name, tensor, config, per_channel=per_channel, max_clusters=max_clusters,
+                                     sparsity=sparsity)
+            done[0] += tensor.numel() * tensor.element_size()
+            del tensor
+            actions.append(_action(name, value, config))
+            yield name, value
         if progress is not None:
-            progress(name, done, total)
-        value, torch_dtype = encode_tensor(name, tensor, config, per_channel=per_channel,
-                                           max_clusters=max_clusters, sparsity=sparsity)
-        done += tensor.numel() * tensor.element_size()
-        del tensor
-        if torch_dtype is not None:
-            torch_dtypes[name] = torch_dtype
-        stored[name] = value
-        actions.append(_action(name, value, config))
-    if progress is not None:
-        progress("", total, total)
+            progress("", total, total)
+
     extra = dict(metadata or {})
-    extra.update(framework="torch", source="hf_directory", weightzip=__version__, torch_dtypes=torch_dtypes)
-    extra[METADATA_KEY] = {"layout": checkpoint.layout.to_json(), "files": files, "left_out": left_out}
-    size = write_wz(output, stored, extra, options=options, overwrite=overwrite)
-    return DirectoryCompression(str(directory), str(output), size, total, actions, carried, left_out)
+    extra.update(framework="torch", source=kind, weightzip=__version__, torch_dtypes=torch_dtypes)
+    extra.update(layout_metadata)
+    size = write_wz(output, encoded(), extra, options=options, overwrite=overwrite, inputs=inputs)
+    return DirectoryCompression(str(source), str(output), size, total, actions)
 
 
 def decompress_model_dir(path, directory, *, overwrite: bool = False) -> list[str]:
     """Rebuild the model directory stored in the `.wz` file `path` as `directory` (written atomically).
 
-    Everything needed is checked before the directory is created. Returns the files written (relative).
+    Everything needed is checked before the directory is created; tensors are decoded one at a time.
+    Returns the files written (relative names).
     """
-    path, directory = Path(path), Path(directory)
+    path = Path(path)
     metadata = read_metadata(path)
-    layout, files = _stored_directory(metadata, path)
+    stored = metadata.get(METADATA_KEY)
+    if metadata.get("framework") != "torch" or not isinstance(stored, dict):
+        raise ModelDirectoryError(f"{path}: not made from a model directory (no '{METADATA_KEY}' metadata); "
+                                  "decompress it to a .safetensors or .pt file instead")
+    files = _stored_files(stored, path)
+    return _write_checkpoint(path, metadata, stored, directory, overwrite, files)
+
+
+def decompress_safetensors(path, directory, *, overwrite: bool = False) -> list[str]:
+    """Write the safetensors shards (and index) of a `.wz` made by :func:`compress_safetensors` or
+    :func:`compress_model_dir` into the new `directory`, one tensor at a time; returns the file names."""
+    path = Path(path)
+    metadata = read_metadata(path)
+    stored = metadata.get(CHECKPOINT_KEY, metadata.get(METADATA_KEY))
+    if metadata.get("framework") != "torch" or not isinstance(stored, dict):
+        raise ModelDirectoryError(f"{path}: has no safetensors shard layout; decompress it to one .safetensors "
+                                  "or .pt file instead")
+    return _write_checkpoint(path, metadata, stored, directory, overwrite, {})
+
+
+def has_shard_layout(metadata: dict) -> bool:
+    """Whether a `.wz` file's metadata describes safetensors shards (a model directory or a sharded checkpoint)."""
+    return isinstance(metadata.get(METADATA_KEY), dict) or isinstance(metadata.get(CHECKPOINT_KEY), dict)
+
+
+def _write_checkpoint(path: Path, metadata: dict, stored: dict, directory, overwrite: bool, files: dict) -> list[str]:
+    directory = Path(directory)
+    layout = ShardLayout.from_json(stored.get("layout"), str(path))
+    specs = _specs_from_json(stored.get("specs"), layout, path)
     if directory.exists() and not overwrite:
         raise WeightzipError(f"{directory} already exists (pass overwrite=True / --overwrite to replace it)")
-    tensors, _ = read_wz(path)
-    torch_dtypes = checked_torch_dtypes(metadata, tensors, path)
-    missing = [name for _, names, _ in layout.shards for name in names if name not in tensors]
+    summary = inspect_wz(path)
+    held = {row.name for row in summary.report.rows}
+    missing = [name for name in specs if name not in held]
     if missing:
         raise ModelDirectoryError(f"{path}: the shard layout names {len(missing)} tensor(s) the file does not hold, "
                                   f"e.g. {missing[0]!r}")
-    specs = {name: (torch_dtypes.get(name) or _decoded_dtype(value), tuple(value.shape))
-             for name, value in tensors.items()}
+    torch_dtypes = metadata.get("torch_dtypes") or {}
+    if not isinstance(torch_dtypes, dict):
+        raise ModelDirectoryError(f"{path}: torch_dtypes must be a JSON object")
 
     def fetch(name: str) -> torch.Tensor:
-        value = tensors[name]
+        value = read_tensor(path, name)
         array = value.decode() if isinstance(value, ClusteredTensor) else value
-        return as_stored_tensor(array, torch_dtypes.get(name))
+        return as_stored_tensor(array, specs[name][0] if name in torch_dtypes else None)
 
     with atomic_directory(directory, overwrite=overwrite, inputs=(path,)) as temporary:
         written = write_sharded(temporary, layout, specs, fetch)
@@ -169,6 +233,24 @@ def decompress_model_dir(path, directory, *, overwrite: bool = False) -> list[st
             target.write_bytes(_unpack_file(name, packed, path))
             written.append(name)
     return written
+
+
+def _specs_json(checkpoint) -> dict:
+    return {entry.name: [entry.dtype, list(entry.shape)] for entry in checkpoint.entries.values()}
+
+
+def _specs_from_json(value, layout: ShardLayout, where) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+    names = [name for _, shard_names, _ in layout.shards for name in shard_names]
+    if not isinstance(value, dict) or set(value) != set(names):
+        raise ModelDirectoryError(f"{where}: the shard layout's tensor specs are missing or do not match its names")
+    specs = {}
+    for name in names:
+        try:
+            dtype_name, shape = value[name]
+            specs[name] = (DTYPES[dtype_name], tuple(int(d) for d in shape))
+        except (KeyError, TypeError, ValueError):
+            raise ModelDirectoryError(f"{where}: malformed spec for tensor {name!r}") from None
+    return specs
 
 
 def compress_pretrained(model, output, *, tokenizer=None, **options) -> DirectoryCompression:
@@ -253,11 +335,6 @@ def _action(name: str, value, config) -> TensorAction:
     return TensorAction(name, "kept", "no --clusters given and too many distinct values for a palette")
 
 
-def _decoded_dtype(value) -> torch.dtype:
-    dtype = value.codebook.dtype if isinstance(value, ClusteredTensor) else value.dtype
-    return torch.from_numpy(np.zeros(0, dtype)).dtype
-
-
 def _pack_file(path: Path) -> dict:
     data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
@@ -274,16 +351,12 @@ def _unpack_file(name: str, packed: dict, where) -> bytes:
     return data
 
 
-def _stored_directory(metadata: dict, where) -> tuple[ShardLayout, dict]:
-    """The shard layout and carried files of a `.wz` made from a model directory, checked."""
-    stored = metadata.get(METADATA_KEY)
-    if metadata.get("framework") != "torch" or not isinstance(stored, dict):
-        raise ModelDirectoryError(f"{where}: not made from a model directory (no '{METADATA_KEY}' metadata); "
-                                  "decompress it to a .safetensors or .pt file instead")
-    layout = ShardLayout.from_json(stored.get("layout"), f"{where}")
+def _stored_files(stored: dict, where) -> dict:
+    """The carried files of a `.wz` made from a model directory, checked (config.json present, safe names)."""
     files = stored.get("files")
     if not isinstance(files, dict) or CONFIG_FILE not in files:
         raise ModelDirectoryError(f"{where}: lacks the model directory's {CONFIG_FILE}; cannot rebuild the directory")
+    layout_files = set(ShardLayout.from_json(stored.get("layout"), str(where)).files)
     for name, packed in files.items():
         parts = name.split("/")
         if not isinstance(packed, dict) or not isinstance(packed.get("sha256"), str) \
@@ -291,6 +364,6 @@ def _stored_directory(metadata: dict, where) -> tuple[ShardLayout, dict]:
             raise ModelDirectoryError(f"{where}: carried file {name!r} is malformed")
         if name.startswith("/") or any(part in ("", ".", "..") for part in parts) or "\\" in name:
             raise ModelDirectoryError(f"{where}: carried file name {name!r} is not a relative path inside the directory")
-        if name in layout.files:
+        if name in layout_files:
             raise ModelDirectoryError(f"{where}: carried file {name!r} clashes with a weight file")
-    return layout, files
+    return files
