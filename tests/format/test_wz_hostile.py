@@ -81,7 +81,7 @@ def test_writer_and_reader_agree_on_zero_codebook_rows():
     tensors = {"no_channels": ClusteredTensor(np.zeros((0, 4), np.float32), np.zeros((0, 3), np.uint8), axis=0),
                "w": random_clustered((4, 3), 4, axis=0)}
     for layout in ("dense", "sparse"):
-        data = encode_wz(tensors, options=WriteOptions(layout=layout))
+        data = encode_wz(tensors, options=WriteOptions(layout=layout, keep_clustered=True))
         header, _ = disassemble(data)
         assert header["tensors"][0]["groups"] == 0
         read, _ = decode_wz(data)

@@ -34,7 +34,7 @@ def clustered_tensors(draw):
 def test_clustered_round_trip_is_bit_exact(tensor, coding, layout, gap_bits):
     tensors = {"w": tensor, "bias": np.arange(3, dtype=np.float32)}
     data = encode_wz(tensors, {"k": tensor.number_of_clusters},
-                     WriteOptions(coding=coding, layout=layout, gap_bits=gap_bits))
+                     WriteOptions(coding=coding, layout=layout, gap_bits=gap_bits, keep_clustered=True))
     decoded, metadata = decode_wz(data)
     assert metadata == {"k": tensor.number_of_clusters}
     assert_same_tensors(decoded, tensors)

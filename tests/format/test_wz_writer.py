@@ -8,7 +8,7 @@ import pytest
 from wz_samples import random_clustered
 
 from weightzip.core.errors import WeightzipError
-from weightzip.format import read_wz, write_wz
+from weightzip.format import WriteOptions, read_wz, write_wz
 
 TENSORS = {"w": random_clustered((8, 6), 4), "b": np.ones(6, dtype=np.float32)}
 
@@ -71,3 +71,25 @@ def test_failed_write_keeps_the_old_output(tmp_path, monkeypatch):
 def test_directory_target_is_refused(tmp_path):
     with pytest.raises(WeightzipError, match="directory"):
         write_wz(tmp_path, TENSORS, overwrite=True)
+
+
+def test_a_clustered_tensor_is_never_stored_larger_than_its_float_values(tmp_path):
+    from weightzip.core import ClusterConfig, cluster_array
+    from weightzip.format import inspect_wz
+
+    rng = np.random.default_rng(0)
+    depthwise = rng.normal(size=(3, 3, 32, 1)).astype(np.float32)  # 9 weights per channel, 16 centroids each
+    per_channel = cluster_array(depthwise, ClusterConfig(16, init="optimal", axis=2))
+    dense = cluster_array(rng.normal(size=(64, 64)).astype(np.float32), ClusterConfig(16, init="optimal"))
+    path = tmp_path / "m.wz"
+    write_wz(path, {"depthwise": per_channel, "dense": dense})
+    tensors, _ = read_wz(path)
+    assert isinstance(tensors["depthwise"], np.ndarray)  # 32 x 16 codebook entries > 288 raw values
+    np.testing.assert_array_equal(tensors["depthwise"], per_channel.decode())
+    assert tensors["depthwise"].dtype == np.float32
+    assert not isinstance(tensors["dense"], np.ndarray)  # clustered where that is smaller
+    np.testing.assert_array_equal(tensors["dense"].decode(), dense.decode())
+    rows = {row.name: row for row in inspect_wz(path).report.rows}
+    assert rows["depthwise"].encoded_bytes <= depthwise.nbytes
+    write_wz(path, {"depthwise": per_channel}, options=WriteOptions(keep_clustered=True), overwrite=True)
+    assert not isinstance(read_wz(path)[0]["depthwise"], np.ndarray)  # as asked

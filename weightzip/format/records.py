@@ -62,16 +62,42 @@ class EncodeOptions:
     layout: Layout = Layout.AUTO
     gap_bits: int | None = None
     codebook_dtype: np.dtype | None = None
+    keep_clustered: bool = False
 
 
 # ---------------------------------------------------------------- writing
 
 
 def encode_tensor(name: str, tensor, options: EncodeOptions, payload: PayloadBuilder) -> dict:
-    """Header record for `tensor`; its sections are appended to `payload`."""
+    """Header record for `tensor`; its sections are appended to `payload`.
+
+    A clustered tensor is never stored larger than its decoded values would be: where its sections (codebook
+    and indices) outgrow the raw values (small depthwise or stem kernels with a codebook per channel), the
+    array record of the decoded values is written instead if its sections are smaller; it decodes to the
+    same values (read back as an array, not a ClusteredTensor).
+    """
     if isinstance(tensor, ClusteredTensor):
-        return _encode_clustered(name, tensor, options, payload)
+        clustered = PayloadBuilder()
+        record = _encode_clustered(name, tensor, options, clustered)
+        decoded = tensor.decode()
+        if options.codebook_dtype is not None:
+            decoded = decoded.astype(options.codebook_dtype)  # a cast commutes with the codebook lookup
+        if clustered.length > decoded.nbytes and not options.keep_clustered:
+            plain = PayloadBuilder()
+            array_record = _encode_array(name, decoded, options, plain)
+            if plain.length < clustered.length:
+                record, clustered = array_record, plain
+        return _append_record(record, clustered, payload)
     return _encode_array(name, tensor, options, payload)
+
+
+def _append_record(record: dict, sections: PayloadBuilder, payload: PayloadBuilder) -> dict:
+    """`record` with its sections (built in their own builder) moved to the end of `payload`."""
+    shift = payload.length
+    for chunk in sections.chunks:  # the same bytes, so the same CRCs, at offsets moved by `shift`
+        payload.add(chunk)
+    return {key: ({**value, "offset": value["offset"] + shift} if isinstance(value, dict) and "offset" in value
+                  else value) for key, value in record.items()}
 
 
 def _encode_clustered(name: str, tensor: ClusteredTensor, options: EncodeOptions, payload) -> dict:

@@ -34,6 +34,8 @@ class WriteOptions:
     codebook_dtype: store codebooks as this float dtype (e.g. "float16": smaller, lossy: the read
         codebook is then float16); None keeps each codebook's dtype.
     deflate_header: zlib-compress the JSON header.
+    keep_clustered: store every clustered tensor as codebook + indices; by default (False) one whose codebook
+        and indices would take more bytes than its decoded values is stored as those values (an array record).
     """
 
     coding: Coding | str = Coding.AUTO
@@ -41,6 +43,7 @@ class WriteOptions:
     gap_bits: int | None = None
     codebook_dtype: str | None = None
     deflate_header: bool = True
+    keep_clustered: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "coding", Coding.parse(self.coding, "coding"))
@@ -53,7 +56,7 @@ class WriteOptions:
 
     def encode_options(self) -> EncodeOptions:
         dtype = None if self.codebook_dtype is None else np.dtype(self.codebook_dtype)
-        return EncodeOptions(self.coding, self.layout, self.gap_bits, dtype)
+        return EncodeOptions(self.coding, self.layout, self.gap_bits, dtype, self.keep_clustered)
 
 
 def encode_wz(tensors, metadata: dict | None = None, options: WriteOptions = WriteOptions()) -> bytes:
