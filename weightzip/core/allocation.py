@@ -23,6 +23,8 @@ needs no tuning, unlike a global search. `--min-fidelity` walks the same family 
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -196,7 +198,9 @@ def stored_bytes(name: str, tensor, options=None) -> int:
     from weightzip.format.streams import PayloadBuilder
 
     payload = PayloadBuilder()
-    encode_tensor(name, tensor, write_options_for(None, options).encode_options(), payload)
+    # The clustered cost itself (the plan compares it with float storage and says which it chose).
+    encode_options = dataclasses.replace(write_options_for(None, options).encode_options(), keep_clustered=True)
+    encode_tensor(name, tensor, encode_options, payload)
     return payload.length
 
 
