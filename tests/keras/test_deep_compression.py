@@ -7,9 +7,9 @@ import keras
 import numpy as np
 import pytest
 
-from weightzip.core import CentroidInitialization
+from weightzip.core import CentroidInitialization, ClusterConfig, cluster_array
 from weightzip.core.errors import WeightzipError
-from weightzip.core.pruning import pruned_count
+from weightzip.core.pruning import apply_mask, magnitude_mask, pruned_count
 from weightzip.format import read_metadata
 from weightzip.keras.deep_compression import (
     CompressionReport,
@@ -32,6 +32,8 @@ CONFIG = DeepCompressionConfig(
     prune_epochs=1, cluster_epochs=1, batch_size=64, learning_rate=2e-3, seed=0,
 )
 EXPECTED = {"conv": (0.5, 8), "fc1": (0.9, 16), "fc2": (0.8, 4)}  # layer -> (sparsity, k)
+FIDELITY_PT = 12.0  # largest accuracy loss against the float model (points): 1 epoch of retraining per stage
+POST_TRAINING_FIDELITY_PT = 16.0  # without retraining, 70 % pruned, 8 values (measured: 80.4 % -> 66.8 %)
 
 
 @pytest.fixture(scope="module")
@@ -99,14 +101,15 @@ def test_accuracies_are_those_of_the_models(compressed, trained, mnist_slice):
     decoded_accuracy = accuracy(decoded, mnist_slice.x_test, mnist_slice.y_test)
     assert final_stage.accuracy == decoded_accuracy
     assert decoded_accuracy == clustered_stage.accuracy  # lossless storage of the clustered model
-    assert decoded_accuracy > 0.5  # it still classifies (chance is 0.1)
+    # Fidelity against the float model (measured: 80.4 % -> 70.8 %, 90 % of fc1 pruned, 4 values in fc2).
+    assert decoded_accuracy >= float_stage.accuracy - FIDELITY_PT / 100, (float_stage.accuracy, decoded_accuracy)
 
 
 def test_each_kernel_has_at_most_k_values_and_its_target_sparsity(compressed):
     _, decoded, _, _, _ = compressed
     for name, (sparsity, k) in EXPECTED.items():
         values = kernel(decoded, name)
-        assert len(np.unique(values)) <= k, name
+        assert 2 <= len(np.unique(values[values != 0])) <= k - 1, name  # one of the k values is the zero
         assert np.count_nonzero(values == 0) == pruned_count(values.size, sparsity), name
 
 
@@ -131,15 +134,23 @@ def test_the_config_is_stored_and_progress_reported(compressed):
     assert len(messages) == 4
 
 
-def test_post_training_pruning_and_clustering(trained, mnist_slice, tmp_path):
+def test_post_training_kernels_are_the_cores_clustering(trained, mnist_slice, tmp_path):
+    """Without retraining, each decoded kernel is the core's clustering of the magnitude-pruned float kernel."""
     config = DeepCompressionConfig(sparsity=0.7, conv_sparsity=0.0, clusters=8, conv_clusters=8,
                                    prune_epochs=0, cluster_epochs=0)
     decoded, report = compress(trained, mnist_slice, tmp_path / "post.wz", config=config)
     assert np.count_nonzero(kernel(decoded, "conv") == 0) == 0  # conv_sparsity 0: not pruned
     fc1 = kernel(decoded, "fc1")
     assert np.count_nonzero(fc1 == 0) == pruned_count(fc1.size, 0.7)
-    assert len(np.unique(fc1)) <= 8
+    for name, sparsity in (("conv", 0.0), ("fc1", 0.7), ("fc2", 0.7)):
+        weights = kernel(trained, name)
+        pruned = apply_mask(weights, magnitude_mask(weights, sparsity)) if sparsity else weights
+        expected = cluster_array(pruned, ClusterConfig(8, init=config.init, preserve_sparsity=True, seed=0))
+        np.testing.assert_allclose(kernel(decoded, name), expected.decode(), rtol=1e-6, atol=0, err_msg=name)
+        assert len(np.unique(kernel(decoded, name))) >= 2, name
     assert report.stages[-1].accuracy == report.stages[2].accuracy
+    float_accuracy, final_accuracy = report.stages[0].accuracy, report.stages[-1].accuracy
+    assert final_accuracy >= float_accuracy - POST_TRAINING_FIDELITY_PT / 100, (float_accuracy, final_accuracy)
 
 
 def test_refuses_an_existing_output(trained, mnist_slice, tmp_path):
