@@ -29,7 +29,7 @@ from weightzip.core.bitpack import bit_width
 from weightzip.core.cluster import ClusteredTensor
 from weightzip.core.errors import WeightzipError
 from weightzip.core.options import ParsableEnum
-from weightzip.core.sparse import MAX_GAP_BITS, best_gap_bits, sparse_decode, sparse_encode
+from weightzip.core.sparse import MAX_GAP_BITS, sparse_decode, sparse_encode
 from weightzip.format import schema
 from weightzip.format.errors import WzFormatError
 from weightzip.format.streams import (
@@ -40,7 +40,9 @@ from weightzip.format.streams import (
     decode_raw,
     decode_symbols,
     encode_symbols,
+    plan_stream,
     raw_bytes,
+    symbol_histogram,
 )
 
 _BINCOUNT_LIMIT = 1 << 22  # per-group index histograms up to this size use one bincount, else a sort
@@ -105,28 +107,44 @@ def _encode_clustered(name: str, tensor: ClusteredTensor, options: EncodeOptions
     if options.codebook_dtype is not None:
         codebook = codebook.astype(options.codebook_dtype)
     groups, k = codebook.shape
-    group_of_weight = np.broadcast_to(tensor.group_of_each_weight(), indices.shape).ravel()
     flat = indices.ravel()
-    decoded_zero = (codebook == 0)[group_of_weight, flat]
+    group_map = tensor.group_of_each_weight()  # broadcastable to the shape: no per-weight array
+    per_group, nonzero = _group_histograms(flat, indices.shape, group_map, codebook)
+    background = _most_common(per_group, flat, indices.shape, group_map, groups, k)
     record = {
         "name": name, "kind": "clustered", "shape": list(indices.shape), "dtype": codebook.dtype.name,
-        "nonzero": int(flat.size - np.count_nonzero(decoded_zero)),
-        "clusters": int(k), "groups": int(groups), "axis": None if tensor.axis is None else int(tensor.axis), "group_size": int(tensor.group_size),
+        "nonzero": nonzero, "clusters": int(k), "groups": int(groups),
+        "axis": None if tensor.axis is None else int(tensor.axis), "group_size": int(tensor.group_size),
         "index_dtype": indices.dtype.name,
     }
-    dense, sparse = None, None
+    candidates = []
     if options.layout in (Layout.AUTO, Layout.DENSE):
-        dense = encode_symbols(flat, k, options.coding)
+        histogram = per_group.sum(axis=0) if per_group is not None else symbol_histogram(flat, k)
+        plan = plan_stream(histogram, k, options.coding)
+        candidates.append(_Candidate(0, plan.lower_bound, plan.estimate,
+                                     lambda: encode_symbols(flat, k, options.coding, histogram=histogram, plan=plan)))
     if options.layout in (Layout.AUTO, Layout.SPARSE):
-        background = _most_common_per_group(flat, group_of_weight, groups, k)
-        sparse = _best_sparse(flat, background[group_of_weight], bit_width(k), options,
-                              lambda values: encode_symbols(values, k, options.coding))
+        # The kept indices' histogram: every row's histogram without its background index.
+        kept_histogram = None
+        if per_group is not None:
+            without_background = per_group.copy()
+            without_background[np.arange(groups), background] = 0
+            kept_histogram = without_background.sum(axis=0)
+        background_map = background[group_map] if groups else np.zeros((1,) * indices.ndim, indices.dtype)
+        keep = (indices != background_map).ravel()
+        per_weight = background_map if groups <= 1 else np.broadcast_to(background_map, indices.shape).ravel()
+        candidates += _sparse_candidates(
+            flat, keep, per_weight.ravel()[0] if groups <= 1 else per_weight, options, value_alphabet=k,
+            value_histogram=lambda kept, fillers: _value_histogram(flat, kept, fillers, background, indices.shape,
+                                                                 tensor, k, kept_histogram),
+            encode_values=lambda values, histogram: encode_symbols(values, k, options.coding, histogram=histogram))
+    chosen = _smallest(candidates)
     record["codebook"] = payload.add(raw_bytes(codebook))
-    if dense is not None and (sparse is None or dense.size <= _size(sparse)):
+    if chosen.key == 0:
         record["layout"] = "dense"
-        record["indices"] = payload.add_stream(dense)
+        record["indices"] = payload.add_stream(chosen.encoded)
     else:
-        gap_bits, gaps, values = sparse
+        gap_bits, gaps, values = chosen.encoded
         record.update(layout="sparse", background=[int(b) for b in background], gap_bits=gap_bits)
         record["gaps"] = payload.add_stream(gaps)
         record["values"] = payload.add_stream(values)
@@ -142,17 +160,23 @@ def _encode_array(name: str, tensor, options: EncodeOptions, payload) -> dict:
     record = {"name": name, "kind": "array", "shape": list(array.shape), "dtype": array.dtype.name,
               "nonzero": int(np.count_nonzero(flat))}
     raw_size = flat.size * array.dtype.itemsize
-    sparse = None
+    candidates = []
+    if options.layout is not Layout.SPARSE:
+        candidates.append(_Candidate(0, raw_size, raw_size, lambda: None))
+    keep = _bit_pattern(flat) != 0  # background: the all-zero bit pattern (so -0.0 is an entry)
     # Sparse storage holds every entry's value raw plus the gaps: with every position kept it cannot be
     # smaller than the raw data, so AUTO does not try it (same bytes, none of its work).
-    all_kept = options.layout is Layout.AUTO and np.count_nonzero(_bit_pattern(flat)) == flat.size
-    if options.layout in (Layout.AUTO, Layout.SPARSE) and not all_kept:
-        sparse = _best_sparse(flat, 0, 8 * array.dtype.itemsize, options, _RawValues)
-    if sparse is None or (options.layout is Layout.AUTO and raw_size <= _size(sparse)):
+    if options.layout is not Layout.DENSE and not (options.layout is Layout.AUTO and keep.all()):
+        itemsize = array.dtype.itemsize
+        candidates += _sparse_candidates(
+            flat, keep, 0, options, value_alphabet=None, value_histogram=None,
+            encode_values=lambda values, histogram: _RawValues(values), value_bytes=itemsize)
+    chosen = _smallest(candidates)
+    if chosen.key == 0:
         record["layout"] = "dense"
         record["data"] = payload.add(raw_bytes(flat))
     else:
-        gap_bits, gaps, values = sparse
+        gap_bits, gaps, values = chosen.encoded
         record.update(layout="sparse", gap_bits=gap_bits)
         record["gaps"] = payload.add_stream(gaps)
         record["values"] = payload.add(values.data)
@@ -174,27 +198,133 @@ class _RawValues:
         return self.values.size * self.values.dtype.itemsize
 
 
-def _best_sparse(flat, background, value_bits, options: EncodeOptions, encode_values):
-    """(gap_bits, gap stream, value stream) of the smallest sparse encoding tried."""
-    if options.gap_bits is not None:
-        widths = [options.gap_bits]
-    else:
-        keep = _bit_pattern(flat) != _bit_pattern(np.broadcast_to(np.asarray(background, flat.dtype), flat.shape))
-        packed_best = best_gap_bits(keep, value_bits)
-        # With entropy-coded gaps, wider gaps (fewer fillers) can win: try a few widths.
-        widths = [packed_best] if options.coding is Coding.PACKED else \
-            sorted({w for w in (packed_best, packed_best + 1, packed_best + 2, 8) if 1 <= w <= MAX_GAP_BITS})
-    best = None
-    for gap_bits in widths:
-        stream, values = sparse_encode(flat, background, gap_bits)
-        candidate = (gap_bits, encode_symbols(stream.gaps, 1 << gap_bits, options.coding), encode_values(values))
-        if best is None or _size(candidate) < _size(best):
+class _Candidate:
+    """One way to store a tensor: dense (key 0) or sparse with `key` gap bits; sized before it is encoded.
+
+    lower_bound: no encoding of it is smaller (exact for packed/Huffman/raw, a bound for ANS);
+    estimate: its likely size, to try the most promising first; encode(): builds it (kept afterwards).
+    """
+
+    def __init__(self, key: int, lower_bound: int, estimate: int, encode):
+        self.key, self.lower_bound, self.estimate, self._encode = key, lower_bound, estimate, encode
+        self.encoded, self.size = None, None
+
+    def build(self) -> int:
+        self.encoded = self._encode()
+        parts = self.encoded[1:] if isinstance(self.encoded, tuple) else (self.encoded,)
+        self.size = self.lower_bound if self.encoded is None else sum(part.size for part in parts)
+        return self.size
+
+
+def _smallest(candidates: list[_Candidate]) -> _Candidate:
+    """The smallest candidate (ties: dense, then fewer gap bits), exactly as if every one were encoded, but
+    encoding only the most promising one and those whose lower bound could still beat it."""
+    ordered = sorted(candidates, key=lambda c: (c.estimate, c.key))
+    best = ordered[0]
+    best.build()
+    for candidate in sorted(ordered[1:], key=lambda c: (c.lower_bound, c.key)):
+        if (candidate.lower_bound, candidate.key) >= (best.size, best.key):
+            break
+        if (candidate.build(), candidate.key) < (best.size, best.key):
             best = candidate
     return best
 
 
-def _size(sparse) -> int:
-    return sparse[1].size + sparse[2].size
+def _sparse_candidates(flat, keep, background, options: EncodeOptions, *, value_alphabet, value_histogram,
+                       encode_values, value_bytes: int = 0) -> list[_Candidate]:
+    """A candidate per gap width (the given one, or every width up to the first that needs no fillers),
+    sized from the gap and value histograms that width implies, without building its streams.
+
+    Every width's gap histogram follows from one histogram of the raw gaps (kept position minus the
+    previous one, minus one): a raw gap g is stored as g mod 2^w after g >> w fillers of 2^w − 1.
+    """
+    kept = np.flatnonzero(keep)
+    raw_gaps = np.diff(kept, prepend=np.int64(-1)) - 1
+    longest = int(raw_gaps.max()) if kept.size else 0
+    raw_histogram = np.bincount(raw_gaps, minlength=1) if longest < _BINCOUNT_LIMIT else None
+    gap_values = np.arange(raw_histogram.size, dtype=np.int64) if raw_histogram is not None else None
+    widths = [options.gap_bits] if options.gap_bits is not None else range(1, MAX_GAP_BITS + 1)
+    candidates = []
+    for gap_bits in widths:
+        span = 1 << gap_bits
+        if raw_histogram is not None:
+            fillers = int(np.dot(raw_histogram, gap_values >> gap_bits))
+            gap_histogram = np.bincount(gap_values & (span - 1), weights=raw_histogram, minlength=span)
+            gap_histogram = np.rint(gap_histogram).astype(np.int64)
+        else:
+            fillers = int((raw_gaps >> gap_bits).sum())
+            gap_histogram = np.bincount(raw_gaps & (span - 1), minlength=span)
+        gap_histogram[span - 1] += fillers
+        gap_plan = plan_stream(gap_histogram, span, options.coding)
+        entries = kept.size + fillers
+        if value_alphabet is None:
+            value_size = entries * value_bytes
+            lower_bound, estimate = gap_plan.lower_bound + value_size, gap_plan.estimate + value_size
+            histogram = None
+        else:
+            histogram = value_histogram(kept, (raw_gaps, fillers, gap_bits))
+            value_plan = plan_stream(histogram, value_alphabet, options.coding)
+            lower_bound = gap_plan.lower_bound + value_plan.lower_bound
+            estimate = gap_plan.estimate + value_plan.estimate
+        candidates.append(_Candidate(gap_bits, lower_bound, estimate, _sparse_encoder(
+            flat, background, gap_bits, gap_histogram, histogram, options, encode_values)))
+        if fillers == 0:
+            break  # wider gaps would only widen the gap alphabet
+    return candidates
+
+
+def _sparse_encoder(flat, background, gap_bits, gap_histogram, value_histogram, options, encode_values):
+    def encode():
+        stream, values = sparse_encode(flat, background, gap_bits)
+        gaps = encode_symbols(stream.gaps, 1 << gap_bits, options.coding, histogram=gap_histogram)
+        return gap_bits, gaps, encode_values(values, value_histogram)
+    return encode
+
+
+def _group_histograms(flat, shape, group_map, codebook):
+    """(per-group index histogram (groups, k) or None when too large, count of weights decoding to nonzero)."""
+    groups, k = codebook.shape
+    zero = codebook == 0
+    if groups <= 1:
+        histogram = symbol_histogram(flat, k)[None, :] if groups else np.zeros((0, k), np.int64)
+        return histogram, int(flat.size - histogram[zero].sum())
+    group_of_weight = np.broadcast_to(group_map, shape).ravel()
+    if groups * k <= _BINCOUNT_LIMIT:
+        histogram = np.bincount(group_of_weight * k + flat.astype(np.int64, copy=False),
+                                minlength=groups * k).reshape(groups, k)
+        return histogram, int(flat.size - histogram[zero].sum())
+    return None, int(flat.size - np.count_nonzero(zero[group_of_weight, flat]))
+
+
+def _most_common(per_group, flat, shape, group_map, groups: int, k: int) -> np.ndarray:
+    """Each group's most frequent index (lowest on ties; 0 for a group without weights)."""
+    if per_group is not None:
+        return per_group.argmax(axis=1) if flat.size else np.zeros(groups, dtype=np.int64)
+    group_of_weight = np.broadcast_to(group_map, shape).ravel()
+    return _most_common_per_group(flat, group_of_weight, groups, k)
+
+
+def _value_histogram(flat, kept, fillers, background, shape, tensor: ClusteredTensor, k: int,
+                     kept_histogram: np.ndarray | None = None) -> np.ndarray:
+    """Histogram of a sparse value stream: the kept indices plus each filler's background index.
+
+    fillers: (raw gaps, total fillers, gap bits); `kept_histogram`, when known, saves a pass over `flat`."""
+    raw_gaps, total, gap_bits = fillers
+    histogram = (symbol_histogram(flat[kept], k) if kept_histogram is None else kept_histogram).copy()
+    if total == 0:
+        return histogram
+    if background.size == 1:
+        histogram[int(background[0])] += total
+        return histogram
+    # Filler j (1-based) after kept entry i sits at previous position + j·2^gap_bits.
+    fillers_before = raw_gaps >> gap_bits
+    owner = np.repeat(np.arange(kept.size), fillers_before)
+    step = np.arange(total) - np.repeat(np.cumsum(fillers_before) - fillers_before, fillers_before) + 1
+    positions = (kept - raw_gaps - 1)[owner] + (step << gap_bits)
+    axis = tensor.axis % len(shape)
+    channel = (positions // math.prod(shape[axis + 1:])) % shape[axis]
+    histogram += np.bincount(background[channel // tensor.group_size], minlength=k)
+    return histogram
 
 
 def _bit_pattern(array: np.ndarray) -> np.ndarray:

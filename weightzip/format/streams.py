@@ -12,12 +12,14 @@ Every section descriptor has ``offset`` and ``length`` (bytes, relative to the p
   ``count_bits`` bits, then the ANS words as uint32 LE (:mod:`weightzip.core.ans`); alphabet at
   most 2**16.
 
-With ``coding="auto"`` the writer encodes each stream every applicable way and keeps the smallest
-(ties go to the simpler coding), tables included; the choice is recorded in the descriptor.
+With ``coding="auto"`` the writer keeps, per stream, the smallest of the applicable codings (ties go to
+the simpler coding), tables included, choosing from the symbol counts (see :func:`plan_stream`) rather
+than encoding every candidate; the choice is recorded in the descriptor.
 """
 
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import dataclass
 
@@ -103,47 +105,101 @@ class PayloadBuilder:
 # ---------------------------------------------------------------- encoding
 
 
-def encode_symbols(symbols, alphabet: int, coding=Coding.AUTO) -> EncodedStream:
-    """The smallest stored form of `symbols` (integers in [0, alphabet)) allowed by `coding`."""
+@dataclass(frozen=True)
+class StreamPlan:
+    """The sizes a symbol stream would take, computed from its symbol counts without encoding it.
+
+    exact_coding / exact_size: the smallest of the codings whose size follows exactly from the counts
+    (packed: ceil(count·bits/8); Huffman: its table plus Σ count·code length), None if none applies.
+    ans_bound: a lower bound on the ANS encoding's size (its table plus the count × empirical entropy
+    the reader also checks, less the coder's 64-bit state), None if ANS does not apply. ANS can only
+    beat `exact_size` when `ans_bound` is below it: only then is it worth encoding.
+    """
+
+    exact_coding: str | None
+    exact_size: int | None
+    ans_bound: int | None
+    lengths: np.ndarray | None = None  # the Huffman code lengths, when Huffman is the exact choice
+
+    @property
+    def lower_bound(self) -> int:
+        """No encoding `coding` allows is smaller than this."""
+        return min(size for size in (self.exact_size, self.ans_bound) if size is not None)
+
+    @property
+    def estimate(self) -> int:
+        """The likely size: exact, or ANS's bound plus a word where ANS may win."""
+        if self.ans_bound is not None and (self.exact_size is None or self.ans_bound + 8 < self.exact_size):
+            return self.ans_bound + 8
+        return self.exact_size
+
+
+def symbol_histogram(symbols, alphabet: int) -> np.ndarray:
+    """Counts of each symbol in [0, alphabet) (int64)."""
+    symbols = np.asarray(symbols).ravel()
+    if symbols.dtype == np.uint64:  # the one index dtype bincount cannot take as is (values are < alphabet)
+        symbols = symbols.astype(np.int64)
+    return np.bincount(symbols, minlength=alphabet) if symbols.size else np.zeros(alphabet, np.int64)
+
+
+def plan_stream(histogram: np.ndarray, alphabet: int, coding=Coding.AUTO) -> StreamPlan:
+    """The :class:`StreamPlan` of a stream with these symbol counts under `coding` (see encode_symbols)."""
+    coding = Coding.parse(coding, "coding")
+    count = int(histogram.sum())
+    entropy_codable = count > 0 and 2 <= alphabet <= MAX_ENTROPY_ALPHABET
+    ans_possible = coding in (Coding.AUTO, Coding.ANS) and entropy_codable and ans_available() \
+        and alphabet <= MAX_ANS_ALPHABET and int(histogram.max()) < 1 << 32
+    if coding is Coding.ANS and ans_possible:
+        exact_coding, exact_size, lengths = None, None, None
+    elif coding is Coding.ANS and entropy_codable and not ans_available():
+        raise WeightzipError("coding='ans' needs the `constriction` package")
+    else:
+        exact_coding, exact_size, lengths = "packed", packed_size(count, bit_width(alphabet)), None
+        if coding in (Coding.AUTO, Coding.HUFFMAN) and entropy_codable:
+            huffman_lengths = huffman_code_lengths(histogram, MAX_CODE_LENGTH)
+            huffman_size = packed_size(alphabet, LENGTH_BITS) + (encoded_bit_count(histogram, huffman_lengths) + 7) // 8
+            if coding is Coding.HUFFMAN or huffman_size < exact_size:  # ties keep the simpler coding
+                exact_coding, exact_size, lengths = "huffman", huffman_size, huffman_lengths
+    ans_bound = None
+    if ans_possible:
+        table = packed_size(alphabet, max(1, int(histogram.max()).bit_length()))
+        words = max(0, math.ceil((ans_information_bits(histogram) - ANS_STATE_BITS) / 32))
+        ans_bound = table + 4 * words
+    return StreamPlan(exact_coding, exact_size, ans_bound, lengths)
+
+
+def encode_symbols(symbols, alphabet: int, coding=Coding.AUTO, *, histogram: np.ndarray | None = None,
+                   plan: StreamPlan | None = None) -> EncodedStream:
+    """The smallest stored form of `symbols` (integers in [0, alphabet)) allowed by `coding`.
+
+    "auto" chooses from the symbol counts: packed and Huffman sizes follow exactly from them, so only
+    the smaller is encoded; ANS is encoded only when its lower bound is below that size, and kept only
+    when it really is smaller (ties go to the simpler coding). The result is the smallest of the three
+    encodings, tables included, without encoding the others. Forcing an entropy coder falls back to
+    packing for a stream it cannot code (empty, or a one-symbol alphabet).
+    """
     coding = Coding.parse(coding, "coding")
     symbols = np.asarray(symbols).ravel()
     count = int(symbols.size)
-    base = {"count": count, "alphabet": int(alphabet)}
     if count and (symbols.min() < 0 or int(symbols.max()) >= alphabet):
         raise WeightzipError(f"symbols must lie in [0, {alphabet}), got [{symbols.min()}, {symbols.max()}]")
-    candidates = []
-    if coding in (Coding.AUTO, Coding.PACKED):
-        bits = bit_width(alphabet)
-        candidates.append(EncodedStream({"coding": "packed", **base, "bits": bits}, pack_bits(symbols, bits)))
-    entropy_codable = count > 0 and 2 <= alphabet <= MAX_ENTROPY_ALPHABET
-    histogram = np.bincount(symbols.astype(np.int64), minlength=alphabet) if entropy_codable else None
-    if coding in (Coding.AUTO, Coding.HUFFMAN) and entropy_codable:
-        candidates.append(_huffman_candidate(symbols, histogram, base, best_only=coding is Coding.AUTO,
-                                             to_beat=candidates[0].size if candidates else None))
-    if coding in (Coding.AUTO, Coding.ANS) and entropy_codable and ans_available() \
-            and alphabet <= MAX_ANS_ALPHABET and int(histogram.max()) < 1 << 32:
-        candidates.append(_ans_candidate(symbols, histogram, base))
-    candidates = [c for c in candidates if c is not None]
-    if not candidates:
-        if coding is Coding.ANS and not ans_available():
-            raise WeightzipError("coding='ans' needs the `constriction` package")
-        # An empty stream, or an alphabet of one symbol: nothing to entropy-code, packing is exact.
-        bits = bit_width(alphabet)
-        return EncodedStream({"coding": "packed", **base, "bits": bits}, pack_bits(symbols, bits))
-    return min(candidates, key=lambda c: c.size)  # min keeps the first of equals: packed, huffman, ans
+    if plan is None:
+        plan = plan_stream(symbol_histogram(symbols, alphabet) if histogram is None else histogram, alphabet, coding)
+    base = {"count": count, "alphabet": int(alphabet)}
+    if plan.ans_bound is not None and (plan.exact_size is None or plan.ans_bound < plan.exact_size):
+        histogram = symbol_histogram(symbols, alphabet) if histogram is None else histogram
+        ans = _ans_stream(symbols, histogram, base)
+        if plan.exact_size is None or ans.size < plan.exact_size:
+            return ans
+    if plan.exact_coding == "huffman":
+        table = pack_bits(plan.lengths, LENGTH_BITS)
+        return EncodedStream({"coding": "huffman", **base, "table_bytes": len(table)},
+                             table + huffman_encode(symbols, plan.lengths))
+    bits = bit_width(alphabet)
+    return EncodedStream({"coding": "packed", **base, "bits": bits}, pack_bits(symbols, bits))
 
 
-def _huffman_candidate(symbols, histogram, base, *, best_only: bool, to_beat: int | None):
-    lengths = huffman_code_lengths(histogram, MAX_CODE_LENGTH)
-    table = pack_bits(lengths, LENGTH_BITS)
-    size = len(table) + (encoded_bit_count(histogram, lengths) + 7) // 8
-    if best_only and to_beat is not None and size >= to_beat:
-        return None  # would lose to packing: skip the encoding work
-    data = table + huffman_encode(symbols, lengths)
-    return EncodedStream({"coding": "huffman", **base, "table_bytes": len(table)}, data)
-
-
-def _ans_candidate(symbols, histogram, base):
+def _ans_stream(symbols, histogram, base):
     count_bits = max(1, int(histogram.max()).bit_length())
     table = pack_bits(histogram, count_bits)
     words = ans_encode(symbols, histogram).astype("<u4").tobytes()
