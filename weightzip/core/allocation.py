@@ -35,6 +35,9 @@ from weightzip.core.centroid_init import CentroidInitialization
 from weightzip.core.cluster import ClusterConfig, ClusteredTensor, cluster_array
 from weightzip.core.errors import WeightzipError
 from weightzip.core.palette import drop_unused_centroids
+from weightzip.core.rowwise import cluster_rows
+
+ROWWISE_MAX_ROW = 4096  # codebook rows up to this many weights go to the all-rows-at-once solver
 
 GRANULARITIES = ("tensor", "channel", "group")
 DEFAULT_CLUSTERS = (2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
@@ -72,13 +75,17 @@ class Candidates:
     grouped codebooks are only tried where a codebook row covers at least `min_row_weights` weights (a
     grouped row takes ceil(min_row_weights / weights per channel) channels), as smaller rows spend more
     bits on codebooks than they save. sparsities: fractions pruned (lowest saliency s_i·w_i² first, the
-    Optimal Brain Damage rule), kept exactly zero by the clustering.
+    Optimal Brain Damage rule), kept exactly zero by the clustering. codebook_dtype: the dtype codebooks
+    are stored in ("float16" halves their cost; centroids are rounded to it before errors are measured,
+    so the stored model is exactly the measured one); None keeps the weights' dtype. float16 is only used
+    when every tensor's values lie well inside its range.
     """
 
     clusters: tuple[int, ...] = DEFAULT_CLUSTERS
     granularities: tuple[str, ...] = GRANULARITIES
-    min_row_weights: int = 2048
+    min_row_weights: int = 64
     sparsities: tuple[float, ...] = (0.0,)
+    codebook_dtype: str | None = "float16"
 
     def __post_init__(self):
         if not self.clusters or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 2 <= k <= 256
@@ -185,7 +192,30 @@ def write_options_for(candidates: Candidates | None = None, write_options=None):
     from weightzip.format.writer import WriteOptions  # the format builds on the core: import at use
 
     pruned = candidates is not None and any(s > 0 for s in candidates.sparsities)
-    return WriteOptions() if pruned else WriteOptions(layout="dense")
+    codebook_dtype = None if candidates is None else candidates.codebook_dtype
+    return WriteOptions(layout="auto" if pruned else "dense", codebook_dtype=codebook_dtype)
+
+
+_FLOAT16_SAFE = 6e4  # |values| below this round to finite float16 (max 65504)
+
+
+def _codebook_dtype_fits(tensors: list[TensorToCompress], candidates: Candidates) -> Candidates:
+    """`candidates` with codebook_dtype None when some tensor's values would overflow it."""
+    if candidates.codebook_dtype == "float16" and any(float(np.max(np.abs(t.weights))) >= _FLOAT16_SAFE
+                                                      for t in tensors):
+        return Candidates(candidates.clusters, candidates.granularities, candidates.min_row_weights,
+                          candidates.sparsities, None)
+    return candidates
+
+
+def as_written(clustered: ClusteredTensor, write_options) -> ClusteredTensor:
+    """`clustered` with its codebook rounded to the dtype the writer stores it in (what a reader decodes)."""
+    dtype = getattr(write_options, "codebook_dtype", None)
+    if dtype is None:
+        return clustered
+    codebook = np.asarray(clustered.codebook)
+    return ClusteredTensor(codebook.astype(dtype).astype(codebook.dtype), clustered.indices, clustered.axis,
+                           clustered.group_size)
 
 
 def stored_bytes(name: str, tensor, options=None) -> int:
@@ -227,23 +257,24 @@ def _checked(tensor: TensorToCompress) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def _settings(tensor: TensorToCompress, weights: np.ndarray, candidates: Candidates) -> list[tuple[str, int | None, int]]:
-    """(granularity, axis, group_size) settings worth trying for this tensor."""
-    settings = [("tensor", None, 1)]
+    """(granularity, axis, group_size) settings worth trying for this tensor.
+
+    Per channel where a channel holds at least `min_row_weights` weights; groups of channels holding about
+    `min_row_weights` and 8x that many (two points between per-channel and per-tensor codebooks)."""
+    settings = [("tensor", None, 1)] if "tensor" in candidates.granularities else []
     axis = tensor.channel_axis
     if axis is None or weights.ndim < 2:
-        return settings
+        return settings or [("tensor", None, 1)]
     channels = weights.shape[axis]
     per_channel = weights.size // channels
     if "channel" in candidates.granularities and per_channel >= candidates.min_row_weights and channels > 1:
         settings.append(("channel", axis, 1))
     if "group" in candidates.granularities:
-        group_size = max(2, -(-candidates.min_row_weights // per_channel))
-        if group_size < channels and not (per_channel >= candidates.min_row_weights and "channel" in
-                                          candidates.granularities and group_size == 1):
-            settings.append(("group", axis, group_size))
-    if "tensor" not in candidates.granularities and len(settings) > 1:
-        settings = settings[1:]
-    return settings
+        for row_weights in (candidates.min_row_weights, 8 * candidates.min_row_weights):
+            group_size = -(-row_weights // per_channel)
+            if 1 < group_size < channels and ("group", axis, group_size) not in settings:
+                settings.append(("group", axis, group_size))
+    return settings or [("tensor", None, 1)]
 
 
 def _pruned(weights: np.ndarray, importance: np.ndarray | None, sparsity: float) -> np.ndarray:
@@ -272,20 +303,38 @@ def rate_distortion_curve(tensor: TensorToCompress, candidates: Candidates = Can
         base_error = weighted_error(weights, values, importance) if sparsity else 0.0
         distinct = np.unique(values).size
         for granularity, axis, group_size in _settings(tensor, weights, candidates):
-            for k in sorted(set(candidates.clusters)):
-                if k >= distinct and granularity == "tensor" and sparsity == 0.0 and k > min(candidates.clusters):
-                    break  # more entries than values: no better than the previous k
-                config = ClusterConfig(k, CentroidInitialization.OPTIMAL, axis=axis, group_size=group_size,
-                                       preserve_sparsity=sparsity > 0)
-                try:
-                    clustered = drop_unused_centroids(cluster_array(values, config, sample_weight=importance))
-                except WeightzipError:
-                    continue  # e.g. too few distinct values for this k: other candidates remain
+            for k, clustered in _clusterings(values, importance, granularity, axis, group_size, candidates.clusters,
+                                             distinct, sparsity):
+                clustered = as_written(drop_unused_centroids(clustered), write_options)
                 error = weighted_error(weights, clustered.decode(), importance)
                 found.append(TensorChoice(tensor.name, k, granularity, group_size, float(sparsity),
                                           stored_bytes(tensor.name, clustered, write_options), n,
-                                          max(error, base_error if sparsity else 0.0), clustered))
+                                          max(error, base_error), clustered))
     return RateDistortionCurve(tensor.name, n, tuple(_pareto(found)), write_options)
+
+
+def _clusterings(values, importance, granularity, axis, group_size, clusters, distinct, sparsity):
+    """(k, ClusteredTensor) for each k worth trying: exact optimal weighted k-means; codebook rows of a few
+    thousand weights at most (per channel, groups) all at once by :func:`~weightzip.core.rowwise.cluster_rows`."""
+    ks = sorted(set(clusters))
+    if granularity != "tensor" and sparsity == 0.0:
+        row_length = values.size // values.shape[axis] * group_size
+        if row_length <= ROWWISE_MAX_ROW:
+            # a codebook row spends 16-32 bits per entry: k beyond a quarter of the row never pays
+            ks = [k for k in ks if k <= max(2, row_length // 4)]
+            return [(k, clustered) for k, (clustered, _) in
+                    cluster_rows(values, axis, group_size, ks, sample_weight=importance).items()]
+    found = []
+    for k in ks:
+        if k >= distinct and granularity == "tensor" and sparsity == 0.0 and k > ks[0]:
+            break  # more entries than values: no better than the previous k
+        config = ClusterConfig(k, CentroidInitialization.OPTIMAL, axis=axis, group_size=group_size,
+                               preserve_sparsity=sparsity > 0)
+        try:
+            found.append((k, cluster_array(values, config, sample_weight=importance)))
+        except WeightzipError:
+            continue  # e.g. too few distinct values for this k: other candidates remain
+    return found
 
 
 def _pareto(choices: list[TensorChoice]) -> list[TensorChoice]:
@@ -301,6 +350,8 @@ def rate_distortion_curves(tensors: Iterable[TensorToCompress], candidates: Cand
                            write_options=None) -> dict[str, RateDistortionCurve]:
     """:func:`rate_distortion_curve` of each tensor, by name (compute once, allocate many times)."""
     curves = {}
+    tensors = list(tensors)
+    candidates = _codebook_dtype_fits(tensors, candidates)
     write_options = write_options_for(candidates, write_options)
     for tensor in tensors:
         if tensor.name in curves:
@@ -326,9 +377,13 @@ def uniform_plan(tensors: Iterable[TensorToCompress], *, clusters: int, granular
         axis = None if granularity == "tensor" or tensor.channel_axis is None or weights.ndim < 2 \
             else tensor.channel_axis
         size = 1 if granularity != "group" or axis is None else int(group_size or 1)
-        config = ClusterConfig(clusters, CentroidInitialization.OPTIMAL, axis=axis, group_size=size)
-        clustered = drop_unused_centroids(cluster_array(weights, config,
-                                                        sample_weight=importance if weighted else None))
+        sample_weight = importance if weighted else None
+        if axis is not None and weights.size // weights.shape[axis] * size <= ROWWISE_MAX_ROW:
+            clustered = cluster_rows(weights, axis, size, [clusters], sample_weight=sample_weight)[clusters][0]
+        else:
+            config = ClusterConfig(clusters, CentroidInitialization.OPTIMAL, axis=axis, group_size=size)
+            clustered = cluster_array(weights, config, sample_weight=sample_weight)
+        clustered = as_written(drop_unused_centroids(clustered), write_options)
         choice = TensorChoice(tensor.name, clusters, granularity if axis is not None else "tensor", size, 0.0,
                               stored_bytes(tensor.name, clustered, write_options), weights.size,
                               weighted_error(weights, clustered.decode(), importance), clustered)

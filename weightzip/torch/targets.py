@@ -11,9 +11,11 @@ weight parameters and the axis of its *output channels*, the axis that per-chann
 | ``ConvTranspose1d/2d/3d`` | ``weight`` | 1 (out_channels); 0 (in_channels) when ``groups > 1``, where no single axis holds the output channels | 0 |
 | ``Embedding``, ``EmbeddingBag`` | ``weight`` | 1 (embedding features: a codebook per feature, not per token) | 1 |
 | ``RNN``, ``LSTM``, ``GRU`` | every ``weight_ih_l*``, ``weight_hh_l*``, ``weight_hr_l*`` | 0 (gate rows) | 1 |
+| ``RNNCell``, ``LSTMCell``, ``GRUCell`` | ``weight_ih``, ``weight_hh`` | 0 (gate rows) | 1 |
 | ``MultiheadAttention`` | ``in_proj_weight`` or ``q/k/v_proj_weight`` | 0 | 1 |
 
-The input axis is the one N:M structured sparsity runs along.
+Subclasses of these layers are matched as their base type. The input axis is the one N:M structured
+sparsity runs along.
 
 `layers` restricts the selection to modules given by qualified name (``"features.3"``; everything inside
 a named container is included) or by type (``nn.Conv2d``; subclasses match). Asking explicitly for a
@@ -69,6 +71,8 @@ def weights_of(module: nn.Module) -> list[tuple[str, int, int]] | None:
         names = [("weight", 1, 1)]
     elif isinstance(module, nn.RNNBase):
         names = [(name, 0, 1) for name in module._flat_weights_names if name.startswith(_RNN_WEIGHT_PREFIXES)]
+    elif isinstance(module, nn.RNNCellBase):
+        names = [("weight_ih", 0, 1), ("weight_hh", 0, 1)]
     elif isinstance(module, nn.MultiheadAttention):
         names = [(name, 0, 1) for name in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")]
     else:
@@ -104,8 +108,8 @@ def find_targets(model: nn.Module, layers: Iterable[str | type] | str | type | N
     if not targets:
         what = "the model" if layers is None else f"the requested layers {layers!r}"
         raise UnsupportedLayerError(
-            f"{what} contain no supported weights (Linear, Conv*, ConvTranspose*, Embedding, RNN/LSTM/GRU, "
-            "MultiheadAttention)"
+            f"{what} contain no supported weights (Linear, Conv*, ConvTranspose*, Embedding, RNN/LSTM/GRU and their "
+            "cells, MultiheadAttention)"
         )
     return targets
 
@@ -148,6 +152,6 @@ def _check_supported(name: str, module: nn.Module) -> None:
         label = repr(name) if name else "the model itself"
         raise UnsupportedLayerError(
             f"module {label} ({type(module).__name__}) has weights {own} that weightzip cannot compress; "
-            "supported: Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d, Embedding(Bag), RNN/LSTM/GRU, "
-            "MultiheadAttention"
+            "supported: Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d, Embedding(Bag), RNN/LSTM/GRU and their "
+            "cells, MultiheadAttention"
         )

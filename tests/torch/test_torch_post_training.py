@@ -1,0 +1,139 @@
+"""Post-training compression of torch modules: fidelity against the float model, exact sizes, reports."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from weightzip.core.allocation import Candidates, TargetUnreachableError
+from weightzip.core.fidelity import NOT_MEASURED, measure_fidelity
+from weightzip.format import inspect_table, read_metadata
+from weightzip.torch import decompress, find_targets
+from weightzip.torch.calibration import ModelCannotRunError, fisher_diagonal
+from weightzip.torch.post_training import compress_post_training
+
+FAST = Candidates(clusters=(2, 4, 8, 16, 32), min_row_weights=64)
+
+
+class MyLinear(nn.Linear):
+    """A subclass of a supported layer (same forward)."""
+
+
+class Scaled(nn.Module):
+    """A layer weightzip does not know: its 2-D weight must be reported, not silently skipped."""
+
+    def __init__(self):
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(4, 4))
+
+    def forward(self, x):
+        return x
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                                      nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU(),
+                                      nn.Conv2d(16, 32, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten())
+        self.fc = MyLinear(512, 64)
+        self.cell = nn.GRUCell(64, 32)
+        self.head = nn.Linear(32, 10)
+        self.extra = Scaled()
+
+    def forward(self, x):
+        h = torch.relu(self.fc(self.features(x)))
+        return self.head(self.cell(h))
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    model = Net().eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics
+        model.features[1].running_mean.uniform_(-0.2, 0.2)
+        model.features[1].running_var.uniform_(0.5, 2.0)
+    calibration = torch.randn(48, 3, 12, 12)
+    return model, calibration
+
+
+def _outputs(model, x):
+    with torch.no_grad():
+        return model(x).numpy()
+
+
+def test_allocated_file_meets_bits_and_matches_float_model(setup, tmp_path):
+    model, calibration = setup
+    path = tmp_path / "net.wz"
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    compressed, report = compress_post_training(model, calibration, bits_per_weight=4.0, candidates=FAST, path=path)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # input model untouched
+    assert report.bits_per_weight <= 4.0
+    # exact accounting: the plan's bytes are the file's record bytes for those tensors
+    rows = {row.name: row.encoded_bytes for row in inspect_table(path).rows}
+    assert sum(rows[name] for name in report.plan.choices) == report.plan.total_bytes
+    assert report.file_bytes == path.stat().st_size
+    # the stored model is the measured model, and it stays close to the float model on fresh inputs
+    fresh = Net().eval()
+    fresh.load_state_dict(decompress(path), strict=True)
+    probe = torch.randn(32, 3, 12, 12)
+    assert np.allclose(_outputs(fresh, probe), _outputs(compressed, probe), atol=1e-5)
+    fidelity = measure_fidelity(_outputs(model, probe), _outputs(fresh, probe))
+    assert fidelity.relative_output_error < 0.1 and fidelity.top1_agreement >= 0.85
+    assert report.fidelity.samples == 12 and report.fidelity.relative_output_error < 0.1
+    stored = read_metadata(path)["post_training"]
+    assert stored["fidelity"]["samples"] == 12 and len(stored["tensors"]) == len(report.plan.choices)
+    # every tensor left alone is listed with a reason, the unknown layer's weight among them
+    reasons = {row["tensor"]: row["reason"] for row in report.uncompressed}
+    assert reasons["extra.table"] == "unsupported layer type Scaled"
+    assert reasons["head.bias"].startswith("1-D") and reasons["features.1.num_batches_tracked"] == "scalar"
+    assert {"cell.weight_ih", "cell.weight_hh", "fc.weight"} <= set(report.plan.choices)
+
+
+def test_sensitivity_weighted_allocation_beats_uniform_k_at_equal_size(setup):
+    model, calibration = setup
+    probe = torch.randn(64, 3, 12, 12)
+    reference = _outputs(model, probe)
+    uniform, uniform_report = compress_post_training(model, None, clusters=4)
+    target = uniform_report.plan.total_bytes
+    allocated, report = compress_post_training(model, calibration, bits_per_weight=8.0 * target /
+                                               uniform_report.plan.weights, candidates=FAST)
+    assert report.plan.total_bytes <= target
+    uniform_error = measure_fidelity(reference, _outputs(uniform, probe)).relative_output_error
+    allocated_error = measure_fidelity(reference, _outputs(allocated, probe)).relative_output_error
+    assert allocated_error < 0.5 * uniform_error
+    assert uniform_report.fidelity is None and NOT_MEASURED in uniform_report.summary_lines()
+
+
+def test_target_bytes_is_the_whole_file_and_unreachable_targets_write_nothing(setup, tmp_path):
+    model, calibration = setup
+    path = tmp_path / "target.wz"
+    _, report = compress_post_training(model, calibration, target_bytes=30_000, candidates=FAST, path=path)
+    assert path.stat().st_size <= 30_000 and report.file_bytes == path.stat().st_size
+    assert path.stat().st_size > 27_000  # the budget is used
+    missing = tmp_path / "none.wz"
+    with pytest.raises(TargetUnreachableError, match="cannot be met"):
+        compress_post_training(model, calibration, target_bytes=2_000, candidates=FAST, path=missing)
+    with pytest.raises(ModelCannotRunError, match="cannot run on the calibration inputs"):
+        compress_post_training(model, torch.randn(8, 5, 12, 12), bits_per_weight=4.0, path=missing)
+    assert not missing.exists()
+
+
+def test_min_fidelity_finds_a_small_plan_that_meets_it(setup):
+    model, calibration = setup
+    _, report = compress_post_training(model, calibration, min_fidelity=0.95, candidates=FAST)
+    float_bytes = 4 * report.plan.weights
+    assert report.plan.total_bytes < float_bytes / 3  # far smaller than keeping the weights as floats
+    assert report.fidelity.top1_agreement >= 0.75 and report.fidelity.relative_output_error < 0.25
+
+
+def test_fisher_diagonal_is_the_mean_squared_gradient_for_a_linear_softmax_model():
+    torch.manual_seed(1)
+    layer = nn.Linear(6, 3)
+    x = torch.randn(600, 6)
+    fisher = fisher_diagonal(layer, list(x.split(2)), find_targets(layer), draws=4)["weight"]
+    # exact Fisher of a softmax regression: E_x[(diag(p) - p p^T)_{cc} x_j^2] for weight (c, j)
+    with torch.no_grad():
+        p = torch.softmax(layer(x), dim=1)
+    exact = ((p * (1 - p))[:, :, None] * (x ** 2)[:, None, :]).mean(0).numpy()
+    assert np.allclose(fisher, exact, rtol=0.25, atol=1e-3)

@@ -1,0 +1,174 @@
+"""Per-weight sensitivities of a PyTorch model from calibration inputs (no labels needed).
+
+- :func:`fisher_diagonal`: the diagonal of the Fisher information of the model's output distribution,
+  ``F_i = E_x E_{y~p(·|x)} [(∂ log p(y|x) / ∂w_i)²]``. For a classifier, labels are *drawn* from the
+  model's own softmax: the Fisher is then the Hessian of the KL divergence between the float model and
+  a perturbed one, so ``Σ F_i δ_i²`` is the second-order estimate of how far a weight error δ moves the
+  outputs (the gradient of the KL to the float model itself is zero at the float weights, so it cannot
+  be used directly). Other outputs (embeddings, regression) are treated as Gaussian: a random direction
+  ``v ~ N(0, I)`` replaces the label, ``E[(vᵀ J)²] = diag(Jᵀ J)``. Because the drawn label (or v) has zero
+  mean, cross-sample terms cancel in expectation and a batch's summed gradient can be squared.
+- :func:`input_second_moments`: ``E[x²]`` of every input channel of each Linear / Conv / ConvTranspose
+  layer (the diagonal of the layer-wise Hessian of ``‖W x − Ŵ x‖²``), broadcast to the weight's shape
+  by :func:`activation_importance`.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from weightzip.core.errors import WeightzipError
+from weightzip.torch.targets import WeightTarget, find_targets
+
+
+class ModelCannotRunError(WeightzipError):
+    """The model raised on the calibration inputs (wrong shape or dtype for this model, or a broken model)."""
+
+
+def batches_of(inputs, batch_size: int = 16) -> list[torch.Tensor]:
+    """`inputs` (an array or tensor, samples first) as float tensors of at most `batch_size` samples."""
+    tensor = torch.as_tensor(np.asarray(inputs)) if not isinstance(inputs, torch.Tensor) else inputs
+    if tensor.ndim == 0 or tensor.shape[0] == 0:
+        raise WeightzipError("calibration inputs are empty")
+    return list(tensor.split(batch_size))
+
+
+def output_tensor(output) -> torch.Tensor:
+    """The tensor a model returns: itself, the first tensor of a tuple/list, or a dict's 'logits' (else first)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, dict) or hasattr(output, "keys"):
+        if "logits" in output:
+            return output["logits"]
+        output = list(output.values())
+    if isinstance(output, (tuple, list)):
+        for item in output:
+            if isinstance(item, torch.Tensor):
+                return item
+    raise ModelCannotRunError(f"the model returned {type(output).__name__}, not a tensor")
+
+
+def run_model(module: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """``module(batch)`` as one output tensor; any exception becomes a one-line :class:`ModelCannotRunError`."""
+    try:
+        return output_tensor(module(batch))
+    except WeightzipError:
+        raise
+    except Exception as error:  # shape/dtype errors surface as RuntimeError, TypeError, ValueError, ...
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelCannotRunError(f"the model cannot run on the calibration inputs of shape {tuple(batch.shape)} "
+                                  f"and dtype {batch.dtype}: {message}") from None
+
+
+def outputs_of(module: nn.Module, batches: Iterable[torch.Tensor]) -> np.ndarray:
+    """The model's outputs on every batch, concatenated (inference mode)."""
+    with torch.no_grad():
+        return np.concatenate([run_model(module, batch).float().cpu().numpy() for batch in batches])
+
+
+def is_classifier_output(output: torch.Tensor) -> bool:
+    """A (samples, classes) output with at least two classes is treated as logits."""
+    return output.ndim == 2 and output.shape[1] >= 2
+
+
+def fisher_diagonal(module: nn.Module, batches: Iterable[torch.Tensor], targets: list[WeightTarget] | None = None,
+                    *, draws: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
+    """Diagonal Fisher information (see the module doc) of each target weight, averaged per sample.
+
+    draws: labels (or Gaussian directions) drawn per batch. The module is left unchanged (gradients are
+    cleared); it runs in its current mode, so call it on a model in eval mode.
+    """
+    targets = find_targets(module) if targets is None else targets
+    parameters = {t.qualified_name: getattr(t.module, t.parameter_name) for t in targets}
+    sums = {name: torch.zeros_like(p, dtype=torch.float64) for name, p in parameters.items()}
+    wanted = [p.requires_grad for p in module.parameters()]
+    generator = torch.Generator().manual_seed(seed)
+    samples = 0
+    try:
+        for p in module.parameters():
+            p.requires_grad_(False)
+        for p in parameters.values():
+            p.requires_grad_(True)
+        for batch in batches:
+            output = run_model(module, batch).float()
+            samples += batch.shape[0]
+            for draw in range(draws):
+                if is_classifier_output(output):
+                    probabilities = torch.softmax(output.detach(), dim=1)
+                    labels = torch.multinomial(probabilities, 1, generator=generator).squeeze(1)
+                    objective = -torch.log_softmax(output, dim=1).gather(1, labels[:, None]).sum()
+                else:
+                    direction = torch.randn(output.shape, generator=generator)
+                    objective = (output * direction).sum()
+                gradients = torch.autograd.grad(objective, list(parameters.values()), retain_graph=draw < draws - 1,
+                                                allow_unused=True)
+                for (name, _), gradient in zip(parameters.items(), gradients):
+                    if gradient is not None:
+                        sums[name] += gradient.detach().double() ** 2
+    finally:
+        for p, flag in zip(module.parameters(), wanted):
+            p.requires_grad_(flag)
+    if samples == 0:
+        raise WeightzipError("no calibration batches to measure sensitivities on")
+    return {name: (total / (samples * draws)).cpu().numpy() for name, total in sums.items()}
+
+
+def _input_channel_axis(module: nn.Module) -> int | None:
+    if isinstance(module, nn.Linear):
+        return -1
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+                           nn.ConvTranspose3d)):
+        return 1
+    return None
+
+
+def input_second_moments(module: nn.Module, batches: Iterable[torch.Tensor],
+                         targets: list[WeightTarget] | None = None) -> dict[str, np.ndarray]:
+    """Per target layer (by module name): E[x²] of each input channel over the calibration inputs.
+
+    Only Linear, Conv* and ConvTranspose* layers get moments (their weight multiplies an input channel);
+    other targets are absent from the result.
+    """
+    targets = find_targets(module) if targets is None else targets
+    layers = {t.module_name: t.module for t in targets if _input_channel_axis(t.module) is not None}
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+
+    def hook_for(name: str, axis: int):
+        def hook(_module, inputs, _output):
+            x = inputs[0].detach().double()
+            x = x.movedim(axis, -1).reshape(-1, x.shape[axis])
+            sums[name] = sums.get(name, 0) + (x * x).sum(dim=0)
+            counts[name] = counts.get(name, 0) + x.shape[0]
+        return hook
+
+    handles = [layer.register_forward_hook(hook_for(name, _input_channel_axis(layer))) for name, layer in layers.items()]
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                run_model(module, batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: (sums[name] / counts[name]).cpu().numpy() for name in sums}
+
+
+def activation_importance(target: WeightTarget, moments: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """E[x²] of each weight's input channel, broadcast to the weight's `shape` (grouped convs included)."""
+    module = target.module
+    moments = np.asarray(moments, dtype=np.float64)
+    if isinstance(module, nn.Linear):
+        return np.broadcast_to(moments[None, :], shape).copy()
+    groups = getattr(module, "groups", 1)
+    if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+        view = (shape[0],) + (1,) * (len(shape) - 1)  # weight (in, out/groups, ...): axis 0 is the input
+        return np.broadcast_to(moments.reshape(view), shape).copy()
+    out_channels, per_group = shape[0], shape[1]  # Conv weight (out, in/groups, ...)
+    group_of_output = np.arange(out_channels) // (out_channels // groups)
+    channel = group_of_output[:, None] * per_group + np.arange(per_group)[None, :]
+    table = moments[channel]
+    return np.broadcast_to(table.reshape(table.shape + (1,) * (len(shape) - 2)), shape).copy()
