@@ -24,7 +24,7 @@ from weightzip import __version__
 from weightzip.core.centroid_init import CentroidInitialization
 
 KERAS_SUFFIXES = (".keras", ".h5")
-TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".pt2")
 BUILTIN_DATASETS = ("mnist-5k", "fashion-mnist")
 
 
@@ -257,10 +257,15 @@ def _compress_torch(source: Path, output: Path, args) -> int:
     if args.data is not None:
         raise CliError("retraining a PyTorch checkpoint needs its nn.Module: use weightzip.torch from Python; "
                        "the CLI compresses checkpoints post-training (drop --data)")
+    from weightzip.torch.runnable import load_runnable
+
     post_training_flags = [flag for flag, value in _post_training_flags(args) if value is not None]
+    runnable = load_runnable(source) if post_training_flags or source.suffix == ".pt2" else None
+    if runnable is not None:
+        return _post_training_torch(*runnable, source, output, args)
     if post_training_flags:
-        raise CliError(f"{', '.join(post_training_flags)}: not available for PyTorch checkpoints in this version "
-                       "(use weightzip.torch.post_training from Python)")
+        raise CliError(f"{', '.join(post_training_flags)}: need a model that can run: a TorchScript archive "
+                       f"(torch.jit.save) or a torch.export .pt2 program; {source.name} holds only a state_dict")
     if args.custom_objects is not None:
         raise CliError("--custom-objects applies to Keras models only")
     from weightzip.torch.checkpoint import compress_state_dict
@@ -288,6 +293,69 @@ def _print_json(args, **summary) -> None:
     """With --json: the command's summary as one JSON line on stdout (its other output is suppressed)."""
     if getattr(args, "json", False):
         print(json.dumps(summary))
+
+
+def _post_training_torch(module, input_shape, source: Path, output: Path, args) -> int:
+    """TorchScript / .pt2 input: weightzip.torch.post_training (sensitivities, allocation, fidelity)."""
+    from rich.console import Console
+
+    from weightzip.atomic import check_output_path
+    from weightzip.calibration import load_calibration
+    from weightzip.torch.post_training import compress_post_training
+
+    check_output_path(output, overwrite=args.overwrite, inputs=(source,))
+    if args.conv_clusters is not None or args.conv_sparsity is not None or args.sparsity:
+        raise CliError("--sparsity/--conv-sparsity/--conv-clusters: not used by PyTorch post-training "
+                       "(use --clusters, or --bits-per-weight/--target-size to choose k per tensor)")
+    calibration = None
+    if args.calibration is not None:
+        shape = input_shape
+        if shape is None:  # TorchScript keeps no input shape: an .npz's own sample shape is taken as given
+            shape = _npz_sample_shape(Path(args.calibration))
+        calibration = load_calibration(args.calibration, shape)
+    granularity = "group" if args.group_size else ("channel" if args.per_channel else "tensor")
+    extra_tensors, metadata = None, None
+    if source.suffix != ".pt2":  # TorchScript: the archive's skeleton too, so decompress gives an archive back
+        from weightzip.torch.torchscript import ARCHIVE_TENSOR, load_archive, skeleton_array
+
+        extra_tensors = {ARCHIVE_TENSOR: skeleton_array(load_archive(source)[1])}
+        metadata = {"source": "torchscript"}
+    console = Console(quiet=args.json)
+    with console.status(f"post-training compression of {source.name}"):
+        _, report = compress_post_training(
+            module, calibration, clusters=args.clusters or 16, granularity=granularity, group_size=args.group_size,
+            bits_per_weight=args.bits_per_weight, target_bytes=args.target_size, min_fidelity=args.min_fidelity,
+            sensitivity=args.sensitivity, path=output, overwrite=args.overwrite, inputs=(source,),
+            metadata=metadata, extra_tensors=extra_tensors)
+    for line in report.summary_lines():
+        console.print(line, highlight=False, soft_wrap=True)
+    console.print(f"wrote {output}: {report.file_bytes:,} bytes ({source.stat().st_size / report.file_bytes:.1f}x "
+                  f"smaller than {source.name})")
+    _print_json(args, input=str(source), output=str(output), output_bytes=report.file_bytes,
+                input_bytes=source.stat().st_size, post_training=report.to_metadata())
+    warning = report.warning()
+    if warning:
+        print(warning, file=sys.stderr)
+    return 0
+
+
+def _npz_sample_shape(path: Path) -> tuple[int | None, ...]:
+    """The sample shape of an .npz's 'x' (header only), for models that do not state their input shape."""
+    import zipfile
+
+    import numpy as np
+
+    if path.is_dir():
+        raise CliError(f"--calibration {path}: a TorchScript model does not state its input size; give an .npz "
+                       "with an array 'x' of preprocessed inputs")
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open("x.npy") as stream:
+            version = np.lib.format.read_magic(stream)
+            header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape = header(stream)[0]
+    except (zipfile.BadZipFile, KeyError, OSError, ValueError):
+        return (None,)  # load_calibration names the problem
+    return tuple(shape[1:]) or (None,)
 
 
 def _decompress(args: argparse.Namespace) -> int:

@@ -1,13 +1,16 @@
 """Per-weight sensitivities of a PyTorch model from calibration inputs (no labels needed).
 
-- :func:`fisher_diagonal`: the diagonal of the Fisher information of the model's output distribution,
-  ``F_i = E_x E_{y~p(·|x)} [(∂ log p(y|x) / ∂w_i)²]``. For a classifier, labels are *drawn* from the
-  model's own softmax: the Fisher is then the Hessian of the KL divergence between the float model and
-  a perturbed one, so ``Σ F_i δ_i²`` is the second-order estimate of how far a weight error δ moves the
-  outputs (the gradient of the KL to the float model itself is zero at the float weights, so it cannot
-  be used directly). Other outputs (embeddings, regression) are treated as Gaussian: a random direction
-  ``v ~ N(0, I)`` replaces the label, ``E[(vᵀ J)²] = diag(Jᵀ J)``. Because the drawn label (or v) has zero
-  mean, cross-sample terms cancel in expectation and a batch's summed gradient can be squared.
+- :func:`fisher_diagonal`: the diagonal of a Fisher information, the mean squared gradient of a random
+  objective with zero mean. With ``objective="output"`` (default) the outputs are treated as Gaussian:
+  a random direction ``v ~ N(0, I)`` gives ``E[(vᵀ J)²] = diag(Jᵀ J)``, so ``Σ F_i δ_i²`` is the
+  first-order estimate of ``‖y − ŷ‖²``, the squared output error that the relative output error
+  reports, for every output (logits, embeddings, regressions). With ``objective="kl"`` (classifiers),
+  labels are drawn from the model's own softmax: that Fisher is the Hessian of the KL divergence to the
+  float model (the KL's own gradient is zero at the float weights, so it cannot be used directly); it
+  weighs only the classes the model finds likely, and on MobileNetV2 it let the allocator starve the
+  classifier of bits (large logit errors on unlikely classes) — hence the output default. Because v (or
+  the drawn label) has zero mean, cross-sample terms cancel in expectation and a batch's summed
+  gradient can be squared.
 - :func:`input_second_moments`: ``E[x²]`` of every input channel of each Linear / Conv / ConvTranspose
   layer (the diagonal of the layer-wise Hessian of ``‖W x − Ŵ x‖²``), broadcast to the weight's shape
   by :func:`activation_importance`.
@@ -76,42 +79,38 @@ def is_classifier_output(output: torch.Tensor) -> bool:
 
 
 def fisher_diagonal(module: nn.Module, batches: Iterable[torch.Tensor], targets: list[WeightTarget] | None = None,
-                    *, draws: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
+                    *, draws: int = 2, seed: int = 0, objective: str = "output") -> dict[str, np.ndarray]:
     """Diagonal Fisher information (see the module doc) of each target weight, averaged per sample.
 
-    draws: labels (or Gaussian directions) drawn per batch. The module is left unchanged (gradients are
-    cleared); it runs in its current mode, so call it on a model in eval mode.
+    draws: Gaussian directions (or labels) drawn per batch; objective: "output" or "kl" (module doc).
+    The module is left unchanged; it runs in its current mode, so call it on a model in eval mode.
     """
+    if objective not in ("output", "kl"):
+        raise WeightzipError(f"objective must be 'output' or 'kl', got {objective!r}")
     targets = find_targets(module) if targets is None else targets
     parameters = {t.qualified_name: getattr(t.module, t.parameter_name) for t in targets}
+    parameters = {name: p for name, p in parameters.items() if p.requires_grad}  # frozen ones: no Fisher
     sums = {name: torch.zeros_like(p, dtype=torch.float64) for name, p in parameters.items()}
-    wanted = [p.requires_grad for p in module.parameters()]
     generator = torch.Generator().manual_seed(seed)
     samples = 0
-    try:
-        for p in module.parameters():
-            p.requires_grad_(False)
-        for p in parameters.values():
-            p.requires_grad_(True)
-        for batch in batches:
-            output = run_model(module, batch).float()
-            samples += batch.shape[0]
-            for draw in range(draws):
-                if is_classifier_output(output):
-                    probabilities = torch.softmax(output.detach(), dim=1)
-                    labels = torch.multinomial(probabilities, 1, generator=generator).squeeze(1)
-                    objective = -torch.log_softmax(output, dim=1).gather(1, labels[:, None]).sum()
-                else:
-                    direction = torch.randn(output.shape, generator=generator)
-                    objective = (output * direction).sum()
-                gradients = torch.autograd.grad(objective, list(parameters.values()), retain_graph=draw < draws - 1,
-                                                allow_unused=True)
-                for (name, _), gradient in zip(parameters.items(), gradients):
-                    if gradient is not None:
-                        sums[name] += gradient.detach().double() ** 2
-    finally:
-        for p, flag in zip(module.parameters(), wanted):
-            p.requires_grad_(flag)
+    for batch in batches:
+        output = run_model(module, batch).float()
+        samples += batch.shape[0]
+        if not parameters:
+            continue
+        for draw in range(draws):
+            if objective == "kl" and is_classifier_output(output):
+                probabilities = torch.softmax(output.detach(), dim=1)
+                labels = torch.multinomial(probabilities, 1, generator=generator).squeeze(1)
+                value = -torch.log_softmax(output, dim=1).gather(1, labels[:, None]).sum()
+            else:
+                direction = torch.randn(output.shape, generator=generator)
+                value = (output * direction).sum()
+            gradients = torch.autograd.grad(value, list(parameters.values()), retain_graph=draw < draws - 1,
+                                            allow_unused=True)
+            for (name, _), gradient in zip(parameters.items(), gradients):
+                if gradient is not None:
+                    sums[name] += gradient.detach().double() ** 2
     if samples == 0:
         raise WeightzipError("no calibration batches to measure sensitivities on")
     return {name: (total / (samples * draws)).cpu().numpy() for name, total in sums.items()}

@@ -41,7 +41,8 @@ from weightzip.format import encode_wz
 from weightzip.atomic import check_output_path, write_bytes_atomically
 from weightzip.torch.calibration import (
     activation_importance, batches_of, fisher_diagonal, input_second_moments, outputs_of)
-from weightzip.torch.targets import WeightTarget, find_targets
+from weightzip.torch.runnable import runnable_targets
+from weightzip.torch.targets import WeightTarget
 from weightzip.torch.tensors import to_numpy
 
 METADATA_KEY = "post_training"
@@ -125,6 +126,7 @@ def compress_post_training(
     overwrite: bool = False,
     inputs=(),
     metadata: dict | None = None,
+    extra_tensors: dict | None = None,
 ) -> tuple[nn.Module, PostTrainingReport]:
     """Compress a copy of `module` post-training (see the module doc); returns (compressed copy, report).
 
@@ -132,7 +134,9 @@ def compress_post_training(
     "fisher" with calibration, "none" without. At most one of bits_per_weight, target_bytes (bytes of the
     whole `.wz` file) and min_fidelity (top-1 agreement for classifiers, mean cosine otherwise, on the fit
     part) may be given; with none, every tensor gets `clusters` shared values at `granularity`
-    ("tensor", "channel", "group" with `group_size`). path: write the `.wz` file there (atomically).
+    ("tensor", "channel", "group" with `group_size`). path: write the `.wz` file there (atomically);
+    metadata: extra JSON metadata (may set "source"); extra_tensors: more arrays stored as they are (e.g. a
+    TorchScript archive's skeleton).
     """
     start = time.perf_counter()
     goals = [g for g in (bits_per_weight, target_bytes, min_fidelity) if g is not None]
@@ -152,7 +156,7 @@ def compress_post_training(
         check_output_path(path, overwrite=overwrite, inputs=inputs)
 
     model = copy.deepcopy(module).eval()
-    targets = find_targets(model)
+    targets = runnable_targets(model)
     fit_batches = held_batches = None
     if calibration is not None:
         samples = calibration if isinstance(calibration, torch.Tensor) else torch.as_tensor(np.asarray(calibration))
@@ -169,7 +173,7 @@ def compress_post_training(
             plan = allocate(curves, bits_per_weight=bits_per_weight)
             mode = f"{bits_per_weight:g} bits per weight"
         elif target_bytes is not None:
-            plan = _plan_for_file_size(model, curves, target_bytes, metadata, uncompressed)
+            plan = _plan_for_file_size(model, curves, target_bytes, metadata, uncompressed, extra_tensors)
             mode = f"target {target_bytes:,} bytes"
         else:
             fit_reference = outputs_of(model, fit_batches)
@@ -198,7 +202,7 @@ def compress_post_training(
         fidelity = measure_fidelity(reference, outputs_of(compressed, held_batches))
     report = PostTrainingReport(plan, uncompressed, fidelity, sensitivity.value, mode, 0.0)
     if path is not None:
-        data = _encode(compressed, plan, report, metadata)
+        data = _encode(compressed, plan, report, metadata, extra_tensors)
         if target_bytes is not None and len(data) > target_bytes:
             raise WeightzipError(f"internal: the .wz file came out at {len(data):,} bytes, over the target of "
                                  f"{target_bytes:,}; nothing written")
@@ -266,7 +270,10 @@ def _apply(model: nn.Module, targets: list[WeightTarget], plan: AllocationPlan) 
             stored = choice.stored
             values = stored if choice.clusters == 0 else stored.decode()
             target = by_name[name]
-            parameter = getattr(model.get_submodule(target.module_name), target.parameter_name)
+            owner = model
+            for part in target.module_name.split(".") if target.module_name else ():
+                owner = getattr(owner, part)  # (ScriptModules have no get_submodule)
+            parameter = getattr(owner, target.parameter_name)
             parameter.copy_(torch.as_tensor(np.asarray(values)).to(parameter.dtype))
     return model
 
@@ -279,8 +286,8 @@ def _stored_tensors(model: nn.Module, plan: AllocationPlan) -> tuple[dict, dict]
     for name, tensor in model.state_dict().items():
         if name in planned:
             stored[name] = planned[name]
-            if tensor.dtype == torch.bfloat16 or plan.write_options.codebook_dtype is not None:
-                torch_dtypes[name] = str(tensor.dtype).removeprefix("torch.")  # restored from a narrower codebook
+            if tensor.dtype == torch.bfloat16:
+                torch_dtypes[name] = "bfloat16"  # (float16 codebooks decode as float16: load_state_dict casts)
             continue
         array, widened = _to_storable(name, tensor)
         if widened is not None:
@@ -289,23 +296,25 @@ def _stored_tensors(model: nn.Module, plan: AllocationPlan) -> tuple[dict, dict]
     return stored, torch_dtypes
 
 
-def _encode(model: nn.Module, plan: AllocationPlan, report: PostTrainingReport | None, metadata: dict | None) -> bytes:
+def _encode(model: nn.Module, plan: AllocationPlan, report: PostTrainingReport | None, metadata: dict | None,
+            extra_tensors: dict | None = None) -> bytes:
     stored, torch_dtypes = _stored_tensors(model, plan)
-    extra = dict(metadata or {})
-    extra.update(framework="torch", source="module", weightzip=__version__, torch_dtypes=torch_dtypes)
+    stored.update(extra_tensors or {})
+    extra = {"source": "module", **(metadata or {})}
+    extra.update(framework="torch", weightzip=__version__, torch_dtypes=torch_dtypes)
     if report is not None:
         extra[METADATA_KEY] = report.to_metadata()
     return encode_wz(stored, extra, plan.write_options)
 
 
 def _plan_for_file_size(model: nn.Module, curves, target: int, metadata: dict | None,
-                        uncompressed: list[dict]) -> AllocationPlan:
+                        uncompressed: list[dict], extra_tensors: dict | None) -> AllocationPlan:
     """The allocation whose whole `.wz` file (other tensors, header and report included) fits `target` bytes."""
     if isinstance(target, bool) or not isinstance(target, (int, np.integer)) or target <= 0:
         raise WeightzipError(f"target size must be a positive number of bytes, got {target!r}")
     smallest = AllocationPlan({name: curve.smallest() for name, curve in curves.items()},
                               next(iter(curves.values())).write_options)
-    overhead = len(_encode(model, smallest, _report_stub(smallest, uncompressed), metadata)) \
+    overhead = len(_encode(model, smallest, _report_stub(smallest, uncompressed), metadata, extra_tensors)) \
         - smallest.total_bytes + _HEADER_SLACK
     budget = target - overhead
     if budget < smallest.total_bytes:
@@ -314,7 +323,7 @@ def _plan_for_file_size(model: nn.Module, curves, target: int, metadata: dict | 
             f"bytes (codebooks and indices {smallest.total_bytes:,}, other tensors and header {overhead:,})")
     for _ in range(6):
         plan = allocate(curves, target_bytes=budget)
-        size = len(_encode(model, plan, _report_stub(plan, uncompressed), metadata)) + _HEADER_SLACK
+        size = len(_encode(model, plan, _report_stub(plan, uncompressed), metadata, extra_tensors)) + _HEADER_SLACK
         if size <= target:
             return plan
         budget -= size - target
