@@ -11,7 +11,6 @@ runnable (``load_runnable`` returns None).
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import torch
@@ -19,18 +18,9 @@ from torch import nn
 
 from weightzip.core.errors import WeightzipError
 from weightzip.torch.targets import UnsupportedLayerError, WeightTarget, find_targets
+from weightzip.torch.torchscript import is_torchscript_archive
 
 EXPORTED_SUFFIX = ".pt2"
-
-
-def is_torchscript_archive(path) -> bool:
-    """True for a zip written by ``torch.jit.save`` (it holds TorchScript code and constants)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return False
-    return any(name.endswith("/constants.pkl") for name in names) and any("/code/" in name for name in names)
 
 
 def load_runnable(path) -> tuple[nn.Module, tuple[int, ...] | None] | None:
