@@ -86,17 +86,18 @@ def render_html(report: FileReport, figures: dict[str, bytes], histograms: dict[
                                          for s in STAGES if stages[s]) + "</p>")
     parts.append(_figure("stages", figures["stages"]))
     parts.append("<h2>Bits per weight</h2>" + _figure("bits", figures["bits"]))
-    parts.append("<h2>Tensors</h2><p class='note'>Click a column header to sort. b/w: bits per weight of the "
-                 "dense tensor; the container (header, checksums, carried metadata) is shared out by weights. "
-                 "Stage columns: compression rate after pruning, clustering, entropy coding.</p>")
-    parts.append(_table(report.tensors))
     parts.append("<h2>Weight histograms</h2><p class='note'>Clustered tensors and stored tensors of rank &ge; 2 "
                  "(biases and normalisation statistics are in the table only). Zeros (pruned weights) are a bar "
                  "of their own; centroid values are marked on the axis.</p><div class='figures'>")
     for tensor in report.tensors:
         if tensor.name in histograms:
             parts.append(_figure(histograms[tensor.name], figures[histograms[tensor.name]], tensor.name))
-    parts.append(f"</div><script>{SCRIPT}</script></body></html>")
+    parts.append("</div>")
+    parts.append("<h2>Tensors</h2><p class='note'>Click a column header to sort. b/w: bits per weight of the "
+                 "dense tensor; the container (header, checksums, carried metadata) is shared out by weights. "
+                 "Stage columns: compression rate after pruning, clustering, entropy coding.</p>")
+    parts.append(_table(report.tensors))
+    parts.append(f"<script>{SCRIPT}</script></body></html>")
     return "\n".join(parts)
 
 
