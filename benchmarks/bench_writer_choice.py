@@ -7,6 +7,7 @@ packed / Huffman / ANS) and keep the smallest; it now sizes each candidate from 
 packed and Huffman, a lower bound for ANS) and encodes only those that can win. Both runs compress the
 same file on the same machine, one after the other, in fresh processes; the script prints wall and CPU
 time (user + sys of the child: the fairer figure on a shared machine), weights/s, and the output sizes.
+Then the writer alone: both trees' `encode_wz` on the same clustered matrices (CPU time, weights/s, bytes).
 
     python benchmarks/bench_writer_choice.py                 # before = the default revision below
     python benchmarks/bench_writer_choice.py --before main   # any revision
@@ -67,6 +68,45 @@ def compress(tree: Path, source: Path, output: Path, clusters: int) -> tuple[flo
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
+WRITER_ONLY = """
+import sys, time
+import numpy as np
+from weightzip.core import ClusteredTensor
+from weightzip.format import encode_wz
+with np.load(sys.argv[1]) as stored:
+    names = sorted({key.rsplit("/", 1)[0] for key in stored.files})
+    tensors = {name: ClusteredTensor(stored[name + "/codebook"], stored[name + "/indices"]) for name in names}
+encode_wz({names[0]: tensors[names[0]]})  # numba compilation / cache load outside the timing
+start = time.process_time()
+data = encode_wz(tensors)
+print(time.process_time() - start, len(data))
+"""
+
+
+def clustered_tensors(source: Path, target: Path, clusters: int) -> int:
+    """The checkpoint's matrices clustered once (this checkout's core), saved for the writer-only runs."""
+    from safetensors.numpy import load_file
+
+    from weightzip.core import ClusterConfig, cluster_array
+
+    arrays = {}
+    for name, array in load_file(str(source)).items():
+        if array.ndim == 2:
+            clustered = cluster_array(array, ClusterConfig(clusters, "optimal"))
+            arrays[name + "/codebook"], arrays[name + "/indices"] = clustered.codebook, clustered.indices
+    np.savez(target, **arrays)
+    return sum(value.size for key, value in arrays.items() if key.endswith("/indices"))
+
+
+def writer_only(tree: Path, tensors: Path) -> tuple[float, int]:
+    """(CPU seconds of encode_wz on the clustered matrices, file bytes) with `tree`'s writer."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    result = subprocess.run([sys.executable, "-c", WRITER_ONLY, str(tensors)], env=env, check=True,
+                            capture_output=True, text=True)
+    seconds, size = result.stdout.split()
+    return float(seconds), int(size)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--before", default=DEFAULT_BEFORE, help=f"git revision of 'before' (default {DEFAULT_BEFORE})")
@@ -90,6 +130,13 @@ def main() -> int:
             print(f"{label:<28} {wall:7.1f} {cpu:7.1f} {weights / cpu / 1e6:14.2f}M {output.stat().st_size:12,}")
         change = sizes["after"] - sizes["before"]
         print(f"size change: {change:+,} bytes ({'same or fewer' if change <= 0 else 'MORE'})")
+        tensors = scratch / "clustered.npz"
+        weights = clustered_tensors(source, tensors, args.clusters)
+        print(f"\nwriter only: encode_wz of the {weights:,} clustered weights (k={args.clusters}, same tensors)")
+        print(f"{'writer':<28} {'CPU s':>7} {'weights/s (CPU)':>16} {'.wz bytes':>12}")
+        for label, tree in ((f"before ({args.before})", scratch / "before"), ("after (this checkout)", REPO)):
+            cpu, size = writer_only(tree, tensors)
+            print(f"{label:<28} {cpu:7.2f} {weights / cpu / 1e6:14.2f}M {size:12,}")
     return 0
 
 
