@@ -90,7 +90,9 @@ def test_decoder_equals_constriction_on_valid_and_random_words(alphabet, count, 
     cdf = ans._quantized_cdf(counts / counts.sum())
     table = np.searchsorted(cdf[:-1], np.arange(1 << 12, dtype=np.int64) << 12, side="right") - 1
     raw = np.empty(count, dtype=np.int64)
-    exhausted = ans._decode_kernel(noise, cdf, table, raw)
+    histogram = np.zeros(alphabet, dtype=np.int64)
+    exhausted = ans._decode_kernel(noise, cdf, table, raw, histogram)
+    np.testing.assert_array_equal(histogram, np.bincount(expected, minlength=alphabet))
     assert empty or not exhausted  # ours is also stricter: no words may be left
     np.testing.assert_array_equal(raw, expected)
 

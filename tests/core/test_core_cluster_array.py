@@ -174,3 +174,19 @@ def test_index_dtype_widens_past_256_clusters():
     clustered = cluster_array(weights, ClusterConfig(300, init="optimal"))
     assert clustered.indices.dtype == np.uint16
     assert len(np.unique(clustered.decode())) <= 300
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("index_dtype", [np.uint8, np.uint16, np.int64])
+def test_one_row_decode_is_a_lookup_and_refuses_indices_out_of_range(dtype, index_dtype):
+    from weightzip.core import ClusteredTensor
+
+    rng = np.random.default_rng(0)
+    codebook = rng.normal(size=(1, 5)).astype(dtype)
+    indices = rng.integers(0, 5, size=(7, 9)).astype(index_dtype)
+    decoded = ClusteredTensor(codebook, indices).decode()
+    assert decoded.dtype == dtype and decoded.shape == (7, 9)
+    np.testing.assert_array_equal(decoded, codebook[0][indices.astype(np.int64)])
+    indices[3, 4] = 5
+    with pytest.raises(IndexError):
+        ClusteredTensor(codebook, indices).decode()

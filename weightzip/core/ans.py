@@ -73,10 +73,11 @@ def ans_decode(words, count: int, counts) -> np.ndarray:
     first_symbol = np.searchsorted(cdf[:-1], np.arange(1 << (PRECISION - _TABLE_SHIFT), dtype=np.int64)
                                    << _TABLE_SHIFT, side="right") - 1
     symbols = np.empty(count, dtype=_symbol_dtype(counts.size))
-    exhausted = _decode_kernel(np.ascontiguousarray(words), cdf, first_symbol, symbols)
+    histogram = np.zeros(counts.size, dtype=np.int64)
+    exhausted = _decode_kernel(np.ascontiguousarray(words), cdf, first_symbol, symbols, histogram)
     if not exhausted:
         raise WeightzipError(f"ANS stream has data left over after its {count} symbols")
-    if not np.array_equal(np.bincount(symbols, minlength=counts.size), counts):
+    if not np.array_equal(histogram, counts):
         raise WeightzipError("ANS stream decodes to symbols that do not match its stored counts")
     return symbols
 
@@ -125,9 +126,10 @@ def _quantized_cdf(probabilities):
 
 
 @numba.njit(cache=True, nogil=True)
-def _decode_kernel(words, cdf, first_symbol, out):
+def _decode_kernel(words, cdf, first_symbol, out, histogram):
     """constriction's AnsCoder.decode: state from the last words, then per symbol quantile → symbol,
-    state update and refill from the end of `words`. Returns whether the coder is empty afterwards."""
+    state update and refill from the end of `words`; `histogram` counts the symbols. Returns whether
+    the coder is empty afterwards."""
     mask = np.uint64((1 << PRECISION) - 1)
     low = np.uint64(1) << np.uint64(64 - _WORD_BITS)
     position = words.shape[0]
@@ -158,4 +160,5 @@ def _decode_kernel(words, cdf, first_symbol, out):
             state = (state << np.uint64(_WORD_BITS)) | np.uint64(words[position - 1])
             position -= 1
         out[i] = symbol
+        histogram[symbol] += 1
     return state == 0 and position == 0

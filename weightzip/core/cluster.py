@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from weightzip.core.assign import assign_to_centroids, index_dtype
@@ -87,8 +88,15 @@ class ClusteredTensor:
 
     def decode(self) -> np.ndarray:
         """The clustered weights: each weight replaced by its centroid."""
-        if self.axis is None or self.codebook.shape[0] == 1:  # one row: a plain take, no broadcast index
-            return np.take(self.codebook[0], self.indices)
+        if self.axis is None or self.codebook.shape[0] == 1:  # one row: a lookup, no broadcast index
+            row, indices = np.ascontiguousarray(self.codebook[0]), np.ascontiguousarray(self.indices)
+            fits = row.shape[0] >= 1 << (8 * indices.dtype.itemsize) or indices.size == 0 \
+                or int(indices.max()) < row.shape[0]
+            if row.dtype.itemsize < 4 or indices.dtype.kind != "u" or not fits:  # numba has no float16;
+                return row[indices]  # out-of-range indices: NumPy's IndexError
+            out = np.empty(indices.shape, dtype=row.dtype)
+            _lookup(row, indices.reshape(-1), out.reshape(-1))
+            return out
         return self.codebook[self.group_of_each_weight(), self.indices]
 
 
@@ -177,3 +185,9 @@ def _fit_or_exact(values, weight, k, config: ClusterConfig, rng) -> np.ndarray:
         if distinct.shape[0] >= k:
             raise
         return np.concatenate((distinct, np.full(k - distinct.shape[0], distinct[-1])))
+
+
+@numba.njit(cache=True, nogil=True)
+def _lookup(row, indices, out):
+    for i in range(indices.shape[0]):
+        out[i] = row[indices[i]]
