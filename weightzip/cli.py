@@ -375,13 +375,16 @@ def _decompress(args: argparse.Namespace) -> int:
         return 0
     check_output_path(output, overwrite=args.overwrite, inputs=(source,))
     framework = metadata.get("framework")
+    if framework != "keras" and args.custom_objects is not None:
+        raise CliError(f"--custom-objects applies to Keras models only ({source} holds {framework!r})")
     if framework == "keras":
         if output.suffix not in (".keras", ".tflite"):
             raise CliError(f"{output}: a Keras model decompresses to .keras or .tflite, not {output.suffix!r}")
         _import_keras(args)
+        from weightzip.keras.loading import custom_objects_from
         from weightzip.keras.storage import load_wz
 
-        model = load_wz(source)
+        model = load_wz(source, custom_objects=custom_objects_from(args.custom_objects))
         with atomic_output(output, overwrite=args.overwrite, inputs=(source,)) as temporary:
             if output.suffix == ".keras":
                 model.save(temporary)
@@ -487,7 +490,9 @@ def build_parser() -> argparse.ArgumentParser:
         "compress", help="prune, cluster and encode a model into a .wz file",
         description="Keras (.keras/.h5): with --data, the Deep Compression pipeline (prune + retrain, cluster + "
         "retrain centroids, entropy-coded .wz); without, post-training pruning and optimal 1-D clustering (exact up to 65,536 weights per tensor and for 16-bit weights; larger float32 tensors: optimal over a 65,536-bin histogram). "
-        "PyTorch checkpoints (.pt/.pth/.bin/.safetensors): post-training clustering of every weight matrix. "
+        "PyTorch checkpoints (.pt/.pth/.bin/.safetensors state_dicts, and TorchScript archives, recognised by "
+        "their content whatever their suffix): post-training clustering of every weight matrix. "
+        "Legacy Keras 2 .h5 files load (known legacy layer arguments handled); custom layers: --custom-objects. "
         "The input is never modified; the output is written atomically.")
     compress.add_argument("input", help="model file (.keras, .h5, .pt, .pth, .bin, .safetensors) or a Hugging Face "
                           "model directory (config.json + model.safetensors or its shards and index)")
@@ -538,11 +543,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     decompress = commands.add_parser(
         "decompress", help="decode a .wz file back to a working model",
-        description="Keras: .keras or .tflite (float LiteRT). PyTorch: .safetensors, .pt, .pth or .bin state_dict.")
+        description="Keras: .keras or .tflite (float LiteRT). PyTorch: .safetensors, .pt, .pth or .bin state_dict; "
+        "a .wz made from a TorchScript archive gives the archive back (.pt, .pth, .jit, .ts, .torchscript, .zip) "
+        "with the decoded weights, or its state_dict (.safetensors, .bin).")
     decompress.add_argument("input", help="the .wz file")
     decompress.add_argument("-o", "--output", required=True,
                             help="the model file to write (a directory for a .wz made from a model directory)")
     decompress.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    decompress.add_argument("--custom-objects", metavar="MODULE",
+                            help="Keras: the .py file or dotted module path of the model's custom layers")
     decompress.set_defaults(handler=_decompress)
 
     inspect = commands.add_parser(

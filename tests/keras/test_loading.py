@@ -87,9 +87,25 @@ def test_custom_layer_model_needs_and_takes_custom_objects(tmp_path, capsys):
     assert "TimesTwo" in err and "--custom-objects" in err and err.count("\n") == 1, err
     assert not output.exists()
     assert main(["compress", str(source), "-o", str(output), "--custom-objects", str(tmp_path / "my_layers.py"),
-                 "--clusters", "4"]) == 0
+                 "--clusters", "16"]) == 0
     model = load_model(source, custom_objects=tmp_path / "my_layers.py")
     assert type(model.layers[1]).__name__ == "TimesTwo"
+    restored = tmp_path / "restored.keras"
+    assert main(["decompress", str(output), "-o", str(restored)]) == 2  # the .wz needs the class too
+    err = capsys.readouterr().err
+    assert "TimesTwo" in err and err.count("\n") == 1, err
+    assert main(["decompress", str(output), "-o", str(restored), "--custom-objects",
+                 str(tmp_path / "my_layers.py")]) == 0
+    objects = custom_objects_from(tmp_path / "my_layers.py")
+    x = np.random.default_rng(0).normal(size=(4, 6)).astype(np.float32)
+    decoded = load_wz(output, custom_objects=objects)
+    reloaded = keras.models.load_model(restored, custom_objects=objects)
+    np.testing.assert_allclose(reloaded.predict(x, verbose=0), decoded.predict(x, verbose=0), rtol=1e-6)
+    kernel = decoded.layers[0].kernel.numpy()
+    assert len(np.unique(kernel)) == 16
+    reference = model.predict(x, verbose=0)
+    relative_error = np.linalg.norm(decoded.predict(x, verbose=0) - reference) / np.linalg.norm(reference)
+    assert relative_error < 0.1, relative_error  # 16 shared weights per kernel, post-training
 
 
 def test_custom_objects_as_dotted_module_path(tmp_path, monkeypatch):

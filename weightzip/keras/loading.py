@@ -103,7 +103,7 @@ def _import_module(spec: str) -> ModuleType:
         raise
     except Exception as error:  # the user's module may raise anything while it is imported
         raise ModelLoadError(f"custom objects {spec}: cannot import it ({type(error).__name__}: "
-                             f"{_first_line(error)})") from None
+                             f"{first_line(error)})") from None
 
 
 def load_model(path: str | os.PathLike, custom_objects=None, *, compile: bool = True) -> keras.Model:
@@ -130,7 +130,7 @@ def load_model(path: str | os.PathLike, custom_objects=None, *, compile: bool = 
         hint = ""
         if "locate" in str(cause) or "Unknown layer" in str(cause) or "custom" in str(cause).lower():
             hint = " (a custom layer? pass its module with --custom-objects / custom_objects=)"
-        raise ModelLoadError(f"{path}: Keras cannot load it: {type(cause).__name__}: {_first_line(cause)}{hint}") \
+        raise ModelLoadError(f"{path}: Keras cannot load it: {type(cause).__name__}: {first_line(cause)}{hint}") \
             from None
     if not isinstance(model, keras.Model):
         raise ModelLoadError(f"{path}: holds a {type(model).__name__}, not a Keras model")
@@ -148,7 +148,8 @@ def _root_cause(error: BaseException) -> BaseException:
     return error
 
 
-def _first_line(error: BaseException, limit: int = 300) -> str:
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The reason an exception gives, in one line of at most `limit` characters."""
     text = str(error).strip()
     if "Exception encountered:" in text:  # Keras wraps the reason after a dump of the whole layer config
         text = text.rsplit("Exception encountered:", 1)[1].strip()

@@ -90,9 +90,11 @@ def load_wz(path, *, custom_objects: dict | None = None) -> keras.Model:
     try:
         model = keras.saving.deserialize_keras_object(config, custom_objects=custom_objects)
     except Exception as error:  # Keras raises anything from KeyError to TypeError for a malformed config
-        message = (str(error).strip().splitlines() or [""])[0]
+        from weightzip.keras.loading import first_line  # Keras's reason, not its dump of the whole config
+
+        hint = "" if custom_objects else "; a custom layer? pass its module with --custom-objects / custom_objects="
         raise WzFormatError(f"{path}: the stored Keras model config cannot be rebuilt "
-                            f"({type(error).__name__}: {message[:200]})") from None
+                            f"({type(error).__name__}: {first_line(error, 200)}){hint}") from None
     if not isinstance(model, keras.Model):
         raise WzFormatError(f"{path}: the stored config rebuilds a {type(model).__name__}, not a Keras model")
     variables = model.weights
