@@ -21,9 +21,7 @@ Every weight left uncompressed is listed in the report with its reason.
 from __future__ import annotations
 
 import copy
-import math
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -34,9 +32,8 @@ from weightzip.core.allocation import (
     AllocationPlan, Candidates, TargetUnreachableError, TensorToCompress, allocate, rate_distortion_curves,
     smallest_plan, uniform_plan)
 from weightzip.core.errors import WeightzipError
-from weightzip.core.fidelity import (
-    FIDELITY_FLOOR, Fidelity, fidelity_summary, fidelity_warning, measure_fidelity, split_calibration)
-from weightzip.core.options import ParsableEnum
+from weightzip.core.fidelity import Fidelity, measure_fidelity, split_calibration
+from weightzip.core.post_training import PostTrainingReport, Sensitivity  # shared with the Keras front end
 from weightzip.format import encode_wz
 from weightzip.atomic import check_output_path, write_bytes_atomically
 from weightzip.torch.calibration import (
@@ -46,64 +43,6 @@ from weightzip.torch.targets import WeightTarget
 from weightzip.torch.tensors import to_numpy
 
 METADATA_KEY = "post_training"
-
-
-class Sensitivity(ParsableEnum):
-    """Which per-weight importance weights the clustering error (see :mod:`weightzip.torch.calibration`)."""
-
-    FISHER = "fisher"
-    ACTIVATION = "activation"
-    NONE = "none"
-
-
-@dataclass
-class PostTrainingReport:
-    """What was done to each tensor and how close the result stays to the float model."""
-
-    plan: AllocationPlan
-    uncompressed: list[dict]  # {"tensor", "shape", "reason"} for every tensor stored as it was
-    fidelity: Fidelity | None
-    sensitivity: str
-    mode: str  # "uniform k=16 per tensor", "3.0 bits per weight", ...
-    seconds: float
-    file_bytes: int | None = None
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def bits_per_weight(self) -> float:
-        return self.plan.bits_per_weight
-
-    def rows(self) -> list[dict]:
-        """Per compressed tensor: k, granularity, bits/weight, sensitivity-weighted error."""
-        return self.plan.report_rows()
-
-    def worst_tensors(self, count: int = 3) -> list[str]:
-        return self.plan.worst_tensors(count)
-
-    def warning(self, suggestion: str | None = None) -> str | None:
-        """One line when the measured fidelity is below the floor, naming the worst layers; else None."""
-        if suggestion is None:
-            more = max(4.0, math.ceil(self.bits_per_weight) + 1)
-            suggestion = f"--bits-per-weight {more:g} with --calibration (sensitivity-weighted allocation)"
-        return fidelity_warning(self.fidelity, self.worst_tensors(), suggestion)
-
-    def summary_lines(self) -> list[str]:
-        lines = [f"post-training ({self.mode}, sensitivity {self.sensitivity}): {len(self.plan.choices)} weight "
-                 f"tensors at {self.bits_per_weight:.3f} bits per weight ({self.plan.total_bytes:,} bytes), "
-                 f"{self.seconds:.1f} s", fidelity_summary(self.fidelity)]
-        if self.uncompressed:
-            shown = "; ".join(f"{u['tensor']} ({u['reason']})" for u in self.uncompressed[:6])
-            more = f"; and {len(self.uncompressed) - 6} more" if len(self.uncompressed) > 6 else ""
-            lines.append(f"left uncompressed: {shown}{more}")
-        return lines + self.notes
-
-    def to_metadata(self) -> dict:
-        fidelity = None if self.fidelity is None else {
-            key: round(value, 6) if isinstance(value, float) else value for key, value in self.fidelity.to_dict().items()}
-        return {"mode": self.mode, "sensitivity": self.sensitivity,
-                "bits_per_weight": round(self.bits_per_weight, 5), "compressed_bytes": self.plan.total_bytes,
-                "fidelity": fidelity,
-                "tensors": self.rows(), "uncompressed": self.uncompressed, "seconds": round(self.seconds, 2)}
 
 
 def compress_post_training(
