@@ -373,6 +373,12 @@ def _decompress(args: argparse.Namespace) -> int:
         written = rebuild(source, output, overwrite=args.overwrite)
         print(f"wrote {output}/: {len(written)} files")
         return 0
+    if ("hf" in metadata or "safetensors" in metadata) and output.suffix == ".safetensors":
+        from weightzip.torch.hf import decompress_safetensors_file  # streamed: one tensor in memory at a time
+
+        size = decompress_safetensors_file(source, output, overwrite=args.overwrite)
+        print(f"wrote {output}: {size:,} bytes")
+        return 0
     check_output_path(output, overwrite=args.overwrite, inputs=(source,))
     framework = metadata.get("framework")
     if framework != "keras" and args.custom_objects is not None:

@@ -101,3 +101,14 @@ def test_foreign_file_is_not_a_safetensors_file(tmp_path):
     path.write_bytes(b"\xff" * 64)
     with pytest.raises(ShardError, match="not a safetensors file"):
         open_safetensors(path)
+
+
+def test_tensors_kept_past_the_iteration_stay_valid(tmp_path):
+    tensors = _tensors()
+    _sharded_dir(tmp_path, tensors)
+    kept = dict(open_safetensors(tmp_path).tensors())  # every view outlives its step and the generator
+    import gc
+
+    gc.collect()
+    for name, tensor in tensors.items():
+        assert torch.equal(kept[name], tensor)

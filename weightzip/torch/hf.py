@@ -31,13 +31,14 @@ import numpy as np
 import torch
 
 from weightzip import __version__
-from weightzip.atomic import atomic_directory, check_output_path
+from weightzip.atomic import atomic_directory, atomic_output, check_output_path
 from weightzip.core import CentroidInitialization, ClusterConfig, ClusteredTensor
 from weightzip.core.errors import WeightzipError
 from weightzip.format import WriteOptions, read_metadata, write_wz
 from weightzip.format.reader import inspect_wz, read_tensor
 from weightzip.torch.checkpoint import WIDENED_DTYPES, as_stored_tensor, encode_tensor
-from weightzip.torch.shards import DTYPES, ShardError, ShardLayout, open_safetensors, write_sharded
+from weightzip.torch.shards import DTYPES, ShardError, ShardLayout, open_safetensors, write_safetensors, \
+    write_sharded
 
 METADATA_KEY = "hf"  # a model directory: shard layout, tensor specs, carried files
 CHECKPOINT_KEY = "safetensors"  # a bare (sharded) safetensors checkpoint: shard layout and tensor specs
@@ -199,6 +200,22 @@ def decompress_safetensors(path, directory, *, overwrite: bool = False) -> list[
     return _write_checkpoint(path, metadata, stored, directory, overwrite, {})
 
 
+def decompress_safetensors_file(path, output, *, overwrite: bool = False) -> int:
+    """Write every tensor of a `.wz` made from safetensors (a checkpoint or a model directory) into the one
+    ``.safetensors`` file `output`, streaming one tensor at a time; returns the bytes written."""
+    path = Path(path)
+    metadata = read_metadata(path)
+    stored = metadata.get(CHECKPOINT_KEY, metadata.get(METADATA_KEY))
+    if metadata.get("framework") != "torch" or not isinstance(stored, dict):
+        raise ModelDirectoryError(f"{path}: has no safetensors shard layout")
+    layout = ShardLayout.from_json(stored.get("layout"), str(path))
+    specs, fetch = _checked_fetch(path, metadata, stored, layout)
+    names = [name for _, shard_names, _ in layout.shards for name in shard_names]
+    with atomic_output(output, overwrite=overwrite, inputs=(path,)) as temporary:
+        return write_safetensors(temporary, [(name, *specs[name]) for name in names], fetch,
+                                 layout.shards[0][2] or {"format": "pt"})
+
+
 def has_shard_layout(metadata: dict) -> bool:
     """Whether a `.wz` file's metadata describes safetensors shards (a model directory or a sharded checkpoint)."""
     return isinstance(metadata.get(METADATA_KEY), dict) or isinstance(metadata.get(CHECKPOINT_KEY), dict)
@@ -207,9 +224,22 @@ def has_shard_layout(metadata: dict) -> bool:
 def _write_checkpoint(path: Path, metadata: dict, stored: dict, directory, overwrite: bool, files: dict) -> list[str]:
     directory = Path(directory)
     layout = ShardLayout.from_json(stored.get("layout"), str(path))
-    specs = _specs_from_json(stored.get("specs"), layout, path)
     if directory.exists() and not overwrite:
         raise WeightzipError(f"{directory} already exists (pass overwrite=True / --overwrite to replace it)")
+    specs, fetch = _checked_fetch(path, metadata, stored, layout)
+    with atomic_directory(directory, overwrite=overwrite, inputs=(path,)) as temporary:
+        written = write_sharded(temporary, layout, specs, fetch)
+        for name, packed in files.items():
+            target = temporary / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(_unpack_file(name, packed, path))
+            written.append(name)
+    return written
+
+
+def _checked_fetch(path: Path, metadata: dict, stored: dict, layout: ShardLayout):
+    """(tensor specs, fetch(name) decoding one tensor) after checking the file holds every tensor named."""
+    specs = _specs_from_json(stored.get("specs"), layout, path)
     summary = inspect_wz(path)
     held = {row.name for row in summary.report.rows}
     missing = [name for name in specs if name not in held]
@@ -225,14 +255,7 @@ def _write_checkpoint(path: Path, metadata: dict, stored: dict, directory, overw
         array = value.decode() if isinstance(value, ClusteredTensor) else value
         return as_stored_tensor(array, specs[name][0] if name in torch_dtypes else None)
 
-    with atomic_directory(directory, overwrite=overwrite, inputs=(path,)) as temporary:
-        written = write_sharded(temporary, layout, specs, fetch)
-        for name, packed in files.items():
-            target = temporary / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(_unpack_file(name, packed, path))
-            written.append(name)
-    return written
+    return specs, fetch
 
 
 def _specs_json(checkpoint) -> dict:

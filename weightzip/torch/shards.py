@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import struct
 from collections.abc import Callable, Iterable, Iterator
@@ -138,17 +139,45 @@ class SafetensorsCheckpoint:
         return sum(entry.nbytes for header in self.headers.values() for entry in header.entries)
 
     def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """(name, tensor) in layout order, one at a time, from memory-mapped files (CPU)."""
-        from safetensors import safe_open
+        """(name, tensor) in layout order, one at a time, from memory-mapped files (CPU).
 
+        Each tensor is a view of the file's (copy-on-write) mapping; once the consumer asks for the next one,
+        the previous tensor's pages are handed back to the system (``madvise(MADV_DONTNEED)``), so the resident
+        memory stays about one tensor however large the checkpoint. A tensor kept longer stays valid (its
+        pages are read from the file again when touched; writes to it are private and may be dropped).
+        """
         for file, names, _ in self.layout.shards:
-            path = self.directory / file
+            header = self.headers[file]
+            entries = {entry.name: entry for entry in header.entries}
             try:
-                with safe_open(str(path), framework="pt", device="cpu") as handle:
-                    for name in names:
-                        yield name, handle.get_tensor(name)
-            except (OSError, RuntimeError) as error:  # the safetensors library's own errors are RuntimeErrors
-                raise ShardError(f"{path}: cannot be read ({error})") from None
+                with open(header.path, "rb") as stream:
+                    # not closed here: tensors still referenced keep the mapping alive (torch.frombuffer holds it)
+                    mapped = mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_COPY)
+            except (OSError, ValueError) as error:
+                raise ShardError(f"{header.path}: cannot be read ({error})") from None
+            for name in names:
+                entry = entries[name]
+                start = header.data_start + entry.begin
+                yield name, _view(mapped, start, entry)
+                _release(mapped, start, entry.nbytes)
+            del mapped
+
+
+def _view(mapped: mmap.mmap, start: int, entry: TensorEntry) -> torch.Tensor:
+    dtype = DTYPES[entry.dtype]
+    if entry.nbytes == 0:
+        return torch.empty(entry.shape, dtype=dtype)
+    return torch.frombuffer(mapped, dtype=dtype, count=entry.nbytes // dtype.itemsize,
+                            offset=start).reshape(entry.shape)
+
+
+def _release(mapped: mmap.mmap, start: int, length: int) -> None:
+    """Drop the pages of [start, start + length) from memory (they are re-read from the file if touched)."""
+    if not hasattr(mmap, "MADV_DONTNEED") or length == 0:
+        return
+    page = mmap.PAGESIZE
+    first = start - start % page
+    mapped.madvise(mmap.MADV_DONTNEED, first, start + length - first)
 
 
 def read_header(path) -> SafetensorsHeader:
