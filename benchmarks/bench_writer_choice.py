@@ -61,8 +61,9 @@ def compress(tree: Path, source: Path, output: Path, clusters: int) -> tuple[flo
     env = {**os.environ, "PYTHONPATH": str(tree), "TF_CPP_MIN_LOG_LEVEL": "3"}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
+    # cwd: the scratch directory, so that `python -m` cannot import the checkout's package from the cwd.
     subprocess.run([sys.executable, "-m", "weightzip.cli", "compress", str(source), "-o", str(output),
-                    "--clusters", str(clusters)], env=env, check=True, capture_output=True)
+                    "--clusters", str(clusters)], env=env, check=True, capture_output=True, cwd=source.parent)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -101,8 +102,11 @@ def clustered_tensors(source: Path, target: Path, clusters: int) -> int:
 def writer_only(tree: Path, tensors: Path) -> tuple[float, int]:
     """(CPU seconds of encode_wz on the clustered matrices, file bytes) with `tree`'s writer."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
+    check = subprocess.run([sys.executable, "-c", "import weightzip; print(weightzip.__file__)"], env=env,
+                           check=True, capture_output=True, text=True, cwd=tensors.parent).stdout
+    assert check.startswith(str(tree)), f"imported {check} instead of {tree}'s package"
     result = subprocess.run([sys.executable, "-c", WRITER_ONLY, str(tensors)], env=env, check=True,
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, cwd=tensors.parent)
     seconds, size = result.stdout.split()
     return float(seconds), int(size)
 
