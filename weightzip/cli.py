@@ -63,6 +63,9 @@ def _compress(args: argparse.Namespace) -> int:
     if not source.is_file():
         raise CliError(f"{source}: no such file")
     _check_compress_options(args)
+    if args.jobs is not None or args.scheduler is not None:  # parallel encoding reads tensors by name from shards
+        raise CliError(f"{'--jobs' if args.jobs is not None else '--scheduler'} applies to safetensors checkpoints "
+                       "given as a model directory or a model.safetensors.index.json")
     output = Path(args.output) if args.output else source.with_suffix(".wz")
     check_output_path(output, overwrite=args.overwrite, inputs=(source,))  # before any work
     if source.suffix in KERAS_SUFFIXES:
@@ -107,6 +110,10 @@ def _check_compress_options(args: argparse.Namespace) -> None:
     for option, clusters, sparsity in kinds:
         if sparsity and clusters == 1:
             raise CliError(f"{option} 1 leaves no shared weight besides the pruned zero: with a sparsity, use >= 2")
+    if args.jobs is not None and args.jobs < 1:
+        raise CliError(f"--jobs must be an integer >= 1, got {args.jobs}")
+    if args.jobs is not None and args.scheduler is not None:
+        raise CliError("--jobs and --scheduler exclude each other (the cluster's workers do the work)")
     if args.learning_rate is not None and not (args.learning_rate > 0 and math.isfinite(args.learning_rate)):
         raise CliError(f"--learning-rate must be a finite number > 0, got {args.learning_rate}")
     if args.data is None:
@@ -235,7 +242,8 @@ def _compress_directory(source: Path, args) -> int:
     with progress_bar(f"compressing {source.name}", enabled=not args.json) as update:
         summary = compress(source, output, number_of_clusters=settings["clusters"], init=settings["init"],
                                      per_channel=settings["per_channel"], group_size=settings["group_size"],
-                                     sparsity=settings["sparsity"], overwrite=args.overwrite, progress=update)
+                                     sparsity=settings["sparsity"], overwrite=args.overwrite, progress=update,
+                                     jobs=args.jobs, scheduler=args.scheduler)
     if args.json:
         print(json.dumps(summary.to_json()))
         return 0
@@ -543,6 +551,11 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("--sensitivity", choices=("fisher", "activation", "none"),
                           help="post-training: weight each weight's error by its Fisher information or its input's "
                           "E[x^2] (default: fisher with --calibration, else none)")
+    compress.add_argument("--jobs", type=int, metavar="N", help="safetensors checkpoints: compress tensors in N "
+                          "worker processes (same output bytes as without)")
+    compress.add_argument("--scheduler", metavar="ADDRESS", help="safetensors checkpoints: compress tensors on the "
+                          "Dask distributed cluster of this scheduler (e.g. tcp://host:8786); its workers read the "
+                          "input from shared storage")
     compress.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     compress.add_argument("--json", action="store_true", help="print only a JSON summary (one line) on stdout")
     compress.set_defaults(handler=_compress)

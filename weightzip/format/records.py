@@ -89,14 +89,36 @@ def encode_tensor(name: str, tensor, options: EncodeOptions, payload: PayloadBui
             array_record = _encode_array(name, decoded, options, plain)
             if plain.length < clustered.length:
                 record, clustered = array_record, plain
-        return _append_record(record, clustered, payload)
+        return _append_record(record, clustered.chunks, payload)
     return _encode_array(name, tensor, options, payload)
 
 
-def _append_record(record: dict, sections: PayloadBuilder, payload: PayloadBuilder) -> dict:
-    """`record` with its sections (built in their own builder) moved to the end of `payload`."""
+@dataclass(frozen=True)
+class EncodedRecord:
+    """One tensor encoded apart from the file (e.g. in a worker process): its header record, section offsets
+    counted from 0, and its sections' bytes in order. The writer appends the same bytes with the offsets moved,
+    so the file is byte-identical to one written by encoding the tensor in place."""
+
+    record: dict
+    sections: tuple[bytes, ...]
+
+
+def encode_record(name: str, tensor, options: EncodeOptions) -> EncodedRecord:
+    """`tensor` encoded on its own (see :func:`encode_tensor`), for :func:`append_encoded` later."""
+    sections = PayloadBuilder()
+    record = encode_tensor(name, tensor, options, sections)
+    return EncodedRecord(record, tuple(sections.chunks))
+
+
+def append_encoded(encoded: EncodedRecord, payload: PayloadBuilder) -> dict:
+    """The record of `encoded` with its sections appended to `payload`."""
+    return _append_record(encoded.record, encoded.sections, payload)
+
+
+def _append_record(record: dict, chunks, payload: PayloadBuilder) -> dict:
+    """`record` with its sections (`chunks`, built in their own builder) moved to the end of `payload`."""
     shift = payload.length
-    for chunk in sections.chunks:  # the same bytes, so the same CRCs, at offsets moved by `shift`
+    for chunk in chunks:  # the same bytes, so the same CRCs, at offsets moved by `shift`
         payload.add(chunk)
     return {key: ({**value, "offset": value["offset"] + shift} if isinstance(value, dict) and "offset" in value
                   else value) for key, value in record.items()}

@@ -16,7 +16,7 @@ from weightzip.core.errors import WeightzipError
 from weightzip.core.sparse import MAX_GAP_BITS
 from weightzip.format import schema
 from weightzip.format.container import END_MARKER, FOOTER, PREAMBLE, crc32_combine, header_bytes, preamble_bytes
-from weightzip.format.records import EncodeOptions, Layout, encode_tensor
+from weightzip.format.records import EncodedRecord, EncodeOptions, Layout, append_encoded, encode_tensor
 from weightzip.format.streams import Coding, PayloadBuilder
 
 
@@ -70,7 +70,8 @@ def write_wz(path, tensors, metadata: dict | None = None, *, options: WriteOptio
              overwrite: bool = False, inputs=()) -> int:
     """Write `tensors` and `metadata` to the `.wz` file `path`; returns the file size in bytes.
 
-    `tensors` is a dict of name -> ClusteredTensor or array, or any iterable of (name, tensor) pairs (e.g.
+    `tensors` is a dict of name -> ClusteredTensor or array (or an ``EncodedRecord`` made with the same
+    options by ``format.records.encode_record``, e.g. in a worker process), or any iterable of (name, tensor) pairs (e.g.
     a generator that loads one tensor at a time): each tensor's sections go to disk as soon as it is
     encoded, and the header (the index of every section) follows them, so the writer never holds more
     than one encoded tensor. The file is written to a temporary file in the same directory and moved into
@@ -98,7 +99,12 @@ def _write_stream(handle, tensors, metadata, options: WriteOptions) -> int:
         if name in names:
             raise WeightzipError(f"tensor name {name!r} given twice")
         names.add(name)
-        records.append(encode_tensor(name, tensor, encode_options, payload))
+        if isinstance(tensor, EncodedRecord):  # encoded elsewhere (weightzip.torch.parallel) with these options
+            if tensor.record.get("name") != name:
+                raise WeightzipError(f"encoded record of {tensor.record.get('name')!r} given as {name!r}")
+            records.append(append_encoded(tensor, payload))
+        else:
+            records.append(encode_tensor(name, tensor, encode_options, payload))
     header = {"metadata": metadata, "tensors": records, "payload_length": payload.length}
     stored, text_length = header_bytes(header, deflate_header=options.deflate_header)
     handle.write(stored)

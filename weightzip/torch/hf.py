@@ -119,7 +119,8 @@ def compress_safetensors(source, output, **options) -> DirectoryCompression:
     The shard layout is kept in the metadata (key ``safetensors``) so that :func:`decompress_safetensors`
     writes the same shards and index again. Options: number_of_clusters (None: no clustering, exact palettes
     where small), init, per_channel, group_size, sparsity, max_clusters, metadata, options (WriteOptions),
-    overwrite, progress (callback(name, bytes done, bytes in all)).
+    overwrite, progress (callback(name, bytes done, bytes in all)), jobs (encode in that many worker
+    processes) or scheduler (a Dask distributed scheduler address): same bytes as the serial run.
     """
     source = Path(source)
     checkpoint = open_safetensors(source)
@@ -133,8 +134,10 @@ def _compress_checkpoint(checkpoint, source: Path, output, layout_metadata: dict
                          per_channel: bool = False, group_size: int = 1, sparsity: float | None = None,
                          max_clusters: int = 256, metadata: dict | None = None,
                          options: WriteOptions = WriteOptions(), overwrite: bool = False,
-                         progress: Progress | None = None) -> DirectoryCompression:
-    """Stream the checkpoint's tensors, one at a time, through the encoder into the `.wz` writer."""
+                         progress: Progress | None = None, jobs: int | None = None,
+                         scheduler: str | None = None) -> DirectoryCompression:
+    """Stream the checkpoint's tensors, one at a time, through the encoder into the `.wz` writer (with `jobs`
+    or `scheduler`: encoded in parallel by :mod:`weightzip.torch.parallel`, written in the same order)."""
     output = Path(output)
     inputs = [checkpoint.directory / file for file in checkpoint.layout.files]
     check_output_path(output, overwrite=overwrite, inputs=inputs)
@@ -152,6 +155,25 @@ def _compress_checkpoint(checkpoint, source: Path, output, layout_metadata: dict
                     for entry in checkpoint.entries.values() if DTYPES[entry.dtype] in WIDENED_DTYPES}
     total, actions, done = checkpoint.total_bytes, [], [0]
 
+    if jobs is not None or scheduler is not None:
+        from weightzip.torch import parallel
+
+        parallel.check_parallel_options(jobs, scheduler)
+        settings = parallel.EncodeSettings(config, per_channel, max_clusters, sparsity, options.encode_options())
+        tasks = parallel.checkpoint_tasks(checkpoint)
+
+    def encoded_in_parallel():
+        results = parallel.ordered_map(parallel.encode_task, tasks, settings, jobs=jobs, scheduler=scheduler)
+        for number, (record, action) in enumerate(results):
+            task = tasks[number]
+            if progress is not None:
+                progress(task.name, done[0], total)
+            done[0] += task.nbytes
+            actions.append(action)
+            yield task.name, record
+        if progress is not None:
+            progress("", total, total)
+
     def encoded():
         for name, tensor in checkpoint.tensors():
             if progress is not None:
@@ -168,7 +190,8 @@ def _compress_checkpoint(checkpoint, source: Path, output, layout_metadata: dict
     extra = dict(metadata or {})
     extra.update(framework="torch", source=kind, weightzip=__version__, torch_dtypes=torch_dtypes)
     extra.update(layout_metadata)
-    size = write_wz(output, encoded(), extra, options=options, overwrite=overwrite, inputs=inputs)
+    stream = encoded() if jobs is None and scheduler is None else encoded_in_parallel()
+    size = write_wz(output, stream, extra, options=options, overwrite=overwrite, inputs=inputs)
     return DirectoryCompression(str(source), str(output), size, total, actions)
 
 
