@@ -50,6 +50,11 @@ def _inspect(args: argparse.Namespace) -> int:
         return 0
     # Plain text, never rich markup: names and metadata come from the file (see weightzip.format.inspect).
     print(summary_line(summary.report, summary.version, summary.metadata))
+    if "post_training" in summary.metadata:  # measured fidelity (or 'not measured'), one line
+        from weightzip.core.fidelity import recorded_summary
+        from weightzip.format.inspect import printable
+
+        print(printable(recorded_summary(summary.metadata["post_training"])))
     print(table_text(summary.report))
     return 0
 

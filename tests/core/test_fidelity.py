@@ -5,7 +5,8 @@ import pytest
 
 from weightzip.core.errors import WeightzipError
 from weightzip.core.fidelity import (
-    FIDELITY_FLOOR, NOT_MEASURED, Fidelity, fidelity_summary, fidelity_warning, measure_fidelity, split_calibration)
+    FIDELITY_FLOOR, NOT_MEASURED, Fidelity, fidelity_summary, fidelity_warning, measure_fidelity, recorded_summary,
+    split_calibration)
 
 
 def test_identical_outputs_are_perfect_and_known_perturbation_is_measured():
@@ -58,3 +59,12 @@ def test_warning_only_below_the_floor_and_names_layers():
     assert "\n" not in line and "features.0.0.weight" in line and "--bits-per-weight 4" in line
     assert "0.500 < 0.9" in line and FIDELITY_FLOOR["relative_output_error"] == 0.1
     assert fidelity_warning(None, [], "x") is None
+
+
+def test_recorded_summary_of_file_metadata_never_raises():
+    good = {"mode": "3 bits per weight", "bits_per_weight": 2.99, "fidelity": Fidelity(16, 0.9, 0.1, 0.95).to_dict()}
+    assert recorded_summary(good) == "post-training (3 bits per weight), 2.990 bits per weight: " + \
+        Fidelity(16, 0.9, 0.1, 0.95).summary()
+    assert recorded_summary({"fidelity": None}).endswith(NOT_MEASURED)
+    assert "malformed" in recorded_summary({"fidelity": {"samples": "x"}})
+    assert "malformed" in recorded_summary([1, 2])

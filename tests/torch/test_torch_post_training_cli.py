@@ -48,6 +48,8 @@ def test_runnable_inputs_compress_to_a_target_with_measured_fidelity(files, tmp_
                  "--bits-per-weight", "4"]) == 0
     printed = capsys.readouterr().out
     assert "fidelity on 10 held-out samples" in printed and "bits per weight" in printed
+    assert main(["inspect", str(output)]) == 0
+    assert "post-training (4 bits per weight), " in capsys.readouterr().out  # the one fidelity line of inspect
     recorded = read_metadata(output)["post_training"]
     assert recorded["bits_per_weight"] <= 4.0 and recorded["fidelity"]["relative_output_error"] < 0.2
     restored = Small().eval()

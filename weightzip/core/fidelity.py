@@ -131,3 +131,20 @@ def fidelity_warning(fidelity: Fidelity | None, worst_layers: list[str], suggest
     layers = ", ".join(worst_layers[:3]) if worst_layers else "unknown"
     return f"warning: compressed model is far from the float model ({'; '.join(low)}); most damaged layers: " \
            f"{layers}; try {suggestion}"
+
+
+def recorded_summary(record) -> str:
+    """One line for a `.wz` file's recorded ``post_training`` metadata (mode, bits per weight, fidelity or
+    'not measured'); a malformed record says so instead of raising (the file may come from anywhere)."""
+    if not isinstance(record, dict):
+        return "post-training record: malformed"
+    mode = record.get("mode")
+    bits = record.get("bits_per_weight")
+    head = "post-training" + (f" ({mode})" if isinstance(mode, str) else "")
+    if isinstance(bits, (int, float)) and not isinstance(bits, bool):
+        head += f", {bits:.3f} bits per weight"
+    try:
+        fidelity = fidelity_summary(record.get("fidelity"))
+    except WeightzipError:
+        fidelity = "fidelity record malformed"
+    return f"{head}: {fidelity}"

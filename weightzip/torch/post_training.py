@@ -66,6 +66,7 @@ def compress_post_training(
     inputs=(),
     metadata: dict | None = None,
     extra_tensors: dict | None = None,
+    bias_correction: bool = True,
 ) -> tuple[nn.Module, PostTrainingReport]:
     """Compress a copy of `module` post-training (see the module doc); returns (compressed copy, report).
 
@@ -75,7 +76,9 @@ def compress_post_training(
     part) may be given; with none, every tensor gets `clusters` shared values at `granularity`
     ("tensor", "channel", "group" with `group_size`). path: write the `.wz` file there (atomically);
     metadata: extra JSON metadata (may set "source"); extra_tensors: more arrays stored as they are (e.g. a
-    TorchScript archive's skeleton).
+    TorchScript archive's skeleton). bias_correction: with calibration, give each compressed layer back its
+    float per-channel output mean on the fit part (:mod:`weightzip.torch.bias_correction`; biases and
+    BatchNorm means are stored as floats anyway, so this costs no bytes).
     """
     start = time.perf_counter()
     goals = [g for g in (bits_per_weight, target_bytes, min_fidelity) if g is not None]
@@ -118,7 +121,7 @@ def compress_post_training(
             fit_reference = outputs_of(model, fit_batches)
 
             def accept(candidate_plan: AllocationPlan) -> bool:
-                trial = _apply(copy.deepcopy(model), targets, candidate_plan)
+                trial = _compressed(model, targets, candidate_plan, fit_batches if bias_correction else None)[0]
                 measured = measure_fidelity(fit_reference, outputs_of(trial, fit_batches))
                 figure = measured.top1_agreement if measured.top1_agreement is not None else measured.mean_cosine
                 return figure >= min_fidelity
@@ -131,7 +134,8 @@ def compress_post_training(
                             weighted=weighted)
         mode = f"uniform k={clusters} per {granularity}" + (f" of {group_size}" if granularity == "group" else "")
 
-    compressed = _apply(model, targets, plan)
+    compressed, corrected = _compressed(model, targets, plan,
+                                        fit_batches if bias_correction and calibration is not None else None)
     for name, choice in plan.choices.items():
         if choice.clusters == 0:
             uncompressed.append({"tensor": name, "shape": list(np.shape(choice.stored)),
@@ -140,6 +144,11 @@ def compress_post_training(
     if calibration is not None:
         fidelity = measure_fidelity(reference, outputs_of(compressed, held_batches))
     report = PostTrainingReport(plan, uncompressed, fidelity, sensitivity.value, mode, 0.0)
+    if corrected is not None:
+        done, left = corrected
+        report.notes.append(f"bias correction: {len(done)} layers' output means restored on the fit inputs "
+                            f"(biases / BatchNorm means)" + (f"; not possible for {', '.join(left[:4])}"
+                                                             + (" ..." if len(left) > 4 else "") if left else ""))
     if path is not None:
         data = _encode(compressed, plan, report, metadata, extra_tensors)
         if target_bytes is not None and len(data) > target_bytes:
@@ -197,6 +206,17 @@ def _left_alone(model: nn.Module, compressed: set[str]) -> list[dict]:
             reason = f"unsupported layer type {type(owners[name]).__name__}"
         rows.append({"tensor": name, "shape": list(tensor.shape), "reason": reason})
     return rows
+
+
+def _compressed(model: nn.Module, targets: list[WeightTarget], plan: AllocationPlan, correction_batches):
+    """A copy of the float `model` holding the plan's weights, bias-corrected on `correction_batches` (if
+    given); returns (copy, (corrected layers, layers left alone) or None)."""
+    compressed = _apply(copy.deepcopy(model), targets, plan)
+    if correction_batches is None:
+        return compressed, None
+    from weightzip.torch.bias_correction import correct_biases
+
+    return compressed, correct_biases(model, compressed, targets, correction_batches)
 
 
 def _apply(model: nn.Module, targets: list[WeightTarget], plan: AllocationPlan) -> nn.Module:

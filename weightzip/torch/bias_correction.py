@@ -1,0 +1,99 @@
+"""Empirical bias correction: give each compressed layer back its float output mean, per channel.
+
+Clustering errors do not average out per output channel: a channel whose centroids all moved a little
+in one direction shifts its mean output, and the shift travels through every later layer (Nagel et al.,
+*Data-Free Quantization*, 2019, §4.2). On the calibration inputs, each compressed Linear / Conv layer's
+per-channel output mean is compared with the float model's at the same layer, and the difference is
+added back where it costs nothing to store: the layer's bias, or — for a bias-free layer followed
+directly by a BatchNorm in an ``nn.Sequential`` (Conv → BN) — that BatchNorm's ``running_mean``
+(``BN(y + δ)`` in eval mode is ``BN`` with ``running_mean − δ``). Layers with neither are left alone and
+named. Two passes: the second corrects what the first pass's corrections changed downstream.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from weightzip.torch.calibration import run_model
+from weightzip.torch.targets import WeightTarget
+
+_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _channel_means(module: nn.Module, names: list[str], batches) -> dict[str, torch.Tensor]:
+    layers = dict(module.named_modules())
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+
+    def hook_for(name, layer):
+        def hook(_module, _inputs, output):
+            channels = output.detach().double()
+            channels = channels.movedim(-1 if isinstance(layer, nn.Linear) else 1, -1)
+            channels = channels.reshape(-1, channels.shape[-1])
+            sums[name] = sums.get(name, 0) + channels.sum(dim=0)
+            counts[name] = counts.get(name, 0) + channels.shape[0]
+        return hook
+
+    handles = [layers[name].register_forward_hook(hook_for(name, layers[name])) for name in names]
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                run_model(module, batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: sums[name] / counts[name] for name in sums}
+
+
+def _following_batch_norm(model: nn.Module, name: str) -> nn.Module | None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    if not isinstance(parent, nn.Sequential):
+        return None
+    keys = list(parent._modules)
+    position = keys.index(child)
+    if position + 1 < len(keys):
+        following = parent._modules[keys[position + 1]]
+        if isinstance(following, nn.modules.batchnorm._BatchNorm) and following.track_running_stats:
+            return following
+    return None
+
+
+def correct_biases(reference: nn.Module, model: nn.Module, targets: list[WeightTarget], batches,
+                   passes: int = 2) -> tuple[list[str], list[str]]:
+    """Shift `model`'s biases / BatchNorm means so each target layer's per-channel output mean on `batches`
+    matches `reference` (same architecture, float weights). Returns (corrected layers, layers left alone)."""
+    if isinstance(model, (torch.jit.ScriptModule, torch.fx.GraphModule)):
+        return [], ["(TorchScript / exported model: no bias correction)"]
+    names, where, skipped = [], {}, []
+    for target in targets:
+        layer = target.module
+        if target.parameter_name != "weight" or not isinstance(layer, _LAYERS) or target.module_name in where:
+            continue
+        compressed_layer = model.get_submodule(target.module_name)
+        if getattr(compressed_layer, "bias", None) is not None:
+            where[target.module_name] = ("bias", compressed_layer.bias)
+        else:
+            norm = _following_batch_norm(model, target.module_name)
+            if norm is None:
+                skipped.append(target.module_name)
+                continue
+            where[target.module_name] = ("running_mean", norm.running_mean)
+        names.append(target.module_name)
+    if not names:
+        return [], skipped
+    wanted = _channel_means(reference, names, batches)
+    applied = {name: 0.0 for name in names}  # shifts folded into a following BatchNorm (not seen by the hook)
+    for _ in range(passes):
+        found = _channel_means(model, names, batches)
+        with torch.no_grad():
+            for name in names:
+                kind, tensor = where[name]
+                shift = wanted[name] - found[name] - applied[name]
+                if kind == "bias":
+                    tensor.add_(shift.to(tensor.dtype))
+                else:
+                    tensor.sub_(shift.to(tensor.dtype))
+                    applied[name] = applied[name] + shift
+    return names, skipped
