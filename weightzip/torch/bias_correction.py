@@ -7,7 +7,10 @@ per-channel output mean is compared with the float model's at the same layer, an
 added back where it costs nothing to store: the layer's bias, or — for a bias-free layer followed
 directly by a BatchNorm in an ``nn.Sequential`` (Conv → BN) — that BatchNorm's ``running_mean``
 (``BN(y + δ)`` in eval mode is ``BN`` with ``running_mean − δ``). Layers with neither are left alone and
-named. Two passes: the second corrects what the first pass's corrections changed downstream.
+named. The corrections are made in one forward pass, in layer order: each layer's output is shifted as
+soon as its shift is known, so every later layer measures its mean on already-corrected inputs (correcting
+all layers from one uncorrected pass would fix each upstream error twice). That pass takes the fit inputs
+as one batch (at most `max_samples`), so each shift is the mean over all of them.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ def _following_batch_norm(model: nn.Module, name: str) -> nn.Module | None:
 
 
 def correct_biases(reference: nn.Module, model: nn.Module, targets: list[WeightTarget], batches,
-                   passes: int = 2) -> tuple[list[str], list[str]]:
+                   max_samples: int = 32) -> tuple[list[str], list[str]]:
     """Shift `model`'s biases / BatchNorm means so each target layer's per-channel output mean on `batches`
     matches `reference` (same architecture, float weights). Returns (corrected layers, layers left alone)."""
     if isinstance(model, (torch.jit.ScriptModule, torch.fx.GraphModule)):
@@ -83,17 +86,36 @@ def correct_biases(reference: nn.Module, model: nn.Module, targets: list[WeightT
         names.append(target.module_name)
     if not names:
         return [], skipped
-    wanted = _channel_means(reference, names, batches)
-    applied = {name: 0.0 for name in names}  # shifts folded into a following BatchNorm (not seen by the hook)
-    for _ in range(passes):
-        found = _channel_means(model, names, batches)
+    inputs = torch.cat(list(batches))[:max_samples]
+    wanted = _channel_means(reference, names, [inputs])
+    shifts: dict[str, torch.Tensor] = {}
+
+    def hook_for(name: str, layer: nn.Module):
+        axis = -1 if isinstance(layer, nn.Linear) else 1
+
+        def hook(_module, _inputs, output):
+            channels = output.detach().double().movedim(axis, -1)
+            shift = wanted[name] - channels.reshape(-1, channels.shape[-1]).mean(dim=0)
+            shifts[name] = shift
+            view = [1] * output.ndim
+            view[axis] = -1
+            return output + shift.to(output.dtype).reshape(view)  # later layers see the corrected output
+        return hook
+
+    layers = dict(model.named_modules())
+    handles = [layers[name].register_forward_hook(hook_for(name, layers[name])) for name in names]
+    try:
         with torch.no_grad():
-            for name in names:
-                kind, tensor = where[name]
-                shift = wanted[name] - found[name] - applied[name]
-                if kind == "bias":
-                    tensor.add_(shift.to(tensor.dtype))
-                else:
-                    tensor.sub_(shift.to(tensor.dtype))
-                    applied[name] = applied[name] + shift
+            run_model(model, inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    with torch.no_grad():
+        for name in names:
+            kind, tensor = where[name]
+            shift = shifts[name].to(tensor.dtype)
+            if kind == "bias":
+                tensor.add_(shift)
+            else:
+                tensor.sub_(shift)
     return names, skipped
