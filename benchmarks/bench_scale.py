@@ -136,6 +136,29 @@ def accepts_index(index: Path, workdir: Path) -> bool:
     return result.returncode == 0
 
 
+def parallel_step(index: Path, serial_output: Path, k: int, option: str, label: str, weights: int,
+                  serial: Step) -> Step:
+    """`compress --jobs 2`, or `--scheduler` on a 2-worker Dask LocalCluster (started here, not timed; its worker
+    processes' CPU seconds, read with psutil, are added to the command's), checked byte-identical to serial."""
+    output = serial_output.with_name(serial_output.stem + option.strip("-") + ".wz")
+    if option == "--jobs":
+        step = run(cli("compress", index, "--clusters", k, "--jobs", 2, "-o", output), label, weights)
+    else:
+        import psutil
+        from distributed import LocalCluster
+
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+            workers = [psutil.Process(p.pid) for p in psutil.Process().children(recursive=True)]
+            before = sum(sum(w.cpu_times()[:4]) for w in workers)
+            step = run(cli("compress", index, "--clusters", k, "--scheduler", cluster.scheduler_address, "-o", output),
+                       label, weights)
+            step.cpu += sum(sum(w.cpu_times()[:4]) for w in workers) - before
+    same = output.read_bytes() == serial_output.read_bytes()
+    step.note = f"{serial.wall / step.wall:.2f}x serial wall; {'same bytes as serial' if same else 'BYTES DIFFER'}"
+    output.unlink()
+    return step
+
+
 def read_one_tensor(path: Path, name: str, warm_up: str) -> tuple[float, float]:
     """(seconds to read `name` with read_tensor, seconds to read the whole file with read_wz), in a fresh
     process, imports and JIT loading excluded (`warm_up` is read once first)."""
@@ -194,11 +217,15 @@ def main() -> None:
                 steps = [Step(f"compress k={k} serial", total, sum(s.wall for s in steps), sum(s.cpu for s in steps),
                               max(s.peak_rss_mib for s in steps),
                               "shard by shard: index input not accepted by this build")]
+            for step in steps:
+                print(step.row())
             for option, text in (("--jobs", "compress k={k} --jobs 2"), ("--scheduler", "compress k={k} LocalCluster(2)")):
                 if option not in help_text:
                     print(f"{text.format(k=k):<34} {'not available: `weightzip compress` has no ' + option + ' option yet':>60}")
-            for step in steps:
-                print(step.row())
+                elif not by_index:
+                    print(f"{text.format(k=k):<34} not available: needs the index input")
+                else:
+                    print(parallel_step(index, outputs[0][0], k, option, text.format(k=k), total, steps[0]).row())
             wz_bytes = sum(path.stat().st_size for path, _ in outputs)
             decode_steps = [run(cli("decompress", path, "-o", path.with_suffix(".safetensors")),
                                 f"decompress k={k}", 0) for path, _ in outputs]
