@@ -248,7 +248,11 @@ def rss_child(model_name: str, variant: str, wz_path: str) -> None:
         if variant == "int8 dynamic":
             model = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
     loaded = memory_status()
-    print(json.dumps({"baseline": baseline, "after_load": loaded["VmRSS"], "load_peak": loaded["VmHWM"]}))
+    with torch.no_grad():  # touches every weight (a checkpoint memory-mapped by safetensors is resident only now)
+        call(model, model_input(model_name, 1))
+    ran = memory_status()
+    print(json.dumps({"baseline": baseline, "after_load": loaded["VmRSS"], "load_peak": loaded["VmHWM"],
+                      "after_forward": ran["VmRSS"], "forward_peak": ran["VmHWM"]}))
 
 
 def measure_rss(model_name: str, variant: str, wz_path: Path) -> dict:
@@ -273,10 +277,11 @@ def run_models(args, workdir: Path) -> list[dict]:
         checks, files, rss = {}, {}, {}
         for bits in args.model_bits:
             path = workdir / f"{model_name}-{bits}b.wz"
-            # Packed coding: the indices load without an entropy decoder (Huffman/ANS files are ~8% smaller
-            # and load the same, but decoding them costs time and the decoder's own memory).
+            # A runtime file: packed coding, dense layout: the indices load without the entropy and sparse
+            # decoders (Huffman/ANS/sparse files are ~8% smaller and load the same layers, but the decoders
+            # cost time and ~60 MB of numba/LLVM memory once).
             compress_state_dict(dense, path, number_of_clusters=1 << bits, per_channel=True, overwrite=True,
-                                options=WriteOptions(coding="packed"))
+                                options=WriteOptions(coding="packed", layout="dense"))
             reference = build_model(model_name)
             reference.load_state_dict(decompress(path), strict=True)
             palettized = load_palettized(build_model(model_name, "meta"), path)
@@ -298,7 +303,7 @@ def run_models(args, workdir: Path) -> list[dict]:
                     {label: (lambda x, m=model: call(m, x)) for label, model in variants.items()},
                     lambda: inputs, repeats)
         header = (f"{'variant':<16} {'.wz MiB':>8} {'weights MiB':>11} {'peak RSS MiB':>12} {'load peak':>10} "
-                  f"{'x float':>7} {'after load':>10} {'x float':>7}" + "".join(f" {f'{t}T b{b} ms':>12} {'x float':>7}" for (t, b) in timings)
+                  f"{'x float':>7} {'after load':>10} {'x float':>7} {'+1 forward':>10} {'x float':>7}" + "".join(f" {f'{t}T b{b} ms':>12} {'x float':>7}" for (t, b) in timings)
                   + f" {'max|diff| (rel)':>22}")
         print(header)
         print("-" * len(header))
@@ -310,7 +315,9 @@ def run_models(args, workdir: Path) -> list[dict]:
             row = (f"{label:<16} {size:>8.2f} {memory[label] / MIB:>11.2f} {rss[label]['load_peak']:>12.1f} "
                    f"{above(label, 'load_peak'):>10.1f} {above(label, 'load_peak') / above('float32', 'load_peak'):>7.2f} "
                    f"{above(label, 'after_load'):>10.1f} "
-                   f"{above(label, 'after_load') / above('float32', 'after_load'):>7.2f}")
+                   f"{above(label, 'after_load') / above('float32', 'after_load'):>7.2f} "
+                   f"{above(label, 'after_forward'):>10.1f} "
+                   f"{above(label, 'after_forward') / above('float32', 'after_forward'):>7.2f}")
             for key, ms in timings.items():
                 row += f" {ms[label]:>12.2f} {ms[label] / ms['float32']:>7.2f}"
             if label in checks:
@@ -322,8 +329,55 @@ def run_models(args, workdir: Path) -> list[dict]:
                             "max_diff": checks.get(label)})
         print("(peak RSS: whole fresh process, peak while loading; 'load peak' / 'after load': RSS above the same "
               "process once torch (and transformers) are imported and the architecture was built once on the meta "
-              "device, at the peak of loading and after it)")
+              "device, at the peak of loading, after it, and after one batch-1 forward pass, which makes "
+              "memory-mapped checkpoint weights resident)")
     return results
+
+
+def run_numba_comparison() -> None:
+    """Why the kernels are C++: the same 4-bit GEMV (4096x4096, batch 1) as a numba loop, one thread,
+    thread CPU time (median of 25; CPU time, since the machine is shared), against dense float32."""
+    import numba
+    from numba import njit, prange
+
+    from weightzip.torch._kernels.layout import PackedLayout, pack_rows
+
+    @njit(parallel=True)
+    def gemv_numba(packed, stride, rows, cols, codebook, x, y):
+        for r in prange(rows):
+            base, cb = r * stride, codebook[r]
+            acc0 = np.float32(0.0)
+            acc1 = np.float32(0.0)
+            for j in range(cols // 2):
+                byte = packed[base + j]
+                acc0 += cb[byte & 15] * x[2 * j]
+                acc1 += cb[byte >> 4] * x[2 * j + 1]
+            y[r] = acc0 + acc1
+
+    torch.set_num_threads(1)
+    numba.set_num_threads(1)
+    rows = cols = 4096
+    rng = np.random.default_rng(0)
+    indices, layout = rng.integers(0, 16, (rows, cols)), PackedLayout(4, rows, cols, 16, 1)
+    packed, codebook = pack_rows(indices, layout), rng.standard_normal((rows, 16)).astype(np.float32)
+    x, y = rng.standard_normal(cols).astype(np.float32), np.empty(rows, np.float32)
+    weight, x_t = torch.from_numpy(codebook[np.arange(rows)[:, None], indices]), torch.from_numpy(x)[None]
+    packed_t, codebook_t = torch.from_numpy(packed), torch.from_numpy(codebook)
+    variants = {
+        "dense float32 (torch)": lambda: torch.nn.functional.linear(x_t, weight),
+        "numba loop": lambda: gemv_numba(packed, layout.stride, rows, cols, codebook, x, y),
+        "C++ AVX2 kernel": lambda: _kernels.gemv(packed_t, layout.stride, 4, rows, cols, codebook_t, 16, 1, None, x_t),
+    }
+    variants["numba loop"]()  # compile
+    np.testing.assert_allclose(y, variants["C++ AVX2 kernel"]().numpy()[0], rtol=1e-3, atol=1e-3)
+    print("\n== numba vs C++: 4096x4096 GEMV at 4 bits, batch 1, 1 thread (thread CPU ms, median of 25)")
+    for name, run in variants.items():
+        times = []
+        for _ in range(25):
+            start = time.thread_time()
+            run()
+            times.append(time.thread_time() - start)
+        print(f"{name:<24} {1000 * statistics.median(times):8.2f}")
 
 
 def main() -> None:
@@ -336,11 +390,14 @@ def main() -> None:
     parser.add_argument("--model-repeats", type=int, default=9, help="timed rounds per model measurement at batch 1")
     parser.add_argument("--models", nargs="+", default=["mobilenet_v2", "all-MiniLM-L6-v2"])
     parser.add_argument("--model-bits", type=int, nargs="+", default=[4], help="index widths end to end")
+    parser.add_argument("--numba", action="store_true", help="only compare a numba GEMV with the C++ kernel")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("--rss-child", nargs=3, metavar=("MODEL", "VARIANT", "WZ"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child:
         return rss_child(*args.rss_child)
+    if args.numba:
+        return run_numba_comparison()
     print(f"torch {torch.__version__}; weightzip kernels: "
           f"{'compiled, AVX2' if _kernels.available() and _kernels.has_avx2() else _kernels._load()}; "
           f"median of interleaved rounds; {os.cpu_count()} CPUs (shared: compare ratios, not absolute times)")

@@ -5,7 +5,9 @@ torch.device("meta"): model = Net()``, so its float weights are never allocated)
 of a Linear, Conv1d, Conv2d or Embedding layer becomes a palettized layer built from the file's codebook
 and indices (packed at ``ceil(log2 k)`` bits a weight); every other tensor is loaded as it is stored.
 Peak memory is the file's bytes, the palettized layers, the other tensors and one tensor's indices
-unpacked (one byte a weight) at a time.
+unpacked (one byte a weight) at a time. A file meant for this is best written with
+``WriteOptions(coding="packed", layout="dense")``: any file loads, but Huffman/ANS and sparse streams go
+through the format's numba decoders, whose compiler costs ~60 MB of memory once per process.
 
 Everything is checked against the file's header before anything is decoded or replaced: the file must
 come from PyTorch (``compress_state_dict``), hold exactly the model's state_dict names with their shapes,
