@@ -45,6 +45,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from weightzip.core import ClusterConfig, cluster_array  # noqa: E402
+from weightzip.core.bitpack import unpack_bits  # noqa: E402
 from weightzip.format import WriteOptions  # noqa: E402
 from weightzip.torch import _kernels, compress_state_dict, decompress, load_palettized, weight_memory_bytes  # noqa: E402
 from weightzip.torch.palettized import PALETTIZED_LAYERS  # noqa: E402
@@ -232,13 +233,15 @@ def memory_status() -> dict[str, float]:
     return fields
 
 
-def rss_child(model_name: str, variant: str, wz_path: str) -> None:
+def rss_child(model_name: str, variant: str, wz_path: str, warm: bool) -> None:
     """Run in a fresh process: load one variant, print its memory figures (MiB) as JSON.
 
     The peak is reset (``/proc/self/clear_refs``) once torch (and transformers) are imported and the
     architecture was built once on the meta device (which imports sympy & co., ~75 MB, once), so
     'load_peak' is the high-water mark of loading alone on top of 'baseline'."""
     build_model(model_name, "meta")  # one-time imports of meta-device construction (sympy, ~75 MB), all variants
+    if warm:  # the numba/LLVM start-up of the core's bit unpacking (~55 MB once per process), all variants
+        unpack_bits(b"\x00", 2, 4)
     Path("/proc/self/clear_refs").write_text("5")
     baseline = memory_status()["VmRSS"]
     if variant == "palettized":
@@ -255,8 +258,8 @@ def rss_child(model_name: str, variant: str, wz_path: str) -> None:
                       "after_forward": ran["VmRSS"], "forward_peak": ran["VmHWM"]}))
 
 
-def measure_rss(model_name: str, variant: str, wz_path: Path) -> dict:
-    command = [sys.executable, __file__, "--rss-child", model_name, variant, str(wz_path)]
+def measure_rss(model_name: str, variant: str, wz_path: Path, warm: bool) -> dict:
+    command = [sys.executable, __file__, "--rss-child", model_name, variant, str(wz_path)] + ["--warm"] * warm
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"RSS child {model_name}/{variant} failed:\n{done.stderr[-2000:]}")
@@ -292,7 +295,7 @@ def run_models(args, workdir: Path) -> list[dict]:
                 checks[label] = max_diff(call(palettized, x), call(reference, x))
         for label in ("float32", "int8 dynamic", *files):
             rss[label] = measure_rss(model_name, "palettized" if label in files else label,
-                                     files.get(label, workdir / "none.wz"))
+                                     files.get(label, workdir / "none.wz"), args.warm)
         timings = {}
         for threads in args.threads:
             torch.set_num_threads(threads)
@@ -392,10 +395,12 @@ def main() -> None:
     parser.add_argument("--model-bits", type=int, nargs="+", default=[4], help="index widths end to end")
     parser.add_argument("--numba", action="store_true", help="only compare a numba GEMV with the C++ kernel")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    parser.add_argument("--warm", action="store_true",
+                        help="RSS baselines include the one-time numba start-up of the core's bit unpacking")
     parser.add_argument("--rss-child", nargs=3, metavar=("MODEL", "VARIANT", "WZ"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child:
-        return rss_child(*args.rss_child)
+        return rss_child(*args.rss_child, args.warm)
     if args.numba:
         return run_numba_comparison()
     print(f"torch {torch.__version__}; weightzip kernels: "
