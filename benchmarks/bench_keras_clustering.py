@@ -19,7 +19,8 @@ of the model, data, optimizer and training-loop code serves both tools.
     accuracy mean +- std over the seeds and zipped .tflite size against the zipped float .tflite.
 
 Run: ``python benchmarks/bench_keras_clustering.py`` (tens of minutes on 2 shared cores).
-Options: ``--parts a,b,c``, ``--backends tensorflow,jax,torch``, ``--quick`` (fewer rounds and epochs),
+Options: ``--parts a,b,c``, ``--backends tensorflow,jax,torch``, ``--cases`` (of (b)), ``--quick`` (fewer
+rounds and epochs),
 ``--seeds N``, ``--tfmot-venv DIR``, ``--memory-cap-gib G``.
 """
 
@@ -46,12 +47,16 @@ ROOT = HERE.parent
 TFMOT_VERSION = "0.8.1"
 DEFAULT_VENV = Path.home() / ".cache" / "weightzip" / "tfmot-venv"
 
-STEP_CASES = (
-    {"title": "Dense 4096x4096, batch 32, SGD", "model": "dense4096", "batch": 32, "optimizer": "sgd", "steps": 17},
-    {"title": "Dense 4096x4096, batch 256, Adam", "model": "dense4096", "batch": 256, "optimizer": "adam", "steps": 6},
-    {"title": "LeNet-300-100, batch 32, SGD", "model": "lenet", "batch": 32, "optimizer": "sgd", "steps": 65},
-    {"title": "LeNet-300-100, batch 128, Adam", "model": "lenet", "batch": 128, "optimizer": "adam", "steps": 33},
-)
+STEP_CASES = {
+    "dense-b32-sgd": {"title": "Dense 4096x4096, batch 32, SGD", "model": "dense4096", "batch": 32,
+                      "optimizer": "sgd", "steps": 17},
+    "dense-b256-adam": {"title": "Dense 4096x4096, batch 256, Adam", "model": "dense4096", "batch": 256,
+                        "optimizer": "adam", "steps": 6},
+    "lenet-b32-sgd": {"title": "LeNet-300-100, batch 32, SGD", "model": "lenet", "batch": 32, "optimizer": "sgd",
+                      "steps": 65},
+    "lenet-b128-adam": {"title": "LeNet-300-100, batch 128, Adam", "model": "lenet", "batch": 128,
+                        "optimizer": "adam", "steps": 33},
+}
 TARGET = {"every_step": 1.5, "fixed": 1.1}
 
 
@@ -170,7 +175,7 @@ def ratio(times: dict, mode: str) -> tuple[float, float]:
 def part_b(args, workers: list[Worker], data_path: str):
     print(f"(b) training step with model.fit, clustered (k = 16) / plain in the same process, {args.rounds} "
           f"interleaved rounds; ms per step (median) and ratio (median of per-round ratios; fastest rounds)")
-    cases = [dict(case) for case in STEP_CASES]
+    cases = [dict(STEP_CASES[name]) for name in args.cases.split(",")]
     results = {}
     for worker in workers:
         modes = ["every_step"] if worker.tool == "tfmot" else ["every_step", "fixed"]
@@ -276,6 +281,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="3 rounds, shorter training, 3 seeds")
     parser.add_argument("--repeats", type=int, default=2, help="(a) warm repetitions per k")
     parser.add_argument("--rounds", type=int, default=None, help="(b) timed rounds (default 7; 3 with --quick)")
+    parser.add_argument("--cases", default=",".join(STEP_CASES), help=f"(b) among {', '.join(STEP_CASES)}")
     parser.add_argument("--seeds", type=int, default=3, help="(c) seeds (>= 3 for a mean +- std)")
     parser.add_argument("--tfmot-venv", type=Path, default=DEFAULT_VENV)
     parser.add_argument("--memory-cap-gib", type=float, default=6.0)
@@ -286,6 +292,9 @@ def main():
     unknown = parts - {"a", "b", "c"}
     if unknown:
         parser.error(f"unknown parts {sorted(unknown)}: choose from a, b, c")
+    unknown_cases = set(args.cases.split(",")) - set(STEP_CASES)
+    if unknown_cases:
+        parser.error(f"unknown cases {sorted(unknown_cases)}: choose from {', '.join(STEP_CASES)}")
     backends = args.backends.split(",")
     bad = set(backends) - {"tensorflow", "jax", "torch"}
     if bad:
