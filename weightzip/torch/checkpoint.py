@@ -54,6 +54,9 @@ from weightzip.torch.torchscript import (
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 _WIDENED = {torch.bfloat16: torch.float32}  # torch dtypes NumPy/.wz lack, stored exactly as these
 WIDENED_DTYPES = tuple(_WIDENED)  # torch dtypes stored widened (to _WIDENED's values)
+# The dtypes a file's ``torch_dtypes`` may restore: the widened ones, and the float dtypes a tensor had before it was
+# stored with narrower float16 codebooks (post-training), which decode as float16 and are cast back exactly.
+_RESTORABLE = (*_WIDENED, torch.float16, torch.float32, torch.float64)
 
 
 def load_checkpoint(path) -> dict[str, torch.Tensor]:
@@ -332,17 +335,18 @@ def as_stored_tensor(array: np.ndarray, dtype: torch.dtype | None = None) -> tor
 
 
 def _checked_torch_dtypes(metadata: dict, arrays: dict, path) -> dict[str, torch.dtype]:
-    """The metadata's ``torch_dtypes`` (name -> a dtype stored widened), validated against the tensors."""
+    """The metadata's ``torch_dtypes`` (name -> the torch dtype the tensor had, where the stored one differs:
+    bfloat16 stored widened, or float32 stored with float16 codebooks), validated against the tensors."""
     stored = metadata.get("torch_dtypes", {})
     if not isinstance(stored, dict):
         raise WzFormatError(f"{path}: metadata 'torch_dtypes' must be a map of tensor name -> dtype, "
                             f"got {type(stored).__name__}")
-    allowed = {str(dtype).removeprefix("torch."): dtype for dtype in _WIDENED}
+    allowed = {str(dtype).removeprefix("torch."): dtype for dtype in _RESTORABLE}
     checked = {}
     for name, dtype_name in stored.items():
         if not isinstance(dtype_name, str) or dtype_name not in allowed:
             raise WzFormatError(f"{path}: tensor {name!r} has torch dtype {dtype_name!r} in the metadata; "
-                                f"only {sorted(allowed)} are stored widened")
+                                f"only {sorted(allowed)} can be restored")
         if name not in arrays or not np.issubdtype(arrays[name].dtype, np.floating):
             found = "no such tensor" if name not in arrays else f"a {arrays[name].dtype} tensor"
             raise WzFormatError(f"{path}: metadata says tensor {name!r} is {dtype_name} stored as floats, "
@@ -352,8 +356,9 @@ def _checked_torch_dtypes(metadata: dict, arrays: dict, path) -> dict[str, torch
 
 
 def _narrowed(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """`tensor` as bfloat16: rounded to nearest (exact for values that came from bfloat16); NaNs stored as
-    float32 by their top 16 bits, so a NaN's sign and payload come back as they were (torch's cast gives 0xFFFF)."""
+    """`tensor` as `dtype`. To bfloat16: rounded to nearest (exact for values that came from bfloat16); NaNs stored
+    as float32 by their top 16 bits, so a NaN's sign and payload come back as they were (torch's cast gives 0xFFFF).
+    Other float dtypes: a plain cast (float16 codebook values back to float32 are exact)."""
     narrowed = tensor.to(dtype)
     nan = torch.isnan(tensor)
     if tensor.dtype == torch.float32 and dtype == torch.bfloat16 and bool(nan.any()):

@@ -31,6 +31,7 @@ from weightzip import __version__
 from weightzip.core.allocation import (
     AllocationPlan, Candidates, TargetUnreachableError, TensorToCompress, allocate, rate_distortion_curves,
     smallest_plan, uniform_plan)
+from weightzip.core.cluster import ClusteredTensor
 from weightzip.core.errors import WeightzipError
 from weightzip.core.fidelity import Fidelity, measure_fidelity, split_calibration
 from weightzip.core.post_training import PostTrainingReport, Sensitivity  # shared with the Keras front end
@@ -245,14 +246,24 @@ def _stored_tensors(model: nn.Module, plan: AllocationPlan) -> tuple[dict, dict]
     for name, tensor in model.state_dict().items():
         if name in planned:
             stored[name] = planned[name]
-            if tensor.dtype == torch.bfloat16:
-                torch_dtypes[name] = "bfloat16"  # (float16 codebooks decode as float16: load_state_dict casts)
+            if _decoded_dtype(planned[name], plan.write_options) != tensor.dtype:  # e.g. float16 codebooks
+                torch_dtypes[name] = str(tensor.dtype).removeprefix("torch.")
             continue
         array, widened = _to_storable(name, tensor)
         if widened is not None:
             torch_dtypes[name] = widened
         stored[name] = array
     return stored, torch_dtypes
+
+
+def _decoded_dtype(stored, write_options) -> torch.dtype:
+    """The torch dtype the `.wz` reader gives back for `stored`: a ClusteredTensor decodes to its codebook's dtype,
+    narrowed to the writer's ``codebook_dtype`` when one is set; a float array to its own dtype."""
+    if isinstance(stored, ClusteredTensor):
+        dtype = write_options.codebook_dtype or stored.codebook.dtype
+    else:
+        dtype = np.asarray(stored).dtype
+    return torch.from_numpy(np.zeros(0, dtype=np.dtype(dtype))).dtype
 
 
 def _encode(model: nn.Module, plan: AllocationPlan, report: PostTrainingReport | None, metadata: dict | None,
