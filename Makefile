@@ -38,6 +38,7 @@ browser:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null)
 
 test: $(BIN)/.installed $(KERNELS) browser
+	$(BIN)/ruff check --quiet .
 	$(BIN)/python -m pytest -q -n 2
 
 bench: $(BIN)/.installed $(KERNELS)

@@ -52,13 +52,13 @@ import numpy as np  # noqa: E402
 
 from weightzip.data import load_fashion_mnist, load_mnist_5k  # noqa: E402
 from weightzip.format import inspect_table  # noqa: E402
-from weightzip.keras.models import PAPER_SPARSITY, lenet_5, lenet_300_100  # noqa: E402
 from weightzip.keras.deep_compression import (  # noqa: E402
     CompressionReport,
     Dataset,
     DeepCompressionConfig,
     compress,
 )
+from weightzip.keras.models import PAPER_SPARSITY, lenet_5, lenet_300_100  # noqa: E402
 
 TARGET_COMPRESSION = 40.0
 TARGET_LOSS_PT = 0.5

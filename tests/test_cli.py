@@ -293,7 +293,7 @@ def test_torch_api_default_init_gives_the_optimal_codebook(tmp_path):
 # ---------------------------------------------------------------- quiet by default, -v to show framework logs
 
 
-def _run_cli(*arguments: str, cwd) -> "subprocess.CompletedProcess":
+def _run_cli(*arguments: str, cwd):
     """The CLI in a fresh interpreter (TensorFlow's C++ logging set up as a user's run would have it)."""
     import subprocess
     import sys

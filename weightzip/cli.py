@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -167,7 +166,7 @@ def _compress_keras(source: Path, output: Path, args) -> int:
         raise CliError(f"{', '.join(post_training_flags)}: post-training options; with --data the model is retrained "
                        "(drop --data to compress post-training)")
 
-    from weightzip.keras.deep_compression import DeepCompressionConfig, Dataset, compress
+    from weightzip.keras.deep_compression import Dataset, DeepCompressionConfig, compress
 
     overrides = {name: getattr(args, name) for name in
                  ("sparsity", "conv_sparsity", "clusters", "conv_clusters", "init") + _RETRAINING_OPTIONS
@@ -605,7 +604,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from weightzip.core.errors import WeightzipError
-
     from weightzip.quiet import quiet_frameworks
 
     parser = build_parser()

@@ -4,8 +4,15 @@ import numpy as np
 import pytest
 
 from weightzip.core.allocation import (
-    Candidates, TargetUnreachableError, TensorToCompress, allocate, rate_distortion_curves, smallest_plan,
-    uniform_plan, weighted_error)
+    Candidates,
+    TargetUnreachableError,
+    TensorToCompress,
+    allocate,
+    rate_distortion_curves,
+    smallest_plan,
+    uniform_plan,
+    weighted_error,
+)
 from weightzip.format import inspect_table, write_wz
 
 SMALL = Candidates(clusters=(2, 4, 8, 16), min_row_weights=256)

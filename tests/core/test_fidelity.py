@@ -5,8 +5,15 @@ import pytest
 
 from weightzip.core.errors import WeightzipError
 from weightzip.core.fidelity import (
-    FIDELITY_FLOOR, NOT_MEASURED, Fidelity, fidelity_summary, fidelity_warning, measure_fidelity, recorded_summary,
-    split_calibration)
+    FIDELITY_FLOOR,
+    NOT_MEASURED,
+    Fidelity,
+    fidelity_summary,
+    fidelity_warning,
+    measure_fidelity,
+    recorded_summary,
+    split_calibration,
+)
 
 
 def test_identical_outputs_are_perfect_and_known_perturbation_is_measured():

@@ -8,8 +8,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from weightzip.core.errors import WeightzipError
-from weightzip.core.huffman import canonical_codes, encoded_bit_count, huffman_code_lengths, huffman_decode, \
-    huffman_encode, kraft_sum
+from weightzip.core.huffman import (
+    canonical_codes,
+    encoded_bit_count,
+    huffman_code_lengths,
+    huffman_decode,
+    huffman_encode,
+    kraft_sum,
+)
 
 counts_strategy = st.lists(st.integers(0, 10_000), min_size=2, max_size=80).filter(
     lambda c: sum(1 for x in c if x) >= 2)

@@ -19,7 +19,6 @@ from weightzip.core.pruning import (
     schedule_from_config,
 )
 
-
 # ---------------------------------------------------------------- magnitude_mask
 
 @settings(max_examples=60, deadline=None)

@@ -6,8 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from weightzip.core.errors import WeightzipError
-from weightzip.core.sparse import best_gap_bits, positions_from_gaps, relative_positions, sparse_decode, \
-    sparse_encode
+from weightzip.core.sparse import best_gap_bits, positions_from_gaps, relative_positions, sparse_decode, sparse_encode
 
 
 def test_gap_at_the_width_limit_needs_no_filler_one_more_needs_one():

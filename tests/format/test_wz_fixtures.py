@@ -14,7 +14,7 @@ import pytest
 from wz_samples import assert_same_tensors
 
 from weightzip.core import ClusteredTensor
-from weightzip.format import FORMAT_VERSION, WriteOptions, inspect_table, inspect_wz, read_tensor, read_wz, write_wz
+from weightzip.format import FORMAT_VERSION, WriteOptions, inspect_wz, read_tensor, read_wz, write_wz
 from weightzip.format.container import FLAG_HEADER_AT_END, PREAMBLE
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -63,7 +63,7 @@ def test_fixture_reads_back(version, coding, layout):
 
 def test_the_writer_writes_the_newest_fixture_version():
     assert FORMAT_VERSION == "1.1"
-    assert all((FIXTURES / f"v{FORMAT_VERSION}-{c}-{l}.wz").is_file() for c, l in VARIANTS)
+    assert all((FIXTURES / f"v{FORMAT_VERSION}-{coding}-{layout}.wz").is_file() for coding, layout in VARIANTS)
 
 
 def regenerate():

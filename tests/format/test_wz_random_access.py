@@ -9,9 +9,16 @@ import pytest
 from wz_samples import assert_same_tensors, random_clustered
 
 from weightzip.core.errors import WeightzipError
-from weightzip.format import (WzFormatError, encode_wz, inspect_wz, read_metadata, read_tensor, read_wz,
-                              write_wz)
-from weightzip.format import container
+from weightzip.format import (
+    WzFormatError,
+    container,
+    encode_wz,
+    inspect_wz,
+    read_metadata,
+    read_tensor,
+    read_wz,
+    write_wz,
+)
 
 BIG = 1 << 20  # float32 weights of the big tensor: 4 MiB on disk
 

@@ -209,7 +209,9 @@ def test_stripped_pruned_kernel_holds_positive_zeros():
     import numpy as _np
 
     from weightzip.core.pruning import ConstantSparsity as _Constant
-    from weightzip.keras import UpdatePruningStep as _Update, prune_low_magnitude as _prune, strip_pruning as _strip
+    from weightzip.keras import UpdatePruningStep as _Update
+    from weightzip.keras import prune_low_magnitude as _prune
+    from weightzip.keras import strip_pruning as _strip
 
     _keras.utils.set_random_seed(0)
     model = _keras.Sequential([_keras.Input((16,)), _keras.layers.Dense(32)])

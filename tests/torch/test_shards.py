@@ -7,8 +7,15 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from weightzip.torch.shards import INDEX_FILE, ShardError, ShardLayout, open_safetensors, read_header, \
-    write_safetensors, write_sharded
+from weightzip.torch.shards import (
+    INDEX_FILE,
+    ShardError,
+    ShardLayout,
+    open_safetensors,
+    read_header,
+    write_safetensors,
+    write_sharded,
+)
 
 
 def _tensors():

@@ -16,13 +16,13 @@ from weightzip.torch import (
     PalettizedEmbedding,
     PalettizedLinear,
     PalettizedLoadError,
+    _kernels,
     cluster_weights,
     compress_state_dict,
     load_palettized,
     palettize,
     strip_clustering,
 )
-from weightzip.torch import _kernels
 from weightzip.torch._kernels import ops
 from weightzip.torch._kernels.layout import decode_rows_torch, pack_rows, packed_layout, unpack_rows
 

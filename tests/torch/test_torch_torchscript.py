@@ -3,13 +3,11 @@
 import io
 import pickle
 
-import numpy as np
-import pytest
 import torch
 from torch import nn
 
 from weightzip.cli import main
-from weightzip.torch.checkpoint import compress_state_dict, decompress
+from weightzip.torch.checkpoint import decompress
 from weightzip.torch.torchscript import ARCHIVE_TENSOR, is_torchscript_archive
 
 

@@ -24,7 +24,6 @@ needs no tuning, unlike a global search. `--min-fidelity` walks the same family 
 from __future__ import annotations
 
 import dataclasses
-
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterable

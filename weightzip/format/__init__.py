@@ -15,8 +15,18 @@ The byte layout is documented in ``weightzip/format/README.md`` (format version 
 
 from weightzip.format.container import FORMAT_MAJOR, FORMAT_MINOR, MAGIC
 from weightzip.format.errors import WzFormatError
-from weightzip.format.reader import DEFAULT_MAX_ELEMENTS, WzSummary, decode_dense, decode_wz, inspect_table, \
-    inspect_wz, read_metadata, read_tensor, read_wz, read_wz_dense
+from weightzip.format.reader import (
+    DEFAULT_MAX_ELEMENTS,
+    WzSummary,
+    decode_dense,
+    decode_wz,
+    inspect_table,
+    inspect_wz,
+    read_metadata,
+    read_tensor,
+    read_wz,
+    read_wz_dense,
+)
 from weightzip.format.records import Layout
 from weightzip.format.streams import Coding
 from weightzip.format.writer import WriteOptions, encode_wz, write_wz

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from weightzip.core.bitpack import bit_width
 from weightzip.core.cluster import ClusteredTensor
 from weightzip.core.errors import WeightzipError
 from weightzip.core.options import ParsableEnum

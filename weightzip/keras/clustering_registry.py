@@ -22,7 +22,7 @@ import keras
 
 from weightzip.core import WeightzipError
 from weightzip.keras._layers import LAST, LAYER_TABLE
-from weightzip.keras.clusterable_layer import ClusterableLayer, ClusteringAlgorithm, ClusterableWeight
+from weightzip.keras.clusterable_layer import ClusterableLayer, ClusterableWeight, ClusteringAlgorithm
 
 layers = keras.layers
 

@@ -20,8 +20,8 @@ from keras import ops
 from weightzip.core.pruning import (
     ConstantSparsity,
     InvalidSparsityError,
-    apply_mask,
     PruningSchedule,
+    apply_mask,
     magnitude_mask,
     n_m_mask,
     schedule_from_config,

@@ -16,8 +16,8 @@ import os
 import keras
 import numpy as np
 
-from weightzip.core.palette import smallest_exact_palette
 from weightzip.core.errors import WeightzipError
+from weightzip.core.palette import smallest_exact_palette
 from weightzip.format import WriteOptions, WzFormatError, read_wz_dense, write_wz
 
 FRAMEWORK = "keras"

@@ -11,8 +11,8 @@ import base64
 import html
 import math
 
-from weightzip.core.fidelity import fidelity_summary
 from weightzip.core.errors import WeightzipError
+from weightzip.core.fidelity import fidelity_summary
 from weightzip.report.data import STAGES, FileReport, TensorReport
 
 STYLE = """

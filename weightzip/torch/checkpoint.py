@@ -35,10 +35,10 @@ from weightzip import __version__
 from weightzip.atomic import check_output_path, write_bytes_atomically
 from weightzip.core import CentroidInitialization, ClusterConfig, ClusteredTensor, cluster_array
 from weightzip.core.errors import WeightzipError
+from weightzip.core.palette import drop_unused_centroids
 from weightzip.core.pruning import apply_mask, magnitude_mask
 from weightzip.format import WriteOptions, WzFormatError, read_wz, read_wz_dense, write_wz
 from weightzip.torch.clustering import ClusteredWeight
-from weightzip.core.palette import drop_unused_centroids
 from weightzip.torch.palettized import PalettizedWeight, exact_palette
 from weightzip.torch.targets import find_targets
 from weightzip.torch.torchscript import (

@@ -37,8 +37,7 @@ from weightzip.core.errors import WeightzipError
 from weightzip.format import WriteOptions, read_metadata, write_wz
 from weightzip.format.reader import inspect_wz, read_tensor
 from weightzip.torch.checkpoint import WIDENED_DTYPES, as_stored_tensor, encode_tensor
-from weightzip.torch.shards import DTYPES, ShardError, ShardLayout, open_safetensors, write_safetensors, \
-    write_sharded
+from weightzip.torch.shards import DTYPES, ShardError, ShardLayout, open_safetensors, write_safetensors, write_sharded
 
 METADATA_KEY = "hf"  # a model directory: shard layout, tensor specs, carried files
 CHECKPOINT_KEY = "safetensors"  # a bare (sharded) safetensors checkpoint: shard layout and tensor specs

@@ -19,7 +19,6 @@ smaller). :func:`weightzip.torch.load_palettized` builds the same layers straigh
 
 from __future__ import annotations
 
-import math
 from typing import Iterable
 
 import numpy as np
@@ -29,10 +28,10 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from weightzip.core import ClusteredTensor, index_dtype
-from weightzip.core.palette import drop_unused_centroids, smallest_exact_palette  # noqa: F401 (re-exported)
 from weightzip.core.errors import InvalidClusterCountError, WeightzipError
+from weightzip.core.palette import drop_unused_centroids, smallest_exact_palette  # noqa: F401 (re-exported)
 from weightzip.torch._kernels import ops as _ops  # also registers torch.ops.weightzip.*
-from weightzip.torch._kernels.layout import PackedLayout, decode_rows_torch, pack_rows, packed_layout, unpack_rows
+from weightzip.torch._kernels.layout import decode_rows_torch, pack_rows, packed_layout, unpack_rows
 from weightzip.torch.clustering import ClusteredWeight
 from weightzip.torch.targets import find_targets
 from weightzip.torch.tensors import to_numpy

@@ -28,17 +28,29 @@ import torch
 from torch import nn
 
 from weightzip import __version__
+from weightzip.atomic import check_output_path, write_bytes_atomically
 from weightzip.core.allocation import (
-    AllocationPlan, Candidates, TargetUnreachableError, TensorToCompress, allocate, rate_distortion_curves,
-    smallest_plan, uniform_plan)
+    AllocationPlan,
+    Candidates,
+    TargetUnreachableError,
+    TensorToCompress,
+    allocate,
+    rate_distortion_curves,
+    smallest_plan,
+    uniform_plan,
+)
 from weightzip.core.cluster import ClusteredTensor
 from weightzip.core.errors import WeightzipError
 from weightzip.core.fidelity import Fidelity, measure_fidelity, split_calibration
 from weightzip.core.post_training import PostTrainingReport, Sensitivity  # shared with the Keras front end
 from weightzip.format import encode_wz
-from weightzip.atomic import check_output_path, write_bytes_atomically
 from weightzip.torch.calibration import (
-    activation_importance, batches_of, fisher_diagonal, input_second_moments, outputs_of)
+    activation_importance,
+    batches_of,
+    fisher_diagonal,
+    input_second_moments,
+    outputs_of,
+)
 from weightzip.torch.runnable import runnable_targets
 from weightzip.torch.targets import WeightTarget
 from weightzip.torch.tensors import to_numpy
