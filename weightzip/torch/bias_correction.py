@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from weightzip.torch.calibration import run_model
+from weightzip.torch.calibration import run_model, run_with_forward_hooks
 from weightzip.torch.targets import WeightTarget
 
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -38,14 +38,7 @@ def _channel_means(module: nn.Module, names: list[str], batches) -> dict[str, to
             counts[name] = counts.get(name, 0) + channels.shape[0]
         return hook
 
-    handles = [layers[name].register_forward_hook(hook_for(name, layers[name])) for name in names]
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                run_model(module, batch)
-    finally:
-        for handle in handles:
-            handle.remove()
+    run_with_forward_hooks(module, batches, [(layers[name], hook_for(name, layers[name])) for name in names])
     return {name: sums[name] / counts[name] for name in sums}
 
 

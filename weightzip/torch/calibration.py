@@ -145,7 +145,15 @@ def input_second_moments(module: nn.Module, batches: Iterable[torch.Tensor],
             counts[name] = counts.get(name, 0) + x.shape[0]
         return hook
 
-    handles = [layer.register_forward_hook(hook_for(name, _input_channel_axis(layer))) for name, layer in layers.items()]
+    run_with_forward_hooks(module, batches, [(layer, hook_for(name, _input_channel_axis(layer)))
+                                             for name, layer in layers.items()])
+    return {name: (sums[name] / counts[name]).cpu().numpy() for name in sums}
+
+
+def run_with_forward_hooks(module: nn.Module, batches, hooks) -> None:
+    """Run `module` over `batches` without gradients, with each forward hook of `hooks` ((layer, hook) pairs)
+    registered on its layer for the run and removed afterwards, also when the model fails."""
+    handles = [layer.register_forward_hook(hook) for layer, hook in hooks]
     try:
         with torch.no_grad():
             for batch in batches:
@@ -153,7 +161,6 @@ def input_second_moments(module: nn.Module, batches: Iterable[torch.Tensor],
     finally:
         for handle in handles:
             handle.remove()
-    return {name: (sums[name] / counts[name]).cpu().numpy() for name in sums}
 
 
 def activation_importance(target: WeightTarget, moments: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
