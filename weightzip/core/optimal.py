@@ -249,8 +249,10 @@ def _bin_moments(array, importance, low, high, bins):
     return weight, first, second, smallest, largest
 
 
-@numba.njit(cache=True, nogil=True)
-def _run_cost(cum_count, cum_first, cum_second, start, end):
+@numba.njit(cache=True, nogil=True, inline="always")
+def run_cost(cum_count, cum_first, cum_second, start, end):
+    """Weighted squared error of the run of atoms [start, end) from prefix sums of weight, weight·x and
+    weight·x² of centred values (also the cost of :mod:`weightzip.core.rowwise`'s rows)."""
     weight = cum_count[end] - cum_count[start]
     if weight <= 0.0:
         return 0.0
@@ -276,7 +278,7 @@ def _optimal_run_starts(cum_count, cum_first, cum_second, k):
     adjusted = np.empty(n + 1)
     previous[0] = 0.0
     for i in range(1, n + 1):
-        previous[i] = _run_cost(cum_count, cum_first, cum_second, 0, i)
+        previous[i] = run_cost(cum_count, cum_first, cum_second, 0, i)
     split = np.zeros((k, n + 1), dtype=np.int32)
     top = 1
     while top < n + 1:

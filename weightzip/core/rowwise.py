@@ -21,6 +21,7 @@ import numpy as np
 from weightzip.core.assign import index_dtype
 from weightzip.core.cluster import ClusteredTensor
 from weightzip.core.errors import WeightzipError
+from weightzip.core.optimal import run_cost
 
 MAX_ROW = 1 << 15
 
@@ -125,7 +126,7 @@ def _rows_dp(values, weights, lengths, k_max):
             cum_x[i + 1] = cum_x[i] + w * x
             cum_xx[i + 1] = cum_xx[i] + w * x * x
         for i in range(n + 1):
-            previous[i] = _cost(cum_w, cum_x, cum_xx, 0, i)
+            previous[i] = run_cost(cum_w, cum_x, cum_xx, 0, i)
             split[0, i] = 0
         costs[r, 0] = previous[n]
         layers = min(k_max, n)
@@ -153,7 +154,7 @@ def _rows_dp(values, weights, lengths, k_max):
                 best = np.inf
                 best_m = first
                 for m in range(first, last + 1):
-                    value = previous[m] + _cost(cum_w, cum_x, cum_xx, m, mid)
+                    value = previous[m] + run_cost(cum_w, cum_x, cum_xx, m, mid)
                     if value < best:
                         best = value
                         best_m = m
@@ -180,12 +181,3 @@ def _rows_dp(values, weights, lengths, k_max):
             starts_all[r, j, 0] = 0
     return starts_all, costs
 
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _cost(cum_w, cum_x, cum_xx, start, end):
-    weight = cum_w[end] - cum_w[start]
-    if weight <= 0.0:
-        return 0.0
-    total = cum_x[end] - cum_x[start]
-    cost = (cum_xx[end] - cum_xx[start]) - total * total / weight
-    return cost if cost > 0.0 else 0.0
