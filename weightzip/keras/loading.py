@@ -24,6 +24,7 @@ from types import ModuleType
 import keras
 
 from weightzip.core.errors import WeightzipError
+from weightzip.core.errors import first_line as core_first_line
 
 KERAS_MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 
@@ -149,9 +150,10 @@ def _root_cause(error: BaseException) -> BaseException:
 
 
 def first_line(error: BaseException, limit: int = 300) -> str:
-    """The reason an exception gives, in one line of at most `limit` characters."""
+    """The reason an exception gives, in one line of at most `limit` characters; for Keras's errors, the reason
+    after its dump of the whole layer config."""
     text = str(error).strip()
     if "Exception encountered:" in text:  # Keras wraps the reason after a dump of the whole layer config
-        text = text.rsplit("Exception encountered:", 1)[1].strip()
-    text = text.splitlines()[0] if text else type(error).__name__
-    return text if len(text) <= limit else text[:limit - 1] + "…"
+        reason = text.rsplit("Exception encountered:", 1)[1].strip()
+        return core_first_line(reason, limit) if reason else type(error).__name__
+    return core_first_line(error, limit)

@@ -34,7 +34,7 @@ from torch.nn.utils import parametrize
 from weightzip import __version__
 from weightzip.atomic import check_output_path, write_bytes_atomically
 from weightzip.core import CentroidInitialization, ClusterConfig, ClusteredTensor, cluster_array
-from weightzip.core.errors import WeightzipError
+from weightzip.core.errors import WeightzipError, first_line
 from weightzip.core.palette import drop_unused_centroids
 from weightzip.core.pruning import apply_mask, magnitude_mask
 from weightzip.format import WriteOptions, WzFormatError, read_wz, read_wz_dense, write_wz
@@ -74,7 +74,7 @@ def load_checkpoint(path) -> dict[str, torch.Tensor]:
         try:
             return dict(load_file(str(path), device="cpu"))
         except Exception as error:  # safetensors' Rust errors share no base class with Python's
-            raise WeightzipError(f"{path}: not a valid .safetensors file ({_first_line(error)})") from None
+            raise WeightzipError(f"{path}: not a valid .safetensors file ({first_line(error)})") from None
     if is_torchscript_archive(path):
         return load_archive(path)[0]
     if path.suffix not in CHECKPOINT_SUFFIXES:
@@ -83,14 +83,9 @@ def load_checkpoint(path) -> dict[str, torch.Tensor]:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle and zip errors have no common base class
         raise WeightzipError(f"{path}: not a loadable torch checkpoint ({type(error).__name__}: "
-                             f"{_first_line(error)}); weightzip reads state_dicts (torch.save(model.state_dict())), "
+                             f"{first_line(error)}); weightzip reads state_dicts (torch.save(model.state_dict())), "
                              ".safetensors and TorchScript archives (torch.jit.save), never arbitrary pickles") from None
     return _as_state_dict(loaded, str(path))
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _as_state_dict(loaded, where: str) -> dict[str, torch.Tensor]:
