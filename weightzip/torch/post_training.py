@@ -32,7 +32,6 @@ from weightzip.atomic import check_output_path, write_bytes_atomically
 from weightzip.core.allocation import (
     AllocationPlan,
     Candidates,
-    TargetUnreachableError,
     TensorToCompress,
     allocate,
     rate_distortion_curves,
@@ -41,8 +40,15 @@ from weightzip.core.allocation import (
 )
 from weightzip.core.cluster import ClusteredTensor
 from weightzip.core.errors import WeightzipError
-from weightzip.core.fidelity import Fidelity, measure_fidelity, split_calibration
-from weightzip.core.post_training import PostTrainingReport, Sensitivity  # shared with the Keras front end
+from weightzip.core.fidelity import measure_fidelity, split_calibration
+from weightzip.core.post_training import (  # shared with the Keras front end
+    HEADER_SLACK,
+    KEPT_AS_FLOAT,
+    PostTrainingReport,
+    Sensitivity,
+    plan_for_file_size,
+    report_stub,
+)
 from weightzip.format import encode_wz
 from weightzip.torch.calibration import (
     activation_importance,
@@ -128,7 +134,8 @@ def compress_post_training(
             plan = allocate(curves, bits_per_weight=bits_per_weight)
             mode = f"{bits_per_weight:g} bits per weight"
         elif target_bytes is not None:
-            plan = _plan_for_file_size(model, curves, target_bytes, metadata, uncompressed, extra_tensors)
+            plan = plan_for_file_size(curves, target_bytes, lambda candidate: len(_encode(
+                model, candidate, report_stub(candidate, uncompressed), metadata, extra_tensors)) + HEADER_SLACK)
             mode = f"target {target_bytes:,} bytes"
         else:
             fit_reference = outputs_of(model, fit_batches)
@@ -152,7 +159,7 @@ def compress_post_training(
     for name, choice in plan.choices.items():
         if choice.clusters == 0:
             uncompressed.append({"tensor": name, "shape": list(np.shape(choice.stored)),
-                                 "reason": "kept as float: no clustering stores it smaller"})
+                                 "reason": KEPT_AS_FLOAT})
     fidelity = None
     if calibration is not None:
         fidelity = measure_fidelity(reference, outputs_of(compressed, held_batches))
@@ -287,40 +294,3 @@ def _encode(model: nn.Module, plan: AllocationPlan, report: PostTrainingReport |
     if report is not None:
         extra[METADATA_KEY] = report.to_metadata()
     return encode_wz(stored, extra, plan.write_options)
-
-
-def _plan_for_file_size(model: nn.Module, curves, target: int, metadata: dict | None,
-                        uncompressed: list[dict], extra_tensors: dict | None) -> AllocationPlan:
-    """The allocation whose whole `.wz` file (other tensors, header and report included) fits `target` bytes."""
-    if isinstance(target, bool) or not isinstance(target, (int, np.integer)) or target <= 0:
-        raise WeightzipError(f"target size must be a positive number of bytes, got {target!r}")
-    smallest = AllocationPlan({name: curve.smallest() for name, curve in curves.items()},
-                              next(iter(curves.values())).write_options)
-    overhead = len(_encode(model, smallest, _report_stub(smallest, uncompressed), metadata, extra_tensors)) \
-        - smallest.total_bytes + _HEADER_SLACK
-    budget = target - overhead
-    if budget < smallest.total_bytes:
-        raise TargetUnreachableError(
-            f"target of {target:,} bytes cannot be met: the smallest file is {smallest.total_bytes + overhead:,} "
-            f"bytes (codebooks and indices {smallest.total_bytes:,}, other tensors and header {overhead:,})")
-    for _ in range(6):
-        plan = allocate(curves, target_bytes=budget)
-        size = len(_encode(model, plan, _report_stub(plan, uncompressed), metadata, extra_tensors)) + _HEADER_SLACK
-        if size <= target:
-            return plan
-        budget -= size - target
-        if budget < smallest.total_bytes:
-            break
-    return smallest
-
-
-_HEADER_SLACK = 96  # bytes: the final header's figures (fidelity, time) deflate a little differently
-
-
-def _report_stub(plan: AllocationPlan, uncompressed: list[dict]) -> PostTrainingReport:
-    """A report of the final shape (same rows, figures of maximal length), to measure the header's size."""
-    fidelity = Fidelity(100000, 0.123457, 0.123457, 0.123457)
-    rows = uncompressed + [{"tensor": name, "shape": list(np.shape(c.stored)),
-                            "reason": "kept as float: no clustering stores it smaller"}
-                           for name, c in plan.choices.items() if c.clusters == 0]
-    return PostTrainingReport(plan, rows, fidelity, "activation", "target 000,000,000,000 bytes", 99999.99)
