@@ -21,13 +21,14 @@ from pathlib import Path
 
 from weightzip import __version__
 from weightzip.core.centroid_init import CentroidInitialization
+from weightzip.core.errors import WeightzipError
 
 KERAS_SUFFIXES = (".keras", ".h5")
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".pt2")
 BUILTIN_DATASETS = ("mnist-5k", "fashion-mnist")
 
 
-class CliError(Exception):
+class CliError(WeightzipError):
     """A problem with the command's arguments or files, printed without a traceback."""
 
 
@@ -603,7 +604,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from weightzip.core.errors import WeightzipError
     from weightzip.quiet import quiet_frameworks
 
     parser = build_parser()

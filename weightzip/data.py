@@ -16,11 +16,17 @@ from pathlib import Path
 
 import numpy as np
 
+from weightzip.core.errors import WeightzipError
+
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
-class DatasetUnavailableError(RuntimeError):
+class DatasetUnavailableError(WeightzipError, RuntimeError):
     """An offline data set whose files are not on this machine; the message says how to get them."""
+
+
+class DatasetFileError(WeightzipError):
+    """A data set file that is not what its name says (a bad or truncated idx file)."""
 
 
 def mnist_5k_path() -> Path:
@@ -74,14 +80,14 @@ def read_idx(path: str | Path) -> np.ndarray:
     with opener(path, "rb") as handle:
         data = handle.read()
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path} is not an idx file (bad magic {data[:4]!r})")
+        raise DatasetFileError(f"{path} is not an idx file (bad magic {data[:4]!r})")
     dtype = np.dtype(_IDX_DTYPES[data[2]])
     rank = data[3]
     header = 4 + 4 * rank
     if len(data) < header:
-        raise ValueError(f"{path}: truncated idx header")
+        raise DatasetFileError(f"{path}: truncated idx header")
     shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(rank))
     expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(data) != expected:
-        raise ValueError(f"{path}: {len(data)} bytes, expected {expected} for shape {shape}")
+        raise DatasetFileError(f"{path}: {len(data)} bytes, expected {expected} for shape {shape}")
     return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)

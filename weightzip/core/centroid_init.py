@@ -8,15 +8,15 @@ k-means++. `OPTIMAL` is weightzip's own: the optimal 1-D k-means solution by dyn
 
 from __future__ import annotations
 
-import enum
-
 import numpy as np
 
+from weightzip.core.options import ParsableEnum
 from weightzip.core.sample import SortedSample
 
 
-class CentroidInitialization(str, enum.Enum):
-    """How to place the initial centroids. Values are the strings accepted everywhere (CLI, configs)."""
+class CentroidInitialization(ParsableEnum):
+    """How to place the initial centroids. Values are the strings accepted everywhere (CLI, configs); ``parse``
+    also takes names in any case and TFMOT's ``"CentroidInitialization.LINEAR"``."""
 
     LINEAR = "linear"
     """Evenly spaced on [min, max] (the paper's best)."""
@@ -30,17 +30,8 @@ class CentroidInitialization(str, enum.Enum):
     """The exact optimum of weighted 1-D k-means (no refinement needed)."""
 
     @classmethod
-    def parse(cls, value: "CentroidInitialization | str") -> "CentroidInitialization":
-        """Accept a member, its value or its name (case-insensitive), with an error listing the choices."""
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, str):
-            lowered = value.strip().lower()
-            for member in cls:
-                if lowered in (member.value, member.name.lower()):
-                    return member
-        choices = ", ".join(member.name for member in cls)
-        raise ValueError(f"unknown centroid initialization {value!r}; choose one of {choices}")
+    def _label(cls) -> str:
+        return "centroid initialization"
 
 
 def linear_centroids(sample: SortedSample, k: int) -> np.ndarray:

@@ -13,7 +13,7 @@ import numpy as np
 
 from weightzip.core.assign import assign_to_centroids, index_dtype
 from weightzip.core.centroid_init import CentroidInitialization
-from weightzip.core.errors import InvalidClusterCountError
+from weightzip.core.errors import InvalidArgumentError, InvalidClusterCountError
 from weightzip.core.fit import fit_centroids
 from weightzip.core.validation import as_sample_weight, as_weight_array, check_cluster_count
 
@@ -47,11 +47,11 @@ class ClusterConfig:
                 "preserve_sparsity needs number_of_clusters >= 2: one centroid is reserved for zero"
             )
         if not isinstance(self.lloyd_iterations, int) or self.lloyd_iterations < 0:
-            raise ValueError(f"lloyd_iterations must be an integer >= 0, got {self.lloyd_iterations!r}")
+            raise InvalidArgumentError(f"lloyd_iterations must be an integer >= 0, got {self.lloyd_iterations!r}")
         if self.axis is not None and not isinstance(self.axis, int):
-            raise ValueError(f"axis must be an integer or None, got {self.axis!r}")
+            raise InvalidArgumentError(f"axis must be an integer or None, got {self.axis!r}")
         if not isinstance(self.group_size, int) or self.group_size < 1:
-            raise ValueError(f"group_size must be an integer >= 1, got {self.group_size!r}")
+            raise InvalidArgumentError(f"group_size must be an integer >= 1, got {self.group_size!r}")
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,7 @@ def _normalised_axis(axis: int | None, ndim: int) -> int | None:
     if axis is None:
         return None
     if not -ndim <= axis < ndim:
-        raise ValueError(f"axis {axis} is out of range for a tensor of rank {ndim}")
+        raise InvalidArgumentError(f"axis {axis} is out of range for a tensor of rank {ndim}")
     return axis % ndim
 
 

@@ -19,3 +19,20 @@ class InvalidWeightsError(WeightzipError):
 
 class InvalidClusterCountError(WeightzipError):
     """A number of clusters that is not a positive integer or exceeds the distinct values available."""
+
+
+class InvalidArgumentError(WeightzipError):
+    """An argument whose value weightzip refuses: out of range, or inconsistent with another argument."""
+
+
+class ArgumentTypeError(WeightzipError, TypeError):
+    """An argument of a type weightzip does not take (also a ``TypeError``, as Python's own would be)."""
+
+
+class UnsupportedLayerError(WeightzipError):
+    """A layer or module asked for explicitly whose weights weightzip cannot handle (both front ends raise this one
+    class: ``weightzip.keras.UnsupportedLayerError is weightzip.torch.UnsupportedLayerError``)."""
+
+
+class UnsupportedBackendError(WeightzipError, RuntimeError):
+    """A call that needs a framework, backend or interpreter feature this process lacks (also a ``RuntimeError``)."""

@@ -11,7 +11,7 @@ from weightzip.core.centroid_init import (
     kmeans_plus_plus_centroids,
     linear_centroids,
 )
-from weightzip.core.errors import InvalidClusterCountError
+from weightzip.core.errors import InvalidArgumentError, InvalidClusterCountError
 from weightzip.core.lloyd import lloyd_refine
 from weightzip.core.optimal import DEFAULT_MAX_ATOMS, optimal_centroids
 from weightzip.core.sample import SortedSample
@@ -52,7 +52,7 @@ def fit_centroids(
     k = check_cluster_count(number_of_clusters)
     integral = isinstance(lloyd_iterations, (int, np.integer)) and not isinstance(lloyd_iterations, bool)
     if not integral or lloyd_iterations < 0:
-        raise ValueError(f"lloyd_iterations must be an integer >= 0, got {lloyd_iterations!r}")
+        raise InvalidArgumentError(f"lloyd_iterations must be an integer >= 0, got {lloyd_iterations!r}")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
 
     if method is CentroidInitialization.OPTIMAL and lloyd_iterations == 0:

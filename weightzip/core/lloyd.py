@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from weightzip.core.errors import InvalidArgumentError
 from weightzip.core.sample import SortedSample
 
 
@@ -15,7 +16,7 @@ def lloyd_refine(sample: SortedSample, centroids, max_iterations: int = 100) -> 
     centroids and the number of iterations run. The SSE never increases from one iteration to the next.
     """
     if max_iterations < 0:
-        raise ValueError(f"max_iterations must be >= 0, got {max_iterations}")
+        raise InvalidArgumentError(f"max_iterations must be >= 0, got {max_iterations}")
     current = np.sort(np.asarray(centroids, dtype=np.float64))
     bounds = sample.boundaries(current)
     for iteration in range(1, max_iterations + 1):

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from weightzip.core.errors import InvalidArgumentError
 from weightzip.core.validation import as_sample_weight, as_weight_array, check_cluster_count, require_some_weight
 
 DEFAULT_MAX_ATOMS = 1 << 16
@@ -76,7 +77,7 @@ def optimal_partition(values, k: int, *, sample_weight=None,
     require_some_weight(importance)
     k = check_cluster_count(k)
     if max_atoms is not None and max_atoms < 2:
-        raise ValueError(f"max_atoms must be >= 2 or None, got {max_atoms}")
+        raise InvalidArgumentError(f"max_atoms must be >= 2 or None, got {max_atoms}")
     atoms = _sixteen_bit_atoms(array, importance)
     if atoms is None and max_atoms is not None and array.shape[0] > max_atoms:
         atoms = _histogram_atoms(array, importance, max_atoms)
@@ -87,7 +88,7 @@ def optimal_partition(values, k: int, *, sample_weight=None,
     k = check_cluster_count(k, atoms.size, what="distinct values" if importance is None
                             else "distinct values of positive sample_weight")
     if max_atoms is None and 4 * k * (atoms.size + 1) > MAX_EXACT_SPLIT_BYTES:
-        raise ValueError(f"the exact optimum over {atoms.size} distinct values at k={k} needs "
+        raise InvalidArgumentError(f"the exact optimum over {atoms.size} distinct values at k={k} needs "
                          f"{4 * k * (atoms.size + 1) / 2**30:.1f} GiB of split points (limit "
                          f"{MAX_EXACT_SPLIT_BYTES / 2**30:.0f} GiB); pass max_atoms to solve over a histogram")
     starts = _optimal_run_starts(*atoms.prefix_sums(), k)

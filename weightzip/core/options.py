@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import enum
 
-from weightzip.core.errors import WeightzipError
+from weightzip.core.errors import InvalidArgumentError
+
+
+class InvalidOptionError(InvalidArgumentError):
+    """A string or enum that names none of an option's choices; the message lists them."""
 
 
 class ParsableEnum(str, enum.Enum):
     """A string enum that parses its members, values, names, aliases and TFMOT's ``"Class.NAME"`` spellings.
 
-    A bad value raises :class:`WeightzipError` (a ValueError) listing the choices.
+    A bad value raises :class:`InvalidOptionError` (a WeightzipError and a ValueError) listing the choices.
     """
 
     @classmethod
     def _aliases(cls) -> dict[str, str]:
         return {}
+
+    @classmethod
+    def _label(cls) -> str:
+        """What a member is called in error messages (default: the class name)."""
+        return cls.__name__
 
     @classmethod
     def parse(cls, value, what: str | None = None):
@@ -31,7 +40,7 @@ class ParsableEnum(str, enum.Enum):
                 if lowered in (member.value, member.name.lower()):
                     return member
         choices = ", ".join(f"{member.name} ({member.value!r})" for member in cls)
-        raise WeightzipError(f"unknown {what or cls.__name__} {value!r}; choose one of {choices}")
+        raise InvalidOptionError(f"unknown {what or cls._label()} {value!r}; choose one of {choices}")
 
 
 class GradientAggregation(ParsableEnum):

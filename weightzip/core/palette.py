@@ -13,7 +13,7 @@ import numpy as np
 
 from weightzip.core.assign import index_dtype
 from weightzip.core.cluster import ClusteredTensor
-from weightzip.core.errors import InvalidClusterCountError
+from weightzip.core.errors import InvalidArgumentError, InvalidClusterCountError
 from weightzip.core.validation import as_weight_array
 
 
@@ -29,7 +29,7 @@ def palettize_exact(weights, max_clusters: int, *, axis: int | None = None) -> C
         rows = array.reshape(1, -1)
     else:
         if not -array.ndim <= axis < array.ndim:
-            raise ValueError(f"axis {axis} is out of range for a tensor of rank {array.ndim}")
+            raise InvalidArgumentError(f"axis {axis} is out of range for a tensor of rank {array.ndim}")
         axis %= array.ndim
         rows = np.moveaxis(array, axis, 0).reshape(array.shape[axis], -1)
     palettes = []

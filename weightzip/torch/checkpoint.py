@@ -34,7 +34,7 @@ from torch.nn.utils import parametrize
 from weightzip import __version__
 from weightzip.atomic import check_output_path, write_bytes_atomically
 from weightzip.core import CentroidInitialization, ClusterConfig, ClusteredTensor, cluster_array
-from weightzip.core.errors import WeightzipError, first_line
+from weightzip.core.errors import ArgumentTypeError, InvalidArgumentError, WeightzipError, first_line
 from weightzip.core.palette import drop_unused_centroids
 from weightzip.core.pruning import apply_mask, magnitude_mask
 from weightzip.format import WriteOptions, WzFormatError, read_wz, read_wz_dense, write_wz
@@ -190,9 +190,9 @@ def compress_state_dict(
     elif isinstance(source, Mapping):
         tensors, axes, kind = _as_state_dict(source, "state_dict"), None, "state_dict"
     else:
-        raise TypeError(f"source must be an nn.Module, a state_dict or a checkpoint path, got {type(source).__name__}")
+        raise ArgumentTypeError(f"source must be an nn.Module, a state_dict or a checkpoint path, got {type(source).__name__}")
     if not per_channel and group_size != 1:
-        raise ValueError("group_size only applies with per_channel=True")
+        raise InvalidArgumentError("group_size only applies with per_channel=True")
     for value in (sparsity, conv_sparsity):
         if value is not None:
             _check_sparsity(value)

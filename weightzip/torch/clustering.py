@@ -35,7 +35,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from weightzip.core import CentroidInitialization, ClusterConfig, ClusteredTensor, cluster_array, index_dtype
-from weightzip.core.errors import WeightzipError
+from weightzip.core.errors import InvalidArgumentError, WeightzipError
 from weightzip.core.options import GradientAggregation
 from weightzip.torch import parametrized
 from weightzip.torch.targets import WeightTarget, find_targets
@@ -187,7 +187,7 @@ def cluster_weights(
     Create the optimizer *after* this call: the clustered weights' parameters are the new ``centroids``.
     """
     if not per_channel and group_size != 1:
-        raise ValueError("group_size only applies with per_channel=True")
+        raise InvalidArgumentError("group_size only applies with per_channel=True")
     aggregation = GradientAggregation.parse(gradient_aggregation, "gradient_aggregation")
     base = ClusterConfig(number_of_clusters, init, lloyd_iterations, None, group_size, preserve_sparsity, seed)
     targets = find_targets(module, layers)

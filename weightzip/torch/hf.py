@@ -33,7 +33,7 @@ import torch
 from weightzip import __version__
 from weightzip.atomic import atomic_directory, atomic_output, check_output_path
 from weightzip.core import CentroidInitialization, ClusterConfig, ClusteredTensor
-from weightzip.core.errors import WeightzipError
+from weightzip.core.errors import ArgumentTypeError, WeightzipError
 from weightzip.format import WriteOptions, read_metadata, write_wz
 from weightzip.format.reader import inspect_wz, read_tensor
 from weightzip.torch.checkpoint import WIDENED_DTYPES, as_stored_tensor, encode_tensor
@@ -305,7 +305,7 @@ def compress_pretrained(model, output, *, tokenizer=None, **options) -> Director
     compressed by :func:`compress_model_dir` with `options`.
     """
     if not hasattr(model, "save_pretrained") or not hasattr(model, "config"):
-        raise TypeError(f"model must be a transformers PreTrainedModel, got {type(model).__name__}")
+        raise ArgumentTypeError(f"model must be a transformers PreTrainedModel, got {type(model).__name__}")
     with tempfile.TemporaryDirectory(prefix="weightzip-hf-") as temporary:
         model.save_pretrained(temporary, safe_serialization=True)
         if tokenizer is not None:

@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from weightzip.core import ClusteredTensor
-from weightzip.core.errors import WeightzipError
+from weightzip.core.errors import ArgumentTypeError, WeightzipError
 from weightzip.format import DEFAULT_MAX_ELEMENTS, WzFormatError
 from weightzip.format.reader import _checked
 from weightzip.format.records import TensorRecord, decode_record
@@ -45,7 +45,7 @@ def load_palettized(model: nn.Module, path, *, max_elements: int = DEFAULT_MAX_E
     """Load the `.wz` file `path` into `model` in place, its clustered Linear/Conv1d/Conv2d/Embedding weights
     as palettized layers; returns `model` (or the palettized layer when `model` itself is one)."""
     if not isinstance(model, nn.Module):
-        raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
+        raise ArgumentTypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
     path = Path(path)
     if not path.is_file():
         raise PalettizedLoadError(f"{path}: no such file")

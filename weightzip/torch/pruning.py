@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from weightzip.core.errors import WeightzipError
+from weightzip.core.errors import ArgumentTypeError, InvalidArgumentError, WeightzipError
 from weightzip.core.pruning import ConstantSparsity, InvalidSparsityError, PruningSchedule, magnitude_mask, n_m_mask
 from weightzip.torch import parametrized
 from weightzip.torch.targets import find_targets
@@ -61,7 +61,7 @@ class PruningSettings:
 
     def __post_init__(self):
         if not isinstance(self.schedule, PruningSchedule):
-            raise TypeError(f"pruning_schedule must be a weightzip PruningSchedule (ConstantSparsity, "
+            raise ArgumentTypeError(f"pruning_schedule must be a weightzip PruningSchedule (ConstantSparsity, "
                             f"PolynomialDecay), got {self.schedule!r}")
         if self.pooling not in _POOLINGS:
             raise InvalidSparsityError(f"block_pooling_type must be 'AVG' or 'MAX', got {self.pooling!r}")
@@ -197,7 +197,7 @@ def update_pruning_step(module: nn.Module, step: int | None = None) -> int:
     if step is None:
         step = max(int(mask.step) for mask, _ in masks) + 1
     elif isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise ValueError(f"step must be an integer >= 0, got {step!r}")
+        raise InvalidArgumentError(f"step must be an integer >= 0, got {step!r}")
     for mask, original in masks:
         mask.update(original, step)
     return step

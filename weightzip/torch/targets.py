@@ -29,11 +29,9 @@ from typing import Iterable
 
 from torch import nn
 
-from weightzip.core.errors import WeightzipError
+from weightzip.core.errors import ArgumentTypeError, UnsupportedLayerError, WeightzipError
 
-
-class UnsupportedLayerError(WeightzipError):
-    """A module explicitly requested for compression whose weights weightzip cannot handle."""
+__all__ = ["UnsupportedLayerError", "WeightTarget", "find_targets", "weights_of"]
 
 
 @dataclass(frozen=True)
@@ -94,7 +92,7 @@ def find_targets(model: nn.Module, layers: Iterable[str | type] | str | type | N
     :class:`WeightzipError` for a name that is not in the model, and an error when nothing is selected.
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
+        raise ArgumentTypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
     modules = dict(model.named_modules())
     if layers is None:
         selected = list(modules)
@@ -120,7 +118,7 @@ def _as_list(layers) -> list:
     try:
         return list(layers)
     except TypeError:
-        raise TypeError(f"layers must be module names and/or types, got {layers!r}") from None
+        raise ArgumentTypeError(f"layers must be module names and/or types, got {layers!r}") from None
 
 
 def _select(model: nn.Module, modules: dict[str, nn.Module], requests: list) -> list[str]:
@@ -135,7 +133,7 @@ def _select(model: nn.Module, modules: dict[str, nn.Module], requests: list) -> 
             if not roots:
                 raise WeightzipError(f"layers: the model has no module of type {request.__name__}")
         else:
-            raise TypeError(f"layers entries must be module names or nn.Module subclasses, got {request!r}")
+            raise ArgumentTypeError(f"layers entries must be module names or nn.Module subclasses, got {request!r}")
         for root in roots:
             _check_supported(root, modules[root])
             prefix = f"{root}." if root else ""
