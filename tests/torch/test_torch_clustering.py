@@ -331,3 +331,38 @@ def test_stripping_a_deep_copy_leaves_the_original_clustered():
     assert not clustered_weights(stripped)
     torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
     torch.testing.assert_close(stripped(x), expected, rtol=0, atol=0)
+
+
+def test_a_spec_clusters_exactly_as_the_same_keywords_and_keywords_override_it():
+    from weightzip.core.specs import ClusteringSpec
+
+    spec = ClusteringSpec(4, "density", per_channel=True, preserve_sparsity=False, seed=0)
+    by_spec, by_keywords = cluster_weights(small_net(), spec=spec), cluster_weights(
+        small_net(), 4, "density", per_channel=True, seed=0)
+    for name, value in by_keywords.state_dict().items():
+        assert torch.equal(by_spec.state_dict()[name], value)
+    overridden = cluster_weights(small_net(), spec=spec, number_of_clusters=2)
+    assert all(p.number_of_clusters == 2 for p in clustered_weights(overridden).values())
+    assert distinct_per_channel(overridden[4].weight, 0) <= 2
+    with pytest.raises(WeightzipError, match="fixed assignment"):
+        cluster_weights(small_net(), spec=spec, reassignment="every_step")
+
+
+def test_torch_calls_mutate_by_default_and_inplace_false_leaves_the_module_as_it_was():
+    from weightzip.torch import palettize, prune_low_magnitude
+
+    for call in (lambda m, **kw: cluster_weights(m, 4, **kw), lambda m, **kw: prune_low_magnitude(m, **kw)):
+        model = small_net()
+        before = {name: value.clone() for name, value in model.state_dict().items()}
+        copied = call(model, inplace=False)
+        assert copied is not model and not clustered_weights(model)
+        assert not any(hasattr(module, "parametrizations") for module in model.modules())
+        assert all(torch.equal(value, before[name]) for name, value in model.state_dict().items())
+        assert any(hasattr(module, "parametrizations") for module in copied.modules())
+        assert call(model) is model and any(hasattr(module, "parametrizations") for module in model.modules())
+    clustered = strip_clustering(cluster_weights(small_net(), 4))
+    palettized = palettize(clustered, inplace=False)
+    assert isinstance(clustered[4], nn.Linear) and type(palettized[4]).__name__ == "PalettizedLinear"
+    assert palettize(clustered) is clustered and type(clustered[4]).__name__ == "PalettizedLinear"
+    with pytest.raises(TypeError, match="inplace must be True or False"):
+        cluster_weights(small_net(), 4, inplace="no")

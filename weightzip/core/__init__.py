@@ -2,6 +2,8 @@
 
 - :func:`fit_centroids`: k centroids of a 1-D weight set (linear, density, Forgy, k-means++, exact optimum;
   optional Lloyd refinement), optionally weighted by per-weight importance.
+- :class:`ClusteringSpec`, :class:`PruningSpec`: what to do to every selected weight, the same fields in both
+  front ends (:mod:`weightzip.core.specs`).
 - :func:`cluster_array`: a whole tensor to a :class:`ClusteredTensor` (per-tensor, per-channel or grouped
   codebooks; sparsity preserved on request).
 - :func:`assign_to_centroids`: nearest centroid by binary search on midpoints, O(n log k).
@@ -26,6 +28,7 @@ from weightzip.core.pruning import (
     n_m_mask,
 )
 from weightzip.core.sample import SortedSample
+from weightzip.core.specs import ClusteringSpec, PruningSpec
 
 __all__ = [
     "ConstantSparsity",
@@ -35,6 +38,8 @@ __all__ = [
     "n_m_mask",
     "CentroidInitialization",
     "ClusterConfig",
+    "ClusteringSpec",
+    "PruningSpec",
     "ClusteredTensor",
     "InvalidClusterCountError",
     "InvalidWeightsError",

@@ -55,3 +55,29 @@ class GradientAggregation(ParsableEnum):
     @classmethod
     def _aliases(cls) -> dict[str, str]:
         return {"avg": "average", "mean": "average"}
+
+
+class Reassignment(ParsableEnum):
+    """Whether a weight may move to another cluster while the clustered model is fine-tuned.
+
+    ``EVERY_STEP`` (TFMOT's behaviour, the Keras default): the layer keeps its original weights as trainable
+    variables. The forward pass replaces each by its nearest centroid; the backward pass gives the
+    centroids the (summed or averaged) gradient of their members and, by a straight-through estimator,
+    each original weight the gradient of its clustered value. Weights therefore drift across cluster
+    boundaries and are reassigned at every step.
+
+    ``FIXED`` (the Deep Compression paper; the only mode of the PyTorch front end): the assignment computed
+    when the layer is clustered is stored and never changes; only the centroids train and the original
+    weights are frozen. Cheaper per step (no search, no optimizer state for the kernel), less able to
+    recover accuracy at small k.
+    """
+
+    EVERY_STEP = "every_step"
+    FIXED = "fixed"
+
+
+class BlockPooling(ParsableEnum):
+    """How the magnitudes of a pruning block are summarised into its score (TFMOT's ``block_pooling_type``)."""
+
+    AVG = "avg"
+    MAX = "max"

@@ -16,7 +16,9 @@ The names follow TFMOT and :mod:`weightzip.keras`:
 """
 
 from weightzip.core import CentroidInitialization
+from weightzip.core.options import Reassignment
 from weightzip.core.pruning import ConstantSparsity, PolynomialDecay, PruningSchedule
+from weightzip.core.specs import ClusteringSpec, PruningSpec
 from weightzip.torch.checkpoint import (
     compress_state_dict,
     decompress,
@@ -56,6 +58,9 @@ from weightzip.torch.targets import UnsupportedLayerError, WeightTarget, find_ta
 __all__ = [
     "CentroidInitialization",
     "ClusteredWeight",
+    "ClusteringSpec",
+    "PruningSpec",
+    "Reassignment",
     "ConstantSparsity",
     "PolynomialDecay",
     "PruningMask",

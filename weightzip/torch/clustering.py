@@ -27,6 +27,7 @@ Biases are never clustered. A module passed in ``layers`` whose weights are not 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Iterable
 
 import numpy as np
@@ -36,9 +37,10 @@ from torch.nn.utils import parametrize
 
 from weightzip.core import CentroidInitialization, ClusterConfig, ClusteredTensor, cluster_array, index_dtype
 from weightzip.core.errors import InvalidArgumentError, WeightzipError
-from weightzip.core.options import GradientAggregation
+from weightzip.core.options import GradientAggregation, Reassignment
+from weightzip.core.specs import ClusteringSpec, build_spec
 from weightzip.torch import parametrized
-from weightzip.torch.targets import WeightTarget, find_targets
+from weightzip.torch.targets import WeightTarget, copy_unless_inplace, find_targets
 from weightzip.torch.tensors import channel_groups, number_of_groups, to_numpy, torch_index_dtype
 
 
@@ -77,10 +79,7 @@ class ClusteredWeight(nn.Module):
             raise WeightzipError(f"only floating-point weights can be clustered, got dtype {dtype}")
         self.shape = tuple(int(s) for s in shape)
         axis = None if config.axis is None else config.axis % len(self.shape)
-        self.config = ClusterConfig(
-            config.number_of_clusters, config.init, config.lloyd_iterations, axis, config.group_size,
-            config.preserve_sparsity, config.seed,
-        )
+        self.config = dataclasses.replace(config, axis=axis)
         self.gradient_aggregation = GradientAggregation.parse(gradient_aggregation, "gradient_aggregation")
         k = config.number_of_clusters
         groups = number_of_groups(self.shape, axis, config.group_size)
@@ -161,44 +160,55 @@ class ClusteredWeight(nn.Module):
 
 def cluster_weights(
     module: nn.Module,
-    number_of_clusters: int,
-    init: CentroidInitialization | str = CentroidInitialization.LINEAR,
+    number_of_clusters: int | None = None,
+    init: CentroidInitialization | str | None = None,
     *,
-    per_channel: bool = False,
-    group_size: int = 1,
-    preserve_sparsity: bool = False,
-    layers: Iterable[str | type] | str | type | None = None,
-    gradient_aggregation: GradientAggregation | str = GradientAggregation.SUM,
-    lloyd_iterations: int = 0,
+    spec: ClusteringSpec | None = None,
+    per_channel: bool | None = None,
+    group_size: int | None = None,
+    preserve_sparsity: bool | None = None,
+    gradient_aggregation: GradientAggregation | str | None = None,
+    reassignment: Reassignment | str | None = None,
+    lloyd_iterations: int | None = None,
     seed: int | None = None,
+    layers: Iterable[str | type] | str | type | None = None,
+    inplace: bool = True,
 ) -> nn.Module:
-    """Cluster the weights of `module` in place (and return it) for trained quantization.
+    """Cluster the weights of `module` for trained quantization; returns the clustered module.
 
+    spec: a :class:`~weightzip.core.specs.ClusteringSpec`; or its fields as keywords, the same names as the spec
+        and as ``weightzip.keras.cluster_weights`` (keywords next to a spec override its fields):
     number_of_clusters: codebook size k (per tensor, or per channel group with `per_channel`).
-    init: centroid initialisation, a :class:`CentroidInitialization` or its string value.
+    init: centroid initialisation, a :class:`CentroidInitialization` or its string value (default LINEAR).
     per_channel: one codebook per output channel (see :mod:`weightzip.torch.targets` for each layer's
         channel axis); `group_size` > 1 shares a codebook between that many consecutive channels.
     preserve_sparsity: zero weights stay exactly zero during training (one centroid per codebook is a
         frozen 0); use after pruning + :func:`~weightzip.torch.strip_pruning`.
+    gradient_aggregation: "sum" (Deep Compression, default) or "mean" (see :class:`GradientAggregation`).
+    reassignment: only "fixed" (the default here; see the module docstring): "every_step" is refused.
+    lloyd_iterations, seed: see :class:`~weightzip.core.specs.ClusteringSpec`.
     layers: restrict to these module names or types (default: every supported layer).
-    gradient_aggregation: "sum" (Deep Compression) or "mean" (see :class:`GradientAggregation`).
-    lloyd_iterations, seed: passed to the core's :class:`ClusterConfig`.
+    inplace: True (the PyTorch front end's rule, as every call here that takes a module): `module` itself is
+        clustered and returned; False clusters a deep copy and leaves `module` as it was.
 
     Create the optimizer *after* this call: the clustered weights' parameters are the new ``centroids``.
     """
-    if not per_channel and group_size != 1:
-        raise InvalidArgumentError("group_size only applies with per_channel=True")
-    aggregation = GradientAggregation.parse(gradient_aggregation, "gradient_aggregation")
-    base = ClusterConfig(number_of_clusters, init, lloyd_iterations, None, group_size, preserve_sparsity, seed)
+    spec = build_spec(ClusteringSpec, spec, "cluster_weights", number_of_clusters=number_of_clusters, init=init,
+                      per_channel=per_channel, group_size=group_size, preserve_sparsity=preserve_sparsity,
+                      gradient_aggregation=gradient_aggregation, reassignment=reassignment,
+                      lloyd_iterations=lloyd_iterations, seed=seed)
+    if spec.reassignment is Reassignment.EVERY_STEP:
+        raise InvalidArgumentError("weightzip.torch clusters with a fixed assignment (reassignment='fixed'): the float "
+                                   "weights are dropped, so there is nothing to re-assign from at every step")
+    module = copy_unless_inplace(module, inplace)
     targets = find_targets(module, layers)
     for target in targets:
         _refuse_if_parametrized(target)
     for target in targets:
         weight = getattr(target.module, target.parameter_name)
-        config = ClusterConfig(base.number_of_clusters, base.init, base.lloyd_iterations,
-                               target.channel_axis if per_channel else None, group_size, preserve_sparsity, seed)
-        parametrization = ClusteredWeight(tuple(weight.shape), config, dtype=weight.dtype, device=weight.device,
-                                          gradient_aggregation=aggregation)
+        parametrization = ClusteredWeight(tuple(weight.shape), spec.cluster_config(target.channel_axis),
+                                          dtype=weight.dtype, device=weight.device,
+                                          gradient_aggregation=spec.gradient_aggregation)
         parametrization.centroids.requires_grad_(weight.requires_grad)
         parametrized.register(target.module, target.parameter_name, parametrization)
     return module

@@ -33,7 +33,7 @@ from weightzip.core.palette import drop_unused_centroids, smallest_exact_palette
 from weightzip.torch._kernels import ops as _ops  # also registers torch.ops.weightzip.*
 from weightzip.torch._kernels.layout import decode_rows_torch, pack_rows, packed_layout, unpack_rows
 from weightzip.torch.clustering import ClusteredWeight
-from weightzip.torch.targets import find_targets
+from weightzip.torch.targets import copy_unless_inplace, find_targets
 from weightzip.torch.tensors import to_numpy
 
 
@@ -230,14 +230,15 @@ def exact_palette(values: np.ndarray, channel_axis: int | None, max_clusters: in
 
 
 def palettize(module: nn.Module, *, max_clusters: int = 256,
-              layers: Iterable[str | type] | str | type | None = None) -> nn.Module:
+              layers: Iterable[str | type] | str | type | None = None, inplace: bool = True) -> nn.Module:
     """Replace the clustered Linear, Conv1d, Conv2d and Embedding layers of `module` by palettized ones
-    (in place).
+    (in place by default, as every PyTorch call here; ``inplace=False`` palettizes a deep copy).
 
-    Returns `module`, or the palettized layer when `module` itself is one. A layer named in `layers` that
+    Returns `module` (or its copy), or the palettized layer when `module` itself is one. A layer named in `layers` that
     is not clustered (more than `max_clusters` distinct values per tensor and per channel) is an error;
     without `layers`, such layers simply stay dense.
     """
+    module = copy_unless_inplace(module, inplace)
     targets = [t for t in find_targets(module, layers)
                if parametrize.type_before_parametrizations(t.module) in PALETTIZED_LAYERS]
     if layers is not None and not targets:

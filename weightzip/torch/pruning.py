@@ -31,9 +31,10 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from weightzip.core.errors import ArgumentTypeError, InvalidArgumentError, WeightzipError
-from weightzip.core.pruning import ConstantSparsity, InvalidSparsityError, PruningSchedule, magnitude_mask, n_m_mask
+from weightzip.core.pruning import InvalidSparsityError, PruningSchedule, magnitude_mask, n_m_mask
+from weightzip.core.specs import PruningSpec, build_spec
 from weightzip.torch import parametrized
-from weightzip.torch.targets import find_targets
+from weightzip.torch.targets import copy_unless_inplace, find_targets
 from weightzip.torch.tensors import to_numpy
 
 _POOLINGS = {"avg": "avg", "max": "max"}
@@ -113,43 +114,46 @@ def prune_low_magnitude(
     module: nn.Module,
     pruning_schedule: PruningSchedule | None = None,
     block_size: tuple[int, int] | None = None,
-    block_pooling_type: str = "AVG",
+    block_pooling_type: str | None = None,
     sparsity_m_by_n: tuple[int, int] | None = None,
     *,
-    per_channel: bool = False,
+    spec: PruningSpec | None = None,
+    per_channel: bool | None = None,
     layers: Iterable[str | type] | str | type | None = None,
+    inplace: bool = True,
 ) -> nn.Module:
-    """Prepare the weights of `module` for magnitude pruning, in place (returns `module`).
+    """Prepare the weights of `module` for magnitude pruning; returns the prepared module.
 
+    spec: a :class:`~weightzip.core.specs.PruningSpec`; or its fields as keywords, the same names as on Keras
+        (TFMOT's; keywords next to a spec override its fields):
     pruning_schedule: core :class:`ConstantSparsity` / :class:`PolynomialDecay`; default 50 % from step 0.
     block_size: ``(rows, cols)`` blocks over the weight's first two axes (output, input), pruned together.
-    block_pooling_type: "AVG" or "MAX": how a block's magnitudes are scored.
+    block_pooling_type: "AVG" or "MAX" (any case): how a block's magnitudes are scored.
     sparsity_m_by_n: ``(n, m)``, e.g. ``(2, 4)``: keep n of every m consecutive weights along each
         weight's input axis (see :mod:`weightzip.torch.targets`).
     per_channel: prune every output channel to the same sparsity.
     layers: restrict to these module names or types (default: every supported layer).
+    inplace: True (the PyTorch front end's rule): `module` itself is prepared and returned; False prepares a
+        deep copy and leaves `module` as it was.
 
     Nothing is pruned until :func:`update_pruning_step` reaches a step at which the schedule prunes.
     """
-    schedule = ConstantSparsity(0.5, 0) if pruning_schedule is None else pruning_schedule
-    pooling = str(block_pooling_type).lower()
-    if sparsity_m_by_n is not None and (block_size is not None or per_channel):
-        raise InvalidSparsityError("sparsity_m_by_n cannot be combined with block_size or per_channel")
-    m_by_n = None if sparsity_m_by_n is None else _check_m_by_n(sparsity_m_by_n)
+    spec = build_spec(PruningSpec, spec, "prune_low_magnitude", pruning_schedule=pruning_schedule,
+                      block_size=block_size, block_pooling_type=block_pooling_type,
+                      sparsity_m_by_n=sparsity_m_by_n, per_channel=per_channel)
+    module = copy_unless_inplace(module, inplace)
     targets = find_targets(module, layers)
     for target in targets:
         if parametrize.is_parametrized(target.module, target.parameter_name):
             kinds = [type(p).__name__ for p in target.module.parametrizations[target.parameter_name]]
             raise WeightzipError(f"{target.qualified_name!r} is already parametrized by {kinds}; "
                                  "strip it (strip_pruning / strip_clustering) first")
+    m_by_n = spec.sparsity_m_by_n
     for target in targets:
         weight = getattr(target.module, target.parameter_name)
-        block_shape = None
-        if block_size is not None:
-            rows, cols = _check_block_size(block_size)
-            block_shape = (rows, cols) + (1,) * (weight.dim() - 2)
-        settings = PruningSettings(schedule, target.channel_axis if per_channel else None, block_shape, pooling,
-                                   m_by_n, target.input_axis)
+        block_shape = None if spec.block_size is None else spec.block_size + (1,) * (weight.dim() - 2)
+        settings = PruningSettings(spec.pruning_schedule, target.channel_axis if spec.per_channel else None,
+                                   block_shape, spec.block_pooling_type.value, m_by_n, target.input_axis)
         if m_by_n is not None and weight.shape[target.input_axis] % m_by_n[1]:
             raise InvalidSparsityError(
                 f"{target.qualified_name!r}: {m_by_n[0]}:{m_by_n[1]} sparsity needs its input axis "
@@ -157,26 +161,6 @@ def prune_low_magnitude(
         parametrized.register(target.module, target.parameter_name,
                               PruningMask(tuple(weight.shape), settings, device=weight.device))
     return module
-
-
-def _check_m_by_n(value) -> tuple[int, int]:
-    try:
-        n, m = (int(v) for v in value)
-    except (TypeError, ValueError):
-        raise InvalidSparsityError(f"sparsity_m_by_n must be a pair (n, m), got {value!r}") from None
-    if not 0 < n <= m:
-        raise InvalidSparsityError(f"sparsity_m_by_n needs 0 < n <= m, got {value!r}")
-    return n, m
-
-
-def _check_block_size(value) -> tuple[int, int]:
-    try:
-        rows, cols = (int(v) for v in value)
-    except (TypeError, ValueError):
-        raise InvalidSparsityError(f"block_size must be a pair (rows, cols), got {value!r}") from None
-    if rows < 1 or cols < 1:
-        raise InvalidSparsityError(f"block_size entries must be >= 1, got {value!r}")
-    return rows, cols
 
 
 def pruning_masks(module: nn.Module) -> dict[str, PruningMask]:

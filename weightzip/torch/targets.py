@@ -24,6 +24,7 @@ module that has weights weightzip does not handle is an error naming it, never a
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -31,7 +32,7 @@ from torch import nn
 
 from weightzip.core.errors import ArgumentTypeError, UnsupportedLayerError, WeightzipError
 
-__all__ = ["UnsupportedLayerError", "WeightTarget", "find_targets", "weights_of"]
+__all__ = ["UnsupportedLayerError", "WeightTarget", "copy_unless_inplace", "find_targets", "weights_of"]
 
 
 @dataclass(frozen=True)
@@ -153,3 +154,13 @@ def _check_supported(name: str, module: nn.Module) -> None:
             "supported: Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d, Embedding(Bag), RNN/LSTM/GRU and their "
             "cells, MultiheadAttention"
         )
+
+
+def copy_unless_inplace(model: nn.Module, inplace: bool) -> nn.Module:
+    """`model` itself when `inplace` (the PyTorch front end's rule: ``cluster_weights``, ``prune_low_magnitude`` and
+    ``palettize`` change the module they are given), else a deep copy to change, leaving `model` as it was."""
+    if not isinstance(inplace, bool):
+        raise ArgumentTypeError(f"inplace must be True or False, got {inplace!r}")
+    if not isinstance(model, nn.Module):
+        raise ArgumentTypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    return model if inplace else copy.deepcopy(model)

@@ -1,0 +1,89 @@
+"""ClusteringSpec / PruningSpec: one validated spec per technique, the same field names in both front ends."""
+
+import dataclasses
+import json
+
+import pytest
+
+from weightzip.core import CentroidInitialization
+from weightzip.core.errors import ArgumentTypeError, InvalidClusterCountError, WeightzipError
+from weightzip.core.options import BlockPooling, GradientAggregation, Reassignment
+from weightzip.core.pruning import InvalidSparsityError, PolynomialDecay
+from weightzip.core.specs import ClusteringSpec, PruningSpec, build_spec
+
+
+def test_clustering_spec_parses_every_spelling_and_is_frozen():
+    spec = ClusteringSpec(16, "CentroidInitialization.KMEANS_PLUS_PLUS", per_channel=True, group_size=4,
+                          gradient_aggregation="AVG", reassignment="fixed", seed=3)
+    assert spec.init is CentroidInitialization.KMEANS_PLUS_PLUS
+    assert spec.gradient_aggregation is GradientAggregation.AVG
+    assert spec.reassignment is Reassignment.FIXED
+    assert spec.granularity == "per 4 channels"
+    assert ClusteringSpec(4).granularity == "per tensor" and ClusteringSpec(4, per_channel=True).granularity == \
+        "per channel"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.number_of_clusters = 8
+
+
+def test_clustering_spec_refuses_bad_values_with_weightzip_errors_naming_them():
+    with pytest.raises(InvalidClusterCountError):
+        ClusteringSpec(0)
+    with pytest.raises(WeightzipError, match="group_size only applies with per_channel=True"):
+        ClusteringSpec(8, group_size=2)
+    with pytest.raises(WeightzipError, match="lloyd_iterations must be an integer >= 0"):
+        ClusteringSpec(8, lloyd_iterations=-1)
+    with pytest.raises(ArgumentTypeError, match="per_channel must be True or False"):
+        ClusteringSpec(8, per_channel=1)
+    with pytest.raises(TypeError, match="seed"):  # ArgumentTypeError is also a TypeError
+        ClusteringSpec(8, seed="1")
+    with pytest.raises(InvalidClusterCountError, match="preserve_sparsity"):
+        ClusteringSpec(1, preserve_sparsity=True)
+    with pytest.raises(ValueError, match="unknown centroid initialization 'median'"):
+        ClusteringSpec(8, init="median")
+    with pytest.raises(WeightzipError, match="unknown reassignment"):
+        ClusteringSpec(8, reassignment="sometimes")
+
+
+def test_cluster_config_places_the_channel_axis_only_per_channel():
+    per_tensor = ClusteringSpec(8, "optimal", lloyd_iterations=2, seed=5).cluster_config(channel_axis=1)
+    assert (per_tensor.axis, per_tensor.init, per_tensor.lloyd_iterations, per_tensor.seed) == \
+        (None, CentroidInitialization.OPTIMAL, 2, 5)
+    grouped = ClusteringSpec(8, per_channel=True, group_size=2, preserve_sparsity=True).cluster_config(1)
+    assert (grouped.axis, grouped.group_size, grouped.preserve_sparsity) == (1, 2, True)
+
+
+def test_clustering_spec_round_trips_through_json():
+    spec = ClusteringSpec(8, "density", per_channel=True, gradient_aggregation="mean", reassignment="every_step")
+    config = json.loads(json.dumps(spec.get_config()))
+    assert config["init"] == "density" and config["reassignment"] == "every_step"
+    assert ClusteringSpec.from_config(config) == spec
+
+
+def test_build_spec_overrides_a_spec_with_the_keywords_given():
+    base = ClusteringSpec(8, seed=1)
+    assert build_spec(ClusteringSpec, base, "f", seed=2, init=None) == dataclasses.replace(base, seed=2)
+    assert build_spec(ClusteringSpec, None, "f", number_of_clusters=4, init="linear") == ClusteringSpec(4)
+    with pytest.raises(ArgumentTypeError, match="f: .*number_of_clusters.*spec=ClusteringSpec"):
+        build_spec(ClusteringSpec, None, "f", init="linear")
+    with pytest.raises(ArgumentTypeError, match="spec must be a ClusteringSpec, got PruningSpec"):
+        build_spec(ClusteringSpec, PruningSpec(), "f")
+    with pytest.raises(InvalidClusterCountError):  # a replaced field is validated again
+        build_spec(ClusteringSpec, base, "f", number_of_clusters=-3)
+
+
+def test_pruning_spec_normalises_tfmot_spellings_and_refuses_bad_combinations():
+    spec = PruningSpec(PolynomialDecay(0.0, 0.8, 0, 100).get_config(), block_size=[2, 2], block_pooling_type="MAX")
+    assert spec.pruning_schedule == PolynomialDecay(0.0, 0.8, 0, 100)
+    assert spec.block_size == (2, 2) and spec.block_pooling_type is BlockPooling.MAX
+    assert PruningSpec(block_size=(1, 1)).block_size is None  # TFMOT's "no blocks"
+    assert PruningSpec(sparsity_m_by_n=[2, 4]).sparsity_m_by_n == (2, 4)
+    with pytest.raises(TypeError, match="PruningSchedule"):
+        PruningSpec(0.5)
+    with pytest.raises(InvalidSparsityError, match="AVG' or 'MAX"):
+        PruningSpec(block_pooling_type="median")
+    with pytest.raises(InvalidSparsityError, match="block_size entries must be >= 1"):
+        PruningSpec(block_size=(0, 2))
+    with pytest.raises(InvalidSparsityError, match="0 < n <= m"):
+        PruningSpec(sparsity_m_by_n=(4, 2))
+    with pytest.raises(InvalidSparsityError, match="cannot be combined"):
+        PruningSpec(sparsity_m_by_n=(2, 4), per_channel=True)
