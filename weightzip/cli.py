@@ -139,13 +139,19 @@ def _first(value, fallback):
 def _post_training_settings(args: argparse.Namespace) -> dict:
     """What --clusters/--conv-clusters/--sparsity/--conv-sparsity/--per-channel/--group-size/--init mean for
     post-training clustering, the same on both front ends: the --conv-* options override the others for
-    convolutions; a sparsity is asked for only when given."""
+    convolutions (the type rule CONVOLUTION of a core LayerRules); a sparsity is asked for only when given."""
+    from weightzip.core.rules import LayerRules
+
     clusters = 16 if args.clusters is None else args.clusters
+    conv_clusters = clusters if args.conv_clusters is None else args.conv_clusters
+    conv_sparsity = args.sparsity if args.conv_sparsity is None else args.conv_sparsity
     return dict(
         clusters=clusters,
-        conv_clusters=clusters if args.conv_clusters is None else args.conv_clusters,
+        conv_clusters=conv_clusters,
         sparsity=args.sparsity,
-        conv_sparsity=args.sparsity if args.conv_sparsity is None else args.conv_sparsity,
+        conv_sparsity=conv_sparsity,
+        cluster_rules=LayerRules.tiers(clusters, conv=conv_clusters),
+        sparsity_rules=LayerRules.tiers(args.sparsity, conv=conv_sparsity),
         per_channel=args.per_channel or args.group_size is not None,
         group_size=1 if args.group_size is None else args.group_size,
         init=CentroidInitialization.OPTIMAL if args.init is None else args.init,
@@ -286,10 +292,9 @@ def _compress_torch(source: Path, output: Path, args) -> int:
     settings = _post_training_settings(args)
     console = Console(quiet=args.json)
     with console.status(f"clustering {source.name}"):
-        size = compress_state_dict(source, output, number_of_clusters=settings["clusters"],
-                                   conv_number_of_clusters=settings["conv_clusters"], init=settings["init"],
-                                   per_channel=settings["per_channel"], group_size=settings["group_size"],
-                                   sparsity=settings["sparsity"], conv_sparsity=settings["conv_sparsity"],
+        size = compress_state_dict(source, output, number_of_clusters=settings["cluster_rules"],
+                                   init=settings["init"], per_channel=settings["per_channel"],
+                                   group_size=settings["group_size"], sparsity=settings["sparsity_rules"],
                                    overwrite=args.overwrite)
     console.print(f"wrote {output}: {size:,} bytes ({source.stat().st_size / size:.1f}x smaller than {source.name})")
     _print_json(args, input=str(source), output=str(output), output_bytes=size, input_bytes=source.stat().st_size)

@@ -148,3 +148,42 @@ def test_post_training_pruning_then_clustering_keeps_zeros(tmp_path):
     assert torch.equal(weight != 0, kept)  # the largest magnitudes survive
     with pytest.raises(WeightzipError, match="sparsity must be"):
         compress_state_dict(state, tmp_path / "q.wz", sparsity=1.5)
+
+
+def test_save_wz_load_wz_are_the_torch_front_ends_verbs_over_compress_state_dict(tmp_path):
+    from weightzip.torch import load_wz, save_wz
+
+    model = cluster_weights(net(), 8, per_channel=True)
+    size = save_wz(model, tmp_path / "a.wz")
+    assert size == (tmp_path / "a.wz").stat().st_size == compress_state_dict(model, tmp_path / "b.wz")
+    assert (tmp_path / "a.wz").read_bytes() == (tmp_path / "b.wz").read_bytes()
+    fresh = net(seed=1)
+    fresh.load_state_dict(load_wz(tmp_path / "a.wz"), strict=True)
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(outputs(fresh, x), outputs(model, x), rtol=1e-5, atol=1e-6)
+    with pytest.raises(WeightzipError, match="already exists"):
+        save_wz(model, tmp_path / "a.wz")
+    save_wz(strip_clustering(model), tmp_path / "a.wz", overwrite=True, number_of_clusters=4)
+    assert all(torch.unique(value).numel() <= 4 for name, value in load_wz(tmp_path / "a.wz").items()
+               if name.endswith("weight") and value.dim() >= 2)
+
+
+def test_cluster_and_sparsity_rules_choose_per_tensor_by_name_class_and_convolution(tmp_path):
+    from weightzip.core.rules import CONVOLUTION, LayerRules
+
+    model = net()
+    clusters = LayerRules(16).set_type(CONVOLUTION, 4).set_name("6", None)
+    compress_state_dict(model, tmp_path / "r.wz", number_of_clusters=clusters, sparsity=LayerRules(None).set_type(
+        nn.Linear, 0.5))
+    stored = read_clustered(tmp_path / "r.wz")
+    assert stored["0.weight"].number_of_clusters <= 4 and stored["4.weight"].number_of_clusters <= 16
+    assert not isinstance(stored["6.weight"], ClusteredTensor)             # None: left as it was
+    assert float((stored["4.weight"].decode() == 0).mean()) == pytest.approx(0.5, abs=1e-3)
+    assert float((stored["6.weight"] == 0).float().mean()) == pytest.approx(0.5, abs=1e-2)
+    same = compress_state_dict(model, tmp_path / "c.wz", number_of_clusters=16, conv_number_of_clusters=4)
+    assert same == compress_state_dict(model, tmp_path / "d.wz", number_of_clusters=LayerRules(16).set_type(
+        CONVOLUTION, 4))
+    with pytest.raises(WeightzipError, match=r"sparsity\['fc'\] must be a number in \[0, 1\)"):
+        compress_state_dict(model, tmp_path / "e.wz", sparsity=LayerRules(0.5).set_name("fc", 2.0))
+    with pytest.raises(WeightzipError, match=r"names layers \['fc'\]"):
+        compress_state_dict(model, tmp_path / "e.wz", sparsity=LayerRules(0.5).set_name("fc", 0.2))

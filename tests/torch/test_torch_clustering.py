@@ -366,3 +366,37 @@ def test_torch_calls_mutate_by_default_and_inplace_false_leaves_the_module_as_it
     assert palettize(clustered) is clustered and type(clustered[4]).__name__ == "PalettizedLinear"
     with pytest.raises(TypeError, match="inplace must be True or False"):
         cluster_weights(small_net(), 4, inplace="no")
+
+
+def test_strip_calls_take_inplace_false_too():
+    from weightzip.torch import prune_low_magnitude, strip_pruning, update_pruning_step
+
+    clustered = cluster_weights(small_net(), 4)
+    stripped = strip_clustering(clustered, inplace=False)
+    assert set(clustered_weights(clustered)) == {"0.weight", "4.weight"} and not clustered_weights(stripped)
+    assert torch.equal(stripped[4].weight, clustered[4].weight)
+    pruned = prune_low_magnitude(small_net())
+    update_pruning_step(pruned, 0)
+    plain = strip_pruning(pruned, inplace=False)
+    assert hasattr(pruned[4], "parametrizations") and not hasattr(plain[4], "parametrizations")
+    assert torch.equal(plain[4].weight, pruned[4].weight) and float((plain[4].weight == 0).float().mean()) == 0.5
+
+
+def test_layers_rules_give_each_layer_its_own_spec_by_name_class_or_convolution():
+    from weightzip.core.rules import CONVOLUTION, LayerRules
+    from weightzip.core.specs import ClusteringSpec
+
+    rules = LayerRules({}).set_type(CONVOLUTION, {"number_of_clusters": 2, "per_channel": True})
+    model = cluster_weights(small_net(), 8, layers=rules)
+    sizes = {name: p.number_of_clusters for name, p in clustered_weights(model).items()}
+    assert sizes == {"0.weight": 2, "4.weight": 8} and clustered_weights(model)["0.weight"].config.axis == 0
+    only_linear = cluster_weights(small_net(), layers=LayerRules(None).set_type(nn.Linear, ClusteringSpec(3)))
+    assert {name: p.number_of_clusters for name, p in clustered_weights(only_linear).items()} == {"4.weight": 3}
+    by_name = cluster_weights(small_net(), 8, layers=LayerRules({}).set_name("4", None))
+    assert set(clustered_weights(by_name)) == {"0.weight"}
+    with pytest.raises(WeightzipError, match=r"names layers \['9'\]"):
+        cluster_weights(small_net(), 8, layers=LayerRules({}).set_name("9", None))
+    with pytest.raises(TypeError, match="keywords without number_of_clusters"):
+        cluster_weights(small_net(), per_channel=True, layers=LayerRules(ClusteringSpec(3)))
+    with pytest.raises(UnsupportedLayerError, match="select no supported weight"):
+        cluster_weights(small_net(), 8, layers=LayerRules(None))

@@ -149,3 +149,14 @@ def test_bad_pruning_arguments():
     model = prune_low_magnitude(mlp())
     with pytest.raises(ValueError, match="step must be"):
         update_pruning_step(model, -3)
+
+
+def test_layers_rules_give_each_layer_its_own_pruning_spec():
+    from weightzip.core.rules import LayerRules
+    from weightzip.torch import ConstantSparsity, PruningSpec, layer_sparsities
+
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    rules = LayerRules({}).set_name("2", PruningSpec(ConstantSparsity(0.75, 0)))
+    prune_low_magnitude(model, ConstantSparsity(0.5, 0), layers=rules)
+    update_pruning_step(model, 0)
+    assert layer_sparsities(model) == {"0.weight": 0.5, "2.weight": 0.75}

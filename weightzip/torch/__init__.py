@@ -1,6 +1,10 @@
 """PyTorch front end of weightzip: the core's clustering and pruning applied to ``torch.nn`` modules.
 
-The names follow TFMOT and :mod:`weightzip.keras`:
+The names follow TFMOT and :mod:`weightzip.keras`; the options are the core's :class:`ClusteringSpec` /
+:class:`PruningSpec` fields, spelled the same on both front ends. One mutation rule: every call here that prepares or
+strips a module (``cluster_weights``, ``prune_low_magnitude``, ``palettize``, ``strip_clustering``,
+``strip_pruning``) changes the module it is given and returns it, unless given ``inplace=False`` (then it works on a
+deep copy); the Keras front end's calls return a new model instead.
 
 - :func:`cluster_weights` / :func:`strip_clustering`: trained weight clustering through
   :mod:`torch.nn.utils.parametrize` (a trainable codebook per tensor or per channel group, fixed indices);
@@ -9,8 +13,8 @@ The names follow TFMOT and :mod:`weightzip.keras`:
 - :func:`palettize`, :func:`load_palettized` and the ``Palettized*`` layers (Linear, Conv1d, Conv2d,
   Embedding): inference layers holding bit-packed indices + codebook (weight memory / ~32/bits), run by
   fused lookup-table kernels (torch custom ops ``torch.ops.weightzip.*``);
-- :func:`compress_state_dict` / :func:`decompress`: PyTorch checkpoints (module, state_dict, ``.pt``,
-  ``.safetensors``) to and from ``.wz`` files;
+- :func:`save_wz` / :func:`load_wz` (the verbs of ``weightzip.keras`` too; thin over :func:`compress_state_dict` /
+  :func:`decompress`): PyTorch checkpoints (module, state_dict, ``.pt``, ``.safetensors``) to and from ``.wz`` files;
 - :class:`CentroidInitialization`: where the centroids start (the core's enum);
 - :func:`clustered_tensors`: the clustered weights as core :class:`~weightzip.core.ClusteredTensor` objects.
 """
@@ -53,6 +57,7 @@ from weightzip.torch.pruning import (
     strip_pruning,
     update_pruning_step,
 )
+from weightzip.torch.storage import load_wz, save_wz
 from weightzip.torch.targets import UnsupportedLayerError, WeightTarget, find_targets
 
 __all__ = [
@@ -85,9 +90,11 @@ __all__ = [
     "clustered_weights",
     "find_targets",
     "layer_sparsities",
+    "load_wz",
     "load_palettized",
     "palettize",
     "prune_low_magnitude",
+    "save_wz",
     "pruning_masks",
     "strip_clustering",
     "strip_pruning",

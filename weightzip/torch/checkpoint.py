@@ -37,6 +37,8 @@ from weightzip.core import CentroidInitialization, ClusterConfig, ClusteredTenso
 from weightzip.core.errors import ArgumentTypeError, InvalidArgumentError, WeightzipError, first_line
 from weightzip.core.palette import drop_unused_centroids
 from weightzip.core.pruning import apply_mask, magnitude_mask
+from weightzip.core.rules import CONVOLUTION, LayerRules
+from weightzip.core.validation import check_cluster_count
 from weightzip.format import WriteOptions, WzFormatError, read_wz, read_wz_dense, write_wz
 from weightzip.torch.clustering import ClusteredWeight
 from weightzip.torch.palettized import PalettizedWeight, exact_palette
@@ -148,12 +150,12 @@ def compress_state_dict(
     source,
     path,
     *,
-    number_of_clusters: int | None = None,
+    number_of_clusters: int | LayerRules | None = None,
     init: CentroidInitialization | str = CentroidInitialization.OPTIMAL,
     per_channel: bool = False,
     group_size: int = 1,
     preserve_sparsity: bool = False,
-    sparsity: float | None = None,
+    sparsity: float | LayerRules | None = None,
     conv_number_of_clusters: int | None = None,
     conv_sparsity: float | None = None,
     max_clusters: int = 256,
@@ -173,6 +175,10 @@ def compress_state_dict(
         (a positive sparsity turns on `preserve_sparsity` for the tensors it prunes).
     conv_number_of_clusters / conv_sparsity: the same for convolution weights, here every weight of rank
         >= 3 (None: `number_of_clusters` / `sparsity`), as ``conv_clusters``/``conv_sparsity`` on Keras.
+    `number_of_clusters` and `sparsity` may also be :class:`~weightzip.core.rules.LayerRules` (a global value,
+        type and name overrides; the conv_* arguments are the type rule :data:`~weightzip.core.rules.CONVOLUTION`):
+        a name rule covers the tensors of that module (``"fc"``: ``"fc.weight"``), a class rule a module source's
+        modules of that class; a rule's value None leaves those tensors unclustered / unpruned.
     metadata: extra JSON metadata to store (``framework``, ``torch_dtypes`` and ``weightzip`` are set here).
     options: the format's :class:`~weightzip.format.WriteOptions` (coding, layout, codebook dtype).
     """
@@ -193,21 +199,12 @@ def compress_state_dict(
         raise ArgumentTypeError(f"source must be an nn.Module, a state_dict or a checkpoint path, got {type(source).__name__}")
     if not per_channel and group_size != 1:
         raise InvalidArgumentError("group_size only applies with per_channel=True")
-    for value in (sparsity, conv_sparsity):
-        if value is not None:
-            _check_sparsity(value)
     if conv_number_of_clusters is not None and number_of_clusters is None:
         raise WeightzipError("conv_number_of_clusters needs number_of_clusters (the other weights' cluster count)")
-    if conv_sparsity is None:
-        conv_sparsity = sparsity
-    if conv_number_of_clusters is None:
-        conv_number_of_clusters = number_of_clusters
-    configs = {}  # is_convolution -> (ClusterConfig | None, sparsity | None)
-    for is_conv, k, fraction in ((False, number_of_clusters, sparsity),
-                                 (True, conv_number_of_clusters, conv_sparsity)):
-        config = None if k is None else ClusterConfig(k, init, axis=None, group_size=group_size,
-                                                      preserve_sparsity=preserve_sparsity or bool(fraction))
-        configs[is_conv] = (config, fraction)
+    cluster_rules = _with_conv(number_of_clusters, conv_number_of_clusters).checked(_checked_count, "number_of_clusters")
+    sparsity_rules = _with_conv(sparsity, conv_sparsity).checked(_checked_sparsity, "sparsity")
+    for rules, what in ((cluster_rules, "number_of_clusters"), (sparsity_rules, "sparsity")):
+        rules.check_names(list(tensors), what)
     stored: dict[str, ClusteredTensor | np.ndarray] = {}
     torch_dtypes = _widened_clustered_dtypes(source) if kind == "module" else {}
     for name, value in tensors.items():
@@ -217,7 +214,11 @@ def compress_state_dict(
         array, torch_dtype = _to_storable(name, value)
         if torch_dtype is not None:
             torch_dtypes[name] = torch_dtype
-        config, fraction = configs[array.ndim >= 3]
+        layer = source.get_submodule(name.rpartition(".")[0]) if kind == "module" else None
+        categories = (CONVOLUTION,) if array.ndim >= 3 else ()
+        k, fraction = (rules.value_for(name, layer, categories) for rules in (cluster_rules, sparsity_rules))
+        config = None if k is None else ClusterConfig(k, init, axis=None, group_size=group_size,
+                                                      preserve_sparsity=preserve_sparsity or bool(fraction))
         stored[name] = _encode_choice(name, array, axes, config, per_channel, max_clusters, fraction)
     if skeleton is not None:
         stored[ARCHIVE_TENSOR] = skeleton_array(skeleton)
@@ -260,9 +261,25 @@ def _to_storable(name: str, tensor: torch.Tensor) -> tuple[np.ndarray, str | Non
             from None
 
 
-def _check_sparsity(sparsity) -> None:
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
-        raise WeightzipError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
+def _with_conv(value, conv) -> LayerRules:
+    rules = LayerRules.of(value)
+    return rules if conv is None else rules.set_type(CONVOLUTION, conv)
+
+
+def _checked_sparsity(what: str, sparsity):
+    if sparsity is not None and (isinstance(sparsity, bool) or not isinstance(sparsity, (int, float))
+                                 or not 0.0 <= sparsity < 1.0):
+        raise WeightzipError(f"{what} must be a number in [0, 1), got {sparsity!r}")
+    return sparsity
+
+
+def _checked_count(what: str, k):
+    if k is not None:
+        try:
+            check_cluster_count(k)
+        except WeightzipError as error:
+            raise type(error)(f"{what}: {error}") from None
+    return k
 
 
 def encode_tensor(name: str, tensor: torch.Tensor, config: ClusterConfig | None, *, per_channel: bool = False,

@@ -36,11 +36,12 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from weightzip.core import CentroidInitialization, ClusterConfig, ClusteredTensor, cluster_array, index_dtype
-from weightzip.core.errors import InvalidArgumentError, WeightzipError
+from weightzip.core.errors import ArgumentTypeError, InvalidArgumentError, WeightzipError
 from weightzip.core.options import GradientAggregation, Reassignment
+from weightzip.core.rules import LayerRules
 from weightzip.core.specs import ClusteringSpec, build_spec
 from weightzip.torch import parametrized
-from weightzip.torch.targets import WeightTarget, copy_unless_inplace, find_targets
+from weightzip.torch.targets import WeightTarget, copy_unless_inplace, targets_with_specs
 from weightzip.torch.tensors import channel_groups, number_of_groups, to_numpy, torch_index_dtype
 
 
@@ -187,28 +188,34 @@ def cluster_weights(
     gradient_aggregation: "sum" (Deep Compression, default) or "mean" (see :class:`GradientAggregation`).
     reassignment: only "fixed" (the default here; see the module docstring): "every_step" is refused.
     lloyd_iterations, seed: see :class:`~weightzip.core.specs.ClusteringSpec`.
-    layers: restrict to these module names or types (default: every supported layer).
+    layers: restrict to these module names or types (default: every supported layer); or a
+        :class:`~weightzip.core.rules.LayerRules` giving each layer its spec (a ClusteringSpec, a mapping of fields
+        overriding the call's spec, or None to leave it alone) by name, class or convolution category.
     inplace: True (the PyTorch front end's rule, as every call here that takes a module): `module` itself is
         clustered and returned; False clusters a deep copy and leaves `module` as it was.
 
     Create the optimizer *after* this call: the clustered weights' parameters are the new ``centroids``.
     """
-    spec = build_spec(ClusteringSpec, spec, "cluster_weights", number_of_clusters=number_of_clusters, init=init,
-                      per_channel=per_channel, group_size=group_size, preserve_sparsity=preserve_sparsity,
-                      gradient_aggregation=gradient_aggregation, reassignment=reassignment,
-                      lloyd_iterations=lloyd_iterations, seed=seed)
-    if spec.reassignment is Reassignment.EVERY_STEP:
-        raise InvalidArgumentError("weightzip.torch clusters with a fixed assignment (reassignment='fixed'): the float "
-                                   "weights are dropped, so there is nothing to re-assign from at every step")
+    fields = dict(number_of_clusters=number_of_clusters, init=init, per_channel=per_channel, group_size=group_size,
+                  preserve_sparsity=preserve_sparsity, gradient_aggregation=gradient_aggregation,
+                  reassignment=reassignment, lloyd_iterations=lloyd_iterations, seed=seed)
+    if spec is not None or number_of_clusters is not None or not isinstance(layers, LayerRules):
+        spec = build_spec(ClusteringSpec, spec, "cluster_weights", **fields)
+    elif any(value is not None for value in fields.values()):
+        raise ArgumentTypeError("cluster_weights: clustering keywords without number_of_clusters apply to nothing; "
+                                "give number_of_clusters (or spec=) as the base of the layers rules")
     module = copy_unless_inplace(module, inplace)
-    targets = find_targets(module, layers)
-    for target in targets:
+    chosen = targets_with_specs(module, layers, spec, ClusteringSpec, "cluster_weights")
+    for target, layer_spec in chosen:
+        if layer_spec.reassignment is Reassignment.EVERY_STEP:
+            raise InvalidArgumentError("weightzip.torch clusters with a fixed assignment (reassignment='fixed'): the "
+                                       "float weights are dropped, so there is nothing to re-assign from at every step")
         _refuse_if_parametrized(target)
-    for target in targets:
+    for target, layer_spec in chosen:
         weight = getattr(target.module, target.parameter_name)
-        parametrization = ClusteredWeight(tuple(weight.shape), spec.cluster_config(target.channel_axis),
+        parametrization = ClusteredWeight(tuple(weight.shape), layer_spec.cluster_config(target.channel_axis),
                                           dtype=weight.dtype, device=weight.device,
-                                          gradient_aggregation=spec.gradient_aggregation)
+                                          gradient_aggregation=layer_spec.gradient_aggregation)
         parametrization.centroids.requires_grad_(weight.requires_grad)
         parametrized.register(target.module, target.parameter_name, parametrization)
     return module
@@ -233,10 +240,10 @@ def clustered_tensors(module: nn.Module) -> dict[str, ClusteredTensor]:
     return {name: p.to_clustered_tensor() for name, p in clustered_weights(module).items()}
 
 
-def strip_clustering(module: nn.Module) -> nn.Module:
+def strip_clustering(module: nn.Module, *, inplace: bool = True) -> nn.Module:
     """Replace every clustered weight by a plain ``nn.Parameter`` holding its current clustered values.
 
-    In place; returns `module`. The result has ordinary ``state_dict`` keys (``fc.weight``) and at most
+    In place (returns `module`), or on a deep copy with ``inplace=False``. The result has ordinary ``state_dict`` keys (``fc.weight``) and at most
     k distinct values per codebook group in each formerly clustered weight.
     """
-    return parametrized.remove(module, ClusteredWeight)
+    return parametrized.remove(copy_unless_inplace(module, inplace), ClusteredWeight)

@@ -34,7 +34,7 @@ from weightzip.core.errors import ArgumentTypeError, InvalidArgumentError, Weigh
 from weightzip.core.pruning import InvalidSparsityError, PruningSchedule, magnitude_mask, n_m_mask
 from weightzip.core.specs import PruningSpec, build_spec
 from weightzip.torch import parametrized
-from weightzip.torch.targets import copy_unless_inplace, find_targets
+from weightzip.torch.targets import copy_unless_inplace, targets_with_specs
 from weightzip.torch.tensors import to_numpy
 
 _POOLINGS = {"avg": "avg", "max": "max"}
@@ -132,7 +132,9 @@ def prune_low_magnitude(
     sparsity_m_by_n: ``(n, m)``, e.g. ``(2, 4)``: keep n of every m consecutive weights along each
         weight's input axis (see :mod:`weightzip.torch.targets`).
     per_channel: prune every output channel to the same sparsity.
-    layers: restrict to these module names or types (default: every supported layer).
+    layers: restrict to these module names or types (default: every supported layer); or a
+        :class:`~weightzip.core.rules.LayerRules` giving each layer its PruningSpec (or a mapping of fields overriding
+        the call's, or None to leave it alone) by name, class or convolution category.
     inplace: True (the PyTorch front end's rule): `module` itself is prepared and returned; False prepares a
         deep copy and leaves `module` as it was.
 
@@ -142,14 +144,14 @@ def prune_low_magnitude(
                       block_size=block_size, block_pooling_type=block_pooling_type,
                       sparsity_m_by_n=sparsity_m_by_n, per_channel=per_channel)
     module = copy_unless_inplace(module, inplace)
-    targets = find_targets(module, layers)
-    for target in targets:
+    chosen = targets_with_specs(module, layers, spec, PruningSpec, "prune_low_magnitude")
+    for target, _ in chosen:
         if parametrize.is_parametrized(target.module, target.parameter_name):
             kinds = [type(p).__name__ for p in target.module.parametrizations[target.parameter_name]]
             raise WeightzipError(f"{target.qualified_name!r} is already parametrized by {kinds}; "
                                  "strip it (strip_pruning / strip_clustering) first")
-    m_by_n = spec.sparsity_m_by_n
-    for target in targets:
+    for target, spec in chosen:
+        m_by_n = spec.sparsity_m_by_n
         weight = getattr(target.module, target.parameter_name)
         block_shape = None if spec.block_size is None else spec.block_size + (1,) * (weight.dim() - 2)
         settings = PruningSettings(spec.pruning_schedule, target.channel_axis if spec.per_channel else None,
@@ -203,6 +205,7 @@ def layer_sparsities(module: nn.Module) -> dict[str, float]:
     return {name: mask.sparsity() for name, mask in pruning_masks(module).items()}
 
 
-def strip_pruning(module: nn.Module) -> nn.Module:
-    """Replace every pruned weight by a plain ``nn.Parameter`` holding the masked weight (exact +0.0 zeros)."""
-    return parametrized.remove(module, PruningMask)
+def strip_pruning(module: nn.Module, *, inplace: bool = True) -> nn.Module:
+    """Replace every pruned weight by a plain ``nn.Parameter`` holding the masked weight (exact +0.0 zeros); in place
+    (returns `module`), or on a deep copy with ``inplace=False``."""
+    return parametrized.remove(copy_unless_inplace(module, inplace), PruningMask)

@@ -17,7 +17,10 @@ weight parameters and the axis of its *output channels*, the axis that per-chann
 Subclasses of these layers are matched as their base type. The input axis is the one N:M structured
 sparsity runs along.
 
-`layers` restricts the selection to modules given by qualified name (``"features.3"``; everything inside
+`layers` may also be a :class:`~weightzip.core.rules.LayerRules`: a spec (or field overrides, or None to leave
+the layer alone) per module by name, class or the convolution category, as for every other per-layer option.
+
+Otherwise `layers` restricts the selection to modules given by qualified name (``"features.3"``; everything inside
 a named container is included) or by type (``nn.Conv2d``; subclasses match). Asking explicitly for a
 module that has weights weightzip does not handle is an error naming it, never a silent skip.
 """
@@ -25,14 +28,17 @@ module that has weights weightzip does not handle is an error naming it, never a
 from __future__ import annotations
 
 import copy
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Iterable
 
 from torch import nn
 
 from weightzip.core.errors import ArgumentTypeError, UnsupportedLayerError, WeightzipError
+from weightzip.core.rules import CONVOLUTION, LayerRules
 
-__all__ = ["UnsupportedLayerError", "WeightTarget", "copy_unless_inplace", "find_targets", "weights_of"]
+__all__ = ["UnsupportedLayerError", "WeightTarget", "copy_unless_inplace", "find_targets", "targets_with_specs", "weights_of"]
 
 
 @dataclass(frozen=True)
@@ -164,3 +170,34 @@ def copy_unless_inplace(model: nn.Module, inplace: bool) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise ArgumentTypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
     return model if inplace else copy.deepcopy(model)
+
+
+def targets_with_specs(model: nn.Module, layers, spec, spec_type: type, what: str) -> list[tuple[WeightTarget, object]]:
+    """``(target, spec)`` for every weight a call selects: with `layers` None or names/types, each selected weight
+    gets `spec`; with `layers` a :class:`~weightzip.core.rules.LayerRules`, each supported weight gets the value its
+    module resolves to (by module name, module class, or the :data:`~weightzip.core.rules.CONVOLUTION` category):
+    a `spec_type`, a mapping of field overrides of `spec`, or None (the weight is left alone)."""
+    if not isinstance(layers, LayerRules):
+        if spec is None:
+            raise ArgumentTypeError(f"{what}: give the spec's fields (or spec=) unless layers= is a LayerRules")
+        return [(target, spec) for target in find_targets(model, layers)]
+    targets = find_targets(model, None)
+    layers.check_names([name for name, _ in model.named_modules() if name], f"{what}: layers")
+    chosen = []
+    for target in targets:
+        categories = (CONVOLUTION,) if isinstance(target.module, _CONVOLUTIONS) else ()
+        value = layers.value_for(target.module_name, target.module, categories)
+        if value is None:
+            continue
+        if isinstance(value, Mapping):
+            value = spec_type(**value) if spec is None else dataclasses.replace(spec, **value)
+        if not isinstance(value, spec_type):
+            raise ArgumentTypeError(f"{what}: layers rule for {target.module_name!r} must be a {spec_type.__name__}, "
+                                    f"a mapping of its fields, or None; got {value!r}")
+        chosen.append((target, value))
+    if not chosen:
+        raise UnsupportedLayerError(f"{what}: the layers rules select no supported weight")
+    return chosen
+
+
+_CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
