@@ -321,3 +321,15 @@ def test_exact_mode_refuses_what_it_cannot_hold():
     values = np.arange(300000, dtype=np.float64)
     with pytest.raises(ValueError, match="GiB of split points"):
         optimal_partition(values, 1000, max_atoms=None)
+
+
+def test_auto_histogram_has_fewer_bins_only_above_k_128_and_stays_close_to_the_finer_one():
+    from weightzip.core.optimal import default_atoms
+
+    values = np.random.default_rng(12).standard_normal(60_000).astype(np.float32)
+    assert default_atoms(16) == default_atoms(128) == 1 << 16 and default_atoms(256) == 1 << 15
+    assert optimal_partition(values, 16).sse == optimal_partition(values, 16, max_atoms=1 << 16).sse
+    auto = optimal_partition(values, 256)
+    assert auto.sse == optimal_partition(values, 256, max_atoms=1 << 15).sse
+    finer = optimal_partition(values, 256, max_atoms=1 << 16)
+    assert finer.sse <= auto.sse <= finer.sse * (1 + 1e-3)

@@ -48,7 +48,7 @@ def test_layout_and_gap_width_are_the_smallest_of_all(density, coding):
 
 def test_sparse_value_histograms_match_the_streams_they_predict():
     from weightzip.core.sparse import sparse_encode
-    from weightzip.format.records import _value_histogram
+    from weightzip.format.records import _KeptPositions, _value_histogram
 
     tensor = random_clustered((7, 40, 9), 8, axis=1, group_size=3, density=0.01, seed=4)
     background = np.arange(14) % 8  # a different background index per codebook row
@@ -56,8 +56,11 @@ def test_sparse_value_histograms_match_the_streams_they_predict():
     flat = tensor.indices.ravel()
     kept = np.flatnonzero(flat != per_weight)
     raw_gaps = np.diff(kept, prepend=np.int64(-1)) - 1
+    positions = _KeptPositions(flat != per_weight)
+    assert positions.count == kept.size and np.array_equal(positions.raw_gaps, raw_gaps)
+    assert np.array_equal(positions.raw_gap_histogram(), np.bincount(raw_gaps))
     for gap_bits in (1, 3, 6):
         _, values = sparse_encode(flat, per_weight, gap_bits)
-        predicted = _value_histogram(flat, kept, (raw_gaps, int((raw_gaps >> gap_bits).sum()), gap_bits),
+        predicted = _value_histogram(flat, positions, (int((raw_gaps >> gap_bits).sum()), gap_bits),
                                      background, tensor.shape, tensor, 8)
         assert np.array_equal(predicted, np.bincount(values, minlength=8))

@@ -31,7 +31,7 @@ def fit_centroids(
     sample_weight=None,
     lloyd_iterations: int = 0,
     seed: int | np.random.Generator | None = None,
-    max_atoms: int = DEFAULT_MAX_ATOMS,
+    max_atoms: int | str | None = DEFAULT_MAX_ATOMS,
 ) -> np.ndarray:
     """Sorted float64 centroids for `values` (any shape, flattened).
 

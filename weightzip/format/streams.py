@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from weightzip.core.ans import MAX_ANS_ALPHABET, ans_available, ans_decode, ans_encode
+from weightzip.core.ans import MAX_ANS_ALPHABET, ans_available, ans_decode, ans_encode, symbol_counts
 from weightzip.core.bitpack import bit_width, pack_bits, packed_size, unpack_bits
 from weightzip.core.errors import WeightzipError
 from weightzip.core.huffman import (
@@ -136,10 +136,7 @@ class StreamPlan:
 
 def symbol_histogram(symbols, alphabet: int) -> np.ndarray:
     """Counts of each symbol in [0, alphabet) (int64)."""
-    symbols = np.asarray(symbols).ravel()
-    if symbols.dtype == np.uint64:  # the one index dtype bincount cannot take as is (values are < alphabet)
-        symbols = symbols.astype(np.int64)
-    return np.bincount(symbols, minlength=alphabet) if symbols.size else np.zeros(alphabet, np.int64)
+    return symbol_counts(symbols, alphabet)
 
 
 def plan_stream(histogram: np.ndarray, alphabet: int, coding=Coding.AUTO) -> StreamPlan:
