@@ -75,9 +75,10 @@ class ClusteringSpec:
         set_ = object.__setattr__
         set_(self, "number_of_clusters", int(self.number_of_clusters))
         set_(self, "init", CentroidInitialization.parse(self.init))
-        set_(self, "gradient_aggregation", GradientAggregation.parse(self.gradient_aggregation, "gradient_aggregation"))
+        set_(self, "gradient_aggregation", GradientAggregation.parse(self.gradient_aggregation,
+                                                                   "gradient_aggregation (GradientAggregation)"))
         if self.reassignment is not None:
-            set_(self, "reassignment", Reassignment.parse(self.reassignment, "reassignment"))
+            set_(self, "reassignment", Reassignment.parse(self.reassignment, "reassignment (Reassignment)"))
         _check_flag("per_channel", self.per_channel)
         _check_flag("preserve_sparsity", self.preserve_sparsity)
         _check_count("group_size", self.group_size, 1)
