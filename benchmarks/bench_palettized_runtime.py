@@ -232,13 +232,23 @@ def memory_status() -> dict[str, float]:
     return fields
 
 
+def touch_weights(model: nn.Module) -> None:
+    """Read every parameter and buffer once: a checkpoint memory-mapped by safetensors becomes resident."""
+    with torch.no_grad():
+        for tensor in list(model.parameters()) + list(model.buffers()):
+            if tensor.numel():
+                tensor.reshape(-1)[:: max(1, 1024 // tensor.element_size())].sum()  # one read per 4 KiB page
+
+
 def rss_child(model_name: str, variant: str, wz_path: str, warm: bool) -> None:
     """Run in a fresh process: load one variant, print its memory figures (MiB) as JSON.
 
-    The peak is reset (``/proc/self/clear_refs``) once torch (and transformers) are imported and the
-    architecture was built once on the meta device (which imports sympy & co., ~75 MB, once), so
-    'load_peak' is the high-water mark of loading alone on top of 'baseline'."""
+    The peak is reset (``/proc/self/clear_refs``) once torch (and transformers) are imported, the
+    architecture was built once on the meta device (which imports sympy & co., ~75 MB, once) and the
+    input was made (the tokenizer: ~12 MB), so 'load_peak' is the high-water mark of loading alone on top
+    of 'baseline'. 'resident' is after every weight was read once (memory-mapped weights then count)."""
     build_model(model_name, "meta")  # one-time imports of meta-device construction (sympy, ~75 MB), all variants
+    inputs = model_input(model_name, 1)
     if warm:  # the numba/LLVM start-up of the core's bit unpacking (~55 MB once per process), all variants
         unpack_bits(b"\x00", 2, 4)
     Path("/proc/self/clear_refs").write_text("5")
@@ -250,11 +260,13 @@ def rss_child(model_name: str, variant: str, wz_path: str, warm: bool) -> None:
         if variant == "int8 dynamic":
             model = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
     loaded = memory_status()
-    with torch.no_grad():  # touches every weight (a checkpoint memory-mapped by safetensors is resident only now)
-        call(model, model_input(model_name, 1))
+    touch_weights(model)
+    resident = memory_status()
+    with torch.no_grad():
+        call(model, inputs)
     ran = memory_status()
     print(json.dumps({"baseline": baseline, "after_load": loaded["VmRSS"], "load_peak": loaded["VmHWM"],
-                      "after_forward": ran["VmRSS"], "forward_peak": ran["VmHWM"]}))
+                      "resident": resident["VmRSS"], "after_forward": ran["VmRSS"], "forward_peak": ran["VmHWM"]}))
 
 
 def measure_rss(model_name: str, variant: str, wz_path: Path, warm: bool) -> dict:
@@ -305,21 +317,21 @@ def run_models(args, workdir: Path) -> list[dict]:
                     {label: (lambda x, m=model: call(m, x)) for label, model in variants.items()},
                     lambda: inputs, repeats)
         header = (f"{'variant':<16} {'.wz MiB':>8} {'weights MiB':>11} {'peak RSS MiB':>12} {'load peak':>10} "
-                  f"{'x float':>7} {'after load':>10} {'x float':>7} {'+1 forward':>10} {'x float':>7}" + "".join(f" {f'{t}T b{b} ms':>12} {'x float':>7}" for (t, b) in timings)
+                  f"{'x float':>7} {'after load':>10} {'x float':>7} {'resident':>10} {'x float':>7} "
+                  f"{'+1 forward':>10} {'x float':>7}"
+                  + "".join(f" {f'{t}T b{b} ms':>12} {'x float':>7}" for (t, b) in timings)
                   + f" {'max|diff| (rel)':>22}")
         print(header)
         print("-" * len(header))
+
         def above(label, key):
             return rss[label][key] - rss[label]["baseline"]
 
         for label in variants:
             size = files[label].stat().st_size / MIB if label in files else float("nan")
-            row = (f"{label:<16} {size:>8.2f} {memory[label] / MIB:>11.2f} {rss[label]['load_peak']:>12.1f} "
-                   f"{above(label, 'load_peak'):>10.1f} {above(label, 'load_peak') / above('float32', 'load_peak'):>7.2f} "
-                   f"{above(label, 'after_load'):>10.1f} "
-                   f"{above(label, 'after_load') / above('float32', 'after_load'):>7.2f} "
-                   f"{above(label, 'after_forward'):>10.1f} "
-                   f"{above(label, 'after_forward') / above('float32', 'after_forward'):>7.2f}")
+            row = f"{label:<16} {size:>8.2f} {memory[label] / MIB:>11.2f} {rss[label]['load_peak']:>12.1f}"
+            for key in ("load_peak", "after_load", "resident", "after_forward"):
+                row += f" {above(label, key):>10.1f} {above(label, key) / above('float32', key):>7.2f}"
             for key, ms in timings.items():
                 row += f" {ms[label]:>12.2f} {ms[label] / ms['float32']:>7.2f}"
             if label in checks:
@@ -329,10 +341,12 @@ def run_models(args, workdir: Path) -> list[dict]:
                             "latency_ms": {f"{t}T b{b}": ms[label] for (t, b), ms in timings.items()},
                             "ratio_to_float": {f"{t}T b{b}": ms[label] / ms["float32"] for (t, b), ms in timings.items()},
                             "max_diff": checks.get(label)})
-        print("(peak RSS: whole fresh process, peak while loading; 'load peak' / 'after load': RSS above the same "
-              "process once torch (and transformers) are imported and the architecture was built once on the meta "
-              "device, at the peak of loading, after it, and after one batch-1 forward pass, which makes "
-              "memory-mapped checkpoint weights resident)")
+        print("(peak RSS: whole fresh process, peak while loading; 'load peak' / 'after load' / 'resident' / "
+              "'+1 forward': RSS above the same process once torch (and transformers) are imported, the "
+              "architecture was built once on the meta device and the batch-1 input made, at the peak of loading, "
+              "after it, after every weight was read once (memory-mapped checkpoint weights resident: the "
+              "model's own memory) and after one batch-1 forward pass (adds the activations and the BLAS / "
+              "oneDNN buffers, the same for every variant)")
     return results
 
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from weightzip.core import ClusterConfig, ClusteredTensor, cluster_array
-from weightzip.format import write_wz
+from weightzip.format import WriteOptions, write_wz
 from weightzip.torch import (
     PalettizedConv1d,
     PalettizedConv2d,
@@ -253,3 +253,27 @@ def test_eager_calls_skip_the_dispatcher_but_gradients_are_refused_loudly():
     y = layer(x)  # through torch.ops.weightzip.palettized_linear, which has no backward formula
     with pytest.raises(RuntimeError, match="no autograd formula"):
         y.sum().backward()
+
+
+def test_load_palettized_takes_packed_indices_as_stored_without_unpacking_them(tmp_path, monkeypatch):
+    # k = 5 (3 bits): the 10-column Linear's rows do not fill whole bytes (re-packed row by row), the
+    # 16-column one's do (copied as stored). No index is unpacked to one byte a weight.
+    torch.manual_seed(8)
+    model = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 4))
+    clustered = cluster_weights(model, 5, per_channel=True)
+    path = tmp_path / "packed.wz"
+    compress_state_dict(clustered, path, options=WriteOptions(coding="packed", layout="dense"))
+    reference = strip_clustering(clustered).eval()
+    import weightzip.format.streams
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("packed indices were unpacked")
+
+    monkeypatch.setattr(weightzip.format.streams, "unpack_bits", refuse)
+    with torch.device("meta"):
+        fresh = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 4))
+    load_palettized(fresh.eval(), path)
+    assert isinstance(fresh[0], PalettizedLinear) and isinstance(fresh[2], PalettizedLinear)
+    x = torch.randn(3, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), reference(x), rtol=1e-5, atol=1e-6)

@@ -21,13 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
+from weightzip.core.bitpack import bit_width, packed_size
 from weightzip.core.cluster import ClusteredTensor
 from weightzip.core.sizing import SizeReport, TensorSize
 from weightzip.format import schema
 from weightzip.format.container import ByteSource, FileSource, read_envelope
 from weightzip.format.errors import WzFormatError
 from weightzip.format.records import TensorRecord, check_record, decode_record
-from weightzip.format.streams import PayloadReader
+from weightzip.format.streams import PayloadReader, decode_raw
 
 DEFAULT_MAX_ELEMENTS = 1 << 28  # 268 M weights (VGG-16 has 138 M): 1 GiB of float32 once decoded
 
@@ -39,6 +40,129 @@ class WzSummary:
     version: str
     metadata: dict
     report: SizeReport
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """What the header says of one tensor (checked, nothing decoded): enough to match it with a model."""
+
+    name: str
+    kind: str  # "clustered" | "array"
+    shape: tuple[int, ...]
+    dtype: np.dtype  # the decoded dtype (a clustered tensor's codebook dtype)
+    layout: str  # "dense" | "sparse"
+    clusters: int | None  # k of a clustered tensor
+    axis: int | None  # codebook axis of a clustered tensor (None: one codebook)
+    group_size: int | None
+
+
+@dataclass(frozen=True)
+class PackedIndices:
+    """A clustered tensor as stored when its indices are bit-packed densely: the codebook and the packed
+    stream itself (value ``i`` at bits ``[i*bits, (i+1)*bits)``, LSB first, C order; the layout of
+    :mod:`weightzip.core.bitpack`), so a runtime can keep the indices packed without unpacking them.
+    Every index is checked to lie below `clusters`."""
+
+    codebook: np.ndarray  # (groups, k)
+    bits: int
+    data: bytes
+    shape: tuple[int, ...]
+    axis: int | None
+    group_size: int
+
+
+class WzFile:
+    """An open `.wz` file whose envelope and header were checked; tensors are read one at a time with
+    positioned reads (each section checked by its own CRC-32), so holding one costs only its own bytes.
+
+        with open_wz("model.wz") as wz:
+            wz.metadata, wz.tensors["fc.weight"].shape, wz.read("fc.bias"), wz.read_packed("fc.weight")
+    """
+
+    def __init__(self, path, *, max_elements: int = DEFAULT_MAX_ELEMENTS):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise WzFormatError(f"{self.path}: no such file")
+        self._handle = open(self.path, "rb")
+        try:
+            self.metadata, records, self._reader, self.version = _checked_source(
+                FileSource(self._handle), max_elements, str(self.path), verify_file_crc=False)
+        except BaseException:
+            self._handle.close()
+            raise
+        self._records = {record.name: record for record in records}
+        self.tensors: dict[str, TensorInfo] = {name: _info(record) for name, record in self._records.items()}
+
+    def read(self, name: str):
+        """The tensor `name` (ClusteredTensor or ndarray), bit-exact."""
+        return _decode_record(self._record(name), self._reader, str(self.path))
+
+    def read_packed(self, name: str) -> PackedIndices | None:
+        """The clustered tensor `name` with its indices still bit-packed, or None when they are not stored
+        densely bit-packed (Huffman/ANS-coded or sparse: :meth:`read` decodes those)."""
+        record = self._record(name)
+        raw, where = record.raw, f"{self.path}: {record.where}"
+        if record.kind != "clustered" or record.layout != "dense" or raw["indices"]["coding"] != "packed":
+            return None
+        descriptor, k = raw["indices"], raw["clusters"]
+        bits = descriptor.get("bits")
+        if bits != bit_width(k) or descriptor["length"] != packed_size(record.elements, bits):
+            raise WzFormatError(f"{where} indices: {bits}-bit packing of {record.elements} symbols does not "
+                                f"match alphabet {k} and {descriptor['length']} bytes")
+        data = self._reader.section(descriptor, f"{where} indices")
+        if bits and k != 1 << bits:
+            _check_packed_below(data, record.elements, bits, k, f"{where} indices")
+        groups = raw["groups"]
+        codebook = _decode_record_codebook(record, self._reader, where).reshape(groups, k)
+        return PackedIndices(codebook, bits, data, record.shape, raw["axis"], raw["group_size"])
+
+    def _record(self, name: str) -> TensorRecord:
+        if name not in self._records:
+            raise WzFormatError(f"{self.path}: no tensor named {name!r}")
+        return self._records[name]
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> "WzFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_wz(path, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> WzFile:
+    """The `.wz` file `path` opened for reading tensor by tensor (see :class:`WzFile`)."""
+    return WzFile(path, max_elements=max_elements)
+
+
+def _info(record: TensorRecord) -> TensorInfo:
+    raw, clustered = record.raw, record.kind == "clustered"
+    return TensorInfo(record.name, record.kind, tuple(record.shape), record.dtype, record.layout,
+                      raw["clusters"] if clustered else None, raw["axis"] if clustered else None,
+                      raw["group_size"] if clustered else None)
+
+
+def _decode_record_codebook(record: TensorRecord, reader: PayloadReader, where: str) -> np.ndarray:
+    raw = record.raw
+    return decode_raw(raw["codebook"], reader, f"{where} codebook", record.dtype, raw["groups"] * raw["clusters"])
+
+
+_CHECK_CHUNK_BYTES = 1 << 20
+
+
+def _check_packed_below(data: bytes, count: int, bits: int, k: int, where: str) -> None:
+    """Raise unless each of the `count` values packed in `data` is below `k` (NumPy only, chunk by chunk:
+    no per-weight array of the whole tensor, no compiler start-up)."""
+    step = _CHECK_CHUNK_BYTES // bits * bits  # whole groups of 8 values
+    weights = (1 << np.arange(bits, dtype=np.uint16))
+    for start in range(0, len(data), step):
+        chunk = np.frombuffer(data, dtype=np.uint8, count=min(step, len(data) - start), offset=start)
+        values = np.unpackbits(chunk, bitorder="little")
+        values = values[: (values.size // bits) * bits].reshape(-1, bits).astype(np.uint16) @ weights
+        values = values[: max(0, count - start * 8 // bits)]
+        if values.size and int(values.max()) >= k:
+            raise WzFormatError(f"{where}: packed symbol {int(values.max())} outside alphabet {k}")
 
 
 def read_wz(path, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> tuple[dict, dict]:

@@ -31,7 +31,7 @@ from weightzip.core import ClusteredTensor, index_dtype
 from weightzip.core.errors import InvalidClusterCountError, WeightzipError
 from weightzip.core.palette import drop_unused_centroids, smallest_exact_palette  # noqa: F401 (re-exported)
 from weightzip.torch._kernels import ops as _ops  # also registers torch.ops.weightzip.*
-from weightzip.torch._kernels.layout import decode_rows_torch, pack_rows, packed_layout, unpack_rows
+from weightzip.torch._kernels.layout import Palette, decode_rows_torch, unpack_rows
 from weightzip.torch.clustering import ClusteredWeight
 from weightzip.torch.targets import copy_unless_inplace, find_targets
 from weightzip.torch.tensors import to_numpy
@@ -40,17 +40,17 @@ from weightzip.torch.tensors import to_numpy
 class PalettizedWeight(nn.Module):
     """Storage of a palettized weight shared by the palettized layers: packed indices, codebook, offsets."""
 
-    def _init_palette(self, clustered: ClusteredTensor, dtype: torch.dtype, device) -> None:
-        layout, col_offsets = packed_layout(clustered)
-        self.layout = layout
-        self.weight_shape = tuple(int(s) for s in clustered.shape)
-        self.bits = layout.bits
-        self.axis = clustered.axis
-        self.group_size = clustered.group_size
-        self.register_buffer("packed", torch.from_numpy(pack_rows(clustered.indices, layout)).to(device))
-        codebook = torch.from_numpy(np.asarray(clustered.codebook, dtype=np.float64))
+    def _init_palette(self, clustered: ClusteredTensor | Palette, dtype: torch.dtype, device) -> None:
+        palette = clustered if isinstance(clustered, Palette) else Palette.from_clustered(clustered)
+        self.layout = palette.layout
+        self.weight_shape = palette.shape
+        self.bits = palette.layout.bits
+        self.axis = palette.axis
+        self.group_size = palette.group_size
+        self.register_buffer("packed", torch.from_numpy(palette.packed).to(device))
+        codebook = torch.from_numpy(np.asarray(palette.codebook, dtype=np.float64))
         self.register_buffer("codebook", codebook.to(device=device, dtype=dtype))
-        offsets = None if col_offsets is None else torch.from_numpy(col_offsets).to(device)
+        offsets = None if palette.col_offsets is None else torch.from_numpy(palette.col_offsets).to(device)
         self.register_buffer("col_offsets", offsets, persistent=False)
 
     @property
@@ -82,7 +82,7 @@ class PalettizedWeight(nn.Module):
 class PalettizedLinear(PalettizedWeight):
     """``nn.Linear`` whose weight is stored as bit-packed codebook indices."""
 
-    def __init__(self, clustered: ClusteredTensor, bias: torch.Tensor | None = None, *,
+    def __init__(self, clustered: ClusteredTensor | Palette, bias: torch.Tensor | None = None, *,
                  dtype: torch.dtype = torch.float32, device=None):
         super().__init__()
         if len(clustered.shape) != 2:
@@ -110,7 +110,7 @@ class _PalettizedConv(PalettizedWeight):
 
     _DENSE: type[nn.Module]
 
-    def __init__(self, clustered: ClusteredTensor, bias: torch.Tensor | None = None, *, stride=1, padding=0,
+    def __init__(self, clustered: ClusteredTensor | Palette, bias: torch.Tensor | None = None, *, stride=1, padding=0,
                  dilation=1, groups: int = 1, padding_mode: str = "zeros",
                  dtype: torch.dtype = torch.float32, device=None):
         super().__init__()
@@ -173,7 +173,7 @@ class PalettizedEmbedding(PalettizedWeight):
     """``nn.Embedding`` whose table is stored as bit-packed codebook indices; a lookup decodes only the
     rows it gathers. ``max_norm`` (which rewrites the table in place) is refused."""
 
-    def __init__(self, clustered: ClusteredTensor, *, padding_idx: int | None = None,
+    def __init__(self, clustered: ClusteredTensor | Palette, *, padding_idx: int | None = None,
                  dtype: torch.dtype = torch.float32, device=None):
         super().__init__()
         if len(clustered.shape) != 2:

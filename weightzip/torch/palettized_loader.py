@@ -4,10 +4,12 @@ The model gives the architecture (plain, not clustered; best built on the meta d
 torch.device("meta"): model = Net()``, so its float weights are never allocated). Every clustered tensor
 of a Linear, Conv1d, Conv2d or Embedding layer becomes a palettized layer built from the file's codebook
 and indices (packed at ``ceil(log2 k)`` bits a weight); every other tensor is loaded as it is stored.
-Peak memory is the file's bytes, the palettized layers, the other tensors and one tensor's indices
-unpacked (one byte a weight) at a time. A file meant for this is best written with
-``WriteOptions(coding="packed", layout="dense")``: any file loads, but Huffman/ANS and sparse streams go
-through the format's numba decoders, whose compiler costs ~60 MB of memory once per process.
+The file is read tensor by tensor (:func:`weightzip.format.open_wz`, positioned reads): indices stored
+bit-packed (``WriteOptions(coding="packed", layout="dense")``, the runtime's format) are taken as stored
+(:meth:`~weightzip.format.WzFile.read_packed`), never one byte a weight; Huffman/ANS and sparse streams
+are decoded first (their decoders are numba's: ~60 MB of compiler memory once per process). Freed heap
+pages are handed back at the end (``malloc_trim``), so what stays is the palettized layers and the other
+tensors.
 
 Everything is checked against the file's header before anything is decoded or replaced: the file must
 come from PyTorch (``compress_state_dict``), hold exactly the model's state_dict names with their shapes,
@@ -28,9 +30,9 @@ from torch.nn.utils import parametrize
 
 from weightzip.core import ClusteredTensor
 from weightzip.core.errors import ArgumentTypeError, WeightzipError
-from weightzip.format import DEFAULT_MAX_ELEMENTS, WzFormatError
-from weightzip.format.reader import _checked
-from weightzip.format.records import TensorRecord, decode_record
+from weightzip.format import DEFAULT_MAX_ELEMENTS, TensorInfo, WzFile, open_wz
+from weightzip.torch._kernels.layout import Palette
+from weightzip.torch.memory import release_free_memory
 from weightzip.torch.palettized import PALETTIZED_LAYERS
 
 FRAMEWORK = "torch"
@@ -49,24 +51,25 @@ def load_palettized(model: nn.Module, path, *, max_elements: int = DEFAULT_MAX_E
     path = Path(path)
     if not path.is_file():
         raise PalettizedLoadError(f"{path}: no such file")
-    data = path.read_bytes()
-    metadata, records, reader = _checked(data, max_elements, str(path))
-    if metadata.get("framework") != FRAMEWORK:
-        raise PalettizedLoadError(f"{path} holds a {metadata.get('framework')!r} model, not a PyTorch one "
-                                  "(written by weightzip.torch.compress_state_dict)")
-    palettized, dense = _plan(model, {record.name: record for record in records}, path)
-    torch_dtypes = metadata.get("torch_dtypes") or {}
-    built = {}
-    for module_name, (module, record) in palettized.items():
-        built[module_name] = _palettized_layer(module, _decode(record, reader, path))
-    tensors = {}
-    for name, record in dense.items():
-        tensors[name] = _dense_tensor(_decode(record, reader, path), torch_dtypes.get(name), record, path)
-    del data
-    return _install(model, built, tensors)
+    with open_wz(path, max_elements=max_elements) as wz:
+        framework = wz.metadata.get("framework")
+        if framework != FRAMEWORK:
+            raise PalettizedLoadError(f"{path} holds a {framework!r} model, not a PyTorch one "
+                                      "(written by weightzip.torch.compress_state_dict)")
+        palettized, dense = _plan(model, wz.tensors, path)
+        torch_dtypes = wz.metadata.get("torch_dtypes") or {}
+        built = {}
+        for module_name, (module, info) in palettized.items():
+            built[module_name] = _palettized_layer(module, _palette(wz, info.name))
+        tensors = {}
+        for name, info in dense.items():
+            tensors[name] = _dense_tensor(wz.read(name), torch_dtypes.get(name), info, path)
+    model = _install(model, built, tensors)
+    release_free_memory()  # the file's sections and the decoding's scratch go back to the system
+    return model
 
 
-def _plan(model: nn.Module, records: dict[str, TensorRecord], path: Path):
+def _plan(model: nn.Module, records: dict[str, TensorInfo], path: Path):
     """(module name -> (dense module, weight record) to palettize, state_dict name -> record to load dense)."""
     for name, module in model.named_modules():
         if parametrize.is_parametrized(module):
@@ -111,24 +114,27 @@ def _plan(model: nn.Module, records: dict[str, TensorRecord], path: Path):
     return palettized, dense
 
 
-def _why_not_palettized(module: nn.Module, record: TensorRecord) -> str | None:
+def _why_not_palettized(module: nn.Module, record: TensorInfo) -> str | None:
     if type(module) not in PALETTIZED_LAYERS:
         return f"{type(module).__name__} has no palettized layer"
-    if record.raw["clusters"] > MAX_PALETTIZED_CLUSTERS:
-        return f"{record.raw['clusters']} clusters, palettized layers hold at most {MAX_PALETTIZED_CLUSTERS}"
+    if record.clusters > MAX_PALETTIZED_CLUSTERS:
+        return f"{record.clusters} clusters, palettized layers hold at most {MAX_PALETTIZED_CLUSTERS}"
     if isinstance(module, nn.Embedding) and module.max_norm is not None:
         return "Embedding with max_norm"
     return None
 
 
-def _decode(record: TensorRecord, reader, path: Path):
-    try:
-        return decode_record(record, reader)
-    except WzFormatError as error:
-        raise WzFormatError(f"{path}: {error}") from None
+def _palette(wz: WzFile, name: str) -> Palette:
+    """The palette of clustered tensor `name`: its packed indices taken as stored where the file holds them
+    bit-packed (no per-weight array), else decoded and packed."""
+    packed = wz.read_packed(name)
+    if packed is None:
+        return Palette.from_clustered(wz.read(name))
+    return Palette.from_packed(packed.codebook, packed.data, packed.bits, packed.shape, packed.axis,
+                               packed.group_size)
 
 
-def _palettized_layer(module: nn.Module, clustered: ClusteredTensor) -> nn.Module:
+def _palettized_layer(module: nn.Module, clustered: Palette) -> nn.Module:
     """The palettized counterpart of `module`, on the CPU, without its bias (loaded with the dense tensors)."""
     layer_type, _ = PALETTIZED_LAYERS[type(module)]
     dtype = module.weight.dtype if module.weight.dtype.is_floating_point else torch.float32
@@ -140,7 +146,7 @@ def _palettized_layer(module: nn.Module, clustered: ClusteredTensor) -> nn.Modul
                       groups=module.groups, padding_mode=module.padding_mode, dtype=dtype, device="cpu")
 
 
-def _dense_tensor(value, dtype_name, record: TensorRecord, path: Path) -> torch.Tensor:
+def _dense_tensor(value, dtype_name, record: TensorInfo, path: Path) -> torch.Tensor:
     array = value.decode() if isinstance(value, ClusteredTensor) else value
     tensor = torch.from_numpy(np.require(array, requirements=["C", "W"]))
     if dtype_name is not None:

@@ -50,27 +50,94 @@ class PackedLayout:
 
 def packed_layout(clustered: ClusteredTensor) -> tuple[PackedLayout, np.ndarray | None]:
     """The layout of `clustered` and its column offsets (None unless codebooks run along an axis > 0)."""
-    shape = tuple(int(s) for s in clustered.shape)
+    return layout_for(clustered.shape, clustered.number_of_clusters, clustered.axis, clustered.group_size)
+
+
+def layout_for(shape, k: int, axis: int | None, group_size: int) -> tuple[PackedLayout, np.ndarray | None]:
+    """The layout of a weight of `shape` with `k` clusters whose codebooks run along `axis` (groups of
+    `group_size`), and its column offsets (None unless codebooks run along an axis > 0); no indices needed."""
+    shape = tuple(int(s) for s in shape)
     if len(shape) < 2:
         raise WeightzipError(f"a palettized weight has at least 2 dimensions, got shape {shape}")
-    k = clustered.number_of_clusters
     bits = max(1, bit_width(k))
     if bits > MAX_BITS:
         raise WeightzipError(f"a palettized weight holds at most {1 << MAX_BITS} clusters, got {k}")
     rows, cols = shape[0], math.prod(shape[1:])
-    axis = clustered.axis
     if axis is not None and axis < 0:
         axis += len(shape)
     col_offsets = None
     if axis is None:
         rows_per_group = 0
     elif axis == 0:
-        rows_per_group = int(clustered.group_size)
+        rows_per_group = int(group_size)
     else:
         rows_per_group = 0
-        groups = np.broadcast_to(clustered.group_of_each_weight()[0], shape[1:]).ravel()
-        col_offsets = (groups * k).astype(np.int32)
+        stand_in = np.broadcast_to(np.zeros((), np.uint8), shape)  # the group layout only: nothing allocated
+        codebook = np.zeros((-(-shape[axis] // group_size), k))
+        groups = ClusteredTensor(codebook, stand_in, axis, group_size).group_of_each_weight()[0]
+        col_offsets = (np.broadcast_to(groups, shape[1:]).ravel() * k).astype(np.int32)
     return PackedLayout(bits, rows, cols, k, rows_per_group), col_offsets
+
+
+@dataclass(frozen=True)
+class Palette:
+    """Everything a palettized layer holds for its weight: layout, row-packed indices (uint8, with the tail
+    bytes), codebook ``(groups, k)``, column offsets, and the weight's shape, codebook axis and group size."""
+
+    layout: PackedLayout
+    packed: np.ndarray
+    codebook: np.ndarray
+    col_offsets: np.ndarray | None
+    shape: tuple[int, ...]
+    axis: int | None
+    group_size: int
+
+    @classmethod
+    def from_clustered(cls, clustered: ClusteredTensor) -> "Palette":
+        layout, col_offsets = packed_layout(clustered)
+        return cls(layout, pack_rows(clustered.indices, layout), np.asarray(clustered.codebook), col_offsets,
+                   tuple(int(s) for s in clustered.shape), clustered.axis, int(clustered.group_size))
+
+    @classmethod
+    def from_packed(cls, codebook: np.ndarray, data: bytes, bits: int, shape, axis: int | None,
+                    group_size: int) -> "Palette":
+        """From a stream of all indices packed at `bits` bits in C order (a `.wz` file's packed indices,
+        :class:`weightzip.format.PackedIndices`): copied as it is when every row fills whole bytes, else
+        re-packed row by row with NumPy bit operations (never one byte a weight for the whole tensor)."""
+        codebook = np.asarray(codebook)
+        layout, col_offsets = layout_for(shape, codebook.shape[1], axis, group_size)
+        if bits == layout.bits and (layout.cols * bits) % 8 == 0:
+            packed = np.zeros(layout.packed_bytes, dtype=np.uint8)
+            packed[: len(data)] = np.frombuffer(data, dtype=np.uint8)
+        else:
+            packed = _repack_rows(data, bits, layout)
+        return cls(layout, packed, codebook, col_offsets, tuple(int(s) for s in shape), axis, int(group_size))
+
+
+_REPACK_CHUNK_BITS = 1 << 23
+
+
+def _repack_rows(data: bytes, bits: int, layout: PackedLayout) -> np.ndarray:
+    """A C-order stream of `bits`-bit values re-packed at `layout.bits` bits, each row from a byte boundary."""
+    out = np.zeros(layout.packed_bytes, dtype=np.uint8)
+    body = out[: layout.rows * layout.stride].reshape(layout.rows, layout.stride)
+    stream = np.frombuffer(data, dtype=np.uint8)
+    row_bits = layout.cols * bits
+    step = max(1, _REPACK_CHUNK_BITS // max(row_bits, 1))
+    for first in range(0, layout.rows, step):
+        last = min(layout.rows, first + step)
+        start_bit, end_bit = first * row_bits, last * row_bits
+        chunk = np.unpackbits(stream[start_bit // 8: -(-end_bit // 8)], bitorder="little")
+        chunk = chunk[start_bit % 8: start_bit % 8 + end_bit - start_bit].reshape(last - first, layout.cols, bits)
+        if bits != layout.bits:  # widen (or narrow: the high bits are zero) each value to the layout's width
+            wide = np.zeros((last - first, layout.cols, layout.bits), dtype=np.uint8)
+            keep = min(bits, layout.bits)
+            wide[:, :, :keep] = chunk[:, :, :keep]
+            chunk = wide
+        padded = np.zeros((last - first, 8 * layout.stride), dtype=np.uint8)
+        padded[:, : layout.cols * layout.bits] = chunk.reshape(last - first, -1)
+        body[first:last] = np.packbits(padded, axis=1, bitorder="little")
+    return out
 
 
 def pack_rows(indices: np.ndarray, layout: PackedLayout) -> np.ndarray:

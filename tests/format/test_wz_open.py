@@ -1,0 +1,73 @@
+"""`open_wz`: the public reading API tensor by tensor, and `read_packed`, the packed indices as stored."""
+
+import zlib
+
+import numpy as np
+import pytest
+
+from weightzip.core import ClusteredTensor
+from weightzip.core.bitpack import unpack_bits
+from weightzip.format import PackedIndices, WriteOptions, WzFormatError, container, open_wz, read_wz, write_wz
+
+
+def clustered(shape, k, axis, seed):
+    rng = np.random.default_rng(seed)
+    groups = 1 if axis is None else shape[axis]
+    codebook = np.sort(rng.standard_normal((groups, k)), axis=1).astype(np.float32)
+    return ClusteredTensor(codebook, rng.integers(0, k, size=shape).astype(np.uint8), axis, 1)
+
+
+def sample(tmp_path, coding="packed"):
+    tensors = {"fc.weight": clustered((6, 30), 5, 0, 1), "emb.weight": clustered((7, 40), 16, None, 2),
+               "fc.bias": np.arange(6, dtype=np.float32)}
+    path = tmp_path / f"{coding}.wz"
+    write_wz(path, tensors, {"framework": "torch"}, options=WriteOptions(coding=coding, layout="dense"))
+    return path, tensors
+
+
+def test_open_wz_lists_every_tensor_and_reads_each_bit_exactly(tmp_path):
+    path, tensors = sample(tmp_path)
+    with open_wz(path) as wz:
+        assert wz.metadata["framework"] == "torch"
+        assert set(wz.tensors) == set(tensors)
+        info = wz.tensors["emb.weight"]
+        assert (info.kind, info.shape, info.clusters, info.axis, info.layout) == ("clustered", (7, 40), 16, None, "dense")
+        assert wz.tensors["fc.bias"].clusters is None
+        expected, _ = read_wz(path)
+        for name in tensors:
+            got = wz.read(name)
+            if isinstance(got, ClusteredTensor):
+                np.testing.assert_array_equal(got.indices, expected[name].indices)
+                np.testing.assert_array_equal(got.codebook, expected[name].codebook)
+            else:
+                np.testing.assert_array_equal(got, expected[name])
+        with pytest.raises(WzFormatError, match="no tensor named 'nope'"):
+            wz.read("nope")
+
+
+def test_read_packed_gives_the_stored_bit_stream_and_codebook(tmp_path):
+    path, tensors = sample(tmp_path)
+    with open_wz(path) as wz:
+        packed = wz.read_packed("fc.weight")
+        assert isinstance(packed, PackedIndices) and packed.bits == 3 and packed.shape == (6, 30)
+        np.testing.assert_array_equal(unpack_bits(packed.data, 180, 3).reshape(6, 30), tensors["fc.weight"].indices)
+        np.testing.assert_array_equal(packed.codebook, tensors["fc.weight"].codebook)
+        assert (packed.axis, packed.group_size) == (0, 1)
+        assert wz.read_packed("fc.bias") is None  # not clustered
+    huffman, _ = sample(tmp_path, "huffman")
+    with open_wz(huffman) as wz:
+        assert wz.read_packed("emb.weight") is None  # not bit-packed: read() decodes it
+
+
+def test_read_packed_refuses_an_index_outside_the_codebook_even_with_valid_checksums(tmp_path):
+    path, _ = sample(tmp_path)
+    header, payload = container.disassemble(path.read_bytes())
+    payload = bytearray(payload)
+    record = next(r for r in header["tensors"] if r["name"] == "fc.weight")
+    section = record["indices"]
+    payload[section["offset"]] |= 0b111  # first index := 7 >= k = 5
+    section["crc32"] = zlib.crc32(bytes(payload[section["offset"]:section["offset"] + section["length"]]))
+    forged = tmp_path / "forged.wz"
+    forged.write_bytes(container.assemble(header, bytes(payload)))
+    with open_wz(forged) as wz, pytest.raises(WzFormatError, match="packed symbol 7 outside alphabet 5"):
+        wz.read_packed("fc.weight")
