@@ -22,6 +22,7 @@ deep copy); the Keras front end's calls return a new model instead.
 from weightzip.core import CentroidInitialization
 from weightzip.core.options import Reassignment
 from weightzip.core.pruning import ConstantSparsity, PolynomialDecay, PruningSchedule
+from weightzip.core.rules import CONVOLUTION, LayerRules
 from weightzip.core.specs import ClusteringSpec, PruningSpec
 from weightzip.torch.checkpoint import (
     compress_state_dict,
@@ -61,7 +62,9 @@ from weightzip.torch.storage import load_wz, save_wz
 from weightzip.torch.targets import UnsupportedLayerError, WeightTarget, find_targets
 
 __all__ = [
+    "CONVOLUTION",
     "CentroidInitialization",
+    "LayerRules",
     "ClusteredWeight",
     "ClusteringSpec",
     "PruningSpec",
