@@ -87,3 +87,8 @@ def test_pruning_spec_normalises_tfmot_spellings_and_refuses_bad_combinations():
         PruningSpec(sparsity_m_by_n=(4, 2))
     with pytest.raises(InvalidSparsityError, match="cannot be combined"):
         PruningSpec(sparsity_m_by_n=(2, 4), per_channel=True)
+
+
+def test_build_spec_passes_a_field_type_error_through_unchanged():
+    with pytest.raises(ArgumentTypeError, match="^per_channel must be True or False, got 1$"):
+        build_spec(ClusteringSpec, None, "f", number_of_clusters=4, per_channel=1)

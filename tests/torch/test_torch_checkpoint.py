@@ -187,3 +187,6 @@ def test_cluster_and_sparsity_rules_choose_per_tensor_by_name_class_and_convolut
         compress_state_dict(model, tmp_path / "e.wz", sparsity=LayerRules(0.5).set_name("fc", 2.0))
     with pytest.raises(WeightzipError, match=r"names layers \['fc'\]"):
         compress_state_dict(model, tmp_path / "e.wz", sparsity=LayerRules(0.5).set_name("fc", 0.2))
+    with pytest.raises(WeightzipError, match="a layer-class rule needs the nn.Module"):
+        compress_state_dict(model.state_dict(), tmp_path / "e.wz", number_of_clusters=LayerRules(8).set_type(
+            nn.Linear, 4))

@@ -99,6 +99,11 @@ class LayerRules:
         return max(matches, key=lambda match: len(match[0])) if matches else None
 
     @property
+    def has_class_rules(self) -> bool:
+        """Whether a type rule names a class (which needs the layer object to resolve)."""
+        return any(isinstance(kind, type) for kind, _ in self.types)
+
+    @property
     def layer_names(self) -> tuple[str, ...]:
         """The names the rules mention (to check them against a model's layers)."""
         return tuple(name for name, _ in self.names)

@@ -185,6 +185,8 @@ def build_spec(spec_type: type, spec, what: str, **fields):
     if spec is None:
         try:
             return spec_type(**given)
+        except ArgumentTypeError:
+            raise
         except TypeError as error:  # a required field (number_of_clusters) is missing
             raise ArgumentTypeError(f"{what}: {error}; pass it or spec={spec_type.__name__}(...)") from None
     if not isinstance(spec, spec_type):

@@ -205,6 +205,10 @@ def compress_state_dict(
     sparsity_rules = _with_conv(sparsity, conv_sparsity).checked(_checked_sparsity, "sparsity")
     for rules, what in ((cluster_rules, "number_of_clusters"), (sparsity_rules, "sparsity")):
         rules.check_names(list(tensors), what)
+        if kind != "module" and rules.has_class_rules:
+            raise InvalidArgumentError(f"{what}: a layer-class rule needs the nn.Module; a {kind} has only tensor "
+                                       "names (use name rules or the CONVOLUTION category)")
+    by_class = cluster_rules.has_class_rules or sparsity_rules.has_class_rules
     stored: dict[str, ClusteredTensor | np.ndarray] = {}
     torch_dtypes = _widened_clustered_dtypes(source) if kind == "module" else {}
     for name, value in tensors.items():
@@ -214,7 +218,7 @@ def compress_state_dict(
         array, torch_dtype = _to_storable(name, value)
         if torch_dtype is not None:
             torch_dtypes[name] = torch_dtype
-        layer = source.get_submodule(name.rpartition(".")[0]) if kind == "module" else None
+        layer = source.get_submodule(name.rpartition(".")[0]) if by_class else None
         categories = (CONVOLUTION,) if array.ndim >= 3 else ()
         k, fraction = (rules.value_for(name, layer, categories) for rules in (cluster_rules, sparsity_rules))
         config = None if k is None else ClusterConfig(k, init, axis=None, group_size=group_size,
