@@ -75,6 +75,8 @@ def _compress(args: argparse.Namespace) -> int:
     check_output_path(output, overwrite=args.overwrite, inputs=(source,))  # before any work
     if source.suffix in KERAS_SUFFIXES:
         return _compress_keras(source, output, args)
+    if source.suffix == ".safetensors" and _plain_checkpoint_options(args):
+        return _compress_safetensors_file(source, output, args)
     if source.suffix in TORCH_SUFFIXES or _is_torchscript(source):
         return _compress_torch(source, output, args)
     raise CliError(f"{source}: unknown model type {source.suffix!r}; expected one of "
@@ -244,7 +246,11 @@ def _compress_directory(source: Path, args) -> int:
         raise CliError(f"{', '.join(refused)}: not available for a model directory (post-training clustering of "
                        "every weight matrix; use --clusters, --sparsity, --per-channel, --group-size, --init)")
     from weightzip.progress import progress_bar
-    from weightzip.torch.hf import compress_model_dir, compress_safetensors
+
+    if source.is_dir():
+        from weightzip.torch.hf import compress_model_dir
+    else:  # a checkpoint's index: streamed with NumPy only (no torch import)
+        from weightzip.safetensors_wz import compress_safetensors
 
     settings = _post_training_settings(args)
     folder = source if source.is_dir() else source.parent
@@ -267,6 +273,32 @@ def _compress_directory(source: Path, args) -> int:
         print(f"  not clustered, {reason}: {len(names)} tensors, e.g. {names[0]}")
     for name, reason in summary.left_out.items():
         print(f"  left out {name}: {reason}")
+    return 0
+
+
+def _plain_checkpoint_options(args) -> bool:
+    """Whether a .safetensors file is compressed as a checkpoint, tensor by tensor: no retraining, no
+    post-training objective, no separate convolution settings (those go through weightzip.torch)."""
+    return (args.data is None and args.conv_clusters is None and args.conv_sparsity is None
+            and args.custom_objects is None and not any(value is not None for _, value in _post_training_flags(args)))
+
+
+def _compress_safetensors_file(source: Path, output: Path, args) -> int:
+    """One .safetensors file, streamed (memory-mapped, one tensor in memory at a time), with NumPy only."""
+    from weightzip.safetensors_wz import compress_safetensors
+    from weightzip.shards import ShardError
+
+    settings = _post_training_settings(args)
+    try:
+        summary = compress_safetensors(source, output, number_of_clusters=settings["clusters"], init=settings["init"],
+                                       per_channel=settings["per_channel"], group_size=settings["group_size"],
+                                       sparsity=settings["sparsity"], overwrite=args.overwrite)
+    except ShardError as error:
+        raise CliError(f"{source}: not a valid .safetensors file ({error})") from None
+    size = summary.output_bytes
+    if not args.json:
+        print(f"wrote {output}: {size:,} bytes ({source.stat().st_size / size:.1f}x smaller than {source.name})")
+    _print_json(args, input=str(source), output=str(output), output_bytes=size, input_bytes=source.stat().st_size)
     return 0
 
 

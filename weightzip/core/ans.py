@@ -26,6 +26,7 @@ from weightzip.core.errors import WeightzipError
 MAX_ANS_ALPHABET = 1 << 16
 PRECISION = 24
 _WORD_BITS = 32
+_ENCODE_CHUNK = 1 << 20  # symbols converted to int32 and encoded at a time
 _TABLE_SHIFT = 12  # quantile >> 12 indexes a table of first candidate symbols (4,096 entries)
 
 try:
@@ -51,7 +52,11 @@ def ans_encode(symbols, counts) -> np.ndarray:
     if symbols.size == 0:
         return np.zeros(0, dtype=np.uint32)
     coder = constriction.stream.stack.AnsCoder()
-    coder.encode_reverse(symbols.astype(np.int32), _model(counts))
+    model = _model(counts)
+    # Last chunk first: a stack coder encodes in reverse, so the words equal one encode_reverse of all symbols,
+    # with an int32 copy of one chunk at a time instead of the whole stream (4 bytes per symbol).
+    for end in range(symbols.size, 0, -_ENCODE_CHUNK):
+        coder.encode_reverse(symbols[max(0, end - _ENCODE_CHUNK):end].astype(np.int32), model)
     return np.asarray(coder.get_compressed(), dtype=np.uint32)
 
 

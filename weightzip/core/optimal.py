@@ -194,7 +194,7 @@ def _sixteen_bit_atoms(array: np.ndarray, importance: np.ndarray | None) -> _Ato
         to_value = lambda bits: bits.astype(np.uint16).view(np.float16)  # noqa: E731
     elif array.dtype == np.float32 and array.shape[0] > 1 << 12:
         words = array.view(np.uint32)
-        if np.any(words & np.uint32(0xFFFF)):
+        if _any_low_half(words):  # stops at the first value that is not bfloat16 (no temporary array)
             return None
         patterns = words >> np.uint32(16)
         to_value = lambda bits: (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)  # noqa: E731
@@ -211,6 +211,14 @@ def _sixteen_bit_atoms(array: np.ndarray, importance: np.ndarray | None) -> _Ato
         values = to_value(used)
     order = np.argsort(values, kind="stable")
     return _atoms_of_distinct(values[order], weight[used[order]])
+
+
+@numba.njit(cache=True, nogil=True)
+def _any_low_half(words):
+    for i in range(words.shape[0]):
+        if words[i] & 0xFFFF:
+            return True
+    return False
 
 
 def _histogram_atoms(array: np.ndarray, importance: np.ndarray | None, bins: int) -> _Atoms:

@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from weightzip.core.ans import symbol_counts
 from weightzip.core.assign import index_dtype
 from weightzip.core.cluster import ClusteredTensor
 from weightzip.core.errors import InvalidArgumentError, InvalidClusterCountError
@@ -90,7 +91,7 @@ def drop_unused_centroids(clustered: ClusteredTensor) -> ClusteredTensor:
     groups, k = codebook.shape
     group = np.broadcast_to(clustered.group_of_each_weight(), clustered.shape)
     if groups == 1:  # one row: a histogram of the indices, no per-weight code array
-        used = (np.bincount(np.asarray(clustered.indices).ravel(), minlength=k) > 0).reshape(1, k)
+        used = (symbol_counts(np.asarray(clustered.indices), k) > 0).reshape(1, k)  # no widened copy
     else:
         codes = group.astype(np.int64) * k + clustered.indices
         used = np.zeros(groups * k, dtype=bool)

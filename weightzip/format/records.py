@@ -81,10 +81,12 @@ def encode_tensor(name: str, tensor, options: EncodeOptions, payload: PayloadBui
     if isinstance(tensor, ClusteredTensor):
         clustered = PayloadBuilder()
         record = _encode_clustered(name, tensor, options, clustered)
-        decoded = tensor.decode()
-        if options.codebook_dtype is not None:
-            decoded = decoded.astype(options.codebook_dtype)  # a cast commutes with the codebook lookup
-        if clustered.length > decoded.nbytes and not options.keep_clustered:
+        decoded_dtype = np.dtype(options.codebook_dtype or np.asarray(tensor.codebook).dtype)
+        decoded_bytes = math.prod(np.shape(tensor.indices)) * decoded_dtype.itemsize
+        if clustered.length > decoded_bytes and not options.keep_clustered:  # decoded only when it may be kept
+            decoded = tensor.decode()
+            if options.codebook_dtype is not None:
+                decoded = decoded.astype(options.codebook_dtype)  # a cast commutes with the codebook lookup
             plain = PayloadBuilder()
             array_record = _encode_array(name, decoded, options, plain)
             if plain.length < clustered.length:

@@ -21,7 +21,6 @@ float32, exactly, and restored), that loads with ``strict=True`` into the plain 
 
 from __future__ import annotations
 
-import dataclasses
 import io
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,15 +32,15 @@ from torch.nn.utils import parametrize
 
 from weightzip import __version__
 from weightzip.atomic import check_output_path, write_bytes_atomically
-from weightzip.core import CentroidInitialization, ClusterConfig, ClusteredTensor, cluster_array
+from weightzip.core import CentroidInitialization, ClusterConfig, ClusteredTensor
 from weightzip.core.errors import ArgumentTypeError, InvalidArgumentError, WeightzipError, first_line
 from weightzip.core.palette import drop_unused_centroids
-from weightzip.core.pruning import apply_mask, magnitude_mask
 from weightzip.core.rules import CONVOLUTION, LayerRules
 from weightzip.core.validation import check_cluster_count
 from weightzip.format import WriteOptions, WzFormatError, read_wz, read_wz_dense, write_wz
+from weightzip.safetensors_wz import encode_array as _encode_choice  # the one rule, NumPy only
 from weightzip.torch.clustering import ClusteredWeight
-from weightzip.torch.palettized import PalettizedWeight, exact_palette
+from weightzip.torch.palettized import PalettizedWeight
 from weightzip.torch.targets import find_targets
 from weightzip.torch.torchscript import (
     ARCHIVE_SUFFIXES,
@@ -292,26 +291,6 @@ def encode_tensor(name: str, tensor: torch.Tensor, config: ClusterConfig | None,
     docstring for a state_dict (channel axis 0); lets callers stream a checkpoint one tensor at a time."""
     array, torch_dtype = _to_storable(name, tensor)
     return _encode_choice(name, array, None, config, per_channel, max_clusters, sparsity), torch_dtype
-
-
-def _encode_choice(name, array: np.ndarray, axes, config: ClusterConfig | None, per_channel: bool,
-                   max_clusters: int, sparsity: float | None = None):
-    """Prune, cluster, palettize exactly, or keep `array`, following the rules of the module docstring."""
-    if not np.issubdtype(array.dtype, np.floating) or array.ndim < 2 or array.size == 0:
-        return array
-    if axes is not None and name not in axes:
-        return array  # a module's tensor that is not a supported layer's weight
-    axis = 0 if axes is None else axes[name]
-    if sparsity:  # a sparsity of 0 prunes nothing: skip the pass over the tensor
-        array = apply_mask(array, magnitude_mask(array, sparsity))
-    if config is not None:
-        layer_config = dataclasses.replace(config, axis=axis if per_channel else None)
-        try:
-            return drop_unused_centroids(cluster_array(array, layer_config))
-        except WeightzipError as error:
-            raise WeightzipError(f"tensor {name!r}: {error}") from None
-    palette = exact_palette(array, axis, max_clusters) if np.all(np.isfinite(array)) else None
-    return array if palette is None else palette
 
 
 def decompress(path, *, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:

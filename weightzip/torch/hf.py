@@ -23,24 +23,28 @@ import base64
 import hashlib
 import json
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from weightzip import __version__
-from weightzip.atomic import atomic_directory, atomic_output, check_output_path
-from weightzip.core import CentroidInitialization, ClusterConfig, ClusteredTensor
+from weightzip.atomic import atomic_directory, atomic_output
+from weightzip.core import ClusteredTensor
 from weightzip.core.errors import ArgumentTypeError, WeightzipError
-from weightzip.format import WriteOptions, read_metadata, write_wz
+from weightzip.format import read_metadata
 from weightzip.format.reader import inspect_wz, read_tensor
-from weightzip.torch.checkpoint import WIDENED_DTYPES, as_stored_tensor, encode_tensor
+from weightzip.safetensors_wz import (  # noqa: F401  (the checkpoint route, torch-free; re-exported here)
+    CHECKPOINT_KEY,
+    DirectoryCompression,
+    ModelDirectoryError,
+    TensorAction,
+    compress_checkpoint,
+    compress_safetensors,
+    specs_json,
+)
+from weightzip.torch.checkpoint import as_stored_tensor
 from weightzip.torch.shards import DTYPES, ShardError, ShardLayout, open_safetensors, write_safetensors, write_sharded
 
 METADATA_KEY = "hf"  # a model directory: shard layout, tensor specs, carried files
-CHECKPOINT_KEY = "safetensors"  # a bare (sharded) safetensors checkpoint: shard layout and tensor specs
 CONFIG_FILE = "config.json"
 MAX_CARRIED_BYTES = 32 * 1024 * 1024  # the .wz header holds the carried files; its limit is 64 MiB
 # Other serialisations of the same weights: left out (the .wz holds the weights), each named in the summary.
@@ -48,49 +52,6 @@ OTHER_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt", ".on
                          ".tflite", ".mlmodel")
 OTHER_WEIGHT_DIRECTORIES = ("onnx", "openvino", "coreml", "tflite")
 SKIPPED_DIRECTORIES = (".git", ".cache", ".huggingface")
-
-Progress = Callable[[str, int, int], None]  # (tensor name, bytes done, bytes in all)
-
-
-class ModelDirectoryError(WeightzipError):
-    """A directory that is not a Hugging Face model directory, or a .wz that cannot rebuild one."""
-
-
-@dataclass(frozen=True)
-class TensorAction:
-    """What was done to one tensor: ``clustered``, ``palette`` (few distinct values, stored exactly) or
-    ``kept`` (stored as it is), with the reason where it was not clustered."""
-
-    name: str
-    action: str
-    reason: str = ""
-
-
-@dataclass
-class DirectoryCompression:
-    """The result of :func:`compress_model_dir`."""
-
-    source: str
-    output: str
-    output_bytes: int
-    weight_bytes: int  # bytes of the safetensors tensors read
-    tensors: list[TensorAction] = field(default_factory=list)
-    carried_files: list[str] = field(default_factory=list)
-    left_out: dict[str, str] = field(default_factory=dict)  # file -> reason
-
-    @property
-    def ratio(self) -> float:
-        return self.weight_bytes / self.output_bytes if self.output_bytes else float("inf")
-
-    def to_json(self) -> dict:
-        counts: dict[str, int] = {}
-        for tensor in self.tensors:
-            counts[tensor.action] = counts.get(tensor.action, 0) + 1
-        return {"input": self.source, "output": self.output, "output_bytes": self.output_bytes,
-                "input_weight_bytes": self.weight_bytes, "ratio": round(self.ratio, 3), "tensor_counts": counts,
-                "not_clustered": {t.name: f"{t.action}: {t.reason}" for t in self.tensors if t.action != "clustered"},
-                "carried_files": self.carried_files, "left_out": self.left_out}
-
 
 def is_model_directory(path) -> bool:
     return Path(path).is_dir()
@@ -105,93 +66,11 @@ def compress_model_dir(directory, output, **options) -> DirectoryCompression:
     directory = Path(directory)
     checkpoint, carried, left_out = _scan(directory)
     files = {name: _pack_file(directory / name) for name in carried}
-    stored = {"layout": checkpoint.layout.to_json(), "specs": _specs_json(checkpoint), "files": files,
+    stored = {"layout": checkpoint.layout.to_json(), "specs": specs_json(checkpoint), "files": files,
               "left_out": left_out}
-    summary = _compress_checkpoint(checkpoint, directory, output, {METADATA_KEY: stored}, "hf_directory", **options)
+    summary = compress_checkpoint(checkpoint, directory, output, {METADATA_KEY: stored}, "hf_directory", **options)
     summary.carried_files, summary.left_out = carried, left_out
     return summary
-
-
-def compress_safetensors(source, output, **options) -> DirectoryCompression:
-    """Compress a safetensors checkpoint: a ``*.safetensors`` file or a sharded one's ``*.index.json``.
-
-    The shard layout is kept in the metadata (key ``safetensors``) so that :func:`decompress_safetensors`
-    writes the same shards and index again. Options: number_of_clusters (None: no clustering, exact palettes
-    where small), init, per_channel, group_size, sparsity, max_clusters, metadata, options (WriteOptions),
-    overwrite, progress (callback(name, bytes done, bytes in all)), jobs (encode in that many worker
-    processes) or scheduler (a Dask distributed scheduler address): same bytes as the serial run.
-    """
-    source = Path(source)
-    checkpoint = open_safetensors(source)
-    stored = {"layout": checkpoint.layout.to_json(), "specs": _specs_json(checkpoint)}
-    return _compress_checkpoint(checkpoint, source, output, {CHECKPOINT_KEY: stored}, "safetensors", **options)
-
-
-def _compress_checkpoint(checkpoint, source: Path, output, layout_metadata: dict, kind: str, *,
-                         number_of_clusters: int | None = 16,
-                         init: CentroidInitialization | str = CentroidInitialization.OPTIMAL,
-                         per_channel: bool = False, group_size: int = 1, sparsity: float | None = None,
-                         max_clusters: int = 256, metadata: dict | None = None,
-                         options: WriteOptions = WriteOptions(), overwrite: bool = False,
-                         progress: Progress | None = None, jobs: int | None = None,
-                         scheduler: str | None = None) -> DirectoryCompression:
-    """Stream the checkpoint's tensors, one at a time, through the encoder into the `.wz` writer (with `jobs`
-    or `scheduler`: encoded in parallel by :mod:`weightzip.torch.parallel`, written in the same order)."""
-    output = Path(output)
-    inputs = [checkpoint.directory / file for file in checkpoint.layout.files]
-    check_output_path(output, overwrite=overwrite, inputs=inputs)
-    if source.is_dir() and output.resolve().is_relative_to(source.resolve()):
-        raise ModelDirectoryError(f"refusing to write {output} inside the model directory {source}")
-    if not per_channel and group_size != 1:
-        raise WeightzipError("group_size only applies with per_channel=True")
-    if sparsity is not None and (isinstance(sparsity, bool) or not isinstance(sparsity, (int, float))
-                                 or not 0.0 <= sparsity < 1.0):
-        raise WeightzipError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
-    config = None if number_of_clusters is None else ClusterConfig(
-        number_of_clusters, init, axis=None, group_size=group_size, preserve_sparsity=bool(sparsity))
-    # bfloat16 & co. are stored widened; the headers say which before any tensor is read
-    torch_dtypes = {entry.name: str(DTYPES[entry.dtype]).removeprefix("torch.")
-                    for entry in checkpoint.entries.values() if DTYPES[entry.dtype] in WIDENED_DTYPES}
-    total, actions, done = checkpoint.total_bytes, [], [0]
-
-    if jobs is not None or scheduler is not None:
-        from weightzip.torch import parallel
-
-        parallel.check_parallel_options(jobs, scheduler)
-        settings = parallel.EncodeSettings(config, per_channel, max_clusters, sparsity, options.encode_options())
-        tasks = parallel.checkpoint_tasks(checkpoint)
-
-    def encoded_in_parallel():
-        results = parallel.ordered_map(parallel.encode_task, tasks, settings, jobs=jobs, scheduler=scheduler)
-        for number, (record, action) in enumerate(results):
-            task = tasks[number]
-            if progress is not None:
-                progress(task.name, done[0], total)
-            done[0] += task.nbytes
-            actions.append(action)
-            yield task.name, record
-        if progress is not None:
-            progress("", total, total)
-
-    def encoded():
-        for name, tensor in checkpoint.tensors():
-            if progress is not None:
-                progress(name, done[0], total)
-            value, _ = encode_tensor(name, tensor, config, per_channel=per_channel, max_clusters=max_clusters,
-                                     sparsity=sparsity)
-            done[0] += tensor.numel() * tensor.element_size()
-            del tensor
-            actions.append(_action(name, value, config))
-            yield name, value
-        if progress is not None:
-            progress("", total, total)
-
-    extra = dict(metadata or {})
-    extra.update(framework="torch", source=kind, weightzip=__version__, torch_dtypes=torch_dtypes)
-    extra.update(layout_metadata)
-    stream = encoded() if jobs is None and scheduler is None else encoded_in_parallel()
-    size = write_wz(output, stream, extra, options=options, overwrite=overwrite, inputs=inputs)
-    return DirectoryCompression(str(source), str(output), size, total, actions)
 
 
 def decompress_model_dir(path, directory, *, overwrite: bool = False) -> list[str]:
@@ -280,10 +159,6 @@ def _checked_fetch(path: Path, metadata: dict, stored: dict, layout: ShardLayout
     return specs, fetch
 
 
-def _specs_json(checkpoint) -> dict:
-    return {entry.name: [entry.dtype, list(entry.shape)] for entry in checkpoint.entries.values()}
-
-
 def _specs_from_json(value, layout: ShardLayout, where) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
     names = [name for _, shard_names, _ in layout.shards for name in shard_names]
     if not isinstance(value, dict) or set(value) != set(names):
@@ -365,19 +240,6 @@ def _scan(directory: Path):
         raise ModelDirectoryError(f"{directory}: its non-weight files hold {carried_bytes:,} bytes, more than the "
                                   f".wz carries ({MAX_CARRIED_BYTES:,}); the largest is {biggest}")
     return checkpoint, carried, left_out
-
-
-def _action(name: str, value, config) -> TensorAction:
-    if isinstance(value, ClusteredTensor):
-        return TensorAction(name, "clustered" if config is not None else "palette",
-                            "" if config is not None else "few distinct values, stored exactly")
-    if not np.issubdtype(value.dtype, np.floating):
-        return TensorAction(name, "kept", f"not floating ({value.dtype})")
-    if value.ndim < 2:
-        return TensorAction(name, "kept", f"rank {value.ndim} (biases and normalisation are kept exactly)")
-    if value.size == 0:
-        return TensorAction(name, "kept", "empty")
-    return TensorAction(name, "kept", "no --clusters given and too many distinct values for a palette")
 
 
 def _pack_file(path: Path) -> dict:

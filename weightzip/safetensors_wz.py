@@ -1,0 +1,197 @@
+"""Safetensors checkpoints (one file, or the shards of a ``model.safetensors.index.json``) into `.wz` files,
+streamed one tensor at a time, with NumPy only: the command line's ``compress`` of a checkpoint imports no
+torch (whose import costs ~5 s and ~190 MiB of resident memory a call, more than a large tensor's encoding).
+
+Every tensor is stored by the rules of :func:`encode_array` (those of :mod:`weightzip.torch.checkpoint` for a
+state_dict: every floating tensor of rank >= 2 clustered on channel axis 0; others kept exactly). bfloat16
+tensors are stored widened to float32 (exactly) and named in the ``torch_dtypes`` metadata, so decompressing
+gives them back as bfloat16. The shard layout is kept in the metadata so that the same shards and index can be
+written again (:mod:`weightzip.torch.hf`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from weightzip import __version__
+from weightzip.atomic import check_output_path
+from weightzip.core import CentroidInitialization, ClusterConfig, ClusteredTensor, cluster_array
+from weightzip.core.errors import WeightzipError
+from weightzip.core.palette import drop_unused_centroids, smallest_exact_palette
+from weightzip.core.pruning import apply_mask, magnitude_mask
+from weightzip.format import WriteOptions, write_wz
+from weightzip.shards import WIDENED, open_safetensors
+
+CHECKPOINT_KEY = "safetensors"  # a bare (sharded) safetensors checkpoint: shard layout and tensor specs
+
+Progress = Callable[[str, int, int], None]  # (tensor name, bytes done, bytes in all)
+
+
+class ModelDirectoryError(WeightzipError):
+    """A directory that is not a Hugging Face model directory, or a .wz that cannot rebuild one."""
+
+
+@dataclass(frozen=True)
+class TensorAction:
+    """What was done to one tensor: ``clustered``, ``palette`` (few distinct values, stored exactly) or
+    ``kept`` (stored as it is), with the reason where it was not clustered."""
+
+    name: str
+    action: str
+    reason: str = ""
+
+
+@dataclass
+class DirectoryCompression:
+    """The result of compressing a checkpoint or a model directory."""
+
+    source: str
+    output: str
+    output_bytes: int
+    weight_bytes: int  # bytes of the safetensors tensors read
+    tensors: list[TensorAction] = field(default_factory=list)
+    carried_files: list[str] = field(default_factory=list)
+    left_out: dict[str, str] = field(default_factory=dict)  # file -> reason
+
+    @property
+    def ratio(self) -> float:
+        return self.weight_bytes / self.output_bytes if self.output_bytes else float("inf")
+
+    def to_json(self) -> dict:
+        counts: dict[str, int] = {}
+        for tensor in self.tensors:
+            counts[tensor.action] = counts.get(tensor.action, 0) + 1
+        return {"input": self.source, "output": self.output, "output_bytes": self.output_bytes,
+                "input_weight_bytes": self.weight_bytes, "ratio": round(self.ratio, 3), "tensor_counts": counts,
+                "not_clustered": {t.name: f"{t.action}: {t.reason}" for t in self.tensors if t.action != "clustered"},
+                "carried_files": self.carried_files, "left_out": self.left_out}
+
+
+def encode_array(name, array: np.ndarray, axes, config: ClusterConfig | None, per_channel: bool,
+                 max_clusters: int, sparsity: float | None = None):
+    """Prune, cluster, palettize exactly, or keep `array` (a checkpoint's tensor as NumPy): floating tensors
+    of rank >= 2 (with `axes`, a name -> channel axis map: only those named) are pruned to `sparsity`, then
+    clustered with `config` (channel axis 0 without `axes`), or without `config` stored as an exact palette
+    where that is smaller; everything else is kept as it is."""
+    if not np.issubdtype(array.dtype, np.floating) or array.ndim < 2 or array.size == 0:
+        return array
+    if axes is not None and name not in axes:
+        return array  # a module's tensor that is not a supported layer's weight
+    axis = 0 if axes is None else axes[name]
+    if sparsity:  # a sparsity of 0 prunes nothing: skip the pass over the tensor
+        array = apply_mask(array, magnitude_mask(array, sparsity))
+    if config is not None:
+        layer_config = dataclasses.replace(config, axis=axis if per_channel else None)
+        try:
+            return drop_unused_centroids(cluster_array(array, layer_config))
+        except WeightzipError as error:
+            raise WeightzipError(f"tensor {name!r}: {error}") from None
+    palette = smallest_exact_palette(array, max_clusters, channel_axis=axis) if np.all(np.isfinite(array)) else None
+    return array if palette is None else palette
+
+
+def action_of(name: str, value, config) -> TensorAction:
+    """The :class:`TensorAction` that storing `value` (what :func:`encode_array` returned) amounts to."""
+    if isinstance(value, ClusteredTensor):
+        return TensorAction(name, "clustered" if config is not None else "palette",
+                            "" if config is not None else "few distinct values, stored exactly")
+    if not np.issubdtype(value.dtype, np.floating):
+        return TensorAction(name, "kept", f"not floating ({value.dtype})")
+    if value.ndim < 2:
+        return TensorAction(name, "kept", f"rank {value.ndim} (biases and normalisation are kept exactly)")
+    if value.size == 0:
+        return TensorAction(name, "kept", "empty")
+    return TensorAction(name, "kept", "no --clusters given and too many distinct values for a palette")
+
+
+def specs_json(checkpoint) -> dict:
+    """name -> [safetensors dtype name, shape] of every tensor (stored to write the shards again)."""
+    return {entry.name: [entry.dtype, list(entry.shape)] for entry in checkpoint.entries.values()}
+
+
+def compress_safetensors(source, output, **options) -> DirectoryCompression:
+    """Compress a safetensors checkpoint: a ``*.safetensors`` file or a sharded one's ``*.index.json``.
+
+    The shard layout is kept in the metadata (key ``safetensors``) so that
+    :func:`weightzip.torch.hf.decompress_safetensors` writes the same shards and index again. Options:
+    number_of_clusters (None: no clustering, exact palettes where small), init, per_channel, group_size,
+    sparsity, max_clusters, metadata, options (WriteOptions), overwrite, progress (callback(name, bytes done,
+    bytes in all)), jobs (encode in that many worker processes) or scheduler (a Dask distributed scheduler
+    address): same bytes as the serial run.
+    """
+    source = Path(source)
+    checkpoint = open_safetensors(source)
+    stored = {"layout": checkpoint.layout.to_json(), "specs": specs_json(checkpoint)}
+    return compress_checkpoint(checkpoint, source, output, {CHECKPOINT_KEY: stored}, "safetensors", **options)
+
+
+def compress_checkpoint(checkpoint, source: Path, output, layout_metadata: dict, kind: str, *,
+                        number_of_clusters: int | None = 16,
+                        init: CentroidInitialization | str = CentroidInitialization.OPTIMAL,
+                        per_channel: bool = False, group_size: int = 1, sparsity: float | None = None,
+                        max_clusters: int = 256, metadata: dict | None = None,
+                        options: WriteOptions = WriteOptions(), overwrite: bool = False,
+                        progress: Progress | None = None, jobs: int | None = None,
+                        scheduler: str | None = None) -> DirectoryCompression:
+    """Stream the checkpoint's tensors, one at a time, through the encoder into the `.wz` writer (with `jobs`
+    or `scheduler`: encoded in parallel by :mod:`weightzip.parallel`, written in the same order)."""
+    output = Path(output)
+    inputs = [checkpoint.directory / file for file in checkpoint.layout.files]
+    check_output_path(output, overwrite=overwrite, inputs=inputs)
+    if source.is_dir() and output.resolve().is_relative_to(source.resolve()):
+        raise ModelDirectoryError(f"refusing to write {output} inside the model directory {source}")
+    if not per_channel and group_size != 1:
+        raise WeightzipError("group_size only applies with per_channel=True")
+    if sparsity is not None and (isinstance(sparsity, bool) or not isinstance(sparsity, (int, float))
+                                 or not 0.0 <= sparsity < 1.0):
+        raise WeightzipError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
+    config = None if number_of_clusters is None else ClusterConfig(
+        number_of_clusters, init, axis=None, group_size=group_size, preserve_sparsity=bool(sparsity))
+    # bfloat16 & co. are stored widened; the headers say which before any tensor is read
+    torch_dtypes = {entry.name: WIDENED[entry.dtype] for entry in checkpoint.entries.values()
+                    if entry.dtype in WIDENED}
+    total, actions, done = checkpoint.total_bytes, [], [0]
+
+    if jobs is not None or scheduler is not None:
+        from weightzip import parallel
+
+        parallel.check_parallel_options(jobs, scheduler)
+        settings = parallel.EncodeSettings(config, per_channel, max_clusters, sparsity, options.encode_options())
+        tasks = parallel.checkpoint_tasks(checkpoint)
+
+    def encoded_in_parallel():
+        results = parallel.ordered_map(parallel.encode_task, tasks, settings, jobs=jobs, scheduler=scheduler)
+        for number, (record, action) in enumerate(results):
+            task = tasks[number]
+            if progress is not None:
+                progress(task.name, done[0], total)
+            done[0] += task.nbytes
+            actions.append(action)
+            yield task.name, record
+        if progress is not None:
+            progress("", total, total)
+
+    def encoded():
+        entries = checkpoint.entries
+        for name, array in checkpoint.arrays():
+            if progress is not None:
+                progress(name, done[0], total)
+            value = encode_array(name, array, None, config, per_channel, max_clusters, sparsity)
+            done[0] += entries[name].nbytes
+            del array
+            actions.append(action_of(name, value, config))
+            yield name, value
+        if progress is not None:
+            progress("", total, total)
+
+    extra = dict(metadata or {})
+    extra.update(framework="torch", source=kind, weightzip=__version__, torch_dtypes=torch_dtypes)
+    extra.update(layout_metadata)
+    stream = encoded() if jobs is None and scheduler is None else encoded_in_parallel()
+    size = write_wz(output, stream, extra, options=options, overwrite=overwrite, inputs=inputs)
+    return DirectoryCompression(str(source), str(output), size, total, actions)
