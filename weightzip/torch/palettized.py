@@ -33,6 +33,7 @@ from weightzip.core.palette import drop_unused_centroids, smallest_exact_palette
 from weightzip.torch._kernels import ops as _ops  # also registers torch.ops.weightzip.*
 from weightzip.torch._kernels.layout import Palette, decode_rows_torch, unpack_rows
 from weightzip.torch.clustering import ClusteredWeight
+from weightzip.torch.palettized_sparse import PalettizedSparseLinear, smaller_sparse
 from weightzip.torch.targets import copy_unless_inplace, find_targets
 from weightzip.torch.tensors import to_numpy
 
@@ -230,9 +231,14 @@ def exact_palette(values: np.ndarray, channel_axis: int | None, max_clusters: in
 
 
 def palettize(module: nn.Module, *, max_clusters: int = 256,
-              layers: Iterable[str | type] | str | type | None = None, inplace: bool = True) -> nn.Module:
+              layers: Iterable[str | type] | str | type | None = None, inplace: bool = True,
+              sparse: bool = True) -> nn.Module:
     """Replace the clustered Linear, Conv1d, Conv2d and Embedding layers of `module` by palettized ones
     (in place by default, as every PyTorch call here; ``inplace=False`` palettizes a deep copy).
+
+    With `sparse` (the default), a pruned Linear whose kept weights in CSR with relative indices store
+    smaller than its bit-packed indices becomes a
+    :class:`~weightzip.torch.palettized_sparse.PalettizedSparseLinear`.
 
     Returns `module` (or its copy), or the palettized layer when `module` itself is one. A layer named in `layers` that
     is not clustered (more than `max_clusters` distinct values per tensor and per channel) is an error;
@@ -253,8 +259,14 @@ def palettize(module: nn.Module, *, max_clusters: int = 256,
                     f"{target.qualified_name!r} is not clustered: more than {max_clusters} distinct values per "
                     "tensor and per channel, or a palette would not store smaller; cluster it first")
             continue
-        _, build = PALETTIZED_LAYERS[parametrize.type_before_parametrizations(target.module)]
-        new = build(target.module, palette)
+        kind = parametrize.type_before_parametrizations(target.module)
+        _, build = PALETTIZED_LAYERS[kind]
+        sparse_form = smaller_sparse(palette) if sparse and kind is nn.Linear else None
+        if sparse_form is not None:
+            new = PalettizedSparseLinear(sparse_form, target.module.bias, dtype=target.module.weight.dtype,
+                                         device=target.module.weight.device)
+        else:
+            new = build(target.module, palette)
         new.train(target.module.training)
         if target.module_name:
             parent_name, _, child = target.module_name.rpartition(".")
@@ -269,7 +281,7 @@ def weight_memory_bytes(module: nn.Module) -> int:
     """Bytes of the weights of Linear/Conv/Embedding layers as held at run time (dense or palettized)."""
     total = 0
     for submodule in module.modules():
-        if isinstance(submodule, PalettizedWeight):
+        if isinstance(submodule, (PalettizedWeight, PalettizedSparseLinear)):
             total += submodule.weight_bytes()
         elif isinstance(submodule, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)):
             total += submodule.weight.numel() * submodule.weight.element_size()

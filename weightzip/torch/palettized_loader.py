@@ -31,9 +31,10 @@ from torch.nn.utils import parametrize
 from weightzip.core import ClusteredTensor
 from weightzip.core.errors import ArgumentTypeError, WeightzipError
 from weightzip.format import DEFAULT_MAX_ELEMENTS, TensorInfo, WzFile, open_wz
-from weightzip.torch._kernels.layout import Palette
+from weightzip.torch._kernels.layout import Palette, SparsePalette
 from weightzip.torch.memory import release_free_memory
 from weightzip.torch.palettized import PALETTIZED_LAYERS
+from weightzip.torch.palettized_sparse import PalettizedSparseLinear, smaller_sparse
 
 FRAMEWORK = "torch"
 MAX_PALETTIZED_CLUSTERS = 256
@@ -60,7 +61,7 @@ def load_palettized(model: nn.Module, path, *, max_elements: int = DEFAULT_MAX_E
         torch_dtypes = wz.metadata.get("torch_dtypes") or {}
         built = {}
         for module_name, (module, info) in palettized.items():
-            built[module_name] = _palettized_layer(module, _palette(wz, info.name))
+            built[module_name] = _palettized_layer(module, _palette(wz, info, isinstance(module, nn.Linear)))
         tensors = {}
         for name, info in dense.items():
             tensors[name] = _dense_tensor(wz.read(name), torch_dtypes.get(name), info, path)
@@ -124,20 +125,25 @@ def _why_not_palettized(module: nn.Module, record: TensorInfo) -> str | None:
     return None
 
 
-def _palette(wz: WzFile, name: str) -> Palette:
-    """The palette of clustered tensor `name`: its packed indices taken as stored where the file holds them
-    bit-packed (no per-weight array), else decoded and packed."""
-    packed = wz.read_packed(name)
-    if packed is None:
-        return Palette.from_clustered(wz.read(name))
-    return Palette.from_packed(packed.codebook, packed.data, packed.bits, packed.shape, packed.axis,
-                               packed.group_size)
+def _palette(wz: WzFile, info: TensorInfo, linear: bool) -> Palette | SparsePalette:
+    """The palette of clustered tensor `info`: a pruned Linear weight (a 0.0 centroid) in CSR with relative
+    indices where that stores smaller than bit-packed indices; else its indices bit-packed, taken as stored
+    where the file holds them so (no per-weight array), decoded otherwise."""
+    packed = wz.read_packed(info.name)
+    if packed is not None and not (linear and (packed.codebook == 0).any()):
+        return Palette.from_packed(packed.codebook, packed.data, packed.bits, packed.shape, packed.axis,
+                                   packed.group_size)
+    clustered = wz.read(info.name)
+    sparse = smaller_sparse(clustered) if linear else None
+    return sparse if sparse is not None else Palette.from_clustered(clustered)
 
 
-def _palettized_layer(module: nn.Module, clustered: Palette) -> nn.Module:
+def _palettized_layer(module: nn.Module, clustered: Palette | SparsePalette) -> nn.Module:
     """The palettized counterpart of `module`, on the CPU, without its bias (loaded with the dense tensors)."""
     layer_type, _ = PALETTIZED_LAYERS[type(module)]
     dtype = module.weight.dtype if module.weight.dtype.is_floating_point else torch.float32
+    if isinstance(clustered, SparsePalette):
+        return PalettizedSparseLinear(clustered, None, dtype=dtype, device="cpu")
     if isinstance(module, nn.Linear):
         return layer_type(clustered, None, dtype=dtype, device="cpu")
     if isinstance(module, nn.Embedding):

@@ -26,7 +26,7 @@ from weightzip.core.errors import WeightzipError
 
 LIBRARY = Path(__file__).with_name("_lut_kernels.so")
 SOURCE = Path(__file__).with_name("lut_kernels.cpp")
-ABI_VERSION = 3
+ABI_VERSION = 4
 BUILD_COMMAND = "make kernels"
 
 
@@ -58,6 +58,8 @@ def _load() -> ctypes.CDLL | str:
     lib.wz_gemm_rows.restype = None
     lib.wz_decode_rows.argtypes = [_P, _I64, _INT, _I64, _P, _I64, _I64, _P, _INT, _I64, _P, _P, _INT, _INT]
     lib.wz_decode_rows.restype = None
+    lib.wz_sparse_gemm.argtypes = [_P, _P, _P, _I64, _P, _INT, _I64, _P, _I64, _P, _INT]
+    lib.wz_sparse_gemm.restype = None
     return lib
 
 
@@ -122,3 +124,15 @@ def decode_rows(packed: torch.Tensor, stride: int, bits: int, cols: int, codeboo
                              codebook.data_ptr(), k, rows_per_group, _ptr(col_offsets), out.data_ptr(),
                              torch.get_num_threads() if threads is None else threads, int(simd))
     return out
+
+
+def sparse_gemm(row_ptr: torch.Tensor, gaps: torch.Tensor, values: torch.Tensor, rows: int, codebook: torch.Tensor,
+                rows_per_group: int, x: torch.Tensor) -> torch.Tensor:
+    """``x @ W.T`` for a float32 `x` (batch, cols) and a pruned W in CSR with relative indices; `codebook`
+    is (groups, k + 1) float32 whose last column is the fillers' 0.0."""
+    xt = x.t().contiguous()
+    y = torch.empty(x.shape[0], rows, dtype=torch.float32)
+    require().wz_sparse_gemm(row_ptr.data_ptr(), gaps.data_ptr(), values.data_ptr(), rows, codebook.data_ptr(),
+                             codebook.shape[-1], rows_per_group, xt.data_ptr(), x.shape[0], y.data_ptr(),
+                             torch.get_num_threads())
+    return y

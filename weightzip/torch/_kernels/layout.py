@@ -182,3 +182,83 @@ def decode_rows_torch(packed: torch.Tensor, layout: PackedLayout, codebook: torc
         row_ids = torch.arange(layout.rows)[rows]
         codes = codes + (row_ids // layout.rows_per_group * layout.clusters).to(torch.int32).unsqueeze(1)
     return torch.index_select(codebook.reshape(-1), 0, codes.reshape(-1)).reshape(n, layout.cols)
+
+
+# ---------------------------------------------------------------- sparse (pruned) weights: CSR, relative indices
+
+MAX_GAP = 255  # a gap (columns skipped) is one byte; longer ones are bridged by filler entries
+
+
+@dataclass(frozen=True)
+class SparsePalette:
+    """A pruned palettized 2-D weight (rows x cols) in CSR with relative indices (Deep Compression's sparse
+    layout, row by row so rows are independent): row r's entries are ``row_ptr[r] .. row_ptr[r + 1]``;
+    entry e lies ``gaps[e] + 1`` columns after the previous one (a row's first at column ``gaps[e]``) and
+    holds the codebook index ``values[e]``. Weights whose centroid is 0.0 (the pruned ones) have no entry.
+    The codebook ``(groups, k + 1)`` ends with a 0.0 in every row: index k marks a *filler*, an entry that
+    only bridges a gap longer than :data:`MAX_GAP` columns. Codebooks per tensor or along axis 0 only."""
+
+    row_ptr: np.ndarray  # int64 (rows + 1,)
+    gaps: np.ndarray  # uint8 (entries,)
+    values: np.ndarray  # uint8 (entries,)
+    codebook: np.ndarray  # (groups, k + 1)
+    shape: tuple[int, ...]
+    rows_per_group: int  # 0: one codebook
+    axis: int | None
+    group_size: int
+
+    @property
+    def entries(self) -> int:
+        return int(self.gaps.size)
+
+    @property
+    def stored_bytes(self) -> int:
+        return self.row_ptr.nbytes + self.gaps.nbytes + self.values.nbytes + self.codebook.nbytes
+
+
+def sparse_palette(clustered: ClusteredTensor) -> SparsePalette:
+    """`clustered` (at most 255 clusters, codebooks per tensor or along axis 0) as a :class:`SparsePalette`."""
+    shape = tuple(int(s) for s in clustered.shape)
+    k, axis = clustered.number_of_clusters, clustered.axis
+    if axis is not None and axis < 0:
+        axis += len(shape)
+    if len(shape) < 2 or k > MAX_GAP or axis not in (None, 0):
+        raise WeightzipError(f"a sparse palettized weight needs >= 2 dimensions, at most {MAX_GAP} clusters and "
+                             f"codebooks per tensor or along axis 0; got shape {shape}, k={k}, axis={axis}")
+    rows, cols = shape[0], math.prod(shape[1:])
+    codebook = np.asarray(clustered.codebook)
+    padded = np.zeros((codebook.shape[0], k + 1), dtype=codebook.dtype)
+    padded[:, :k] = codebook
+    indices = np.asarray(clustered.indices).reshape(rows, cols)
+    rows_per_group = 0 if axis is None else int(clustered.group_size)
+    group_of_row = np.zeros(rows, np.int64) if axis is None else np.arange(rows) // rows_per_group
+    kept_rows, kept_cols = np.nonzero(codebook[group_of_row[:, None], indices] != 0)
+    previous = np.empty_like(kept_cols)
+    previous[1:] = kept_cols[:-1]
+    if kept_rows.size:
+        previous[np.r_[True, kept_rows[1:] != kept_rows[:-1]]] = -1  # each row starts before column 0
+    gap = kept_cols - previous - 1
+    fillers = gap // (MAX_GAP + 1)
+    ends = np.cumsum(fillers + 1)
+    gaps = np.full(int(ends[-1]) if ends.size else 0, MAX_GAP, dtype=np.uint8)  # fillers, then the kept entries
+    values = np.full(gaps.size, k, dtype=np.uint8)
+    gaps[ends - 1] = gap - (MAX_GAP + 1) * fillers
+    values[ends - 1] = indices[kept_rows, kept_cols]
+    row_ptr = np.zeros(rows + 1, dtype=np.int64)
+    row_ptr[1:] = np.cumsum(np.bincount(kept_rows, weights=fillers + 1, minlength=rows).astype(np.int64))
+    return SparsePalette(row_ptr, gaps, values, padded, shape, rows_per_group, axis, int(clustered.group_size))
+
+
+def sparse_dense_torch(row_ptr: torch.Tensor, gaps: torch.Tensor, values: torch.Tensor, codebook: torch.Tensor,
+                       rows: int, cols: int, rows_per_group: int) -> torch.Tensor:
+    """The whole (rows, cols) weight of a sparse palette, with torch ops (the fallback without the kernels)."""
+    counts = row_ptr[1:] - row_ptr[:-1]
+    row_of_entry = torch.repeat_interleave(torch.arange(rows), counts)
+    steps = gaps.to(torch.int64) + 1
+    running = torch.cumsum(steps, 0)
+    start = torch.cat([running.new_zeros(1), running])[row_ptr[:-1]]  # steps taken before each row
+    cols_of_entry = running - torch.repeat_interleave(start, counts) - 1
+    group = row_of_entry // rows_per_group if rows_per_group else torch.zeros_like(row_of_entry)
+    dense = codebook.new_zeros(rows, cols)
+    dense[row_of_entry, cols_of_entry] = codebook[group, values.to(torch.int64)]  # fillers write their 0.0
+    return dense

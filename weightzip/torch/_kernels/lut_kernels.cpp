@@ -496,6 +496,32 @@ WZ_AVX2 void gemm_rows_avx2(const uint8_t* packed, int64_t stride, int bits, int
     }
 }
 
+// y (batch x rows) = x @ W^T for a pruned palettized W held as CSR with relative indices (see wz_sparse_gemm).
+// xt is the input transposed (cols x batch), so the batch values of one column are contiguous.
+template <int NB>
+void sparse_rows(const int64_t* row_ptr, const uint8_t* gaps, const uint8_t* values, int64_t r, const float* cb,
+                 const float* xt, int64_t batch, int64_t n0, int64_t rows, float* y) {
+    float acc[NB] = {0};
+    int64_t col = -1;
+    int64_t e = row_ptr[r];
+    if constexpr (NB == 1) {  // one input row: four accumulators, so the adds do not wait on each other
+        float a[4] = {0.f, 0.f, 0.f, 0.f};
+        for (; e + 4 <= row_ptr[r + 1]; e += 4)
+            for (int j = 0; j < 4; ++j) {
+                col += (int64_t)gaps[e + j] + 1;
+                a[j] += cb[values[e + j]] * xt[col * batch + n0];
+            }
+        acc[0] = (a[0] + a[1]) + (a[2] + a[3]);
+    }
+    for (; e < row_ptr[r + 1]; ++e) {
+        col += (int64_t)gaps[e] + 1;
+        const float w = cb[values[e]];
+        const float* xc = xt + col * batch + n0;
+        for (int i = 0; i < NB; ++i) acc[i] += w * xc[i];
+    }
+    for (int i = 0; i < NB; ++i) y[(n0 + i) * rows + r] = acc[i];
+}
+
 bool use_avx2(int simd) {
     static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     return simd && supported;
@@ -506,7 +532,7 @@ bool use_avx2(int simd) {
 extern "C" {
 
 // Bumped whenever a signature below changes; the Python loader refuses a library of another version.
-int wz_abi_version() { return 3; }
+int wz_abi_version() { return 4; }
 
 int wz_has_avx2() { return use_avx2(1) ? 1 : 0; }
 
@@ -569,6 +595,32 @@ void wz_decode_rows(const uint8_t* packed, int64_t stride, int bits, int64_t col
     else
         decode_rows_scalar(packed, stride, bits, cols, row_ids, first_row, count, codebook, k, rows_per_group,
                            col_offsets, out, threads);
+}
+
+// y (batch x rows) = x @ W^T for a pruned palettized W (rows x cols) stored as CSR with relative indices:
+// row r's entries are [row_ptr[r], row_ptr[r + 1]); entry e lies gaps[e] + 1 columns after the previous
+// one (the row's first: at column gaps[e]) and holds codebook index values[e]. The codebook rows are
+// k_stride floats apart; the caller appends a 0.0 to each, whose index marks the filler entries that
+// bridge a gap longer than 255 columns. xt: the input transposed, cols x batch.
+void wz_sparse_gemm(const int64_t* row_ptr, const uint8_t* gaps, const uint8_t* values, int64_t rows,
+                    const float* codebook, int k_stride, int64_t rows_per_group, const float* xt, int64_t batch,
+                    float* y, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 16)
+    for (int64_t r = 0; r < rows; ++r) {
+        const float* cb = row_codebook(codebook, k_stride, r, rows_per_group);
+        int64_t n0 = 0;
+        for (; n0 + 8 <= batch; n0 += 8) sparse_rows<8>(row_ptr, gaps, values, r, cb, xt, batch, n0, rows, y);
+        switch (batch - n0) {
+            case 1: sparse_rows<1>(row_ptr, gaps, values, r, cb, xt, batch, n0, rows, y); break;
+            case 2: sparse_rows<2>(row_ptr, gaps, values, r, cb, xt, batch, n0, rows, y); break;
+            case 3: sparse_rows<3>(row_ptr, gaps, values, r, cb, xt, batch, n0, rows, y); break;
+            case 4: sparse_rows<4>(row_ptr, gaps, values, r, cb, xt, batch, n0, rows, y); break;
+            case 5: sparse_rows<5>(row_ptr, gaps, values, r, cb, xt, batch, n0, rows, y); break;
+            case 6: sparse_rows<6>(row_ptr, gaps, values, r, cb, xt, batch, n0, rows, y); break;
+            case 7: sparse_rows<7>(row_ptr, gaps, values, r, cb, xt, batch, n0, rows, y); break;
+            default: break;
+        }
+    }
 }
 
 }  // extern "C"

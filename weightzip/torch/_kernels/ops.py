@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from weightzip.torch import _kernels
-from weightzip.torch._kernels.layout import PackedLayout, decode_rows_torch
+from weightzip.torch._kernels.layout import PackedLayout, decode_rows_torch, sparse_dense_torch
 
 GEMV_MAX_BATCH = 4
 L2_INPUT_BYTES = 1 << 19  # inputs up to this size: row-decoding GEMM kernel (they stay in L2)
@@ -183,3 +183,25 @@ palettized_embedding = torch.library.custom_op("weightzip::palettized_embedding"
 @palettized_embedding.register_fake
 def _(ids, packed, codebook, col_offsets, bits, rows, cols, rows_per_group):
     return codebook.new_empty(*ids.shape, cols)
+
+
+def sparse_linear(x: torch.Tensor, row_ptr: torch.Tensor, gaps: torch.Tensor, values: torch.Tensor,
+                  codebook: torch.Tensor, rows: int, cols: int, rows_per_group: int) -> torch.Tensor:
+    """``x @ W.T`` for a pruned palettized W in CSR with relative indices (see
+    :class:`~weightzip.torch._kernels.layout.SparsePalette`): only the kept weights are visited."""
+    flat = x.reshape(-1, cols)
+    if _use_kernels(flat, codebook):
+        y = _kernels.sparse_gemm(row_ptr, gaps, values, rows, codebook, rows_per_group, flat)
+    else:
+        weight = sparse_dense_torch(row_ptr, gaps, values, codebook, rows, cols, rows_per_group)
+        y = F.linear(flat, weight.to(x.dtype))
+    return y.reshape(*x.shape[:-1], rows)
+
+
+palettized_sparse_linear = torch.library.custom_op("weightzip::palettized_sparse_linear", mutates_args=())(
+    sparse_linear)
+
+
+@palettized_sparse_linear.register_fake
+def _(x, row_ptr, gaps, values, codebook, rows, cols, rows_per_group):
+    return x.new_empty(*x.shape[:-1], rows)
