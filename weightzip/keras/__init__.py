@@ -14,12 +14,12 @@ Initial centroids come from :mod:`weightzip.core`; training math is in :mod:`.cl
 """
 
 from weightzip.core import CentroidInitialization
+from weightzip.keras._rewrite import LayerCopyError
 from weightzip.keras.cluster import cluster_scope, cluster_weights, strip_clustering
 from weightzip.keras.cluster_wrapper import ClusterWeights
 from weightzip.keras.clusterable_layer import ClusterableLayer, ClusteringAlgorithm
 from weightzip.keras.clustering_config import ClusteringParams, GradientAggregation, Reassignment
 from weightzip.keras.clustering_registry import UnsupportedLayerError
-from weightzip.keras.layer_copy import LayerCopyError
 
 __all__ = [
     "CentroidInitialization",

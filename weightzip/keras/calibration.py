@@ -30,6 +30,7 @@ import keras
 import numpy as np
 
 from weightzip.core.errors import WeightzipError
+from weightzip.keras._rewrite import is_graph_model, iter_layers
 from weightzip.keras.clusterable_layer import ClusterableWeight
 from weightzip.keras.clustering_registry import (
     LayerKind,
@@ -85,11 +86,7 @@ def model_weights(model: keras.Model, *, skip_unsupported: bool = False) -> list
 
 def flattened_layers(model) -> Iterable[keras.layers.Layer]:
     """The layers of `model`, nested Sequential/Functional models replaced by their layers."""
-    for layer in model.layers:
-        if classify_layer(layer) is LayerKind.MODEL:
-            yield from flattened_layers(layer)
-        else:
-            yield layer
+    return (layer for layer in iter_layers(model, descend=is_graph_model) if not is_graph_model(layer))
 
 
 def input_of(layer, weight: ClusterableWeight) -> tuple[keras.layers.Layer | None, int | None]:

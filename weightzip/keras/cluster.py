@@ -20,10 +20,10 @@ from __future__ import annotations
 import keras
 
 from weightzip.core import CentroidInitialization
+from weightzip.keras._rewrite import Rewriter, copy_layer, is_graph_model, iter_layers
 from weightzip.keras.cluster_wrapper import ClusterWeights
 from weightzip.keras.clustering_config import ClusteringParams
 from weightzip.keras.clustering_registry import LayerKind, classify_layer, unsupported_layer_error
-from weightzip.keras.layer_copy import copy_layer
 
 _PARAM_KEYWORDS = ("cluster_gradient_aggregation", "reassignment", "seed")
 
@@ -54,18 +54,18 @@ def cluster_weights(
     params = ClusteringParams(
         number_of_clusters, cluster_centroids_init, cluster_per_channel, preserve_sparsity, **param_kwargs
     )
-    clusterer = _Clusterer(params)
     if isinstance(to_cluster, (list, tuple)):
         if kwargs:
             raise TypeError(f"unexpected keyword arguments for a list of layers: {sorted(kwargs)}")
-        return [clusterer.standalone(_checked_layer(item)) for item in to_cluster]
+        rewriter = Rewriter(_cluster_policy(params))
+        return [rewriter.rewrite(_checked_layer(item)) for item in to_cluster]
     layer = _checked_layer(to_cluster)
     if kwargs and classify_layer(layer) is not LayerKind.CLUSTERED:
         raise TypeError(
             f"unexpected keyword arguments {sorted(kwargs)}: layer arguments apply to a single "
             "clusterable layer only"
         )
-    return clusterer.standalone(layer, **kwargs)
+    return Rewriter(_cluster_policy(params, kwargs)).rewrite(layer)
 
 
 def strip_clustering(model):
@@ -75,7 +75,7 @@ def strip_clustering(model):
     holding at most k distinct values), ready for export; a :class:`.ClusterWeights` layer gives a
     plain copy of its layer; a subclassed model is unwrapped in place and returned.
     """
-    return _Stripper().standalone(_checked_layer(model))
+    return Rewriter(_strip_clustering_policy).rewrite(_checked_layer(model))
 
 
 def cluster_scope():
@@ -97,209 +97,33 @@ def _checked_layer(value):
     return value
 
 
-class _Rewriter:
-    """Walks layers and models, replacing layers according to their :class:`.LayerKind`.
+def _cluster_policy(params: ClusteringParams, layer_kwargs=None):
+    """Each clusterable layer wrapped in :class:`.ClusterWeights` (a copy of it unless rewriting in place)."""
 
-    `copied(layer)` gives the replacement of a layer inside a cloned model (never shares state with
-    the input); `in_place(layer)` the replacement inside a container modified in place.
-    """
-
-    def __init__(self):
-        self._copies: dict[int, keras.layers.Layer] = {}
-        self._in_place: dict[int, keras.layers.Layer] = {}
-
-    def clone_model(self, model):
-        return keras.models.clone_model(model, clone_function=self.copied)
-
-    def copied(self, layer):
-        if not isinstance(layer, keras.layers.Layer):
-            return layer  # a stateless operation of a Functional graph (e.g. keras.ops.not_equal)
-        key = id(layer)
-        if key not in self._copies:
-            self._copies[key] = self._copy(layer)
-        return self._copies[key]
-
-    def in_place(self, layer):
-        key = id(layer)
-        if key not in self._in_place:
-            self._in_place[key] = self._replace_in_place(layer)
-        return self._in_place[key]
-
-    def rewrite_container(self, parent):
-        """Replace the sublayers that `parent` holds in attributes, lists and dicts."""
-        def replaced(item):
-            replacement = self.in_place(item)
-            if replacement is not item:
-                _retrack(parent, item, replacement)
-            return replacement
-
-        for name, value in _attribute_items(parent):
-            if isinstance(value, keras.layers.Layer):
-                replacement = replaced(value)
-                if replacement is not value:
-                    setattr(parent, name, replacement)
-            elif isinstance(value, (list, dict)):
-                keys = range(len(value)) if isinstance(value, list) else list(value)
-                for key in keys:
-                    item = value[key]
-                    if isinstance(item, keras.layers.Layer):
-                        replacement = replaced(item)
-                        if replacement is not item:
-                            value[key] = replacement
-        _forget_compiled_functions(parent)
-        return parent
-
-    def _copy(self, layer):  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def _replace_in_place(self, layer):  # pragma: no cover - abstract
-        raise NotImplementedError
-
-
-class _Clusterer(_Rewriter):
-    def __init__(self, params: ClusteringParams):
-        super().__init__()
-        self.params = params
-
-    def wrap(self, layer, **layer_kwargs):
-        return ClusterWeights(layer, **self.params.to_config(), **layer_kwargs)
-
-    def standalone(self, layer, **layer_kwargs):
+    def replace(layer, rewriter):
         kind = classify_layer(layer)
         if kind is LayerKind.CLUSTERED:
-            return self.wrap(copy_layer(layer) if layer.built else layer, **layer_kwargs)
+            return ClusterWeights(rewriter.own(layer), **params.to_config(), **(layer_kwargs or {}))
         if kind is LayerKind.MODEL:
-            return self.clone_model(layer)
+            return rewriter.clone(layer)
         if kind is LayerKind.CONTAINER:
-            target = layer if isinstance(layer, keras.Model) or not layer.built else copy_layer(layer)
-            return self.rewrite_container(target)
-        if kind is LayerKind.UNSUPPORTED:
-            raise unsupported_layer_error(layer)
-        return layer  # already clustered, or nothing to cluster
-
-    def _copy(self, layer):
-        kind = classify_layer(layer)
-        if kind is LayerKind.CLUSTERED:
-            return self.wrap(copy_layer(layer))
-        if kind is LayerKind.MODEL:
-            return self.clone_model(layer)
-        if kind is LayerKind.CONTAINER:
-            if isinstance(layer, keras.Model):
-                return self.rewrite_container(layer)
-            return self.rewrite_container(copy_layer(layer))
+            return rewriter.in_place(layer if isinstance(layer, keras.Model) else rewriter.own(layer))
         if kind is LayerKind.UNSUPPORTED:
             raise unsupported_layer_error(layer)
         if kind is LayerKind.ALREADY_CLUSTERED:
             return layer
-        return copy_layer(layer)
+        return None  # nothing to cluster: copied inside a clone, kept otherwise
 
-    def _replace_in_place(self, layer):
-        kind = classify_layer(layer)
-        if kind is LayerKind.CLUSTERED:
-            return self.wrap(layer)
-        if kind is LayerKind.MODEL:
-            return self.clone_model(layer)
-        if kind is LayerKind.CONTAINER:
-            return self.rewrite_container(layer)
-        if kind is LayerKind.UNSUPPORTED:
-            raise unsupported_layer_error(layer)
-        return layer
+    return replace
 
 
-class _Stripper(_Rewriter):
-    def standalone(self, layer):
-        if isinstance(layer, ClusterWeights):
-            return layer.stripped_layer()
-        kind = _strip_kind(layer)
-        if kind is LayerKind.MODEL:
-            return self.clone_model(layer)
-        if kind is LayerKind.CONTAINER:
-            return self.rewrite_container(layer)
-        return layer
-
-    def _copy(self, layer):
-        if isinstance(layer, ClusterWeights):
-            return layer.stripped_layer()
-        kind = _strip_kind(layer)
-        if kind is LayerKind.MODEL:
-            return self.clone_model(layer)
-        if kind is LayerKind.CONTAINER:
-            if isinstance(layer, keras.Model):
-                return self.rewrite_container(layer)
-            return self.rewrite_container(copy_layer(layer))
-        return copy_layer(layer)
-
-    def _replace_in_place(self, layer):
-        return self.standalone(layer)
-
-
-def _strip_kind(layer) -> LayerKind:
-    """MODEL, CONTAINER (holds a clustered layer somewhere below) or PASSTHROUGH."""
-    if isinstance(layer, keras.Sequential) or _is_functional(layer):
-        return LayerKind.MODEL
-    if _contains_clustered(layer):
-        return LayerKind.CONTAINER
-    return LayerKind.PASSTHROUGH
-
-
-def _contains_clustered(layer) -> bool:
-    stack = list(getattr(layer, "_layers", ()))
-    seen = set()
-    while stack:
-        current = stack.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, ClusterWeights):
-            return True
-        stack.extend(getattr(current, "_layers", ()))
-    return False
-
-
-def _is_functional(layer) -> bool:
-    from weightzip.keras.clustering_registry import is_functional
-
-    return is_functional(layer)
-
-
-_INTERNAL_ATTRIBUTES = frozenset({
-    "_layers", "_tracker", "_modules", "_torch_params", "_inbound_nodes", "_outbound_nodes",
-    "_parameters", "_buffers", "_functional", "_operations",
-})
-
-
-def _attribute_items(parent):
-    """(name, value) of the attributes of `parent` that may hold its sublayers."""
-    tracker = getattr(parent, "_tracker", None)
-    internal_stores = set()
-    if tracker is not None:
-        internal_stores = {id(store) for _, store in tracker.config.values()}
-    names = list(vars(parent))
-    names += [name for name in (getattr(parent, "_modules", None) or {}) if name not in names]
-    for name in names:
-        if name in _INTERNAL_ATTRIBUTES or name.startswith("_self_"):
-            continue
-        try:
-            value = getattr(parent, name)
-        except Exception:  # properties that fail on an unbuilt layer, etc.
-            continue
-        if id(value) in internal_stores:
-            continue
-        yield name, value
-
-
-def _retrack(parent, old, new):
-    """Make `parent`'s layer tracker hold `new` where it held `old` (allowed after build)."""
-    tracker = getattr(parent, "_tracker", None)
-    if tracker is None or not tracker.is_in_store("layers", old):
-        return
-    if tracker.is_in_store("layers", new):
-        tracker.untrack(old)
-    else:
-        tracker.replace_tracked_value("layers", old, new)
-
-
-def _forget_compiled_functions(layer):
-    for name in ("train_function", "test_function", "predict_function"):
-        if getattr(layer, name, None) is not None:
-            setattr(layer, name, None)
+def _strip_clustering_policy(layer, rewriter):
+    """Each :class:`.ClusterWeights` replaced by its stripped layer, containers holding one rewritten."""
+    if isinstance(layer, ClusterWeights):
+        return layer.stripped_layer()
+    if is_graph_model(layer):
+        return rewriter.clone(layer)
+    if any(isinstance(sublayer, ClusterWeights) for sublayer in iter_layers(layer, tracked=True)):
+        keep = isinstance(layer, keras.Model) or not rewriter.cloning
+        return rewriter.in_place(layer if keep else copy_layer(layer))
+    return None

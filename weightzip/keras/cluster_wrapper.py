@@ -21,12 +21,16 @@ import keras
 from keras import ops
 
 from weightzip.core import CentroidInitialization
+from weightzip.keras._rewrite import copy_layer
 from weightzip.keras.clusterable_layer import ClusterableWeight
 from weightzip.keras.clustering_config import ClusteringParams, GradientAggregation, Reassignment
 from weightzip.keras.clustering_ops import clustered_kernel
-from weightzip.keras.clustering_registry import UnsupportedLayerError, clusterable_weights
+from weightzip.keras.clustering_registry import (
+    UnsupportedLayerError,
+    clusterable_weights,
+    register_clustering_wrapper,
+)
 from weightzip.keras.initial_clusters import initial_clusters
-from weightzip.keras.layer_copy import copy_layer
 from weightzip.keras.variable_substitution import SubstitutingWrapper
 
 
@@ -51,6 +55,7 @@ class _ClusterState:
         return self.weight.channel_axis if len(self.centroids.shape) == 2 else None
 
 
+@register_clustering_wrapper
 @keras.saving.register_keras_serializable(package="weightzip")
 class ClusterWeights(SubstitutingWrapper):
     """Wraps a layer so that each of its kernels uses at most `number_of_clusters` distinct values.

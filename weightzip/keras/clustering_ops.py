@@ -13,8 +13,9 @@ channel index running along `channel_axis` of the kernel.
 
 from __future__ import annotations
 
-import keras
 from keras import ops
+
+from weightzip.keras._compat import in_xla_trace, segment_sum
 
 
 def clustered_kernel(
@@ -110,24 +111,9 @@ def shared_weight_lookup(flat_table, index, original=None, average_gradient: boo
 def reduce_by_index(values, index, size: int):
     """``out[j] = sum(values[index == j])`` for j < size (1-D int32 `index`), no n × size tensor.
 
-    ``bincount`` with weights where it is the fast kernel (TensorFlow outside XLA, several times
-    faster than its ``unsorted_segment_sum``), ``segment_sum`` (a scatter-add) elsewhere.
+    Each backend's fastest kernel, chosen behind the compatibility seam (:func:`._compat.segment_sum`).
     """
-    if keras.backend.backend() == "tensorflow" and not _in_tensorflow_xla():
-        return ops.cast(ops.bincount(index, weights=values, minlength=size), values.dtype)
-    return ops.segment_sum(values, index, num_segments=size)
-
-
-def _in_tensorflow_xla() -> bool:
-    """Whether TensorFlow is tracing for XLA, where bincount's output size must be a constant."""
-    try:
-        import tensorflow as tf
-        from tensorflow.python.ops import control_flow_util
-    except ImportError:  # pragma: no cover
-        return False
-    if tf.executing_eagerly():
-        return False
-    return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
+    return segment_sum(values, index, size)
 
 
 def nearest_positions(weights, sorted_rows, channel_axis: int | None):
@@ -145,7 +131,7 @@ def nearest_positions(weights, sorted_rows, channel_axis: int | None):
     if channel_axis is None:
         if groups != 1:
             raise ValueError(f"a per-tensor codebook has one row, got {groups}")
-        if not _in_tensorflow_xla():
+        if not in_xla_trace():
             found = ops.searchsorted(ops.reshape(midpoints, (-1,)), ops.reshape(weights, (-1,)), side="left")
             return ops.reshape(ops.cast(found, "int32"), kernel_shape)
     return _batched_search(weights, midpoints, channel_axis)

@@ -21,6 +21,7 @@ import enum
 import keras
 
 from weightzip.core import WeightzipError
+from weightzip.keras._compat import ConvLSTMCell, is_graph_model
 from weightzip.keras._layers import LAST, LAYER_TABLE
 from weightzip.keras.clusterable_layer import ClusterableLayer, ClusterableWeight, ClusteringAlgorithm
 
@@ -132,13 +133,28 @@ def clusterable_weights(layer) -> list[ClusterableWeight]:
     )
 
 
+_CLUSTERING_WRAPPERS: list[type] = []
+
+
+def register_clustering_wrapper(wrapper_class: type) -> type:
+    """Class decorator: instances of `wrapper_class` count as already clustered (:attr:`LayerKind.ALREADY_CLUSTERED`).
+
+    The wrapper registers itself here, so that this registry never imports the wrapper (which imports it).
+    """
+    _CLUSTERING_WRAPPERS.append(wrapper_class)
+    return wrapper_class
+
+
+def is_clustering_wrapper(layer) -> bool:
+    """Whether `layer` is a registered clustering wrapper (:class:`ClusterWeights`)."""
+    return isinstance(layer, tuple(_CLUSTERING_WRAPPERS))
+
+
 def classify_layer(layer) -> LayerKind:
     """How :func:`weightzip.keras.cluster_weights` must treat `layer`."""
-    from weightzip.keras.cluster_wrapper import ClusterWeights
-
-    if isinstance(layer, ClusterWeights):
+    if is_clustering_wrapper(layer):
         return LayerKind.ALREADY_CLUSTERED
-    if isinstance(layer, (keras.Sequential,)) or is_functional(layer):
+    if is_graph_model(layer):
         return LayerKind.MODEL
     if is_supported_type(layer):
         return LayerKind.CLUSTERED
@@ -168,15 +184,6 @@ def unsupported_layer_error(layer) -> UnsupportedLayerError:
     )
 
 
-def is_functional(layer) -> bool:
-    """A Functional model (built from keras.Input), as opposed to a subclassed one."""
-    try:
-        from keras.src.models.functional import Functional
-    except ImportError:  # pragma: no cover - private path moved
-        return isinstance(layer, keras.Model) and hasattr(layer, "_run_through_graph")
-    return isinstance(layer, Functional)
-
-
 def own_trainable_variables(layer) -> list:
     """Trainable variables created by `layer` itself, not by its sublayers."""
     return [v for v in getattr(layer, "_trainable_variables", ()) if v.trainable]
@@ -204,13 +211,7 @@ def _cell_is_supported(cell) -> bool:
 
 _SUPPORTED_CELLS = tuple(
     getattr(layers, name) for name in ("LSTMCell", "GRUCell", "SimpleRNNCell") if hasattr(layers, name)
-)
-try:  # The ConvLSTM cell is not exported by keras.layers.
-    from keras.src.layers.rnn.conv_lstm import ConvLSTMCell as _ConvLSTMCell
-
-    _SUPPORTED_CELLS = _SUPPORTED_CELLS + (_ConvLSTMCell,)
-except ImportError:  # pragma: no cover - private path moved
-    pass
+) + ((ConvLSTMCell,) if ConvLSTMCell is not None else ())
 
 
 def _custom_layer_weights(layer) -> list[ClusterableWeight]:

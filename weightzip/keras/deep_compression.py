@@ -31,6 +31,7 @@ from weightzip.core.errors import WeightzipError
 from weightzip.core.pruning import PolynomialDecay, apply_mask, magnitude_mask
 from weightzip.format import Coding, WriteOptions
 from weightzip.keras._layers import is_convolution
+from weightzip.keras._rewrite import Rewriter, copy_layer, iter_layers
 from weightzip.keras.cluster import cluster_weights, strip_clustering
 from weightzip.keras.clustering_config import Reassignment
 from weightzip.keras.pruning import prune_low_magnitude, strip_pruning
@@ -177,7 +178,8 @@ class DeepCompressionConfig:
 
     def check_layer_names(self, model: keras.Model) -> None:
         """Raise ValueError when a per-layer setting names no compressible layer of `model`."""
-        compressible = [layer.name for layer in _all_layers(model) if compressible_weight_names(layer)]
+        compressible = [layer.name for layer in iter_layers(model, descend=_is_model)
+                        if compressible_weight_names(layer)]
         for option in ("layer_sparsity", "layer_clusters"):
             unknown = sorted(set(getattr(self, option)) - set(compressible))
             if unknown:
@@ -312,12 +314,8 @@ def cluster(model: keras.Model, data: Dataset, config: DeepCompressionConfig, lo
     return strip_clustering(clustered)
 
 
-def _all_layers(model: keras.Model):
-    """The layers of `model`, nested models' layers included."""
-    for layer in model.layers:
-        yield layer
-        if isinstance(layer, keras.Model):
-            yield from _all_layers(layer)
+def _is_model(layer) -> bool:
+    return isinstance(layer, keras.Model)
 
 
 def _pruned_once(layer, sparsity: float):
@@ -330,16 +328,7 @@ def _pruned_once(layer, sparsity: float):
 
 def _clone_with_weights(model: keras.Model, wrap) -> keras.Model:
     """A clone of `model` whose layers are copies holding the source weights, each passed through `wrap`."""
-
-    def clone(layer):
-        copy = layer.__class__.from_config(layer.get_config())
-        if layer.weights:
-            copy.build_from_config(layer.get_build_config())
-            copy.set_weights(layer.get_weights())
-            return wrap(copy)
-        return copy
-
-    return keras.models.clone_model(model, clone_function=clone)
+    return Rewriter(lambda layer, rewriter: wrap(copy_layer(layer)) if layer.weights else None).clone(model)
 
 
 def _fit(model, data: Dataset, config: DeepCompressionConfig, loss, epochs: int, learning_rate: float,

@@ -58,6 +58,7 @@ from weightzip.core.pruning import apply_mask, magnitude_mask
 from weightzip.core.validation import check_fraction
 from weightzip.format import encode_wz
 from weightzip.keras._layers import is_convolution
+from weightzip.keras._rewrite import copy_model
 from weightzip.keras.calibration import (
     ModelWeight,
     fisher_diagonal,
@@ -127,8 +128,7 @@ def compress_post_training(
     if path is not None:
         check_output_path(path, overwrite=overwrite, inputs=inputs)
 
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
+    copy = copy_model(model)
     # The clone's variable paths may differ (a cloned Sequential is renamed): report and store the user's.
     original_path = {clone.path: own.path for own, clone in zip(model.weights, copy.weights)}
     weights, uncompressed = _kernels(copy)

@@ -22,10 +22,9 @@ import warnings
 import keras
 import numpy as np
 from keras import ops
-from keras.src.models.functional import Functional  # no public alias; the class of keras.Model(inputs, outputs)
 
 from weightzip.core.pruning import PruningSchedule
-from weightzip.keras.layer_copy import copy_layer
+from weightzip.keras._rewrite import Rewriter, copy_layer, is_graph_model, strip_policy
 from weightzip.keras.pruning_callbacks import prunable_wrappers
 from weightzip.keras.pruning_registry import (
     LayerKind,
@@ -56,27 +55,7 @@ def prune_low_magnitude(to_prune, pruning_schedule: PruningSchedule | None = Non
         _check_cloneable(to_prune)
         if kwargs:
             raise ValueError(f"extra layer arguments {sorted(kwargs)} apply to single layers, not to a model")
-
-        def clone(layer):
-            if not isinstance(layer, keras.layers.Layer):
-                return layer  # a stateless operation of a Functional graph
-            if isinstance(layer, PruneLowMagnitude):
-                return copy_layer(layer)
-            kind = classify_for_pruning(layer)
-            if kind is LayerKind.CLUSTERED:
-                return PruneLowMagnitude(copy_layer(layer), **params)
-            if kind is LayerKind.MODEL:
-                return prune_low_magnitude(layer, **params)
-            if kind is LayerKind.UNSUPPORTED:
-                raise unsupported_for_pruning(layer)
-            if kind is LayerKind.CONTAINER:
-                raise UnsupportedLayerError(
-                    f"layer {layer.name!r} ({type(layer).__name__}) holds its weights in sublayers; "
-                    "prune_low_magnitude cannot clone it: wrap its sublayers inside its definition instead"
-                )
-            return copy_layer(layer)  # nothing to prune (or already clustered)
-
-        return keras.models.clone_model(to_prune, clone_function=clone)
+        return Rewriter(_prune_policy(params)).clone(to_prune)
     if isinstance(to_prune, keras.layers.Layer):
         return _wrap(to_prune, params)
     raise ValueError(
@@ -93,22 +72,12 @@ def strip_pruning(model):
     """
     if isinstance(model, PruneLowMagnitude):
         _warn_if_never_pruned([model])
-        return _stripped_layer(model)
+        return model.stripped_layer()
     if not isinstance(model, keras.Model):
         raise ValueError(f"strip_pruning takes a Keras model or a PruneLowMagnitude layer, got {type(model).__name__}")
     _check_cloneable(model)
     _warn_if_never_pruned(prunable_wrappers(model))
-
-    def clone(layer):
-        if not isinstance(layer, keras.layers.Layer):
-            return layer
-        if isinstance(layer, PruneLowMagnitude):
-            return _stripped_layer(layer)
-        if classify_for_pruning(layer) is LayerKind.MODEL:
-            return strip_pruning(layer)
-        return copy_layer(layer)
-
-    return keras.models.clone_model(model, clone_function=clone)
+    return Rewriter(strip_policy(PruneLowMagnitude)).clone(model)
 
 
 def prune_scope():
@@ -119,6 +88,29 @@ def prune_scope():
     return keras.saving.custom_object_scope({"PruneLowMagnitude": PruneLowMagnitude})
 
 
+def _prune_policy(params: dict):
+    """Inside a model: each prunable layer wrapped in :class:`PruneLowMagnitude` (a copy of it)."""
+
+    def replace(layer, rewriter):
+        if isinstance(layer, PruneLowMagnitude):
+            return copy_layer(layer)
+        kind = classify_for_pruning(layer)
+        if kind is LayerKind.CLUSTERED:
+            return PruneLowMagnitude(copy_layer(layer), **params)
+        if kind is LayerKind.MODEL:
+            return rewriter.clone(layer)
+        if kind is LayerKind.UNSUPPORTED:
+            raise unsupported_for_pruning(layer)
+        if kind is LayerKind.CONTAINER:
+            raise UnsupportedLayerError(
+                f"layer {layer.name!r} ({type(layer).__name__}) holds its weights in sublayers; "
+                "prune_low_magnitude cannot clone it: wrap its sublayers inside its definition instead"
+            )
+        return None  # nothing to prune (or already clustered): copied
+
+    return replace
+
+
 def _wrap(layer, params):
     if isinstance(layer, PruneLowMagnitude):
         return layer
@@ -127,15 +119,8 @@ def _wrap(layer, params):
     return PruneLowMagnitude(layer, **params)
 
 
-def _stripped_layer(wrapper: PruneLowMagnitude) -> keras.layers.Layer:
-    stripped = copy_layer(wrapper.layer)
-    if wrapper.built:
-        stripped.set_weights(wrapper.masked_layer_weights())
-    return stripped
-
-
 def _check_cloneable(model):
-    if not isinstance(model, (keras.Sequential, Functional)):
+    if not is_graph_model(model):
         raise ValueError(
             f"model {model.name!r} is a subclassed model; only Sequential and Functional models can be cloned. "
             "Wrap its layers with prune_low_magnitude inside the model definition instead"

@@ -17,22 +17,13 @@ from keras import ops
 
 from weightzip.atomic import write_bytes_atomically
 from weightzip.core.pruning import measured_sparsity
+from weightzip.keras._rewrite import iter_layers
 from weightzip.keras.pruning_wrapper import PruneLowMagnitude
 
 
 def prunable_wrappers(model) -> list[PruneLowMagnitude]:
     """Every :class:`PruneLowMagnitude` layer of `model`, nested models included, in layer order."""
-    found = []
-
-    def visit(layer):
-        if isinstance(layer, PruneLowMagnitude):
-            found.append(layer)
-            return
-        for child in getattr(layer, "layers", ()) or ():
-            visit(child)
-
-    visit(model)
-    return found
+    return [layer for layer in iter_layers(model, include_root=True) if isinstance(layer, PruneLowMagnitude)]
 
 
 class UpdatePruningStep(keras.callbacks.Callback):

@@ -26,6 +26,7 @@ from weightzip.core.pruning import (
     n_m_mask,
     schedule_from_config,
 )
+from weightzip.keras._rewrite import copy_layer
 from weightzip.keras.pruning_registry import (
     LayerKind,
     UnsupportedLayerError,
@@ -167,6 +168,13 @@ class PruneLowMagnitude(SubstitutingWrapper):
         masked = {id(v): apply_mask(ops.convert_to_numpy(v), ops.convert_to_numpy(m) > 0)
                   for v, m in zip(self._pruned_variables, self.masks)}
         return [masked.get(id(v), ops.convert_to_numpy(v)) for v in self.layer.weights]
+
+    def stripped_layer(self) -> keras.layers.Layer:
+        """A copy of the wrapped layer whose kernels hold their masked values (what strip_pruning returns)."""
+        stripped = copy_layer(self.layer)
+        if self.built:
+            stripped.set_weights(self.masked_layer_weights())
+        return stripped
 
     # ------------------------------------------------------------------ serialisation
 

@@ -21,7 +21,7 @@ import warnings
 import keras
 
 from weightzip.core.errors import InvalidClusterCountError
-from weightzip.keras.layer_copy import copy_layer
+from weightzip.keras._rewrite import Rewriter, copy_layer, is_graph_model, strip_policy
 from weightzip.keras.quantization_wrapper import Preserve, QuantizeWrapper, quantizable_kernel
 
 
@@ -37,28 +37,7 @@ def quantize_model(to_quantize, preserve=Preserve.NONE, *, quantize_output: bool
     if isinstance(to_quantize, keras.Model):
         _check_model(to_quantize, "quantize_model")
         fallbacks = []
-
-        def clone(layer):
-            if not isinstance(layer, keras.layers.Layer):
-                return layer  # a stateless operation of a Functional graph
-            if isinstance(layer, keras.Model):
-                return quantize_model(layer, preserve, quantize_output=quantize_output)
-            if isinstance(layer, QuantizeWrapper):
-                return copy_layer(layer)
-            if isinstance(layer, keras.layers.Wrapper) and quantizable_kernel(layer.layer) is not None:
-                raise ValueError(
-                    f"layer {layer.name!r} is a {type(layer).__name__}: call strip_pruning / strip_clustering "
-                    "before quantize_model"
-                )
-            copied = copy_layer(layer)
-            if quantizable_kernel(layer) is None:
-                return copied
-            wrapped, used = _wrap_with_fallback(copied, preserve, quantize_output)
-            if used is not preserve:
-                fallbacks.append(layer.name)
-            return wrapped
-
-        quantized = keras.models.clone_model(to_quantize, clone_function=clone)
+        quantized = Rewriter(_quantize_policy(preserve, quantize_output, fallbacks)).clone(to_quantize)
         if fallbacks:
             warnings.warn(
                 f"layers {fallbacks} are not clustered; they get quantisation-aware training without cluster "
@@ -79,26 +58,50 @@ def strip_quantization(model):
     re-calibrated by the converter from the representative data.
     """
     if isinstance(model, QuantizeWrapper):
-        return _stripped_layer(model)
+        return model.stripped_layer()
     if not isinstance(model, keras.Model):
         raise ValueError(f"strip_quantization takes a Keras model or a QuantizeWrapper, got {type(model).__name__}")
     _check_model(model, "strip_quantization")
-
-    def clone(layer):
-        if not isinstance(layer, keras.layers.Layer):
-            return layer
-        if isinstance(layer, QuantizeWrapper):
-            return _stripped_layer(layer)
-        if isinstance(layer, keras.Model):
-            return strip_quantization(layer)
-        return copy_layer(layer)
-
-    return keras.models.clone_model(model, clone_function=clone)
+    return Rewriter(_strip_quantization_policy).clone(model)
 
 
 def quantize_scope():
     """Custom-object scope for loading models saved with quantisation wrappers (TFMOT's ``quantize_scope``)."""
     return keras.saving.custom_object_scope({"QuantizeWrapper": QuantizeWrapper})
+
+
+def _quantize_policy(preserve: Preserve, quantize_output: bool, fallbacks: list):
+    """Inside a model: each quantizable layer wrapped in :class:`QuantizeWrapper` (a copy of it); the names of
+    layers that fell back to a weaker `preserve` are appended to `fallbacks`."""
+
+    def replace(layer, rewriter):
+        if isinstance(layer, keras.Model):
+            _check_model(layer, "quantize_model")
+            return rewriter.clone(layer)
+        if isinstance(layer, QuantizeWrapper):
+            return copy_layer(layer)
+        if isinstance(layer, keras.layers.Wrapper) and quantizable_kernel(layer.layer) is not None:
+            raise ValueError(
+                f"layer {layer.name!r} is a {type(layer).__name__}: call strip_pruning / strip_clustering "
+                "before quantize_model"
+            )
+        if quantizable_kernel(layer) is None:
+            return None
+        wrapped, used = _wrap_with_fallback(copy_layer(layer), preserve, quantize_output)
+        if used is not preserve:
+            fallbacks.append(layer.name)
+        return wrapped
+
+    return replace
+
+
+def _strip_quantization_policy(layer, rewriter):
+    if isinstance(layer, keras.Model):
+        _check_model(layer, "strip_quantization")
+    return _strip_wrappers(layer, rewriter)
+
+
+_strip_wrappers = strip_policy(QuantizeWrapper)
 
 
 def _wrap_with_fallback(layer, preserve: Preserve, quantize_output: bool):
@@ -109,17 +112,8 @@ def _wrap_with_fallback(layer, preserve: Preserve, quantize_output: bool):
         return QuantizeWrapper(layer, preserve=fallback, quantize_output=quantize_output), fallback
 
 
-def _stripped_layer(wrapper: QuantizeWrapper):
-    stripped = copy_layer(wrapper.layer)
-    if wrapper.built:
-        stripped.set_weights(wrapper.stripped_layer_weights())
-    return stripped
-
-
 def _check_model(model, what: str):
-    from keras.src.models.functional import Functional  # no public alias
-
-    if not isinstance(model, (keras.Sequential, Functional)):
+    if not is_graph_model(model):
         raise ValueError(f"{what} needs a Sequential or Functional model; {model.name!r} is subclassed")
     if not model.built:
         raise ValueError(f"model {model.name!r} is not built: give it an Input or call build() first")

@@ -21,6 +21,7 @@ import keras
 import numpy as np
 
 from weightzip.atomic import write_bytes_atomically
+from weightzip.keras._rewrite import iter_layers
 
 # Ops whose input 1 is a weight tensor quantised per output channel.
 _WEIGHT_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "CONV_3D", "TRANSPOSE_CONV")
@@ -54,7 +55,7 @@ def convert_to_tflite(model, representative_data=None, *, int8: bool = True, int
         )
     import tensorflow as tf
 
-    if any(isinstance(layer, keras.layers.Wrapper) for layer in _all_layers(model)):
+    if any(isinstance(layer, keras.layers.Wrapper) for layer in iter_layers(model, include_root=True)):
         raise ValueError("convert_to_tflite expects a stripped model: call strip_quantization / strip_pruning first")
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     if int8:
@@ -164,11 +165,3 @@ def _from_output_dtype(values, detail):
         return np.array(values)
     scale, zero_point = detail["quantization"]
     return (values.astype(np.float32) - zero_point) * scale
-
-
-def _all_layers(model):
-    stack = [model]
-    while stack:
-        layer = stack.pop()
-        yield layer
-        stack.extend(getattr(layer, "layers", ()) or ())

@@ -26,6 +26,7 @@ from weightzip.core.errors import InvalidClusterCountError
 from weightzip.core.options import ParsableEnum
 from weightzip.core.palette import palettize_exact
 from weightzip.keras._layers import qat_layer_names, qat_layout
+from weightzip.keras._rewrite import copy_layer
 from weightzip.keras.clustering_registry import UnsupportedLayerError, clusterable_weights
 from weightzip.keras.quantization_ops import fake_quantize_activations, fake_quantize_weights
 from weightzip.keras.variable_substitution import call_with_substitutes
@@ -206,6 +207,13 @@ class QuantizeWrapper(keras.layers.Wrapper):
         """The wrapped layer's weights with the kernel replaced by its fake-quantised value."""
         quantized = ops.convert_to_numpy(self.quantized_kernel())
         return [quantized if v is self._kernel else ops.convert_to_numpy(v) for v in self.layer.weights]
+
+    def stripped_layer(self) -> keras.layers.Layer:
+        """A copy of the wrapped layer whose kernel holds its fake-quantised value (what strip_quantization returns)."""
+        stripped = copy_layer(self.layer)
+        if self.built:
+            stripped.set_weights(self.stripped_layer_weights())
+        return stripped
 
     def get_config(self):
         config = super().get_config()

@@ -17,7 +17,8 @@ variable returns the mapped tensor. Two details make it safe to nest:
 from __future__ import annotations
 
 import keras
-from keras.src.backend.common.stateless_scope import get_stateless_scope
+
+from weightzip.keras._compat import get_stateless_scope
 
 _MISSING = object()
 
