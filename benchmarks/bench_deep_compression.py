@@ -1,7 +1,7 @@
 """Deep Compression of LeNet-300-100 and LeNet-5 end to end, against the paper's Table 1.
 
 Each model is trained in float32 on real data available offline, then run through
-`weightzip.keras.deep_compression.compress` (prune and retrain -> cluster and fine-tune the
+`weightzip.keras.pipeline.deep_compression.compress` (prune and retrain -> cluster and fine-tune the
 centroids -> entropy-coded `.wz`). 10 % of the training images (a fixed random split) are held out
 as a validation set: the recipe choices of `CANDIDATES` are compared there (seed 0) and the best is
 kept; the test set is used only for the final figures, as mean ± std over `--seeds` seeds (each seed
@@ -52,13 +52,13 @@ import numpy as np  # noqa: E402
 
 from weightzip.data import load_fashion_mnist, load_mnist_5k  # noqa: E402
 from weightzip.format import inspect_table  # noqa: E402
-from weightzip.keras.deep_compression import (  # noqa: E402
+from weightzip.keras.models import PAPER_SPARSITY, lenet_5, lenet_300_100  # noqa: E402
+from weightzip.keras.pipeline.deep_compression import (  # noqa: E402
     CompressionReport,
     Dataset,
     DeepCompressionConfig,
     compress,
 )
-from weightzip.keras.models import PAPER_SPARSITY, lenet_5, lenet_300_100  # noqa: E402
 
 TARGET_COMPRESSION = 40.0
 TARGET_LOSS_PT = 0.5

@@ -220,8 +220,8 @@ def part_c(args, ours: Worker, tfmot: Worker, directory: Path):
     import keras
     import numpy as np
 
+    from weightzip.keras.export import convert_to_tflite, zipped_size
     from weightzip.keras.models import lenet_300_100
-    from weightzip.keras.quantization_tflite import convert_to_tflite, zipped_size
 
     data = dict(np.load(directory / "mnist5k.npz"))
     epochs, tune_epochs, ks = (8, 2, (16, 8, 4)) if args.quick else (20, 4, (16, 8, 4))

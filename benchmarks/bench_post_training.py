@@ -215,7 +215,7 @@ def _sentences() -> tuple[list[str], list[str]]:
 def _keras_front_end():
     import keras
 
-    from weightzip.keras.post_training import compress_post_training
+    from weightzip.keras.pipeline.post_training import compress_post_training
 
     def outputs(model, inputs):
         return np.concatenate([keras.ops.convert_to_numpy(model(inputs[i:i + 64], training=False))

@@ -241,7 +241,7 @@ def test_keras_post_training_applies_init_and_group_size(tmp_path):
 
 
 def test_keras_pipeline_gets_init_and_clusters_for_convolutions(keras_model_file, tmp_path, monkeypatch):
-    import weightzip.keras.deep_compression as deep_compression
+    import weightzip.keras.pipeline.deep_compression as deep_compression
 
     seen = {}
 
@@ -272,7 +272,7 @@ def test_post_training_api_default_init_is_optimal_as_in_the_cli():
     import inspect
 
     from weightzip.core import CentroidInitialization
-    from weightzip.keras.post_training import compress_post_training
+    from weightzip.keras.pipeline.post_training import compress_post_training
     from weightzip.torch.checkpoint import compress_state_dict
 
     for function in (compress_state_dict, compress_post_training):

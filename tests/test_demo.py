@@ -7,7 +7,7 @@ import pytest
 
 from weightzip import demo
 from weightzip.data import load_mnist_5k
-from weightzip.keras.deep_compression import accuracy
+from weightzip.keras.pipeline.deep_compression import accuracy
 from weightzip.keras.storage import load_wz
 
 K = 8

@@ -175,7 +175,7 @@ def _compress_keras(source: Path, output: Path, args) -> int:
         raise CliError(f"{', '.join(post_training_flags)}: post-training options; with --data the model is retrained "
                        "(drop --data to compress post-training)")
 
-    from weightzip.keras.deep_compression import Dataset, DeepCompressionConfig, compress
+    from weightzip.keras.pipeline.deep_compression import Dataset, DeepCompressionConfig, compress
 
     overrides = {name: getattr(args, name) for name in
                  ("sparsity", "conv_sparsity", "clusters", "conv_clusters", "init") + _RETRAINING_OPTIONS
@@ -208,7 +208,7 @@ def _post_training_flags(args) -> list[tuple[str, object]]:
 
 def _post_training_keras(model, source: Path, output: Path, args, console) -> int:
     from weightzip.calibration import load_calibration
-    from weightzip.keras.post_training import compress_post_training
+    from weightzip.keras.pipeline.post_training import compress_post_training
 
     settings = _post_training_settings(args)
     calibration = None
@@ -445,7 +445,7 @@ def _decompress(args: argparse.Namespace) -> int:
             if output.suffix == ".keras":
                 model.save(temporary)
             else:
-                from weightzip.keras.quantization_tflite import convert_to_tflite
+                from weightzip.keras.export import convert_to_tflite
 
                 temporary.write_bytes(convert_to_tflite(model, int8=False))
     elif framework == "torch":

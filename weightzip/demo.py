@@ -30,8 +30,8 @@ def demo_report(seed: int, *, epochs: int = 20, clusters: int = 32, output: Path
     import keras
 
     from weightzip.data import load_mnist_5k
-    from weightzip.keras.deep_compression import Dataset, DeepCompressionConfig, compress
     from weightzip.keras.models import PAPER_SPARSITY, lenet_300_100
+    from weightzip.keras.pipeline.deep_compression import Dataset, DeepCompressionConfig, compress
 
     keras.utils.set_random_seed(seed)
     data = Dataset(*load_mnist_5k())

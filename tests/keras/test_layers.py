@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from weightzip.keras import _layers
-from weightzip.keras.clustering_registry import clusterable_weights
-from weightzip.keras.deep_compression import DeepCompressionConfig
-from weightzip.keras.post_training import compress_post_training
-from weightzip.keras.quantization_wrapper import quantizable_kernel
+from weightzip.keras.clustering.registry import clusterable_weights
+from weightzip.keras.pipeline.deep_compression import DeepCompressionConfig
+from weightzip.keras.pipeline.post_training import compress_post_training
+from weightzip.keras.quantization.wrapper import quantizable_kernel
 
 L = keras.layers
 

@@ -1,4 +1,5 @@
-"""Keras 3 front end: TFMOT's weight-clustering API on TensorFlow, JAX and PyTorch backends.
+"""Keras 3 front end: TFMOT's clustering, pruning and quantisation-aware training APIs on TensorFlow, JAX and
+PyTorch backends, plus Deep Compression, post-training compression and the `.wz` file: the one public face.
 
 Switch from TFMOT by changing an import::
 
@@ -10,18 +11,40 @@ Switch from TFMOT by changing an import::
     clustered.compile(...); clustered.fit(...)
     final = cluster.strip_clustering(clustered)
 
-Initial centroids come from :mod:`weightzip.core`; training math is in :mod:`.clustering_ops`.
+One subpackage per technique (:mod:`.clustering`, :mod:`.pruning`, :mod:`.quantization`), the pipelines in
+:mod:`.pipeline`, TFLite conversion in :mod:`.export`, `.wz` files in :mod:`.storage`; modules whose names
+start with ``_`` are plumbing (the layer table, the one model rewriter, the Keras compatibility seam).
+Initial centroids and masks come from :mod:`weightzip.core`.
 """
 
 from weightzip.core import CentroidInitialization
+from weightzip.core.pruning import ConstantSparsity, PolynomialDecay
 from weightzip.keras._rewrite import LayerCopyError
-from weightzip.keras.cluster import cluster_scope, cluster_weights, strip_clustering
-from weightzip.keras.cluster_wrapper import ClusterWeights
-from weightzip.keras.clusterable_layer import ClusterableLayer, ClusteringAlgorithm
-from weightzip.keras.clustering_config import ClusteringParams, GradientAggregation, Reassignment
-from weightzip.keras.clustering_registry import UnsupportedLayerError
+from weightzip.keras.clustering.api import cluster_scope, cluster_weights, strip_clustering
+from weightzip.keras.clustering.clusterable_layer import ClusterableLayer, ClusteringAlgorithm
+from weightzip.keras.clustering.config import ClusteringParams, GradientAggregation, Reassignment
+from weightzip.keras.clustering.registry import UnsupportedLayerError
+from weightzip.keras.clustering.wrapper import ClusterWeights
+from weightzip.keras.export import (
+    convert_to_tflite,
+    distinct_values_per_channel,
+    float_weight_tensors,
+    tflite_int8_kernels,
+    tflite_predict,
+    zipped_size,
+)
+from weightzip.keras.loading import ModelLoadError, load_model
+from weightzip.keras.pipeline.deep_compression import CompressionReport, Dataset, DeepCompressionConfig, compress
+from weightzip.keras.pipeline.post_training import PostTrainingReport, compress_post_training
+from weightzip.keras.pruning.api import prune_low_magnitude, prune_scope, strip_pruning
+from weightzip.keras.pruning.callbacks import PruningSummaries, UpdatePruningStep
+from weightzip.keras.pruning.wrapper import PruneLowMagnitude
+from weightzip.keras.quantization.api import quantize_model, quantize_scope, strip_quantization
+from weightzip.keras.quantization.wrapper import Preserve, QuantizeWrapper
+from weightzip.keras.storage import load_wz, save_wz
 
 __all__ = [
+    # clustering (tfmot.clustering.keras)
     "CentroidInitialization",
     "ClusterWeights",
     "ClusterableLayer",
@@ -34,40 +57,37 @@ __all__ = [
     "cluster_scope",
     "cluster_weights",
     "strip_clustering",
-]
-
-# Pruning and quantisation-aware training (TFMOT's sparsity.keras / quantization.keras / collaborative schemes).
-from weightzip.core.pruning import ConstantSparsity, PolynomialDecay  # noqa: E402
-from weightzip.keras.pruning import prune_low_magnitude, prune_scope, strip_pruning  # noqa: E402
-from weightzip.keras.pruning_callbacks import PruningSummaries, UpdatePruningStep  # noqa: E402
-from weightzip.keras.pruning_wrapper import PruneLowMagnitude  # noqa: E402
-from weightzip.keras.quantization import quantize_model, quantize_scope, strip_quantization  # noqa: E402
-from weightzip.keras.quantization_tflite import (  # noqa: E402
-    convert_to_tflite,
-    distinct_values_per_channel,
-    tflite_int8_kernels,
-    tflite_predict,
-    zipped_size,
-)
-from weightzip.keras.quantization_wrapper import Preserve, QuantizeWrapper  # noqa: E402
-
-__all__ += [
+    # pruning (tfmot.sparsity.keras)
     "ConstantSparsity",
     "PolynomialDecay",
-    "Preserve",
     "PruneLowMagnitude",
     "PruningSummaries",
-    "QuantizeWrapper",
     "UpdatePruningStep",
-    "convert_to_tflite",
-    "distinct_values_per_channel",
     "prune_low_magnitude",
     "prune_scope",
+    "strip_pruning",
+    # quantisation-aware training (tfmot.quantization.keras and the collaborative schemes)
+    "Preserve",
+    "QuantizeWrapper",
     "quantize_model",
     "quantize_scope",
-    "strip_pruning",
     "strip_quantization",
+    # TFLite export
+    "convert_to_tflite",
+    "distinct_values_per_channel",
+    "float_weight_tensors",
     "tflite_int8_kernels",
     "tflite_predict",
     "zipped_size",
+    # pipelines and .wz files
+    "CompressionReport",
+    "Dataset",
+    "DeepCompressionConfig",
+    "ModelLoadError",
+    "PostTrainingReport",
+    "compress",
+    "compress_post_training",
+    "load_model",
+    "load_wz",
+    "save_wz",
 ]

@@ -1,7 +1,7 @@
 """The one table of Keras layer kinds: which weights a layer has, their axes, and what kind of layer it is.
 
 Every place in weightzip that decides something from a layer's type reads it here: which kernels
-clustering and pruning target (:mod:`weightzip.keras.clustering_registry`), whether a layer counts
+clustering and pruning target (:mod:`weightzip.keras.clustering.registry`), whether a layer counts
 as a convolution (``conv_sparsity``/``conv_clusters`` in the pipeline and the post-training path),
 and the scale layout of quantisation-aware training. One row per family of layer types, in the
 shape of PyTorch's ``weightzip.torch.targets.weights_of``: ``(weight name, channel axis, input axis)``

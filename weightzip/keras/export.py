@@ -1,12 +1,17 @@
-"""TFLite (LiteRT) export of Keras models and inspection of the int8 kernels in a .tflite file.
+"""TFLite (LiteRT) export of Keras models and inspection of the weight tensors in a .tflite file.
 
 - :func:`convert_to_tflite`: float or full-integer int8 conversion (representative dataset for activation
   ranges), optionally written atomically to a path.
 - :func:`tflite_int8_kernels`: the int8 weight tensors of the conv / fully-connected ops with their
   per-channel scales, read back through the interpreter: how we check that clusters and zeros survived.
+- :func:`float_weight_tensors`: the float32 weight tensors of a float model. A stripped clustered model
+  converts like any Keras model (``int8=False`` here, ``tf.lite.TFLiteConverter.from_keras_model`` or
+  ``model.export(path, format="litert")``); the converter only transposes kernels, so each keeps its k
+  distinct values, which is what makes the zipped file small.
 - :func:`distinct_values_per_channel`, :func:`zipped_size`, :func:`tflite_predict`.
 
-Conversion needs TensorFlow (the Keras TensorFlow backend); inspection needs only TensorFlow installed.
+Conversion needs TensorFlow (the Keras TensorFlow backend); inspection needs TensorFlow or LiteRT
+(``ai_edge_litert``) installed: one interpreter helper, :func:`tflite_interpreter`, preferring LiteRT.
 """
 
 from __future__ import annotations
@@ -23,8 +28,18 @@ import numpy as np
 from weightzip.atomic import write_bytes_atomically
 from weightzip.keras._rewrite import iter_layers
 
-# Ops whose input 1 is a weight tensor quantised per output channel.
-_WEIGHT_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "CONV_3D", "TRANSPOSE_CONV")
+# Ops whose input 1 is a weight tensor quantised per output channel (int8 models) / a float weight tensor.
+_INT8_WEIGHT_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "CONV_3D", "TRANSPOSE_CONV")
+_FLOAT_WEIGHT_OPS = _INT8_WEIGHT_OPS + ("CONV_3D_TRANSPOSE",)
+
+
+@dataclass(frozen=True)
+class FloatWeight:
+    """One float32 weight tensor of a .tflite model, as the op that reads it sees it."""
+
+    op: str
+    name: str
+    values: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -85,14 +100,14 @@ def convert_to_tflite(model, representative_data=None, *, int8: bool = True, int
 
 def tflite_int8_kernels(flatbuffer: bytes) -> list[Int8Kernel]:
     """The int8 weight tensors (input 1) of every conv / fully-connected op, in op order."""
-    interpreter = _interpreter(flatbuffer)
+    interpreter = tflite_interpreter(flatbuffer)
     details = {d["index"]: d for d in interpreter.get_tensor_details()}
     ops_details = getattr(interpreter, "_get_ops_details", None)  # the interpreter's only op-graph view
     if ops_details is None:
         raise RuntimeError("this TFLite interpreter does not list its ops (_get_ops_details); cannot find kernels")
     kernels = []
     for op in ops_details():
-        if op["op_name"] not in _WEIGHT_OPS or len(op["inputs"]) < 2:
+        if op["op_name"] not in _INT8_WEIGHT_OPS or len(op["inputs"]) < 2:
             continue
         detail = details[op["inputs"][1]]
         if detail["dtype"] != np.int8:
@@ -103,6 +118,21 @@ def tflite_int8_kernels(flatbuffer: bytes) -> list[Int8Kernel]:
             scales=np.asarray(quantization["scales"]), channel_axis=int(quantization["quantized_dimension"]),
         ))
     return kernels
+
+
+def float_weight_tensors(flatbuffer: bytes) -> list[FloatWeight]:
+    """The float32 weight tensors (input 1) of every conv / fully-connected op, in op order."""
+    interpreter = tflite_interpreter(flatbuffer, delegates=False)
+    details = {detail["index"]: detail for detail in interpreter.get_tensor_details()}
+    found = []
+    for op in interpreter._get_ops_details():  # noqa: SLF001 - the interpreter's only view of the op graph
+        if op["op_name"] not in _FLOAT_WEIGHT_OPS or len(op["inputs"]) < 2:
+            continue
+        detail = details.get(op["inputs"][1])
+        if detail is None or detail["dtype"] != np.float32:
+            continue
+        found.append(FloatWeight(op["op_name"], detail["name"], np.array(interpreter.get_tensor(detail["index"]))))
+    return found
 
 
 def distinct_values_per_channel(kernel: Int8Kernel) -> np.ndarray:
@@ -121,7 +151,7 @@ def zipped_size(flatbuffer: bytes) -> int:
 
 def tflite_predict(flatbuffer: bytes, inputs: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Run the .tflite model on `inputs` (float; quantised here when the model takes int8)."""
-    interpreter = _interpreter(flatbuffer)
+    interpreter = tflite_interpreter(flatbuffer)
     input_detail = interpreter.get_input_details()[0]
     output_detail = interpreter.get_output_details()[0]
     outputs = []
@@ -138,18 +168,27 @@ def tflite_predict(flatbuffer: bytes, inputs: np.ndarray, batch_size: int = 256)
     return np.concatenate(outputs)
 
 
-def _interpreter(flatbuffer: bytes):
-    import tensorflow as tf
+def tflite_interpreter(flatbuffer: bytes, *, delegates: bool = True):
+    """An allocated TFLite interpreter for `flatbuffer`: LiteRT (``ai_edge_litert``) when installed, else
+    TensorFlow's ``tf.lite.Interpreter``.
 
-    Interpreter = getattr(tf.lite, "Interpreter", None)
-    if Interpreter is None:  # a TensorFlow without the deprecated tf.lite interpreter: standalone LiteRT
-        from ai_edge_litert.interpreter import Interpreter
+    delegates: False runs without the default delegates (no XNNPACK weight packing), so that the constant
+    tensors stay readable through ``get_tensor``.
+    """
+    try:
+        from ai_edge_litert import interpreter as litert
 
+        Interpreter, resolvers = litert.Interpreter, litert.OpResolverType
+    except ImportError:
+        import tensorflow as tf
+
+        Interpreter, resolvers = tf.lite.Interpreter, tf.lite.experimental.OpResolverType
+    options = {} if delegates else {"experimental_op_resolver_type": resolvers.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        interpreter = Interpreter(model_content=flatbuffer)
-    interpreter.allocate_tensors()
-    return interpreter
+        warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
+        found = Interpreter(model_content=flatbuffer, **options)
+    found.allocate_tensors()
+    return found
 
 
 def _to_input_dtype(batch, detail):

@@ -15,7 +15,8 @@ import pytest
 
 HERE = Path(__file__).parent
 MATRIX_FILES = sorted(str(path) for path in HERE.glob("test_clustering_*.py") if path.name != Path(__file__).name) + [
-    str(HERE / "test_keras_calibration.py")]  # per-sample Fisher gradients are backend-specific code
+    str(HERE.parent / "pipeline" / "test_keras_calibration.py")]  # per-sample Fisher gradients are backend-specific
+assert len(MATRIX_FILES) == 7 and all(Path(path).is_file() for path in MATRIX_FILES), MATRIX_FILES
 
 
 # Backend-matrix tests that must pass (not skip) in each subprocess, out of 79: on torch all but the two
@@ -32,7 +33,7 @@ def test_clustering_on_backend(backend):
     env = {**os.environ, "KERAS_BACKEND": backend, "CUDA_VISIBLE_DEVICES": "", "JAX_PLATFORMS": "cpu"}
     command = [sys.executable, "-m", "pytest", "-q", "-m", "backend_matrix", "-p", "no:cacheprovider",
                "-p", "no:randomly", "-W", "ignore::DeprecationWarning", *MATRIX_FILES]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200, cwd=HERE.parent.parent)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200, cwd=HERE.parent.parent.parent)
     summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
     assert result.returncode == 0, f"{backend}: {summary}\n{result.stdout[-6000:]}\n{result.stderr[-3000:]}"
     assert " passed" in summary and "failed" not in summary and "error" not in summary, summary

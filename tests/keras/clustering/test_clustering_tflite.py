@@ -7,8 +7,7 @@ import pytest
 from keras_clustering_helpers import sample_input
 
 import weightzip.keras as wk
-from weightzip.keras.clustering_tflite import float_weight_tensors
-from weightzip.keras.quantization_tflite import convert_to_tflite, tflite_predict, zipped_size
+from weightzip.keras.export import convert_to_tflite, float_weight_tensors, tflite_predict, zipped_size
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow",
                                 reason="TFLite conversion needs the TensorFlow backend")

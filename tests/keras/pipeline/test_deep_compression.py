@@ -11,7 +11,7 @@ from weightzip.core import CentroidInitialization, ClusterConfig, cluster_array
 from weightzip.core.errors import WeightzipError
 from weightzip.core.pruning import apply_mask, magnitude_mask, pruned_count
 from weightzip.format import read_metadata
-from weightzip.keras.deep_compression import (
+from weightzip.keras.pipeline.deep_compression import (
     CompressionReport,
     Dataset,
     DeepCompressionConfig,
@@ -262,7 +262,7 @@ def test_parameter_bytes_counts_every_variable():
 
 def test_post_training_pruning_reaches_recurrent_kernels():
     """Composite layers name their kernels "cell.kernel": pruning works on the variables themselves."""
-    from weightzip.keras.deep_compression import prune as prune_stage
+    from weightzip.keras.pipeline.deep_compression import prune as prune_stage
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((5, 4)), keras.layers.LSTM(8, name="lstm"), keras.layers.Dense(3)])

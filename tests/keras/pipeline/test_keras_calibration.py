@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from weightzip.keras.calibration import fisher_diagonal, importance_of, input_second_moments, model_weights
+from weightzip.keras.pipeline.calibration import fisher_diagonal, importance_of, input_second_moments, model_weights
 
 
 def _conv_dense_model():

@@ -10,7 +10,7 @@ from weightzip.core.allocation import TargetUnreachableError, stored_bytes
 from weightzip.core.errors import WeightzipError
 from weightzip.core.fidelity import measure_fidelity, split_calibration
 from weightzip.format import read_metadata
-from weightzip.keras.post_training import compress_post_training
+from weightzip.keras.pipeline.post_training import compress_post_training
 from weightzip.keras.storage import load_wz
 
 

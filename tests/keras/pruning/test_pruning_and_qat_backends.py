@@ -12,9 +12,9 @@ SCRIPT = textwrap.dedent("""
     import numpy as np, keras
     from weightzip.core import ClusterConfig, cluster_array
     from weightzip.core.pruning import ConstantSparsity
-    from weightzip.keras.pruning import prune_low_magnitude, strip_pruning
-    from weightzip.keras.pruning_callbacks import UpdatePruningStep
-    from weightzip.keras.quantization import quantize_model, strip_quantization
+    from weightzip.keras.pruning.api import prune_low_magnitude, strip_pruning
+    from weightzip.keras.pruning.callbacks import UpdatePruningStep
+    from weightzip.keras.quantization.api import quantize_model, strip_quantization
 
     x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
     y = (x[:, 0] > 0).astype("int32")

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from weightzip.core.pruning import ConstantSparsity, InvalidSparsityError, PolynomialDecay, is_n_m_sparse
-from weightzip.keras.pruning import prune_low_magnitude, strip_pruning
-from weightzip.keras.pruning_callbacks import PruningSummaries, UpdatePruningStep, layer_sparsities
-from weightzip.keras.pruning_registry import UnsupportedLayerError
-from weightzip.keras.pruning_wrapper import PruneLowMagnitude
+from weightzip.keras.pruning.api import prune_low_magnitude, strip_pruning
+from weightzip.keras.pruning.callbacks import PruningSummaries, UpdatePruningStep, layer_sparsities
+from weightzip.keras.pruning.registry import UnsupportedLayerError
+from weightzip.keras.pruning.wrapper import PruneLowMagnitude
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ import pytest
 
 from weightzip.core.pruning import ConstantSparsity
 from weightzip.keras import cluster_weights, strip_clustering
-from weightzip.keras.pruning import prune_low_magnitude, strip_pruning
-from weightzip.keras.pruning_callbacks import UpdatePruningStep
+from weightzip.keras.pruning.api import prune_low_magnitude, strip_pruning
+from weightzip.keras.pruning.callbacks import UpdatePruningStep
 
 K = 4
 

@@ -8,17 +8,17 @@ import pytest
 
 from weightzip.core import ClusterConfig, cluster_array
 from weightzip.core.errors import InvalidClusterCountError, WeightzipError
-from weightzip.keras.pruning import prune_low_magnitude
-from weightzip.keras.quantization import quantize_model, strip_quantization
-from weightzip.keras.quantization_ops import fake_quantize_activations, fake_quantize_weights
-from weightzip.keras.quantization_tflite import (
+from weightzip.keras.export import (
     convert_to_tflite,
     distinct_values_per_channel,
     tflite_int8_kernels,
     tflite_predict,
     zipped_size,
 )
-from weightzip.keras.quantization_wrapper import QuantizeWrapper
+from weightzip.keras.pruning.api import prune_low_magnitude
+from weightzip.keras.quantization.api import quantize_model, strip_quantization
+from weightzip.keras.quantization.ops import fake_quantize_activations, fake_quantize_weights
+from weightzip.keras.quantization.wrapper import QuantizeWrapper
 
 tensorflow_only = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TFLite needs TensorFlow")
 K = 4

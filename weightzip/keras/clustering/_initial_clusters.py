@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from weightzip.core import ClusterConfig, InvalidClusterCountError, cluster_array, fit_centroids
-from weightzip.keras.clustering_config import ClusteringParams, Reassignment
+from weightzip.keras.clustering.config import ClusteringParams, Reassignment
 
 
 @dataclass(frozen=True)

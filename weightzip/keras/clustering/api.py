@@ -21,9 +21,9 @@ import keras
 
 from weightzip.core import CentroidInitialization
 from weightzip.keras._rewrite import Rewriter, copy_layer, is_graph_model, iter_layers
-from weightzip.keras.cluster_wrapper import ClusterWeights
-from weightzip.keras.clustering_config import ClusteringParams
-from weightzip.keras.clustering_registry import LayerKind, classify_layer, unsupported_layer_error
+from weightzip.keras.clustering.config import ClusteringParams
+from weightzip.keras.clustering.registry import LayerKind, classify_layer, unsupported_layer_error
+from weightzip.keras.clustering.wrapper import ClusterWeights
 
 _PARAM_KEYWORDS = ("cluster_gradient_aggregation", "reassignment", "seed")
 

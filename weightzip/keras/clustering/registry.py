@@ -23,7 +23,7 @@ import keras
 from weightzip.core import WeightzipError
 from weightzip.keras._compat import ConvLSTMCell, is_graph_model
 from weightzip.keras._layers import LAST, LAYER_TABLE
-from weightzip.keras.clusterable_layer import ClusterableLayer, ClusterableWeight, ClusteringAlgorithm
+from weightzip.keras.clustering.clusterable_layer import ClusterableLayer, ClusterableWeight, ClusteringAlgorithm
 
 layers = keras.layers
 

@@ -1,10 +1,10 @@
 """``ClusterWeights``: a Keras 3 wrapper that trains a layer with its kernels clustered.
 
-For each clusterable weight of the wrapped layer (see :mod:`.clustering_registry`) the wrapper owns
+For each clusterable weight of the wrapped layer (see :mod:`.registry`) the wrapper owns
 a trainable codebook variable ``<weight>_cluster_centroids`` of shape ``(k,)``, or ``(channels, k)``
 per channel, initialised by :mod:`weightzip.core`. Every call computes the clustered kernel with
-:func:`.clustering_ops.clustered_kernel` and runs the wrapped layer with its kernel variable read as
-that tensor (:mod:`.variable_substitution`), so the wrapped layer's own code runs unchanged and
+:func:`.ops.clustered_kernel` and runs the wrapped layer with its kernel variable read as
+that tensor (:mod:`weightzip.keras._substitution`), so the wrapped layer's own code runs unchanged and
 gradients reach the centroids. See :class:`.Reassignment` for what happens to the original weights.
 
 Extra variables, all non-trainable: ``<weight>_pulling_indices`` (int32, kernel-shaped) with
@@ -22,16 +22,16 @@ from keras import ops
 
 from weightzip.core import CentroidInitialization
 from weightzip.keras._rewrite import copy_layer
-from weightzip.keras.clusterable_layer import ClusterableWeight
-from weightzip.keras.clustering_config import ClusteringParams, GradientAggregation, Reassignment
-from weightzip.keras.clustering_ops import clustered_kernel
-from weightzip.keras.clustering_registry import (
+from weightzip.keras._substitution import SubstitutingWrapper
+from weightzip.keras.clustering._initial_clusters import initial_clusters
+from weightzip.keras.clustering.clusterable_layer import ClusterableWeight
+from weightzip.keras.clustering.config import ClusteringParams, GradientAggregation, Reassignment
+from weightzip.keras.clustering.ops import clustered_kernel
+from weightzip.keras.clustering.registry import (
     UnsupportedLayerError,
     clusterable_weights,
     register_clustering_wrapper,
 )
-from weightzip.keras.initial_clusters import initial_clusters
-from weightzip.keras.variable_substitution import SubstitutingWrapper
 
 
 def _name_scope_of(layer):

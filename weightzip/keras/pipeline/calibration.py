@@ -31,8 +31,8 @@ import numpy as np
 
 from weightzip.core.errors import WeightzipError
 from weightzip.keras._rewrite import is_graph_model, iter_layers
-from weightzip.keras.clusterable_layer import ClusterableWeight
-from weightzip.keras.clustering_registry import (
+from weightzip.keras.clustering.clusterable_layer import ClusterableWeight
+from weightzip.keras.clustering.registry import (
     LayerKind,
     classify_layer,
     clusterable_weights,

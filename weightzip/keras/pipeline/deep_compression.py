@@ -32,11 +32,11 @@ from weightzip.core.pruning import PolynomialDecay, apply_mask, magnitude_mask
 from weightzip.format import Coding, WriteOptions
 from weightzip.keras._layers import is_convolution
 from weightzip.keras._rewrite import Rewriter, copy_layer, iter_layers
-from weightzip.keras.cluster import cluster_weights, strip_clustering
-from weightzip.keras.clustering_config import Reassignment
-from weightzip.keras.pruning import prune_low_magnitude, strip_pruning
-from weightzip.keras.pruning_callbacks import UpdatePruningStep
-from weightzip.keras.pruning_registry import compressible_weight_names, prunable_weights
+from weightzip.keras.clustering.api import cluster_weights, strip_clustering
+from weightzip.keras.clustering.config import Reassignment
+from weightzip.keras.pruning.api import prune_low_magnitude, strip_pruning
+from weightzip.keras.pruning.callbacks import UpdatePruningStep
+from weightzip.keras.pruning.registry import compressible_weight_names, prunable_weights
 from weightzip.keras.storage import load_wz, save_wz
 
 # Mask updates while the sparsity ramps up (TFMOT's `frequency`, expressed as a count).

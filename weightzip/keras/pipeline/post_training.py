@@ -6,7 +6,7 @@ the same steps and names as :mod:`weightzip.torch.post_training`:
 1. the calibration set is split (seeded) into a *fit* part and a *held-out* part;
 2. on the fit part, each kernel's sensitivity is measured (``sensitivity="fisher"``: the diagonal Fisher
    of the model's output distribution; ``"activation"``: E[x²] of its input channel; ``"none"``), see
-   :mod:`weightzip.keras.calibration`;
+   :mod:`weightzip.keras.pipeline.calibration`;
 3. each clusterable kernel is clustered by exact optimal (OPTIMAL) k-means weighted by those
    sensitivities, either uniformly (``clusters`` k, ``granularity``), or with a per-tensor k / granularity
    chosen by :func:`weightzip.core.allocation.allocate` to meet ``bits_per_weight`` or ``target_bytes``
@@ -59,7 +59,8 @@ from weightzip.core.validation import check_fraction
 from weightzip.format import encode_wz
 from weightzip.keras._layers import is_convolution
 from weightzip.keras._rewrite import copy_model
-from weightzip.keras.calibration import (
+from weightzip.keras.clustering.registry import LayerKind, classify_layer
+from weightzip.keras.pipeline.calibration import (
     ModelWeight,
     fisher_diagonal,
     flattened_layers,
@@ -67,7 +68,6 @@ from weightzip.keras.calibration import (
     input_second_moments,
     model_weights,
 )
-from weightzip.keras.clustering_registry import LayerKind, classify_layer
 
 __all__ = ["PostTrainingReport", "Sensitivity", "compress_post_training"]
 

@@ -25,14 +25,14 @@ from keras import ops
 
 from weightzip.core.pruning import PruningSchedule
 from weightzip.keras._rewrite import Rewriter, copy_layer, is_graph_model, strip_policy
-from weightzip.keras.pruning_callbacks import prunable_wrappers
-from weightzip.keras.pruning_registry import (
+from weightzip.keras.pruning.callbacks import prunable_wrappers
+from weightzip.keras.pruning.registry import (
     LayerKind,
     UnsupportedLayerError,
     classify_for_pruning,
     unsupported_for_pruning,
 )
-from weightzip.keras.pruning_wrapper import PruneLowMagnitude
+from weightzip.keras.pruning.wrapper import PruneLowMagnitude
 
 
 def prune_low_magnitude(to_prune, pruning_schedule: PruningSchedule | None = None, block_size=(1, 1),

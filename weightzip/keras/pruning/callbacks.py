@@ -18,7 +18,7 @@ from keras import ops
 from weightzip.atomic import write_bytes_atomically
 from weightzip.core.pruning import measured_sparsity
 from weightzip.keras._rewrite import iter_layers
-from weightzip.keras.pruning_wrapper import PruneLowMagnitude
+from weightzip.keras.pruning.wrapper import PruneLowMagnitude
 
 
 def prunable_wrappers(model) -> list[PruneLowMagnitude]:

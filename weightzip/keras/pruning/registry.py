@@ -1,6 +1,6 @@
 """Which weights of a Keras layer are pruned: the same kernels that clustering targets.
 
-There is one layer registry in weightzip (:mod:`weightzip.keras.clustering_registry`): the kernels of
+There is one layer registry in weightzip (:mod:`weightzip.keras.clustering.registry`): the kernels of
 Dense, EinsumDense, convolutions, RNN cells, attention projections, Embedding and any layer implementing
 ``get_clusterable_weights()``; never biases or normalisation parameters (few, and sensitive), as in TFMOT.
 This module only words its answers for pruning.
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import keras
 
-from weightzip.keras.clusterable_layer import ClusterableWeight
-from weightzip.keras.clustering_registry import (
+from weightzip.keras.clustering.clusterable_layer import ClusterableWeight
+from weightzip.keras.clustering.registry import (
     LayerKind,
     UnsupportedLayerError,
     classify_layer,

@@ -4,7 +4,7 @@ How it works (same observable behaviour as TFMOT's wrapper, backend-neutral impl
 
 - ``call`` feeds the wrapped layer ``kernel * mask`` in place of its kernel (no assignment), so pruned
   weights contribute nothing and receive zero gradient, on TensorFlow, JAX and PyTorch alike.
-- Masks are recomputed outside the compiled train step by :class:`~weightzip.keras.pruning_callbacks.UpdatePruningStep`,
+- Masks are recomputed outside the compiled train step by :class:`~weightzip.keras.pruning.callbacks.UpdatePruningStep`,
   which calls :meth:`PruneLowMagnitude.update_masks` at each step the schedule names; the mask itself comes
   from the NumPy core (:func:`weightzip.core.pruning.magnitude_mask` / :func:`n_m_mask`), the one
   implementation every front end uses. After each update the kernel variable is overwritten with the
@@ -27,14 +27,14 @@ from weightzip.core.pruning import (
     schedule_from_config,
 )
 from weightzip.keras._rewrite import copy_layer
-from weightzip.keras.pruning_registry import (
+from weightzip.keras._substitution import SubstitutingWrapper
+from weightzip.keras.pruning.registry import (
     LayerKind,
     UnsupportedLayerError,
     classify_for_pruning,
     prunable_weights,
     unsupported_for_pruning,
 )
-from weightzip.keras.variable_substitution import SubstitutingWrapper
 
 _POOLING = {"AVG": "avg", "MAX": "max"}
 

@@ -22,7 +22,7 @@ import keras
 
 from weightzip.core.errors import InvalidClusterCountError
 from weightzip.keras._rewrite import Rewriter, copy_layer, is_graph_model, strip_policy
-from weightzip.keras.quantization_wrapper import Preserve, QuantizeWrapper, quantizable_kernel
+from weightzip.keras.quantization.wrapper import Preserve, QuantizeWrapper, quantizable_kernel
 
 
 def quantize_model(to_quantize, preserve=Preserve.NONE, *, quantize_output: bool = True):

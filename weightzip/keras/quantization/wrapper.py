@@ -27,15 +27,15 @@ from weightzip.core.options import ParsableEnum
 from weightzip.core.palette import palettize_exact
 from weightzip.keras._layers import qat_layer_names, qat_layout
 from weightzip.keras._rewrite import copy_layer
-from weightzip.keras.clustering_registry import UnsupportedLayerError, clusterable_weights
-from weightzip.keras.quantization_ops import fake_quantize_activations, fake_quantize_weights
-from weightzip.keras.variable_substitution import call_with_substitutes
+from weightzip.keras._substitution import call_with_substitutes
+from weightzip.keras.clustering.registry import UnsupportedLayerError, clusterable_weights
+from weightzip.keras.quantization.ops import fake_quantize_activations, fake_quantize_weights
 
 # Layers whose kernel TFLite quantises per output channel, and which kernel axes share one scale, are the
 # `qat_layout` column of the layer table (weightzip.keras._layers): all but the last for Dense/Conv (output
 # channels last), the spatial axes for depthwise kernels (TFLite gives each of the in_channels *
 # depth_multiplier filters its own scale). The kernel itself is found by the shared layer registry
-# (:func:`weightzip.keras.clustering_registry.clusterable_weights`).
+# (:func:`weightzip.keras.clustering.registry.clusterable_weights`).
 
 MAX_PALETTE = 256  # more distinct values per channel than int8 has levels: the kernel is not clustered
 
