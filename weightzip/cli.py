@@ -424,7 +424,7 @@ def _decompress(args: argparse.Namespace) -> int:
         print(f"wrote {output}/: {len(written)} files")
         return 0
     if ("hf" in metadata or "safetensors" in metadata) and output.suffix == ".safetensors":
-        from weightzip.torch.hf import decompress_safetensors_file  # streamed: one tensor in memory at a time
+        from weightzip.safetensors_wz import decompress_safetensors_file  # streamed, NumPy only: no torch import
 
         size = decompress_safetensors_file(source, output, overwrite=args.overwrite)
         print(f"wrote {output}: {size:,} bytes")

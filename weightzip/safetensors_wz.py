@@ -19,13 +19,21 @@ from pathlib import Path
 import numpy as np
 
 from weightzip import __version__
-from weightzip.atomic import check_output_path
+from weightzip.atomic import atomic_output, check_output_path
 from weightzip.core import CentroidInitialization, ClusterConfig, ClusteredTensor, cluster_array
 from weightzip.core.errors import WeightzipError
 from weightzip.core.palette import drop_unused_centroids, smallest_exact_palette
 from weightzip.core.pruning import apply_mask, magnitude_mask
-from weightzip.format import WriteOptions, write_wz
-from weightzip.shards import WIDENED, open_safetensors
+from weightzip.format import WriteOptions, open_wz, write_wz
+from weightzip.shards import (
+    ITEMSIZES,
+    NUMPY_DTYPES,
+    WIDENED,
+    ShardError,
+    ShardLayout,
+    open_safetensors,
+    write_safetensors_arrays,
+)
 
 CHECKPOINT_KEY = "safetensors"  # a bare (sharded) safetensors checkpoint: shard layout and tensor specs
 
@@ -195,3 +203,78 @@ def compress_checkpoint(checkpoint, source: Path, output, layout_metadata: dict,
     stream = encoded() if jobs is None and scheduler is None else encoded_in_parallel()
     size = write_wz(output, stream, extra, options=options, overwrite=overwrite, inputs=inputs)
     return DirectoryCompression(str(source), str(output), size, total, actions)
+
+
+# torch dtype names (the `torch_dtypes` metadata) -> safetensors dtype names
+TORCH_DTYPE_NAMES = {"bfloat16": "BF16", "float16": "F16", "float32": "F32", "float64": "F64"}
+
+
+def stored_array(name: str, array: np.ndarray, dtype: str, shape, restore: bool) -> np.ndarray:
+    """A decoded tensor as the bytes safetensors stores for `dtype` (a BF16 tensor: its uint16 bit patterns).
+
+    restore: the metadata's ``torch_dtypes`` names the tensor (bfloat16 stored widened, or a float dtype stored
+    with narrower float16 codebooks): it is cast back (to bfloat16: rounded to nearest even, exact for values
+    that came from bfloat16; a NaN keeps its sign and payload's top bits). Otherwise the dtypes must agree."""
+    if tuple(array.shape) != tuple(shape):
+        raise ShardError(f"tensor {name!r}: decoded shape {list(array.shape)}, its spec says {list(shape)}")
+    if dtype == "BF16" and restore and np.issubdtype(array.dtype, np.floating):
+        bits = np.ascontiguousarray(array, dtype=np.float32).view(np.uint32)
+        top = bits >> np.uint32(16)
+        rounded = (bits + np.uint32(0x7FFF) + (top & np.uint32(1))) >> np.uint32(16)
+        return np.where(np.isnan(array), top, rounded).astype(np.uint16)
+    target = NUMPY_DTYPES.get(dtype)
+    if target is not None and array.dtype == target:
+        return array
+    if target is not None and restore and np.issubdtype(target, np.floating) and np.issubdtype(array.dtype, np.floating):
+        return array.astype(target)
+    raise ShardError(f"tensor {name!r}: decoded as {array.dtype}, its spec says {dtype}")
+
+
+def write_wz_as_safetensors(wz, output, specs: dict, names: list[str], restore: set, metadata: dict,
+                            overwrite: bool) -> int:
+    """Write the tensors `names` of the open `.wz` file `wz` (:func:`weightzip.format.open_wz`) to the one
+    ``.safetensors`` file `output`, atomically, one tensor decoded at a time; specs: name -> (safetensors dtype
+    name, shape); restore: the names the metadata's ``torch_dtypes`` casts back. Returns the bytes written."""
+    missing = [name for name in names if name not in wz.tensors]
+    if missing:
+        raise ModelDirectoryError(f"{wz.path}: the shard layout names {len(missing)} tensor(s) the file does not "
+                                  f"hold, e.g. {missing[0]!r}")
+
+    def fetch(name: str) -> np.ndarray:
+        value = wz.read(name)
+        array = value.decode() if isinstance(value, ClusteredTensor) else value
+        return stored_array(name, array, *specs[name], name in restore)
+
+    with atomic_output(output, overwrite=overwrite, inputs=(wz.path,)) as temporary:
+        return write_safetensors_arrays(temporary, [(name, *specs[name]) for name in names], fetch, metadata)
+
+
+def decompress_safetensors_file(path, output, *, overwrite: bool = False) -> int:
+    """Write every tensor of a `.wz` made from safetensors (a checkpoint or a model directory) into the one
+    ``.safetensors`` file `output`, streaming one tensor at a time with NumPy only; returns the bytes written."""
+    path = Path(path)
+    check_output_path(output, overwrite=overwrite, inputs=(path,))
+    with open_wz(path) as wz:
+        metadata = wz.metadata
+        stored = metadata.get(CHECKPOINT_KEY, metadata.get("hf"))
+        if metadata.get("framework") != "torch" or not isinstance(stored, dict):
+            raise ModelDirectoryError(f"{path}: has no safetensors shard layout")
+        layout = ShardLayout.from_json(stored.get("layout"), str(path))
+        names = [name for _, shard_names, _ in layout.shards for name in shard_names]
+        specs = stored.get("specs")
+        if not isinstance(specs, dict) or set(specs) != set(names):
+            raise ModelDirectoryError(f"{path}: the shard layout's tensor specs are missing or do not match its names")
+        checked = {}
+        for name in names:
+            try:
+                dtype, shape = specs[name]
+                checked[name] = (dtype if dtype in ITEMSIZES else None, tuple(int(d) for d in shape))
+            except (KeyError, TypeError, ValueError):
+                raise ModelDirectoryError(f"{path}: malformed spec for tensor {name!r}") from None
+            if checked[name][0] is None:
+                raise ModelDirectoryError(f"{path}: malformed spec for tensor {name!r}")
+        torch_dtypes = metadata.get("torch_dtypes") or {}
+        if not isinstance(torch_dtypes, dict):
+            raise ModelDirectoryError(f"{path}: torch_dtypes must be a JSON object")
+        return write_wz_as_safetensors(wz, output, checked, names, set(torch_dtypes), layout.shards[0][2] or
+                                       {"format": "pt"}, overwrite)

@@ -323,3 +323,34 @@ def _check_unique(values: list[str], where: str, what: str = "tensor") -> None:
         if value in seen:
             raise ShardError(f"{where}: {what} {value!r} appears twice")
         seen.add(value)
+
+
+def write_safetensors_arrays(path, specs, fetch, metadata: dict[str, str] | None = None) -> int:
+    """Write a safetensors file at `path` holding the tensors `specs` ((name, safetensors dtype name, shape),
+    in that order), calling ``fetch(name)`` for each one's NumPy array just before writing it (its bytes as
+    stored: a BF16 tensor as its uint16 bit patterns); returns the bytes written. One tensor in memory at a time
+    (NumPy only; :func:`weightzip.torch.shards.write_safetensors` takes torch tensors)."""
+    specs = list(specs)
+    header: dict = {"__metadata__": {str(k): str(v) for k, v in metadata.items()}} if metadata else {}
+    offset = 0
+    for name, dtype, shape in specs:
+        if dtype not in ITEMSIZES:
+            raise ShardError(f"tensor {name!r}: dtype {dtype} has no safetensors name")
+        nbytes = math.prod(shape) * ITEMSIZES[dtype]
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    encoded += b" " * (-len(encoded) % 8)
+    with open(path, "wb") as stream:
+        stream.write(struct.pack("<Q", len(encoded)))
+        stream.write(encoded)
+        for name, dtype, shape in specs:
+            array = np.ascontiguousarray(fetch(name))
+            if tuple(array.shape) != tuple(shape) or array.dtype.itemsize != ITEMSIZES[dtype]:
+                raise ShardError(f"tensor {name!r}: got {array.dtype}{list(array.shape)}, expected {dtype}{list(shape)}")
+            if array.size:
+                stream.write(memoryview(array.reshape(-1)).cast("B"))  # no copy of the tensor's bytes
+            del array
+        stream.flush()
+        os.fsync(stream.fileno())
+    return 8 + len(encoded) + offset

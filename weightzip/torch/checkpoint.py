@@ -380,6 +380,10 @@ def decompress_to_file(path, output, *, overwrite: bool = False) -> int:
     archive gives the archive back (with the decoded weights) for ``.pt``/``.pth``/``.jit``/``.ts``/
     ``.torchscript``/``.zip``, and its state_dict for ``.safetensors``/``.bin``."""
     output = check_output_path(output, overwrite=overwrite, inputs=(path,))
+    if output.suffix == ".safetensors":
+        written = _stream_to_safetensors(path, output, overwrite)
+        if written is not None:
+            return written
     state, skeleton = _read_state(path)
     allowed = CHECKPOINT_SUFFIXES + (ARCHIVE_SUFFIXES if skeleton is not None else ())
     if output.suffix not in allowed:
@@ -397,3 +401,30 @@ def decompress_to_file(path, output, *, overwrite: bool = False) -> int:
         data = buffer.getvalue()
     write_bytes_atomically(output, data, overwrite=overwrite, inputs=(path,))
     return len(data)
+
+
+def _stream_to_safetensors(path, output, overwrite: bool) -> int | None:
+    """A state_dict `.wz` written to ``.safetensors`` one tensor at a time (NumPy only, peak memory one tensor,
+    not the whole file built in memory); None for a TorchScript-made file (its skeleton is no tensor of the
+    state_dict) or a dtype safetensors has no name for (then written the general way)."""
+    from weightzip.format import open_wz
+    from weightzip.safetensors_wz import TORCH_DTYPE_NAMES, write_wz_as_safetensors
+    from weightzip.shards import NUMPY_DTYPES
+
+    names_of = {dtype: name for name, dtype in NUMPY_DTYPES.items()}
+    with open_wz(path) as wz:
+        if wz.metadata.get("source") == "torchscript":
+            return None
+        views = {name: np.empty(0, dtype=info.dtype) for name, info in wz.tensors.items()}
+        torch_dtypes = _checked_torch_dtypes(wz.metadata, views, path)
+        specs = {}
+        for name, info in wz.tensors.items():
+            restored = torch_dtypes.get(name)
+            dtype = TORCH_DTYPE_NAMES.get(str(restored).removeprefix("torch.")) if restored is not None \
+                else names_of.get(np.dtype(info.dtype).newbyteorder("<") if np.dtype(info.dtype).itemsize > 1
+                                  else np.dtype(info.dtype))
+            if dtype is None:
+                return None
+            specs[name] = (dtype, tuple(info.shape))
+        return write_wz_as_safetensors(wz, output, specs, list(wz.tensors), set(torch_dtypes),
+                                       {"source": Path(path).name}, overwrite)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from weightzip.atomic import atomic_directory, atomic_output
+from weightzip.atomic import atomic_directory
 from weightzip.core import ClusteredTensor
 from weightzip.core.errors import ArgumentTypeError, WeightzipError
 from weightzip.format import read_metadata
@@ -39,10 +39,11 @@ from weightzip.safetensors_wz import (  # noqa: F401  (the checkpoint route, tor
     TensorAction,
     compress_checkpoint,
     compress_safetensors,
+    decompress_safetensors_file,
     specs_json,
 )
 from weightzip.torch.checkpoint import as_stored_tensor
-from weightzip.torch.shards import DTYPES, ShardError, ShardLayout, open_safetensors, write_safetensors, write_sharded
+from weightzip.torch.shards import DTYPES, ShardError, ShardLayout, open_safetensors, write_sharded
 
 METADATA_KEY = "hf"  # a model directory: shard layout, tensor specs, carried files
 CONFIG_FILE = "config.json"
@@ -99,22 +100,6 @@ def decompress_safetensors(path, directory, *, overwrite: bool = False) -> list[
         raise ModelDirectoryError(f"{path}: has no safetensors shard layout; decompress it to one .safetensors "
                                   "or .pt file instead")
     return _write_checkpoint(path, metadata, stored, directory, overwrite, {})
-
-
-def decompress_safetensors_file(path, output, *, overwrite: bool = False) -> int:
-    """Write every tensor of a `.wz` made from safetensors (a checkpoint or a model directory) into the one
-    ``.safetensors`` file `output`, streaming one tensor at a time; returns the bytes written."""
-    path = Path(path)
-    metadata = read_metadata(path)
-    stored = metadata.get(CHECKPOINT_KEY, metadata.get(METADATA_KEY))
-    if metadata.get("framework") != "torch" or not isinstance(stored, dict):
-        raise ModelDirectoryError(f"{path}: has no safetensors shard layout")
-    layout = ShardLayout.from_json(stored.get("layout"), str(path))
-    specs, fetch = _checked_fetch(path, metadata, stored, layout)
-    names = [name for _, shard_names, _ in layout.shards for name in shard_names]
-    with atomic_output(output, overwrite=overwrite, inputs=(path,)) as temporary:
-        return write_safetensors(temporary, [(name, *specs[name]) for name in names], fetch,
-                                 layout.shards[0][2] or {"format": "pt"})
 
 
 def has_shard_layout(metadata: dict) -> bool:

@@ -1,0 +1,62 @@
+"""The torch-free safetensors route: compress and decompress a checkpoint with NumPy only, values exact where
+they must be (bfloat16 with its NaN payloads, integer and kept tensors), clustered ones within their bound."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+from weightzip.shards import open_safetensors  # noqa: E402
+
+
+def _bfloat16_with_nans(shape) -> torch.Tensor:
+    tensor = torch.randn(shape).to(torch.bfloat16)
+    bits = tensor.view(torch.int16).clone()
+    bits.view(-1)[:3] = torch.tensor([0x7FC1, -0x3F, 0x7F81], dtype=torch.int16)  # NaNs with payloads and signs
+    return bits.view(torch.bfloat16)
+
+
+def test_cli_round_trip_imports_no_torch_and_keeps_exact_tensors_exact(tmp_path):
+    torch.manual_seed(0)
+    state = {"attn.weight": torch.randn(64, 48), "gate.weight": torch.randn(32, 16).to(torch.bfloat16),
+             "norm.weight": _bfloat16_with_nans((48,)), "steps": torch.arange(5, dtype=torch.int64),
+             "half.weight": torch.randn(8, 8).to(torch.float16)}
+    source, packed, restored = tmp_path / "model.safetensors", tmp_path / "model.wz", tmp_path / "back.safetensors"
+    save_file(state, str(source))
+    code = ("import sys; from weightzip.cli import main; "
+            f"assert main(['compress', {str(source)!r}, '--clusters', '8', '-o', {str(packed)!r}]) == 0; "
+            f"assert main(['decompress', {str(packed)!r}, '-o', {str(restored)!r}]) == 0; "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1].replace("'", '"')) == []
+    back = load_file(str(restored))
+    assert {name: (t.dtype, t.shape) for name, t in back.items()} == \
+        {name: (t.dtype, t.shape) for name, t in state.items()}
+    assert torch.equal(back["steps"], state["steps"])
+    # rank 1: kept exactly, bfloat16 NaNs with their signs and payloads too
+    assert torch.equal(back["norm.weight"].view(torch.int16), state["norm.weight"].view(torch.int16))
+    for name in ("attn.weight", "gate.weight", "half.weight"):  # 2-D: clustered, in their own dtypes
+        assert back[name].unique().numel() <= 8
+        assert torch.mean((back[name].float() - state[name].float()) ** 2) < 0.05
+    assert torch.mean((back["attn.weight"] - state["attn.weight"]) ** 2) < 0.05
+
+
+def test_arrays_are_the_torch_tensors_values(tmp_path):
+    torch.manual_seed(1)
+    state = {"a": torch.randn(4, 5), "b": _bfloat16_with_nans((6,)), "c": torch.arange(7, dtype=torch.int32),
+             "d": torch.zeros(0, 3)}
+    save_file(state, str(tmp_path / "m.safetensors"))
+    checkpoint = open_safetensors(tmp_path / "m.safetensors")
+    arrays = {name: np.array(array) for name, array in checkpoint.arrays()}
+    for name, tensor in state.items():
+        expected = tensor.to(torch.float32) if tensor.dtype == torch.bfloat16 else tensor
+        assert arrays[name].dtype == expected.numpy().dtype and arrays[name].shape == tuple(tensor.shape)
+        assert arrays[name].tobytes() == expected.numpy().tobytes()  # bit for bit, NaN payloads included
