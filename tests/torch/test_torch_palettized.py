@@ -93,7 +93,7 @@ def test_unclustered_layers_stay_dense_unless_requested():
     assert isinstance(model[2], nn.Linear)  # 16 distinct values, but a palette would not be smaller
     with pytest.raises(InvalidClusterCountError, match="'0.weight' is not clustered"):
         palettize(model, layers=["0"])
-    with pytest.raises(WeightzipError, match="no Linear, Conv1d, Conv2d, Embedding layer"):
+    with pytest.raises(WeightzipError, match="no Linear, Conv1d, Conv2d, Embedding, RNN, LSTM, GRU, RNNCell, LSTMCell, GRUCell layer"):
         palettize(nn.Sequential(nn.Conv3d(2, 2, 1)), layers=[nn.Conv3d])
 
 

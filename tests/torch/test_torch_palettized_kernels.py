@@ -233,16 +233,16 @@ def test_load_palettized_refuses_a_mismatching_file_before_replacing_anything(tm
 
 def test_load_palettized_reports_clustered_tensors_it_leaves_dense(tmp_path):
     torch.manual_seed(6)
-    model = nn.Sequential(nn.Linear(6, 6), nn.GRU(6, 4))
+    model = nn.Sequential(nn.Linear(6, 6), nn.MultiheadAttention(6, 2))
     path = saved(tmp_path, cluster_weights(model, 4))
-    fresh = nn.Sequential(nn.Linear(6, 6), nn.GRU(6, 4))
-    with pytest.warns(UserWarning, match=r"1.weight_ih_l0 \(not the weight of a Linear"):
+    fresh = nn.Sequential(nn.Linear(6, 6), nn.MultiheadAttention(6, 2))
+    with pytest.warns(UserWarning, match=r"1.in_proj_weight \(not the weight of a Linear"):
         load_palettized(fresh, path)
-    assert isinstance(fresh[0], PalettizedLinear) and isinstance(fresh[1], nn.GRU)
+    assert isinstance(fresh[0], PalettizedLinear) and isinstance(fresh[1], nn.MultiheadAttention)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        x = torch.randn(3, 6)
-        fresh[1](fresh[0](x))
+        x = fresh[0](torch.randn(3, 6))
+        fresh[1](x, x, x)
 
 
 def test_eager_calls_skip_the_dispatcher_but_gradients_are_refused_loudly():

@@ -49,6 +49,7 @@ from weightzip.torch.palettized import (
     weight_memory_bytes,
 )
 from weightzip.torch.palettized_loader import PalettizedLoadError, load_palettized
+from weightzip.torch.palettized_recurrent import PalettizedRNNBase, PalettizedRNNCellBase
 from weightzip.torch.palettized_sparse import PalettizedSparseLinear
 from weightzip.torch.pruning import (
     PruningMask,
@@ -80,6 +81,8 @@ __all__ = [
     "PalettizedConv2d",
     "PalettizedEmbedding",
     "PalettizedLinear",
+    "PalettizedRNNBase",
+    "PalettizedRNNCellBase",
     "PalettizedSparseLinear",
     "PalettizedLoadError",
     "UnsupportedLayerError",

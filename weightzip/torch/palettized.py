@@ -33,6 +33,7 @@ from weightzip.core.palette import drop_unused_centroids, smallest_exact_palette
 from weightzip.torch._kernels import ops as _ops  # also registers torch.ops.weightzip.*
 from weightzip.torch._kernels.layout import Palette, decode_rows_torch, unpack_rows
 from weightzip.torch.clustering import ClusteredWeight
+from weightzip.torch.palettized_recurrent import RECURRENT_LAYERS, palettized_recurrent, why_not_recurrent
 from weightzip.torch.palettized_sparse import PalettizedSparseLinear, smaller_sparse
 from weightzip.torch.targets import copy_unless_inplace, find_targets
 from weightzip.torch.tensors import to_numpy
@@ -207,7 +208,8 @@ PALETTIZED_LAYERS: dict[type[nn.Module], tuple[type[PalettizedWeight], callable]
 }
 
 
-def palette_of(module: nn.Module, channel_axis: int, max_clusters: int = 256) -> ClusteredTensor | None:
+def palette_of(module: nn.Module, channel_axis: int, max_clusters: int = 256,
+               name: str = "weight") -> ClusteredTensor | None:
     """The module's weight as codebook + indices, or None when it is not clustered.
 
     A clustered weight gives its own codebook. A plain weight is palettized exactly by the core's
@@ -215,13 +217,13 @@ def palette_of(module: nn.Module, channel_axis: int, max_clusters: int = 256) ->
     it counts as not clustered when both hold more than `max_clusters` distinct values per codebook or
     would not store smaller than the dense float32 weight.
     """
-    if parametrize.is_parametrized(module, "weight"):
-        stack = module.parametrizations["weight"]
+    if parametrize.is_parametrized(module, name):
+        stack = module.parametrizations[name]
         if len(stack) == 1 and isinstance(stack[0], ClusteredWeight):
             return drop_unused_centroids(stack[0].to_clustered_tensor())
         raise WeightzipError(f"cannot palettize a weight parametrized by {[type(p).__name__ for p in stack]}; "
                              "strip it first")
-    return exact_palette(to_numpy(module.weight), channel_axis, max_clusters)
+    return exact_palette(to_numpy(getattr(module, name)), channel_axis, max_clusters)
 
 
 def exact_palette(values: np.ndarray, channel_axis: int | None, max_clusters: int = 256) -> ClusteredTensor | None:
@@ -245,19 +247,21 @@ def palettize(module: nn.Module, *, max_clusters: int = 256,
     without `layers`, such layers simply stay dense.
     """
     module = copy_unless_inplace(module, inplace)
-    targets = [t for t in find_targets(module, layers)
-               if parametrize.type_before_parametrizations(t.module) in PALETTIZED_LAYERS]
-    if layers is not None and not targets:
-        names = ", ".join(kind.__name__ for kind in PALETTIZED_LAYERS)
+    found = find_targets(module, layers)
+    targets = [t for t in found if parametrize.type_before_parametrizations(t.module) in PALETTIZED_LAYERS]
+    recurrent: dict[str, list] = {}
+    for target in found:
+        if parametrize.type_before_parametrizations(target.module) in RECURRENT_LAYERS:
+            recurrent.setdefault(target.module_name, []).append(target)
+    if layers is not None and not targets and not recurrent:
+        names = ", ".join(kind.__name__ for kind in (*PALETTIZED_LAYERS, *RECURRENT_LAYERS))
         raise WeightzipError(f"no {names} layer among {layers!r}")
     replaced = module
     for target in targets:
         palette = palette_of(target.module, target.channel_axis, max_clusters)
         if palette is None:
             if layers is not None:
-                raise InvalidClusterCountError(
-                    f"{target.qualified_name!r} is not clustered: more than {max_clusters} distinct values per "
-                    "tensor and per channel, or a palette would not store smaller; cluster it first")
+                raise _not_clustered(target.qualified_name, max_clusters)
             continue
         kind = parametrize.type_before_parametrizations(target.module)
         _, build = PALETTIZED_LAYERS[kind]
@@ -267,13 +271,38 @@ def palettize(module: nn.Module, *, max_clusters: int = 256,
                                          device=target.module.weight.device)
         else:
             new = build(target.module, palette)
-        new.train(target.module.training)
-        if target.module_name:
-            parent_name, _, child = target.module_name.rpartition(".")
-            parent = module.get_submodule(parent_name) if parent_name else module
-            setattr(parent, child, new)
-        else:
-            replaced = new
+        replaced = _replace(module, target.module_name, target.module, new, replaced)
+    for module_name, weights in recurrent.items():
+        dense = weights[0].module
+        palettes = {t.parameter_name: palette_of(dense, t.channel_axis, max_clusters, t.parameter_name)
+                    for t in weights}
+        unclustered = [t.qualified_name for t in weights if palettes[t.parameter_name] is None]
+        reason = why_not_recurrent(dense)
+        if unclustered or reason:
+            if layers is not None:
+                if reason:
+                    raise WeightzipError(f"cannot palettize {module_name!r}: {reason}")
+                raise _not_clustered(unclustered[0], max_clusters)
+            continue
+        dtype = next(p for name, p in dense.named_parameters() if "weight" in name).dtype
+        new = palettized_recurrent(dense, palettes, dtype)
+        replaced = _replace(module, module_name, dense, new, replaced)
+    return replaced
+
+
+def _not_clustered(name: str, max_clusters: int) -> InvalidClusterCountError:
+    return InvalidClusterCountError(
+        f"{name!r} is not clustered: more than {max_clusters} distinct values per tensor and per channel, or a "
+        "palette would not store smaller; cluster it first")
+
+
+def _replace(root: nn.Module, module_name: str, old: nn.Module, new: nn.Module, replaced: nn.Module) -> nn.Module:
+    """Put `new` where `old` is (`module_name` under `root`); returns the new root when `old` was the root."""
+    new.train(old.training)
+    if not module_name:
+        return new
+    parent_name, _, child = module_name.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
     return replaced
 
 
@@ -285,4 +314,7 @@ def weight_memory_bytes(module: nn.Module) -> int:
             total += submodule.weight_bytes()
         elif isinstance(submodule, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)):
             total += submodule.weight.numel() * submodule.weight.element_size()
+        elif isinstance(submodule, (nn.RNNBase, nn.RNNCellBase)):
+            weights = [p for name, p in submodule.named_parameters(recurse=False) if name.startswith("weight")]
+            total += sum(p.numel() * p.element_size() for p in weights)
     return total

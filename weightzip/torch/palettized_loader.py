@@ -34,6 +34,7 @@ from weightzip.format import DEFAULT_MAX_ELEMENTS, TensorInfo, WzFile, open_wz
 from weightzip.torch._kernels.layout import Palette, SparsePalette
 from weightzip.torch.memory import release_free_memory
 from weightzip.torch.palettized import PALETTIZED_LAYERS
+from weightzip.torch.palettized_recurrent import RECURRENT_LAYERS, palettized_recurrent, why_not_recurrent
 from weightzip.torch.palettized_sparse import PalettizedSparseLinear, smaller_sparse
 
 FRAMEWORK = "torch"
@@ -61,7 +62,11 @@ def load_palettized(model: nn.Module, path, *, max_elements: int = DEFAULT_MAX_E
         torch_dtypes = wz.metadata.get("torch_dtypes") or {}
         built = {}
         for module_name, (module, info) in palettized.items():
-            built[module_name] = _palettized_layer(module, _palette(wz, info, isinstance(module, nn.Linear)))
+            if isinstance(info, dict):  # a recurrent layer: a palette per weight
+                palettes = {name: _palette(wz, weight, False) for name, weight in info.items()}
+                built[module_name] = palettized_recurrent(module, palettes, _float_dtype(module))
+            else:
+                built[module_name] = _palettized_layer(module, _palette(wz, info, isinstance(module, nn.Linear)))
         tensors = {}
         for name, info in dense.items():
             tensors[name] = _dense_tensor(wz.read(name), torch_dtypes.get(name), info, path)
@@ -96,6 +101,9 @@ def _plan(model: nn.Module, records: dict[str, TensorInfo], path: Path):
                                           "create the model with its non-persistent buffers on the CPU")
     palettized, dense, left_dense = {}, dict(records), {}
     for module_name, module in model.named_modules():
+        if type(module) in RECURRENT_LAYERS:
+            _plan_recurrent(module_name, module, records, palettized, dense, left_dense)
+            continue
         weight_name = f"{module_name}.weight" if module_name else "weight"
         record = records.get(weight_name)
         if record is None or record.kind != "clustered":
@@ -108,11 +116,32 @@ def _plan(model: nn.Module, records: dict[str, TensorInfo], path: Path):
         del dense[weight_name]
     for name, record in dense.items():
         if record.kind == "clustered" and name not in left_dense:
-            left_dense[name] = "not the weight of a Linear, Conv1d, Conv2d or Embedding layer"
+            left_dense[name] = "not the weight of a Linear, Conv1d, Conv2d, Embedding or recurrent layer"
     if left_dense:
         listed = ", ".join(f"{name} ({reason})" for name, reason in left_dense.items())
         warnings.warn(f"{path}: clustered tensors loaded as dense float weights: {listed}", stacklevel=3)
     return palettized, dense
+
+
+def _plan_recurrent(module_name: str, module: nn.Module, records: dict[str, TensorInfo], palettized: dict,
+                    dense: dict, left_dense: dict) -> None:
+    """An RNN/LSTM/GRU (or cell) is palettized when every one of its weights is stored clustered."""
+    prefix = f"{module_name}." if module_name else ""
+    names = [name for name, _ in module.named_parameters(recurse=False) if name.startswith("weight")]
+    infos = {name: records[prefix + name] for name in names}
+    if not any(info.kind == "clustered" for info in infos.values()):
+        return
+    reason = why_not_recurrent(module)
+    if reason is None and any(info.kind != "clustered" for info in infos.values()):
+        reason = "not every weight of the layer is clustered"
+    if reason is None and max(info.clusters for info in infos.values()) > MAX_PALETTIZED_CLUSTERS:
+        reason = f"more than {MAX_PALETTIZED_CLUSTERS} clusters"
+    if reason:
+        left_dense.update({prefix + name: reason for name, info in infos.items() if info.kind == "clustered"})
+        return
+    palettized[module_name] = (module, infos)
+    for name in names:
+        del dense[prefix + name]
 
 
 def _why_not_palettized(module: nn.Module, record: TensorInfo) -> str | None:
@@ -138,10 +167,15 @@ def _palette(wz: WzFile, info: TensorInfo, linear: bool) -> Palette | SparsePale
     return sparse if sparse is not None else Palette.from_clustered(clustered)
 
 
+def _float_dtype(module: nn.Module) -> torch.dtype:
+    dtype = next(p for name, p in module.named_parameters(recurse=False) if name.startswith("weight")).dtype
+    return dtype if dtype.is_floating_point else torch.float32
+
+
 def _palettized_layer(module: nn.Module, clustered: Palette | SparsePalette) -> nn.Module:
     """The palettized counterpart of `module`, on the CPU, without its bias (loaded with the dense tensors)."""
     layer_type, _ = PALETTIZED_LAYERS[type(module)]
-    dtype = module.weight.dtype if module.weight.dtype.is_floating_point else torch.float32
+    dtype = _float_dtype(module)
     if isinstance(clustered, SparsePalette):
         return PalettizedSparseLinear(clustered, None, dtype=dtype, device="cpu")
     if isinstance(module, nn.Linear):
@@ -169,7 +203,7 @@ def _install(model: nn.Module, built: dict[str, nn.Module], tensors: dict[str, t
     for module_name, layer in built.items():
         old = model.get_submodule(module_name)
         layer.train(old.training)
-        if getattr(old, "bias", None) is not None:
+        if isinstance(getattr(old, "bias", None), torch.Tensor):
             layer.bias = nn.Parameter(torch.empty(0), requires_grad=old.bias.requires_grad)
         if module_name:
             parent_name, _, child = module_name.rpartition(".")

@@ -205,3 +205,62 @@ palettized_sparse_linear = torch.library.custom_op("weightzip::palettized_sparse
 @palettized_sparse_linear.register_fake
 def _(x, row_ptr, gaps, values, codebook, rows, cols, rows_per_group):
     return x.new_empty(*x.shape[:-1], rows)
+
+
+RNN_MODES = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")
+
+
+def _step(mode: str, gi: torch.Tensor, gh: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None):
+    """One time step of the recurrence from the input and hidden projections (biases included)."""
+    if mode == "LSTM":
+        i, f, g, o = (gi + gh).chunk(4, dim=-1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
+    if mode == "GRU":
+        ir, iz, in_ = gi.chunk(3, dim=-1)
+        hr, hz, hn = gh.chunk(3, dim=-1)
+        r, z = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
+        n = torch.tanh(in_ + r * hn)
+        return (1 - z) * n + z * h, None
+    pre = gi + gh
+    return (torch.tanh(pre) if mode == "RNN_TANH" else torch.relu(pre)), None
+
+
+def rnn(x: torch.Tensor, h0: torch.Tensor, c0: Optional[torch.Tensor],
+        ih_packed: torch.Tensor, ih_codebook: torch.Tensor, ih_offsets: Optional[torch.Tensor], ih_bits: int,
+        ih_rows_per_group: int, hh_packed: torch.Tensor, hh_codebook: torch.Tensor,
+        hh_offsets: Optional[torch.Tensor], hh_bits: int, hh_rows_per_group: int,
+        b_ih: Optional[torch.Tensor], b_hh: Optional[torch.Tensor], mode: str, reverse: bool
+        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One layer and direction of an RNN/LSTM/GRU with palettized weights: x (T, B, input) and h0/c0 (B, H)
+    give (outputs (T, B, H), h_T, c_T; c_T is empty but for LSTM). The input projection of every step is
+    one palettized GEMM; each step's hidden projection a palettized GEMV (the fused kernel for B <= 4)."""
+    steps, batch, inputs = x.shape
+    hidden = h0.shape[-1]
+    gates = {"LSTM": 4, "GRU": 3}.get(mode, 1) * hidden
+    gi = linear(x.reshape(steps * batch, inputs), ih_packed, ih_codebook, ih_offsets, ih_bits, gates, inputs,
+                ih_rows_per_group).reshape(steps, batch, gates)
+    if b_ih is not None:
+        gi = gi + b_ih
+    h, c = h0, c0
+    outputs = [h0] * steps
+    for t in (range(steps - 1, -1, -1) if reverse else range(steps)):
+        gh = linear(h, hh_packed, hh_codebook, hh_offsets, hh_bits, gates, hidden, hh_rows_per_group)
+        if b_hh is not None:
+            gh = gh + b_hh
+        h, c = _step(mode, gi[t], gh, h, c)
+        outputs[t] = h
+    out = torch.stack(outputs) if steps else x.new_empty(0, batch, hidden)
+    c_out = c.clone() if mode == "LSTM" else x.new_empty(0)
+    return out, h.clone(), c_out
+
+
+palettized_rnn = torch.library.custom_op("weightzip::palettized_rnn", mutates_args=())(rnn)
+
+
+@palettized_rnn.register_fake
+def _(x, h0, c0, ih_packed, ih_codebook, ih_offsets, ih_bits, ih_rows_per_group, hh_packed, hh_codebook,
+      hh_offsets, hh_bits, hh_rows_per_group, b_ih, b_hh, mode, reverse):
+    steps, batch, hidden = x.shape[0], x.shape[1], h0.shape[-1]
+    c_shape = (batch, hidden) if mode == "LSTM" else (0,)
+    return x.new_empty(steps, batch, hidden), x.new_empty(batch, hidden), x.new_empty(c_shape)
