@@ -9,6 +9,7 @@
     weightzip compress MODEL_DIR --clusters 16      # a Hugging Face model directory -> MODEL_DIR.wz
     weightzip decompress MODEL_DIR.wz -o DIR        # the directory again (from_pretrained(DIR) loads it)
     weightzip report model.wz -o report.html        # figures: histograms, bits per weight, stages
+    weightzip run model.wz --input x.npy            # run a compressed TorchScript (or --program .pt2) model
 """
 
 from __future__ import annotations
@@ -458,6 +459,38 @@ def _decompress(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    """weightzip run: a compressed TorchScript / .pt2 program on .npy inputs (weightzip.torch.run)."""
+    import numpy as np
+
+    from weightzip.atomic import atomic_output, check_output_path
+
+    if args.output is not None:
+        if Path(args.output).suffix not in (".npy", ".npz"):
+            raise CliError(f"{args.output}: outputs are written to a .npy (one output) or .npz file")
+        check_output_path(args.output, overwrite=args.overwrite, inputs=(args.file, *args.input))
+    from weightzip.torch.run import load_inputs, load_program, run
+
+    arrays = load_inputs(args.input)
+    module = load_program(args.file, args.program)
+    outputs = run(module, arrays, names=args.input)
+    for index, array in enumerate(outputs):
+        span = f", range [{array.min():.6g}, {array.max():.6g}]" if array.size and array.dtype.kind in "biuf" else ""
+        print(f"output {index}: {array.dtype} {list(array.shape)}{span}")
+    if args.output is not None:
+        output = Path(args.output)
+        if output.suffix == ".npy" and len(outputs) != 1:
+            raise CliError(f"{output}: the program gave {len(outputs)} outputs; write them to a .npz file")
+        with atomic_output(output, overwrite=args.overwrite, inputs=(args.file, *args.input)) as temporary:
+            with open(temporary, "wb") as handle:
+                if output.suffix == ".npy":
+                    np.save(handle, outputs[0], allow_pickle=False)
+                else:
+                    np.savez(handle, *outputs)
+        print(f"wrote {output}")
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from weightzip.atomic import check_output_path
     from weightzip.progress import progress_bar
@@ -634,7 +667,19 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--overwrite", action="store_true", help="replace outputs that exist")
     report.add_argument("--json", action="store_true", help="print only a JSON summary (one line) on stdout")
     report.set_defaults(handler=_report)
-    for command in (demo, compress, decompress, inspect, report):
+    run = commands.add_parser(
+        "run", help="run a compressed TorchScript or .pt2 program on .npy inputs",
+        description="Loads the program of a .wz made from a TorchScript archive (or the --program a .wz of "
+        "weights belongs to: a .pt2 or TorchScript file), puts the decoded weights in after checking their "
+        "names and shapes, and runs it on the inputs; prints each output's dtype, shape and range.")
+    run.add_argument("file", help="the .wz file")
+    run.add_argument("--input", action="append", required=True, metavar="X.npy",
+                     help="an input array (numpy.save); repeat for a program with several inputs, in order")
+    run.add_argument("--program", help="the .pt2 program or TorchScript archive the .wz's weights belong to")
+    run.add_argument("-o", "--output", help="write the outputs to this .npy (one output) or .npz file")
+    run.add_argument("--overwrite", action="store_true", help="replace an output that exists")
+    run.set_defaults(handler=_run)
+    for command in (demo, compress, decompress, inspect, report, run):
         command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                              help="show TensorFlow/absl log lines and framework warnings")
     return parser
