@@ -44,8 +44,10 @@ class Step:
     note: str = ""
 
     def row(self) -> str:
+        """The step's figures, and the machine's 1-minute load average as the step ended (a shared machine:
+        wall times and parallel speed-ups mean little under a load above its core count)."""
         return (f"{self.label:<34} {self.wall:8.1f} {self.cpu:8.1f} {self.weights / self.wall / 1e6:10.2f} "
-                f"{self.weights / self.cpu / 1e6:10.2f} {self.peak_rss_mib:9.0f}  {self.note}")
+                f"{self.weights / self.cpu / 1e6:10.2f} {self.peak_rss_mib:9.0f} {os.getloadavg()[0]:5.1f}  {self.note}")
 
 
 def block_shapes(hidden: int) -> list[tuple[str, tuple[int, ...]]]:
@@ -101,17 +103,54 @@ def make_checkpoint(directory: Path, weights: float, hidden: int, shard_weights:
     return index, total, middle
 
 
+def high_water_mib(pid: int) -> float:
+    """Peak resident memory (VmHWM) of process `pid` and of its descendants so far, the largest, in MiB.
+
+    Not ``ru_maxrss``: Linux starts a child's maxrss at the resident size of the process that forked it (this
+    script, which holds the checkpoint while making it, and distributed's modules), whatever the child uses."""
+    import psutil
+
+    peak = 0.0
+    try:
+        processes = [psutil.Process(pid)] + psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return peak
+    for process in processes:
+        try:
+            with open(f"/proc/{process.pid}/status") as status:
+                for line in status:
+                    if line.startswith("VmHWM:"):
+                        peak = max(peak, int(line.split()[1]) / 1024)
+        except OSError:
+            pass
+    return peak
+
+
 def run(command: list[str], label: str, weights: int, note: str = "") -> Step:
-    """Run `command` in its own process; wall time, CPU time and peak RSS of that process."""
+    """Run `command` in its own process; wall time, CPU time (with its children's) and the peak RSS of the
+    process and its descendants (VmHWM sampled every 20 ms: it only grows, so the last sample is the peak but
+    for what a process adds in its last 20 ms)."""
+    import threading
+
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    peak, finished = [0.0], threading.Event()
+
+    def sample():
+        while not finished.wait(0.02):
+            peak[0] = max(peak[0], high_water_mib(process.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     output = process.stdout.read().decode(errors="replace")
+    finished.set()
+    sampler.join()
     _, status, usage = os.wait4(process.pid, 0)
     wall = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{label}: `{' '.join(command)}` failed:\n{output[-2000:]}")
-    return Step(label, weights, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, note)
+    return Step(label, weights, wall, usage.ru_utime + usage.ru_stime, peak[0], note)
 
 
 def cli(*arguments) -> list[str]:
@@ -196,9 +235,10 @@ def main() -> None:
         help_text = compress_help()
         by_index = accepts_index(index, workdir)
         print()
-        print(f"{'step':<34} {'wall s':>8} {'CPU s':>8} {'Mw/s wall':>10} {'Mw/s CPU':>10} {'peak MiB':>9}  note")
+        print(f"{'step':<34} {'wall s':>8} {'CPU s':>8} {'Mw/s wall':>10} {'Mw/s CPU':>10} {'peak MiB':>9} {'load':>5}  "
+              f"note ({os.cpu_count()} cores)")
         print("-" * 100)
-        startup = run([sys.executable, "-c", "import weightzip.cli, weightzip.torch.checkpoint"], "startup (imports only)", 1)
+        startup = run([sys.executable, "-c", "import weightzip.cli, weightzip.safetensors_wz"], "startup (imports only)", 1)
         print(f"{startup.label:<34} {startup.wall:8.1f} {startup.cpu:8.1f} {'':>10} {'':>10} {startup.peak_rss_mib:9.0f}  "
               "included in every step below (one process per step)")
         for k in args.clusters:
