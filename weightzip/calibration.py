@@ -162,3 +162,34 @@ def _load_image_folder(folder: Path, shape: tuple[int | None, ...], max_samples:
 
 
 __all__ = ["ARRAY_NAME", "CalibrationError", "IMAGE_SUFFIXES", "image_layout", "load_calibration"]
+
+
+MAX_TEXT_BYTES = 64 * 1024 * 1024  # a calibration text is a few hundred sentences; refuse anything far larger
+
+
+def load_calibration_text(path, *, max_samples: int | None = None) -> list[str]:
+    """Calibration sentences for a language model: a UTF-8 text file, one sentence (or passage) per line.
+
+    Blank lines are skipped and surrounding whitespace stripped. At least two sentences are needed (some to
+    fit, some held out to measure fidelity). Every problem is one :class:`CalibrationError` line.
+    """
+    source = Path(path)
+    if source.is_dir():
+        raise CalibrationError(f"calibration text {source}: a folder; expected a text file with one sentence a line")
+    if not source.is_file():
+        raise CalibrationError(f"calibration text {source}: no such file")
+    if source.stat().st_size > MAX_TEXT_BYTES:
+        raise CalibrationError(f"calibration text {source}: {source.stat().st_size:,} bytes, more than the "
+                               f"{MAX_TEXT_BYTES:,} a calibration text may hold")
+    data = source.read_bytes()
+    if b"\0" in data:
+        raise CalibrationError(f"calibration text {source}: a binary file, not text with one sentence a line")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise CalibrationError(f"calibration text {source}: not UTF-8 text (byte {error.start})") from None
+    sentences = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(sentences) < 2:
+        raise CalibrationError(f"calibration text {source}: {len(sentences)} non-empty line(s); at least 2 sentences "
+                               "are needed (one a line: some fit the compression, some are held out to measure it)")
+    return sentences[:max_samples] if max_samples is not None else sentences

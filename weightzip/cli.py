@@ -240,12 +240,22 @@ def _compress_directory(source: Path, args) -> int:
     """A Hugging Face model directory (config.json + safetensors shards) -> one .wz carrying its other files;
     a sharded checkpoint's model.safetensors.index.json -> one .wz keeping the shard layout."""
     _check_compress_options(args)
+    # a model directory runs with --calibration TEXT (one sentence a line); a bare checkpoint cannot run
+    runnable = ("--calibration", "--sensitivity", "--bits-per-weight", "--min-fidelity") if source.is_dir() else ()
     refused = [flag for flag, value in _post_training_flags(args) + [
         ("--data", args.data), ("--conv-sparsity", args.conv_sparsity), ("--conv-clusters", args.conv_clusters),
-        ("--custom-objects", args.custom_objects)] if value is not None]
+        ("--custom-objects", args.custom_objects)] if value is not None and flag not in runnable]
     if refused:
-        raise CliError(f"{', '.join(refused)}: not available for a model directory (post-training clustering of "
-                       "every weight matrix; use --clusters, --sparsity, --per-channel, --group-size, --init)")
+        kind = "model directory" if source.is_dir() else "bare safetensors checkpoint"
+        raise CliError(f"{', '.join(refused)}: not available for a {kind} (post-training clustering of every "
+                       "weight matrix; use --clusters, "
+                       "--sparsity, --per-channel, --group-size, --init"
+                       + (", and --calibration TEXT with --sensitivity, --bits-per-weight, --min-fidelity)"
+                          if source.is_dir() else ")"))
+    needing = [flag for flag, value in _post_training_flags(args)[1:] if value is not None and flag in runnable]
+    if needing and args.calibration is None:
+        raise CliError(f"{', '.join(needing)}: need --calibration TEXT (a text file, one sentence a line) to run the "
+                       "model on")
     from weightzip.progress import progress_bar
 
     if source.is_dir():
@@ -257,11 +267,14 @@ def _compress_directory(source: Path, args) -> int:
     folder = source if source.is_dir() else source.parent
     output = Path(args.output) if args.output else folder.resolve().with_suffix(".wz")
     compress = compress_model_dir if source.is_dir() else compress_safetensors
+    calibration = {} if not source.is_dir() else dict(
+        calibration=args.calibration, sensitivity=args.sensitivity, bits_per_weight=args.bits_per_weight,
+        min_fidelity=args.min_fidelity)
     with progress_bar(f"compressing {source.name}", enabled=not args.json) as update:
         summary = compress(source, output, number_of_clusters=settings["clusters"], init=settings["init"],
-                                     per_channel=settings["per_channel"], group_size=settings["group_size"],
-                                     sparsity=settings["sparsity"], overwrite=args.overwrite, progress=update,
-                                     jobs=args.jobs, scheduler=args.scheduler)
+                           per_channel=settings["per_channel"], group_size=settings["group_size"],
+                           sparsity=settings["sparsity"], overwrite=args.overwrite, progress=update,
+                           jobs=args.jobs, scheduler=args.scheduler, **calibration)
     if args.json:
         print(json.dumps(summary.to_json()))
         return 0
@@ -274,6 +287,14 @@ def _compress_directory(source: Path, args) -> int:
         print(f"  not clustered, {reason}: {len(names)} tensors, e.g. {names[0]}")
     for name, reason in summary.left_out.items():
         print(f"  left out {name}: {reason}")
+    if summary.post_training is not None:
+        for line in summary.post_training.summary_lines()[:2]:  # mode and size; measured fidelity
+            print(line)
+        warning = summary.post_training.warning()
+        if warning:
+            print(warning, file=sys.stderr)
+    elif source.is_dir():
+        print("fidelity not measured (no --calibration: give a text file, one sentence a line)")
     return 0
 
 
@@ -614,7 +635,8 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("--batch-size", type=int, help="retraining batch size")
     compress.add_argument("--calibration", metavar="PATH",
                           help="post-training: calibration inputs (an .npz with an array 'x', or a folder of images "
-                          "resized to the model's input, scaled to [0, 1]) for sensitivities and measured fidelity")
+                          "resized to the model's input, scaled to [0, 1]; for a Hugging Face model directory, a "
+                          "text file with one sentence a line) for sensitivities and measured fidelity")
     compress.add_argument("--bits-per-weight", type=float, metavar="B",
                           help="post-training: choose each tensor's k and codebooks for this average over the "
                           "compressed tensors (codebooks and indices counted as stored)")

@@ -91,3 +91,39 @@ def read_idx(path: str | Path) -> np.ndarray:
     if len(data) != expected:
         raise DatasetFileError(f"{path}: {len(data)} bytes, expected {expected} for shape {shape}")
     return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+
+
+def _english_sentences(text: str) -> list[str]:
+    """Sentences of 40..300 characters, mostly letters (no tables, code or reference lists), in text order."""
+    import re
+
+    text = re.sub(r"[`*:=\-_|]{2,}|\.\. [a-z_]+::.*", " ", text)
+    text = re.sub(r"\s+", " ", text)
+    return [sentence.strip() for sentence in re.split(r"(?<=[.!?])\s+", text)
+            if 40 <= len(sentence) <= 300 and sum(c.isalpha() for c in sentence) > 0.6 * len(sentence)]
+
+
+def dataset_description_sentences() -> dict[str, list[str]]:
+    """Sentences of the dataset descriptions that ship inside scikit-learn (``sklearn/datasets/descr/*.rst``),
+    by file name (~190 sentences in 14 files), for calibration and evaluation of language models offline."""
+    spec = importlib.util.find_spec("sklearn.datasets")
+    if spec is None or not spec.submodule_search_locations:
+        raise DatasetUnavailableError("the dataset descriptions ship inside scikit-learn: pip install scikit-learn")
+    folder = Path(next(iter(spec.submodule_search_locations))) / "descr"
+    files = sorted(folder.glob("*.rst"))
+    if not files:
+        raise DatasetUnavailableError(f"scikit-learn is installed but {folder} holds no .rst descriptions")
+    return {file.name: _english_sentences(file.read_text(encoding="utf-8")) for file in files}
+
+
+def python_documentation_sentences() -> list[str]:
+    """Sentences of the Python language reference that ships with CPython (``pydoc_data.topics``, what
+    ``help()`` shows; ~1,800 sentences), unique, in a fixed order: more held-out text, from another source."""
+    try:
+        from pydoc_data.topics import topics
+    except ImportError:
+        raise DatasetUnavailableError("this Python lacks pydoc_data (the help() topics)") from None
+    found = []
+    for name in sorted(topics):
+        found.extend(_english_sentences(topics[name]))
+    return list(dict.fromkeys(found))

@@ -65,6 +65,7 @@ class DirectoryCompression:
     tensors: list[TensorAction] = field(default_factory=list)
     carried_files: list[str] = field(default_factory=list)
     left_out: dict[str, str] = field(default_factory=dict)  # file -> reason
+    post_training: object = None  # the PostTrainingReport of a directory compressed with calibration text
 
     @property
     def ratio(self) -> float:
@@ -77,7 +78,8 @@ class DirectoryCompression:
         return {"input": self.source, "output": self.output, "output_bytes": self.output_bytes,
                 "input_weight_bytes": self.weight_bytes, "ratio": round(self.ratio, 3), "tensor_counts": counts,
                 "not_clustered": {t.name: f"{t.action}: {t.reason}" for t in self.tensors if t.action != "clustered"},
-                "carried_files": self.carried_files, "left_out": self.left_out}
+                "carried_files": self.carried_files, "left_out": self.left_out,
+                "post_training": None if self.post_training is None else self.post_training.to_metadata()}
 
 
 def encode_array(name, array: np.ndarray, axes, config: ClusterConfig | None, per_channel: bool,
@@ -145,9 +147,12 @@ def compress_checkpoint(checkpoint, source: Path, output, layout_metadata: dict,
                         max_clusters: int = 256, metadata: dict | None = None,
                         options: WriteOptions = WriteOptions(), overwrite: bool = False,
                         progress: Progress | None = None, jobs: int | None = None,
-                        scheduler: str | None = None) -> DirectoryCompression:
+                        scheduler: str | None = None, calibrated=None) -> DirectoryCompression:
     """Stream the checkpoint's tensors, one at a time, through the encoder into the `.wz` writer (with `jobs`
-    or `scheduler`: encoded in parallel by :mod:`weightzip.parallel`, written in the same order)."""
+    or `scheduler`: encoded in parallel by :mod:`weightzip.parallel`, written in the same order).
+    calibrated: a :class:`weightzip.torch.hf_calibration.CalibratedWeights` (a model directory compressed with
+    calibration text): its clustered tensors replace :func:`encode_array`'s, its kept ones are stored as
+    they are, its report goes into the metadata and its write options are the file's."""
     output = Path(output)
     inputs = [checkpoint.directory / file for file in checkpoint.layout.files]
     check_output_path(output, overwrite=overwrite, inputs=inputs)
@@ -189,20 +194,36 @@ def compress_checkpoint(checkpoint, source: Path, output, layout_metadata: dict,
         for name, array in checkpoint.arrays():
             if progress is not None:
                 progress(name, done[0], total)
-            value = encode_array(name, array, None, config, per_channel, max_clusters, sparsity)
+            if calibrated is not None and name in calibrated.stored:
+                value, action = calibrated.stored[name], TensorAction(name, "clustered")
+            elif calibrated is not None and name in calibrated.kept:
+                value, action = array, TensorAction(name, "kept", calibrated.kept[name])
+            else:
+                value = encode_array(name, array, None, config, per_channel, max_clusters, sparsity)
+                action = action_of(name, value, config)
+                if calibrated is not None and name in calibrated.unused and action.action == "clustered":
+                    action = TensorAction(name, "clustered", "not in the loaded model: clustered without calibration")
             done[0] += entries[name].nbytes
             del array
-            actions.append(action_of(name, value, config))
+            actions.append(action)
             yield name, value
         if progress is not None:
             progress("", total, total)
 
     extra = dict(metadata or {})
+    if calibrated is not None:
+        torch_dtypes.update(calibrated.torch_dtypes)
+        options = calibrated.write_options
+        extra["post_training"] = calibrated.report.to_metadata()  # weightzip.core.post_training.METADATA_KEY
     extra.update(framework="torch", source=kind, weightzip=__version__, torch_dtypes=torch_dtypes)
     extra.update(layout_metadata)
     stream = encoded() if jobs is None and scheduler is None else encoded_in_parallel()
     size = write_wz(output, stream, extra, options=options, overwrite=overwrite, inputs=inputs)
-    return DirectoryCompression(str(source), str(output), size, total, actions)
+    summary = DirectoryCompression(str(source), str(output), size, total, actions)
+    if calibrated is not None:
+        calibrated.report.file_bytes = size
+        summary.post_training = calibrated.report
+    return summary
 
 
 # torch dtype names (the `torch_dtypes` metadata) -> safetensors dtype names

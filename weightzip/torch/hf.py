@@ -1,6 +1,7 @@
 """Hugging Face model directories to and from `.wz` files.
 
     compress_model_dir("all-MiniLM-L6-v2/", "minilm.wz", number_of_clusters=16)
+    compress_model_dir("all-MiniLM-L6-v2/", "minilm.wz", calibration="sentences.txt")  # measured, weighted
     decompress_model_dir("minilm.wz", "minilm-restored/")      # AutoModel.from_pretrained("minilm-restored/")
     compress_pretrained(model, "model.wz", tokenizer=tokenizer)  # a loaded PreTrainedModel
     compress_safetensors("ckpt/model.safetensors.index.json", "ckpt.wz")  # a bare sharded checkpoint
@@ -15,6 +16,13 @@ rank >= 2 clustered, channel axis 0; others kept exactly). The other files trave
 same shard files with the same tensors in the same order, the same index, the same other files. Copies of
 the weights in other formats (``pytorch_model.bin``, ``tf_model.h5``, ``onnx/``, ...) are not carried; the
 summary names each with its reason.
+
+With ``calibration`` (sentences, or a text file of one sentence a line), the model is loaded with
+``transformers`` and its weights are compressed by the post-training path instead
+(:mod:`weightzip.torch.hf_calibration`: sensitivity-weighted clustering, per-layer allocation for
+``bits_per_weight`` / ``min_fidelity``, fidelity of the sentence embeddings measured on held-out
+sentences); the report is stored in the metadata (key ``post_training``), where ``inspect`` and
+``report`` show it. Without calibration, nothing measures fidelity and the report says so.
 """
 
 from __future__ import annotations
@@ -22,15 +30,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import tempfile
 from pathlib import Path
 
 import torch
 
-from weightzip.atomic import atomic_directory
-from weightzip.core import ClusteredTensor
+from weightzip.atomic import atomic_directory, check_output_path
+from weightzip.core import CentroidInitialization, ClusteredTensor
+from weightzip.core.allocation import DEFAULT_CLUSTERS, Candidates
 from weightzip.core.errors import ArgumentTypeError, WeightzipError
-from weightzip.format import read_metadata
+from weightzip.format import WriteOptions, read_metadata
 from weightzip.format.reader import inspect_wz, read_tensor
 from weightzip.safetensors_wz import (  # noqa: F401  (the checkpoint route, torch-free; re-exported here)
     CHECKPOINT_KEY,
@@ -53,25 +63,122 @@ OTHER_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt", ".on
                          ".tflite", ".mlmodel")
 OTHER_WEIGHT_DIRECTORIES = ("onnx", "openvino", "coreml", "tflite")
 SKIPPED_DIRECTORIES = (".git", ".cache", ".huggingface")
+# files a tokenizer is loaded from (transformers builds an empty-vocabulary one when none is there)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model",
+                   "spiece.model", "sentencepiece.bpe.model")
 
 def is_model_directory(path) -> bool:
     return Path(path).is_dir()
 
 
-def compress_model_dir(directory, output, **options) -> DirectoryCompression:
+def compress_model_dir(directory, output, *, calibration=None, sensitivity: str | None = None,
+                       bits_per_weight: float | None = None, min_fidelity: float | None = None, seed: int = 0,
+                       max_tokens: int | None = None, _model=None, _tokenizer=None,
+                       **options) -> DirectoryCompression:
     """Compress the Hugging Face model directory `directory` into the `.wz` file `output`.
 
     Options as in :func:`compress_safetensors`. Everything is checked (config.json, weights, index against
-    shards, output path) before the first tensor is read.
+    shards, output path, calibration text) before the first tensor is read.
+
+    calibration: sentences (a list of str) or the path of a UTF-8 text file, one sentence a line; the model
+    and tokenizer are loaded from the directory (``AutoModel``, ``AutoTokenizer``) and compressed post-training
+    (module doc): number_of_clusters shared values per codebook, one codebook per tensor, per channel
+    (per_channel) or per group of channels (group_size), weighted by `sensitivity` ("fisher" by default,
+    "activation", "none"); or a per-tensor choice for `bits_per_weight` / `min_fidelity` (mean cosine of the
+    sentence embeddings). seed: the split into fit and held-out sentences. max_tokens: per sentence.
     """
     directory = Path(directory)
     checkpoint, carried, left_out = _scan(directory)
+    post_training = dict(sensitivity=sensitivity, bits_per_weight=bits_per_weight, min_fidelity=min_fidelity,
+                         max_tokens=max_tokens)
+    calibrated = None
+    if calibration is not None:
+        check_output_path(output, overwrite=options.get("overwrite", False),
+                          inputs=[checkpoint.directory / file for file in checkpoint.layout.files])
+        calibrated = _calibrated(directory, checkpoint, calibration, seed, _model, _tokenizer, post_training, options)
+    else:
+        given = [name for name, value in post_training.items() if value is not None]
+        if given:
+            raise WeightzipError(f"{', '.join(given)} need calibration text (calibration=...)")
     files = {name: _pack_file(directory / name) for name in carried}
     stored = {"layout": checkpoint.layout.to_json(), "specs": specs_json(checkpoint), "files": files,
               "left_out": left_out}
-    summary = compress_checkpoint(checkpoint, directory, output, {METADATA_KEY: stored}, "hf_directory", **options)
+    summary = compress_checkpoint(checkpoint, directory, output, {METADATA_KEY: stored}, "hf_directory",
+                                   calibrated=calibrated, **options)
     summary.carried_files, summary.left_out = carried, left_out
     return summary
+
+
+def _calibrated(directory: Path, checkpoint, calibration, seed: int, model, tokenizer, post_training: dict,
+                options: dict):
+    """The post-training plan (weightzip.torch.hf_calibration) for a directory compressed with calibration text."""
+    from weightzip.calibration import load_calibration_text
+    from weightzip.torch.hf_calibration import DEFAULT_MAX_TOKENS, calibrate_pretrained
+
+    refused = [name for name in ("sparsity", "jobs", "scheduler") if options.get(name) not in (None, 0, 0.0)]
+    if options.get("max_clusters", 256) != 256:
+        refused.append("max_clusters")
+    init = options.get("init", CentroidInitialization.OPTIMAL)
+    if CentroidInitialization.parse(init) is not CentroidInitialization.OPTIMAL:
+        refused.append("init")
+    if options.get("options", WriteOptions()) != WriteOptions():
+        refused.append("options")
+    if refused:
+        raise WeightzipError(f"{', '.join(refused)}: not used with calibration text (post-training compression "
+                             "chooses the codebooks and the file's encoding itself)")
+    if options.get("number_of_clusters", 16) is None:
+        raise WeightzipError("calibration text needs clustering: give number_of_clusters (or bits_per_weight)")
+    sentences = calibration if isinstance(calibration, (list, tuple)) else load_calibration_text(calibration)
+    if len(sentences) < 2 or not all(isinstance(s, str) and s.strip() for s in sentences):
+        raise WeightzipError("calibration sentences must be at least 2 non-empty strings")
+    per_channel, group_size = options.get("per_channel", False), options.get("group_size", 1)
+    granularity = "tensor" if not per_channel else ("group" if group_size != 1 else "channel")
+    model, tokenizer = _loaded(directory, model, tokenizer)
+    specs = {entry.name: DTYPES[entry.dtype] for entry in checkpoint.entries.values()}
+    clusters = options.get("number_of_clusters", 16)
+    goals = {name: post_training[name] for name in ("bits_per_weight", "min_fidelity")
+             if post_training[name] is not None}
+    budget = None
+    if not goals and granularity == "tensor":  # k sets the size: log2(k) bits per weight, spent by allocation
+        if not 2 <= clusters <= 256:
+            raise WeightzipError(f"with calibration text, number_of_clusters must lie in [2, 256], got {clusters}")
+        budget = math.log2(clusters)
+        goals = dict(bits_per_weight=budget,
+                     candidates=Candidates(clusters=tuple(sorted(set(DEFAULT_CLUSTERS) | {clusters}))))
+    calibrated = calibrate_pretrained(model, tokenizer, list(sentences), specs,
+                                      max_tokens=post_training["max_tokens"] or DEFAULT_MAX_TOKENS,
+                                      clusters=clusters, granularity=granularity,
+                                      group_size=group_size if granularity == "group" else None,
+                                      sensitivity=post_training["sensitivity"], seed=seed, **goals)
+    if budget is not None:
+        calibrated.report.mode = f"allocated to {budget:g} bits per weight, the index width of k={clusters}"
+    return calibrated
+
+
+def _loaded(directory: Path, model, tokenizer):
+    """The model (transformers.AutoModel) and tokenizer of `directory`, unless given; one line when they do not load."""
+    from weightzip.core.errors import first_line
+
+    try:
+        if tokenizer is None:
+            if not any((directory / name).is_file() for name in TOKENIZER_FILES):
+                raise ModelDirectoryError(f"{directory}: no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); "
+                                          "calibration text is tokenized with the model's own tokenizer")
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(str(directory))
+        if model is None:
+            from transformers import AutoModel
+
+            model = AutoModel.from_pretrained(str(directory))
+    except WeightzipError:
+        raise
+    except ImportError:
+        raise ModelDirectoryError("calibration text needs transformers: pip install transformers") from None
+    except Exception as error:  # transformers raises OSError, ValueError, KeyError, ... for broken directories
+        raise ModelDirectoryError(f"{directory}: transformers cannot load the model or its tokenizer for "
+                                  f"calibration: {first_line(error)}") from None
+    return model, tokenizer
 
 
 def decompress_model_dir(path, directory, *, overwrite: bool = False) -> list[str]:
@@ -162,7 +269,8 @@ def compress_pretrained(model, output, *, tokenizer=None, **options) -> Director
     """Compress a loaded ``transformers.PreTrainedModel`` (and its tokenizer, if given) into `output`.
 
     The model is saved with ``save_pretrained`` (safetensors) into a temporary directory, which is then
-    compressed by :func:`compress_model_dir` with `options`.
+    compressed by :func:`compress_model_dir` with `options`; with ``calibration`` (sentences or a text file),
+    this model and `tokenizer` (needed then) are the ones run on it.
     """
     if not hasattr(model, "save_pretrained") or not hasattr(model, "config"):
         raise ArgumentTypeError(f"model must be a transformers PreTrainedModel, got {type(model).__name__}")
@@ -170,6 +278,10 @@ def compress_pretrained(model, output, *, tokenizer=None, **options) -> Director
         model.save_pretrained(temporary, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(temporary)
+        if options.get("calibration") is not None:
+            if tokenizer is None:
+                raise WeightzipError("calibration text needs the model's tokenizer: pass tokenizer=")
+            options = dict(options, _model=model, _tokenizer=tokenizer)
         summary = compress_model_dir(temporary, output, **options)
     summary.source = f"<{type(model).__name__}>"
     return summary
