@@ -119,3 +119,19 @@ def test_mobilenet_v2_report_renders_in_headless_chromium(tmp_path):
     assert pixels.std() > 0.05  # not blank
     colored = np.abs(pixels - pixels.mean(axis=2, keepdims=True)).max(axis=2) > 0.15
     assert colored.mean() > 0.01  # the plots' colored bars are on screen
+
+
+def test_report_reads_tensors_one_at_a_time_through_the_index(pruned_wz, monkeypatch):
+    """No whole-file decode: the report reads the header, then each plotted tensor alone."""
+    import weightzip.format.reader as reader
+
+    def whole_file(*args, **kwargs):
+        raise AssertionError("the report decoded the whole file")
+
+    monkeypatch.setattr(reader, "_decode_all", whole_file)
+    read = []
+    original = reader._decode_record
+    monkeypatch.setattr(reader, "_decode_record", lambda record, *rest: read.append(record.name) or
+                        original(record, *rest))
+    report = build_report(pruned_wz)
+    assert read == ["0.weight", "2.weight"] and set(report.histograms) == set(read)

@@ -183,6 +183,18 @@ def read_tensor(path, name: str, *, max_elements: int = DEFAULT_MAX_ELEMENTS):
         return _decode_one(source, name, max_elements, str(path))
 
 
+def iter_tensors(path, names=None, *, max_elements: int = DEFAULT_MAX_ELEMENTS):
+    """(name, tensor) of each record of a `.wz` file (or of those in `names`), in file order, decoded one at a
+    time from the open file through the header's section index: memory holds one tensor, not the file.
+    Each section read is checked by its own CRC-32 (the whole-file CRC is not: that needs every byte)."""
+    wanted = None if names is None else set(names)
+    with _open(path) as source:
+        _, records, reader, _ = _checked_source(source, max_elements, str(path), verify_file_crc=False)
+        for record in records:
+            if wanted is None or record.name in wanted:
+                yield record.name, _decode_record(record, reader, str(path))
+
+
 def decode_tensor(data: bytes, name: str, *, max_elements: int = DEFAULT_MAX_ELEMENTS, source: str = "<bytes>"):
     """Like :func:`read_tensor`, from the file's bytes."""
     return _decode_one(ByteSource(data), name, max_elements, source)

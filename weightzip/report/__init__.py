@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from weightzip.atomic import atomic_directory, write_bytes_atomically
+from weightzip.format.reader import iter_tensors
 from weightzip.report.data import FileReport, TensorReport, load_report
 
 __all__ = ["Report", "build_report", "load_report"]
@@ -64,7 +65,10 @@ def plotted(tensor: TensorReport) -> bool:
 
 
 def build_report(path, *, progress: Callable[[str, int, int], None] | None = None) -> Report:
-    """Read the `.wz` file `path` and draw its figures; progress(name, done, total) per figure drawn."""
+    """Read the `.wz` file `path` and draw its figures; progress(name, done, total) per figure drawn.
+
+    The sizes come from the file's header; the tensors are read one at a time for their histograms, so
+    memory holds one decoded tensor, not the whole file."""
     from weightzip.report import plots
 
     data = load_report(path)
@@ -74,12 +78,16 @@ def build_report(path, *, progress: Callable[[str, int, int], None] | None = Non
     if isinstance(rows, list) and rows and all(isinstance(r, dict) and "weighted_error" in r for r in rows):
         figures["error"] = plots.error_png(rows)
     histograms, used = {}, set()
-    for done, tensor in enumerate(chosen):
+    by_name = {t.name: t for t in chosen}
+    # one tensor in memory at a time, read through the header's section index
+    for done, (tensor_name, value) in enumerate(iter_tensors(path, by_name)):
+        tensor = by_name[tensor_name]
         if progress is not None:
             progress(tensor.name, done, len(chosen))
         name = _figure_name(tensor.name, used)
-        figures[name] = plots.histogram_png(tensor)
+        figures[name] = plots.histogram_png(tensor, value)
         histograms[tensor.name] = name
+        del value
     if progress is not None:
         progress("", len(chosen), len(chosen))
     return Report(data, figures, histograms)

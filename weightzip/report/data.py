@@ -22,7 +22,7 @@ import numpy as np
 
 from weightzip.core.cluster import ClusteredTensor
 from weightzip.core.sizing import TensorSize
-from weightzip.format import inspect_table, read_wz
+from weightzip.format import inspect_wz
 
 STAGES = ("float", "pruned", "clustered", "entropy-coded")
 POST_TRAINING_KEY = "post_training"  # weightzip.core.post_training.METADATA_KEY
@@ -30,10 +30,10 @@ POST_TRAINING_KEY = "post_training"  # weightzip.core.post_training.METADATA_KEY
 
 @dataclass(frozen=True)
 class TensorReport:
-    """One tensor of the file: its size row, its stored value (for the histogram) and its container share."""
+    """One tensor of the file: its size row (from the header) and its container share. Its stored value is
+    read only to draw its histogram (:func:`weightzip.format.reader.iter_tensors`, one tensor at a time)."""
 
     size: TensorSize
-    value: object  # ClusteredTensor or ndarray
     container_bytes: float
 
     @property
@@ -46,7 +46,7 @@ class TensorReport:
 
     @property
     def clustered(self) -> bool:
-        return isinstance(self.value, ClusteredTensor)
+        return self.size.kind == "clustered"
 
     @property
     def clusters(self) -> int | None:
@@ -79,9 +79,11 @@ class TensorReport:
         return {"float": size.original_bytes, "pruned": pruned, "clustered": clustered,
                 "entropy-coded": size.encoded_bytes}
 
-    def decoded_values(self) -> np.ndarray:
-        value = self.value.decode() if self.clustered else np.asarray(self.value)
-        return value.reshape(-1)
+
+def decoded_values(value) -> np.ndarray:
+    """A stored tensor (ClusteredTensor or ndarray) as a flat array of its values."""
+    value = value.decode() if isinstance(value, ClusteredTensor) else np.asarray(value)
+    return value.reshape(-1)
 
 
 @dataclass(frozen=True)
@@ -128,11 +130,12 @@ class FileReport:
 
 
 def load_report(path) -> FileReport:
-    """Read and check the `.wz` file `path` and gather what its report shows."""
+    """What the report of the `.wz` file `path` shows, from its envelope and header (checked); no tensor is
+    decoded here (the histograms read them one at a time)."""
     path = Path(path)
-    sizes = inspect_table(path)
-    tensors, metadata = read_wz(path)
+    summary = inspect_wz(path)
+    sizes = summary.report
     overhead = sizes.file_bytes - sizes.tensor_bytes
     weights = sum(row.weights for row in sizes.rows) or 1
-    rows = [TensorReport(row, tensors[row.name], overhead * row.weights / weights) for row in sizes.rows]
-    return FileReport(str(path), sizes.file_bytes, metadata, rows)
+    rows = [TensorReport(row, overhead * row.weights / weights) for row in sizes.rows]
+    return FileReport(str(path), sizes.file_bytes, summary.metadata, rows)

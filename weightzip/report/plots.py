@@ -16,7 +16,7 @@ import io
 import numpy as np
 
 from weightzip.core.cluster import ClusteredTensor
-from weightzip.report.data import STAGES, FileReport, TensorReport
+from weightzip.report.data import STAGES, FileReport, TensorReport, decoded_values
 
 COLORS = {"codebook": "#4e79a7", "indices": "#f28e2b", "sparse positions": "#59a14f", "container": "#bab0ac"}
 ZERO_COLOR = "#e15759"
@@ -40,10 +40,10 @@ def _png(figure) -> bytes:
     return buffer.getvalue()
 
 
-def histogram_png(tensor: TensorReport) -> bytes:
+def histogram_png(tensor: TensorReport, value) -> bytes:
+    """The histogram of one tensor whose stored `value` (ClusteredTensor or ndarray) was read from the file."""
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=(6.0, 2.6))
-    value = tensor.value
     zeros = tensor.pruned_zeros
     if isinstance(value, ClusteredTensor) and value.codebook.shape[0] == 1:
         centroids = value.codebook[0].astype(np.float64)
@@ -57,7 +57,7 @@ def histogram_png(tensor: TensorReport) -> bytes:
             axes.bar([0.0], [zeros], width=width, color=ZERO_COLOR, label=f"zeros (pruned): {zeros:,}")
         axes.plot(centroids, np.zeros_like(centroids), "^", color="black", markersize=4, label="centroid values")
     else:
-        values = tensor.decoded_values().astype(np.float64)
+        values = decoded_values(value).astype(np.float64)
         finite = values[np.isfinite(values)]
         kept = finite[finite != 0]
         if kept.size:
