@@ -209,6 +209,7 @@ def _post_training_flags(args) -> list[tuple[str, object]]:
 
 def _post_training_keras(model, source: Path, output: Path, args, console) -> int:
     from weightzip.calibration import load_calibration
+    from weightzip.core.rules import LayerRules
     from weightzip.keras.pipeline.post_training import compress_post_training
 
     settings = _post_training_settings(args)
@@ -217,8 +218,8 @@ def _post_training_keras(model, source: Path, output: Path, args, console) -> in
         calibration = load_calibration(args.calibration, tuple(model.inputs[0].shape[1:]))
     with console.status("post-training compression (no --data: no retraining)"):
         _, report = compress_post_training(
-            model, calibration, clusters=settings["clusters"], conv_clusters=args.conv_clusters,
-            sparsity=args.sparsity or 0.0, conv_sparsity=args.conv_sparsity, per_channel=settings["per_channel"],
+            model, calibration, clusters=LayerRules.tiers(settings["clusters"], conv=args.conv_clusters),
+            sparsity=LayerRules.tiers(args.sparsity or 0.0, conv=args.conv_sparsity), per_channel=settings["per_channel"],
             group_size=args.group_size, init=settings["init"], bits_per_weight=args.bits_per_weight,
             target_bytes=args.target_size,
             min_fidelity=args.min_fidelity, sensitivity=args.sensitivity, path=output, overwrite=args.overwrite,

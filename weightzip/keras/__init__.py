@@ -17,8 +17,9 @@ start with ``_`` are plumbing (the layer table, the one model rewriter, the Kera
 Initial centroids and masks come from :mod:`weightzip.core`.
 """
 
-from weightzip.core import CentroidInitialization
+from weightzip.core import CentroidInitialization, ClusteringSpec, PruningSpec
 from weightzip.core.pruning import ConstantSparsity, PolynomialDecay
+from weightzip.core.rules import CONVOLUTION, LayerRules
 from weightzip.keras._rewrite import LayerCopyError
 from weightzip.keras.clustering.api import cluster_scope, cluster_weights, strip_clustering
 from weightzip.keras.clustering.clusterable_layer import ClusterableLayer, ClusteringAlgorithm
@@ -79,6 +80,11 @@ __all__ = [
     "tflite_int8_kernels",
     "tflite_predict",
     "zipped_size",
+    # the specs and rules shared with weightzip.torch (weightzip.core)
+    "CONVOLUTION",
+    "ClusteringSpec",
+    "LayerRules",
+    "PruningSpec",
     # pipelines and .wz files
     "CompressionReport",
     "Dataset",

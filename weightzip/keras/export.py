@@ -26,6 +26,7 @@ import keras
 import numpy as np
 
 from weightzip.atomic import write_bytes_atomically
+from weightzip.core.errors import InvalidArgumentError, UnsupportedBackendError
 from weightzip.keras._rewrite import iter_layers
 
 # Ops whose input 1 is a weight tensor quantised per output channel (int8 models) / a float weight tensor.
@@ -64,21 +65,21 @@ def convert_to_tflite(model, representative_data=None, *, int8: bool = True, int
       unless `overwrite`.
     """
     if keras.backend.backend() != "tensorflow":
-        raise RuntimeError(
+        raise UnsupportedBackendError(
             f"TFLite conversion needs the TensorFlow Keras backend (KERAS_BACKEND=tensorflow); this process "
             f"uses {keras.backend.backend()!r}. Save the stripped model and convert it in a TensorFlow process"
         )
     import tensorflow as tf
 
     if any(isinstance(layer, keras.layers.Wrapper) for layer in iter_layers(model, include_root=True)):
-        raise ValueError("convert_to_tflite expects a stripped model: call strip_quantization / strip_pruning first")
+        raise InvalidArgumentError("convert_to_tflite expects a stripped model: call strip_quantization / strip_pruning first")
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     if int8:
         if representative_data is None:
-            raise ValueError("int8 conversion needs representative_data (a few hundred training inputs)")
+            raise InvalidArgumentError("int8 conversion needs representative_data (a few hundred training inputs)")
         samples = np.asarray(representative_data, dtype=np.float32)[:calibration_samples]
         if samples.shape[0] == 0:
-            raise ValueError("representative_data is empty")
+            raise InvalidArgumentError("representative_data is empty")
 
         def representative_dataset():
             for sample in samples:
@@ -104,7 +105,7 @@ def tflite_int8_kernels(flatbuffer: bytes) -> list[Int8Kernel]:
     details = {d["index"]: d for d in interpreter.get_tensor_details()}
     ops_details = getattr(interpreter, "_get_ops_details", None)  # the interpreter's only op-graph view
     if ops_details is None:
-        raise RuntimeError("this TFLite interpreter does not list its ops (_get_ops_details); cannot find kernels")
+        raise UnsupportedBackendError("this TFLite interpreter does not list its ops (_get_ops_details); cannot find kernels")
     kernels = []
     for op in ops_details():
         if op["op_name"] not in _INT8_WEIGHT_OPS or len(op["inputs"]) < 2:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from weightzip.core import ClusterConfig, InvalidClusterCountError, cluster_array, fit_centroids
+from weightzip.core import InvalidClusterCountError, cluster_array, fit_centroids
 from weightzip.keras.clustering.config import ClusteringParams, Reassignment
 
 
@@ -36,14 +36,7 @@ def initial_clusters(kernel: np.ndarray, params: ClusteringParams, channel_axis:
             return InitialClusters(centroids.astype(kernel.dtype)[None, :], None, None, None)
         except InvalidClusterCountError:
             pass  # fewer distinct values than k: cluster_array represents them exactly
-    config = ClusterConfig(
-        params.number_of_clusters,
-        init=params.cluster_centroids_init,
-        axis=axis,
-        preserve_sparsity=params.preserve_sparsity,
-        seed=params.seed,
-    )
-    clustered = cluster_array(kernel, config)
+    clustered = cluster_array(kernel, params.spec.cluster_config(channel_axis))
     codebook = clustered.codebook.astype(kernel.dtype)
     indices = clustered.indices.astype(np.int32) if need_indices else None
     if not params.preserve_sparsity:

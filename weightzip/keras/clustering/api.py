@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import keras
 
-from weightzip.core import CentroidInitialization
+from weightzip.core.errors import ArgumentTypeError, InvalidArgumentError
+from weightzip.core.specs import ClusteringSpec, build_spec
 from weightzip.keras._rewrite import Rewriter, copy_layer, is_graph_model, iter_layers
-from weightzip.keras.clustering.config import ClusteringParams
+from weightzip.keras.clustering.config import TFMOT_ALIASES, ClusteringParams
 from weightzip.keras.clustering.registry import LayerKind, classify_layer, unsupported_layer_error
 from weightzip.keras.clustering.wrapper import ClusterWeights
 
@@ -30,10 +31,13 @@ _PARAM_KEYWORDS = ("cluster_gradient_aggregation", "reassignment", "seed")
 
 def cluster_weights(
     to_cluster,
-    number_of_clusters,
-    cluster_centroids_init=CentroidInitialization.LINEAR,
-    cluster_per_channel=False,
-    preserve_sparsity=False,
+    number_of_clusters=None,
+    cluster_centroids_init=None,
+    cluster_per_channel=None,
+    preserve_sparsity=None,
+    *,
+    spec: ClusteringSpec | None = None,
+    inplace: bool | None = None,
     **kwargs,
 ):
     """Make a layer, a list of layers or a model train with clustered (shared) weights.
@@ -46,22 +50,37 @@ def cluster_weights(
     KMEANS_PLUS_PLUS initialisation); for a single layer also :class:`keras.layers.Layer` arguments
     of the wrapper, such as ``name``.
 
+    The names of :class:`~weightzip.core.specs.ClusteringSpec`, which ``weightzip.torch.cluster_weights`` takes,
+    work here too: ``init``, ``per_channel`` and ``gradient_aggregation`` are TFMOT's ``cluster_centroids_init``,
+    ``cluster_per_channel`` and ``cluster_gradient_aggregation`` (give one spelling, not both); ``spec=`` passes a
+    whole spec, and the keywords given next to it override its fields. Defaults: LINEAR, per tensor, SUM,
+    EVERY_STEP.
+
     The input is never modified, except a subclassed model (or custom container layer), which is
-    clustered in place (see the module docstring). Raises :class:`.UnsupportedLayerError` naming the
-    first layer with weights that cannot be clustered.
+    clustered in place (see the module docstring): it cannot be copied. ``inplace=False`` / ``True`` states which
+    one the caller expects, and is refused for an input that would be treated the other way (None: no check).
+    Raises :class:`.UnsupportedLayerError` naming the first layer with weights that cannot be clustered.
     """
-    param_kwargs = {key: kwargs.pop(key) for key in _PARAM_KEYWORDS if key in kwargs}
-    params = ClusteringParams(
-        number_of_clusters, cluster_centroids_init, cluster_per_channel, preserve_sparsity, **param_kwargs
-    )
+    tfmot = dict(cluster_centroids_init=cluster_centroids_init, cluster_per_channel=cluster_per_channel)
+    tfmot.update((key, kwargs.pop(key)) for key in _PARAM_KEYWORDS if key in kwargs)
+    fields = {TFMOT_ALIASES.get(key, key): value for key, value in tfmot.items()}
+    for tfmot_name, name in TFMOT_ALIASES.items():
+        if name in kwargs:
+            if tfmot.get(tfmot_name) is not None:
+                raise ArgumentTypeError(f"cluster_weights got both {tfmot_name}= and {name}= (the same option)")
+            fields[name] = kwargs.pop(name)
+    fields.update(number_of_clusters=number_of_clusters, preserve_sparsity=preserve_sparsity)
+    params = ClusteringParams.from_spec(build_spec(ClusteringSpec, spec, "cluster_weights", **fields))
+    if inplace is not None:
+        _check_inplace(to_cluster, inplace)
     if isinstance(to_cluster, (list, tuple)):
         if kwargs:
-            raise TypeError(f"unexpected keyword arguments for a list of layers: {sorted(kwargs)}")
+            raise ArgumentTypeError(f"unexpected keyword arguments for a list of layers: {sorted(kwargs)}")
         rewriter = Rewriter(_cluster_policy(params))
         return [rewriter.rewrite(_checked_layer(item)) for item in to_cluster]
     layer = _checked_layer(to_cluster)
     if kwargs and classify_layer(layer) is not LayerKind.CLUSTERED:
-        raise TypeError(
+        raise ArgumentTypeError(
             f"unexpected keyword arguments {sorted(kwargs)}: layer arguments apply to a single "
             "clusterable layer only"
         )
@@ -89,9 +108,22 @@ def cluster_scope():
     )
 
 
+def _check_inplace(to_cluster, inplace) -> None:
+    if not isinstance(inplace, bool):
+        raise ArgumentTypeError(f"inplace must be True, False or None, got {inplace!r}")
+    for item in to_cluster if isinstance(to_cluster, (list, tuple)) else [to_cluster]:
+        in_place = classify_layer(_checked_layer(item)) is LayerKind.CONTAINER
+        if in_place and not inplace:
+            raise InvalidArgumentError(f"{item.name!r} ({type(item).__name__}) can only be clustered in place: a "
+                                       "subclassed model or container layer cannot be copied (pass inplace=True)")
+        if inplace and not in_place:
+            raise InvalidArgumentError(f"{item.name!r} ({type(item).__name__}) is clustered as a copy, never in "
+                                       "place: inplace=True applies to subclassed models and container layers")
+
+
 def _checked_layer(value):
     if not isinstance(value, keras.layers.Layer):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"expected a keras Layer, a list of layers or a keras Model, got {type(value).__name__}"
         )
     return value

@@ -13,6 +13,8 @@ import abc
 import re
 from dataclasses import dataclass
 
+from weightzip.core.errors import InvalidArgumentError
+
 
 @dataclass(frozen=True)
 class ClusteringAlgorithm:
@@ -29,7 +31,7 @@ class ClusteringAlgorithm:
 
     def __post_init__(self):
         if isinstance(self.channel_axis, bool) or not isinstance(self.channel_axis, int):
-            raise ValueError(f"channel_axis must be an integer, got {self.channel_axis!r}")
+            raise InvalidArgumentError(f"channel_axis must be an integer, got {self.channel_axis!r}")
 
 
 class ClusterableLayer(abc.ABC):

@@ -1,9 +1,12 @@
-"""Options of trained weight clustering in Keras, validated once, with TFMOT's spellings accepted.
+"""Options of trained weight clustering in Keras: TFMOT's spellings as a view of the core's ClusteringSpec.
 
 - :class:`GradientAggregation`: how a centroid's gradient is formed from its members' gradients
   (TFMOT's ``cluster_gradient_aggregation``).
 - :class:`Reassignment`: whether weights may change cluster during fine-tuning.
-- :class:`ClusteringParams`: everything :func:`weightzip.keras.cluster_weights` was asked for.
+- :class:`ClusteringParams`: everything :func:`weightzip.keras.cluster_weights` was asked for, under TFMOT's names
+  (``cluster_centroids_init``, ``cluster_per_channel``, ``cluster_gradient_aggregation``): a view of the
+  :class:`~weightzip.core.specs.ClusteringSpec` that both front ends share (``init``, ``per_channel``,
+  ``gradient_aggregation``), validated by it.
 """
 
 from __future__ import annotations
@@ -11,41 +14,36 @@ from __future__ import annotations
 import enum
 from dataclasses import asdict, dataclass
 
-from weightzip.core import CentroidInitialization, InvalidClusterCountError
-from weightzip.core.options import GradientAggregation, ParsableEnum
-from weightzip.core.validation import check_cluster_count
+from weightzip.core import CentroidInitialization
+from weightzip.core.errors import ArgumentTypeError, InvalidArgumentError
+from weightzip.core.options import GradientAggregation, Reassignment
+from weightzip.core.specs import ClusteringSpec
 
+__all__ = ["ClusteringParams", "GradientAggregation", "Reassignment", "TFMOT_ALIASES"]
 
-class Reassignment(ParsableEnum):
-    """Whether a weight may move to another cluster while the clustered model is fine-tuned.
-
-    ``EVERY_STEP`` (default, TFMOT's behaviour): the layer keeps its original weights as trainable
-    variables. The forward pass replaces each by its nearest centroid; the backward pass gives the
-    centroids the (summed or averaged) gradient of their members and, by a straight-through estimator,
-    each original weight the gradient of its clustered value. Weights therefore drift across cluster
-    boundaries and are reassigned at every step.
-
-    ``FIXED`` (the Deep Compression paper): the assignment computed when the layer is clustered is
-    stored and never changes; only the centroids train and the original weights are frozen. Cheaper
-    per step (no search, no optimizer state for the kernel), less able to recover accuracy at small k.
-    """
-
-    EVERY_STEP = "every_step"
-    FIXED = "fixed"
+TFMOT_ALIASES = {
+    "cluster_centroids_init": "init",
+    "cluster_per_channel": "per_channel",
+    "cluster_gradient_aggregation": "gradient_aggregation",
+}
+"""TFMOT's keyword -> the ClusteringSpec field (the name both front ends use); the other names are the same."""
 
 
 @dataclass(frozen=True)
 class ClusteringParams:
-    """The clustering requested for every clusterable weight of a layer.
+    """The clustering requested for every clusterable weight of a layer, under TFMOT's names.
 
     number_of_clusters: k, the number of shared values per weight tensor (per channel when
         `cluster_per_channel`). With `preserve_sparsity`, one of the k is the exact zero.
-    cluster_centroids_init: where the centroids start (see :class:`CentroidInitialization`).
-    cluster_per_channel: one codebook per output channel instead of one per tensor.
+    cluster_centroids_init: where the centroids start (see :class:`CentroidInitialization`); the spec's `init`.
+    cluster_per_channel: one codebook per output channel instead of one per tensor; the spec's `per_channel`.
     preserve_sparsity: weights that are zero stay exactly zero; the zero centroid does not train.
-    cluster_gradient_aggregation: see :class:`GradientAggregation`.
-    reassignment: see :class:`Reassignment`.
+    cluster_gradient_aggregation: see :class:`GradientAggregation`; the spec's `gradient_aggregation`.
+    reassignment: see :class:`Reassignment` (EVERY_STEP, TFMOT's, by default).
     seed: seed of the RANDOM and KMEANS_PLUS_PLUS initialisations.
+
+    :attr:`spec` is the same request as a :class:`~weightzip.core.specs.ClusteringSpec`; :meth:`from_spec` the way
+    back.
     """
 
     number_of_clusters: int
@@ -57,26 +55,48 @@ class ClusteringParams:
     seed: int | None = None
 
     def __post_init__(self):
-        check_cluster_count(self.number_of_clusters)
-        object.__setattr__(self, "number_of_clusters", int(self.number_of_clusters))
-        object.__setattr__(
-            self, "cluster_centroids_init", _parse_init(self.cluster_centroids_init)
-        )
-        object.__setattr__(
-            self,
-            "cluster_gradient_aggregation",
-            GradientAggregation.parse(self.cluster_gradient_aggregation),
-        )
-        object.__setattr__(self, "reassignment", Reassignment.parse(self.reassignment))
-        for flag in ("cluster_per_channel", "preserve_sparsity"):
-            if not isinstance(getattr(self, flag), bool):
-                raise ValueError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
-        if self.preserve_sparsity and self.number_of_clusters < 2:
-            raise InvalidClusterCountError(
-                "preserve_sparsity needs number_of_clusters >= 2: one centroid is reserved for zero"
-            )
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise ValueError(f"seed must be an integer or None, got {self.seed!r}")
+        if self.reassignment is None:
+            object.__setattr__(self, "reassignment", Reassignment.EVERY_STEP)
+        spec = ClusteringSpec(self.number_of_clusters, self.cluster_centroids_init, self.cluster_per_channel,
+                              preserve_sparsity=self.preserve_sparsity,
+                              gradient_aggregation=self.cluster_gradient_aggregation,
+                              reassignment=self.reassignment, seed=self.seed)
+        for name, field in (("number_of_clusters", "number_of_clusters"), ("reassignment", "reassignment"),
+                            *((tfmot, field) for tfmot, field in TFMOT_ALIASES.items())):
+            object.__setattr__(self, name, getattr(spec, field))
+
+    @property
+    def spec(self) -> ClusteringSpec:
+        """This request as the core's :class:`ClusteringSpec` (the names PyTorch's ``cluster_weights`` takes)."""
+        return ClusteringSpec(self.number_of_clusters, self.cluster_centroids_init, self.cluster_per_channel,
+                              preserve_sparsity=self.preserve_sparsity,
+                              gradient_aggregation=self.cluster_gradient_aggregation,
+                              reassignment=self.reassignment, seed=self.seed)
+
+    @property
+    def init(self) -> CentroidInitialization:
+        return self.cluster_centroids_init
+
+    @property
+    def per_channel(self) -> bool:
+        return self.cluster_per_channel
+
+    @property
+    def gradient_aggregation(self) -> GradientAggregation:
+        return self.cluster_gradient_aggregation
+
+    @classmethod
+    def from_spec(cls, spec: ClusteringSpec) -> "ClusteringParams":
+        """The Keras view of `spec`. Keras clusters one codebook per tensor or per channel, from the initial
+        centroids as TFMOT does: a spec asking for `group_size` > 1 or Lloyd iterations is refused, not ignored."""
+        if not isinstance(spec, ClusteringSpec):
+            raise ArgumentTypeError(f"spec must be a ClusteringSpec, got {type(spec).__name__}")
+        for field, default in (("group_size", 1), ("lloyd_iterations", 0)):
+            if getattr(spec, field) != default:
+                raise InvalidArgumentError(f"{field}={getattr(spec, field)!r} is not available on the Keras front "
+                                           f"end (PyTorch and post-training clustering only)")
+        return cls(spec.number_of_clusters, spec.init, spec.per_channel, spec.preserve_sparsity,
+                   spec.gradient_aggregation, spec.reassignment, spec.seed)
 
     def to_config(self) -> dict:
         """Plain JSON-serialisable values (enums as their string values)."""
@@ -85,10 +105,3 @@ class ClusteringParams:
             if isinstance(value, enum.Enum):
                 config[key] = value.value
         return config
-
-
-def _parse_init(value) -> CentroidInitialization:
-    """The core's parser, also accepting TFMOT's ``"CentroidInitialization.LINEAR"`` strings."""
-    if isinstance(value, str) and "." in value and not isinstance(value, CentroidInitialization):
-        value = value.rpartition(".")[2]
-    return CentroidInitialization.parse(value)

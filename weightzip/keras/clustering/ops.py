@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from keras import ops
 
+from weightzip.core.errors import InvalidArgumentError
 from weightzip.keras._compat import in_xla_trace, segment_sum
 
 
@@ -130,7 +131,7 @@ def nearest_positions(weights, sorted_rows, channel_axis: int | None):
     midpoints = (sorted_rows[:, 1:] + sorted_rows[:, :-1]) / 2.0
     if channel_axis is None:
         if groups != 1:
-            raise ValueError(f"a per-tensor codebook has one row, got {groups}")
+            raise InvalidArgumentError(f"a per-tensor codebook has one row, got {groups}")
         if not in_xla_trace():
             found = ops.searchsorted(ops.reshape(midpoints, (-1,)), ops.reshape(weights, (-1,)), side="left")
             return ops.reshape(ops.cast(found, "int32"), kernel_shape)

@@ -20,16 +20,12 @@ import enum
 
 import keras
 
-from weightzip.core import WeightzipError
+from weightzip.core.errors import UnsupportedLayerError  # the one class both front ends raise
 from weightzip.keras._compat import ConvLSTMCell, is_graph_model
 from weightzip.keras._layers import LAST, LAYER_TABLE
 from weightzip.keras.clustering.clusterable_layer import ClusterableLayer, ClusterableWeight, ClusteringAlgorithm
 
 layers = keras.layers
-
-
-class UnsupportedLayerError(WeightzipError):
-    """A layer with weights that weightzip does not know how to cluster."""
 
 
 class LayerKind(enum.Enum):

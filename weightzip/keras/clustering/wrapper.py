@@ -21,6 +21,7 @@ import keras
 from keras import ops
 
 from weightzip.core import CentroidInitialization
+from weightzip.core.errors import ArgumentTypeError
 from weightzip.keras._rewrite import copy_layer
 from weightzip.keras._substitution import SubstitutingWrapper
 from weightzip.keras.clustering._initial_clusters import initial_clusters
@@ -78,7 +79,7 @@ class ClusterWeights(SubstitutingWrapper):
         **kwargs,
     ):
         if not isinstance(layer, keras.layers.Layer):
-            raise TypeError(f"ClusterWeights wraps a keras Layer, got {type(layer).__name__}")
+            raise ArgumentTypeError(f"ClusterWeights wraps a keras Layer, got {type(layer).__name__}")
         if isinstance(layer, ClusterWeights):
             raise UnsupportedLayerError(f"layer {layer.name!r} is already clustered")
         params = ClusteringParams(

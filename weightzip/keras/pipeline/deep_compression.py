@@ -27,8 +27,9 @@ import keras
 import numpy as np
 
 from weightzip.core import CentroidInitialization
-from weightzip.core.errors import WeightzipError
+from weightzip.core.errors import InvalidArgumentError, WeightzipError
 from weightzip.core.pruning import PolynomialDecay, apply_mask, magnitude_mask
+from weightzip.core.rules import CONVOLUTION, LayerRules
 from weightzip.format import Coding, WriteOptions
 from weightzip.keras._layers import is_convolution
 from weightzip.keras._rewrite import Rewriter, copy_layer, iter_layers
@@ -49,7 +50,7 @@ def _is_count(value, minimum: int) -> bool:
 
 def _check_sparsity(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+        raise InvalidArgumentError(f"{name} must be a number in [0, 1), got {value!r}")
     return float(value)
 
 
@@ -59,12 +60,12 @@ def _check_real(name: str, value, low: float, high: float, *, open_low: bool = F
     if not is_real or math.isnan(value) or value < low or (open_low and value == low) or value > high \
             or math.isinf(value):
         interval = f"{'(' if open_low else '['}{low:g}, {high:g}{')' if math.isinf(high) else ']'}"
-        raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
+        raise InvalidArgumentError(f"{name} must be a number in {interval}, got {value!r}")
 
 
 def _check_clusters(name: str, value) -> int:
     if not _is_count(value, 2) or value > 65536:
-        raise ValueError(f"{name} must be an integer in [2, 65536], got {value!r}")
+        raise InvalidArgumentError(f"{name} must be an integer in [2, 65536], got {value!r}")
     return int(value)
 
 
@@ -72,13 +73,17 @@ def _frozen_mapping(name: str, mapping, check) -> Mapping:
     if mapping is None:
         mapping = {}
     if not isinstance(mapping, Mapping):
-        raise ValueError(f"{name} must be a mapping of layer name -> value, got {type(mapping).__name__}")
+        raise InvalidArgumentError(f"{name} must be a mapping of layer name -> value, got {type(mapping).__name__}")
     checked = {}
     for key, value in mapping.items():
         if not isinstance(key, str) or not key:
-            raise ValueError(f"{name} keys must be layer names (non-empty strings), got {key!r}")
+            raise InvalidArgumentError(f"{name} keys must be layer names (non-empty strings), got {key!r}")
         checked[key] = check(f"{name}[{key!r}]", value)
     return types.MappingProxyType(checked)
+
+
+def _categories(layer) -> tuple[str, ...]:
+    return (CONVOLUTION,) if is_convolution(layer) else ()
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,8 @@ class DeepCompressionConfig:
         every layer at its own rate, e.g. 92/91/74 % for LeNet-300-100).
     clusters / conv_clusters: shared weights per kernel (k; one of them is the pruned zero).
     layer_clusters: layer name -> k, overriding the two above for that layer.
+    (The three sparsity fields build :attr:`sparsity_rules`, the three cluster fields :attr:`cluster_rules`: one
+    global / type / name :class:`~weightzip.core.rules.LayerRules` each, the rule object of every per-layer option.)
     prune_epochs / cluster_epochs: retraining epochs after pruning and after clustering (0: post-training).
     ramp_fraction: share of the pruning epochs over which the sparsity rises to its target (the rest
         retrain at the target sparsity).
@@ -138,11 +145,11 @@ class DeepCompressionConfig:
             set_(name, _check_clusters(name, getattr(self, name)))
         for name in ("prune_epochs", "cluster_epochs"):
             if not _is_count(getattr(self, name), 0):
-                raise ValueError(f"{name} must be a non-negative integer, got {getattr(self, name)!r}")
+                raise InvalidArgumentError(f"{name} must be a non-negative integer, got {getattr(self, name)!r}")
         if not _is_count(self.batch_size, 1):
-            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+            raise InvalidArgumentError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         if not _is_count(self.seed, 0):
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+            raise InvalidArgumentError(f"seed must be a non-negative integer, got {self.seed!r}")
         _check_real("learning_rate", self.learning_rate, 0.0, math.inf, open_low=True)
         if self.cluster_learning_rate is not None:
             _check_real("cluster_learning_rate", self.cluster_learning_rate, 0.0, math.inf, open_low=True)
@@ -151,7 +158,7 @@ class DeepCompressionConfig:
         _check_real("weight_decay", self.weight_decay, 0.0, math.inf)
         _check_real("final_learning_rate_fraction", self.final_learning_rate_fraction, 0.0, 1.0)
         if not isinstance(self.cosine_decay, bool):
-            raise ValueError(f"cosine_decay must be True or False, got {self.cosine_decay!r}")
+            raise InvalidArgumentError(f"cosine_decay must be True or False, got {self.cosine_decay!r}")
         set_("init", CentroidInitialization.parse(self.init))
         set_("reassignment", Reassignment.parse(self.reassignment))
         set_("layer_sparsity", _frozen_mapping("layer_sparsity", self.layer_sparsity, _check_sparsity))
@@ -162,29 +169,36 @@ class DeepCompressionConfig:
         """The learning rate of the centroid fine-tuning."""
         return self.learning_rate if self.cluster_learning_rate is None else self.cluster_learning_rate
 
+    @property
+    def sparsity_rules(self) -> LayerRules:
+        """`sparsity`, `conv_sparsity` and `layer_sparsity` as one :class:`~weightzip.core.rules.LayerRules` (the
+        global value, the CONVOLUTION type rule, the name rules): how every per-layer option of weightzip resolves."""
+        return LayerRules.tiers(self.sparsity, conv=self.conv_sparsity, layers=self.layer_sparsity)
+
+    @property
+    def cluster_rules(self) -> LayerRules:
+        """`clusters`, `conv_clusters` and `layer_clusters` as one :class:`~weightzip.core.rules.LayerRules`."""
+        return LayerRules.tiers(self.clusters, conv=self.conv_clusters, layers=self.layer_clusters)
+
     def sparsity_of(self, layer: keras.layers.Layer) -> float:
         """Target sparsity of `layer`'s kernels (0 for a layer without any)."""
         if not compressible_weight_names(layer):
             return 0.0
-        if layer.name in self.layer_sparsity:
-            return self.layer_sparsity[layer.name]
-        return self.conv_sparsity if is_convolution(layer) else self.sparsity
+        return self.sparsity_rules.value_for(layer.name, layer, _categories(layer))
 
     def clusters_of(self, layer: keras.layers.Layer) -> int:
         """Shared weights per kernel of `layer`."""
-        if layer.name in self.layer_clusters:
-            return self.layer_clusters[layer.name]
-        return self.conv_clusters if is_convolution(layer) else self.clusters
+        return self.cluster_rules.value_for(layer.name, layer, _categories(layer))
 
     def check_layer_names(self, model: keras.Model) -> None:
-        """Raise ValueError when a per-layer setting names no compressible layer of `model`."""
+        """Raise a WeightzipError when a per-layer setting names no compressible layer of `model`."""
         compressible = [layer.name for layer in iter_layers(model, descend=_is_model)
                         if compressible_weight_names(layer)]
-        for option in ("layer_sparsity", "layer_clusters"):
-            unknown = sorted(set(getattr(self, option)) - set(compressible))
+        for option, rules in (("layer_sparsity", self.sparsity_rules), ("layer_clusters", self.cluster_rules)):
+            unknown = sorted(set(rules.layer_names) - set(compressible))
             if unknown:
-                raise ValueError(f"{option} names layers {unknown} that are not compressible layers of model "
-                                 f"{model.name!r}; its compressible layers are {compressible}")
+                raise InvalidArgumentError(f"{option} names layers {unknown} that are not compressible layers of "
+                                           f"model {model.name!r}; its compressible layers are {compressible}")
 
     def to_json(self) -> dict:
         """Plain JSON values (stored in the `.wz` metadata)."""
@@ -208,9 +222,9 @@ class Dataset:
     def __post_init__(self):
         for x, y, part in ((self.x_train, self.y_train, "train"), (self.x_test, self.y_test, "test")):
             if len(x) != len(y):
-                raise ValueError(f"x_{part} has {len(x)} samples but y_{part} has {len(y)} labels")
+                raise InvalidArgumentError(f"x_{part} has {len(x)} samples but y_{part} has {len(y)} labels")
             if len(x) == 0:
-                raise ValueError(f"the {part} set is empty")
+                raise InvalidArgumentError(f"the {part} set is empty")
 
 
 @dataclass(frozen=True)

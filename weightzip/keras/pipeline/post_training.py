@@ -55,6 +55,7 @@ from weightzip.core.post_training import (
     report_stub,
 )
 from weightzip.core.pruning import apply_mask, magnitude_mask
+from weightzip.core.rules import CONVOLUTION, LayerRules
 from weightzip.core.validation import check_fraction
 from weightzip.format import encode_wz
 from weightzip.keras._layers import is_convolution
@@ -76,7 +77,7 @@ def compress_post_training(
     model: keras.Model,
     calibration=None,
     *,
-    clusters: int = 16,
+    clusters: int | LayerRules = 16,
     granularity: str | None = None,
     group_size: int | None = None,
     bits_per_weight: float | None = None,
@@ -89,7 +90,7 @@ def compress_post_training(
     batch_size: int = 32,
     classifier: bool | None = None,
     seed: int = 0,
-    sparsity: float = 0.0,
+    sparsity: float | LayerRules = 0.0,
     conv_sparsity: float | None = None,
     conv_clusters: int | None = None,
     per_channel: bool = False,
@@ -108,19 +109,21 @@ def compress_post_training(
     shared values (`conv_clusters` for convolutions) at `granularity` ("tensor", "channel", or "group" of
     `group_size` channels; `per_channel=True` is "channel"). classifier: whether the outputs are class
     scores (None: a 2-D output with >= 2 columns). path: write the `.wz` file there (atomically).
+    `clusters` and `sparsity` may be :class:`~weightzip.core.rules.LayerRules` (global / layer type / layer name
+    values; `conv_clusters` / `conv_sparsity` are their CONVOLUTION type rule).
     """
     start = time.perf_counter()
     chosen = check_goals(calibration_given=calibration is not None, bits_per_weight=bits_per_weight,
                          target_bytes=target_bytes, min_fidelity=min_fidelity, sensitivity=sensitivity,
                          outliers=outliers)
     granularity, group_size = _granularity(granularity, group_size, per_channel)
-    sparsity = check_fraction(sparsity, "sparsity")
-    conv_sparsity = sparsity if conv_sparsity is None else check_fraction(conv_sparsity, "conv_sparsity")
-    conv_clusters = clusters if conv_clusters is None else conv_clusters
+    cluster_rules = _with_conv(clusters, conv_clusters)
+    sparsity_rules = _with_conv(sparsity, conv_sparsity).checked(lambda what, v: check_fraction(v, what), "sparsity")
     init = CentroidInitialization.parse(init)
-    legacy = sparsity > 0 or conv_sparsity > 0 or init is not CentroidInitialization.OPTIMAL
+    legacy = any(value > 0 for value in _rule_values(sparsity_rules)) or init is not CentroidInitialization.OPTIMAL
+    varied = len(set(_rule_values(cluster_rules))) > 1
     goal = bits_per_weight is not None or target_bytes is not None or min_fidelity is not None
-    if goal and (legacy or conv_clusters != clusters):
+    if goal and (legacy or varied):
         raise WeightzipError("sparsity, conv_sparsity, conv_clusters and init apply to uniform clustering only; "
                              "bits_per_weight / target_bytes / min_fidelity choose them per tensor")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
@@ -149,16 +152,21 @@ def compress_post_training(
                for w in weights]
     by_path = {original_path[w.path]: w for w in weights}
     originals = {t.name: t.weights for t in tensors}
-
+    for rules, what in ((cluster_rules, "clusters"), (sparsity_rules, "sparsity")):
+        rules.check_names([w.layer.name for w in weights], what)
+    k_of, sparsity_of = ({t.name: rules.value_for(by_path[t.name].layer.name, by_path[t.name].layer,
+                                                  (CONVOLUTION,) if t.is_convolution else ()) for t in tensors}
+                         for rules in (cluster_rules, sparsity_rules))
     if legacy:
-        plan = _pruned_uniform_plan(tensors, clusters, conv_clusters, sparsity, conv_sparsity, granularity,
-                                    group_size, init, chosen is not Sensitivity.NONE)
-        mode = _uniform_mode(clusters, conv_clusters, granularity, group_size) + \
-            f", sparsity {sparsity:g} (conv {conv_sparsity:g}), init {init.value}"
-    elif conv_clusters != clusters:
-        plan = _merged_uniform(tensors, clusters, conv_clusters, granularity, group_size, chosen)
-        mode = _uniform_mode(clusters, conv_clusters, granularity, group_size)
+        plan = _pruned_uniform_plan(tensors, k_of, sparsity_of, granularity, group_size, init,
+                                    chosen is not Sensitivity.NONE)
+        mode = _uniform_mode(cluster_rules, granularity, group_size) + \
+            f", sparsity {_sparsity_text(sparsity_rules)}, init {init.value}"
+    elif varied:
+        plan = _merged_uniform(tensors, k_of, granularity, group_size, chosen)
+        mode = _uniform_mode(cluster_rules, granularity, group_size)
     else:
+        clusters = cluster_rules.default
         fit_reference = _outputs(copy, fit_batches) if min_fidelity is not None else None
 
         def fidelity_of(candidate: AllocationPlan) -> Fidelity:
@@ -215,8 +223,36 @@ def _granularity(granularity: str | None, group_size: int | None, per_channel: b
     return granularity, group_size if granularity == "group" else None
 
 
-def _uniform_mode(clusters, conv_clusters, granularity, group_size) -> str:
-    each = f"k={clusters}" if conv_clusters == clusters else f"k={clusters}, conv k={conv_clusters}"
+def _with_conv(value, conv) -> LayerRules:
+    rules = LayerRules.of(value)
+    return rules if conv is None else rules.set_type(CONVOLUTION, conv)
+
+
+def _rule_values(rules: LayerRules) -> list:
+    return [rules.default, *(value for _, value in rules.types), *(value for _, value in rules.names)]
+
+
+def _rules_text(rules: LayerRules, spec: str = "") -> str:
+    """`rules` in a report's words: ``16`` for one value, ``16 (convolution 64, 'fc2' 8)`` with overrides."""
+    overrides = [(kind if isinstance(kind, str) else kind.__name__, value) for kind, value in rules.types] + \
+        [(repr(name), value) for name, value in rules.names]
+    text = format(rules.default, spec)
+    return text if not overrides else text + " (" + ", ".join(f"{key} {format(v, spec)}" for key, v in overrides) + ")"
+
+
+def _sparsity_text(rules: LayerRules) -> str:
+    if not rules.names and set(dict(rules.types)) <= {CONVOLUTION}:  # the two tiers' old wording
+        return f"{rules.default:g} (conv {dict(rules.types).get(CONVOLUTION, rules.default):g})"
+    return _rules_text(rules, "g")
+
+
+def _uniform_mode(cluster_rules: LayerRules, granularity, group_size) -> str:
+    conv = dict(cluster_rules.types).get(CONVOLUTION, cluster_rules.default)
+    if not cluster_rules.names and set(dict(cluster_rules.types)) <= {CONVOLUTION}:  # the two tiers' old wording
+        each = f"k={cluster_rules.default}" if conv == cluster_rules.default else \
+            f"k={cluster_rules.default}, conv k={conv}"
+    else:
+        each = f"k={_rules_text(cluster_rules)}"
     return f"uniform {each} per {granularity}" + (f" of {group_size}" if granularity == "group" else "")
 
 
@@ -310,10 +346,11 @@ def _flat(outputs) -> np.ndarray:
 # ---------------------------------------------------------------- plans
 
 
-def _merged_uniform(tensors, clusters, conv_clusters, granularity, group_size, sensitivity) -> AllocationPlan:
+def _merged_uniform(tensors, k_of: dict[str, int], granularity, group_size, sensitivity) -> AllocationPlan:
+    """Uniform clustering where the rules give tensors different k: each k's tensors planned together."""
     choices = {}
-    for wanted_conv, k in ((False, clusters), (True, conv_clusters)):
-        part = [t for t in tensors if t.is_convolution == wanted_conv]
+    for k in sorted(set(k_of.values())):
+        part = [t for t in tensors if k_of[t.name] == k]
         if part:
             plan, _ = choose_plan(part, clusters=k, granularity=granularity, group_size=group_size,
                                   weighted=sensitivity is not Sensitivity.NONE)
@@ -321,7 +358,7 @@ def _merged_uniform(tensors, clusters, conv_clusters, granularity, group_size, s
     return AllocationPlan({t.name: choices[t.name] for t in tensors}, write_options_for(None))
 
 
-def _pruned_uniform_plan(tensors, clusters, conv_clusters, sparsity, conv_sparsity, granularity, group_size,
+def _pruned_uniform_plan(tensors, k_of: dict[str, int], sparsity_of: dict[str, float], granularity, group_size,
                          init, weighted) -> AllocationPlan:
     """Magnitude pruning then clustering with `init`, pruned zeros kept exactly (the earlier uniform path)."""
     from weightzip.format import WriteOptions
@@ -329,8 +366,7 @@ def _pruned_uniform_plan(tensors, clusters, conv_clusters, sparsity, conv_sparsi
     options = WriteOptions()  # the sparse layout pays for pruned tensors
     choices = {}
     for tensor in tensors:
-        target = conv_sparsity if tensor.is_convolution else sparsity
-        k = conv_clusters if tensor.is_convolution else clusters
+        target, k = sparsity_of[tensor.name], k_of[tensor.name]
         values = tensor.weights
         if target > 0:
             values = apply_mask(values, magnitude_mask(values, target))

@@ -23,7 +23,9 @@ import keras
 import numpy as np
 from keras import ops
 
+from weightzip.core.errors import ArgumentTypeError, InvalidArgumentError
 from weightzip.core.pruning import PruningSchedule
+from weightzip.core.specs import PruningSpec, build_spec
 from weightzip.keras._rewrite import Rewriter, copy_layer, is_graph_model, strip_policy
 from weightzip.keras.pruning.callbacks import prunable_wrappers
 from weightzip.keras.pruning.registry import (
@@ -35,8 +37,9 @@ from weightzip.keras.pruning.registry import (
 from weightzip.keras.pruning.wrapper import PruneLowMagnitude
 
 
-def prune_low_magnitude(to_prune, pruning_schedule: PruningSchedule | None = None, block_size=(1, 1),
-                        block_pooling_type: str = "AVG", sparsity_m_by_n=None, **kwargs):
+def prune_low_magnitude(to_prune, pruning_schedule: PruningSchedule | None = None, block_size=None,
+                        block_pooling_type: str | None = None, sparsity_m_by_n=None, *,
+                        spec: PruningSpec | None = None, inplace: bool | None = None, **kwargs):
     """Wrap a layer, a list of layers, or every prunable layer of a Sequential/Functional model for pruning.
 
     pruning_schedule: when and how much (:class:`~weightzip.core.pruning.ConstantSparsity`,
@@ -44,21 +47,35 @@ def prune_low_magnitude(to_prune, pruning_schedule: PruningSchedule | None = Non
     block_size / block_pooling_type: block pruning over the kernel's last two axes (``"AVG"``/``"MAX"``).
     sparsity_m_by_n: ``(2, 4)`` for structured 2:4 sparsity along each kernel's input axis.
 
-    A layer (or each layer of a list) is wrapped as it is, sharing its weights; a model is cloned, so the
-    returned model owns copies of the weights. Layers that are already wrapped are kept as they are.
+    spec: the same request as a :class:`~weightzip.core.specs.PruningSpec` (the spec PyTorch's
+      ``prune_low_magnitude`` takes); the arguments given next to it override its fields. Its ``per_channel`` is
+      PyTorch-only and refused here.
+
+    A layer (or each layer of a list) is wrapped as it is, sharing its weights (TFMOT's behaviour; ``inplace=False``
+    wraps a copy instead); a model is cloned, so the returned model owns copies of the weights (``inplace=True`` is
+    refused for a model). Layers that are already wrapped are kept as they are.
     """
-    params = dict(pruning_schedule=pruning_schedule, block_size=block_size,
-                  block_pooling_type=block_pooling_type, sparsity_m_by_n=sparsity_m_by_n, **kwargs)
+    if inplace is not None and not isinstance(inplace, bool):
+        raise ArgumentTypeError(f"inplace must be True, False or None, got {inplace!r}")
+    spec = build_spec(PruningSpec, spec, "prune_low_magnitude", pruning_schedule=pruning_schedule,
+                      block_size=block_size, block_pooling_type=block_pooling_type, sparsity_m_by_n=sparsity_m_by_n)
+    if spec.per_channel:
+        raise InvalidArgumentError("per_channel pruning is not available on the Keras front end (PyTorch only)")
+    params = dict(pruning_schedule=spec.pruning_schedule, block_size=spec.block_size or (1, 1),
+                  block_pooling_type=spec.block_pooling_type.name, sparsity_m_by_n=spec.sparsity_m_by_n, **kwargs)
     if isinstance(to_prune, (list, tuple)):
-        return [_wrap(layer, params) for layer in to_prune]
+        return [_wrap(layer, params, inplace) for layer in to_prune]
     if isinstance(to_prune, keras.Model):
+        if inplace:
+            raise InvalidArgumentError(f"model {to_prune.name!r} is pruned as a clone, never in place: inplace=True "
+                                       "applies to single layers")
         _check_cloneable(to_prune)
         if kwargs:
-            raise ValueError(f"extra layer arguments {sorted(kwargs)} apply to single layers, not to a model")
+            raise InvalidArgumentError(f"extra layer arguments {sorted(kwargs)} apply to single layers, not to a model")
         return Rewriter(_prune_policy(params)).clone(to_prune)
     if isinstance(to_prune, keras.layers.Layer):
-        return _wrap(to_prune, params)
-    raise ValueError(
+        return _wrap(to_prune, params, inplace)
+    raise InvalidArgumentError(
         f"prune_low_magnitude takes a Keras layer, a list of layers, or a Sequential/Functional model; "
         f"got {type(to_prune).__name__}"
     )
@@ -74,7 +91,7 @@ def strip_pruning(model):
         _warn_if_never_pruned([model])
         return model.stripped_layer()
     if not isinstance(model, keras.Model):
-        raise ValueError(f"strip_pruning takes a Keras model or a PruneLowMagnitude layer, got {type(model).__name__}")
+        raise InvalidArgumentError(f"strip_pruning takes a Keras model or a PruneLowMagnitude layer, got {type(model).__name__}")
     _check_cloneable(model)
     _warn_if_never_pruned(prunable_wrappers(model))
     return Rewriter(strip_policy(PruneLowMagnitude)).clone(model)
@@ -111,22 +128,22 @@ def _prune_policy(params: dict):
     return replace
 
 
-def _wrap(layer, params):
+def _wrap(layer, params, inplace=None):
     if isinstance(layer, PruneLowMagnitude):
         return layer
     if isinstance(layer, keras.Model):
-        raise ValueError(f"cannot wrap model {layer.name!r} as a layer: pass it to prune_low_magnitude on its own")
-    return PruneLowMagnitude(layer, **params)
+        raise InvalidArgumentError(f"cannot wrap model {layer.name!r} as a layer: pass it to prune_low_magnitude on its own")
+    return PruneLowMagnitude(layer if inplace is not False or not layer.built else copy_layer(layer), **params)
 
 
 def _check_cloneable(model):
     if not is_graph_model(model):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"model {model.name!r} is a subclassed model; only Sequential and Functional models can be cloned. "
             "Wrap its layers with prune_low_magnitude inside the model definition instead"
         )
     if not model.built:
-        raise ValueError(f"model {model.name!r} is not built: give it an Input or call build() first")
+        raise InvalidArgumentError(f"model {model.name!r} is not built: give it an Input or call build() first")
 
 
 def _warn_if_never_pruned(wrappers):

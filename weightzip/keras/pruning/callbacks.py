@@ -16,6 +16,7 @@ import numpy as np
 from keras import ops
 
 from weightzip.atomic import write_bytes_atomically
+from weightzip.core.errors import InvalidArgumentError
 from weightzip.core.pruning import measured_sparsity
 from weightzip.keras._rewrite import iter_layers
 from weightzip.keras.pruning.wrapper import PruneLowMagnitude
@@ -45,7 +46,7 @@ class UpdatePruningStep(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._wrappers = prunable_wrappers(self.model)
         if not self._wrappers:
-            raise ValueError("UpdatePruningStep was given a model with no PruneLowMagnitude layers")
+            raise InvalidArgumentError("UpdatePruningStep was given a model with no PruneLowMagnitude layers")
         optimizer = getattr(self.model, "optimizer", None)
         iterations = getattr(optimizer, "iterations", None)
         self.step = int(ops.convert_to_numpy(iterations)) if iterations is not None else 0
@@ -107,11 +108,11 @@ class PruningSummaries(keras.callbacks.Callback):
     def __init__(self, log_dir, *, tensorboard: bool | None = None):
         super().__init__()
         if not isinstance(log_dir, (str, os.PathLike)) or not str(log_dir):
-            raise ValueError(f"log_dir must be a non-empty path, got {log_dir!r}")
+            raise InvalidArgumentError(f"log_dir must be a non-empty path, got {log_dir!r}")
         self.log_dir = os.fspath(log_dir)
         available = keras.backend.backend() == "tensorflow" and importlib.util.find_spec("tensorboard") is not None
         if tensorboard and not available:
-            raise ValueError("tensorboard=True needs the TensorFlow backend and the tensorboard package")
+            raise InvalidArgumentError("tensorboard=True needs the TensorFlow backend and the tensorboard package")
         self.tensorboard = available if tensorboard is None else bool(tensorboard)
         self.rows: list[dict] = []
         self._writer = None

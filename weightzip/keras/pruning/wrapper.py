@@ -17,6 +17,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from weightzip.core.errors import InvalidArgumentError
 from weightzip.core.pruning import (
     ConstantSparsity,
     InvalidSparsityError,
@@ -24,8 +25,8 @@ from weightzip.core.pruning import (
     apply_mask,
     magnitude_mask,
     n_m_mask,
-    schedule_from_config,
 )
+from weightzip.core.specs import PruningSpec
 from weightzip.keras._rewrite import copy_layer
 from weightzip.keras._substitution import SubstitutingWrapper
 from weightzip.keras.pruning.registry import (
@@ -46,7 +47,8 @@ class PruneLowMagnitude(SubstitutingWrapper):
     pruning_schedule: a :class:`~weightzip.core.pruning.PruningSchedule` (default: 50 % from step 0).
     block_size: ``(rows, cols)`` blocks over the kernel's last two axes pruned together (TFMOT's
       ``block_size``); ``(1, 1)`` prunes single weights.
-    block_pooling_type: ``"AVG"`` or ``"MAX"``: how a block's magnitudes are scored.
+    block_pooling_type: ``"AVG"`` or ``"MAX"`` (any case): how a block's magnitudes are scored.
+    The arguments are validated as a :class:`~weightzip.core.specs.PruningSpec`, the spec PyTorch's pruning takes.
     sparsity_m_by_n: ``(n, m)``: structured sparsity keeping the n largest of every m consecutive weights
       along the kernel's input axis (``(2, 4)`` is the 2:4 pattern); the schedule then only says *when*.
     """
@@ -54,29 +56,15 @@ class PruneLowMagnitude(SubstitutingWrapper):
     def __init__(self, layer, pruning_schedule: PruningSchedule | None = None, block_size=(1, 1),
                  block_pooling_type: str = "AVG", sparsity_m_by_n=None, **kwargs):
         if not isinstance(layer, keras.layers.Layer):
-            raise ValueError(f"PruneLowMagnitude wraps a Keras layer, got {type(layer).__name__}")
+            raise InvalidArgumentError(f"PruneLowMagnitude wraps a Keras layer, got {type(layer).__name__}")
         if isinstance(layer, PruneLowMagnitude):
-            raise ValueError(f"layer {layer.name!r} is already wrapped for pruning")
-        if isinstance(pruning_schedule, dict):
-            pruning_schedule = schedule_from_config(pruning_schedule)
-        if pruning_schedule is None:
-            pruning_schedule = ConstantSparsity(0.5, begin_step=0)
-        if not isinstance(pruning_schedule, PruningSchedule):
-            raise ValueError(
-                f"pruning_schedule must be a weightzip PruningSchedule, got {type(pruning_schedule).__name__}"
-            )
-        block_size = tuple(block_size)
-        if len(block_size) != 2 or not all(isinstance(b, int) and b >= 1 for b in block_size):
-            raise ValueError(f"block_size must be two positive integers, got {block_size!r}")
-        if block_pooling_type not in _POOLING:
-            raise ValueError(f"block_pooling_type must be 'AVG' or 'MAX', got {block_pooling_type!r}")
-        if sparsity_m_by_n is not None:
-            sparsity_m_by_n = tuple(sparsity_m_by_n)
-            if (len(sparsity_m_by_n) != 2 or not all(isinstance(v, int) and v >= 1 for v in sparsity_m_by_n)
-                    or sparsity_m_by_n[0] > sparsity_m_by_n[1]):
-                raise ValueError(f"sparsity_m_by_n must be (n, m) with 1 <= n <= m, got {sparsity_m_by_n!r}")
-            if block_size != (1, 1):
-                raise ValueError("sparsity_m_by_n and block_size cannot be combined")
+            raise InvalidArgumentError(f"layer {layer.name!r} is already wrapped for pruning")
+        spec = PruningSpec(ConstantSparsity(0.5, begin_step=0) if pruning_schedule is None else pruning_schedule,
+                           tuple(block_size), block_pooling_type, sparsity_m_by_n)  # validated once, as on torch
+        pruning_schedule = spec.pruning_schedule
+        block_size = spec.block_size or (1, 1)
+        block_pooling_type = spec.block_pooling_type.name
+        sparsity_m_by_n = spec.sparsity_m_by_n
         _check_prunable(layer)
         kwargs.setdefault("name", f"prune_low_magnitude_{layer.name}")
         super().__init__(layer, **kwargs)

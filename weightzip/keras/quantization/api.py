@@ -20,7 +20,7 @@ import warnings
 
 import keras
 
-from weightzip.core.errors import InvalidClusterCountError
+from weightzip.core.errors import InvalidArgumentError, InvalidClusterCountError
 from weightzip.keras._rewrite import Rewriter, copy_layer, is_graph_model, strip_policy
 from weightzip.keras.quantization.wrapper import Preserve, QuantizeWrapper, quantizable_kernel
 
@@ -47,7 +47,7 @@ def quantize_model(to_quantize, preserve=Preserve.NONE, *, quantize_output: bool
         return quantized
     if isinstance(to_quantize, keras.layers.Layer):
         return QuantizeWrapper(to_quantize, preserve=preserve, quantize_output=quantize_output)
-    raise ValueError(f"quantize_model takes a Keras model or layer, got {type(to_quantize).__name__}")
+    raise InvalidArgumentError(f"quantize_model takes a Keras model or layer, got {type(to_quantize).__name__}")
 
 
 def strip_quantization(model):
@@ -60,7 +60,7 @@ def strip_quantization(model):
     if isinstance(model, QuantizeWrapper):
         return model.stripped_layer()
     if not isinstance(model, keras.Model):
-        raise ValueError(f"strip_quantization takes a Keras model or a QuantizeWrapper, got {type(model).__name__}")
+        raise InvalidArgumentError(f"strip_quantization takes a Keras model or a QuantizeWrapper, got {type(model).__name__}")
     _check_model(model, "strip_quantization")
     return Rewriter(_strip_quantization_policy).clone(model)
 
@@ -81,7 +81,7 @@ def _quantize_policy(preserve: Preserve, quantize_output: bool, fallbacks: list)
         if isinstance(layer, QuantizeWrapper):
             return copy_layer(layer)
         if isinstance(layer, keras.layers.Wrapper) and quantizable_kernel(layer.layer) is not None:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"layer {layer.name!r} is a {type(layer).__name__}: call strip_pruning / strip_clustering "
                 "before quantize_model"
             )
@@ -114,6 +114,6 @@ def _wrap_with_fallback(layer, preserve: Preserve, quantize_output: bool):
 
 def _check_model(model, what: str):
     if not is_graph_model(model):
-        raise ValueError(f"{what} needs a Sequential or Functional model; {model.name!r} is subclassed")
+        raise InvalidArgumentError(f"{what} needs a Sequential or Functional model; {model.name!r} is subclassed")
     if not model.built:
-        raise ValueError(f"model {model.name!r} is not built: give it an Input or call build() first")
+        raise InvalidArgumentError(f"model {model.name!r} is not built: give it an Input or call build() first")

@@ -22,7 +22,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from weightzip.core.errors import InvalidClusterCountError
+from weightzip.core.errors import InvalidArgumentError, InvalidClusterCountError
 from weightzip.core.options import ParsableEnum
 from weightzip.core.palette import palettize_exact
 from weightzip.keras._layers import qat_layer_names, qat_layout
@@ -82,9 +82,9 @@ class QuantizeWrapper(keras.layers.Wrapper):
                 f"supported: {qat_layer_names()}"
             )
         if not 0.0 <= float(ema_decay) < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
+            raise InvalidArgumentError(f"ema_decay must be in [0, 1), got {ema_decay}")
         if not isinstance(num_bits, int) or not 2 <= num_bits <= 8:
-            raise ValueError(f"num_bits must be an integer in [2, 8], got {num_bits!r}")
+            raise InvalidArgumentError(f"num_bits must be an integer in [2, 8], got {num_bits!r}")
         kwargs.setdefault("name", f"quant_{layer.name}")
         super().__init__(layer, **kwargs)
         self.preserve = Preserve.parse(preserve, "preserve")
