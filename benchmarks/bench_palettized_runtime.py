@@ -128,6 +128,8 @@ def palettized_pair(dense: nn.Module, bits: int, axis: int) -> tuple[nn.Module, 
 def run_layers(args) -> list[dict]:
     results = []
     for name, (dense, make_input, axis) in layer_cases().items():
+        if args.layers and not any(part in name for part in args.layers):
+            continue
         dense.eval()
         variants = {"float32": dense}
         memory = {"float32": weight_memory_bytes(dense)}
@@ -164,6 +166,52 @@ def run_layers(args) -> list[dict]:
                             "latency_ms": {f"{t}T b{b}": ms[label] for (t, b), ms in timings.items()},
                             "ratio_to_float": {f"{t}T b{b}": ms[label] / ms["float32"] for (t, b), ms in timings.items()},
                             "max_diff": checks.get(label)})
+    return results
+
+
+def run_sparse_layer(args, density: float = 0.1, bits: int = 4) -> list[dict]:
+    """A pruned 4096x4096 Linear (90 % zeros, the kept weights in 2^bits - 1 clusters per row + the zero):
+    dense float32, dynamic int8, bit-packed palettized and the sparse (CSR, relative indices) layer."""
+    from weightzip.core import ClusteredTensor
+    from weightzip.torch import PalettizedLinear, PalettizedSparseLinear
+
+    rng = np.random.default_rng(0)
+    k = 1 << bits
+    codebook = rng.standard_normal((4096, k)).astype(np.float32) * 0.02
+    codebook[:, 0] = 0.0
+    indices = rng.integers(1, k, size=(4096, 4096))
+    indices[rng.random((4096, 4096)) >= density] = 0
+    clustered = ClusteredTensor(codebook, indices.astype(np.uint8), 0, 1)
+    dense = nn.Linear(4096, 4096).eval()
+    with torch.no_grad():
+        dense.weight.copy_(torch.from_numpy(clustered.decode()))
+    variants = {"float32": dense, "int8 dynamic": dynamic_int8(dense),
+                f"palettized {bits}b": PalettizedLinear.from_linear(dense, clustered).eval(),
+                f"sparse {bits}b": PalettizedSparseLinear.from_linear(dense, clustered).eval()}
+    memory = {label: (int8_weight_bytes(m) if label == "int8 dynamic" else weight_memory_bytes(m))
+              for label, m in variants.items()}
+    with torch.no_grad():
+        x = torch.randn(2, 4096)
+        checks = {label: max_diff(variants[label](x), dense(x)) for label in list(variants)[2:]}
+    name = f"Linear 4096x4096, {1 - density:.0%} pruned"
+    print(f"\n== {name}")
+    timings = {}
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for batch in args.batches:
+            repeats = args.repeats if batch == 1 else max(3, args.repeats // 4)
+            timings[threads, batch] = interleaved_ms(variants, lambda: torch.randn(batch, 4096), repeats)
+    results = []
+    for label in variants:
+        row = f"{label:<16} {memory[label] / MIB:>10.3f} {memory[label] / memory['float32']:>8.3f}"
+        for key, ms in timings.items():
+            row += f" {ms[label]:>12.3f} {ms[label] / ms['float32']:>7.2f}"
+        if label in checks:
+            row += f" {checks[label][0]:>11.2e} ({checks[label][1]:.1e})"
+        print(row)
+        results.append({"case": name, "variant": label, "weight_bytes": memory[label],
+                        "latency_ms": {f"{t}T b{b}": ms[label] for (t, b), ms in timings.items()},
+                        "max_diff": checks.get(label)})
     return results
 
 
@@ -401,6 +449,8 @@ def main() -> None:
     parser.add_argument("--only", choices=["layers", "models"], help="run one half only")
     parser.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4, 8], help="index widths (k = 2^bits)")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--layers", nargs="+", help="only the per-layer cases whose name contains one of these "
+                        "(e.g. Linear, Conv2d, depthwise, Embedding, pruned)")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch intra-op threads")
     parser.add_argument("--repeats", type=int, default=20, help="timed rounds per layer measurement at batch 1")
     parser.add_argument("--model-repeats", type=int, default=9, help="timed rounds per model measurement at batch 1")
@@ -422,6 +472,8 @@ def main() -> None:
     results = []
     if args.only in (None, "layers"):
         results += run_layers(args)
+        if not args.layers or any(part in "Linear 4096x4096, pruned" for part in args.layers):
+            results += run_sparse_layer(args)
     if args.only in (None, "models"):
         with tempfile.TemporaryDirectory() as workdir:
             results += run_models(args, Path(workdir))

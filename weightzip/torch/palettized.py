@@ -11,8 +11,9 @@ of the decoded rows for embeddings. Weight memory drops by about ``32 / bits`` a
 (``benchmarks/bench_palettized_runtime.py`` measures memory and latency against dense float32 and
 torch's dynamic int8).
 
-:func:`palettize` converts the Linear, Conv1d, Conv2d (grouped and depthwise included) and Embedding
-layers of a model that is clustered (``cluster_weights``) or clustered and stripped (``strip_clustering``:
+:func:`palettize` converts the Linear (pruned ones to the sparse layer of
+:mod:`~weightzip.torch.palettized_sparse` where that stores smaller), Conv1d, Conv2d (grouped and depthwise
+included), Embedding and recurrent (:mod:`~weightzip.torch.palettized_recurrent`) layers of a model that is clustered (``cluster_weights``) or clustered and stripped (``strip_clustering``:
 the codebook is recovered exactly from the distinct values, per tensor or per channel, whichever stores
 smaller). :func:`weightzip.torch.load_palettized` builds the same layers straight from a ``.wz`` file.
 """
