@@ -60,3 +60,17 @@ def test_arrays_are_the_torch_tensors_values(tmp_path):
         expected = tensor.to(torch.float32) if tensor.dtype == torch.bfloat16 else tensor
         assert arrays[name].dtype == expected.numpy().dtype and arrays[name].shape == tuple(tensor.shape)
         assert arrays[name].tobytes() == expected.numpy().tobytes()  # bit for bit, NaN payloads included
+
+
+def test_open_wz_per_tensor_bounds_each_tensor_not_their_sum(tmp_path):
+    from weightzip.format import WzFormatError, open_wz, write_wz
+
+    path = tmp_path / "two.wz"
+    tensors = {"a": np.arange(60, dtype=np.float32).reshape(6, 10), "b": np.ones((5, 10), np.float32)}
+    write_wz(path, tensors)
+    with pytest.raises(WzFormatError, match="element limit"):
+        open_wz(path, max_elements=100)  # 110 together
+    with open_wz(path, max_elements=100, per_tensor=True) as wz:
+        assert all(np.array_equal(wz.read(name), value) for name, value in tensors.items())
+    with pytest.raises(WzFormatError, match="element limit"):
+        open_wz(path, max_elements=59, per_tensor=True)  # 'a' alone has 60

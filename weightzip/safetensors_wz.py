@@ -275,7 +275,7 @@ def decompress_safetensors_file(path, output, *, overwrite: bool = False) -> int
     ``.safetensors`` file `output`, streaming one tensor at a time with NumPy only; returns the bytes written."""
     path = Path(path)
     check_output_path(output, overwrite=overwrite, inputs=(path,))
-    with open_wz(path) as wz:
+    with open_wz(path, per_tensor=True) as wz:  # one decoded tensor held at a time
         metadata = wz.metadata
         stored = metadata.get(CHECKPOINT_KEY, metadata.get("hf"))
         if metadata.get("framework") != "torch" or not isinstance(stored, dict):

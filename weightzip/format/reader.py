@@ -79,14 +79,14 @@ class WzFile:
             wz.metadata, wz.tensors["fc.weight"].shape, wz.read("fc.bias"), wz.read_packed("fc.weight")
     """
 
-    def __init__(self, path, *, max_elements: int = DEFAULT_MAX_ELEMENTS):
+    def __init__(self, path, *, max_elements: int = DEFAULT_MAX_ELEMENTS, per_tensor: bool = False):
         self.path = Path(path)
         if not self.path.is_file():
             raise WzFormatError(f"{self.path}: no such file")
         self._handle = open(self.path, "rb")
         try:
             self.metadata, records, self._reader, self.version = _checked_source(
-                FileSource(self._handle), max_elements, str(self.path), verify_file_crc=False)
+                FileSource(self._handle), max_elements, str(self.path), verify_file_crc=False, per_tensor=per_tensor)
         except BaseException:
             self._handle.close()
             raise
@@ -131,9 +131,11 @@ class WzFile:
         self.close()
 
 
-def open_wz(path, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> WzFile:
-    """The `.wz` file `path` opened for reading tensor by tensor (see :class:`WzFile`)."""
-    return WzFile(path, max_elements=max_elements)
+def open_wz(path, *, max_elements: int = DEFAULT_MAX_ELEMENTS, per_tensor: bool = False) -> WzFile:
+    """The `.wz` file `path` opened for reading tensor by tensor (see :class:`WzFile`). `max_elements` bounds
+    the tensors' elements together, or with `per_tensor` each tensor alone (for a caller that holds one decoded
+    tensor at a time, e.g. streaming a 1 B-weight file into safetensors)."""
+    return WzFile(path, max_elements=max_elements, per_tensor=per_tensor)
 
 
 def _info(record: TensorRecord) -> TensorInfo:
@@ -281,9 +283,11 @@ def _checked(data: bytes, max_elements: int, source: str) -> tuple[dict, list[Te
     return _checked_source(ByteSource(data), max_elements, source, verify_file_crc=True)[:3]
 
 
-def _checked_source(source, max_elements: int, where: str, *, verify_file_crc: bool, only: str | None = None):
+def _checked_source(source, max_elements: int, where: str, *, verify_file_crc: bool, only: str | None = None,
+                    per_tensor: bool = False):
     """(metadata, checked records, payload reader, version): all records, or with `only` just that one
-    (the other records' names are still checked to be unique strings)."""
+    (the other records' names are still checked to be unique strings). `max_elements` bounds the records'
+    elements together, or with `per_tensor` each record alone."""
     try:
         envelope = read_envelope(source, verify_file_crc=verify_file_crc)
         header = envelope.header
@@ -307,7 +311,7 @@ def _checked_source(source, max_elements: int, where: str, *, verify_file_crc: b
             if record.name in names and only is None:
                 raise WzFormatError(f"tensor '{record.name}' appears twice")
             names.add(record.name)
-            total += record.nominal
+            total += 0 if per_tensor else record.nominal
             records.append(record)
     except WzFormatError as error:
         raise WzFormatError(f"{where}: {error}") from None

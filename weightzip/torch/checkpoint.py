@@ -412,7 +412,7 @@ def _stream_to_safetensors(path, output, overwrite: bool) -> int | None:
     from weightzip.shards import NUMPY_DTYPES
 
     names_of = {dtype: name for name, dtype in NUMPY_DTYPES.items()}
-    with open_wz(path) as wz:
+    with open_wz(path, per_tensor=True) as wz:  # one decoded tensor held at a time
         if wz.metadata.get("source") == "torchscript":
             return None
         views = {name: np.empty(0, dtype=info.dtype) for name, info in wz.tensors.items()}
