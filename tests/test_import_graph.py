@@ -98,3 +98,11 @@ def test_no_import_cycle_runs_through_the_keras_front_end():
     graph = import_graph()
     assert "weightzip.keras._rewrite" in graph and "weightzip.core" in graph, sorted(graph)[:10]
     assert [cycle for cycle in cycles(graph) if any(name.startswith("weightzip.keras") for name in cycle)] == []
+
+
+
+def test_no_keras_front_end_module_exceeds_the_line_limit():
+    lengths = {str(path.relative_to(PACKAGE)): len(path.read_text(encoding="utf-8").splitlines())
+               for path in sorted((PACKAGE / "keras").rglob("*.py"))}
+    assert len(lengths) > 20, lengths
+    assert {name: lines for name, lines in lengths.items() if lines > MAX_KERAS_MODULE_LINES} == {}

@@ -31,19 +31,15 @@ import numpy as np
 
 from weightzip import __version__
 from weightzip.atomic import check_output_path, write_bytes_atomically
-from weightzip.core import CentroidInitialization, ClusterConfig, cluster_array
+from weightzip.core import CentroidInitialization
 from weightzip.core.allocation import (
     AllocationPlan,
     Candidates,
-    TensorChoice,
     TensorToCompress,
-    stored_bytes,
-    weighted_error,
     write_options_for,
 )
 from weightzip.core.errors import WeightzipError
 from weightzip.core.fidelity import Fidelity, measure_fidelity, split_calibration
-from weightzip.core.palette import drop_unused_centroids
 from weightzip.core.post_training import (
     HEADER_SLACK,
     KEPT_AS_FLOAT,
@@ -54,13 +50,22 @@ from weightzip.core.post_training import (
     choose_plan,
     report_stub,
 )
-from weightzip.core.pruning import apply_mask, magnitude_mask
 from weightzip.core.rules import CONVOLUTION, LayerRules
 from weightzip.core.validation import check_fraction
 from weightzip.format import encode_wz
 from weightzip.keras._layers import is_convolution
 from weightzip.keras._rewrite import copy_model
 from weightzip.keras.clustering.registry import LayerKind, classify_layer
+from weightzip.keras.pipeline._inputs import batches, checked_calibration, model_outputs
+from weightzip.keras.pipeline._uniform import (
+    checked_granularity,
+    merged_uniform_plan,
+    pruned_uniform_plan,
+    rule_values,
+    sparsity_text,
+    uniform_mode,
+    with_conv,
+)
 from weightzip.keras.pipeline.calibration import (
     ModelWeight,
     fisher_diagonal,
@@ -116,12 +121,12 @@ def compress_post_training(
     chosen = check_goals(calibration_given=calibration is not None, bits_per_weight=bits_per_weight,
                          target_bytes=target_bytes, min_fidelity=min_fidelity, sensitivity=sensitivity,
                          outliers=outliers)
-    granularity, group_size = _granularity(granularity, group_size, per_channel)
-    cluster_rules = _with_conv(clusters, conv_clusters)
-    sparsity_rules = _with_conv(sparsity, conv_sparsity).checked(lambda what, v: check_fraction(v, what), "sparsity")
+    granularity, group_size = checked_granularity(granularity, group_size, per_channel)
+    cluster_rules = with_conv(clusters, conv_clusters)
+    sparsity_rules = with_conv(sparsity, conv_sparsity).checked(lambda what, v: check_fraction(v, what), "sparsity")
     init = CentroidInitialization.parse(init)
-    legacy = any(value > 0 for value in _rule_values(sparsity_rules)) or init is not CentroidInitialization.OPTIMAL
-    varied = len(set(_rule_values(cluster_rules))) > 1
+    legacy = any(value > 0 for value in rule_values(sparsity_rules)) or init is not CentroidInitialization.OPTIMAL
+    varied = len(set(rule_values(cluster_rules))) > 1
     goal = bits_per_weight is not None or target_bytes is not None or min_fidelity is not None
     if goal and (legacy or varied):
         raise WeightzipError("sparsity, conv_sparsity, conv_clusters and init apply to uniform clustering only; "
@@ -140,11 +145,11 @@ def compress_post_training(
 
     fit_batches = held_batches = None
     if calibration is not None:
-        samples = _checked_calibration(calibration, copy)
+        samples = checked_calibration(calibration, copy)
         fit, held = split_calibration(samples.shape[0], held_out=held_out, seed=seed)
-        fit_batches = _batches(samples[fit], batch_size)
-        held_batches = _batches(samples[held], batch_size)
-        reference = _outputs(copy, held_batches)  # also: the model runs on these inputs, or one clear error
+        fit_batches = batches(samples[fit], batch_size)
+        held_batches = batches(samples[held], batch_size)
+        reference = model_outputs(copy, held_batches)  # also: the model runs on these inputs, or one clear error
     importance = _importance(copy, weights, chosen, fit_batches, classifier, seed)
     tensors = [TensorToCompress(original_path[w.path], keras.ops.convert_to_numpy(w.weight.variable),
                                 importance.get(w.path), w.weight.channel_axis % len(w.weight.variable.shape),
@@ -158,20 +163,20 @@ def compress_post_training(
                                                   (CONVOLUTION,) if t.is_convolution else ()) for t in tensors}
                          for rules in (cluster_rules, sparsity_rules))
     if legacy:
-        plan = _pruned_uniform_plan(tensors, k_of, sparsity_of, granularity, group_size, init,
+        plan = pruned_uniform_plan(tensors, k_of, sparsity_of, granularity, group_size, init,
                                     chosen is not Sensitivity.NONE)
-        mode = _uniform_mode(cluster_rules, granularity, group_size) + \
-            f", sparsity {_sparsity_text(sparsity_rules)}, init {init.value}"
+        mode = uniform_mode(cluster_rules, granularity, group_size) + \
+            f", sparsity {sparsity_text(sparsity_rules)}, init {init.value}"
     elif varied:
-        plan = _merged_uniform(tensors, k_of, granularity, group_size, chosen)
-        mode = _uniform_mode(cluster_rules, granularity, group_size)
+        plan = merged_uniform_plan(tensors, k_of, granularity, group_size, chosen)
+        mode = uniform_mode(cluster_rules, granularity, group_size)
     else:
         clusters = cluster_rules.default
-        fit_reference = _outputs(copy, fit_batches) if min_fidelity is not None else None
+        fit_reference = model_outputs(copy, fit_batches) if min_fidelity is not None else None
 
         def fidelity_of(candidate: AllocationPlan) -> Fidelity:
             _assign(by_path, candidate)
-            measured = measure_fidelity(fit_reference, _outputs(copy, fit_batches), classifier=classifier)
+            measured = measure_fidelity(fit_reference, model_outputs(copy, fit_batches), classifier=classifier)
             _restore(by_path, originals)
             return measured
 
@@ -192,7 +197,7 @@ def compress_post_training(
             uncompressed.append({"tensor": name, "shape": list(np.shape(choice.stored)), "reason": KEPT_AS_FLOAT})
     fidelity = None
     if calibration is not None:
-        fidelity = measure_fidelity(reference, _outputs(copy, held_batches), classifier=classifier)
+        fidelity = measure_fidelity(reference, model_outputs(copy, held_batches), classifier=classifier)
     report = PostTrainingReport(plan, uncompressed, fidelity, chosen.value, mode, 0.0)
     report.seconds = time.perf_counter() - start
     if path is not None:
@@ -203,57 +208,6 @@ def compress_post_training(
         write_bytes_atomically(path, data, overwrite=overwrite, inputs=inputs)
         report.file_bytes = len(data)
     return copy, report
-
-
-# ---------------------------------------------------------------- options
-
-
-def _granularity(granularity: str | None, group_size: int | None, per_channel: bool) -> tuple[str, int | None]:
-    if granularity is None:
-        granularity = ("group" if group_size not in (None, 1) else "channel") if per_channel else "tensor"
-    elif per_channel and granularity == "tensor":
-        raise WeightzipError("per_channel=True contradicts granularity='tensor'")
-    if granularity not in ("tensor", "channel", "group"):
-        raise WeightzipError(f"granularity must be 'tensor', 'channel' or 'group', got {granularity!r}")
-    if granularity == "group":
-        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-            raise WeightzipError(f"granularity 'group' needs group_size, a positive integer, got {group_size!r}")
-    elif group_size not in (None, 1):
-        raise WeightzipError(f"group_size only applies with granularity 'group' (got {granularity!r})")
-    return granularity, group_size if granularity == "group" else None
-
-
-def _with_conv(value, conv) -> LayerRules:
-    rules = LayerRules.of(value)
-    return rules if conv is None else rules.set_type(CONVOLUTION, conv)
-
-
-def _rule_values(rules: LayerRules) -> list:
-    return [rules.default, *(value for _, value in rules.types), *(value for _, value in rules.names)]
-
-
-def _rules_text(rules: LayerRules, spec: str = "") -> str:
-    """`rules` in a report's words: ``16`` for one value, ``16 (convolution 64, 'fc2' 8)`` with overrides."""
-    overrides = [(kind if isinstance(kind, str) else kind.__name__, value) for kind, value in rules.types] + \
-        [(repr(name), value) for name, value in rules.names]
-    text = format(rules.default, spec)
-    return text if not overrides else text + " (" + ", ".join(f"{key} {format(v, spec)}" for key, v in overrides) + ")"
-
-
-def _sparsity_text(rules: LayerRules) -> str:
-    if not rules.names and set(dict(rules.types)) <= {CONVOLUTION}:  # the two tiers' old wording
-        return f"{rules.default:g} (conv {dict(rules.types).get(CONVOLUTION, rules.default):g})"
-    return _rules_text(rules, "g")
-
-
-def _uniform_mode(cluster_rules: LayerRules, granularity, group_size) -> str:
-    conv = dict(cluster_rules.types).get(CONVOLUTION, cluster_rules.default)
-    if not cluster_rules.names and set(dict(cluster_rules.types)) <= {CONVOLUTION}:  # the two tiers' old wording
-        each = f"k={cluster_rules.default}" if conv == cluster_rules.default else \
-            f"k={cluster_rules.default}, conv k={conv}"
-    else:
-        each = f"k={_rules_text(cluster_rules)}"
-    return f"uniform {each} per {granularity}" + (f" of {group_size}" if granularity == "group" else "")
 
 
 # ---------------------------------------------------------------- the model's tensors
@@ -299,89 +253,6 @@ def _importance(model, weights: list[ModelWeight], sensitivity: Sensitivity, bat
         moments = input_second_moments(model, batches, weights=weights)
         found = {w.path: importance_of(w, moments=moments) for w in weights}
     return {path: value for path, value in found.items() if value is not None}
-
-
-# ---------------------------------------------------------------- calibration inputs
-
-
-def _checked_calibration(calibration, model: keras.Model) -> np.ndarray:
-    samples = np.asarray(calibration)
-    if samples.dtype.kind not in "fiu":
-        raise WeightzipError(f"calibration inputs must be a numeric array, got dtype {samples.dtype}")
-    expected = tuple(model.inputs[0].shape[1:]) if getattr(model, "inputs", None) else None
-    if samples.ndim < 1 or samples.shape[0] < 2:
-        raise WeightzipError(f"calibration needs at least 2 samples (some to fit, some held out), got shape "
-                             f"{samples.shape}")
-    if expected is not None and (len(expected) != samples.ndim - 1 or any(
-            want is not None and want != got for want, got in zip(expected, samples.shape[1:]))):
-        raise WeightzipError(f"calibration inputs have samples of shape {samples.shape[1:]}, the model takes "
-                             f"{tuple('any' if s is None else s for s in expected)}")
-    if samples.dtype.kind == "f" and not np.all(np.isfinite(samples)):
-        raise WeightzipError("calibration inputs contain NaN or infinite values")
-    return samples.astype(np.float32) if samples.dtype.kind == "f" else samples
-
-
-def _batches(samples: np.ndarray, size: int) -> list[np.ndarray]:
-    return [samples[start:start + size] for start in range(0, samples.shape[0], size)]
-
-
-def _outputs(model: keras.Model, batches) -> np.ndarray:
-    try:
-        parts = [_flat(model(batch, training=False)) for batch in batches]
-    except WeightzipError:
-        raise
-    except Exception as error:  # noqa: BLE001 - whatever the backend raises, one line for the user
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise WeightzipError(f"the model cannot run on the calibration inputs: {first[:300]}") from None
-    return np.concatenate(parts, axis=0)
-
-
-def _flat(outputs) -> np.ndarray:
-    parts = [keras.ops.convert_to_numpy(part) for part in keras.tree.flatten(outputs)]
-    if len(parts) == 1:
-        return parts[0]
-    return np.concatenate([p.reshape(p.shape[0], -1) for p in parts], axis=1)
-
-
-# ---------------------------------------------------------------- plans
-
-
-def _merged_uniform(tensors, k_of: dict[str, int], granularity, group_size, sensitivity) -> AllocationPlan:
-    """Uniform clustering where the rules give tensors different k: each k's tensors planned together."""
-    choices = {}
-    for k in sorted(set(k_of.values())):
-        part = [t for t in tensors if k_of[t.name] == k]
-        if part:
-            plan, _ = choose_plan(part, clusters=k, granularity=granularity, group_size=group_size,
-                                  weighted=sensitivity is not Sensitivity.NONE)
-            choices.update(plan.choices)
-    return AllocationPlan({t.name: choices[t.name] for t in tensors}, write_options_for(None))
-
-
-def _pruned_uniform_plan(tensors, k_of: dict[str, int], sparsity_of: dict[str, float], granularity, group_size,
-                         init, weighted) -> AllocationPlan:
-    """Magnitude pruning then clustering with `init`, pruned zeros kept exactly (the earlier uniform path)."""
-    from weightzip.format import WriteOptions
-
-    options = WriteOptions()  # the sparse layout pays for pruned tensors
-    choices = {}
-    for tensor in tensors:
-        target, k = sparsity_of[tensor.name], k_of[tensor.name]
-        values = tensor.weights
-        if target > 0:
-            values = apply_mask(values, magnitude_mask(values, target))
-        axis = None if granularity == "tensor" else tensor.channel_axis
-        config = ClusterConfig(k, init=init, axis=axis, group_size=group_size or 1, preserve_sparsity=target > 0)
-        clustered = drop_unused_centroids(cluster_array(values, config,
-                                                        sample_weight=tensor.importance if weighted else None))
-        choice = TensorChoice(tensor.name, k, granularity if axis is not None else "tensor", group_size or 1,
-                              float(target), stored_bytes(tensor.name, clustered, options), tensor.size,
-                              weighted_error(tensor.weights, clustered.decode(), tensor.importance), clustered)
-        raw = stored_bytes(tensor.name, tensor.weights, options)
-        if raw < choice.stored_bytes:
-            choice = TensorChoice(tensor.name, 0, "float", 1, 0.0, raw, tensor.size, 0.0, tensor.weights)
-        choices[tensor.name] = choice
-    return AllocationPlan(choices, options)
 
 
 # ---------------------------------------------------------------- applying and writing
