@@ -2,8 +2,10 @@
 
 import keras
 import numpy as np
+import pytest
 
-from weightzip.keras._rewrite import Rewriter, copy_model, iter_layers
+from weightzip.core.errors import InvalidArgumentError
+from weightzip.keras._rewrite import Rewriter, check_cloneable, copy_model, iter_layers
 
 L = keras.layers
 
@@ -67,3 +69,11 @@ def test_rewriter_replaces_each_layer_once_and_copies_the_others():
     names = [layer.name for layer in iter_layers(clone)]
     assert "new_head" in names and "head" not in names and "inner_dense" in names
     assert not {id(v) for v in clone.get_layer("shared").weights} & {id(v) for v in model.get_layer("shared").weights}
+
+
+def test_check_cloneable_names_the_function_and_the_problem():
+    check_cloneable(_nested(), "f")
+    with pytest.raises(InvalidArgumentError, match=r"^g needs a Sequential or Functional model; .* is subclassed$"):
+        check_cloneable(_subclassed_built(), "g")
+    with pytest.raises(InvalidArgumentError, match="is not built"):
+        check_cloneable(keras.Sequential([L.Dense(2)]), "h")

@@ -25,18 +25,8 @@ import keras
 from keras import ops
 
 from weightzip.core import WeightzipError
-from weightzip.keras._compat import initialize_all_variables, is_functional, is_graph_model
-
-__all__ = [
-    "LayerCopyError",
-    "Rewriter",
-    "copy_layer",
-    "copy_model",
-    "is_functional",
-    "is_graph_model",
-    "iter_layers",
-    "strip_policy",
-]
+from weightzip.core.errors import InvalidArgumentError
+from weightzip.keras._compat import initialize_all_variables, is_graph_model
 
 
 class LayerCopyError(WeightzipError):
@@ -242,6 +232,14 @@ def strip_policy(wrapper_type: type) -> Callable:
         return None
 
     return replace
+
+
+def check_cloneable(model, what: str, hint: str = "") -> None:
+    """Refuse (InvalidArgumentError) a `model` that `what` cannot clone: subclassed, or not built."""
+    if not is_graph_model(model):
+        raise InvalidArgumentError(f"{what} needs a Sequential or Functional model; {model.name!r} is subclassed{hint}")
+    if not model.built:
+        raise InvalidArgumentError(f"model {model.name!r} is not built: give it an Input or call build() first")
 
 
 def copy_model(model: keras.Model) -> keras.Model:

@@ -26,7 +26,7 @@ from keras import ops
 from weightzip.core.errors import ArgumentTypeError, InvalidArgumentError
 from weightzip.core.pruning import PruningSchedule
 from weightzip.core.specs import PruningSpec, build_spec
-from weightzip.keras._rewrite import Rewriter, copy_layer, is_graph_model, strip_policy
+from weightzip.keras._rewrite import Rewriter, check_cloneable, copy_layer, strip_policy
 from weightzip.keras.pruning.callbacks import prunable_wrappers
 from weightzip.keras.pruning.registry import (
     LayerKind,
@@ -35,6 +35,8 @@ from weightzip.keras.pruning.registry import (
     unsupported_for_pruning,
 )
 from weightzip.keras.pruning.wrapper import PruneLowMagnitude
+
+_SUBCLASSED_HINT = ". Wrap its layers with prune_low_magnitude inside the model definition instead"
 
 
 def prune_low_magnitude(to_prune, pruning_schedule: PruningSchedule | None = None, block_size=None,
@@ -69,7 +71,7 @@ def prune_low_magnitude(to_prune, pruning_schedule: PruningSchedule | None = Non
         if inplace:
             raise InvalidArgumentError(f"model {to_prune.name!r} is pruned as a clone, never in place: inplace=True "
                                        "applies to single layers")
-        _check_cloneable(to_prune)
+        check_cloneable(to_prune, "prune_low_magnitude", _SUBCLASSED_HINT)
         if kwargs:
             raise InvalidArgumentError(f"extra layer arguments {sorted(kwargs)} apply to single layers, not to a model")
         return Rewriter(_prune_policy(params)).clone(to_prune)
@@ -92,7 +94,7 @@ def strip_pruning(model):
         return model.stripped_layer()
     if not isinstance(model, keras.Model):
         raise InvalidArgumentError(f"strip_pruning takes a Keras model or a PruneLowMagnitude layer, got {type(model).__name__}")
-    _check_cloneable(model)
+    check_cloneable(model, "strip_pruning", _SUBCLASSED_HINT)
     _warn_if_never_pruned(prunable_wrappers(model))
     return Rewriter(strip_policy(PruneLowMagnitude)).clone(model)
 
@@ -134,16 +136,6 @@ def _wrap(layer, params, inplace=None):
     if isinstance(layer, keras.Model):
         raise InvalidArgumentError(f"cannot wrap model {layer.name!r} as a layer: pass it to prune_low_magnitude on its own")
     return PruneLowMagnitude(layer if inplace is not False or not layer.built else copy_layer(layer), **params)
-
-
-def _check_cloneable(model):
-    if not is_graph_model(model):
-        raise InvalidArgumentError(
-            f"model {model.name!r} is a subclassed model; only Sequential and Functional models can be cloned. "
-            "Wrap its layers with prune_low_magnitude inside the model definition instead"
-        )
-    if not model.built:
-        raise InvalidArgumentError(f"model {model.name!r} is not built: give it an Input or call build() first")
 
 
 def _warn_if_never_pruned(wrappers):

@@ -21,7 +21,7 @@ import warnings
 import keras
 
 from weightzip.core.errors import InvalidArgumentError, InvalidClusterCountError
-from weightzip.keras._rewrite import Rewriter, copy_layer, is_graph_model, strip_policy
+from weightzip.keras._rewrite import Rewriter, check_cloneable, copy_layer, strip_policy
 from weightzip.keras.quantization.wrapper import Preserve, QuantizeWrapper, quantizable_kernel
 
 
@@ -35,7 +35,7 @@ def quantize_model(to_quantize, preserve=Preserve.NONE, *, quantize_output: bool
     """
     preserve = Preserve.parse(preserve, "preserve")
     if isinstance(to_quantize, keras.Model):
-        _check_model(to_quantize, "quantize_model")
+        check_cloneable(to_quantize, "quantize_model")
         fallbacks = []
         quantized = Rewriter(_quantize_policy(preserve, quantize_output, fallbacks)).clone(to_quantize)
         if fallbacks:
@@ -61,7 +61,7 @@ def strip_quantization(model):
         return model.stripped_layer()
     if not isinstance(model, keras.Model):
         raise InvalidArgumentError(f"strip_quantization takes a Keras model or a QuantizeWrapper, got {type(model).__name__}")
-    _check_model(model, "strip_quantization")
+    check_cloneable(model, "strip_quantization")
     return Rewriter(_strip_quantization_policy).clone(model)
 
 
@@ -76,7 +76,7 @@ def _quantize_policy(preserve: Preserve, quantize_output: bool, fallbacks: list)
 
     def replace(layer, rewriter):
         if isinstance(layer, keras.Model):
-            _check_model(layer, "quantize_model")
+            check_cloneable(layer, "quantize_model")
             return rewriter.clone(layer)
         if isinstance(layer, QuantizeWrapper):
             return copy_layer(layer)
@@ -97,7 +97,7 @@ def _quantize_policy(preserve: Preserve, quantize_output: bool, fallbacks: list)
 
 def _strip_quantization_policy(layer, rewriter):
     if isinstance(layer, keras.Model):
-        _check_model(layer, "strip_quantization")
+        check_cloneable(layer, "strip_quantization")
     return _strip_wrappers(layer, rewriter)
 
 
@@ -110,10 +110,3 @@ def _wrap_with_fallback(layer, preserve: Preserve, quantize_output: bool):
     except InvalidClusterCountError:
         fallback = Preserve.SPARSITY if preserve is Preserve.SPARSE_CLUSTERS else Preserve.NONE
         return QuantizeWrapper(layer, preserve=fallback, quantize_output=quantize_output), fallback
-
-
-def _check_model(model, what: str):
-    if not is_graph_model(model):
-        raise InvalidArgumentError(f"{what} needs a Sequential or Functional model; {model.name!r} is subclassed")
-    if not model.built:
-        raise InvalidArgumentError(f"model {model.name!r} is not built: give it an Input or call build() first")
