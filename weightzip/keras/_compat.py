@@ -37,6 +37,7 @@ except ImportError:  # pragma: no cover - private path moved
 __all__ = [
     "ConvLSTMCell",
     "get_stateless_scope",
+    "compiled_by_xla",
     "in_xla_trace",
     "initialize_all_variables",
     "is_functional",
@@ -69,6 +70,16 @@ def in_xla_trace() -> bool:
     if tf.executing_eagerly():
         return False
     return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
+
+
+def compiled_by_xla(tensor) -> bool:
+    """Whether `tensor` belongs to a computation XLA compiles as a whole (a jitted JAX function, or
+    TensorFlow under ``jit_compile``), where a chain of elementwise ops becomes one fused loop."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return isinstance(tensor, jax.core.Tracer)
+    return in_xla_trace()
 
 
 def segment_sum(values, index, size: int):

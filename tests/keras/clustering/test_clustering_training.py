@@ -7,6 +7,7 @@ import pytest
 from keras_clustering_helpers import skip_on_jax_unless, to_numpy
 
 import weightzip.keras as wk
+from weightzip.core import assign_to_centroids
 
 pytestmark = pytest.mark.backend_matrix
 
@@ -80,6 +81,40 @@ def test_fixed_reassignment_trains_only_the_centroids(baseline):
         np.testing.assert_array_equal(to_numpy(layer.layer.kernel), original)
         centroids = to_numpy(layer.cluster_centroids["kernel"])
         np.testing.assert_array_equal(to_numpy(layer.clustered_weights()["kernel"]), centroids[idx])
+
+
+def fresh_search(original, codebook, per_channel):
+    """The core's nearest-centroid index of each weight of `original` (a Dense kernel), and its centroid."""
+    if per_channel:
+        indices = np.stack([assign_to_centroids(column, row) for column, row in zip(original.T, codebook)], axis=1)
+        return indices, np.take_along_axis(codebook.T, indices.astype(np.intp), axis=0)
+    indices = assign_to_centroids(original, codebook)
+    return indices, codebook[indices]
+
+
+@pytest.mark.parametrize("per_channel", [False, True], ids=["per_tensor", "per_channel"])
+def test_every_step_kernel_is_a_fresh_nearest_centroid_search_after_each_step(per_channel):
+    """TFMOT's semantics on each backend's compiled step (XLA on TensorFlow and JAX, numba kernels on
+    PyTorch): after every training step, the kernel the compiled forward pass uses (read back by
+    predicting an identity batch through a bias-free Dense) is the current centroids at a fresh
+    nearest-centroid search of the current original weights, although some weights changed cluster."""
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(64, 12)).astype("float32"), rng.normal(size=(64, 16)).astype("float32")
+    model = keras.Sequential([keras.Input((12,)), keras.layers.Dense(16, use_bias=False)])
+    clustered = wk.cluster_weights(model, 6, cluster_per_channel=per_channel)
+    clustered.compile(keras.optimizers.SGD(0.3), keras.losses.MeanSquaredError())
+    wrapper, identity = clustered.layers[0], np.eye(12, dtype="float32")
+    first_assignment, moved = None, 0
+    for step in range(6):
+        clustered.train_on_batch(x[step * 8:(step + 1) * 8], y[step * 8:(step + 1) * 8])
+        seen = to_numpy(clustered.predict_on_batch(identity))
+        original, codebook = to_numpy(wrapper.layer.kernel), to_numpy(wrapper.cluster_centroids["kernel"])
+        assignment, expected = fresh_search(original, codebook, per_channel)
+        np.testing.assert_allclose(seen, expected, rtol=1e-6, atol=1e-7, err_msg=f"step {step}")
+        if first_assignment is None:
+            first_assignment = assignment
+        moved = int(np.count_nonzero(assignment != first_assignment))
+    assert moved > 0, "no weight changed cluster: the test would not see a stale assignment"
 
 
 @pytest.mark.parametrize("per_channel", [False, True], ids=["per_tensor", "per_channel"])

@@ -7,6 +7,11 @@ sorted centroids: ``keras.ops.searchsorted`` for one codebook per tensor, and fo
 codebooks (which ``searchsorted`` cannot batch) the same search written as ceil(log2 k) rounds of
 gather-and-compare. On an exact tie the lower centroid wins, as in :func:`weightzip.core.assign_to_centroids`.
 
+Training speed: a step that XLA compiles (JAX, TensorFlow's default ``jit_compile``) counts the midpoints
+below each weight instead (k - 1 elementwise compares, fused with the gather into one loop over the
+kernel); on PyTorch, numba kernels do the search with the gather, and the centroid gradient, in one
+parallel pass each (:mod:`._torch_lookup`). Every path searches afresh at every step (TFMOT's semantics).
+
 Shapes: `centroids` is ``(k,)`` for a per-tensor codebook or ``(channels, k)`` per channel, with the
 channel index running along `channel_axis` of the kernel.
 """
@@ -16,7 +21,12 @@ from __future__ import annotations
 from keras import ops
 
 from weightzip.core.errors import InvalidArgumentError
-from weightzip.keras._compat import in_xla_trace, segment_sum
+from weightzip.keras._compat import compiled_by_xla, in_xla_trace, segment_sum
+from weightzip.keras.clustering import _torch_lookup
+
+# Up to this many midpoints per row, a compiled step counts the midpoints below each weight (k - 1
+# compare-and-adds that XLA fuses with the gather) instead of searching for it.
+MAX_COUNTED_MIDPOINTS = 31
 
 
 def clustered_kernel(
@@ -52,6 +62,7 @@ def clustered_kernel(
         search_keys = ops.where(pin > 0, search_keys, float("inf"))
     flat_table = ops.reshape(table, (-1,))
     kernel_shape = tuple(original.shape)
+    torch_kernels = _torch_lookup.applies(original, flat_table)
     if fixed_indices is None:
         # Sort each row (centroids may cross while training) with flat gathers: few ops per step.
         order = ops.reshape(ops.cast(ops.argsort(search_keys, axis=-1), "int32"), (-1,))
@@ -59,12 +70,22 @@ def clustered_kernel(
             order = order + ops.repeat(ops.arange(groups, dtype="int32") * k, k)
         flat_table = ops.take(flat_table, order)
         sorted_keys = ops.reshape(ops.take(ops.reshape(search_keys, (-1,)), order), (groups, k))
+        if torch_kernels:
+            clustered = _torch_lookup.searched_lookup(flat_table, sorted_keys, original, channel_axis=channel_axis,
+                                                      average_gradient=average_gradient)
+            return _masked(clustered, sparsity_mask)
         positions = nearest_positions(ops.stop_gradient(original), sorted_keys, channel_axis)
     else:
         positions = ops.cast(fixed_indices, "int32")
     index = flat_index(positions, kernel_shape, channel_axis, k)
+    if torch_kernels:
+        return _masked(_torch_lookup.indexed_lookup(flat_table, index, average_gradient=average_gradient),
+                       sparsity_mask)
     straight_through = original if fixed_indices is None else None
-    clustered = shared_weight_lookup(flat_table, index, straight_through, average_gradient)
+    return _masked(shared_weight_lookup(flat_table, index, straight_through, average_gradient), sparsity_mask)
+
+
+def _masked(clustered, sparsity_mask):
     if sparsity_mask is not None:
         clustered = clustered * ops.cast(sparsity_mask, clustered.dtype)
     return clustered
@@ -129,9 +150,11 @@ def nearest_positions(weights, sorted_rows, channel_axis: int | None):
     if k == 1:
         return ops.zeros(kernel_shape, dtype="int32")
     midpoints = (sorted_rows[:, 1:] + sorted_rows[:, :-1]) / 2.0
+    if channel_axis is None and groups != 1:
+        raise InvalidArgumentError(f"a per-tensor codebook has one row, got {groups}")
+    if k - 1 <= MAX_COUNTED_MIDPOINTS and compiled_by_xla(weights):
+        return _counted_search(weights, midpoints, channel_axis)
     if channel_axis is None:
-        if groups != 1:
-            raise InvalidArgumentError(f"a per-tensor codebook has one row, got {groups}")
         if not in_xla_trace():
             found = ops.searchsorted(ops.reshape(midpoints, (-1,)), ops.reshape(weights, (-1,)), side="left")
             return ops.reshape(ops.cast(found, "int32"), kernel_shape)
@@ -151,6 +174,23 @@ def channel_offsets(kernel_shape, channel_axis: int, stride: int):
     view = [1] * len(kernel_shape)
     view[axis] = kernel_shape[axis]
     return ops.reshape(ops.arange(kernel_shape[axis], dtype="int32") * stride, view)
+
+
+def _counted_search(weights, midpoints, channel_axis: int | None):
+    """Count of each weight's row midpoints strictly below it, one elementwise compare-and-add per midpoint.
+
+    k - 1 passes when run op by op, but a single loop (with the gather that reads the result) once XLA
+    fuses them: no index tensor is written between the search and the lookup.
+    """
+    kernel_shape = tuple(weights.shape)
+    view = [1] * len(kernel_shape)
+    if channel_axis is not None:
+        view[channel_axis % len(kernel_shape)] = kernel_shape[channel_axis % len(kernel_shape)]
+    positions = ops.zeros(kernel_shape, dtype="int32")
+    for j in range(int(midpoints.shape[1])):
+        column = ops.reshape(midpoints[:, j], view)
+        positions = positions + ops.cast(ops.greater(weights, column), "int32")
+    return positions
 
 
 def _batched_search(weights, midpoints, channel_axis: int | None):
