@@ -183,6 +183,12 @@ def part_b(args, workers: list[Worker], data_path: str):
         results[worker.label] = worker.run(job)
         if "error" in results[worker.label]:
             print(f"    {worker.label}: {results[worker.label]['error']}", flush=True)
+            continue
+        # Each tool's ratios as soon as it is measured (the tables below follow once all have run).
+        for case, measured in zip(cases, results[worker.label]["cases"]):
+            figures = ", ".join(f"{mode} {ratio(measured['step_s'], mode)[0]:.2f}x" for mode in modes)
+            print(f"    measured {worker.label}, {case['title']}: {figures} (load {os.getloadavg()[0]:.1f})",
+                  flush=True)
     header = (f"    {'tool':<26} {'plain':>8} {'every step':>11} {'ratio':>14} {'fixed':>8} {'ratio':>14}")
     verdicts = []
     for index, case in enumerate(cases):
