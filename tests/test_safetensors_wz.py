@@ -74,3 +74,15 @@ def test_open_wz_per_tensor_bounds_each_tensor_not_their_sum(tmp_path):
         assert all(np.array_equal(wz.read(name), value) for name, value in tensors.items())
     with pytest.raises(WzFormatError, match="element limit"):
         open_wz(path, max_elements=59, per_tensor=True)  # 'a' alone has 60
+
+
+def test_read_metadata_bounds_each_tensor_not_their_sum(tmp_path, monkeypatch):
+    from weightzip.format import WzFormatError, read_metadata, reader, write_wz
+
+    path = tmp_path / "two.wz"
+    write_wz(path, {"a": np.zeros((6, 10), np.float32), "b": np.ones((5, 10), np.float32)}, {"k": 1})
+    monkeypatch.setattr(reader, "DEFAULT_MAX_ELEMENTS", 100)  # 110 together, each below
+    assert read_metadata(path) == {"k": 1}
+    monkeypatch.setattr(reader, "DEFAULT_MAX_ELEMENTS", 59)
+    with pytest.raises(WzFormatError, match="element limit"):
+        read_metadata(path)

@@ -237,9 +237,10 @@ def inspect_wz(path, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> WzSummary:
 
 
 def read_metadata(path) -> dict:
-    """The metadata of a `.wz` file (envelope and header checked, payload not read)."""
+    """The metadata of a `.wz` file (envelope and header checked, payload not read: each tensor's shape bounded
+    by the element limit alone, not their sum, so a 1 B-weight file's metadata can be read to stream it)."""
     with _open(path) as source:
-        return _checked_source(source, DEFAULT_MAX_ELEMENTS, str(path), verify_file_crc=False)[0]
+        return _checked_source(source, DEFAULT_MAX_ELEMENTS, str(path), verify_file_crc=False, per_tensor=True)[0]
 
 
 @contextmanager
