@@ -71,8 +71,8 @@ def checkpoint_tasks(checkpoint) -> list[TensorTask]:
 
 def encode_task(task: TensorTask, settings: EncodeSettings):
     """(EncodedRecord, TensorAction) of one tensor, read from its file: what a worker runs (NumPy only)."""
+    from weightzip.core.tensor_storage import action_of, encode_array
     from weightzip.format.records import encode_record
-    from weightzip.safetensors_wz import action_of, encode_array
     from weightzip.shards import ShardError, TensorEntry, numpy_view
 
     entry = TensorEntry(task.name, task.dtype, task.shape, task.start, task.start + task.nbytes)

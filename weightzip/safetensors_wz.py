@@ -11,7 +11,6 @@ written again (:mod:`weightzip.torch.hf`).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +19,9 @@ import numpy as np
 
 from weightzip import __version__
 from weightzip.atomic import atomic_output, check_output_path
-from weightzip.core import CentroidInitialization, ClusterConfig, ClusteredTensor, cluster_array
+from weightzip.core import CentroidInitialization, ClusterConfig, ClusteredTensor
 from weightzip.core.errors import WeightzipError
-from weightzip.core.palette import drop_unused_centroids, smallest_exact_palette
-from weightzip.core.pruning import apply_mask, magnitude_mask
+from weightzip.core.tensor_storage import TensorAction, action_of, encode_array  # noqa: F401  (the storage rule)
 from weightzip.format import WriteOptions, open_wz, write_wz
 from weightzip.shards import (
     ITEMSIZES,
@@ -42,16 +40,6 @@ Progress = Callable[[str, int, int], None]  # (tensor name, bytes done, bytes in
 
 class ModelDirectoryError(WeightzipError):
     """A directory that is not a Hugging Face model directory, or a .wz that cannot rebuild one."""
-
-
-@dataclass(frozen=True)
-class TensorAction:
-    """What was done to one tensor: ``clustered``, ``palette`` (few distinct values, stored exactly) or
-    ``kept`` (stored as it is), with the reason where it was not clustered."""
-
-    name: str
-    action: str
-    reason: str = ""
 
 
 @dataclass
@@ -80,43 +68,6 @@ class DirectoryCompression:
                 "not_clustered": {t.name: f"{t.action}: {t.reason}" for t in self.tensors if t.action != "clustered"},
                 "carried_files": self.carried_files, "left_out": self.left_out,
                 "post_training": None if self.post_training is None else self.post_training.to_metadata()}
-
-
-def encode_array(name, array: np.ndarray, axes, config: ClusterConfig | None, per_channel: bool,
-                 max_clusters: int, sparsity: float | None = None):
-    """Prune, cluster, palettize exactly, or keep `array` (a checkpoint's tensor as NumPy): floating tensors
-    of rank >= 2 (with `axes`, a name -> channel axis map: only those named) are pruned to `sparsity`, then
-    clustered with `config` (channel axis 0 without `axes`), or without `config` stored as an exact palette
-    where that is smaller; everything else is kept as it is."""
-    if not np.issubdtype(array.dtype, np.floating) or array.ndim < 2 or array.size == 0:
-        return array
-    if axes is not None and name not in axes:
-        return array  # a module's tensor that is not a supported layer's weight
-    axis = 0 if axes is None else axes[name]
-    if sparsity:  # a sparsity of 0 prunes nothing: skip the pass over the tensor
-        array = apply_mask(array, magnitude_mask(array, sparsity))
-    if config is not None:
-        layer_config = dataclasses.replace(config, axis=axis if per_channel else None)
-        try:
-            return drop_unused_centroids(cluster_array(array, layer_config))
-        except WeightzipError as error:
-            raise WeightzipError(f"tensor {name!r}: {error}") from None
-    palette = smallest_exact_palette(array, max_clusters, channel_axis=axis) if np.all(np.isfinite(array)) else None
-    return array if palette is None else palette
-
-
-def action_of(name: str, value, config) -> TensorAction:
-    """The :class:`TensorAction` that storing `value` (what :func:`encode_array` returned) amounts to."""
-    if isinstance(value, ClusteredTensor):
-        return TensorAction(name, "clustered" if config is not None else "palette",
-                            "" if config is not None else "few distinct values, stored exactly")
-    if not np.issubdtype(value.dtype, np.floating):
-        return TensorAction(name, "kept", f"not floating ({value.dtype})")
-    if value.ndim < 2:
-        return TensorAction(name, "kept", f"rank {value.ndim} (biases and normalisation are kept exactly)")
-    if value.size == 0:
-        return TensorAction(name, "kept", "empty")
-    return TensorAction(name, "kept", "no --clusters given and too many distinct values for a palette")
 
 
 def specs_json(checkpoint) -> dict:

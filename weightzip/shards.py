@@ -137,25 +137,20 @@ class SafetensorsCheckpoint:
     def total_bytes(self) -> int:
         return sum(entry.nbytes for header in self.headers.values() for entry in header.entries)
 
-    def tensors(self):
-        """(name, torch tensor) in layout order, one at a time, from memory-mapped files (CPU).
+    def arrays(self) -> Iterator[tuple[str, np.ndarray]]:
+        """(name, NumPy array) in layout order, one at a time, as :meth:`views` (the same bounded memory):
+        views of the mapping, bfloat16 widened to a float32 copy (exact). A dtype NumPy lacks (float8) raises
+        :class:`ShardError` naming the tensor. (``weightzip.torch.shards.tensors`` gives torch tensors.)"""
+        yield from self.views(numpy_view)
 
-        Each tensor is a view of the file's (copy-on-write) mapping; once the consumer asks for the next one,
-        the previous tensor's pages are handed back to the system (``madvise(MADV_DONTNEED)``), so the resident
-        memory stays about one tensor however large the checkpoint. A tensor kept longer stays valid (its
+    def views(self, view) -> Iterator:
+        """(name, ``view(mapping, start, entry)``) in layout order, one at a time, from memory-mapped files.
+
+        Each view is of the file's (copy-on-write) mapping; once the consumer asks for the next one, the
+        previous tensor's pages are handed back to the system (``madvise(MADV_DONTNEED)``), so the resident
+        memory stays about one tensor however large the checkpoint. A view kept longer stays valid (its
         pages are read from the file again when touched; writes to it are private and may be dropped).
         """
-        from weightzip.torch.shards import torch_view
-
-        yield from self._views(torch_view)
-
-    def arrays(self) -> Iterator[tuple[str, np.ndarray]]:
-        """(name, NumPy array) in layout order, one at a time, as :meth:`tensors` (the same bounded memory):
-        views of the mapping, bfloat16 widened to a float32 copy (exact). A dtype NumPy lacks (float8) raises
-        :class:`ShardError` naming the tensor."""
-        yield from self._views(numpy_view)
-
-    def _views(self, view) -> Iterator:
         for file, names, _ in self.layout.shards:
             header = self.headers[file]
             entries = {entry.name: entry for entry in header.entries}

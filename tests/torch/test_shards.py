@@ -16,6 +16,9 @@ from weightzip.torch.shards import (
     write_safetensors,
     write_sharded,
 )
+from weightzip.torch.shards import (
+    tensors as checkpoint_tensors,
+)
 
 
 def _tensors():
@@ -52,7 +55,7 @@ def test_library_written_file_opens_and_streams_in_order(tmp_path):
     checkpoint = open_safetensors(tmp_path)
     assert not checkpoint.layout.sharded and set(checkpoint.names) == set(tensors)
     assert checkpoint.total_bytes == sum(t.numel() * t.element_size() for t in tensors.values())
-    for name, tensor in checkpoint.tensors():
+    for name, tensor in checkpoint_tensors(checkpoint):
         assert torch.equal(tensor, tensors[name])
 
 
@@ -65,7 +68,7 @@ def test_sharded_round_trip_keeps_layout_and_index(tmp_path):
     checkpoint = open_safetensors(tmp_path)
     assert checkpoint.layout.shards == layout.shards
     assert ShardLayout.from_json(json.loads(json.dumps(checkpoint.layout.to_json())), "x") == checkpoint.layout
-    assert {name: t for name, t in checkpoint.tensors()}.keys() == tensors.keys()
+    assert {name: t for name, t in checkpoint_tensors(checkpoint)}.keys() == tensors.keys()
 
 
 @pytest.mark.parametrize("defect, message", [
@@ -113,7 +116,7 @@ def test_foreign_file_is_not_a_safetensors_file(tmp_path):
 def test_tensors_kept_past_the_iteration_stay_valid(tmp_path):
     tensors = _tensors()
     _sharded_dir(tmp_path, tensors)
-    kept = dict(open_safetensors(tmp_path).tensors())  # every view outlives its step and the generator
+    kept = dict(checkpoint_tensors(open_safetensors(tmp_path)))  # every view outlives its step and the generator
     import gc
 
     gc.collect()

@@ -36,11 +36,11 @@ from weightzip.core import CentroidInitialization, ClusterConfig, ClusteredTenso
 from weightzip.core.errors import ArgumentTypeError, InvalidArgumentError, WeightzipError, first_line
 from weightzip.core.palette import drop_unused_centroids
 from weightzip.core.rules import CONVOLUTION, LayerRules
+from weightzip.core.tensor_storage import encode_array as _encode_choice  # the one rule, NumPy only
 from weightzip.core.validation import check_cluster_count
 from weightzip.format import WriteOptions, WzFormatError, read_wz, read_wz_dense, write_wz
-from weightzip.safetensors_wz import encode_array as _encode_choice  # the one rule, NumPy only
 from weightzip.torch.clustering import ClusteredWeight
-from weightzip.torch.palettized import PalettizedWeight
+from weightzip.torch.palettized_layers import PalettizedWeight
 from weightzip.torch.targets import find_targets
 from weightzip.torch.torchscript import (
     ARCHIVE_SUFFIXES,

@@ -33,7 +33,7 @@ from weightzip.core.errors import ArgumentTypeError, WeightzipError
 from weightzip.format import DEFAULT_MAX_ELEMENTS, TensorInfo, WzFile, open_wz
 from weightzip.torch._kernels.layout import Palette, SparsePalette
 from weightzip.torch.memory import release_free_memory
-from weightzip.torch.palettized import PALETTIZED_LAYERS
+from weightzip.torch.palettized_layers import PALETTIZED_LAYERS
 from weightzip.torch.palettized_recurrent import RECURRENT_LAYERS, palettized_recurrent, why_not_recurrent
 from weightzip.torch.palettized_sparse import PalettizedSparseLinear, smaller_sparse
 

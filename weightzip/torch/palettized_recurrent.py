@@ -19,6 +19,7 @@ from weightzip.core import ClusteredTensor
 from weightzip.core.errors import WeightzipError
 from weightzip.torch._kernels import ops as _ops
 from weightzip.torch._kernels.layout import Palette
+from weightzip.torch.palettized_layers import PalettizedLinear
 
 _MODES = {nn.LSTM: "LSTM", nn.GRU: "GRU", nn.LSTMCell: "LSTM", nn.GRUCell: "GRU"}
 
@@ -41,8 +42,6 @@ def why_not_recurrent(module: nn.Module) -> str | None:
 
 
 def _weight_store(palette: ClusteredTensor | Palette, dtype, device) -> nn.Module:
-    from weightzip.torch.palettized import PalettizedLinear
-
     return PalettizedLinear(palette, None, dtype=dtype, device=device)
 
 

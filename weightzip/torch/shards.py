@@ -42,8 +42,15 @@ for _name, _attribute in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2
 DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 
+def tensors(checkpoint: SafetensorsCheckpoint):
+    """(name, torch tensor) in layout order, one at a time, from `checkpoint`'s memory-mapped files (CPU):
+    views of the mapping with their own dtypes (bfloat16 and float8 included), resident memory about one
+    tensor however large the checkpoint (see :meth:`SafetensorsCheckpoint.views`)."""
+    yield from checkpoint.views(torch_view)
+
+
 def torch_view(mapped: mmap.mmap, start: int, entry: TensorEntry) -> torch.Tensor:
-    """The tensor `entry` at byte `start` of `mapped` (see :meth:`SafetensorsCheckpoint.tensors`)."""
+    """The tensor `entry` at byte `start` of `mapped` (see :func:`tensors`)."""
     dtype = DTYPES[entry.dtype]
     if entry.nbytes == 0:
         return torch.empty(entry.shape, dtype=dtype)
