@@ -111,6 +111,7 @@ class TensorChoice:
     weighted_error: float
     stored: ClusteredTensor | np.ndarray = field(repr=False, compare=False)
     outliers: float = 0.0
+    compensated: bool = False  # indices re-chosen for the layer's output error (weightzip.core.compensation)
 
     @property
     def bits_per_weight(self) -> float:
@@ -120,7 +121,7 @@ class TensorChoice:
         return {"tensor": self.name, "k": self.clusters or None, "granularity": self.granularity,
                 "group_size": self.group_size, "sparsity": self.sparsity, "outliers": self.outliers,
                 "bits_per_weight": round(self.bits_per_weight, 4), "bytes": self.stored_bytes,
-                "weighted_error": float(self.weighted_error)}
+                "weighted_error": float(self.weighted_error), "compensated": self.compensated}
 
 
 @dataclass(frozen=True)

@@ -77,31 +77,67 @@ def choose_plan(tensors: list[TensorToCompress], *, clusters: int = 16, granular
                 target_bytes: int | None = None, min_fidelity: float | None = None,
                 candidates: Candidates | None = None,
                 file_bytes: Callable[[AllocationPlan], int] | None = None,
-                fidelity_of: Callable[[AllocationPlan], Fidelity] | None = None) -> tuple[AllocationPlan, str]:
+                fidelity_of: Callable[[AllocationPlan], Fidelity] | None = None,
+                refine: Callable[[AllocationPlan], AllocationPlan] | None = None) -> tuple[AllocationPlan, str]:
     """(plan, mode description) for the goal given (see module doc).
 
     file_bytes: size of the whole `.wz` file a plan gives (needed with target_bytes); fidelity_of: the
     measured fidelity of a plan on the fit part of the calibration set (needed with min_fidelity).
+    refine: a last step on the chosen plan (error compensation, :func:`weightzip.core.compensation.compensate_plan`)
+    that may change its sizes a little; size goals are then met by the refined plan (:func:`refined_within`),
+    and min_fidelity is judged on refined plans.
     """
     if not tensors:
         raise WeightzipError("the model has no weight tensors weightzip can compress")
+    refine = refine or (lambda plan: plan)
     write_options = write_options_for(candidates)
     if bits_per_weight is None and target_bytes is None and min_fidelity is None:
         plan = uniform_plan(tensors, clusters=clusters, granularity=granularity, group_size=group_size,
                             weighted=weighted, write_options=write_options)
         mode = f"uniform k={clusters} per {granularity}" + (f" of {group_size}" if granularity == "group" else "")
-        return plan, mode
+        return refine(plan), mode
     curves = rate_distortion_curves(tensors, candidates or Candidates(), write_options=write_options)
     if bits_per_weight is not None:
-        return allocate(curves, bits_per_weight=bits_per_weight), f"{bits_per_weight:g} bits per weight"
+        budget = allocate(curves, bits_per_weight=bits_per_weight).total_bytes  # also: the target can be met
+        budget = max(budget, int(math.floor(bits_per_weight * sum(c.weights for c in curves.values()) / 8.0)))
+        plan = refined_within(lambda bytes_: allocate(curves, target_bytes=bytes_), refine, budget,
+                              lambda plan: plan.total_bytes)
+        return plan, f"{bits_per_weight:g} bits per weight"
     if target_bytes is not None:
         if file_bytes is None:
             raise WeightzipError("internal: target_bytes needs the front end's file size function")
-        return plan_for_file_size(curves, target_bytes, file_bytes), f"target {target_bytes:,} bytes"
+        plan = refined_within(lambda bytes_: plan_for_file_size(curves, bytes_, file_bytes), refine, target_bytes,
+                              file_bytes)
+        return plan, f"target {target_bytes:,} bytes"
     if fidelity_of is None:
         raise WeightzipError("internal: min_fidelity needs the front end's fidelity function")
-    plan = smallest_plan(curves, lambda candidate: fidelity_figure(fidelity_of(candidate)) >= min_fidelity)
-    return plan, f"min fidelity {min_fidelity:g}"
+    found = {}
+
+    def accept(candidate: AllocationPlan) -> bool:
+        found[id(candidate)] = refine(candidate)
+        return fidelity_figure(fidelity_of(found[id(candidate)])) >= min_fidelity
+
+    plan = smallest_plan(curves, accept)
+    return found.get(id(plan)) or refine(plan), f"min fidelity {min_fidelity:g}"
+
+
+def refined_within(plan_for_budget: Callable[[int], AllocationPlan], refine: Callable[[AllocationPlan], AllocationPlan],
+                   budget: int, size_of: Callable[[AllocationPlan], int], attempts: int = 4) -> AllocationPlan:
+    """``refine(plan_for_budget(b))`` whose size stays within `budget`: when refining grows the plan past it
+    (compensated indices may entropy-code a little worse), the budget asked for shrinks by the excess and the
+    allocation is redone; if that never fits, the unrefined plan for the full budget (which fits)."""
+    asked = budget
+    for _ in range(attempts):
+        try:
+            planned = plan_for_budget(asked)
+        except TargetUnreachableError:
+            break
+        refined = refine(planned)
+        excess = size_of(refined) - budget
+        if excess <= 0:
+            return refined
+        asked -= excess
+    return plan_for_budget(budget)
 
 
 def plan_for_file_size(curves, target: int, file_bytes: Callable[[AllocationPlan], int],
@@ -190,4 +226,4 @@ HEADER_SLACK = 96  # bytes: the final header's figures (fidelity, time) deflate 
 
 
 __all__ = ["HEADER_SLACK", "KEPT_AS_FLOAT", "METADATA_KEY", "PostTrainingReport", "Sensitivity", "check_goals",
-           "choose_plan", "fidelity_figure", "plan_for_file_size", "report_stub"]
+           "choose_plan", "fidelity_figure", "plan_for_file_size", "refined_within", "report_stub"]

@@ -178,3 +178,75 @@ def activation_importance(target: WeightTarget, moments: np.ndarray, shape: tupl
     channel = group_of_output[:, None] * per_group + np.arange(per_group)[None, :]
     table = moments[channel]
     return np.broadcast_to(table.reshape(table.shape + (1,) * (len(shape) - 2)), shape).copy()
+
+
+def _hessian_layout(module: nn.Module) -> tuple[int, ...] | None:
+    """The axes permutation of the weight's matrix view (see :class:`weightzip.core.compensation.InputHessian`),
+    for the layers whose input Hessian is measured: Linear and Conv1d/2d (grouped and depthwise included)."""
+    if isinstance(module, nn.Linear):
+        return (0, 1)
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.padding_mode == "zeros":
+        return tuple(range(module.weight.ndim))
+    return None
+
+
+def _patches(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """(samples, groups, n) input vectors of each output position: the layer's im2col patches."""
+    if isinstance(module, nn.Linear):
+        return x.reshape(-1, 1, x.shape[-1])
+    if isinstance(module, nn.Conv1d):
+        x = x.unsqueeze(-1)
+        kernel, dilation, padding, stride = ((module.kernel_size[0], 1), (module.dilation[0], 1),
+                                             (module.padding[0], 0), (module.stride[0], 1))
+    else:
+        kernel, dilation, padding, stride = module.kernel_size, module.dilation, module.padding, module.stride
+    if isinstance(padding, str):  # "same" / "valid"
+        padding = tuple(d * (k - 1) // 2 for k, d in zip(kernel, dilation)) if padding == "same" else (0, 0)
+    columns = torch.nn.functional.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)
+    batch, width, positions = columns.shape
+    groups = module.groups
+    return columns.reshape(batch, groups, width // groups, positions).permute(0, 3, 1, 2).reshape(
+        -1, groups, width // groups)
+
+
+def input_hessians(module: nn.Module, batches: Iterable[torch.Tensor], targets: list[WeightTarget] | None = None,
+                   *, max_columns: int = 8192, chunk_elements: int = 1 << 24) -> dict[str, object]:
+    """Per target layer (by module name): :class:`~weightzip.core.compensation.InputHessian`, ``E[x xᵀ]`` of its
+    input vectors (im2col patches for Conv1d/2d, per group), for sequential error compensation.
+
+    Only Linear and zero-padded Conv1d/Conv2d layers with at most `max_columns` inputs per output are measured
+    (others are absent). "same" padding with an even kernel is asymmetric and not reproduced: such layers are
+    left out too. Patches are formed `chunk_elements` at a time to bound memory.
+    """
+    from weightzip.core.compensation import InputHessian
+
+    targets = find_targets(module) if targets is None else targets
+    layers = {}
+    for t in targets:
+        layout = _hessian_layout(t.module)
+        if layout is None or t.parameter_name != "weight":
+            continue
+        weight = t.module.weight
+        columns = weight[0].numel()
+        if columns > max_columns or (getattr(t.module, "padding", None) == "same"
+                                     and any(k % 2 == 0 for k in t.module.kernel_size)):
+            continue
+        layers[t.module_name] = t.module
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+
+    def hook_for(name: str, layer: nn.Module):
+        def hook(_module, inputs, _output):
+            x = inputs[0].detach().float()
+            per_sample = max(1, x[0].numel() * (1 if isinstance(layer, nn.Linear) else layer.weight[0, 0].numel()))
+            step = max(1, chunk_elements // per_sample)
+            for start in range(0, x.shape[0], step):
+                patches = _patches(layer, x[start:start + step]).transpose(0, 1)  # (groups, samples, n)
+                product = torch.bmm(patches.transpose(1, 2), patches).double()
+                sums[name] = sums[name] + product if name in sums else product
+                counts[name] = counts.get(name, 0) + patches.shape[1]
+        return hook
+
+    run_with_forward_hooks(module, batches, [(layer, hook_for(name, layer)) for name, layer in layers.items()])
+    return {name: InputHessian((sums[name] / counts[name]).cpu().numpy(), _hessian_layout(layers[name]),
+                               counts[name]) for name in sums}

@@ -33,20 +33,17 @@ from weightzip.core.allocation import (
     AllocationPlan,
     Candidates,
     TensorToCompress,
-    allocate,
-    rate_distortion_curves,
-    smallest_plan,
-    uniform_plan,
 )
 from weightzip.core.cluster import ClusteredTensor
+from weightzip.core.compensation import compensate_plan
 from weightzip.core.errors import WeightzipError
-from weightzip.core.fidelity import measure_fidelity, split_calibration
+from weightzip.core.fidelity import Fidelity, measure_fidelity, split_calibration
 from weightzip.core.post_training import (  # shared with the Keras front end
     HEADER_SLACK,
     KEPT_AS_FLOAT,
     PostTrainingReport,
     Sensitivity,
-    plan_for_file_size,
+    choose_plan,
     report_stub,
 )
 from weightzip.format import encode_wz
@@ -54,6 +51,7 @@ from weightzip.torch.calibration import (
     activation_importance,
     batches_of,
     fisher_diagonal,
+    input_hessians,
     input_second_moments,
     outputs_of,
 )
@@ -86,6 +84,7 @@ def compress_post_training(
     metadata: dict | None = None,
     extra_tensors: dict | None = None,
     bias_correction: bool = True,
+    compensation: bool = True,
 ) -> tuple[nn.Module, PostTrainingReport]:
     """Compress a copy of `module` post-training (see the module doc); returns (compressed copy, report).
 
@@ -128,32 +127,24 @@ def compress_post_training(
     tensors = _tensors_to_compress(model, targets, sensitivity, fit_batches, seed)
     uncompressed = _left_alone(model, {t.name for t in tensors})
 
-    if bits_per_weight is not None or target_bytes is not None or min_fidelity is not None:
-        curves = rate_distortion_curves(tensors, candidates or Candidates())
-        if bits_per_weight is not None:
-            plan = allocate(curves, bits_per_weight=bits_per_weight)
-            mode = f"{bits_per_weight:g} bits per weight"
-        elif target_bytes is not None:
-            plan = plan_for_file_size(curves, target_bytes, lambda candidate: len(_encode(
-                model, candidate, report_stub(candidate, uncompressed), metadata, extra_tensors)) + HEADER_SLACK)
-            mode = f"target {target_bytes:,} bytes"
-        else:
-            fit_reference = outputs_of(model, fit_batches)
+    refine = None
+    if compensation and fit_batches is not None and sensitivity is not Sensitivity.NONE:
+        refine = _compensation(model, targets, tensors, fit_batches)
+    fit_reference = outputs_of(model, fit_batches) if min_fidelity is not None else None
 
-            def accept(candidate_plan: AllocationPlan) -> bool:
-                trial = _compressed(model, targets, candidate_plan, fit_batches if bias_correction else None)[0]
-                measured = measure_fidelity(fit_reference, outputs_of(trial, fit_batches))
-                figure = measured.top1_agreement if measured.top1_agreement is not None else measured.mean_cosine
-                return figure >= min_fidelity
+    def fidelity_of(candidate: AllocationPlan) -> Fidelity:
+        trial = _compressed(model, targets, candidate, fit_batches if bias_correction else None)[0]
+        return measure_fidelity(fit_reference, outputs_of(trial, fit_batches))
 
-            plan = smallest_plan(curves, accept)
-            mode = f"min fidelity {min_fidelity:g}"
-    else:
-        weighted = sensitivity is not Sensitivity.NONE
-        plan = uniform_plan(tensors, clusters=clusters, granularity=granularity, group_size=group_size,
-                            weighted=weighted)
-        mode = f"uniform k={clusters} per {granularity}" + (f" of {group_size}" if granularity == "group" else "")
+    def file_bytes(candidate: AllocationPlan) -> int:
+        return len(_encode(model, candidate, report_stub(candidate, uncompressed), metadata, extra_tensors)) \
+            + HEADER_SLACK
 
+    plan, mode = choose_plan(tensors, clusters=clusters, granularity=granularity, group_size=group_size,
+                             weighted=sensitivity is not Sensitivity.NONE, bits_per_weight=bits_per_weight,
+                             target_bytes=target_bytes, min_fidelity=min_fidelity, candidates=candidates,
+                             file_bytes=file_bytes, fidelity_of=fidelity_of, refine=refine)
+    compensated = [name for name, choice in plan.choices.items() if choice.compensated]
     compressed, corrected = _compressed(model, targets, plan,
                                         fit_batches if bias_correction and calibration is not None else None)
     for name, choice in plan.choices.items():
@@ -164,6 +155,9 @@ def compress_post_training(
     if calibration is not None:
         fidelity = measure_fidelity(reference, outputs_of(compressed, held_batches))
     report = PostTrainingReport(plan, uncompressed, fidelity, sensitivity.value, mode, 0.0)
+    if compensated:
+        report.notes.append(f"error compensation (GPTQ on the clustered grid): {len(compensated)} layers' "
+                            f"assignments chosen for their output error on the fit inputs")
     if corrected is not None:
         done, left = corrected
         report.notes.append(f"bias correction: {len(done)} layers' output means restored on the fit inputs "
@@ -202,6 +196,17 @@ def _tensors_to_compress(model: nn.Module, targets: list[WeightTarget], sensitiv
         tensors.append(TensorToCompress(target.qualified_name, to_numpy(weight), importance.get(target.qualified_name),
                                         target.channel_axis, isinstance(target.module, nn.modules.conv._ConvNd)))
     return tensors
+
+
+def _compensation(model: nn.Module, targets: list[WeightTarget], tensors: list[TensorToCompress], batches):
+    """A plan -> plan step re-choosing each Linear / Conv weight's indices for the layer's output error
+    (:mod:`weightzip.core.compensation`; input Hessians measured once on `batches`)."""
+    hessians = input_hessians(model, batches, targets)
+    by_tensor = {t.qualified_name: hessians[t.module_name] for t in targets
+                 if t.module_name in hessians and t.parameter_name == "weight"}
+    by_name = {t.name: t for t in tensors}
+
+    return lambda plan: compensate_plan(plan, by_name, by_tensor)[0]
 
 
 def _left_alone(model: nn.Module, compressed: set[str]) -> list[dict]:

@@ -38,6 +38,7 @@ from weightzip.core.allocation import (
     TensorToCompress,
     write_options_for,
 )
+from weightzip.core.compensation import compensate_plan
 from weightzip.core.errors import WeightzipError
 from weightzip.core.fidelity import Fidelity, measure_fidelity, split_calibration
 from weightzip.core.post_training import (
@@ -74,6 +75,7 @@ from weightzip.keras.pipeline.calibration import (
     input_second_moments,
     model_weights,
 )
+from weightzip.keras.pipeline.hessians import input_hessians
 
 __all__ = ["PostTrainingReport", "Sensitivity", "compress_post_training"]
 
@@ -104,6 +106,7 @@ def compress_post_training(
     overwrite: bool = False,
     inputs=(),
     metadata: dict | None = None,
+    compensation: bool = True,
 ) -> tuple[keras.Model, PostTrainingReport]:
     """Compress a copy of `model` post-training (see the module doc); returns (compressed copy, report).
 
@@ -116,6 +119,8 @@ def compress_post_training(
     scores (None: a 2-D output with >= 2 columns). path: write the `.wz` file there (atomically).
     `clusters` and `sparsity` may be :class:`~weightzip.core.rules.LayerRules` (global / layer type / layer name
     values; `conv_clusters` / `conv_sparsity` are their CONVOLUTION type rule).
+    compensation: with calibration and a sensitivity, re-choose the clustered Dense / Conv kernels' indices for
+    their layers' output error (:mod:`weightzip.core.compensation`).
     """
     start = time.perf_counter()
     chosen = check_goals(calibration_given=calibration is not None, bits_per_weight=bits_per_weight,
@@ -186,10 +191,18 @@ def compress_post_training(
             _restore(by_path, originals)
             return size
 
+        refine = None
+        if compensation and chosen is not Sensitivity.NONE and fit_batches is not None:
+            hessians = {original_path[path]: h for path, h in input_hessians(copy, fit_batches, weights=weights).items()}
+            by_name = {t.name: t for t in tensors}
+
+            def refine(candidate: AllocationPlan) -> AllocationPlan:  # error compensation (core.compensation)
+                return compensate_plan(candidate, by_name, hessians)[0]
+
         plan, mode = choose_plan(tensors, clusters=clusters, granularity=granularity, group_size=group_size,
                                  weighted=chosen is not Sensitivity.NONE, bits_per_weight=bits_per_weight,
                                  target_bytes=target_bytes, min_fidelity=min_fidelity, candidates=candidates,
-                                 file_bytes=file_bytes, fidelity_of=fidelity_of)
+                                 file_bytes=file_bytes, fidelity_of=fidelity_of, refine=refine)
 
     _assign(by_path, plan)
     for name, choice in plan.choices.items():
@@ -199,6 +212,10 @@ def compress_post_training(
     if calibration is not None:
         fidelity = measure_fidelity(reference, model_outputs(copy, held_batches), classifier=classifier)
     report = PostTrainingReport(plan, uncompressed, fidelity, chosen.value, mode, 0.0)
+    compensated = sum(choice.compensated for choice in plan.choices.values())
+    if compensated:
+        report.notes.append(f"error compensation (GPTQ on the clustered grid): {compensated} kernels' indices "
+                            "chosen for their layers' output error on the fit inputs")
     report.seconds = time.perf_counter() - start
     if path is not None:
         data = _encode(model, copy, plan, report, metadata)

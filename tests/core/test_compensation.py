@@ -1,0 +1,64 @@
+"""Sequential error compensation (GPTQ on a clustered grid): lower layer output error, same codebook."""
+
+import numpy as np
+import pytest
+
+from weightzip.core.cluster import ClusterConfig, cluster_array
+from weightzip.core.compensation import InputHessian, compensate, output_error
+from weightzip.core.errors import WeightzipError
+
+
+def _correlated_inputs(rng, samples, columns, count=1):
+    """`count` sets of inputs drawn from one correlated distribution."""
+    mixing = rng.normal(size=(columns, columns)) / np.sqrt(columns) + np.eye(columns)
+    sets = [rng.normal(size=(samples, columns)) @ mixing for _ in range(count)]
+    return sets if count > 1 else sets[0]
+
+
+@pytest.mark.parametrize("axis", [None, 0])
+def test_compensation_lowers_output_error_on_held_out_inputs_and_keeps_the_codebook(axis):
+    rng = np.random.default_rng(0)
+    rows, columns = 48, 200  # more than one 128-column block
+    weights = rng.normal(size=(rows, columns)).astype(np.float32)
+    fit, held = _correlated_inputs(rng, 4000, columns, count=2)
+    hessian = InputHessian((fit.T @ fit / len(fit))[None], (0, 1), len(fit))
+    nearest = cluster_array(weights, ClusterConfig(4, "optimal", axis=axis))
+    compensated = compensate(nearest, weights, hessian)
+    np.testing.assert_array_equal(compensated.codebook, nearest.codebook)
+    assert compensated.indices.shape == weights.shape and compensated.axis == nearest.axis
+
+    def held_error(clustered):
+        return float(np.sum(((weights - clustered.decode()) @ held.T) ** 2))
+
+    assert output_error(weights, compensated.decode(), hessian) < 0.8 * output_error(weights, nearest.decode(), hessian)
+    assert held_error(compensated) < 0.8 * held_error(nearest)
+
+
+def test_grouped_hessians_follow_their_rows_and_transposed_layouts():
+    rng = np.random.default_rng(1)
+    groups, per_group, columns = 3, 4, 9  # a depthwise-like (in, mult, kh, kw) kernel stored as (kh, kw, in, mult)
+    inputs = [_correlated_inputs(rng, 3000, columns) for _ in range(groups)]
+    matrix = np.stack([x.T @ x / len(x) for x in inputs])
+    kernel = rng.normal(size=(3, 3, groups, per_group))
+    hessian = InputHessian(matrix, (2, 3, 0, 1), 3000)
+    assert hessian.fits(kernel.shape) and not hessian.fits((3, 3, groups + 1, per_group))
+    rows = hessian.as_matrix(kernel)
+    np.testing.assert_array_equal(hessian.from_matrix(rows, kernel.shape), kernel)
+    nearest = cluster_array(kernel, ClusterConfig(3, "optimal"))
+    compensated = compensate(nearest, kernel, hessian)
+    delta = rows - hessian.as_matrix(compensated.decode())
+    direct = sum(float(np.sum((delta[g * per_group:(g + 1) * per_group] @ inputs[g].T) ** 2)) / 3000
+                 for g in range(groups))
+    assert direct == pytest.approx(output_error(kernel, compensated.decode(), hessian), rel=1e-6)
+    assert output_error(kernel, compensated.decode(), hessian) < output_error(kernel, nearest.decode(), hessian)
+
+
+def test_mismatched_hessian_or_codebooks_across_columns_are_refused():
+    rng = np.random.default_rng(2)
+    weights = rng.normal(size=(8, 16))
+    hessian = InputHessian(np.eye(16)[None], (0, 1), 100)
+    with pytest.raises(WeightzipError, match="does not fit"):
+        compensate(cluster_array(weights[:, :12], ClusterConfig(4, "optimal")), weights[:, :12], hessian)
+    per_column = cluster_array(weights, ClusterConfig(4, "optimal", axis=1))
+    with pytest.raises(WeightzipError, match="one codebook per output row"):
+        compensate(per_column, weights, hessian)

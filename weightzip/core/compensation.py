@@ -1,0 +1,204 @@
+"""Sequential error compensation of a clustered tensor (GPTQ with a non-uniform, clustered grid).
+
+Clustering each weight to its nearest centroid minimises the weight error, but what matters is the layer's
+output ``W x``. With the calibration inputs' second-moment matrix ``H = E[x xᵀ]`` of a layer (im2col patches
+for a convolution), the output error of one output row ``w`` is ``δᵀ H δ`` with ``δ = w − ŵ``. GPTQ
+(Frantar et al. 2023, the OBS update of Hassibi & Stork) quantises the input columns one after another and
+pushes each column's rounding error onto the columns not yet quantised, through the inverse Hessian:
+
+    q_i = nearest centroid of w_i;   w_j -= (w_i − q_i) · [H⁻¹]_ij / [H⁻¹]_ii   for j > i
+
+(with the upper Cholesky factor U of H⁻¹, row i of U holds exactly these ratios). Errors on later columns
+then cancel, in the output, the errors made earlier. The codebook (from the sensitivity-weighted k-means) is
+kept as it is; only the assignments change, so sizes barely move (the indices' entropy may). Columns are
+taken in descending ``H_ii`` (the "act-order" heuristic: the most used inputs first, while every later
+column can still absorb their errors); H is damped by a fraction of its mean diagonal, as GPTQ does. Blocks
+of 128 columns are updated lazily (the rank-128 trailing update is a BLAS product).
+
+Layers are described by :class:`InputHessian`: ``H`` per group of output rows (a grouped/depthwise
+convolution has one small H per group) and the permutation of the weight's axes that gives its
+(rows, columns) matrix, columns in the order of H. This module is framework-neutral: the front ends
+measure H (:func:`weightzip.torch.calibration.input_hessians`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from weightzip.core.assign import index_dtype
+from weightzip.core.cluster import ClusteredTensor
+from weightzip.core.errors import WeightzipError
+
+BLOCK = 128
+DAMPING = 0.01  # fraction of the mean diagonal added to H (GPTQ's default percdamp)
+MAX_COLUMNS = 8192  # larger inputs: the n x n inverse costs more than the compensation gains
+
+
+@dataclass(frozen=True)
+class InputHessian:
+    """``E[x xᵀ]`` of a layer's inputs, for the layer's weight viewed as a matrix.
+
+    matrix: (groups, n, n), the second moments of each group's n inputs (one group unless the layer is a
+        grouped / depthwise convolution).
+    axes: the permutation of the weight's axes after which ``reshape(rows, n)`` gives the (rows, columns)
+        matrix the layer computes ``rows @ x`` with, rows of group g contiguous (rows // (rows / groups)).
+    samples: how many input vectors were averaged.
+    """
+
+    matrix: np.ndarray
+    axes: tuple[int, ...]
+    samples: int
+
+    @property
+    def groups(self) -> int:
+        return int(self.matrix.shape[0])
+
+    @property
+    def columns(self) -> int:
+        return int(self.matrix.shape[-1])
+
+    def fits(self, shape: tuple[int, ...]) -> bool:
+        """Whether a weight of `shape` matches this matrix (columns, groups) and is worth compensating."""
+        if sorted(self.axes) != list(range(len(shape))) or self.matrix.ndim != 3 or not shape:
+            return False
+        permuted = [shape[a] for a in self.axes]
+        suffixes = {int(np.prod(permuted[j:])) for j in range(1, len(permuted))}
+        rows = int(np.prod(shape)) // self.columns if self.columns else 0
+        return (self.columns in suffixes and rows % self.groups == 0 and 1 < self.columns <= MAX_COLUMNS
+                and bool(np.all(np.isfinite(self.matrix))))
+
+    def as_matrix(self, array: np.ndarray) -> np.ndarray:
+        return np.transpose(array, self.axes).reshape(-1, self.columns)
+
+    def from_matrix(self, matrix: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        permuted = tuple(shape[a] for a in self.axes)
+        return np.transpose(matrix.reshape(permuted), np.argsort(self.axes))
+
+
+def output_error(weights: np.ndarray, approximation: np.ndarray, hessian: InputHessian) -> float:
+    """``Σ_rows δᵀ H δ``: the summed squared output error of the layer, per calibration input."""
+    delta = hessian.as_matrix(np.asarray(weights, np.float64) - np.asarray(approximation, np.float64))
+    per_group = delta.reshape(hessian.groups, -1, hessian.columns)
+    return float(np.einsum("gri,gij,grj->", per_group, hessian.matrix, per_group))
+
+
+def compensate(clustered: ClusteredTensor, weights: np.ndarray, hessian: InputHessian, *,
+               damping: float = DAMPING) -> ClusteredTensor:
+    """`clustered` with its indices re-chosen by GPTQ (module doc), same codebook, same layout.
+
+    Raises WeightzipError when `hessian` does not match the weight or a codebook row changes along a
+    matrix row (codebooks must follow output rows: per tensor, per output channel or groups of them).
+    """
+    weights = np.asarray(weights)
+    shape = weights.shape
+    if tuple(clustered.shape) != shape or not hessian.fits(shape):
+        raise WeightzipError(f"input Hessian of {hessian.matrix.shape} does not fit a weight of shape {shape}")
+    codebook_of = hessian.as_matrix(np.broadcast_to(clustered.group_of_each_weight(), shape))
+    row_codebook = np.ascontiguousarray(codebook_of[:, 0]).astype(np.int64)
+    if np.any(codebook_of != row_codebook[:, None]):
+        raise WeightzipError("compensation needs one codebook per output row")
+    matrix = hessian.as_matrix(weights).astype(np.float64)  # a copy: updated in place
+    codebooks = np.asarray(clustered.codebook, np.float64)
+    rows, columns = matrix.shape
+    per_group = rows // hessian.groups
+    chosen = np.empty((rows, columns), np.int64)
+    for group in range(hessian.groups):
+        lower, upper = group * per_group, (group + 1) * per_group
+        order, factor = _ordered_factor(hessian.matrix[group], damping)
+        block = np.ascontiguousarray(matrix[lower:upper][:, order])
+        chosen[lower:upper][:, order] = _quantise_in_order(block, factor, codebooks, row_codebook[lower:upper])
+    indices = hessian.from_matrix(chosen, shape).astype(index_dtype(codebooks.shape[1]))
+    return ClusteredTensor(clustered.codebook, indices, clustered.axis, clustered.group_size)
+
+
+def _ordered_factor(h: np.ndarray, damping: float) -> tuple[np.ndarray, np.ndarray]:
+    """(column order, upper Cholesky factor U of the damped H⁻¹ in that order: H⁻¹ = Uᵀ U)."""
+    h = np.array(h, dtype=np.float64)
+    diagonal = np.diag(h).copy()
+    dead = diagonal <= 0
+    h[dead, dead] = 1.0  # inputs that are always zero: any value works, nothing to compensate
+    diagonal[dead] = 0.0
+    order = np.argsort(-diagonal, kind="stable")
+    h = h[np.ix_(order, order)]
+    h[np.diag_indices_from(h)] += damping * float(np.mean(np.diag(h)))
+    for attempt in range(6):
+        try:
+            inverse = np.linalg.inv(h)
+            factor = np.linalg.cholesky((inverse + inverse.T) / 2).T
+            if np.all(np.isfinite(factor)):
+                return order, np.ascontiguousarray(factor)
+        except np.linalg.LinAlgError:
+            pass
+        h[np.diag_indices_from(h)] += 10.0 ** attempt * damping * float(np.mean(np.diag(h)))
+    return order, np.diag(1.0 / np.sqrt(np.diag(h)))  # no correlation usable: plain nearest rounding
+
+
+def _quantise_in_order(matrix: np.ndarray, factor: np.ndarray, codebooks: np.ndarray,
+                       row_codebook: np.ndarray) -> np.ndarray:
+    """GPTQ over the columns of `matrix` (updated in place), lazily in blocks; the chosen indices."""
+    rows, columns = matrix.shape
+    chosen = np.empty((rows, columns), np.int64)
+    for start in range(0, columns, BLOCK):
+        stop = min(start + BLOCK, columns)
+        block = np.ascontiguousarray(matrix[:, start:stop])
+        errors = np.empty((rows, stop - start))
+        _quantise_block(block, np.ascontiguousarray(factor[start:stop, start:stop]), codebooks, row_codebook,
+                        chosen[:, start:stop], errors)
+        if stop < columns:
+            matrix[:, stop:] -= errors @ factor[start:stop, stop:]
+    return chosen
+
+
+@numba.njit(cache=True, nogil=True)
+def _quantise_block(block, factor, codebooks, row_codebook, chosen, errors):
+    rows, width = block.shape
+    k = codebooks.shape[1]
+    for i in range(width):
+        d = factor[i, i]
+        for r in range(rows):
+            entries = codebooks[row_codebook[r]]
+            w = block[r, i]
+            low, high = 0, k - 1  # first entry >= w (entries sorted ascending)
+            while low < high:
+                middle = (low + high) // 2
+                if entries[middle] < w:
+                    low = middle + 1
+                else:
+                    high = middle
+            best = low
+            if low > 0 and w - entries[low - 1] <= entries[low] - w:
+                best = low - 1
+            chosen[r, i] = best
+            error = (w - entries[best]) / d
+            errors[r, i] = error
+            for j in range(i + 1, width):
+                block[r, j] -= error * factor[i, j]
+
+
+def compensate_plan(plan, tensors: dict, hessians: dict[str, InputHessian], *, damping: float = DAMPING):
+    """`plan` (an :class:`~weightzip.core.allocation.AllocationPlan`) with every clustered tensor that has a
+    fitting input Hessian compensated (:func:`compensate`); sizes re-measured with the plan's writer options,
+    weighted errors re-measured with the tensors' importances (`tensors`: name -> TensorToCompress).
+    Returns (plan, names of the tensors compensated)."""
+    from weightzip.core.allocation import AllocationPlan, as_written, stored_bytes, weighted_error
+
+    choices, done = dict(plan.choices), []
+    for name, choice in plan.choices.items():
+        hessian = hessians.get(name)
+        if choice.clusters == 0 or choice.sparsity > 0 or hessian is None or not hessian.fits(choice.stored.shape):
+            continue
+        try:
+            tensor = tensors[name]
+            clustered = as_written(compensate(choice.stored, tensor.weights, hessian, damping=damping),
+                                   plan.write_options)
+        except WeightzipError:
+            continue
+        choices[name] = dataclasses.replace(
+            choice, stored=clustered, stored_bytes=stored_bytes(name, clustered, plan.write_options),
+            weighted_error=weighted_error(tensor.weights, clustered.decode(), tensor.importance), compensated=True)
+        done.append(name)
+    return AllocationPlan(choices, plan.write_options), done
