@@ -23,9 +23,12 @@ def test_compensation_lowers_output_error_on_held_out_inputs_and_keeps_the_codeb
     fit, held = _correlated_inputs(rng, 4000, columns, count=2)
     hessian = InputHessian((fit.T @ fit / len(fit))[None], (0, 1), len(fit))
     nearest = cluster_array(weights, ClusterConfig(4, "optimal", axis=axis))
-    compensated = compensate(nearest, weights, hessian)
+    compensated = compensate(nearest, weights, hessian, refit=False)
     np.testing.assert_array_equal(compensated.codebook, nearest.codebook)
     assert compensated.indices.shape == weights.shape and compensated.axis == nearest.axis
+    refitted = compensate(nearest, weights, hessian)  # codebook re-solved for the output error: never worse
+    assert refitted.codebook.shape == nearest.codebook.shape and np.all(np.diff(refitted.codebook, axis=1) >= 0)
+    assert output_error(weights, refitted.decode(), hessian) <= output_error(weights, compensated.decode(), hessian)
 
     def held_error(clustered):
         return float(np.sum(((weights - clustered.decode()) @ held.T) ** 2))

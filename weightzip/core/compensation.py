@@ -9,8 +9,9 @@ pushes each column's rounding error onto the columns not yet quantised, through 
     q_i = nearest centroid of w_i;   w_j -= (w_i − q_i) · [H⁻¹]_ij / [H⁻¹]_ii   for j > i
 
 (with the upper Cholesky factor U of H⁻¹, row i of U holds exactly these ratios). Errors on later columns
-then cancel, in the output, the errors made earlier. The codebook (from the sensitivity-weighted k-means) is
-kept as it is; only the assignments change, so sizes barely move (the indices' entropy may). Columns are
+then cancel, in the output, the errors made earlier. The codebook (from the sensitivity-weighted k-means)
+keeps its layout and k, so sizes barely move (the indices' entropy may); given the new assignments, its
+entries are then re-solved by least squares for the output error (GPTVQ's codebook update). Columns are
 taken in descending ``H_ii`` (the "act-order" heuristic: the most used inputs first, while every later
 column can still absorb their errors); H is damped by a fraction of its mean diagonal, as GPTQ does. Blocks
 of 128 columns are updated lazily (the rank-128 trailing update is a BLAS product).
@@ -36,6 +37,7 @@ from weightzip.core.errors import WeightzipError
 BLOCK = 128
 DAMPING = 0.01  # fraction of the mean diagonal added to H (GPTQ's default percdamp)
 MAX_COLUMNS = 8192  # larger inputs: the n x n inverse costs more than the compensation gains
+REFIT_MAX_WORK = 4e8  # rows x columns² multiply-adds at most for the codebook refit (about a second)
 
 
 @dataclass(frozen=True)
@@ -87,8 +89,10 @@ def output_error(weights: np.ndarray, approximation: np.ndarray, hessian: InputH
 
 
 def compensate(clustered: ClusteredTensor, weights: np.ndarray, hessian: InputHessian, *,
-               damping: float = DAMPING) -> ClusteredTensor:
-    """`clustered` with its indices re-chosen by GPTQ (module doc), same codebook, same layout.
+               damping: float = DAMPING, refit: bool = True) -> ClusteredTensor:
+    """`clustered` with its indices re-chosen by GPTQ (module doc), same codebook layout; with `refit` (and a
+    layer small enough: rows · columns² <= REFIT_MAX_WORK), each codebook row then re-solved by least squares
+    for the output error given those assignments (the codebook update of GPTVQ).
 
     Raises WeightzipError when `hessian` does not match the weight or a codebook row changes along a
     matrix row (codebooks must follow output rows: per tensor, per output channel or groups of them).
@@ -111,8 +115,60 @@ def compensate(clustered: ClusteredTensor, weights: np.ndarray, hessian: InputHe
         order, factor = _ordered_factor(hessian.matrix[group], damping)
         block = np.ascontiguousarray(matrix[lower:upper][:, order])
         chosen[lower:upper][:, order] = _quantise_in_order(block, factor, codebooks, row_codebook[lower:upper])
+    codebook = np.asarray(clustered.codebook)
+    if refit and rows * columns * columns <= REFIT_MAX_WORK:
+        refitted = _refitted_codebooks(hessian.as_matrix(weights).astype(np.float64), chosen, hessian, codebooks,
+                                       row_codebook)
+        codebook, chosen = _sorted(refitted.astype(codebook.dtype), chosen, row_codebook)
     indices = hessian.from_matrix(chosen, shape).astype(index_dtype(codebooks.shape[1]))
-    return ClusteredTensor(clustered.codebook, indices, clustered.axis, clustered.group_size)
+    return ClusteredTensor(codebook, indices, clustered.axis, clustered.group_size)
+
+
+def _refitted_codebooks(matrix, chosen, hessian: InputHessian, codebooks, row_codebook) -> np.ndarray:
+    """The codebooks minimising the output error ``Σ_rows δᵀ H δ`` for the given assignments: per codebook
+    row, the k normal equations ``(Σ_r A_rᵀ H A_r) c = Σ_r A_rᵀ H w_r`` (A_r: the row's one-hot
+    assignments), solved by least squares; entries no weight uses keep their value."""
+    rows = matrix.shape[0]
+    group_of_row = np.arange(rows) // (rows // hessian.groups)
+    gram, right = _normal_equations(matrix, chosen, hessian.matrix, group_of_row, row_codebook,
+                                    codebooks.shape[0], codebooks.shape[1])
+    refitted = codebooks.copy()
+    for c in range(codebooks.shape[0]):
+        used = np.flatnonzero(np.diag(gram[c]) > 0)
+        if used.size == 0:
+            continue
+        system = gram[c][np.ix_(used, used)]
+        system[np.diag_indices_from(system)] *= 1.0 + 1e-9
+        solution = np.linalg.lstsq(system, right[c][used], rcond=None)[0]
+        if np.all(np.isfinite(solution)):
+            refitted[c, used] = solution
+    return refitted
+
+
+def _sorted(codebook: np.ndarray, chosen: np.ndarray, row_codebook: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Codebook rows sorted ascending again (as ClusteredTensor requires), indices remapped."""
+    order = np.argsort(codebook, axis=1, kind="stable")
+    rank = np.argsort(order, axis=1)
+    return np.take_along_axis(codebook, order, axis=1), rank[row_codebook[:, None], chosen]
+
+
+@numba.njit(cache=True, nogil=True)
+def _normal_equations(matrix, chosen, h, group_of_row, row_codebook, count, k):
+    gram = np.zeros((count, k, k))
+    right = np.zeros((count, k))
+    rows, columns = matrix.shape
+    for r in range(rows):
+        g = group_of_row[r]
+        c = row_codebook[r]
+        for i in range(columns):
+            a = chosen[r, i]
+            product = 0.0
+            for j in range(columns):
+                value = h[g, i, j]
+                gram[c, a, chosen[r, j]] += value
+                product += value * matrix[r, j]
+            right[c, a] += product
+    return gram, right
 
 
 def _ordered_factor(h: np.ndarray, damping: float) -> tuple[np.ndarray, np.ndarray]:
