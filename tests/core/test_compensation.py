@@ -65,3 +65,25 @@ def test_mismatched_hessian_or_codebooks_across_columns_are_refused():
     per_column = cluster_array(weights, ClusterConfig(4, "optimal", axis=1))
     with pytest.raises(WeightzipError, match="one codebook per output row"):
         compensate(per_column, weights, hessian)
+
+
+def test_refined_plan_is_kept_within_the_budget_by_reverting_the_tensors_it_grew():
+    import dataclasses
+
+    from weightzip.core.allocation import TensorToCompress, allocate, rate_distortion_curves
+    from weightzip.core.post_training import refined_within
+
+    rng = np.random.default_rng(3)
+    tensors = [TensorToCompress(f"w{i}", rng.normal(size=(32, 64)).astype(np.float32)) for i in range(3)]
+    curves = rate_distortion_curves(tensors)
+    budget = allocate(curves, bits_per_weight=3.0).total_bytes
+
+    def refine(plan):  # w0 grows by 40 bytes whatever the budget; the others shrink by 1
+        return dataclasses.replace(plan, choices={
+            name: dataclasses.replace(c, stored_bytes=c.stored_bytes + (40 if name == "w0" else -1), compensated=True)
+            for name, c in plan.choices.items()})
+
+    plan = refined_within(lambda b: allocate(curves, target_bytes=b), refine, budget, lambda p: p.total_bytes)
+    assert plan.total_bytes <= budget
+    assert all(c.compensated for c in plan.choices.values()) or not plan.choices["w0"].compensated
+    assert sum(c.compensated for c in plan.choices.values()) >= 2  # only what had to go back went back

@@ -122,10 +122,11 @@ def choose_plan(tensors: list[TensorToCompress], *, clusters: int = 16, granular
 
 
 def refined_within(plan_for_budget: Callable[[int], AllocationPlan], refine: Callable[[AllocationPlan], AllocationPlan],
-                   budget: int, size_of: Callable[[AllocationPlan], int], attempts: int = 4) -> AllocationPlan:
-    """``refine(plan_for_budget(b))`` whose size stays within `budget`: when refining grows the plan past it
+                   budget: int, size_of: Callable[[AllocationPlan], int], attempts: int = 2) -> AllocationPlan:
+    """``refine(plan_for_budget(b))`` whose size stays within `budget`. When refining grows the plan past it
     (compensated indices may entropy-code a little worse), the budget asked for shrinks by the excess and the
-    allocation is redone; if that never fits, the unrefined plan for the full budget (which fits)."""
+    allocation is redone (`attempts` times); if it still does not fit, the tensors that refining grew most
+    go back to their unrefined form until it does (the unrefined plan for the full budget always fits)."""
     asked = budget
     for _ in range(attempts):
         try:
@@ -137,7 +138,18 @@ def refined_within(plan_for_budget: Callable[[int], AllocationPlan], refine: Cal
         if excess <= 0:
             return refined
         asked -= excess
-    return plan_for_budget(budget)
+    planned = plan_for_budget(budget)
+    refined = refine(planned)
+    excess = size_of(refined) - budget
+    choices = dict(refined.choices)
+    growth = {name: choice.stored_bytes - planned.choices[name].stored_bytes for name, choice in choices.items()}
+    for name in sorted(growth, key=growth.get, reverse=True):
+        if excess <= 0 or growth[name] <= 0:
+            break
+        choices[name] = planned.choices[name]
+        excess -= growth[name]
+    mixed = AllocationPlan(choices, refined.write_options)
+    return mixed if size_of(mixed) <= budget else planned
 
 
 def plan_for_file_size(curves, target: int, file_bytes: Callable[[AllocationPlan], int],
