@@ -10,7 +10,7 @@ from weightzip.torch.targets import find_targets
 
 
 @pytest.mark.parametrize("layer, shape", [
-    (nn.Linear(12, 5, bias=False), (7, 3, 12)),
+    (nn.Linear(12, 5, bias=False), (9, 3, 12)),
     (nn.Conv2d(6, 4, 3, stride=2, padding=1, groups=2, bias=False), (5, 6, 9, 8)),
     (nn.Conv2d(4, 4, 3, padding="same", dilation=2, groups=4, bias=False), (5, 4, 7, 7)),
     (nn.Conv1d(3, 5, 4, stride=3, bias=False), (6, 3, 20)),

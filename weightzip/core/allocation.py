@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -36,6 +38,7 @@ from weightzip.core.errors import WeightzipError
 from weightzip.core.palette import drop_unused_centroids
 from weightzip.core.rowwise import cluster_rows
 
+MAX_WORKERS = 4  # threads measuring rate-distortion curves (at most the CPU count)
 ROWWISE_MAX_ROW = 4096  # codebook rows up to this many weights go to the all-rows-at-once solver
 
 GRANULARITIES = ("tensor", "channel", "group")
@@ -349,15 +352,21 @@ def _pareto(choices: list[TensorChoice]) -> list[TensorChoice]:
 def rate_distortion_curves(tensors: Iterable[TensorToCompress], candidates: Candidates = Candidates(), *,
                            write_options=None) -> dict[str, RateDistortionCurve]:
     """:func:`rate_distortion_curve` of each tensor, by name (compute once, allocate many times)."""
-    curves = {}
     tensors = list(tensors)
+    names = [t.name for t in tensors]
+    if len(set(names)) != len(names):
+        twice = next(name for name in names if names.count(name) > 1)
+        raise WeightzipError(f"tensor {twice!r} given twice")
     candidates = _codebook_dtype_fits(tensors, candidates)
     write_options = write_options_for(candidates, write_options)
-    for tensor in tensors:
-        if tensor.name in curves:
-            raise WeightzipError(f"tensor {tensor.name!r} given twice")
-        curves[tensor.name] = rate_distortion_curve(tensor, candidates, write_options=write_options)
-    return curves
+    workers = min(len(tensors), os.cpu_count() or 1, MAX_WORKERS)
+    if workers <= 1:
+        return {t.name: rate_distortion_curve(t, candidates, write_options=write_options) for t in tensors}
+    # The clustering and encoding kernels release the GIL: tensors in threads, largest first (load balance).
+    with ThreadPoolExecutor(workers) as pool:
+        futures = {t.name: pool.submit(rate_distortion_curve, t, candidates, write_options=write_options)
+                   for t in sorted(tensors, key=lambda t: -t.size)}
+        return {name: futures[name].result() for name in names}
 
 
 # ---------------------------------------------------------------- plans

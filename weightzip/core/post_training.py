@@ -98,16 +98,20 @@ def choose_plan(tensors: list[TensorToCompress], *, clusters: int = 16, granular
         return refine(plan), mode
     curves = rate_distortion_curves(tensors, candidates or Candidates(), write_options=write_options)
     if bits_per_weight is not None:
-        budget = allocate(curves, bits_per_weight=bits_per_weight).total_bytes  # also: the target can be met
-        budget = max(budget, int(math.floor(bits_per_weight * sum(c.weights for c in curves.values()) / 8.0)))
+        allocate(curves, bits_per_weight=bits_per_weight)  # raises if the target cannot be met
+        budget = int(math.floor(bits_per_weight * sum(c.weights for c in curves.values()) / 8.0))
         plan = refined_within(lambda bytes_: allocate(curves, target_bytes=bytes_), refine, budget,
                               lambda plan: plan.total_bytes)
+        plan = _better_measured(plan, tensors, refine, budget, lambda plan: plan.total_bytes, fidelity_of,
+                                write_options, candidates)
         return plan, f"{bits_per_weight:g} bits per weight"
     if target_bytes is not None:
         if file_bytes is None:
             raise WeightzipError("internal: target_bytes needs the front end's file size function")
         plan = refined_within(lambda bytes_: plan_for_file_size(curves, bytes_, file_bytes), refine, target_bytes,
                               file_bytes)
+        plan = _better_measured(plan, tensors, refine, target_bytes, file_bytes, fidelity_of, write_options,
+                                candidates)
         return plan, f"target {target_bytes:,} bytes"
     if fidelity_of is None:
         raise WeightzipError("internal: min_fidelity needs the front end's fidelity function")
@@ -119,6 +123,29 @@ def choose_plan(tensors: list[TensorToCompress], *, clusters: int = 16, granular
 
     plan = smallest_plan(curves, accept)
     return found.get(id(plan)) or refine(plan), f"min fidelity {min_fidelity:g}"
+
+
+def _better_measured(plan: AllocationPlan, tensors, refine, budget: int, size_of, fidelity_of, write_options,
+                     candidates: Candidates | None) -> AllocationPlan:
+    """With a refining step and a way to measure fidelity on the fit inputs: the allocated plan, or the uniform
+    per-tensor plan of the largest k that fits the same budget (refined too), whichever has the smaller
+    measured relative output error. The allocation's distortions are those of plain nearest-centroid
+    clustering, which compensation changes unevenly (it gains most on wide per-tensor rows), so the
+    allocated plan is not always the better one after compensation; measuring both settles it."""
+    if fidelity_of is None or refine is None:
+        return plan
+    uniform = None
+    for k in sorted(set((candidates or Candidates()).clusters)):
+        trial = uniform_plan(tensors, clusters=k, weighted=True, write_options=write_options)
+        if size_of(trial) > budget:
+            break
+        uniform = trial
+    if uniform is None:
+        return plan
+    uniform = refined_within(lambda _: uniform, refine, budget, size_of, attempts=1)
+    if size_of(uniform) > budget:
+        return plan
+    return min((plan, uniform), key=lambda p: fidelity_of(p).relative_output_error)
 
 
 def refined_within(plan_for_budget: Callable[[int], AllocationPlan], refine: Callable[[AllocationPlan], AllocationPlan],

@@ -35,7 +35,7 @@ from weightzip.core.allocation import (
     TensorToCompress,
 )
 from weightzip.core.cluster import ClusteredTensor
-from weightzip.core.compensation import compensate_plan
+from weightzip.core.compensation import compensate_plan, compensation_notes
 from weightzip.core.errors import WeightzipError
 from weightzip.core.fidelity import Fidelity, measure_fidelity, split_calibration
 from weightzip.core.post_training import (  # shared with the Keras front end
@@ -130,7 +130,7 @@ def compress_post_training(
     refine = None
     if compensation and fit_batches is not None and sensitivity is not Sensitivity.NONE:
         refine = _compensation(model, targets, tensors, fit_batches)
-    fit_reference = outputs_of(model, fit_batches) if min_fidelity is not None else None
+    fit_reference = outputs_of(model, fit_batches) if refine is not None or min_fidelity is not None else None
 
     def fidelity_of(candidate: AllocationPlan) -> Fidelity:
         trial = _compressed(model, targets, candidate, fit_batches if bias_correction else None)[0]
@@ -143,8 +143,8 @@ def compress_post_training(
     plan, mode = choose_plan(tensors, clusters=clusters, granularity=granularity, group_size=group_size,
                              weighted=sensitivity is not Sensitivity.NONE, bits_per_weight=bits_per_weight,
                              target_bytes=target_bytes, min_fidelity=min_fidelity, candidates=candidates,
-                             file_bytes=file_bytes, fidelity_of=fidelity_of, refine=refine)
-    compensated = [name for name, choice in plan.choices.items() if choice.compensated]
+                             file_bytes=file_bytes, fidelity_of=fidelity_of if fit_reference is not None else None,
+                             refine=refine)
     compressed, corrected = _compressed(model, targets, plan,
                                         fit_batches if bias_correction and calibration is not None else None)
     for name, choice in plan.choices.items():
@@ -155,9 +155,7 @@ def compress_post_training(
     if calibration is not None:
         fidelity = measure_fidelity(reference, outputs_of(compressed, held_batches))
     report = PostTrainingReport(plan, uncompressed, fidelity, sensitivity.value, mode, 0.0)
-    if compensated:
-        report.notes.append(f"error compensation (GPTQ on the clustered grid): {len(compensated)} layers' "
-                            f"assignments chosen for their output error on the fit inputs")
+    report.notes += compensation_notes(plan)
     if corrected is not None:
         done, left = corrected
         report.notes.append(f"bias correction: {len(done)} layers' output means restored on the fit inputs "

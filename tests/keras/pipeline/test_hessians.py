@@ -8,8 +8,8 @@ from weightzip.keras.pipeline.hessians import input_hessians
 
 
 @pytest.mark.parametrize("layer, shape", [
-    (lambda: keras.layers.Dense(5, use_bias=False), (4, 3, 12)),
-    (lambda: keras.layers.Conv2D(4, 3, strides=2, padding="same", use_bias=False), (3, 9, 8, 5)),
+    (lambda: keras.layers.Dense(5, use_bias=False), (4, 8, 12)),
+    (lambda: keras.layers.Conv2D(4, 3, strides=2, padding="same", use_bias=False), (3, 13, 12, 5)),
     (lambda: keras.layers.DepthwiseConv2D(3, depth_multiplier=2, padding="same", dilation_rate=2, use_bias=False),
      (3, 7, 7, 4)),
     (lambda: keras.layers.Conv1D(5, 4, padding="causal", use_bias=False), (3, 11, 3)),

@@ -15,7 +15,7 @@ from typing import Iterable
 import keras
 import numpy as np
 
-from weightzip.core.compensation import MAX_COLUMNS, InputHessian
+from weightzip.core.compensation import MAX_COLUMNS, InputHessian, compensate_plan
 from weightzip.keras.pipeline.calibration import ModelWeight, model_weights
 
 
@@ -121,4 +121,12 @@ def input_hessians(model: keras.Model, batches: Iterable, *, weights: list[Model
     return found
 
 
-__all__ = ["input_hessians"]
+def compensation_step(model: keras.Model, batches, weights: list[ModelWeight], tensors, paths: dict[str, str]):
+    """The plan -> plan step of error compensation (:func:`weightzip.core.compensation.compensate_plan`) with the
+    kernels' input Hessians measured once on `batches` (`paths`: the model's variable paths -> tensor names)."""
+    hessians = {paths[path]: h for path, h in input_hessians(model, batches, weights=weights).items()}
+    by_name = {t.name: t for t in tensors}
+    return lambda plan: compensate_plan(plan, by_name, hessians)[0]
+
+
+__all__ = ["compensation_step", "input_hessians"]

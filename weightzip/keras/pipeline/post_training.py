@@ -38,7 +38,7 @@ from weightzip.core.allocation import (
     TensorToCompress,
     write_options_for,
 )
-from weightzip.core.compensation import compensate_plan
+from weightzip.core.compensation import compensation_notes
 from weightzip.core.errors import WeightzipError
 from weightzip.core.fidelity import Fidelity, measure_fidelity, split_calibration
 from weightzip.core.post_training import (
@@ -75,7 +75,7 @@ from weightzip.keras.pipeline.calibration import (
     input_second_moments,
     model_weights,
 )
-from weightzip.keras.pipeline.hessians import input_hessians
+from weightzip.keras.pipeline.hessians import compensation_step
 
 __all__ = ["PostTrainingReport", "Sensitivity", "compress_post_training"]
 
@@ -177,7 +177,8 @@ def compress_post_training(
         mode = uniform_mode(cluster_rules, granularity, group_size)
     else:
         clusters = cluster_rules.default
-        fit_reference = model_outputs(copy, fit_batches) if min_fidelity is not None else None
+        compensate = compensation and chosen is not Sensitivity.NONE and fit_batches is not None
+        fit_reference = model_outputs(copy, fit_batches) if compensate or min_fidelity is not None else None
 
         def fidelity_of(candidate: AllocationPlan) -> Fidelity:
             _assign(by_path, candidate)
@@ -191,18 +192,12 @@ def compress_post_training(
             _restore(by_path, originals)
             return size
 
-        refine = None
-        if compensation and chosen is not Sensitivity.NONE and fit_batches is not None:
-            hessians = {original_path[path]: h for path, h in input_hessians(copy, fit_batches, weights=weights).items()}
-            by_name = {t.name: t for t in tensors}
-
-            def refine(candidate: AllocationPlan) -> AllocationPlan:  # error compensation (core.compensation)
-                return compensate_plan(candidate, by_name, hessians)[0]
-
+        refine = compensation_step(copy, fit_batches, weights, tensors, original_path) if compensate else None
         plan, mode = choose_plan(tensors, clusters=clusters, granularity=granularity, group_size=group_size,
                                  weighted=chosen is not Sensitivity.NONE, bits_per_weight=bits_per_weight,
                                  target_bytes=target_bytes, min_fidelity=min_fidelity, candidates=candidates,
-                                 file_bytes=file_bytes, fidelity_of=fidelity_of, refine=refine)
+                                 file_bytes=file_bytes, fidelity_of=fidelity_of if fit_reference is not None else None,
+                                 refine=refine)
 
     _assign(by_path, plan)
     for name, choice in plan.choices.items():
@@ -212,10 +207,7 @@ def compress_post_training(
     if calibration is not None:
         fidelity = measure_fidelity(reference, model_outputs(copy, held_batches), classifier=classifier)
     report = PostTrainingReport(plan, uncompressed, fidelity, chosen.value, mode, 0.0)
-    compensated = sum(choice.compensated for choice in plan.choices.values())
-    if compensated:
-        report.notes.append(f"error compensation (GPTQ on the clustered grid): {compensated} kernels' indices "
-                            "chosen for their layers' output error on the fit inputs")
+    report.notes += compensation_notes(plan)
     report.seconds = time.perf_counter() - start
     if path is not None:
         data = _encode(model, copy, plan, report, metadata)
