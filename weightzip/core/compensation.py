@@ -113,9 +113,10 @@ def compensate(clustered: ClusteredTensor, weights: np.ndarray, hessian: InputHe
     rows, columns = matrix.shape
     per_group = rows // hessian.groups
     chosen = np.empty((rows, columns), np.int64)
+    orders, factors = _ordered_factors(hessian.matrix, damping)
     for group in range(hessian.groups):
         lower, upper = group * per_group, (group + 1) * per_group
-        order, factor = _ordered_factor(hessian.matrix[group], damping)
+        order, factor = orders[group], factors[group]
         block = np.ascontiguousarray(matrix[lower:upper][:, order])
         chosen[lower:upper][:, order] = _quantise_in_order(block, factor, codebooks, row_codebook[lower:upper])
     codebook = np.asarray(clustered.codebook)
@@ -174,26 +175,46 @@ def _normal_equations(matrix, chosen, h, group_of_row, row_codebook, count, k):
     return gram, right
 
 
-def _ordered_factor(h: np.ndarray, damping: float) -> tuple[np.ndarray, np.ndarray]:
-    """(column order, upper Cholesky factor U of the damped H⁻¹ in that order: H⁻¹ = Uᵀ U)."""
+def _ordered_factors(h: np.ndarray, damping: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per group: (column order, upper Cholesky factor U of the damped H⁻¹ in that order: H⁻¹ = Uᵀ U), all
+    groups at once (a depthwise layer has hundreds of small H)."""
     h = np.array(h, dtype=np.float64)
-    diagonal = np.diag(h).copy()
+    groups, n, _ = h.shape
+    diagonal = np.diagonal(h, axis1=1, axis2=2).copy()
     dead = diagonal <= 0
-    h[dead, dead] = 1.0  # inputs that are always zero: any value works, nothing to compensate
+    index = np.arange(n)
+    h[:, index, index] = np.where(dead, 1.0, diagonal)  # always-zero inputs: nothing to compensate
     diagonal[dead] = 0.0
-    order = np.argsort(-diagonal, kind="stable")
-    h = h[np.ix_(order, order)]
-    h[np.diag_indices_from(h)] += damping * float(np.mean(np.diag(h)))
+    orders = np.argsort(-diagonal, axis=1, kind="stable")
+    h = np.take_along_axis(np.take_along_axis(h, orders[:, :, None], axis=1), orders[:, None, :], axis=2)
+    base = damping * np.mean(np.diagonal(h, axis1=1, axis2=2), axis=1)
+    factors = np.empty_like(h)
+    pending = np.arange(groups)
     for attempt in range(6):
+        if pending.size == 0:
+            break
+        trial = h[pending].copy()
+        trial[:, index, index] += (10.0 ** attempt if attempt else 1.0) * base[pending, None]
+        ok = np.zeros(pending.size, bool)
         try:
-            inverse = np.linalg.inv(h)
-            factor = np.linalg.cholesky((inverse + inverse.T) / 2).T
-            if np.all(np.isfinite(factor)):
-                return order, np.ascontiguousarray(factor)
+            inverse = np.linalg.inv(trial)
+            factor = np.swapaxes(np.linalg.cholesky((inverse + np.swapaxes(inverse, 1, 2)) / 2), 1, 2)
+            ok = np.all(np.isfinite(factor), axis=(1, 2))
+            factors[pending[ok]] = factor[ok]
         except np.linalg.LinAlgError:
-            pass
-        h[np.diag_indices_from(h)] += 10.0 ** attempt * damping * float(np.mean(np.diag(h)))
-    return order, np.diag(1.0 / np.sqrt(np.diag(h)))  # no correlation usable: plain nearest rounding
+            if pending.size > 1:  # find the failing groups one by one
+                for position, group in enumerate(pending):
+                    try:
+                        single = np.linalg.inv(trial[position])
+                        factor = np.linalg.cholesky((single + single.T) / 2).T
+                        if np.all(np.isfinite(factor)):
+                            factors[group], ok[position] = factor, True
+                    except np.linalg.LinAlgError:
+                        pass
+        pending = pending[~ok]
+    for group in pending:  # no correlation usable: plain nearest rounding
+        factors[group] = np.diag(1.0 / np.sqrt(np.diagonal(h[group]) + base[group]))
+    return orders, factors
 
 
 def _quantise_in_order(matrix: np.ndarray, factor: np.ndarray, codebooks: np.ndarray,

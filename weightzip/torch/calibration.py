@@ -209,14 +209,20 @@ def _patches(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         -1, groups, width // groups)
 
 
+VECTORS_PER_COLUMN = 64
+
+
 def input_hessians(module: nn.Module, batches: Iterable[torch.Tensor], targets: list[WeightTarget] | None = None,
-                   *, max_columns: int = 8192, chunk_elements: int = 1 << 24) -> dict[str, object]:
+                   *, max_columns: int = 8192, chunk_elements: int = 1 << 24,
+                   max_vectors: int = 16384) -> dict[str, object]:
     """Per target layer (by module name): :class:`~weightzip.core.compensation.InputHessian`, ``E[x xᵀ]`` of its
     input vectors (im2col patches for Conv1d/2d, per group), for sequential error compensation.
 
     Only Linear and zero-padded Conv1d/Conv2d layers with at most `max_columns` inputs per output are measured
     (others are absent). "same" padding with an even kernel is asymmetric and not reproduced: such layers are
-    left out too. Patches are formed `chunk_elements` at a time to bound memory.
+    left out too. Patches are formed `chunk_elements` at a time to bound memory. A convolution whose batch gives
+    more than max(`max_vectors`, 64 x its columns) patches is measured on evenly spaced samples of the batch
+    giving about that many (early layers' thousands of positions per image add little but time).
     """
     from weightzip.core.compensation import InputHessian
 
@@ -236,8 +242,13 @@ def input_hessians(module: nn.Module, batches: Iterable[torch.Tensor], targets: 
     counts: dict[str, int] = {}
 
     def hook_for(name: str, layer: nn.Module):
-        def hook(_module, inputs, _output):
+        def hook(_module, inputs, output):
             x = inputs[0].detach().float()
+            if not isinstance(layer, nn.Linear) and x.shape[0] > 1:  # enough vectors: spread over fewer samples
+                positions = max(1, output[0, 0].numel())
+                wanted = max(max_vectors, VECTORS_PER_COLUMN * layer.weight[0].numel())
+                keep = min(x.shape[0], -(-wanted // positions))
+                x = x[torch.linspace(0, x.shape[0] - 1, keep).round().long().unique()]
             per_sample = max(1, x[0].numel() * (1 if isinstance(layer, nn.Linear) else layer.weight[0, 0].numel()))
             step = max(1, chunk_elements // per_sample)
             for start in range(0, x.shape[0], step):
