@@ -125,6 +125,18 @@ def choose_plan(tensors: list[TensorToCompress], *, clusters: int = 16, granular
     return found.get(id(plan)) or refine(plan), f"min fidelity {min_fidelity:g}"
 
 
+def _topped_up(refined: AllocationPlan, plan_for_budget, refine, budget: int, size_of, asked: int) -> AllocationPlan:
+    """`refined`, or, when refining shrank it by more than 1 % of the budget, the refined plan allocated for
+    the budget plus that spare, if it still fits (the spare would otherwise stay unused)."""
+    if budget - size_of(refined) <= budget // 100:
+        return refined
+    try:
+        larger = refine(plan_for_budget(asked))
+    except TargetUnreachableError:
+        return refined
+    return larger if size_of(refined) < size_of(larger) <= budget else refined
+
+
 def _better_measured(plan: AllocationPlan, tensors, refine, budget: int, size_of, fidelity_of, write_options,
                      candidates: Candidates | None) -> AllocationPlan:
     """With a refining step and a way to measure fidelity on the fit inputs: the allocated plan, or the uniform
@@ -163,7 +175,7 @@ def refined_within(plan_for_budget: Callable[[int], AllocationPlan], refine: Cal
         refined = refine(planned)
         excess = size_of(refined) - budget
         if excess <= 0:
-            return refined
+            return _topped_up(refined, plan_for_budget, refine, budget, size_of, asked - excess)
         asked -= excess
     planned = plan_for_budget(budget)
     refined = refine(planned)
