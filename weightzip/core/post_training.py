@@ -103,7 +103,7 @@ def choose_plan(tensors: list[TensorToCompress], *, clusters: int = 16, granular
         plan = refined_within(lambda bytes_: allocate(curves, target_bytes=bytes_), refine, budget,
                               lambda plan: plan.total_bytes)
         plan = _better_measured(plan, tensors, refine, budget, lambda plan: plan.total_bytes, fidelity_of,
-                                write_options, candidates)
+                                write_options, candidates, lambda: allocate(curves, target_bytes=budget))
         return plan, f"{bits_per_weight:g} bits per weight"
     if target_bytes is not None:
         if file_bytes is None:
@@ -111,7 +111,7 @@ def choose_plan(tensors: list[TensorToCompress], *, clusters: int = 16, granular
         plan = refined_within(lambda bytes_: plan_for_file_size(curves, bytes_, file_bytes), refine, target_bytes,
                               file_bytes)
         plan = _better_measured(plan, tensors, refine, target_bytes, file_bytes, fidelity_of, write_options,
-                                candidates)
+                                candidates, lambda: plan_for_file_size(curves, target_bytes, file_bytes))
         return plan, f"target {target_bytes:,} bytes"
     if fidelity_of is None:
         raise WeightzipError("internal: min_fidelity needs the front end's fidelity function")
@@ -138,14 +138,17 @@ def _topped_up(refined: AllocationPlan, plan_for_budget, refine, budget: int, si
 
 
 def _better_measured(plan: AllocationPlan, tensors, refine, budget: int, size_of, fidelity_of, write_options,
-                     candidates: Candidates | None) -> AllocationPlan:
+                     candidates: Candidates | None, unrefined: Callable[[], AllocationPlan]) -> AllocationPlan:
     """With a refining step and a way to measure fidelity on the fit inputs: the allocated plan, or the uniform
     per-tensor plan of the largest k that fits the same budget (refined too), whichever has the smaller
     measured relative output error. The allocation's distortions are those of plain nearest-centroid
     clustering, which compensation changes unevenly (it gains most on wide per-tensor rows), so the
-    allocated plan is not always the better one after compensation; measuring both settles it."""
+    allocated plan is not always the better one after compensation; measuring both settles it. The allocated
+    plan without refining is measured too: compensation is kept only where it measured better (on
+    all-MiniLM-L6-v2 at 2.7 bits per weight it raised the held-out output error, 0.50 -> 0.73)."""
     if fidelity_of is None or refine is None:
         return plan
+    plan = min((plan, unrefined()), key=lambda p: fidelity_of(p).relative_output_error)  # refining must earn it
     uniform = None
     for k in sorted(set((candidates or Candidates()).clusters)):
         trial = uniform_plan(tensors, clusters=k, weighted=True, write_options=write_options)
