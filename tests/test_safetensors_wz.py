@@ -27,7 +27,8 @@ def test_cli_round_trip_imports_no_torch_and_keeps_exact_tensors_exact(tmp_path)
     torch.manual_seed(0)
     state = {"attn.weight": torch.randn(64, 48), "gate.weight": torch.randn(32, 16).to(torch.bfloat16),
              "norm.weight": _bfloat16_with_nans((48,)), "steps": torch.arange(5, dtype=torch.int64),
-             "half.weight": torch.randn(8, 8).to(torch.float16)}
+             "half.weight": torch.randn(8, 8).to(torch.float16),
+             "bn.num_batches_tracked": torch.tensor(7)}  # 0-d, as every BatchNorm has
     source, packed, restored = tmp_path / "model.safetensors", tmp_path / "model.wz", tmp_path / "back.safetensors"
     save_file(state, str(source))
     code = ("import sys; from weightzip.cli import main; "
@@ -41,6 +42,7 @@ def test_cli_round_trip_imports_no_torch_and_keeps_exact_tensors_exact(tmp_path)
     assert {name: (t.dtype, t.shape) for name, t in back.items()} == \
         {name: (t.dtype, t.shape) for name, t in state.items()}
     assert torch.equal(back["steps"], state["steps"])
+    assert torch.equal(back["bn.num_batches_tracked"], state["bn.num_batches_tracked"])
     # rank 1: kept exactly, bfloat16 NaNs with their signs and payloads too
     assert torch.equal(back["norm.weight"].view(torch.int16), state["norm.weight"].view(torch.int16))
     for name in ("attn.weight", "gate.weight", "half.weight"):  # 2-D: clustered, in their own dtypes

@@ -340,7 +340,8 @@ def write_safetensors_arrays(path, specs, fetch, metadata: dict[str, str] | None
         stream.write(struct.pack("<Q", len(encoded)))
         stream.write(encoded)
         for name, dtype, shape in specs:
-            array = np.ascontiguousarray(fetch(name))
+            array = np.asarray(fetch(name))
+            array = np.ascontiguousarray(array).reshape(array.shape)  # (ascontiguousarray makes a scalar 1-d)
             if tuple(array.shape) != tuple(shape) or array.dtype.itemsize != ITEMSIZES[dtype]:
                 raise ShardError(f"tensor {name!r}: got {array.dtype}{list(array.shape)}, expected {dtype}{list(shape)}")
             if array.size:
