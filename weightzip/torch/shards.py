@@ -8,11 +8,10 @@ from __future__ import annotations
 import json
 import math
 import mmap
-import os
-import struct
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from weightzip.shards import (  # noqa: F401  (re-exported: the checkpoint API lives there)
@@ -27,6 +26,7 @@ from weightzip.shards import (  # noqa: F401  (re-exported: the checkpoint API l
     TensorEntry,
     open_safetensors,
     read_header,
+    write_safetensors_arrays,
 )
 
 # safetensors dtype names <-> torch dtypes
@@ -61,31 +61,24 @@ def torch_view(mapped: mmap.mmap, start: int, entry: TensorEntry) -> torch.Tenso
 def write_safetensors(path, specs: Iterable[tuple[str, torch.dtype, tuple[int, ...]]],
                       fetch: Callable[[str], torch.Tensor], metadata: dict[str, str] | None = None) -> int:
     """Write a safetensors file at `path` holding the tensors `specs` (name, dtype, shape) in that order,
-    calling ``fetch(name)`` for each one's values just before writing them; returns the bytes written."""
-    specs = list(specs)
-    header: dict = {"__metadata__": {str(k): str(v) for k, v in metadata.items()}} if metadata else {}
-    offset = 0
-    for name, dtype, shape in specs:
+    calling ``fetch(name)`` for each one's values just before writing them; returns the bytes written.
+    The torch view of :func:`weightzip.shards.write_safetensors_arrays` (one writer): each tensor is handed
+    over as its stored bytes, reinterpreted without a copy."""
+    specs = [(name, dtype, tuple(shape)) for name, dtype, shape in specs]
+    for name, dtype, _ in specs:
         if dtype not in DTYPE_NAMES:
             raise ShardError(f"tensor {name!r}: dtype {dtype} has no safetensors name")
-        nbytes = math.prod(shape) * dtype.itemsize
-        header[name] = {"dtype": DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    encoded += b" " * (-len(encoded) % 8)
-    with open(path, "wb") as stream:
-        stream.write(struct.pack("<Q", len(encoded)))
-        stream.write(encoded)
-        for name, dtype, shape in specs:
-            tensor = fetch(name)
-            if tensor.dtype != dtype or tuple(tensor.shape) != tuple(shape):
-                raise ShardError(f"tensor {name!r}: got {tensor.dtype}{list(tensor.shape)}, expected "
-                                 f"{dtype}{list(shape)}")
-            data = tensor.detach().cpu().contiguous().reshape(-1)
-            stream.write(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
-        stream.flush()
-        os.fsync(stream.fileno())
-    return 8 + len(encoded) + offset
+    expected = {name: (dtype, shape) for name, dtype, shape in specs}
+
+    def stored_bytes(name: str) -> np.ndarray:
+        tensor, (dtype, shape) = fetch(name), expected[name]
+        if tensor.dtype != dtype or tuple(tensor.shape) != shape:
+            raise ShardError(f"tensor {name!r}: got {tensor.dtype}{list(tensor.shape)}, expected {dtype}{list(shape)}")
+        data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+        return data.view(f"<u{dtype.itemsize}").reshape(shape)
+
+    return write_safetensors_arrays(path, [(name, DTYPE_NAMES[dtype], shape) for name, dtype, shape in specs],
+                                    stored_bytes, metadata)
 
 
 def write_sharded(directory, layout: ShardLayout, specs: dict[str, tuple[torch.dtype, tuple[int, ...]]],
