@@ -144,28 +144,7 @@ def run_layers(args) -> list[dict]:
             with torch.no_grad():
                 x = make_input(2)
                 checks[label] = max_diff(palettized(x), reference(x))
-        print(f"\n== {name}")
-        timings = {}
-        for threads in args.threads:
-            torch.set_num_threads(threads)
-            for batch in args.batches:
-                repeats = args.repeats if batch == 1 else max(3, args.repeats // 4)
-                timings[threads, batch] = interleaved_ms(variants, lambda: make_input(batch), repeats)
-        header = f"{'variant':<16} {'weight MiB':>10} {'x float':>8}" + "".join(
-            f" {f'{t}T b{b} ms':>12} {'x float':>7}" for (t, b) in timings) + f" {'max|diff| (rel)':>22}"
-        print(header)
-        print("-" * len(header))
-        for label in variants:
-            row = f"{label:<16} {memory[label] / MIB:>10.3f} {memory[label] / memory['float32']:>8.3f}"
-            for key, ms in timings.items():
-                row += f" {ms[label]:>12.3f} {ms[label] / ms['float32']:>7.2f}"
-            if label in checks:
-                row += f" {checks[label][0]:>11.2e} ({checks[label][1]:.1e})"
-            print(row)
-            results.append({"case": name, "variant": label, "weight_bytes": memory[label],
-                            "latency_ms": {f"{t}T b{b}": ms[label] for (t, b), ms in timings.items()},
-                            "ratio_to_float": {f"{t}T b{b}": ms[label] / ms["float32"] for (t, b), ms in timings.items()},
-                            "max_diff": checks.get(label)})
+        results += time_variants(args, name, variants, memory, checks, make_input)
     return results
 
 
@@ -194,23 +173,34 @@ def run_sparse_layer(args, density: float = 0.1, bits: int = 4) -> list[dict]:
         x = torch.randn(2, 4096)
         checks = {label: max_diff(variants[label](x), dense(x)) for label in list(variants)[2:]}
     name = f"Linear 4096x4096, {1 - density:.0%} pruned"
+    return time_variants(args, name, variants, memory, checks, lambda batch: torch.randn(batch, 4096))
+
+
+def time_variants(args, name: str, variants: dict, memory: dict, checks: dict, make_input) -> list[dict]:
+    """Latency of every variant (interleaved, per thread count and batch), printed as one table beside weight
+    memory and the max difference to the dense decoded layer; returns one result row per variant."""
     print(f"\n== {name}")
     timings = {}
     for threads in args.threads:
         torch.set_num_threads(threads)
         for batch in args.batches:
             repeats = args.repeats if batch == 1 else max(3, args.repeats // 4)
-            timings[threads, batch] = interleaved_ms(variants, lambda: torch.randn(batch, 4096), repeats)
+            timings[threads, batch] = interleaved_ms(variants, lambda: make_input(batch), repeats)
+    header = f"{'variant':<16} {'weight MiB':>10} {'x float':>8}" + "".join(
+        f" {f'{t}T b{b} ms':>12} {'x float':>7}" for (t, b) in timings) + f" {'max|diff| (rel)':>22}"
+    print(header)
+    print("-" * len(header))
     results = []
     for label in variants:
         row = f"{label:<16} {memory[label] / MIB:>10.3f} {memory[label] / memory['float32']:>8.3f}"
-        for key, ms in timings.items():
+        for ms in timings.values():
             row += f" {ms[label]:>12.3f} {ms[label] / ms['float32']:>7.2f}"
         if label in checks:
             row += f" {checks[label][0]:>11.2e} ({checks[label][1]:.1e})"
         print(row)
         results.append({"case": name, "variant": label, "weight_bytes": memory[label],
                         "latency_ms": {f"{t}T b{b}": ms[label] for (t, b), ms in timings.items()},
+                        "ratio_to_float": {f"{t}T b{b}": ms[label] / ms["float32"] for (t, b), ms in timings.items()},
                         "max_diff": checks.get(label)})
     return results
 
