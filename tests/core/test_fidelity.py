@@ -75,3 +75,31 @@ def test_recorded_summary_of_file_metadata_never_raises():
     assert recorded_summary({"fidelity": None}).endswith(NOT_MEASURED)
     assert "malformed" in recorded_summary({"fidelity": {"samples": "x"}})
     assert "malformed" in recorded_summary([1, 2])
+
+
+def _unit_rows(array):
+    return array / np.linalg.norm(array, axis=-1, keepdims=True)
+
+
+def test_unit_norm_embeddings_are_judged_by_mean_cosine_not_relative_error():
+    rng = np.random.default_rng(2)
+    reference = _unit_rows(rng.normal(size=(64, 1, 384)))  # (n, 1, H) L2-normalised sentence embeddings
+
+    def perturbed(scale):
+        return _unit_rows(reference + scale * rng.normal(size=reference.shape) / np.sqrt(384))
+
+    close = measure_fidelity(reference, perturbed(0.14))
+    assert close.embedding and close.top1_agreement is None
+    assert 0.985 < close.mean_cosine < 0.995 and close.relative_output_error > FIDELITY_FLOOR["relative_output_error"]
+    assert fidelity_warning(close, ["a"], "more bits") is None  # cosine 0.99: fine for an embedding model
+    far = measure_fidelity(reference, perturbed(0.3))
+    assert far.mean_cosine < FIDELITY_FLOOR["mean_cosine"]
+    line = fidelity_warning(far, ["encoder.layer.0.attention.self.query.weight"], "--bits-per-weight 4")
+    assert "mean cosine" in line and "relative output error" not in line and "encoder.layer.0" in line
+    # the same error on outputs that are not unit-norm is judged by the relative error, as before
+    unnormalised = measure_fidelity(3.0 * reference, 3.0 * perturbed(0.14))
+    assert not unnormalised.embedding and "relative output error" in fidelity_warning(unnormalised, [], "x")
+    assert not measure_fidelity(reference, perturbed(0.14), embedding=False).embedding
+    assert Fidelity.from_dict(close.to_dict()) == close
+    old_record = {key: value for key, value in close.to_dict().items() if key != "embedding"}
+    assert Fidelity.from_dict(old_record).embedding is False  # files written before the field

@@ -11,6 +11,14 @@ model vs compressed model, on held-out calibration inputs that were not used to 
 
 :func:`split_calibration` makes the held-out part; :func:`fidelity_warning` is the one line a front end
 prints when a measured fidelity falls below :data:`FIDELITY_FLOOR`.
+
+Which floor applies depends on what the outputs are. Classifiers: top-1 agreement and relative error.
+Unit-norm outputs (L2-normalised embeddings, as sentence-transformers and CLIP-style heads return; found by
+:func:`measure_fidelity` from the float outputs): only their direction means anything, and for unit vectors
+the relative error is about ``sqrt(2 (1 - cos))``, so the relative-error floor of 0.1 would ask for a mean
+cosine of 0.995 — embeddings at cosine 0.99 (relative error 0.14) keep their nearest neighbours and are no
+reason to warn. Their floor is a mean cosine of 0.98 instead (relative error about 0.2). Other outputs
+(regressions, un-normalised features): the relative error.
 """
 
 from __future__ import annotations
@@ -22,7 +30,8 @@ import numpy as np
 
 from weightzip.core.errors import WeightzipError
 
-FIDELITY_FLOOR = dict(top1_agreement=0.9, relative_output_error=0.1)
+FIDELITY_FLOOR = dict(top1_agreement=0.9, relative_output_error=0.1, mean_cosine=0.98)
+UNIT_NORM_TOLERANCE = 1e-3  # float outputs whose every sample's L2 norm is within this of 1 are embeddings
 NOT_MEASURED = "fidelity not measured (no calibration data)"
 
 
@@ -34,6 +43,7 @@ class Fidelity:
     top1_agreement: float | None
     relative_output_error: float
     mean_cosine: float
+    embedding: bool = False  # unit-norm outputs: judged by mean cosine, not relative error (module doc)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -45,15 +55,29 @@ class Fidelity:
         try:
             top1 = data["top1_agreement"]
             return cls(int(data["samples"]), None if top1 is None else float(top1),
-                       float(data["relative_output_error"]), float(data["mean_cosine"]))
+                       float(data["relative_output_error"]), float(data["mean_cosine"]),
+                       bool(data.get("embedding", False)))  # files written before the field: False
         except (KeyError, TypeError, ValueError) as error:
             raise WeightzipError(f"fidelity record is incomplete or malformed: {error!r}") from None
 
     def below_floor(self, floor: dict | None = None) -> bool:
-        """True when top-1 agreement is under the floor's or the relative error above its."""
-        floor = FIDELITY_FLOOR if floor is None else floor
-        low_top1 = self.top1_agreement is not None and self.top1_agreement < floor["top1_agreement"]
-        return low_top1 or self.relative_output_error > floor["relative_output_error"]
+        """True when a figure that applies (module doc) is on the wrong side of the floor's."""
+        return bool(self.failures(floor))
+
+    def failures(self, floor: dict | None = None) -> list[str]:
+        """The figures on the wrong side of `floor` (default :data:`FIDELITY_FLOOR`), as 'figure value < floor'
+        phrases: top-1 agreement (classifiers), mean cosine (unit-norm embeddings) or relative output error
+        (everything else)."""
+        floor = {**FIDELITY_FLOOR, **(floor or {})}
+        low = []
+        if self.top1_agreement is not None and self.top1_agreement < floor["top1_agreement"]:
+            low.append(f"top-1 agreement {self.top1_agreement:.3f} < {floor['top1_agreement']}")
+        if self.embedding:
+            if self.mean_cosine < floor["mean_cosine"]:
+                low.append(f"mean cosine {self.mean_cosine:.4f} < {floor['mean_cosine']}")
+        elif self.relative_output_error > floor["relative_output_error"]:
+            low.append(f"relative output error {self.relative_output_error:.3f} > {floor['relative_output_error']}")
+        return low
 
     def summary(self) -> str:
         """One line: 'fidelity on 16 held-out samples: top-1 agreement 0.938, relative output error ...'."""
@@ -71,11 +95,14 @@ def fidelity_summary(fidelity: Fidelity | dict | None) -> str:
     return fidelity.summary()
 
 
-def measure_fidelity(reference, candidate, *, classifier: bool | None = None) -> Fidelity:
+def measure_fidelity(reference, candidate, *, classifier: bool | None = None,
+                     embedding: bool | None = None) -> Fidelity:
     """Compare outputs `candidate` (compressed model) with `reference` (float model), sample axis first.
 
     classifier: whether top-1 agreement is meaningful; None guesses it: a 2-D output with at least two
-    columns (samples x classes). Rank-1 outputs are one scalar per sample.
+    columns (samples x classes). Rank-1 outputs are one scalar per sample. embedding: whether the outputs
+    are unit-norm embeddings judged by mean cosine (module doc); None: not a classifier, more than one
+    value per sample, and every float output's L2 norm within UNIT_NORM_TOLERANCE of 1.
     """
     y = np.asarray(reference, dtype=np.float64)
     y_hat = np.asarray(candidate, dtype=np.float64)
@@ -99,7 +126,10 @@ def measure_fidelity(reference, candidate, *, classifier: bool | None = None) ->
     top1 = None
     if classifier:
         top1 = float(np.mean(y.argmax(axis=-1).reshape(samples, -1) == y_hat.argmax(axis=-1).reshape(samples, -1)))
-    return Fidelity(samples, top1, relative, float(np.mean(cosine)))
+    if embedding is None:
+        embedding = not classifier and flat.shape[1] > 1 and bool(
+            np.all(np.abs(np.linalg.norm(flat, axis=1) - 1.0) <= UNIT_NORM_TOLERANCE))
+    return Fidelity(samples, top1, relative, float(np.mean(cosine)), bool(embedding))
 
 
 def split_calibration(n: int, *, held_out: float = 0.25, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -120,14 +150,9 @@ def split_calibration(n: int, *, held_out: float = 0.25, seed: int = 0) -> tuple
 def fidelity_warning(fidelity: Fidelity | None, worst_layers: list[str], suggestion: str,
                      floor: dict | None = None) -> str | None:
     """One warning line when `fidelity` is below `floor` (default :data:`FIDELITY_FLOOR`), else None."""
-    if fidelity is None or not fidelity.below_floor(floor):
+    low = [] if fidelity is None else fidelity.failures(floor)
+    if not low:
         return None
-    floor = FIDELITY_FLOOR if floor is None else floor
-    low = []
-    if fidelity.top1_agreement is not None and fidelity.top1_agreement < floor["top1_agreement"]:
-        low.append(f"top-1 agreement {fidelity.top1_agreement:.3f} < {floor['top1_agreement']}")
-    if fidelity.relative_output_error > floor["relative_output_error"]:
-        low.append(f"relative output error {fidelity.relative_output_error:.3f} > {floor['relative_output_error']}")
     layers = ", ".join(worst_layers[:3]) if worst_layers else "unknown"
     return f"warning: compressed model is far from the float model ({'; '.join(low)}); most damaged layers: " \
            f"{layers}; try {suggestion}"
