@@ -88,3 +88,36 @@ def test_read_metadata_bounds_each_tensor_not_their_sum(tmp_path, monkeypatch):
     monkeypatch.setattr(reader, "DEFAULT_MAX_ELEMENTS", 59)
     with pytest.raises(WzFormatError, match="element limit"):
         read_metadata(path)
+
+
+def test_decompress_to_a_model_directory_bounds_each_tensor_not_their_sum(tmp_path, monkeypatch):
+    """The sharded route writes one decoded tensor at a time: a .wz whose tensors together exceed the element
+    limit is written back (a 1 B-weight checkpoint holds more than 268 M), one tensor over it is refused."""
+    from weightzip.format import WzFormatError, reader
+    from weightzip.torch.hf import compress_safetensors, decompress_safetensors
+
+    torch.manual_seed(2)
+    shards = {"model-00001-of-00002.safetensors": {"a.weight": torch.randn(6, 10)},
+              "model-00002-of-00002.safetensors": {"b.weight": torch.randn(5, 10), "b.bias": torch.randn(10)}}
+    for file, tensors in shards.items():
+        save_file(tensors, str(tmp_path / file))
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text(json.dumps({"metadata": {"total_size": 0},
+                                 "weight_map": {name: file for file, tensors in shards.items() for name in tensors}}))
+    compress_safetensors(index, tmp_path / "m.wz", number_of_clusters=4)
+    monkeypatch.setattr(reader, "DEFAULT_MAX_ELEMENTS", 100)  # 120 together, each at most 60
+    written = decompress_safetensors(tmp_path / "m.wz", tmp_path / "out")
+    assert sorted(written) == sorted([*shards, index.name])
+    for file, tensors in shards.items():
+        back = load_file(str(tmp_path / "out" / file))
+        assert set(back) == set(tensors)
+        for name, tensor in tensors.items():
+            assert back[name].shape == tensor.shape
+            if name.endswith("bias"):  # kept exactly
+                assert torch.equal(back[name], tensor)
+            else:  # 4 clusters of N(0, 1) values: about 0.12 of the variance remains as error
+                assert torch.mean((back[name] - tensor) ** 2) < 0.2 * torch.mean(tensor ** 2)
+    monkeypatch.setattr(reader, "DEFAULT_MAX_ELEMENTS", 59)  # 'a.weight' alone has 60
+    with pytest.raises(WzFormatError, match="element limit"):
+        decompress_safetensors(tmp_path / "m.wz", tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 from weightzip.core.errors import WeightzipError
 
-CONNECT_TIMEOUT_S = 6  # a scheduler that does not answer is reported within this (issue 12: within 10 s, importing
-# distributed included: ~1.7 s on a loaded 2-core machine)
+CONNECT_TIMEOUT_S = 6  # a scheduler that does not answer is reported within this (issue 12: within 10 s; the
+# rest is the client's set-up. Importing distributed, once per process, comes before: 2-8 s on a loaded 2-core machine)
 TASKS_PER_WORKER = 2  # in flight per worker: keeps every worker busy, bounds the records held
 
 

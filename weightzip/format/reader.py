@@ -79,7 +79,7 @@ class WzFile:
             wz.metadata, wz.tensors["fc.weight"].shape, wz.read("fc.bias"), wz.read_packed("fc.weight")
     """
 
-    def __init__(self, path, *, max_elements: int = DEFAULT_MAX_ELEMENTS, per_tensor: bool = False):
+    def __init__(self, path, *, max_elements: int | None = None, per_tensor: bool = False):
         self.path = Path(path)
         if not self.path.is_file():
             raise WzFormatError(f"{self.path}: no such file")
@@ -131,7 +131,7 @@ class WzFile:
         self.close()
 
 
-def open_wz(path, *, max_elements: int = DEFAULT_MAX_ELEMENTS, per_tensor: bool = False) -> WzFile:
+def open_wz(path, *, max_elements: int | None = None, per_tensor: bool = False) -> WzFile:
     """The `.wz` file `path` opened for reading tensor by tensor (see :class:`WzFile`). `max_elements` bounds
     the tensors' elements together, or with `per_tensor` each tensor alone (for a caller that holds one decoded
     tensor at a time, e.g. streaming a 1 B-weight file into safetensors)."""
@@ -167,25 +167,25 @@ def _check_packed_below(data: bytes, count: int, bits: int, k: int, where: str) 
             raise WzFormatError(f"{where}: packed symbol {int(values.max())} outside alphabet {k}")
 
 
-def read_wz(path, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> tuple[dict, dict]:
+def read_wz(path, *, max_elements: int | None = None) -> tuple[dict, dict]:
     """(tensors, metadata) of a `.wz` file: ClusteredTensor or ndarray per name, exactly as written."""
     with _open(path) as source:
         return _decode_all(source, max_elements, str(path))
 
 
-def decode_wz(data: bytes, *, max_elements: int = DEFAULT_MAX_ELEMENTS, source: str = "<bytes>") -> tuple[dict, dict]:
+def decode_wz(data: bytes, *, max_elements: int | None = None, source: str = "<bytes>") -> tuple[dict, dict]:
     """Like :func:`read_wz`, from the file's bytes."""
     return _decode_all(ByteSource(data), max_elements, source)
 
 
-def read_tensor(path, name: str, *, max_elements: int = DEFAULT_MAX_ELEMENTS):
+def read_tensor(path, name: str, *, max_elements: int | None = None):
     """The one tensor `name` of a `.wz` file (ClusteredTensor or ndarray), bit-exact, reading only the
     file's preamble, header and that tensor's sections (each checked by its own CRC-32)."""
     with _open(path) as source:
         return _decode_one(source, name, max_elements, str(path))
 
 
-def iter_tensors(path, names=None, *, max_elements: int = DEFAULT_MAX_ELEMENTS):
+def iter_tensors(path, names=None, *, max_elements: int | None = None):
     """(name, tensor) of each record of a `.wz` file (or of those in `names`), in file order, decoded one at a
     time from the open file through the header's section index: memory holds one tensor, not the file.
     Each section read is checked by its own CRC-32 (the whole-file CRC is not: that needs every byte)."""
@@ -197,12 +197,12 @@ def iter_tensors(path, names=None, *, max_elements: int = DEFAULT_MAX_ELEMENTS):
                 yield record.name, _decode_record(record, reader, str(path))
 
 
-def decode_tensor(data: bytes, name: str, *, max_elements: int = DEFAULT_MAX_ELEMENTS, source: str = "<bytes>"):
+def decode_tensor(data: bytes, name: str, *, max_elements: int | None = None, source: str = "<bytes>"):
     """Like :func:`read_tensor`, from the file's bytes."""
     return _decode_one(ByteSource(data), name, max_elements, source)
 
 
-def read_wz_dense(path, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> tuple[dict[str, np.ndarray], dict]:
+def read_wz_dense(path, *, max_elements: int | None = None) -> tuple[dict[str, np.ndarray], dict]:
     """(dense arrays, metadata): every clustered tensor decoded to its centroid values."""
     tensors, metadata = read_wz(path, max_elements=max_elements)
     return decode_dense(tensors), metadata
@@ -219,17 +219,17 @@ def _decoded(tensor: ClusteredTensor) -> np.ndarray:
     return tensor.decode()
 
 
-def inspect_table(path, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> SizeReport:
+def inspect_table(path, *, max_elements: int | None = None) -> SizeReport:
     """Per-tensor size table of a `.wz` file from its actual section sizes (header only: nothing decoded)."""
     return inspect_wz(path, max_elements=max_elements).report
 
 
-def inspect_bytes(data: bytes, *, max_elements: int = DEFAULT_MAX_ELEMENTS, source: str = "<bytes>") -> SizeReport:
+def inspect_bytes(data: bytes, *, max_elements: int | None = None, source: str = "<bytes>") -> SizeReport:
     """Like :func:`inspect_table`, from the file's bytes."""
     return _summary(ByteSource(data), max_elements, source).report
 
 
-def inspect_wz(path, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> WzSummary:
+def inspect_wz(path, *, max_elements: int | None = None) -> WzSummary:
     """Format version, metadata and per-tensor size table of a `.wz` file, from its envelope and header
     only (header and section descriptors checked; the payload is neither read nor decoded)."""
     with _open(path) as source:
@@ -284,11 +284,14 @@ def _checked(data: bytes, max_elements: int, source: str) -> tuple[dict, list[Te
     return _checked_source(ByteSource(data), max_elements, source, verify_file_crc=True)[:3]
 
 
-def _checked_source(source, max_elements: int, where: str, *, verify_file_crc: bool, only: str | None = None,
+def _checked_source(source, max_elements: int | None, where: str, *, verify_file_crc: bool, only: str | None = None,
                     per_tensor: bool = False):
     """(metadata, checked records, payload reader, version): all records, or with `only` just that one
     (the other records' names are still checked to be unique strings). `max_elements` bounds the records'
-    elements together, or with `per_tensor` each record alone."""
+    elements together, or with `per_tensor` each record alone; None: :data:`DEFAULT_MAX_ELEMENTS`, read when
+    called (every public reader's default)."""
+    if max_elements is None:
+        max_elements = DEFAULT_MAX_ELEMENTS
     try:
         envelope = read_envelope(source, verify_file_crc=verify_file_crc)
         header = envelope.header

@@ -40,8 +40,7 @@ from weightzip.atomic import atomic_directory, check_output_path
 from weightzip.core import CentroidInitialization, ClusteredTensor
 from weightzip.core.allocation import DEFAULT_CLUSTERS, Candidates
 from weightzip.core.errors import ArgumentTypeError, WeightzipError
-from weightzip.format import WriteOptions, read_metadata
-from weightzip.format.reader import inspect_wz, read_tensor
+from weightzip.format import WriteOptions, open_wz, read_metadata
 from weightzip.safetensors_wz import (  # noqa: F401  (the checkpoint route, torch-free; re-exported here)
     CHECKPOINT_KEY,
     DirectoryCompression,
@@ -219,23 +218,26 @@ def _write_checkpoint(path: Path, metadata: dict, stored: dict, directory, overw
     layout = ShardLayout.from_json(stored.get("layout"), str(path))
     if directory.exists() and not overwrite:
         raise WeightzipError(f"{directory} already exists (pass overwrite=True / --overwrite to replace it)")
-    specs, fetch = _checked_fetch(path, metadata, stored, layout)
-    with atomic_directory(directory, overwrite=overwrite, inputs=(path,)) as temporary:
-        written = write_sharded(temporary, layout, specs, fetch)
-        for name, packed in files.items():
-            target = temporary / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(_unpack_file(name, packed, path))
-            written.append(name)
+    # One decoded tensor is held at a time, so the element limit bounds each tensor, not their sum (a 1 B-weight
+    # checkpoint's .wz holds more than the limit's 268 M weights in all); the file is opened once for all tensors.
+    with open_wz(path, per_tensor=True) as wz:
+        specs, fetch = _checked_fetch(wz, metadata, stored, layout)
+        with atomic_directory(directory, overwrite=overwrite, inputs=(path,)) as temporary:
+            written = write_sharded(temporary, layout, specs, fetch)
+            for name, packed in files.items():
+                target = temporary / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(_unpack_file(name, packed, path))
+                written.append(name)
     return written
 
 
-def _checked_fetch(path: Path, metadata: dict, stored: dict, layout: ShardLayout):
-    """(tensor specs, fetch(name) decoding one tensor) after checking the file holds every tensor named."""
+def _checked_fetch(wz, metadata: dict, stored: dict, layout: ShardLayout):
+    """(tensor specs, fetch(name) decoding one tensor of the open `.wz` file `wz`) after checking the file
+    holds every tensor named."""
+    path = wz.path
     specs = _specs_from_json(stored.get("specs"), layout, path)
-    summary = inspect_wz(path)
-    held = {row.name for row in summary.report.rows}
-    missing = [name for name in specs if name not in held]
+    missing = [name for name in specs if name not in wz.tensors]
     if missing:
         raise ModelDirectoryError(f"{path}: the shard layout names {len(missing)} tensor(s) the file does not hold, "
                                   f"e.g. {missing[0]!r}")
@@ -244,7 +246,7 @@ def _checked_fetch(path: Path, metadata: dict, stored: dict, layout: ShardLayout
         raise ModelDirectoryError(f"{path}: torch_dtypes must be a JSON object")
 
     def fetch(name: str) -> torch.Tensor:
-        value = read_tensor(path, name)
+        value = wz.read(name)
         array = value.decode() if isinstance(value, ClusteredTensor) else value
         return as_stored_tensor(array, specs[name][0] if name in torch_dtypes else None)
 
