@@ -207,23 +207,30 @@ def _post_training_flags(args) -> list[tuple[str, object]]:
             ("--sensitivity", args.sensitivity)]
 
 
-def _post_training_keras(model, source: Path, output: Path, args, console) -> int:
-    from weightzip.calibration import load_calibration
+def _post_training_spec(args):
+    """The one :class:`~weightzip.core.specs.PostTrainingSpec` the options mean, for Keras and PyTorch models alike."""
     from weightzip.core.rules import LayerRules
-    from weightzip.keras.pipeline.post_training import compress_post_training
+    from weightzip.core.specs import PostTrainingSpec
 
     settings = _post_training_settings(args)
+    return PostTrainingSpec.from_keywords(
+        clusters=LayerRules.tiers(settings["clusters"], conv=args.conv_clusters),
+        sparsity=LayerRules.tiers(args.sparsity or 0.0, conv=args.conv_sparsity), per_channel=settings["per_channel"],
+        group_size=args.group_size, init=settings["init"], bits_per_weight=args.bits_per_weight,
+        target_bytes=args.target_size, min_fidelity=args.min_fidelity, sensitivity=args.sensitivity)
+
+
+def _post_training_keras(model, source: Path, output: Path, args, console) -> int:
+    from weightzip.calibration import load_calibration
+    from weightzip.keras.pipeline.post_training import compress_post_training
+
+    spec = _post_training_spec(args)
     calibration = None
     if args.calibration is not None:
         calibration = load_calibration(args.calibration, tuple(model.inputs[0].shape[1:]))
     with console.status("post-training compression (no --data: no retraining)"):
-        _, report = compress_post_training(
-            model, calibration, clusters=LayerRules.tiers(settings["clusters"], conv=args.conv_clusters),
-            sparsity=LayerRules.tiers(args.sparsity or 0.0, conv=args.conv_sparsity), per_channel=settings["per_channel"],
-            group_size=args.group_size, init=settings["init"], bits_per_weight=args.bits_per_weight,
-            target_bytes=args.target_size,
-            min_fidelity=args.min_fidelity, sensitivity=args.sensitivity, path=output, overwrite=args.overwrite,
-            inputs=(source,))
+        _, report = compress_post_training(model, calibration, spec=spec, path=output, overwrite=args.overwrite,
+                                           inputs=(source,))
     for line in report.summary_lines():
         console.print(line, highlight=False, soft_wrap=True)
     original = 4 * sum(math.prod(v.shape) for v in model.weights)
@@ -380,13 +387,13 @@ def _post_training_torch(module, input_shape, source: Path, output: Path, args) 
     if args.conv_clusters is not None or args.conv_sparsity is not None or args.sparsity:
         raise CliError("--sparsity/--conv-sparsity/--conv-clusters: not used by PyTorch post-training "
                        "(use --clusters, or --bits-per-weight/--target-size to choose k per tensor)")
+    spec = _post_training_spec(args)
     calibration = None
     if args.calibration is not None:
         shape = input_shape
         if shape is None:  # TorchScript keeps no input shape: an .npz's own sample shape is taken as given
             shape = _npz_sample_shape(Path(args.calibration))
         calibration = load_calibration(args.calibration, shape)
-    granularity = "group" if args.group_size else ("channel" if args.per_channel else "tensor")
     extra_tensors, metadata = None, None
     if source.suffix != ".pt2":  # TorchScript: the archive's skeleton too, so decompress gives an archive back
         from weightzip.torch.torchscript import ARCHIVE_TENSOR, load_archive, skeleton_array
@@ -395,11 +402,8 @@ def _post_training_torch(module, input_shape, source: Path, output: Path, args) 
         metadata = {"source": "torchscript"}
     console = Console(quiet=args.json)
     with console.status(f"post-training compression of {source.name}"):
-        _, report = compress_post_training(
-            module, calibration, clusters=args.clusters or 16, granularity=granularity, group_size=args.group_size,
-            bits_per_weight=args.bits_per_weight, target_bytes=args.target_size, min_fidelity=args.min_fidelity,
-            sensitivity=args.sensitivity, path=output, overwrite=args.overwrite, inputs=(source,),
-            metadata=metadata, extra_tensors=extra_tensors)
+        _, report = compress_post_training(module, calibration, spec=spec, path=output, overwrite=args.overwrite,
+                                           inputs=(source,), metadata=metadata, extra_tensors=extra_tensors)
     for line in report.summary_lines():
         console.print(line, highlight=False, soft_wrap=True)
     console.print(f"wrote {output}: {report.file_bytes:,} bytes ({source.stat().st_size / report.file_bytes:.1f}x "

@@ -92,3 +92,55 @@ def test_pruning_spec_normalises_tfmot_spellings_and_refuses_bad_combinations():
 def test_build_spec_passes_a_field_type_error_through_unchanged():
     with pytest.raises(ArgumentTypeError, match="^per_channel must be True or False, got 1$"):
         build_spec(ClusteringSpec, None, "f", number_of_clusters=4, per_channel=1)
+
+
+def test_post_training_spec_normalises_its_fields_and_refuses_bad_values_naming_them():
+    from weightzip.core.post_training import Sensitivity
+    from weightzip.core.rules import CONVOLUTION, LayerRules
+    from weightzip.core.specs import PostTrainingSpec
+
+    spec = PostTrainingSpec(clusters=8, sensitivity="activation", init="density", granularity="channel", group_size=1)
+    assert spec.clusters == LayerRules(8) and spec.sparsity == LayerRules(0.0)
+    assert spec.sensitivity is Sensitivity.ACTIVATION and spec.init is CentroidInitialization.DENSITY_BASED
+    assert spec.group_size is None and spec.prunes_or_sets_init and not spec.varied_clusters
+    assert PostTrainingSpec(clusters=LayerRules(8).set_type(CONVOLUTION, 4)).varied_clusters
+    for fields, message in (
+            (dict(bits_per_weight=3, target_bytes=10_000), "at most one of"),
+            (dict(min_fidelity=1.5), r"min_fidelity must be a number in \(0, 1\]"),
+            (dict(bits_per_weight=-1), "bits_per_weight must be a positive number"),
+            (dict(granularity="row"), "granularity must be 'tensor', 'channel' or 'group'"),
+            (dict(granularity="group"), "granularity 'group' needs group_size"),
+            (dict(group_size=4), "group_size only applies with granularity 'group'"),
+            (dict(sparsity=LayerRules(0.5).set_name("fc", 1.0)), r"sparsity\['fc'\] must be in \[0, 1\)"),
+            (dict(clusters=0), "clusters: number_of_clusters must be >= 1"),
+            (dict(held_out=1.0), "held_out must be a fraction"),
+            (dict(sensitivity="hessian"), "sensitivity"),
+            (dict(outliers=0.01), "outliers"),
+            (dict(sparsity=0.5, bits_per_weight=3.0), "apply to uniform clustering only"),
+            (dict(compensation=1), "compensation must be True or False")):
+        with pytest.raises(WeightzipError, match=message):
+            PostTrainingSpec(**fields)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.seed = 2
+
+
+def test_post_training_spec_from_keywords_resolves_the_front_ends_conveniences_and_overrides_a_spec():
+    from weightzip.core.rules import CONVOLUTION, LayerRules
+    from weightzip.core.specs import PostTrainingSpec
+
+    spec = PostTrainingSpec.from_keywords(clusters=8, conv_clusters=4, per_channel=True, group_size=2, seed=3)
+    assert spec == PostTrainingSpec(clusters=LayerRules(8).set_type(CONVOLUTION, 4), granularity="group",
+                                    group_size=2, seed=3)
+    assert PostTrainingSpec.from_keywords(per_channel=True).granularity == "channel"
+    assert PostTrainingSpec.from_keywords(per_channel=True, group_size=1).granularity == "channel"
+    with pytest.raises(WeightzipError, match="per_channel=True contradicts granularity='tensor'"):
+        PostTrainingSpec.from_keywords(per_channel=True, granularity="tensor")
+    # keywords at their defaults leave the spec's values; the others replace them (and are validated again)
+    assert PostTrainingSpec.from_keywords(spec, clusters=16, held_out=0.25) == spec
+    assert PostTrainingSpec.from_keywords(spec, held_out=0.5) == dataclasses.replace(spec, held_out=0.5)
+    assert PostTrainingSpec.from_keywords(spec, conv_sparsity=0.5).sparsity == LayerRules(0.0).set_type(CONVOLUTION,
+                                                                                                         0.5)
+    with pytest.raises(WeightzipError, match="at most one of"):
+        PostTrainingSpec.from_keywords(PostTrainingSpec(bits_per_weight=3.0), target_bytes=1000)
+    with pytest.raises(ArgumentTypeError, match="spec must be a PostTrainingSpec, got ClusteringSpec"):
+        PostTrainingSpec.from_keywords(ClusteringSpec(4))

@@ -139,3 +139,20 @@ def test_inplace_states_the_mutation_a_caller_expects_and_refuses_the_other():
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(copied.layer.kernel), keras.ops.convert_to_numpy(dense.kernel))
     with pytest.raises(WeightzipError, match="pruned as a clone, never in place"):
         wk.prune_low_magnitude(small_model(), inplace=True)
+
+
+def test_post_training_spec_is_the_keywords_in_one_object():
+    model = small_model()
+    rules = wk.LayerRules(8).set_type(wk.CONVOLUTION, 4)
+    spec = wk.PostTrainingSpec(clusters=rules, sparsity=0.25, granularity="channel")
+    by_spec, spec_report = compress_post_training(model, spec=spec)
+    by_keywords, report = compress_post_training(model, clusters=8, conv_clusters=4, sparsity=0.25, per_channel=True)
+    for a, b in zip(by_spec.get_weights(), by_keywords.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert spec_report.mode == report.mode
+    overridden, _ = compress_post_training(model, spec=spec, clusters=2)  # a keyword given replaces the spec's field
+    kernel = keras.ops.convert_to_numpy(overridden.get_layer("fc1").kernel)
+    assert max(len(np.unique(column)) for column in kernel.T) == 2  # per output channel, as the spec says
+    assert float(np.mean(kernel == 0)) == pytest.approx(0.25, abs=0.02)
+    with pytest.raises(WeightzipError, match="bias_correction is not implemented by the Keras front end"):
+        compress_post_training(model, spec=dataclasses.replace(spec, bias_correction=True))

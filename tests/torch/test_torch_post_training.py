@@ -151,3 +151,17 @@ def test_fisher_diagonals_match_their_closed_forms_on_a_linear_model():
         p = torch.softmax(layer(x), dim=1)
     exact = ((p * (1 - p))[:, :, None] * (x ** 2)[:, None, :]).mean(0).numpy()
     assert np.allclose(kl, exact, rtol=0.25, atol=2e-3)
+
+
+def test_a_post_training_spec_is_the_keywords_in_one_object(setup):
+    from weightzip.torch import PostTrainingSpec
+
+    model, calibration = setup
+    spec = PostTrainingSpec(clusters=4, granularity="channel", sensitivity="activation", classifier=True)
+    by_spec, spec_report = compress_post_training(model, calibration, spec=spec, bias_correction=False)
+    by_keywords, report = compress_post_training(model, calibration, clusters=4, per_channel=True,
+                                                 sensitivity="activation", classifier=True, bias_correction=False)
+    for (name, a), b in zip(by_spec.state_dict().items(), by_keywords.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    assert spec_report.mode == report.mode == "uniform k=4 per channel"
+    assert spec_report.fidelity.top1_agreement == report.fidelity.top1_agreement is not None

@@ -28,7 +28,7 @@ from weightzip.core.pruning import (
     n_m_mask,
 )
 from weightzip.core.sample import SortedSample
-from weightzip.core.specs import ClusteringSpec, PruningSpec
+from weightzip.core.specs import ClusteringSpec, PostTrainingSpec, PruningSpec
 
 __all__ = [
     "ConstantSparsity",
@@ -39,6 +39,7 @@ __all__ = [
     "CentroidInitialization",
     "ClusterConfig",
     "ClusteringSpec",
+    "PostTrainingSpec",
     "PruningSpec",
     "ClusteredTensor",
     "InvalidClusterCountError",

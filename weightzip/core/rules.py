@@ -63,9 +63,11 @@ class LayerRules:
         return rules if conv is None else rules.set_type(CONVOLUTION, conv)
 
     @classmethod
-    def of(cls, value) -> "LayerRules":
-        """`value` itself when it is a LayerRules, else the rules giving `value` to every layer."""
-        return value if isinstance(value, LayerRules) else cls(value)
+    def of(cls, value, conv=None) -> "LayerRules":
+        """`value` itself when it is a LayerRules, else the rules giving `value` to every layer; with `conv`
+        (not None), its :data:`CONVOLUTION` type rule set to `conv` (the ``conv_*`` options' meaning)."""
+        rules = value if isinstance(value, LayerRules) else cls(value)
+        return rules if conv is None else rules.set_type(CONVOLUTION, conv)
 
     def set_global(self, value) -> "LayerRules":
         return LayerRules(value, self.types, self.names)
@@ -102,6 +104,11 @@ class LayerRules:
     def has_class_rules(self) -> bool:
         """Whether a type rule names a class (which needs the layer object to resolve)."""
         return any(isinstance(kind, type) for kind, _ in self.types)
+
+    @property
+    def values(self) -> list:
+        """Every value the rules can give: the default, then the type rules', then the name rules'."""
+        return [self.default, *(value for _, value in self.types), *(value for _, value in self.names)]
 
     @property
     def layer_names(self) -> tuple[str, ...]:

@@ -6,7 +6,10 @@ A spec says *what* to do to every selected weight, with the same field names in 
   (per tensor, per channel, or `group_size` channels per codebook), preserve_sparsity, gradient_aggregation,
   reassignment, lloyd_iterations, seed;
 - :class:`PruningSpec`: magnitude pruning: pruning_schedule, block_size, block_pooling_type, sparsity_m_by_n,
-  per_channel.
+  per_channel;
+- :class:`PostTrainingSpec`: post-training compression (no retraining): clusters / sparsity (values or
+  :class:`~weightzip.core.rules.LayerRules`), init, granularity, the size or fidelity goal, sensitivity, the
+  calibration split, compensation and bias correction.
 
 ``weightzip.torch.cluster_weights(module, spec=None, **same_names)`` and ``prune_low_magnitude`` build one from
 their keywords (keywords given next to a spec override its fields, through :func:`dataclasses.replace`);
@@ -22,15 +25,18 @@ import dataclasses
 import enum
 from dataclasses import dataclass
 
+from weightzip.core.allocation import Candidates
 from weightzip.core.centroid_init import CentroidInitialization
 from weightzip.core.cluster import ClusterConfig
 from weightzip.core.errors import ArgumentTypeError, InvalidArgumentError, InvalidClusterCountError
 from weightzip.core.options import BlockPooling, GradientAggregation, InvalidOptionError, Reassignment
+from weightzip.core.post_training import Sensitivity
 from weightzip.core.pruning import InvalidSparsityError
+from weightzip.core.rules import LayerRules
 from weightzip.core.schedules import ConstantSparsity, PruningSchedule, schedule_from_config
-from weightzip.core.validation import check_cluster_count
+from weightzip.core.validation import check_cluster_count, check_fraction
 
-__all__ = ["ClusteringSpec", "PruningSpec", "build_spec"]
+__all__ = ["ClusteringSpec", "PostTrainingSpec", "PruningSpec", "build_spec", "granularity_of"]
 
 
 def _check_flag(name: str, value) -> None:
@@ -192,3 +198,172 @@ def build_spec(spec_type: type, spec, what: str, **fields):
     if not isinstance(spec, spec_type):
         raise ArgumentTypeError(f"{what}: spec must be a {spec_type.__name__}, got {type(spec).__name__}")
     return dataclasses.replace(spec, **given)
+
+
+GRANULARITIES = ("tensor", "channel", "group")
+
+
+def granularity_of(granularity: str | None, group_size: int | None, per_channel: bool) -> str:
+    """The granularity meant by the `granularity` / `per_channel` / `group_size` keywords: `granularity` when
+    given, else "group" (a `group_size` other than 1) or "channel" with `per_channel`, else "tensor"."""
+    _check_flag("per_channel", per_channel)
+    if granularity is None:
+        return ("group" if group_size not in (None, 1) else "channel") if per_channel else "tensor"
+    if per_channel and granularity == "tensor":
+        raise InvalidArgumentError("per_channel=True contradicts granularity='tensor'")
+    return granularity
+
+
+@dataclass(frozen=True)
+class PostTrainingSpec:
+    """How to compress a trained model without retraining, the same on both front ends.
+
+    ``weightzip.keras.compress_post_training`` and ``weightzip.torch.compress_post_training`` take one as
+    ``spec=``, or build one from keywords of the same names (plus ``per_channel`` for granularity "channel" /
+    "group", and ``conv_clusters`` / ``conv_sparsity``, the :data:`~weightzip.core.rules.CONVOLUTION` type rule of
+    `clusters` / `sparsity`); the CLI builds one from its options.
+
+    clusters: k for every compressed tensor, or :class:`LayerRules` (global / layer type / layer name values);
+        the allocation goals below choose k per tensor instead.
+    sparsity: magnitude pruning before clustering (a fraction, or LayerRules), pruned zeros kept exactly.
+    init: centroid initialisation of uniform clustering (default OPTIMAL, the exact 1-D k-means).
+    granularity: "tensor", "channel", or "group" of `group_size` channels per codebook.
+    bits_per_weight / target_bytes / min_fidelity: at most one goal; the allocation picks k and granularity per
+        tensor to meet it (bits per compressed weight; bytes of the whole `.wz` file; fidelity on the fit part).
+    sensitivity: what weights the clustering error (:class:`Sensitivity`); None: "fisher" with calibration
+        inputs, "none" without.
+    outliers: a dense-and-sparse side stream (not supported by this version: 0).
+    candidates: the allocation's candidate settings (:class:`~weightzip.core.allocation.Candidates`).
+    held_out: the calibration fraction held out to measure fidelity; seed: the split's and the Fisher
+        sampling's seed.
+    classifier: whether the outputs are class scores (top-1 agreement); None: a 2-D output of >= 2 columns.
+    compensation: with calibration and a sensitivity, re-choose the clustered kernels' indices for their
+        layers' output error (:mod:`weightzip.core.compensation`).
+    bias_correction: with calibration, restore each compressed layer's float output mean; None: the front
+        end's default (on for PyTorch; not implemented on Keras, which refuses True).
+    """
+
+    clusters: int | LayerRules = 16
+    sparsity: float | LayerRules = 0.0
+    init: CentroidInitialization = CentroidInitialization.OPTIMAL
+    granularity: str = "tensor"
+    group_size: int | None = None
+    bits_per_weight: float | None = None
+    target_bytes: int | None = None
+    min_fidelity: float | None = None
+    sensitivity: Sensitivity | None = None
+    outliers: float = 0.0
+    candidates: Candidates | None = None
+    held_out: float = 0.25
+    seed: int = 0
+    classifier: bool | None = None
+    compensation: bool = True
+    bias_correction: bool | None = None
+
+    def __post_init__(self):
+        set_ = object.__setattr__
+        set_(self, "clusters", LayerRules.of(self.clusters).checked(_checked_k, "clusters"))
+        set_(self, "sparsity", LayerRules.of(self.sparsity).checked(_checked_sparsity, "sparsity"))
+        set_(self, "init", CentroidInitialization.parse(self.init))
+        if self.granularity not in GRANULARITIES:
+            raise InvalidArgumentError(f"granularity must be 'tensor', 'channel' or 'group', got {self.granularity!r}")
+        if self.granularity == "group":
+            if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size < 1:
+                raise InvalidArgumentError(f"granularity 'group' needs group_size, a positive integer, got "
+                                           f"{self.group_size!r}")
+        elif self.group_size not in (None, 1):
+            raise InvalidArgumentError(f"group_size only applies with granularity 'group' (got {self.granularity!r})")
+        else:
+            set_(self, "group_size", None)
+        goals = [name for name in ("bits_per_weight", "target_bytes", "min_fidelity") if getattr(self, name) is not None]
+        if len(goals) > 1:
+            raise InvalidArgumentError("give at most one of bits_per_weight, target_bytes and min_fidelity")
+        if self.bits_per_weight is not None and not _positive(self.bits_per_weight, float):
+            raise InvalidArgumentError(f"bits_per_weight must be a positive number, got {self.bits_per_weight!r}")
+        if self.target_bytes is not None and not _positive(self.target_bytes, int):
+            raise InvalidArgumentError(f"target_bytes must be a positive integer, got {self.target_bytes!r}")
+        if self.min_fidelity is not None and not (_positive(self.min_fidelity, float) and self.min_fidelity <= 1.0):
+            raise InvalidArgumentError(f"min_fidelity must be a number in (0, 1], got {self.min_fidelity!r}")
+        if goals and (self.prunes_or_sets_init or self.varied_clusters):
+            raise InvalidArgumentError("sparsity, conv_sparsity, conv_clusters and init apply to uniform clustering "
+                                       "only; bits_per_weight / target_bytes / min_fidelity choose them per tensor")
+        if self.sensitivity is not None:
+            set_(self, "sensitivity", Sensitivity.parse(self.sensitivity, "sensitivity"))
+        if self.outliers:
+            raise InvalidArgumentError("outliers (a dense-and-sparse side stream) are not supported by this version: "
+                                       "leave outliers at 0")
+        if self.candidates is not None and not isinstance(self.candidates, Candidates):
+            raise ArgumentTypeError(f"candidates must be a Candidates, got {type(self.candidates).__name__}")
+        if isinstance(self.held_out, bool) or not isinstance(self.held_out, (int, float)) \
+                or not 0.0 < self.held_out < 1.0:
+            raise InvalidArgumentError(f"held_out must be a fraction in (0, 1), got {self.held_out!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ArgumentTypeError(f"seed must be an integer, got {self.seed!r}")
+        _check_flag("compensation", self.compensation)
+        for name in ("classifier", "bias_correction"):
+            if getattr(self, name) is not None:
+                _check_flag(name, getattr(self, name))
+
+    @property
+    def goal(self) -> bool:
+        """Whether a size or fidelity goal is given (the allocation then chooses k and granularity per tensor)."""
+        return any(g is not None for g in (self.bits_per_weight, self.target_bytes, self.min_fidelity))
+
+    @property
+    def prunes_or_sets_init(self) -> bool:
+        """Whether some layer is pruned or the init is not OPTIMAL (the pruned uniform plan then applies)."""
+        return any(value > 0 for value in self.sparsity.values) or self.init is not CentroidInitialization.OPTIMAL
+
+    @property
+    def varied_clusters(self) -> bool:
+        """Whether the rules give layers different k (each k's tensors are then planned together)."""
+        return len(set(self.clusters.values)) > 1
+
+    KEYWORDS = ("per_channel", "conv_clusters", "conv_sparsity")  # the keywords a front end adds to the fields
+
+    @classmethod
+    def from_call(cls, arguments: dict) -> "PostTrainingSpec":
+        """The spec of a front end's ``compress_post_training`` call from its `arguments` (its ``locals()`` on entry):
+        ``spec`` and the keywords named like the fields or in :attr:`KEYWORDS` (see :meth:`from_keywords`)."""
+        names = {f.name for f in dataclasses.fields(cls)} | set(cls.KEYWORDS)
+        return cls.from_keywords(arguments.get("spec"), **{k: v for k, v in arguments.items() if k in names})
+
+    @classmethod
+    def from_keywords(cls, spec: "PostTrainingSpec | None" = None, *, per_channel: bool = False,
+                      conv_clusters: int | None = None, conv_sparsity: float | None = None,
+                      granularity: str | None = None, **fields) -> "PostTrainingSpec":
+        """The spec a front-end call means: `spec` (or the defaults) with the keywords that differ from their
+        defaults replacing its fields (a keyword equal to its default leaves the spec's value);
+        `per_channel` / `granularity` / `group_size` resolved by :func:`granularity_of`, `conv_clusters` /
+        `conv_sparsity` the CONVOLUTION type rule of `clusters` / `sparsity`."""
+        if spec is not None and not isinstance(spec, cls):
+            raise ArgumentTypeError(f"spec must be a {cls.__name__}, got {type(spec).__name__}")
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        unknown = sorted(set(fields) - set(defaults))
+        if unknown:
+            raise ArgumentTypeError(f"unknown post-training options {unknown}")
+        given = {name: value for name, value in fields.items()
+                 if not (value is defaults[name] or (type(value) is type(defaults[name]) and value == defaults[name]))}
+        if granularity is not None or per_channel:
+            given["granularity"] = granularity_of(granularity, fields.get("group_size"), per_channel)
+        base = spec or cls()
+        for name, conv in (("clusters", conv_clusters), ("sparsity", conv_sparsity)):
+            if conv is not None:
+                given[name] = LayerRules.of(given.get(name, getattr(base, name)), conv)
+        return dataclasses.replace(base, **given)
+
+
+def _checked_k(what: str, k) -> int:
+    try:
+        return check_cluster_count(k)
+    except InvalidClusterCountError as error:
+        raise InvalidClusterCountError(f"{what}: {error}") from None
+
+
+def _checked_sparsity(what: str, value) -> float:
+    return check_fraction(value, what, InvalidArgumentError)
+
+
+def _positive(value, kind: type) -> bool:
+    numeric = (int, float) if kind is float else (int,)
+    return not isinstance(value, bool) and isinstance(value, numeric) and value > 0

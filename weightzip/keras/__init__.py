@@ -17,7 +17,7 @@ start with ``_`` are plumbing (the layer table, the one model rewriter, the Kera
 Initial centroids and masks come from :mod:`weightzip.core`.
 """
 
-from weightzip.core import CentroidInitialization, ClusteringSpec, PruningSpec
+from weightzip.core import CentroidInitialization, ClusteringSpec, PostTrainingSpec, PruningSpec
 from weightzip.core.pruning import ConstantSparsity, PolynomialDecay
 from weightzip.core.rules import CONVOLUTION, LayerRules
 from weightzip.keras._rewrite import LayerCopyError
@@ -84,6 +84,7 @@ __all__ = [
     "CONVOLUTION",
     "ClusteringSpec",
     "LayerRules",
+    "PostTrainingSpec",
     "PruningSpec",
     # pipelines and .wz files
     "CompressionReport",

@@ -23,7 +23,7 @@ from weightzip.core import CentroidInitialization
 from weightzip.core.options import Reassignment
 from weightzip.core.pruning import ConstantSparsity, PolynomialDecay, PruningSchedule
 from weightzip.core.rules import CONVOLUTION, LayerRules
-from weightzip.core.specs import ClusteringSpec, PruningSpec
+from weightzip.core.specs import ClusteringSpec, PostTrainingSpec, PruningSpec
 from weightzip.torch.checkpoint import (
     compress_state_dict,
     decompress,
@@ -69,6 +69,7 @@ __all__ = [
     "LayerRules",
     "ClusteredWeight",
     "ClusteringSpec",
+    "PostTrainingSpec",
     "PruningSpec",
     "Reassignment",
     "ConstantSparsity",

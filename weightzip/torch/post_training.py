@@ -34,6 +34,7 @@ from weightzip.core.allocation import (
     Candidates,
     TensorToCompress,
 )
+from weightzip.core.centroid_init import CentroidInitialization
 from weightzip.core.cluster import ClusteredTensor
 from weightzip.core.compensation import compensate_plan, compensation_notes
 from weightzip.core.errors import WeightzipError
@@ -43,9 +44,12 @@ from weightzip.core.post_training import (  # shared with the Keras front end
     KEPT_AS_FLOAT,
     PostTrainingReport,
     Sensitivity,
+    check_goals,
     choose_plan,
     report_stub,
 )
+from weightzip.core.rules import LayerRules
+from weightzip.core.specs import PostTrainingSpec
 from weightzip.format import encode_wz
 from weightzip.torch.calibration import (
     activation_importance,
@@ -66,8 +70,9 @@ def compress_post_training(
     module: nn.Module,
     calibration=None,
     *,
-    clusters: int = 16,
-    granularity: str = "tensor",
+    spec: PostTrainingSpec | None = None,
+    clusters: int | LayerRules = 16,
+    granularity: str | None = None,
     group_size: int | None = None,
     bits_per_weight: float | None = None,
     target_bytes: int | None = None,
@@ -77,13 +82,19 @@ def compress_post_training(
     candidates: Candidates | None = None,
     held_out: float = 0.25,
     batch_size: int = 16,
+    classifier: bool | None = None,
     seed: int = 0,
+    sparsity: float | LayerRules = 0.0,
+    conv_sparsity: float | None = None,
+    conv_clusters: int | None = None,
+    per_channel: bool = False,
+    init: CentroidInitialization | str = CentroidInitialization.OPTIMAL,
     path=None,
     overwrite: bool = False,
     inputs=(),
     metadata: dict | None = None,
     extra_tensors: dict | None = None,
-    bias_correction: bool = True,
+    bias_correction: bool | None = None,
     compensation: bool = True,
 ) -> tuple[nn.Module, PostTrainingReport]:
     """Compress a copy of `module` post-training (see the module doc); returns (compressed copy, report).
@@ -96,22 +107,24 @@ def compress_post_training(
     metadata: extra JSON metadata (may set "source"); extra_tensors: more arrays stored as they are (e.g. a
     TorchScript archive's skeleton). bias_correction: with calibration, give each compressed layer back its
     float per-channel output mean on the fit part (:mod:`weightzip.torch.bias_correction`; biases and
-    BatchNorm means are stored as floats anyway, so this costs no bytes).
+    BatchNorm means are stored as floats anyway, so this costs no bytes; None: on).
+    spec: a :class:`~weightzip.core.specs.PostTrainingSpec`, the same as on Keras (the keywords above are its
+    fields; those given differ from their defaults and replace its values).
     """
+    spec = PostTrainingSpec.from_call(locals())  # the keywords above, or `spec` with those given replacing its fields
     start = time.perf_counter()
-    goals = [g for g in (bits_per_weight, target_bytes, min_fidelity) if g is not None]
-    if len(goals) > 1:
-        raise WeightzipError("give at most one of bits_per_weight, target_bytes and min_fidelity")
-    if outliers:
-        raise WeightzipError("outliers (a dense-and-sparse side stream) are not supported by this version: "
-                             "leave outliers at 0")
-    sensitivity = Sensitivity.parse(sensitivity if sensitivity is not None else
-                                    ("fisher" if calibration is not None else "none"), "sensitivity")
-    if calibration is None and (sensitivity is not Sensitivity.NONE or min_fidelity is not None):
-        needs = "min_fidelity" if min_fidelity is not None else f"sensitivity {sensitivity.value!r}"
-        raise WeightzipError(f"{needs} needs calibration inputs")
-    if min_fidelity is not None and not 0.0 < min_fidelity <= 1.0:
-        raise WeightzipError(f"min_fidelity must be in (0, 1], got {min_fidelity!r}")
+    sensitivity = check_goals(calibration_given=calibration is not None, bits_per_weight=spec.bits_per_weight,
+                              target_bytes=spec.target_bytes, min_fidelity=spec.min_fidelity,
+                              sensitivity=spec.sensitivity)
+    if spec.prunes_or_sets_init or spec.varied_clusters:
+        raise WeightzipError("sparsity, conv_sparsity, conv_clusters, per-layer clusters and init are not used by "
+                             "PyTorch post-training (use clusters, or bits_per_weight / target_bytes to choose k per "
+                             "tensor)")
+    granularity, group_size, bits_per_weight, target_bytes, min_fidelity, candidates, held_out, seed, classifier, \
+        compensation = (getattr(spec, name) for name in (
+            "granularity", "group_size", "bits_per_weight", "target_bytes", "min_fidelity", "candidates", "held_out",
+            "seed", "classifier", "compensation"))
+    clusters, bias_correction = spec.clusters.default, spec.bias_correction is not False
     if path is not None:
         check_output_path(path, overwrite=overwrite, inputs=inputs)
 
@@ -134,7 +147,7 @@ def compress_post_training(
 
     def fidelity_of(candidate: AllocationPlan) -> Fidelity:
         trial = _compressed(model, targets, candidate, fit_batches if bias_correction else None)[0]
-        return measure_fidelity(fit_reference, outputs_of(trial, fit_batches))
+        return measure_fidelity(fit_reference, outputs_of(trial, fit_batches), classifier=classifier)
 
     def file_bytes(candidate: AllocationPlan) -> int:
         return len(_encode(model, candidate, report_stub(candidate, uncompressed), metadata, extra_tensors)) \
@@ -153,7 +166,7 @@ def compress_post_training(
                                  "reason": KEPT_AS_FLOAT})
     fidelity = None
     if calibration is not None:
-        fidelity = measure_fidelity(reference, outputs_of(compressed, held_batches))
+        fidelity = measure_fidelity(reference, outputs_of(compressed, held_batches), classifier=classifier)
     report = PostTrainingReport(plan, uncompressed, fidelity, sensitivity.value, mode, 0.0)
     report.notes += compensation_notes(plan)
     if corrected is not None:

@@ -1,5 +1,5 @@
-"""The options and uniform plans of post-training compression: granularity, per-kind rules (cluster count and
-sparsity per layer type or name) in the report's words, and the uniform plans chosen by :mod:`.post_training`
+"""Post-training compression's per-kind rules (cluster count and sparsity per layer type or name) in the report's
+words, and the uniform plans chosen by :mod:`.post_training`
 when no size or fidelity goal is given (optionally after magnitude pruning)."""
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from weightzip.core.allocation import (
     weighted_error,
     write_options_for,
 )
-from weightzip.core.errors import WeightzipError
 from weightzip.core.palette import drop_unused_centroids
 from weightzip.core.post_training import (
     Sensitivity,
@@ -20,30 +19,6 @@ from weightzip.core.post_training import (
 )
 from weightzip.core.pruning import apply_mask, magnitude_mask
 from weightzip.core.rules import CONVOLUTION, LayerRules
-
-
-def checked_granularity(granularity: str | None, group_size: int | None, per_channel: bool) -> tuple[str, int | None]:
-    if granularity is None:
-        granularity = ("group" if group_size not in (None, 1) else "channel") if per_channel else "tensor"
-    elif per_channel and granularity == "tensor":
-        raise WeightzipError("per_channel=True contradicts granularity='tensor'")
-    if granularity not in ("tensor", "channel", "group"):
-        raise WeightzipError(f"granularity must be 'tensor', 'channel' or 'group', got {granularity!r}")
-    if granularity == "group":
-        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-            raise WeightzipError(f"granularity 'group' needs group_size, a positive integer, got {group_size!r}")
-    elif group_size not in (None, 1):
-        raise WeightzipError(f"group_size only applies with granularity 'group' (got {granularity!r})")
-    return granularity, group_size if granularity == "group" else None
-
-
-def with_conv(value, conv) -> LayerRules:
-    rules = LayerRules.of(value)
-    return rules if conv is None else rules.set_type(CONVOLUTION, conv)
-
-
-def rule_values(rules: LayerRules) -> list:
-    return [rules.default, *(value for _, value in rules.types), *(value for _, value in rules.names)]
 
 
 def rules_text(rules: LayerRules, spec: str = "") -> str:

@@ -52,20 +52,17 @@ from weightzip.core.post_training import (
     report_stub,
 )
 from weightzip.core.rules import CONVOLUTION, LayerRules
-from weightzip.core.validation import check_fraction
+from weightzip.core.specs import PostTrainingSpec
 from weightzip.format import encode_wz
 from weightzip.keras._layers import is_convolution
 from weightzip.keras._rewrite import copy_model
 from weightzip.keras.clustering.registry import LayerKind, classify_layer
 from weightzip.keras.pipeline._inputs import batches, checked_calibration, model_outputs
 from weightzip.keras.pipeline._uniform import (
-    checked_granularity,
     merged_uniform_plan,
     pruned_uniform_plan,
-    rule_values,
     sparsity_text,
     uniform_mode,
-    with_conv,
 )
 from weightzip.keras.pipeline.calibration import (
     ModelWeight,
@@ -84,6 +81,7 @@ def compress_post_training(
     model: keras.Model,
     calibration=None,
     *,
+    spec: PostTrainingSpec | None = None,
     clusters: int | LayerRules = 16,
     granularity: str | None = None,
     group_size: int | None = None,
@@ -107,6 +105,7 @@ def compress_post_training(
     inputs=(),
     metadata: dict | None = None,
     compensation: bool = True,
+    bias_correction: bool | None = None,
 ) -> tuple[keras.Model, PostTrainingReport]:
     """Compress a copy of `model` post-training (see the module doc); returns (compressed copy, report).
 
@@ -120,22 +119,22 @@ def compress_post_training(
     `clusters` and `sparsity` may be :class:`~weightzip.core.rules.LayerRules` (global / layer type / layer name
     values; `conv_clusters` / `conv_sparsity` are their CONVOLUTION type rule).
     compensation: with calibration and a sensitivity, re-choose the clustered Dense / Conv kernels' indices for
-    their layers' output error (:mod:`weightzip.core.compensation`).
+    their layers' output error (:mod:`weightzip.core.compensation`). spec: a
+    :class:`~weightzip.core.specs.PostTrainingSpec` (the keywords above are its fields; those given differ from
+    their defaults and replace its values); bias_correction=True is refused (not implemented on Keras).
     """
+    spec = PostTrainingSpec.from_call(locals())  # the keywords above, or `spec` with those given replacing its fields
     start = time.perf_counter()
-    chosen = check_goals(calibration_given=calibration is not None, bits_per_weight=bits_per_weight,
-                         target_bytes=target_bytes, min_fidelity=min_fidelity, sensitivity=sensitivity,
-                         outliers=outliers)
-    granularity, group_size = checked_granularity(granularity, group_size, per_channel)
-    cluster_rules = with_conv(clusters, conv_clusters)
-    sparsity_rules = with_conv(sparsity, conv_sparsity).checked(lambda what, v: check_fraction(v, what), "sparsity")
-    init = CentroidInitialization.parse(init)
-    legacy = any(value > 0 for value in rule_values(sparsity_rules)) or init is not CentroidInitialization.OPTIMAL
-    varied = len(set(rule_values(cluster_rules))) > 1
-    goal = bits_per_weight is not None or target_bytes is not None or min_fidelity is not None
-    if goal and (legacy or varied):
-        raise WeightzipError("sparsity, conv_sparsity, conv_clusters and init apply to uniform clustering only; "
-                             "bits_per_weight / target_bytes / min_fidelity choose them per tensor")
+    if spec.bias_correction:
+        raise WeightzipError("bias_correction is not implemented by the Keras front end (leave it None or False)")
+    chosen = check_goals(calibration_given=calibration is not None, bits_per_weight=spec.bits_per_weight,
+                         target_bytes=spec.target_bytes, min_fidelity=spec.min_fidelity, sensitivity=spec.sensitivity)
+    granularity, group_size, bits_per_weight, target_bytes, min_fidelity, candidates, held_out, seed, classifier, \
+        init, compensation = (getattr(spec, name) for name in (
+            "granularity", "group_size", "bits_per_weight", "target_bytes", "min_fidelity", "candidates", "held_out",
+            "seed", "classifier", "init", "compensation"))
+    cluster_rules, sparsity_rules = spec.clusters, spec.sparsity
+    legacy, varied = spec.prunes_or_sets_init, spec.varied_clusters
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise WeightzipError(f"batch_size must be a positive integer, got {batch_size!r}")
     if path is not None:
