@@ -3,9 +3,14 @@
 The script makes, in a temporary directory, a Hugging Face style sharded safetensors checkpoint of
 transformer-like float32 tensors (per block: q/k/v/o projections d×d, MLP up 4d×d and down d×4d, a
 LayerNorm gain of d values near 1.0; N(0, 0.02²) weights), then runs the `weightzip` command line on it,
-each step in its own process, and prints per step: wall and CPU seconds, weights/s per wall second and
-per CPU second (the "per core" figure: every kernel is single-threaded), and the process's peak RSS (from
-``wait4``). Then the time to read one tensor from the middle of the `.wz` with ``read_tensor``.
+each step in its own process, and prints per step: wall and CPU seconds (with its workers), the CPU seconds
+of the command's own process (with ``--jobs``/``--scheduler``: the part the workers do not share), weights/s
+per wall second and per CPU second (the "per core" figure: every kernel is single-threaded), the peak RSS
+of the process and its workers (VmHWM), and how many cores other processes kept busy meanwhile (from
+/proc/stat: on a shared machine a parallel speed-up in wall time needs idle cores; with Linux's autogroup
+scheduling a session's processes share one session's part of the machine however many they are). Then
+the time to read one tensor from the middle of the `.wz` with ``read_tensor``, broken down into envelope,
+index, section reads and decoding.
 
     python benchmarks/bench_scale.py                          # the issue's size: 1e9 weights (4 GB, minutes)
     python benchmarks/bench_scale.py --weights 1e8 --clusters 16 256
@@ -42,12 +47,29 @@ class Step:
     cpu: float
     peak_rss_mib: float
     note: str = ""
+    parent_cpu: float = float("nan")  # CPU seconds of the command's own process (not its workers')
+    others: float = float("nan")  # cores the machine's other processes kept busy during the step, on average
 
     def row(self) -> str:
-        """The step's figures, and the machine's 1-minute load average as the step ended (a shared machine:
-        wall times and parallel speed-ups mean little under a load above its core count)."""
-        return (f"{self.label:<34} {self.wall:8.1f} {self.cpu:8.1f} {self.weights / self.wall / 1e6:10.2f} "
-                f"{self.weights / self.cpu / 1e6:10.2f} {self.peak_rss_mib:9.0f} {os.getloadavg()[0]:5.1f}  {self.note}")
+        """The step's figures: CPU seconds of the command with its workers and of its own process alone (the
+        part that parallel workers do not share: reading, writing, waiting on them), the cores other
+        processes kept busy meanwhile and the 1-minute load average as it ended (a shared machine: wall
+        times and parallel speed-ups mean little while others use the cores)."""
+        return (f"{self.label:<34} {self.wall:8.1f} {self.cpu:8.1f} {self.parent_cpu:8.1f} "
+                f"{self.weights / self.wall / 1e6:10.2f} {self.weights / self.cpu / 1e6:10.2f} "
+                f"{self.peak_rss_mib:9.0f} {self.others:6.2f} {os.getloadavg()[0]:5.1f}  {self.note}")
+
+
+HEADER = (f"{'step':<34} {'wall s':>8} {'CPU s':>8} {'own CPU':>8} {'Mw/s wall':>10} {'Mw/s CPU':>10} "
+          f"{'peak MiB':>9} {'others':>6} {'load':>5}  note ({os.cpu_count()} cores; 'others': cores busy with "
+          "other processes)")
+
+
+def busy_seconds() -> float:
+    """CPU seconds all cores of the machine spent busy since boot (/proc/stat: all but idle and iowait)."""
+    with open("/proc/stat") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def block_shapes(hidden: int) -> list[tuple[str, tuple[int, ...]]]:
@@ -132,14 +154,22 @@ def run(command: list[str], label: str, weights: int, note: str = "") -> Step:
     for what a process adds in its last 20 ms)."""
     import threading
 
+    import psutil
+
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    start = time.perf_counter()
+    start, busy = time.perf_counter(), busy_seconds()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    peak, finished = [0.0], threading.Event()
+    peak, own, finished = [0.0], [float("nan")], threading.Event()
+    watched = psutil.Process(process.pid)
 
     def sample():
         while not finished.wait(0.02):
             peak[0] = max(peak[0], high_water_mib(process.pid))
+            try:
+                times = watched.cpu_times()
+                own[0] = times.user + times.system  # the process alone (its reaped workers are children_*)
+            except psutil.Error:
+                pass
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -147,10 +177,19 @@ def run(command: list[str], label: str, weights: int, note: str = "") -> Step:
     finished.set()
     sampler.join()
     _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - start
+    wall, busy = time.perf_counter() - start, busy_seconds() - busy
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{label}: `{' '.join(command)}` failed:\n{output[-2000:]}")
-    return Step(label, weights, wall, usage.ru_utime + usage.ru_stime, peak[0], note)
+    cpu = usage.ru_utime + usage.ru_stime
+    return Step(label, weights, wall, cpu, peak[0], note, parent_cpu=own[0], others=max(0.0, busy - cpu) / wall)
+
+
+def combined(label: str, weights: int, steps: list[Step], note: str) -> Step:
+    """One row for steps run one after the other (e.g. one per shard): times added, the largest peak."""
+    wall = sum(step.wall for step in steps)
+    return Step(label, weights, wall, sum(step.cpu for step in steps), max(step.peak_rss_mib for step in steps), note,
+                parent_cpu=sum(step.parent_cpu for step in steps),
+                others=sum(step.others * step.wall for step in steps) / wall)
 
 
 def cli(*arguments) -> list[str]:
@@ -188,28 +227,53 @@ def parallel_step(index: Path, serial_output: Path, k: int, option: str, label: 
 
         with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
             workers = [psutil.Process(p.pid) for p in psutil.Process().children(recursive=True)]
-            before = sum(sum(w.cpu_times()[:4]) for w in workers)
+            here = psutil.Process()  # the scheduler runs in this process (with the step's sampling thread)
+            before = sum(sum(w.cpu_times()[:4]) for w in workers) + sum(here.cpu_times()[:2])
             step = run(cli("compress", index, "--clusters", k, "--scheduler", cluster.scheduler_address, "-o", output),
                        label, weights)
-            step.cpu += sum(sum(w.cpu_times()[:4]) for w in workers) - before
+            cluster_cpu = sum(sum(w.cpu_times()[:4]) for w in workers) + sum(here.cpu_times()[:2]) - before
+            step.cpu += cluster_cpu
+            step.others = max(0.0, step.others - cluster_cpu / step.wall)
     same = output.read_bytes() == serial_output.read_bytes()
-    step.note = f"{serial.wall / step.wall:.2f}x serial wall; {'same bytes as serial' if same else 'BYTES DIFFER'}"
+    workers_cpu = step.cpu - step.parent_cpu
+    step.note = (f"{serial.wall / step.wall:.2f}x serial wall; {'same bytes as serial' if same else 'BYTES DIFFER'}; "
+                 f"workers {workers_cpu:.1f} CPU s (serial {serial.cpu:.1f})")
     output.unlink()
     return step
 
 
-def read_one_tensor(path: Path, name: str, warm_up: str) -> tuple[float, float]:
-    """(seconds to read `name` with read_tensor, seconds to read the whole file with read_wz), in a fresh
-    process, imports and JIT loading excluded (`warm_up` is read once first)."""
-    code = ("import sys, time; from weightzip.format import read_tensor, read_wz; read_tensor(sys.argv[1], sys.argv[3]); "
-            "t = time.perf_counter(); read_tensor(sys.argv[1], sys.argv[2]); one = time.perf_counter() - t; "
-            "t = time.perf_counter(); read_wz(sys.argv[1], max_elements=1 << 40); whole = time.perf_counter() - t; "
-            "print(one, whole)")
-    result = subprocess.run([sys.executable, "-c", code, str(path), name, warm_up], capture_output=True, text=True)
+READ_ONE = """
+import json, sys, time
+from weightzip.format import read_tensor, read_wz
+from weightzip.format.container import FileSource, read_envelope
+from weightzip.format.reader import _checked_source, _decode_record
+path, name, warm_up = sys.argv[1:4]
+read_tensor(path, warm_up)  # imports and compiled kernels loaded
+clock = time.perf_counter
+start = clock(); read_tensor(path, name); one = clock() - start
+with open(path, "rb") as handle:
+    source = FileSource(handle)
+    start = clock(); read_envelope(source, verify_file_crc=False); envelope = clock() - start
+    start = clock(); _, records, reader, _ = _checked_source(source, None, path, verify_file_crc=False, only=name)
+    opened = clock() - start
+    sections = [value for value in records[0].raw.values() if isinstance(value, dict) and "offset" in value]
+    start = clock(); [reader.section(descriptor, name) for descriptor in sections]; read = clock() - start
+    start = clock(); _decode_record(records[0], reader, path); read_and_decode = clock() - start
+start = clock(); read_wz(path, max_elements=1 << 40); whole = clock() - start
+print(json.dumps({"one": one, "envelope": envelope, "index": opened - envelope, "read": read,
+                  "decode": read_and_decode - read, "whole": whole, "bytes": sum(s["length"] for s in sections)}))
+"""
+
+
+def read_one_tensor(path: Path, name: str, warm_up: str) -> dict:
+    """Seconds to read `name` with read_tensor ("one"), in a fresh process (imports and kernel loading
+    excluded: `warm_up` is read once first), broken down by repeating its parts: the envelope (preamble,
+    header read, inflated and parsed), the index (records checked, `name` looked up), reading its sections
+    (with their CRC-32s; "bytes" of them) and decoding them; and the seconds to read the whole file."""
+    result = subprocess.run([sys.executable, "-c", READ_ONE, str(path), name, warm_up], capture_output=True, text=True)
     if result.returncode != 0:
-        return float("nan"), float("nan")
-    one, whole = result.stdout.split()[-2:]
-    return float(one), float(whole)
+        raise SystemExit(f"reading {name} from {path} failed:\n{result.stderr[-2000:]}")
+    return json.loads(result.stdout.splitlines()[-1])
 
 
 def main() -> None:
@@ -235,12 +299,11 @@ def main() -> None:
         help_text = compress_help()
         by_index = accepts_index(index, workdir)
         print()
-        print(f"{'step':<34} {'wall s':>8} {'CPU s':>8} {'Mw/s wall':>10} {'Mw/s CPU':>10} {'peak MiB':>9} {'load':>5}  "
-              f"note ({os.cpu_count()} cores)")
-        print("-" * 100)
+        print(HEADER)
+        print("-" * 120)
         startup = run([sys.executable, "-c", "import weightzip.cli, weightzip.safetensors_wz"], "startup (imports only)", 1)
-        print(f"{startup.label:<34} {startup.wall:8.1f} {startup.cpu:8.1f} {'':>10} {'':>10} {startup.peak_rss_mib:9.0f}  "
-              "included in every step below (one process per step)")
+        print(f"{startup.label:<34} {startup.wall:8.1f} {startup.cpu:8.1f} {'':>8} {'':>10} {'':>10} "
+              f"{startup.peak_rss_mib:9.0f}  included in every step below (one process per step)")
         for k in args.clusters:
             outputs = []
             if by_index:
@@ -254,9 +317,8 @@ def main() -> None:
                     steps.append(run(cli("compress", workdir / shard, "--clusters", k, "-o", output),
                                      f"compress k={k} serial", 0))
                     outputs.append((output, shard))
-                steps = [Step(f"compress k={k} serial", total, sum(s.wall for s in steps), sum(s.cpu for s in steps),
-                              max(s.peak_rss_mib for s in steps),
-                              "shard by shard: index input not accepted by this build")]
+                steps = [combined(f"compress k={k} serial", total, steps,
+                                  "shard by shard: index input not accepted by this build")]
             for step in steps:
                 print(step.row())
             for option, text in (("--jobs", "compress k={k} --jobs 2"), ("--scheduler", "compress k={k} LocalCluster(2)")):
@@ -269,13 +331,15 @@ def main() -> None:
             wz_bytes = sum(path.stat().st_size for path, _ in outputs)
             decode_steps = [run(cli("decompress", path, "-o", path.with_suffix(".safetensors")),
                                 f"decompress k={k}", 0) for path, _ in outputs]
-            print(Step(f"decompress k={k}", total, sum(s.wall for s in decode_steps), sum(s.cpu for s in decode_steps),
-                       max(s.peak_rss_mib for s in decode_steps), "per .wz" if len(outputs) > 1 else "").row())
+            print(combined(f"decompress k={k}", total, decode_steps, "per .wz" if len(outputs) > 1 else "").row())
             holder = outputs[0][0] if by_index else next(
                 path for path, shard in outputs if shard == json.loads(index.read_text())["weight_map"][middle])
-            one, whole = read_one_tensor(holder, middle, middle)
-            print(f"{'read one tensor k=' + str(k):<34} {one * 1e3:8.1f} ms  ({middle}; whole file "
-                  f"{holder.name}: {whole * 1e3:.0f} ms)")
+            read = read_one_tensor(holder, middle, middle)
+            print(f"{'read one tensor k=' + str(k):<34} {read['one'] * 1e3:8.1f} ms  ({middle}; whole file "
+                  f"{holder.name}: {read['whole'] * 1e3:.0f} ms)")
+            print(f"{'  of which (timed apart)':<34} envelope {read['envelope'] * 1e3:.1f} ms, index "
+                  f"{read['index'] * 1e3:.1f} ms, read {read['bytes'] / MIB:.1f} MiB {read['read'] * 1e3:.1f} ms, "
+                  f"decode {read['decode'] * 1e3:.1f} ms; not decoding: {(read['one'] - read['decode']) * 1e3:.1f} ms")
             print(f"{'size k=' + str(k):<34} {wz_bytes:,} bytes ({4 * total / wz_bytes:.1f}x smaller)")
             for path, _ in outputs:
                 path.unlink()

@@ -129,7 +129,8 @@ def compress_checkpoint(checkpoint, source: Path, output, layout_metadata: dict,
         tasks = parallel.checkpoint_tasks(checkpoint)
 
     def encoded_in_parallel():
-        results = parallel.ordered_map(parallel.encode_task, tasks, settings, jobs=jobs, scheduler=scheduler)
+        results = parallel.ordered_map(parallel.encode_task, tasks, settings, jobs=jobs, scheduler=scheduler,
+                                       warm=lambda: parallel.warm_up(settings))
         for number, (record, action) in enumerate(results):
             task = tasks[number]
             if progress is not None:
