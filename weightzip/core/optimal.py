@@ -252,13 +252,24 @@ def _bin_moments(array, importance, low, high, bins):
     largest = np.full(bins, -np.inf)
     width = (high - low) / bins
     scale = bins / (high - low) if high > low else 0.0
-    weighted = importance.shape[0] > 0
+    if importance.shape[0] == 0:  # unweighted (a checkpoint's tensors): no weight to read, min/max without branches
+        for i in range(array.shape[0]):
+            x = np.float64(array[i])
+            b = min(int((x - low) * scale), bins - 1)
+            u = x - (low + b * width)
+            weight[b] += 1.0
+            first[b] += u
+            second[b] += u * u
+            low_so_far, high_so_far = smallest[b], largest[b]
+            smallest[b] = x if x < low_so_far else low_so_far  # selects: replaced only by a strictly smaller x
+            largest[b] = x if x > high_so_far else high_so_far
+        return weight, first, second, smallest, largest
     for i in range(array.shape[0]):
         x = np.float64(array[i])
         b = int((x - low) * scale)
         if b >= bins:
             b = bins - 1
-        w = importance[i] if weighted else 1.0
+        w = importance[i]
         if w == 0.0:
             continue
         u = x - (low + b * width)
@@ -284,16 +295,39 @@ def run_cost(cum_count, cum_first, cum_second, start, end):
     return cost if cost > 0.0 else 0.0
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _best_start(cum_count, cum_first, adjusted, i, low, high):
+    """(min over m in [low, high] of adjusted[m] − (Σw·y of atoms [m, i))² / Σw of them, the first m attaining
+    it): the best start of the last run of the first i atoms. One division and three loads per candidate."""
+    first_total = cum_first[i]
+    weight_total = cum_count[i]
+    best = np.inf
+    best_m = low
+    for m in range(low, high + 1):
+        weight = weight_total - cum_count[m]
+        value = adjusted[m]
+        if weight > 0.0:  # a run of atoms whose weights vanished in the prefix sums costs 0
+            total = first_total - cum_first[m]
+            value -= total * total / weight
+        if value < best:
+            best = value
+            best_m = m
+    return best, best_m
+
+
 @numba.njit(cache=True, nogil=True)
 def _optimal_run_starts(cum_count, cum_first, cum_second, k):
     """Start atom of each of the k runs of an optimal partition of the n atoms.
 
     Layer j (the first i atoms in j+1 runs) minimises previous[m] + cost(m, i) over the last run's start m.
-    The best m is non-decreasing in i, so the layer is solved level by level of an implicit binary tree
-    over i (the divide and conquer of Grønlund et al. without a stack): each i searches only between the
-    best m of its nearest solved neighbours, and never below the best m of the layer before (one run
-    fewer ends earlier). cost's term Σw·y²(i) does not depend on m, so it is added once per i, and
-    previous[m] − Σw·y²(m) is precomputed per layer: one division and three loads per candidate.
+    The best m is non-decreasing in i, and never below the best m of the layer before (one run fewer ends
+    earlier). Early layers are solved level by level of an implicit binary tree over i (the divide and
+    conquer of Grønlund et al. without a stack): each i searches only between the best m of its nearest
+    solved neighbours. Once j² ≥ n/8, the runs are short and the best m moves little from one layer to the
+    next: then i goes down from n and searches [best m of layer j−1 at i, best m of layer j at i+1] (Knuth's
+    bounds), about 1 + n/j² candidates each against ~log n for the tree (k = 256 on 23,596 occupied bins:
+    35.4 M candidates -> 25.3 M, same splits). cost's term Σw·y²(i) does not depend on m, so it is added
+    once per i, and previous[m] − Σw·y²(m) is precomputed per layer.
     """
     n = cum_count.shape[0] - 1
     previous = np.empty(n + 1)
@@ -311,38 +345,38 @@ def _optimal_run_starts(cum_count, cum_first, cum_second, k):
             adjusted[m] = previous[m] - cum_second[m]
         before = split[j - 1]  # best splits with one run fewer (all 0 for j = 1)
         best_split = split[j]
-        base = j + 1  # i = base + t for t in [0, size): at least one atom per run
-        size = n - j
-        step = top
-        while step >= 1:
-            t = step - 1
-            while t < size:  # the points of this level; their neighbours t ± step are solved
-                i = base + t
+        if 8 * j * j >= n:  # Knuth's order: i from n down, bounded by layer j−1 at i and layer j at i + 1
+            upper = n - 1
+            for i in range(n, j, -1):
                 low = before[i] if before[i] > j else j
-                if t >= step and best_split[i - step] > low:
-                    low = best_split[i - step]
-                high = i - 1
-                if t + step < size and best_split[i + step] < high:
-                    high = best_split[i + step]
+                high = upper if upper < i - 1 else i - 1
                 if low > high:  # only through rounding noise in near-ties
                     low = high
-                first_total = cum_first[i]
-                weight_total = cum_count[i]
-                best = np.inf
-                best_m = low
-                for m in range(low, high + 1):
-                    weight = weight_total - cum_count[m]
-                    value = adjusted[m]
-                    if weight > 0.0:  # a run of atoms whose weights vanished in the prefix sums costs 0
-                        total = first_total - cum_first[m]
-                        value -= total * total / weight
-                    if value < best:
-                        best = value
-                        best_m = m
+                best, best_m = _best_start(cum_count, cum_first, adjusted, i, low, high)
                 current[i] = best + cum_second[i]
                 best_split[i] = best_m
-                t += 2 * step
-            step >>= 1
+                upper = best_m
+        else:
+            base = j + 1  # i = base + t for t in [0, size): at least one atom per run
+            size = n - j
+            step = top
+            while step >= 1:
+                t = step - 1
+                while t < size:  # the points of this level; their neighbours t ± step are solved
+                    i = base + t
+                    low = before[i] if before[i] > j else j
+                    if t >= step and best_split[i - step] > low:
+                        low = best_split[i - step]
+                    high = i - 1
+                    if t + step < size and best_split[i + step] < high:
+                        high = best_split[i + step]
+                    if low > high:  # only through rounding noise in near-ties
+                        low = high
+                    best, best_m = _best_start(cum_count, cum_first, adjusted, i, low, high)
+                    current[i] = best + cum_second[i]
+                    best_split[i] = best_m
+                    t += 2 * step
+                step >>= 1
         for i in range(j + 1):
             current[i] = np.inf
         previous, current = current, previous
