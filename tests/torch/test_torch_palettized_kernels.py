@@ -1,6 +1,7 @@
 """The palettized runtime: compiled lookup-table kernels, custom ops, layers, compile/export, load_palettized."""
 
 import copy
+import io
 import warnings
 
 import numpy as np
@@ -44,6 +45,7 @@ CASES = [  # (shape, bits, k, axis, group_size): every lookup path (k <= 8, 16, 
     ((5, 100), 4, 16, 0, 1), ((33, 27), 3, 8, 0, 4), ((20, 300), 8, 256, None, 1), ((7, 9), 1, 2, 0, 1),
     ((16, 64), 5, 32, 0, 2), ((6, 130), 2, 3, None, 1), ((9, 40), 6, 40, 0, 1), ((3, 17), 7, 100, 0, 1),
     ((12, 200), 4, 11, 1, 1), ((8, 4, 3, 3), 3, 8, 1, 2), ((64, 96), 4, 16, None, 1), ((10, 70), 8, 200, 0, 3),
+    ((3, 145), 4, 16, 0, 1),  # 4 bits: two blocks of 64, no block of 32, a scalar tail of 17
 ]
 
 
@@ -105,6 +107,35 @@ def test_palettized_layers_equal_their_dense_decoded_layers(per_channel, monkeyp
                 expected, got = reference(x), palettized(x)
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6, msg=name)
             assert torch.equal(palettized.weight, reference.weight), name
+
+
+def test_the_eager_conv_fast_path_follows_copies_pickles_casts_and_loaded_values():
+    # A small float32 conv decodes its weight through a decoder bound to its buffers' memory: a deep copy or
+    # an unpickled layer must get its own, a cast layer none, and values copied into the buffers must be used.
+    torch.manual_seed(3)
+    reference = strip_clustering(cluster_weights(nn.Conv2d(6, 8, 3, padding=1), 8, per_channel=True)).eval()
+    layer = palettize(dense_twin(reference)).eval()
+    x = torch.randn(2, 6, 5, 5)
+    with torch.no_grad():
+        expected = reference(x)
+        assert layer._whole is not None
+        torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-6)
+        copied = copy.deepcopy(layer)
+        assert copied._whole.serves(copied.packed, copied.codebook, copied.col_offsets)
+        buffer = io.BytesIO()
+        torch.save(layer, buffer)
+        del layer
+        torch.testing.assert_close(copied(x), expected, rtol=1e-5, atol=1e-6)
+        buffer.seek(0)
+        loaded = torch.load(buffer, weights_only=False)
+        assert loaded._whole.serves(loaded.packed, loaded.codebook, loaded.col_offsets)
+        torch.testing.assert_close(loaded(x), expected, rtol=1e-5, atol=1e-6)
+        loaded.codebook.mul_(2.0)  # same memory, new values: the decoder reads them
+        torch.testing.assert_close(loaded(x), 2 * (expected - reference.bias[:, None, None]) + reference.bias[:, None, None],
+                                   rtol=1e-5, atol=1e-5)
+        as_double = copied.double()
+        assert as_double._whole is None
+        torch.testing.assert_close(as_double(x.double()), reference.double()(x.double()), rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("l2_bytes", [ops.L2_INPUT_BYTES, 0])  # row-decoding kernel, then BLAS tiles

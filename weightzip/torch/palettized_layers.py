@@ -12,6 +12,7 @@ from torch import nn
 
 from weightzip.core import ClusteredTensor, index_dtype
 from weightzip.core.errors import WeightzipError
+from weightzip.torch import _kernels
 from weightzip.torch._kernels import ops as _ops  # also registers torch.ops.weightzip.*
 from weightzip.torch._kernels.layout import Palette, decode_rows_torch, unpack_rows
 from weightzip.torch.tensors import to_numpy
@@ -105,6 +106,32 @@ class _PalettizedConv(PalettizedWeight):
         self._reversed_padding_repeated_twice = list(reference._reversed_padding_repeated_twice)
         self._init_palette(clustered, dtype, device)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone().to(device))
+        self._whole = self._whole_decoder()
+
+    def _whole_decoder(self):
+        """A :class:`~weightzip.torch._kernels.WholeDecoder` when the eager forward may decode the weight in one
+        piece with the compiled kernels (float32 on the CPU, at most one tile), else None."""
+        rows, cols = self.layout.rows, self.layout.cols
+        if (self.codebook.dtype is not torch.float32 or not self.codebook.is_cpu or rows * cols > _ops.TILE_ELEMENTS
+                or not _kernels.available()):
+            return None
+        return _kernels.WholeDecoder(self.packed, self.layout.stride, self.bits, rows, cols, self.codebook,
+                                     self.layout.clusters, self.layout.rows_per_group, self.col_offsets,
+                                     self.weight_shape)
+
+    def _apply(self, fn, recurse=True):
+        result = super()._apply(fn, recurse)
+        self._whole = self._whole_decoder()  # moved or cast: the buffers are new tensors
+        return result
+
+    def __getstate__(self):  # pickling (torch.save of the module): the decoder holds a ctypes function
+        state = super().__getstate__()
+        state["_whole"] = None
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._whole = self._whole_decoder()
 
     @classmethod
     def _from_dense(cls, conv: nn.Module, clustered: ClusteredTensor):
@@ -113,6 +140,13 @@ class _PalettizedConv(PalettizedWeight):
                    groups=conv.groups, padding_mode=conv.padding_mode, dtype=weight.dtype, device=weight.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._whole is not None and self.padding_mode == "zeros" and x.dtype is torch.float32 and _ops.eager(x):
+            decoder = self._whole
+            buffers = self._buffers
+            if decoder.serves(buffers["packed"], buffers["codebook"], buffers["col_offsets"]):
+                # The eager fast path of a small float32 layer: decoded in one kernel call, then torch's conv
+                # (what ops.conv does for a weight of at most one tile, without its per-call Python).
+                return self._DENSE_FN(x, decoder(), self.bias, self.stride, self.padding, self.dilation, self.groups)
         padding = self.padding
         if self.padding_mode != "zeros" or isinstance(padding, str):
             # Explicit padding first (reflect/replicate/circular, or 'same'): the op then pads nothing.
@@ -132,7 +166,7 @@ class _PalettizedConv(PalettizedWeight):
 class PalettizedConv1d(_PalettizedConv):
     """``nn.Conv1d`` whose weight is stored as bit-packed codebook indices."""
 
-    _DENSE, _DIMS = nn.Conv1d, 1
+    _DENSE, _DIMS, _DENSE_FN = nn.Conv1d, 1, staticmethod(F.conv1d)
 
     @classmethod
     def from_conv1d(cls, conv: nn.Conv1d, clustered: ClusteredTensor) -> "PalettizedConv1d":
@@ -142,7 +176,7 @@ class PalettizedConv1d(_PalettizedConv):
 class PalettizedConv2d(_PalettizedConv):
     """``nn.Conv2d`` whose weight is stored as bit-packed codebook indices."""
 
-    _DENSE, _DIMS = nn.Conv2d, 2
+    _DENSE, _DIMS, _DENSE_FN = nn.Conv2d, 2, staticmethod(F.conv2d)
 
     @classmethod
     def from_conv2d(cls, conv: nn.Conv2d, clustered: ClusteredTensor) -> "PalettizedConv2d":

@@ -44,13 +44,25 @@ inline const float* row_codebook(const float* codebook, int k, int64_t r, int64_
     return rows_per_group > 0 ? codebook + (r / rows_per_group) * k : codebook;
 }
 
+// for (i = 0; i < n; ++i) body(i), in `threads` OpenMP threads when there are several and the work (about
+// `work` weights) is worth a parallel region; serially otherwise (even a one-thread region costs microseconds,
+// as much as decoding a small layer).
+template <class Body>
+inline void parallel_for(int64_t n, int threads, int64_t work, Body body) {
+    if (threads > 1 && work > 65536) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (int64_t i = 0; i < n; ++i) body(i);
+    } else {
+        for (int64_t i = 0; i < n; ++i) body(i);
+    }
+}
+
 // ------------------------------------------------------------------ scalar reference path
 
 void gemv_scalar(const uint8_t* packed, int64_t stride, int bits, int64_t rows, int64_t cols,
                  const float* codebook, int k, int64_t rows_per_group, const int32_t* col_offsets,
                  const float* x, int64_t batch, const float* bias, float* y, int threads) {
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t r = 0; r < rows; ++r) {
+    parallel_for(rows, threads, rows * cols, [&](int64_t r) {
         const uint8_t* row = packed + r * stride;
         const float* cb = row_codebook(codebook, k, r, rows_per_group);
         for (int64_t n = 0; n < batch; ++n) {
@@ -62,14 +74,13 @@ void gemv_scalar(const uint8_t* packed, int64_t stride, int bits, int64_t rows, 
             }
             y[n * rows + r] = acc + (bias ? bias[r] : 0.f);
         }
-    }
+    });
 }
 
 void decode_rows_scalar(const uint8_t* packed, int64_t stride, int bits, int64_t cols, const int64_t* row_ids,
                         int64_t first_row, int64_t count, const float* codebook, int k, int64_t rows_per_group,
                         const int32_t* col_offsets, float* out, int threads) {
-#pragma omp parallel for num_threads(threads) schedule(static) if (count * cols > 65536)
-    for (int64_t n = 0; n < count; ++n) {
+    parallel_for(count, threads, count * cols, [&](int64_t n) {
         const int64_t r = row_ids ? row_ids[n] : first_row + n;
         const uint8_t* row = packed + r * stride;
         const float* cb = row_codebook(codebook, k, r, rows_per_group);
@@ -78,7 +89,7 @@ void decode_rows_scalar(const uint8_t* packed, int64_t stride, int bits, int64_t
             const uint32_t i = index_at(row, c, bits);
             o[c] = col_offsets ? codebook[col_offsets[c] + i] : cb[i];
         }
-    }
+    });
 }
 
 // ------------------------------------------------------------------ AVX2 + FMA path
@@ -196,8 +207,7 @@ WZ_AVX2 void gemv_lanes(const uint8_t* packed, int64_t stride, int64_t rows, int
     constexpr int BLOCK = 8 * V;     // values per 8 bytes
     const int64_t blocks = cols / BLOCK;
     const __m256i mask = _mm256_set1_epi32((1 << BITS) - 1);
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t r = 0; r < rows; ++r) {
+    parallel_for(rows, threads, rows * cols, [&](int64_t r) WZ_AVX2 {
         const uint8_t* row = packed + r * stride;
         const float* cb = row_codebook(codebook, k, r, rows_per_group);
         __m256 t[4];
@@ -251,7 +261,7 @@ WZ_AVX2 void gemv_lanes(const uint8_t* packed, int64_t stride, int64_t rows, int
             for (int64_t c = blocks * BLOCK; c < cols; ++c) s += cb[index_at(row, c, BITS)] * x[n * cols + c];
             y[n * rows + r] = s;
         }
-    }
+    });
 }
 
 // Any bits 1..8, codebooks along rows or columns: values unpacked 8 at a time in natural order (vpsrlvd).
@@ -261,8 +271,7 @@ WZ_AVX2 void gemv_generic(const uint8_t* packed, int64_t stride, int bits, int64
                           const float* x, float* y, int threads) {
     const Unpacker u = make_unpacker(bits);
     const int64_t full = cols / 8;
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t r = 0; r < rows; ++r) {
+    parallel_for(rows, threads, rows * cols, [&](int64_t r) WZ_AVX2 {
         const uint8_t* row = packed + r * stride;
         const float* cb = COLS ? codebook : row_codebook(codebook, k, r, rows_per_group);
         __m256 t[4];
@@ -291,7 +300,7 @@ WZ_AVX2 void gemv_generic(const uint8_t* packed, int64_t stride, int bits, int64
             }
             y[n * rows + r] = s;
         }
-    }
+    });
 }
 
 // The 4 byte planes of a codebook of <= 16 floats as vpshufb tables (both 128-bit lanes alike).
@@ -323,49 +332,90 @@ WZ_AVX2 inline void nibbles32(const uint8_t* p, const __m256i t[4], __m128i low4
     w[3] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(b, d));
 }
 
+// The 64 weights of 32 packed bytes, in 8 float vectors: the low nibbles of both 128-bit halves are looked up
+// in one go, then the high nibbles (no cross-lane insert). w[4h + q] element e holds the value
+// 2 * (16 * (e / 4) + 4 * q + e % 4) + h (see reorder_nibbles).
+WZ_AVX2 inline void nibbles64(const uint8_t* p, const __m256i t[4], __m256i low4, __m256 w[8]) {
+    const __m256i v = _mm256_loadu_si256((const __m256i*)p);
+    const __m256i nibs[2] = {_mm256_and_si256(v, low4), _mm256_and_si256(_mm256_srli_epi16(v, 4), low4)};
+    for (int h = 0; h < 2; ++h) {
+        const __m256i p0 = _mm256_shuffle_epi8(t[0], nibs[h]), p1 = _mm256_shuffle_epi8(t[1], nibs[h]);
+        const __m256i p2 = _mm256_shuffle_epi8(t[2], nibs[h]), p3 = _mm256_shuffle_epi8(t[3], nibs[h]);
+        const __m256i a = _mm256_unpacklo_epi8(p0, p1), b = _mm256_unpackhi_epi8(p0, p1);
+        const __m256i c = _mm256_unpacklo_epi8(p2, p3), d = _mm256_unpackhi_epi8(p2, p3);
+        w[4 * h + 0] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(a, c));
+        w[4 * h + 1] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(a, c));
+        w[4 * h + 2] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(b, d));
+        w[4 * h + 3] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(b, d));
+    }
+}
+
 // GEMV for 4-bit indices into codebooks of <= 16 entries along rows ("byte planes"): the 4 bytes of the
 // 16 codebook floats form 4 byte tables of 16 entries; vpshufb looks 32 nibbles up in each, and two rounds
-// of unpacks reassemble 32 floats (in the order given by reorder_nibbles, which the inputs are put in).
+// of unpacks reassemble the floats (in the order given by reorder_nibbles, which the inputs are put in).
+// 64 values per step (12 shuffles per 32 weights, the shuffle ports are the bound; 13 with 32 per step);
+// one remaining block of 32 the same way 32 at a time, the rest scalar.
 template <int NB>
 WZ_AVX2 void gemv_nibbles(const uint8_t* packed, int64_t stride, int64_t rows, int64_t cols, const float* codebook,
                           int k, int64_t rows_per_group, const float* x, const float* xr, float* y, int threads) {
-    const int64_t blocks = cols / 32;
+    constexpr int A = NB == 1 ? 8 : 4;  // accumulators per batch row (NB = 4: 16 of the 16 registers otherwise)
+    const int64_t blocks64 = cols / 64;
+    const bool half = cols % 64 >= 32;
+    const int64_t done = 64 * blocks64 + (half ? 32 : 0);
     const __m128i low4 = _mm_set1_epi8(0x0F);
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t r = 0; r < rows; ++r) {
+    const __m256i low4x2 = _mm256_set1_epi8(0x0F);
+    parallel_for(rows, threads, rows * cols, [&](int64_t r) WZ_AVX2 {
         const uint8_t* row = packed + r * stride;
         const float* cb = row_codebook(codebook, k, r, rows_per_group);
         __m256i t[4];
         nibble_tables(cb, k, t);
-        __m256 acc[4][NB];
-        for (int q = 0; q < 4; ++q)
+        __m256 acc[A][NB];
+        for (int q = 0; q < A; ++q)
             for (int n = 0; n < NB; ++n) acc[q][n] = _mm256_setzero_ps();
-        for (int64_t b = 0; b < blocks; ++b) {
+        for (int64_t b = 0; b < blocks64; ++b) {
+            __m256 w[8];
+            nibbles64(row + 32 * b, t, low4x2, w);
+            for (int q = 0; q < 8; ++q)
+                for (int n = 0; n < NB; ++n)
+                    acc[q % A][n] = _mm256_fmadd_ps(w[q], _mm256_loadu_ps(xr + n * cols + 64 * b + 8 * q), acc[q % A][n]);
+        }
+        if (half) {
             __m256 w[4];
-            nibbles32(row + 16 * b, t, low4, w);
+            nibbles32(row + 32 * blocks64, t, low4, w);
             for (int q = 0; q < 4; ++q)
                 for (int n = 0; n < NB; ++n)
-                    acc[q][n] = _mm256_fmadd_ps(w[q], _mm256_loadu_ps(xr + n * cols + 32 * b + 8 * q), acc[q][n]);
+                    acc[q][n] = _mm256_fmadd_ps(w[q], _mm256_loadu_ps(xr + n * cols + 64 * blocks64 + 8 * q), acc[q][n]);
         }
         for (int n = 0; n < NB; ++n) {
-            float s = hsum(_mm256_add_ps(_mm256_add_ps(acc[0][n], acc[1][n]), _mm256_add_ps(acc[2][n], acc[3][n])));
-            for (int64_t c = blocks * 32; c < cols; ++c) s += cb[index_at(row, c, 4)] * x[n * cols + c];
+            __m256 sum = acc[0][n];
+            for (int q = 1; q < A; ++q) sum = _mm256_add_ps(sum, acc[q][n]);
+            float s = hsum(sum);
+            for (int64_t c = done; c < cols; ++c) s += cb[index_at(row, c, 4)] * x[n * cols + c];
             y[n * rows + r] = s;
         }
-    }
+    });
 }
 
-// xr for gemv_nibbles: in each block of 32 inputs, float vector q holds inputs 8q + {0, 2, 4, 6, 1, 3, 5, 7}.
+// xr for gemv_nibbles: each block of 64 inputs in the order of nibbles64, then one block of 32 (if any) in the
+// order of nibbles32 (float vector q holds inputs 8q + {0, 2, 4, 6, 1, 3, 5, 7}), the rest as they are.
 void reorder_nibbles(const float* x, int64_t batch, int64_t cols, float* xr) {
-    static const int order[8] = {0, 2, 4, 6, 1, 3, 5, 7};
+    static const int order32[8] = {0, 2, 4, 6, 1, 3, 5, 7};
     for (int64_t n = 0; n < batch; ++n) {
         const float* xn = x + n * cols;
         float* o = xr + n * cols;
-        const int64_t blocks = cols / 32;
-        for (int64_t b = 0; b < blocks; ++b)
+        const int64_t blocks64 = cols / 64;
+        for (int64_t b = 0; b < blocks64; ++b)
+            for (int h = 0; h < 2; ++h)
+                for (int q = 0; q < 4; ++q)
+                    for (int e = 0; e < 8; ++e)
+                        o[64 * b + 8 * (4 * h + q) + e] = xn[64 * b + 2 * (16 * (e / 4) + 4 * q + e % 4) + h];
+        int64_t c = 64 * blocks64;
+        if (cols - c >= 32) {
             for (int q = 0; q < 4; ++q)
-                for (int e = 0; e < 8; ++e) o[32 * b + 8 * q + e] = xn[32 * b + 8 * q + order[e]];
-        for (int64_t c = blocks * 32; c < cols; ++c) o[c] = xn[c];
+                for (int e = 0; e < 8; ++e) o[c + 8 * q + e] = xn[c + 8 * q + order32[e]];
+            c += 32;
+        }
+        for (; c < cols; ++c) o[c] = xn[c];
     }
 }
 
@@ -442,10 +492,10 @@ WZ_AVX2 void decode_rows_avx2(const uint8_t* packed, int64_t stride, int bits, i
                               int64_t first_row, int64_t count, const float* codebook, int k,
                               int64_t rows_per_group, const int32_t* col_offsets, float* out, int threads) {
     const Unpacker u = make_unpacker(bits);
-#pragma omp parallel for num_threads(threads) schedule(static) if (count * cols > 65536)
-    for (int64_t n = 0; n < count; ++n)
+    parallel_for(count, threads, count * cols, [&](int64_t n) WZ_AVX2 {
         decode_row_avx2(packed, stride, bits, cols, row_ids ? row_ids[n] : first_row + n, codebook, k,
                         rows_per_group, col_offsets, u, out + n * cols);
+    });
 }
 
 // y (batch x rows) = x (batch x cols) @ W^T for moderate batches whose inputs fit in L2: one parallel

@@ -23,6 +23,7 @@ on the same tiles (:func:`~weightzip.torch._kernels.layout.decode_rows_torch`).
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -49,12 +50,20 @@ def eager(x: torch.Tensor) -> bool:
 
 
 def _layout(bits: int, rows: int, cols: int, codebook: torch.Tensor, rows_per_group: int) -> PackedLayout:
-    return PackedLayout(bits, rows, cols, codebook.shape[-1], rows_per_group)
+    return _cached_layout(bits, rows, cols, codebook.shape[-1], rows_per_group)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_layout(bits: int, rows: int, cols: int, clusters: int, rows_per_group: int) -> PackedLayout:
+    return PackedLayout(bits, rows, cols, clusters, rows_per_group)
 
 
 def _use_kernels(*tensors: torch.Tensor) -> bool:
-    if not all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors):
-        return False
+    # Called on every forward of every layer: plain attribute checks (a generator over `t.device.type`
+    # cost ~8 us a call, as much as decoding a small layer).
+    for t in tensors:
+        if t.dtype is not torch.float32 or not t.is_cpu:
+            return False
     if not _kernels.available():
         _kernels.warn_fallback_once()
         return False
