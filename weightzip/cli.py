@@ -384,9 +384,6 @@ def _post_training_torch(module, input_shape, source: Path, output: Path, args) 
     from weightzip.torch.post_training import compress_post_training
 
     check_output_path(output, overwrite=args.overwrite, inputs=(source,))
-    if args.conv_clusters is not None or args.conv_sparsity is not None or args.sparsity:
-        raise CliError("--sparsity/--conv-sparsity/--conv-clusters: not used by PyTorch post-training "
-                       "(use --clusters, or --bits-per-weight/--target-size to choose k per tensor)")
     spec = _post_training_spec(args)
     calibration = None
     if args.calibration is not None:

@@ -79,6 +79,24 @@ def test_deep_compression_fields_build_layer_rules_that_resolve_each_layer():
     assert [config.clusters_of(model.get_layer(n)) for n in ("conv", "fc1", "fc2")] == [32, 8, 16]
 
 
+def test_deep_compression_takes_the_rules_object_itself():
+    import json
+
+    clusters = wk.LayerRules(16).set_type(wk.CONVOLUTION, 32).set_name("fc1", 8)
+    sparsity = wk.LayerRules(0.9).set_type(keras.layers.Conv2D, 0.5)
+    config = DeepCompressionConfig(sparsity=sparsity, clusters=clusters, layer_sparsity={"fc2": 0.25})
+    assert config.cluster_rules == clusters and config.conv_clusters is None  # the rules decide convolutions
+    assert config.sparsity_rules == sparsity.set_name("fc2", 0.25)
+    model = small_model()
+    assert [config.sparsity_of(model.get_layer(n)) for n in ("conv", "fc1", "fc2")] == [0.5, 0.9, 0.25]
+    assert [config.clusters_of(model.get_layer(n)) for n in ("conv", "fc1", "fc2")] == [32, 8, 16]
+    stored = json.loads(json.dumps(config.to_json()))
+    assert stored["sparsity"] == {"default": 0.9, "types": [["Conv2D", 0.5]], "names": {}}
+    assert DeepCompressionConfig().conv_sparsity == 0.6 and DeepCompressionConfig().conv_clusters == 64
+    with pytest.raises(WeightzipError, match=r"clusters\['fc1'\] must be an integer in \[2, 65536\]"):
+        DeepCompressionConfig(clusters=wk.LayerRules(16).set_name("fc1", 1))
+
+
 def test_post_training_takes_rules_for_clusters_and_sparsity():
     model = small_model()
     rules = wk.LayerRules(8).set_type(wk.CONVOLUTION, 4).set_name("fc2", 2)

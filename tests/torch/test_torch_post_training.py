@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from weightzip.core.allocation import Candidates, TargetUnreachableError
+from weightzip.core.errors import WeightzipError
 from weightzip.core.fidelity import NOT_MEASURED, measure_fidelity
 from weightzip.format import inspect_table, read_metadata
 from weightzip.torch import decompress, find_targets
@@ -165,3 +166,23 @@ def test_a_post_training_spec_is_the_keywords_in_one_object(setup):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     assert spec_report.mode == report.mode == "uniform k=4 per channel"
     assert spec_report.fidelity.top1_agreement == report.fidelity.top1_agreement is not None
+
+
+def test_layer_rules_give_per_layer_k_and_sparsity_as_on_keras(setup):
+    from weightzip.torch import CONVOLUTION, LayerRules
+
+    model, calibration = setup
+    clusters = LayerRules(8).set_type(CONVOLUTION, 4).set_name("head", 2)
+    compressed, report = compress_post_training(model, calibration, clusters=clusters, sensitivity="activation",
+                                                sparsity=LayerRules(0.0).set_type(MyLinear, 0.5))
+    weights = {name: tensor.numpy() for name, tensor in compressed.state_dict().items()}
+    distinct = {name: len(np.unique(weights[f"{name}.weight"])) for name in ("features.0", "features.5", "fc", "head")}
+    assert distinct == {"features.0": 4, "features.5": 4, "fc": 8, "head": 2}
+    assert float(np.mean(weights["fc.weight"] == 0)) == pytest.approx(0.5, abs=0.01)  # MyLinear only
+    assert not np.any(weights["head.weight"] == 0)
+    assert "k=8 (convolution 4, 'head' 2)" in report.mode and "sparsity 0 (MyLinear 0.5)" in report.mode
+    assert report.fidelity.relative_output_error < 0.5  # still the float model's function, measured held out
+    with pytest.raises(WeightzipError, match=r"names layers \['fc9'\]"):
+        compress_post_training(model, clusters=LayerRules(8).set_name("fc9", 2))
+    with pytest.raises(WeightzipError, match="apply to uniform clustering only"):
+        compress_post_training(model, calibration, sparsity=0.5, bits_per_weight=4.0)

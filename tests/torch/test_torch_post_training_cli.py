@@ -75,3 +75,19 @@ def test_bad_inputs_exit_2_with_one_line_and_write_nothing(files, tmp_path, caps
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1
         assert not output.exists()
+
+
+def test_per_kind_options_reach_pytorch_post_training_as_on_keras(files, tmp_path, capsys):
+    model, scripted, _, calibration, _, _ = files
+    output = tmp_path / "ruled.wz"
+    assert main(["compress", str(scripted), "-o", str(output), "--calibration", str(calibration), "--clusters", "8",
+                 "--conv-clusters", "4", "--sparsity", "0.5", "--conv-sparsity", "0.25"]) == 0
+    assert "k=8, conv k=4" in capsys.readouterr().out
+    from weightzip.torch import decompress
+
+    weights = {name: tensor.numpy() for name, tensor in decompress(output).items()}
+    assert len(np.unique(weights["conv.weight"])) == 4 and len(np.unique(weights["fc.weight"])) == 8
+    assert float(np.mean(weights["fc.weight"] == 0)) == pytest.approx(0.5, abs=0.01)
+    assert float(np.mean(weights["conv.weight"] == 0)) == pytest.approx(0.25, abs=0.02)
+    fidelity = read_metadata(output)["post_training"]["fidelity"]
+    assert fidelity["relative_output_error"] < 0.5  # measured against the float model on held-out inputs

@@ -2,8 +2,9 @@
 
 The same object answers "how much to prune / how many clusters / which spec for this layer?" for the Keras
 Deep Compression pipeline (``DeepCompressionConfig``'s sparsity / conv_sparsity / layer_sparsity and clusters /
-conv_clusters / layer_clusters build two of them), the post-training paths (``compress_state_dict``'s
-``number_of_clusters`` / ``sparsity``, ``compress_post_training``), PyTorch's ``layers=`` argument, and the CLI's
+conv_clusters / layer_clusters build two of them, or take them directly), the post-training paths
+(``compress_state_dict``'s ``number_of_clusters`` / ``sparsity``, both front ends' ``compress_post_training`` through
+:class:`~weightzip.core.specs.PostTrainingSpec`), PyTorch's ``layers=`` argument, and the CLI's
 ``--conv-*`` flags. It follows coremltools' ``OptimizationConfig`` (``set_global`` / ``set_module_type`` /
 ``set_module_name``, resolved by ``get_module_config(name, module)``)::
 
@@ -114,6 +115,11 @@ class LayerRules:
     def layer_names(self) -> tuple[str, ...]:
         """The names the rules mention (to check them against a model's layers)."""
         return tuple(name for name, _ in self.names)
+
+    def to_json(self) -> dict:
+        """The rules in plain JSON values (for a file's metadata): classes by their names."""
+        return {"default": self.default, "types": [[_label(kind).strip("'"), value] for kind, value in self.types],
+                "names": dict(self.names)}
 
     def checked(self, check: Callable[[str, Any], Any], what: str) -> "LayerRules":
         """The rules with every value passed through ``check(label, value)`` (which validates and may normalise

@@ -50,6 +50,7 @@ from weightzip.core.post_training import (  # shared with the Keras front end
 )
 from weightzip.core.rules import LayerRules
 from weightzip.core.specs import PostTrainingSpec
+from weightzip.core.uniform_plans import rule_plan
 from weightzip.format import encode_wz
 from weightzip.torch.calibration import (
     activation_importance,
@@ -116,10 +117,6 @@ def compress_post_training(
     sensitivity = check_goals(calibration_given=calibration is not None, bits_per_weight=spec.bits_per_weight,
                               target_bytes=spec.target_bytes, min_fidelity=spec.min_fidelity,
                               sensitivity=spec.sensitivity)
-    if spec.prunes_or_sets_init or spec.varied_clusters:
-        raise WeightzipError("sparsity, conv_sparsity, conv_clusters, per-layer clusters and init are not used by "
-                             "PyTorch post-training (use clusters, or bits_per_weight / target_bytes to choose k per "
-                             "tensor)")
     granularity, group_size, bits_per_weight, target_bytes, min_fidelity, candidates, held_out, seed, classifier, \
         compensation = (getattr(spec, name) for name in (
             "granularity", "group_size", "bits_per_weight", "target_bytes", "min_fidelity", "candidates", "held_out",
@@ -140,8 +137,10 @@ def compress_post_training(
     tensors = _tensors_to_compress(model, targets, sensitivity, fit_batches, seed)
     uncompressed = _left_alone(model, {t.name for t in tensors})
 
+    ruled = rule_plan(spec, tensors, {t.qualified_name: (t.module_name, t.module) for t in targets
+                                      if t.qualified_name in {tensor.name for tensor in tensors}}, sensitivity)
     refine = None
-    if compensation and fit_batches is not None and sensitivity is not Sensitivity.NONE:
+    if ruled is None and compensation and fit_batches is not None and sensitivity is not Sensitivity.NONE:
         refine = _compensation(model, targets, tensors, fit_batches)
     fit_reference = outputs_of(model, fit_batches) if refine is not None or min_fidelity is not None else None
 
@@ -153,11 +152,11 @@ def compress_post_training(
         return len(_encode(model, candidate, report_stub(candidate, uncompressed), metadata, extra_tensors)) \
             + HEADER_SLACK
 
-    plan, mode = choose_plan(tensors, clusters=clusters, granularity=granularity, group_size=group_size,
-                             weighted=sensitivity is not Sensitivity.NONE, bits_per_weight=bits_per_weight,
-                             target_bytes=target_bytes, min_fidelity=min_fidelity, candidates=candidates,
-                             file_bytes=file_bytes, fidelity_of=fidelity_of if fit_reference is not None else None,
-                             refine=refine)
+    plan, mode = ruled or choose_plan(  # `ruled`: the spec's per-layer k / sparsity / init, planned uniformly
+        tensors, clusters=clusters, granularity=granularity, group_size=group_size,
+        weighted=sensitivity is not Sensitivity.NONE, bits_per_weight=bits_per_weight, target_bytes=target_bytes,
+        min_fidelity=min_fidelity, candidates=candidates, file_bytes=file_bytes,
+        fidelity_of=fidelity_of if fit_reference is not None else None, refine=refine)
     compressed, corrected = _compressed(model, targets, plan,
                                         fit_batches if bias_correction and calibration is not None else None)
     for name, choice in plan.choices.items():
@@ -204,8 +203,9 @@ def _tensors_to_compress(model: nn.Module, targets: list[WeightTarget], sensitiv
         weight = getattr(target.module, target.parameter_name)
         if not weight.is_floating_point() or weight.ndim < 2:
             continue
+        convolution = isinstance(target.module, nn.modules.conv._ConvNd) or weight.ndim >= 3  # (also once scripted)
         tensors.append(TensorToCompress(target.qualified_name, to_numpy(weight), importance.get(target.qualified_name),
-                                        target.channel_axis, isinstance(target.module, nn.modules.conv._ConvNd)))
+                                        target.channel_axis, convolution))
     return tensors
 
 

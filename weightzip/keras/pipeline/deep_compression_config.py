@@ -58,6 +58,14 @@ def _frozen_mapping(name: str, mapping, check) -> Mapping:
     return types.MappingProxyType(checked)
 
 
+def _rules(value, conv, layers: Mapping) -> LayerRules:
+    """One option's LayerRules: `value` (a number or LayerRules), `conv` its CONVOLUTION type rule, `layers` names."""
+    rules = LayerRules.of(value, conv)
+    for name, layer_value in layers.items():
+        rules = rules.set_name(name, layer_value)
+    return rules
+
+
 def _categories(layer) -> tuple[str, ...]:
     return (CONVOLUTION,) if is_convolution(layer) else ()
 
@@ -67,13 +75,15 @@ class DeepCompressionConfig:
     """What to compress how much, and how long to retrain after each stage.
 
     sparsity / conv_sparsity: fraction of kernel weights pruned in non-convolutional / convolutional
-        layers (0 disables pruning of that kind).
+        layers (0 disables pruning of that kind; conv_sparsity None: 0.6, the paper's).
     layer_sparsity: layer name -> sparsity, overriding the two above for that layer (the paper prunes
         every layer at its own rate, e.g. 92/91/74 % for LeNet-300-100).
-    clusters / conv_clusters: shared weights per kernel (k; one of them is the pruned zero).
+    clusters / conv_clusters: shared weights per kernel (k; one of them is the pruned zero; conv_clusters None: 64).
     layer_clusters: layer name -> k, overriding the two above for that layer.
     (The three sparsity fields build :attr:`sparsity_rules`, the three cluster fields :attr:`cluster_rules`: one
-    global / type / name :class:`~weightzip.core.rules.LayerRules` each, the rule object of every per-layer option.)
+    global / type / name :class:`~weightzip.core.rules.LayerRules` each, the rule object of every per-layer option.
+    `sparsity` and `clusters` may themselves be LayerRules, the same object post-training and the CLI take: they are
+    then the whole rule, with conv_* (when not None) and layer_* added as its CONVOLUTION type and name rules.)
     prune_epochs / cluster_epochs: retraining epochs after pruning and after clustering (0: post-training).
     ramp_fraction: share of the pruning epochs over which the sparsity rises to its target (the rest
         retrain at the target sparsity).
@@ -91,10 +101,10 @@ class DeepCompressionConfig:
     init: centroid initialisation (the paper's best, LINEAR, by default).
     """
 
-    sparsity: float = 0.92
-    conv_sparsity: float = 0.6
-    clusters: int = 32
-    conv_clusters: int = 64
+    sparsity: float | LayerRules = 0.92
+    conv_sparsity: float | None = None
+    clusters: int | LayerRules = 32
+    conv_clusters: int | None = None
     prune_epochs: int = 6
     cluster_epochs: int = 3
     batch_size: int = 64
@@ -115,10 +125,14 @@ class DeepCompressionConfig:
         def set_(name, value):  # the dataclass is frozen: normalised values are set this way
             object.__setattr__(self, name, value)
 
-        for name in ("sparsity", "conv_sparsity"):
-            set_(name, _check_sparsity(name, getattr(self, name)))
-        for name in ("clusters", "conv_clusters"):
-            set_(name, _check_clusters(name, getattr(self, name)))
+        for name, check, paper in (("sparsity", _check_sparsity, 0.6), ("clusters", _check_clusters, 64)):
+            value, conv = getattr(self, name), getattr(self, f"conv_{name}")
+            if isinstance(value, LayerRules):
+                set_(name, value.checked(check, name))
+            else:
+                set_(name, check(name, value))
+                conv = paper if conv is None else conv  # the paper's convolution setting unless told
+            set_(f"conv_{name}", None if conv is None else check(f"conv_{name}", conv))
         for name in ("prune_epochs", "cluster_epochs"):
             if not _is_count(getattr(self, name), 0):
                 raise InvalidArgumentError(f"{name} must be a non-negative integer, got {getattr(self, name)!r}")
@@ -149,12 +163,12 @@ class DeepCompressionConfig:
     def sparsity_rules(self) -> LayerRules:
         """`sparsity`, `conv_sparsity` and `layer_sparsity` as one :class:`~weightzip.core.rules.LayerRules` (the
         global value, the CONVOLUTION type rule, the name rules): how every per-layer option of weightzip resolves."""
-        return LayerRules.tiers(self.sparsity, conv=self.conv_sparsity, layers=self.layer_sparsity)
+        return _rules(self.sparsity, self.conv_sparsity, self.layer_sparsity)
 
     @property
     def cluster_rules(self) -> LayerRules:
         """`clusters`, `conv_clusters` and `layer_clusters` as one :class:`~weightzip.core.rules.LayerRules`."""
-        return LayerRules.tiers(self.clusters, conv=self.conv_clusters, layers=self.layer_clusters)
+        return _rules(self.clusters, self.conv_clusters, self.layer_clusters)
 
     def sparsity_of(self, layer: keras.layers.Layer) -> float:
         """Target sparsity of `layer`'s kernels (0 for a layer without any)."""
@@ -183,6 +197,9 @@ class DeepCompressionConfig:
         values["reassignment"] = self.reassignment.value
         values["layer_sparsity"] = dict(self.layer_sparsity)
         values["layer_clusters"] = dict(self.layer_clusters)
+        for name in ("sparsity", "clusters"):
+            if isinstance(values[name], LayerRules):
+                values[name] = values[name].to_json()
         return values
 
 

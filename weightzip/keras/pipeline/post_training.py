@@ -51,19 +51,14 @@ from weightzip.core.post_training import (
     choose_plan,
     report_stub,
 )
-from weightzip.core.rules import CONVOLUTION, LayerRules
+from weightzip.core.rules import LayerRules
 from weightzip.core.specs import PostTrainingSpec
+from weightzip.core.uniform_plans import rule_plan
 from weightzip.format import encode_wz
 from weightzip.keras._layers import is_convolution
 from weightzip.keras._rewrite import copy_model
 from weightzip.keras.clustering.registry import LayerKind, classify_layer
 from weightzip.keras.pipeline._inputs import batches, checked_calibration, model_outputs
-from weightzip.keras.pipeline._uniform import (
-    merged_uniform_plan,
-    pruned_uniform_plan,
-    sparsity_text,
-    uniform_mode,
-)
 from weightzip.keras.pipeline.calibration import (
     ModelWeight,
     fisher_diagonal,
@@ -130,11 +125,9 @@ def compress_post_training(
     chosen = check_goals(calibration_given=calibration is not None, bits_per_weight=spec.bits_per_weight,
                          target_bytes=spec.target_bytes, min_fidelity=spec.min_fidelity, sensitivity=spec.sensitivity)
     granularity, group_size, bits_per_weight, target_bytes, min_fidelity, candidates, held_out, seed, classifier, \
-        init, compensation = (getattr(spec, name) for name in (
+        compensation = (getattr(spec, name) for name in (
             "granularity", "group_size", "bits_per_weight", "target_bytes", "min_fidelity", "candidates", "held_out",
-            "seed", "classifier", "init", "compensation"))
-    cluster_rules, sparsity_rules = spec.clusters, spec.sparsity
-    legacy, varied = spec.prunes_or_sets_init, spec.varied_clusters
+            "seed", "classifier", "compensation"))
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise WeightzipError(f"batch_size must be a positive integer, got {batch_size!r}")
     if path is not None:
@@ -161,21 +154,12 @@ def compress_post_training(
                for w in weights]
     by_path = {original_path[w.path]: w for w in weights}
     originals = {t.name: t.weights for t in tensors}
-    for rules, what in ((cluster_rules, "clusters"), (sparsity_rules, "sparsity")):
-        rules.check_names([w.layer.name for w in weights], what)
-    k_of, sparsity_of = ({t.name: rules.value_for(by_path[t.name].layer.name, by_path[t.name].layer,
-                                                  (CONVOLUTION,) if t.is_convolution else ()) for t in tensors}
-                         for rules in (cluster_rules, sparsity_rules))
-    if legacy:
-        plan = pruned_uniform_plan(tensors, k_of, sparsity_of, granularity, group_size, init,
-                                    chosen is not Sensitivity.NONE)
-        mode = uniform_mode(cluster_rules, granularity, group_size) + \
-            f", sparsity {sparsity_text(sparsity_rules)}, init {init.value}"
-    elif varied:
-        plan = merged_uniform_plan(tensors, k_of, granularity, group_size, chosen)
-        mode = uniform_mode(cluster_rules, granularity, group_size)
+    ruled = rule_plan(spec, tensors, {t.name: (by_path[t.name].layer.name, by_path[t.name].layer) for t in tensors},
+                      chosen)
+    if ruled is not None:
+        plan, mode = ruled
     else:
-        clusters = cluster_rules.default
+        clusters = spec.clusters.default
         compensate = compensation and chosen is not Sensitivity.NONE and fit_batches is not None
         fit_reference = model_outputs(copy, fit_batches) if compensate or min_fidelity is not None else None
 

@@ -1,6 +1,10 @@
-"""Post-training compression's per-kind rules (cluster count and sparsity per layer type or name) in the report's
-words, and the uniform plans chosen by :mod:`.post_training`
-when no size or fidelity goal is given (optionally after magnitude pruning)."""
+"""The uniform plans of post-training compression where the per-layer rules matter, shared by both front ends.
+
+When a :class:`~weightzip.core.specs.PostTrainingSpec` gives no size or fidelity goal but its rules give layers
+different k, prune some layers or set an init other than OPTIMAL, :func:`rule_plan` resolves the rules for every
+tensor (by its layer's name, type and category) and plans it: each k's tensors together
+(:func:`merged_uniform_plan`), or magnitude pruning then clustering with pruned zeros kept exactly
+(:func:`pruned_uniform_plan`); the report's mode says so in words (:func:`uniform_mode`)."""
 
 from __future__ import annotations
 
@@ -19,6 +23,26 @@ from weightzip.core.post_training import (
 )
 from weightzip.core.pruning import apply_mask, magnitude_mask
 from weightzip.core.rules import CONVOLUTION, LayerRules
+
+
+def rule_plan(spec, tensors: list, layers: dict, sensitivity: Sensitivity) -> tuple[AllocationPlan, str] | None:
+    """(plan, mode) of the tensors when `spec`'s rules vary, prune or set the init; None when plain uniform k (or
+    the spec's goal) applies, which :func:`~weightzip.core.post_training.choose_plan` plans.
+
+    layers: tensor name -> (its layer's name, the layer object) in the front end's model; a name rule that
+    matches no layer is refused (:meth:`LayerRules.check_names`)."""
+    for rules, what in ((spec.clusters, "clusters"), (spec.sparsity, "sparsity")):
+        rules.check_names(sorted({name for name, _ in layers.values()}), what)
+    if not (spec.prunes_or_sets_init or spec.varied_clusters):
+        return None
+    k_of, sparsity_of = ({t.name: rules.value_for(*layers[t.name], (CONVOLUTION,) if t.is_convolution else ())
+                          for t in tensors} for rules in (spec.clusters, spec.sparsity))
+    mode = uniform_mode(spec.clusters, spec.granularity, spec.group_size)
+    if spec.prunes_or_sets_init:
+        plan = pruned_uniform_plan(tensors, k_of, sparsity_of, spec.granularity, spec.group_size, spec.init,
+                                   sensitivity is not Sensitivity.NONE)
+        return plan, mode + f", sparsity {sparsity_text(spec.sparsity)}, init {spec.init.value}"
+    return merged_uniform_plan(tensors, k_of, spec.granularity, spec.group_size, sensitivity), mode
 
 
 def rules_text(rules: LayerRules, spec: str = "") -> str:
@@ -58,7 +82,7 @@ def merged_uniform_plan(tensors, k_of: dict[str, int], granularity, group_size, 
 
 
 def pruned_uniform_plan(tensors, k_of: dict[str, int], sparsity_of: dict[str, float], granularity, group_size,
-                         init, weighted) -> AllocationPlan:
+                        init, weighted) -> AllocationPlan:
     """Magnitude pruning then clustering with `init`, pruned zeros kept exactly (the earlier uniform path)."""
     from weightzip.format import WriteOptions
 
