@@ -495,7 +495,8 @@ def _run(args: argparse.Namespace) -> int:
     from weightzip.torch.run import load_inputs, load_program, run
 
     arrays = load_inputs(args.input)
-    module = load_program(args.file, args.program)
+    module, note = load_program(args.file, args.program, dense=args.dense)
+    print(f"{args.file}: {note}")
     outputs = run(module, arrays, names=args.input)
     for index, array in enumerate(outputs):
         span = f", range [{array.min():.6g}, {array.max():.6g}]" if array.size and array.dtype.kind in "biuf" else ""
@@ -694,13 +695,16 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run", help="run a compressed TorchScript or .pt2 program on .npy inputs",
         description="Loads the program of a .wz made from a TorchScript archive (or the --program a .wz of "
-        "weights belongs to: a .pt2 or TorchScript file), puts the decoded weights in after checking their "
-        "names and shapes, and runs it on the inputs; prints each output's dtype, shape and range.")
+        "weights belongs to: a .pt2 or TorchScript file), checks the weights' names and shapes, puts them in "
+        "(a .pt2 program's clustered linear/conv/embedding weights palettized, the others decoded; a TorchScript "
+        "program's decoded) and runs it on the inputs; prints how the weights run and each output's dtype, shape "
+        "and range.")
     run.add_argument("file", help="the .wz file")
     run.add_argument("--input", action="append", required=True, metavar="X.npy",
                      help="an input array (numpy.save); repeat for a program with several inputs, in order")
     run.add_argument("--program", help="the .pt2 program or TorchScript archive the .wz's weights belong to")
     run.add_argument("-o", "--output", help="write the outputs to this .npy (one output) or .npz file")
+    run.add_argument("--dense", action="store_true", help="run a .pt2 program with decoded weights, not palettized")
     run.add_argument("--overwrite", action="store_true", help="replace an output that exists")
     run.set_defaults(handler=_run)
     for command in (demo, compress, decompress, inspect, report, run):

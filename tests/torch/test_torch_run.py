@@ -32,7 +32,11 @@ def test_run_a_compressed_torchscript_archive_on_an_npy_input(tmp_path, capsys):
     np.save(tmp_path / "x.npy", x)
     capsys.readouterr()
     assert main(["run", str(wz), "--input", str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy")]) == 0
-    assert "output 0: float32 [4, 3], range" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "output 0: float32 [4, 3], range" in out
+    assert "weights decoded (dense float): a TorchScript program's compiled modules cannot be swapped" in out
+    message = failure(capsys, ["run", str(wz), "--dense", "--input", str(tmp_path / "x.npy")])
+    assert "--dense does not apply" in message
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), decoded_output(small_model(), wz, x), rtol=1e-5,
                                atol=1e-6)
 
@@ -47,6 +51,56 @@ def test_run_a_pt2_program_with_the_weights_of_a_wz(tmp_path, capsys):
                  "-o", str(tmp_path / "y.npz")]) == 0
     np.testing.assert_allclose(np.load(tmp_path / "y.npz")["arr_0"], decoded_output(model, wz, x), rtol=1e-5,
                                atol=1e-6)
+
+
+class Mixed(nn.Module):
+    """Conv (+BN), an embedding, a Linear, and a Linear whose weight is also read by another op (left dense)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.norm = nn.BatchNorm2d(8)
+        self.embed = nn.Embedding(12, 8)
+        self.head = nn.Linear(8 * 16 + 8, 32)
+        self.tied = nn.Linear(32, 32, bias=False)
+
+    def forward(self, image, ids):
+        features = torch.relu(self.norm(self.conv(image))).flatten(1)
+        hidden = self.head(torch.cat([features, self.embed(ids).mean(1)], dim=1))
+        return self.tied(hidden) + hidden @ self.tied.weight
+
+
+def test_a_pt2_program_runs_palettized_and_says_which_weights_stay_dense(tmp_path, capsys):
+    from weightzip.torch.run import load_program
+
+    torch.manual_seed(3)
+    model = Mixed().eval()
+    image = np.random.default_rng(2).standard_normal((2, 3, 4, 4)).astype(np.float32)
+    ids = np.array([[1, 5, 11], [0, 3, 3]], np.int64)
+    program, wz = tmp_path / "m.pt2", tmp_path / "m.wz"
+    torch.export.save(torch.export.export(model, (torch.from_numpy(image), torch.from_numpy(ids))), program)
+    compress_state_dict(model, wz, number_of_clusters=8, per_channel=True)
+    np.save(tmp_path / "image.npy", image)
+    np.save(tmp_path / "ids.npy", ids)
+    reference = Mixed().eval()
+    reference.load_state_dict(decompress(wz))
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(image), torch.from_numpy(ids)).numpy()
+    capsys.readouterr()
+    inputs = ["--input", str(tmp_path / "image.npy"), "--input", str(tmp_path / "ids.npy")]
+    assert main(["run", str(wz), "--program", str(program), *inputs, "-o", str(tmp_path / "y.npy")]) == 0
+    out = capsys.readouterr().out
+    assert "3 weights palettized; left dense: tied.weight (used by aten.linear.default, aten.matmul.default" in out
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, rtol=1e-5, atol=1e-5)
+    module, note = load_program(wz, program)
+    called = {str(node.target) for node in module.graph.nodes if node.op == "call_function"}
+    assert {"weightzip.palettized_conv.default", "weightzip.palettized_linear.default",
+            "weightzip.palettized_embedding.default"} <= called
+    names = dict(module.named_parameters())
+    assert "conv.weight" not in names and "head.weight" not in names and "tied.weight" in names
+    module, note = load_program(wz, program, dense=True)
+    assert note.startswith("weights decoded (dense float)")
+    assert not any("weightzip" in str(node.target) for node in module.graph.nodes)
 
 
 def failure(capsys, argv) -> str:

@@ -63,10 +63,10 @@ def load_palettized(model: nn.Module, path, *, max_elements: int = DEFAULT_MAX_E
         built = {}
         for module_name, (module, info) in palettized.items():
             if isinstance(info, dict):  # a recurrent layer: a palette per weight
-                palettes = {name: _palette(wz, weight, False) for name, weight in info.items()}
+                palettes = {name: read_palette(wz, weight, False) for name, weight in info.items()}
                 built[module_name] = palettized_recurrent(module, palettes, _float_dtype(module))
             else:
-                built[module_name] = _palettized_layer(module, _palette(wz, info, isinstance(module, nn.Linear)))
+                built[module_name] = _palettized_layer(module, read_palette(wz, info, isinstance(module, nn.Linear)))
         tensors = {}
         for name, info in dense.items():
             tensors[name] = _dense_tensor(wz.read(name), torch_dtypes.get(name), info, path)
@@ -154,7 +154,7 @@ def _why_not_palettized(module: nn.Module, record: TensorInfo) -> str | None:
     return None
 
 
-def _palette(wz: WzFile, info: TensorInfo, linear: bool) -> Palette | SparsePalette:
+def read_palette(wz: WzFile, info: TensorInfo, linear: bool) -> Palette | SparsePalette:
     """The palette of clustered tensor `info`: a pruned Linear weight (a 0.0 centroid) in CSR with relative
     indices where that stores smaller than bit-packed indices; else its indices bit-packed, taken as stored
     where the file holds them so (no per-weight array), decoded otherwise."""

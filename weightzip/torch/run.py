@@ -4,10 +4,12 @@ A `.wz` made from a TorchScript archive holds the archive's skeleton (code and c
 runs on its own. A `.wz` made from a ``.pt2`` program or a state_dict holds the weights only; the program
 they belong to is given with ``--program model.pt2`` (or a TorchScript archive) and gets the file's weights.
 Either way everything is checked before the program runs: the file must be PyTorch's, and its tensors must
-be exactly the program's (names and shapes), else one error names the first tensor at fault. The weights
-run decoded (dense float): TorchScript and exported programs lose the layer types the palettized layers
-replace (for a model whose Python class is at hand, :func:`weightzip.torch.load_palettized` runs them
-palettized).
+be exactly the program's (names and shapes), else one error names the first tensor at fault. An exported
+program runs palettized: its linear/conv/embedding calls on clustered weights are swapped for the
+palettized ops (:mod:`weightzip.torch.run_palettized`; ``dense=True`` decodes instead). A TorchScript program
+runs with decoded (dense float) weights: its compiled modules cannot be swapped. :func:`load_program` says
+which in a one-line note, naming the clustered weights left dense (for a model whose Python class is at
+hand, :func:`weightzip.torch.load_palettized` runs every palettized layer type).
 
 Inputs are ``.npy`` files (no pickles), one per positional argument of the program, passed as they are
 (dtype and shape); the outputs are printed (dtype, shape, range) and optionally written to ``.npy``/``.npz``.
@@ -31,8 +33,9 @@ class RunError(WeightzipError):
     """A `.wz` file, program or input that cannot be run together."""
 
 
-def load_program(wz_path, program_path=None) -> nn.Module:
-    """The runnable module of `wz_path` (see the module docstring), in eval mode, weights decoded."""
+def load_program(wz_path, program_path=None, *, dense: bool = False) -> tuple[nn.Module, str]:
+    """(the runnable module of `wz_path` in eval mode, a one-line note on how its weights run): see the module
+    docstring; `dense` decodes an exported program's weights instead of palettizing them."""
     from weightzip.torch.checkpoint import _read_state
     from weightzip.torch.torchscript import rebuild_archive
 
@@ -45,8 +48,12 @@ def load_program(wz_path, program_path=None) -> nn.Module:
     if metadata.get("source") == "torchscript":
         if program_path is not None:
             raise RunError(f"--program does not apply: {wz_path} holds its own TorchScript program")
+        if dense:
+            raise RunError("--dense does not apply: a TorchScript program always runs with decoded weights")
         state, skeleton = _read_state(wz_path)
-        return torch.jit.load(io.BytesIO(rebuild_archive(skeleton, state)), map_location="cpu").eval()
+        module = torch.jit.load(io.BytesIO(rebuild_archive(skeleton, state)), map_location="cpu").eval()
+        return module, ("weights decoded (dense float): a TorchScript program's compiled modules cannot be swapped "
+                        "for palettized ones")
     if program_path is None:
         raise RunError(f"{wz_path} holds weights only, no program: give the TorchScript archive or .pt2 program "
                        "they belong to with --program")
@@ -58,13 +65,24 @@ def load_program(wz_path, program_path=None) -> nn.Module:
         raise RunError(f"{program_path}: not a TorchScript archive or a torch.export .pt2 program")
     module = runnable[0]
     _check_tensors(wz_path, module, program_path)
+    # load_runnable gives the module in eval mode (an exported program's module refuses eval())
+    if isinstance(module, torch.fx.GraphModule) and not dense:
+        from weightzip.torch.run_palettized import palettize_program
+
+        with open_wz(wz_path) as wz:
+            palettized, left_dense = palettize_program(module, wz)
+        note = f"{len(palettized)} weights palettized"
+        if left_dense:
+            note += "; left dense: " + ", ".join(f"{name} ({reason})" for name, reason in left_dense.items())
+        return module, note
     from weightzip.torch.checkpoint import decompress
 
     state = decompress(wz_path)
     with torch.no_grad():
         for name, tensor in module.state_dict(keep_vars=True).items():
             tensor.copy_(state[name])
-    return module  # load_runnable gives it in eval mode (an exported program's module refuses eval())
+    kind = "--dense" if dense else "a TorchScript program's compiled modules cannot be swapped for palettized ones"
+    return module, f"weights decoded (dense float): {kind}"
 
 
 def _check_tensors(wz_path: Path, module: nn.Module, program_path: Path) -> None:
