@@ -25,7 +25,7 @@ measure H (:func:`weightzip.torch.calibration.input_hessians`).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numba
 import numpy as np
@@ -56,6 +56,14 @@ class InputHessian:
     matrix: np.ndarray
     axes: tuple[int, ...]
     samples: int
+    _factors: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # damping -> factors
+
+    def ordered_factors(self, damping: float) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`_ordered_factors` of this matrix, computed once per damping (a plan is compensated several
+        times while its size goal is met, always with the same Hessians)."""
+        if damping not in self._factors:
+            self._factors[damping] = _ordered_factors(self.matrix, damping)
+        return self._factors[damping]
 
     @property
     def groups(self) -> int:
@@ -113,7 +121,7 @@ def compensate(clustered: ClusteredTensor, weights: np.ndarray, hessian: InputHe
     rows, columns = matrix.shape
     per_group = rows // hessian.groups
     chosen = np.empty((rows, columns), np.int64)
-    orders, factors = _ordered_factors(hessian.matrix, damping)
+    orders, factors = hessian.ordered_factors(damping)
     for group in range(hessian.groups):
         lower, upper = group * per_group, (group + 1) * per_group
         order, factor = orders[group], factors[group]

@@ -10,7 +10,9 @@ directly by a BatchNorm in an ``nn.Sequential`` (Conv → BN) — that BatchNorm
 named. The corrections are made in one forward pass, in layer order: each layer's output is shifted as
 soon as its shift is known, so every later layer measures its mean on already-corrected inputs (correcting
 all layers from one uncorrected pass would fix each upstream error twice). That pass takes the fit inputs
-as one batch (at most `max_samples`), so each shift is the mean over all of them.
+as one batch (at most `max_samples`), so each shift is the mean over all of them; the reference's means are
+measured once per :class:`BiasCorrection` and that pass's outputs are the corrected model's (no second pass
+needed to measure its fidelity on those inputs).
 """
 
 from __future__ import annotations
@@ -56,12 +58,41 @@ def _following_batch_norm(model: nn.Module, name: str) -> nn.Module | None:
     return None
 
 
+class BiasCorrection:
+    """Bias correction towards `reference` (the float model) on the first `max_samples` of `batches`; the
+    reference's per-channel output means are measured once, on the first :meth:`apply`, and reused for every
+    compressed model corrected after it (the post-training search corrects several candidate plans)."""
+
+    def __init__(self, reference: nn.Module, targets: list[WeightTarget], batches, max_samples: int = 32):
+        self.reference, self.targets = reference, targets
+        self.inputs = torch.cat(list(batches))[:max_samples]
+        self._wanted: dict[str, torch.Tensor] | None = None
+
+    def apply(self, model: nn.Module) -> tuple[list[str], list[str], torch.Tensor | None]:
+        """Shift `model`'s biases / BatchNorm means so each target layer's per-channel output mean on the inputs
+        matches the reference's. Returns (corrected layers, layers left alone, the corrected model's outputs on
+        :attr:`inputs` from the correcting pass, or None when nothing was corrected)."""
+        if isinstance(model, (torch.jit.ScriptModule, torch.fx.GraphModule)):
+            return [], ["(TorchScript / exported model: no bias correction)"], None
+        names, where, skipped = _correctable(model, self.targets)
+        if not names:
+            return [], skipped, None
+        if self._wanted is None:
+            self._wanted = _channel_means(self.reference, names, [self.inputs])
+        outputs = _shift_means(model, names, where, self._wanted, self.inputs)
+        return names, skipped, outputs
+
+
 def correct_biases(reference: nn.Module, model: nn.Module, targets: list[WeightTarget], batches,
                    max_samples: int = 32) -> tuple[list[str], list[str]]:
     """Shift `model`'s biases / BatchNorm means so each target layer's per-channel output mean on `batches`
     matches `reference` (same architecture, float weights). Returns (corrected layers, layers left alone)."""
-    if isinstance(model, (torch.jit.ScriptModule, torch.fx.GraphModule)):
-        return [], ["(TorchScript / exported model: no bias correction)"]
+    names, skipped, _ = BiasCorrection(reference, targets, batches, max_samples).apply(model)
+    return names, skipped
+
+
+def _correctable(model: nn.Module, targets: list[WeightTarget]):
+    """(layer names in target order, name -> (kind, tensor to shift), layers with nowhere to put a shift)."""
     names, where, skipped = [], {}, []
     for target in targets:
         layer = target.module
@@ -77,10 +108,13 @@ def correct_biases(reference: nn.Module, model: nn.Module, targets: list[WeightT
                 continue
             where[target.module_name] = ("running_mean", norm.running_mean)
         names.append(target.module_name)
-    if not names:
-        return [], skipped
-    inputs = torch.cat(list(batches))[:max_samples]
-    wanted = _channel_means(reference, names, [inputs])
+    return names, where, skipped
+
+
+def _shift_means(model: nn.Module, names: list[str], where: dict, wanted: dict, inputs: torch.Tensor) -> torch.Tensor:
+    """One pass over `inputs`, each layer's output shifted to its wanted mean as soon as it is known (later
+    layers see corrected inputs); the shifts then written into the biases / BatchNorm means. Returns the
+    pass's outputs (those of the corrected model)."""
     shifts: dict[str, torch.Tensor] = {}
 
     def hook_for(name: str, layer: nn.Module):
@@ -99,7 +133,7 @@ def correct_biases(reference: nn.Module, model: nn.Module, targets: list[WeightT
     handles = [layers[name].register_forward_hook(hook_for(name, layers[name])) for name in names]
     try:
         with torch.no_grad():
-            run_model(model, inputs)
+            outputs = run_model(model, inputs)
     finally:
         for handle in handles:
             handle.remove()
@@ -111,4 +145,4 @@ def correct_biases(reference: nn.Module, model: nn.Module, targets: list[WeightT
                 tensor.add_(shift)
             else:
                 tensor.sub_(shift)
-    return names, skipped
+    return outputs

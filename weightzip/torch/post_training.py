@@ -144,9 +144,19 @@ def compress_post_training(
         refine = _compensation(model, targets, tensors, fit_batches)
     fit_reference = outputs_of(model, fit_batches) if refine is not None or min_fidelity is not None else None
 
+    correction = None
+    if bias_correction and fit_batches is not None:
+        from weightzip.torch.bias_correction import BiasCorrection
+
+        correction = BiasCorrection(model, targets, fit_batches)
+
     def fidelity_of(candidate: AllocationPlan) -> Fidelity:
-        trial = _compressed(model, targets, candidate, fit_batches if bias_correction else None)[0]
-        return measure_fidelity(fit_reference, outputs_of(trial, fit_batches), classifier=classifier)
+        trial, corrected = _compressed(model, targets, candidate, correction)
+        measured = corrected[2] if corrected is not None else None  # the correcting pass's outputs: first inputs
+        rest = torch.cat(fit_batches)[0 if measured is None else int(measured.shape[0]):]
+        outputs = ([measured.float().cpu().numpy()] if measured is not None else []) + \
+            ([outputs_of(trial, batches_of(rest, batch_size))] if rest.shape[0] else [])
+        return measure_fidelity(fit_reference, np.concatenate(outputs), classifier=classifier)
 
     def file_bytes(candidate: AllocationPlan) -> int:
         return len(_encode(model, candidate, report_stub(candidate, uncompressed), metadata, extra_tensors)) \
@@ -157,8 +167,7 @@ def compress_post_training(
         weighted=sensitivity is not Sensitivity.NONE, bits_per_weight=bits_per_weight, target_bytes=target_bytes,
         min_fidelity=min_fidelity, candidates=candidates, file_bytes=file_bytes,
         fidelity_of=fidelity_of if fit_reference is not None else None, refine=refine)
-    compressed, corrected = _compressed(model, targets, plan,
-                                        fit_batches if bias_correction and calibration is not None else None)
+    compressed, corrected = _compressed(model, targets, plan, correction)
     for name, choice in plan.choices.items():
         if choice.clusters == 0:
             uncompressed.append({"tensor": name, "shape": list(np.shape(choice.stored)),
@@ -169,7 +178,7 @@ def compress_post_training(
     report = PostTrainingReport(plan, uncompressed, fidelity, sensitivity.value, mode, 0.0)
     report.notes += compensation_notes(plan)
     if corrected is not None:
-        done, left = corrected
+        done, left, _ = corrected
         report.notes.append(f"bias correction: {len(done)} layers' output means restored on the fit inputs "
                             f"(biases / BatchNorm means)" + (f"; not possible for {', '.join(left[:4])}"
                                                              + (" ..." if len(left) > 4 else "") if left else ""))
@@ -244,15 +253,14 @@ def _left_alone(model: nn.Module, compressed: set[str]) -> list[dict]:
     return rows
 
 
-def _compressed(model: nn.Module, targets: list[WeightTarget], plan: AllocationPlan, correction_batches):
-    """A copy of the float `model` holding the plan's weights, bias-corrected on `correction_batches` (if
-    given); returns (copy, (corrected layers, layers left alone) or None)."""
+def _compressed(model: nn.Module, targets: list[WeightTarget], plan: AllocationPlan, correction):
+    """A copy of the float `model` holding the plan's weights, bias-corrected by `correction` (a
+    :class:`~weightzip.torch.bias_correction.BiasCorrection`, or None); returns (copy, (corrected layers,
+    layers left alone, the corrected model's outputs on the correction inputs) or None)."""
     compressed = _apply(copy.deepcopy(model), targets, plan)
-    if correction_batches is None:
+    if correction is None:
         return compressed, None
-    from weightzip.torch.bias_correction import correct_biases
-
-    return compressed, correct_biases(model, compressed, targets, correction_batches)
+    return compressed, correction.apply(compressed)
 
 
 def _apply(model: nn.Module, targets: list[WeightTarget], plan: AllocationPlan) -> nn.Module:
