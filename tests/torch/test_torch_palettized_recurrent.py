@@ -21,6 +21,7 @@ LAYERS = {
     "lstm 2 layers bidirectional batch_first": (lambda: nn.LSTM(12, 8, num_layers=2, bidirectional=True,
                                                                 batch_first=True), (3, 5, 12)),
     "gru": (lambda: nn.GRU(12, 8), (5, 3, 12)),
+    "gru batch 6": (lambda: nn.GRU(12, 8), (4, 6, 12)),  # the kernel's GEMV in two blocks of batch rows
     "rnn relu unbatched": (lambda: nn.RNN(12, 8, nonlinearity="relu"), (5, 12)),
     "lstm cell": (lambda: nn.LSTMCell(12, 8), (3, 12)),
     "gru cell unbatched": (lambda: nn.GRUCell(12, 8), (12,)),
@@ -108,3 +109,22 @@ def test_an_lstm_with_projections_is_refused_by_name():
     with pytest.raises(WeightzipError, match="LSTM with proj_size"):
         palettize(dense, layers=nn.LSTM)
     assert isinstance(palettize(dense), nn.LSTM)  # without `layers`: left dense
+
+
+def test_the_kernel_time_loop_equals_the_torch_ops_step_loop(monkeypatch):
+    # With the compiled kernels the whole time loop runs in C++; without them, a step loop of torch ops.
+    from weightzip.torch import _kernels
+
+    torch.manual_seed(11)
+    dense = strip_clustering(cluster_weights(nn.LSTM(12, 8, num_layers=2), 8)).eval()
+    palettized = palettize(dense, inplace=False)
+    x = torch.randn(6, 2, 12)
+    with torch.no_grad():
+        fast = flat(palettized(x))
+        monkeypatch.setattr(_kernels, "_load", lambda: "not built (test)")
+        _kernels.warn_fallback_once.cache_clear()
+        with pytest.warns(RuntimeWarning, match="not built"):
+            slow = flat(palettized(x))
+        _kernels.warn_fallback_once.cache_clear()
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -4,8 +4,9 @@ Each ``weight_ih*`` / ``weight_hh*`` is held as a weight-only :class:`~weightzip
 child under its own name (``lstm.weight_ih_l0.packed``, ``.codebook``); biases stay parameters. Every layer
 and direction runs as one ``torch.ops.weightzip.palettized_rnn`` call (opaque to ``torch.compile``, kept by
 ``torch.export``, whatever the sequence length): the input projection of all steps as one palettized GEMM,
-then per step the hidden projection through the fused GEMV kernel and the gate arithmetic of PyTorch's
-documented equations. Not covered (refused by name): LSTM ``proj_size``, ``PackedSequence`` inputs.
+then the time loop inside the compiled kernel (``wz_rnn``: per step the fused GEMV of the hidden state and
+the gate arithmetic of PyTorch's documented equations; a Python step loop of torch ops without the build).
+Not covered (refused by name): LSTM ``proj_size``, ``PackedSequence`` inputs.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from weightzip.core.errors import WeightzipError
 
 LIBRARY = Path(__file__).with_name("_lut_kernels.so")
 SOURCE = Path(__file__).with_name("lut_kernels.cpp")
-ABI_VERSION = 4
+ABI_VERSION = 5
 BUILD_COMMAND = "make kernels"
 
 
@@ -60,6 +60,9 @@ def _load() -> ctypes.CDLL | str:
     lib.wz_decode_rows.restype = None
     lib.wz_sparse_gemm.argtypes = [_P, _P, _P, _I64, _P, _INT, _I64, _P, _I64, _P, _INT]
     lib.wz_sparse_gemm.restype = None
+    lib.wz_rnn.argtypes = [_INT, _I64, _I64, _I64, _P, _P, _I64, _INT, _P, _INT, _I64, _P, _P, _P, _P, _P, _INT, _INT,
+                           _INT]
+    lib.wz_rnn.restype = None
     return lib
 
 
@@ -160,3 +163,26 @@ def sparse_gemm(row_ptr: torch.Tensor, gaps: torch.Tensor, values: torch.Tensor,
                              codebook.shape[-1], rows_per_group, xt.data_ptr(), x.shape[0], y.data_ptr(),
                              torch.get_num_threads())
     return y
+
+
+RNN_MODES = {"LSTM": 0, "GRU": 1, "RNN_TANH": 2, "RNN_RELU": 3}
+
+
+def rnn_steps(mode: str, gi: torch.Tensor, packed: torch.Tensor, stride: int, bits: int, codebook: torch.Tensor,
+              k: int, rows_per_group: int, col_offsets: torch.Tensor | None, b_hh: torch.Tensor | None,
+              h0: torch.Tensor, c0: torch.Tensor | None, *, reverse: bool = False,
+              simd: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The time loop of one recurrent layer and direction in the kernel: `gi` (steps, batch, gates) holds the
+    input projections (b_ih added), the palettized W_hh (gates x hidden) gives each step's hidden projection.
+    Returns (outputs (steps, batch, hidden), h_T, c_T or None); all float32 and contiguous."""
+    gi = gi.contiguous()  # held: the kernel reads its memory
+    b_hh = None if b_hh is None else b_hh.contiguous()
+    steps, batch, _ = gi.shape
+    hidden = h0.shape[-1]
+    h = h0.to(torch.float32, copy=True).contiguous()
+    c = None if c0 is None else c0.to(torch.float32, copy=True).contiguous()
+    out = torch.empty(steps, batch, hidden, dtype=torch.float32)
+    require().wz_rnn(RNN_MODES[mode], steps, batch, hidden, gi.data_ptr(), packed.data_ptr(), stride,
+                     bits, codebook.data_ptr(), k, rows_per_group, _ptr(col_offsets), _ptr(b_hh), h.data_ptr(),
+                     _ptr(c), out.data_ptr(), int(reverse), torch.get_num_threads(), int(simd))
+    return out, h, c

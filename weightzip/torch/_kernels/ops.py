@@ -243,7 +243,8 @@ def rnn(x: torch.Tensor, h0: torch.Tensor, c0: Optional[torch.Tensor],
         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One layer and direction of an RNN/LSTM/GRU with palettized weights: x (T, B, input) and h0/c0 (B, H)
     give (outputs (T, B, H), h_T, c_T; c_T is empty but for LSTM). The input projection of every step is
-    one palettized GEMM; each step's hidden projection a palettized GEMV (the fused kernel for B <= 4)."""
+    one palettized GEMM; the time loop (each step's hidden projection through the fused GEMV, then the gates)
+    in the kernel (``_kernels.rnn_steps``), or a step loop of torch ops without the build or for other dtypes."""
     steps, batch, inputs = x.shape
     hidden = h0.shape[-1]
     gates = {"LSTM": 4, "GRU": 3}.get(mode, 1) * hidden
@@ -251,6 +252,13 @@ def rnn(x: torch.Tensor, h0: torch.Tensor, c0: Optional[torch.Tensor],
                 ih_rows_per_group).reshape(steps, batch, gates)
     if b_ih is not None:
         gi = gi + b_ih
+    if _use_kernels(gi, h0, hh_codebook, *(t for t in (c0, b_hh) if t is not None)):
+        # The whole time loop in the kernel (GEMV + gate arithmetic per step), no Python per step.
+        layout = _layout(hh_bits, gates, hidden, hh_codebook, hh_rows_per_group)
+        out, h, c = _kernels.rnn_steps(mode, gi, hh_packed, layout.stride, hh_bits, hh_codebook, layout.clusters,
+                                       hh_rows_per_group, hh_offsets, b_hh, h0, c0 if mode == "LSTM" else None,
+                                       reverse=reverse)
+        return out, h, (c if mode == "LSTM" else x.new_empty(0))
     h, c = h0, c0
     outputs = [h0] * steps
     for t in (range(steps - 1, -1, -1) if reverse else range(steps)):
