@@ -43,6 +43,7 @@ __all__ = [
     "is_functional",
     "is_graph_model",
     "segment_sum",
+    "tape_is_recording",
 ]
 
 
@@ -70,6 +71,15 @@ def in_xla_trace() -> bool:
     if tf.executing_eagerly():
         return False
     return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
+
+
+def tape_is_recording() -> bool:
+    """Whether a TensorFlow gradient tape records the ops being run or traced now (a training step)."""
+    try:
+        from tensorflow.python.eager import record
+    except ImportError:  # pragma: no cover - private path moved: the portable path serves
+        return False
+    return bool(record.could_possibly_record())
 
 
 def compiled_by_xla(tensor) -> bool:

@@ -1,6 +1,8 @@
 """Fine-tuning a clustered model with model.fit: the loss falls, kernels keep k values, and each
 reassignment policy and sparsity preservation behave as documented."""
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -154,3 +156,68 @@ def test_xla_compiled_training_matches_graph_training(baseline, per_channel):
         weights.append([to_numpy(w) for w in clustered.weights])
     for graph, xla in zip(*weights):
         np.testing.assert_allclose(xla, graph, rtol=1e-4, atol=1e-5)
+
+
+def _without_workspaces(clustered):
+    """The same model with its TensorFlow workspaces dropped: its steps take the portable ops."""
+    for layer in clustered.layers:
+        if isinstance(layer, wk.ClusterWeights):
+            layer._cluster_states = tuple(dataclasses.replace(state, workspace=None) for state in layer._cluster_states)
+    return clustered
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the in-place lookup of TensorFlow steps")
+@pytest.mark.parametrize("per_channel", [False, True], ids=["per_tensor", "per_channel"])
+def test_tensorflow_step_writes_a_fresh_nearest_centroid_search_in_place(per_channel):
+    """In a differentiated TensorFlow step (outside XLA), the kernel and the indices the step uses, written
+    in place into the wrapper's workspace, are a fresh nearest-centroid search of the current weights."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(64, 12)).astype("float32"), rng.normal(size=(64, 16)).astype("float32")
+    model = keras.Sequential([keras.Input((12,)), keras.layers.Dense(16, use_bias=False)])
+    clustered = wk.cluster_weights(model, 6, cluster_per_channel=per_channel)
+    clustered.compile(keras.optimizers.SGD(0.3), keras.losses.MeanSquaredError())
+    wrapper = clustered.layers[0]
+    workspace = wrapper._cluster_states[0].workspace
+
+    @tf.function
+    def kernel_in_a_step():
+        with tf.GradientTape():
+            return wrapper.clustered_weights()["kernel"]
+
+    first_assignment, moved = None, 0
+    for step in range(5):
+        clustered.train_on_batch(x[step * 8:(step + 1) * 8], y[step * 8:(step + 1) * 8])
+        original, codebook = to_numpy(wrapper.layer.kernel), to_numpy(wrapper.cluster_centroids["kernel"])
+        assignment, expected = fresh_search(original, codebook, per_channel)
+        np.testing.assert_array_equal(to_numpy(kernel_in_a_step()), expected, err_msg=f"step {step}")
+        order = np.argsort(codebook, axis=-1, kind="stable")
+        rank = np.argsort(order, axis=-1)
+        sorted_position = np.take_along_axis(rank.T, assignment, axis=0) if per_channel else rank[assignment]
+        offsets = np.arange(16) * 6 if per_channel else 0
+        np.testing.assert_array_equal(workspace.index.numpy(), sorted_position + offsets, err_msg=f"step {step}")
+        if first_assignment is None:
+            first_assignment = assignment
+        moved = int(np.count_nonzero(assignment != first_assignment))
+    assert moved > 0, "no weight changed cluster: the test would not see a stale assignment"
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the in-place lookup of TensorFlow steps")
+@pytest.mark.parametrize(("reassignment", "per_channel", "aggregation"),
+                         [("every_step", False, "sum"), ("every_step", True, "average"),
+                          ("fixed", False, "average"), ("fixed", True, "sum")])
+def test_tensorflow_in_place_steps_train_as_the_portable_ops(baseline, reassignment, per_channel, aggregation):
+    x, y, model = baseline
+    trained, initial = [], None
+    for portable in (False, True):
+        clustered = wk.cluster_weights(model, K, cluster_per_channel=per_channel, reassignment=reassignment,
+                                       cluster_gradient_aggregation=aggregation)
+        if portable:
+            _without_workspaces(clustered)
+        initial = [to_numpy(w) for w in clustered.weights]
+        compiled(clustered, 5e-2).fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
+        trained.append([to_numpy(w) for w in clustered.weights])
+    for fast, portable in zip(*trained):
+        np.testing.assert_allclose(fast, portable, rtol=1e-5, atol=1e-6)
+    assert any(not np.array_equal(before, after) for before, after in zip(initial, trained[0])), "nothing trained"

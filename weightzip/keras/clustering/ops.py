@@ -38,6 +38,7 @@ def clustered_kernel(
     centroid_pin=None,
     sparsity_mask=None,
     average_gradient: bool = False,
+    workspace=None,
 ):
     """The kernel with every weight replaced by its centroid, differentiable in the centroids.
 
@@ -51,6 +52,8 @@ def clustered_kernel(
         only the weights under `sparsity_mask` are zero, as in :func:`weightzip.core.cluster_array`).
     sparsity_mask: 0/1 tensor shaped like the kernel; weights at 0 stay exactly zero.
     average_gradient: divide each centroid's gradient by its member count (TFMOT's ``AVG``).
+    workspace: on TensorFlow, the weight's :class:`._tf_lookup.Workspace` (its training steps outside XLA
+        then run the search, lookup and gradient there).
     """
     table = _as_rows(centroids)
     groups, k = int(table.shape[0]), int(table.shape[1])
@@ -63,6 +66,7 @@ def clustered_kernel(
     flat_table = ops.reshape(table, (-1,))
     kernel_shape = tuple(original.shape)
     torch_kernels = _torch_lookup.applies(original, flat_table)
+    tf_workspace = workspace if _tf_lookup_applies(workspace, original, flat_table, fixed_indices, k) else None
     if fixed_indices is None:
         # Sort each row (centroids may cross while training) with flat gathers: few ops per step.
         order = ops.reshape(ops.cast(ops.argsort(search_keys, axis=-1), "int32"), (-1,))
@@ -74,15 +78,34 @@ def clustered_kernel(
             clustered = _torch_lookup.searched_lookup(flat_table, sorted_keys, original, channel_axis=channel_axis,
                                                       average_gradient=average_gradient)
             return _masked(clustered, sparsity_mask)
+        if tf_workspace is not None:
+            clustered = _tf_lookup().searched_lookup(tf_workspace, flat_table, sorted_keys, original,
+                                                     channel_axis=channel_axis, average_gradient=average_gradient)
+            return _masked(clustered, sparsity_mask)
         positions = nearest_positions(ops.stop_gradient(original), sorted_keys, channel_axis)
     else:
         positions = ops.cast(fixed_indices, "int32")
+        if tf_workspace is not None:
+            clustered = _tf_lookup().indexed_lookup(tf_workspace, flat_table, positions, channel_axis=channel_axis,
+                                                    k=k, average_gradient=average_gradient)
+            return _masked(clustered, sparsity_mask)
     index = flat_index(positions, kernel_shape, channel_axis, k)
     if torch_kernels:
         return _masked(_torch_lookup.indexed_lookup(flat_table, index, average_gradient=average_gradient),
                        sparsity_mask)
     straight_through = original if fixed_indices is None else None
     return _masked(shared_weight_lookup(flat_table, index, straight_through, average_gradient), sparsity_mask)
+
+
+def _tf_lookup():
+    from weightzip.keras.clustering import _tf_lookup  # imports TensorFlow: TensorFlow backend only
+
+    return _tf_lookup
+
+
+def _tf_lookup_applies(workspace, original, flat_table, fixed_indices, k: int) -> bool:
+    return workspace is not None and _tf_lookup().applies(workspace, original, flat_table,
+                                                          searched=fixed_indices is None, k=k)
 
 
 def _masked(clustered, sparsity_mask):

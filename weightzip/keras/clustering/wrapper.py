@@ -41,6 +41,15 @@ def _name_scope_of(layer):
     return opener() if callable(opener) else contextlib.nullcontext()
 
 
+def _workspace_for(variable):
+    """The in-place buffers of TensorFlow training steps (see :mod:`._tf_lookup`); None on other backends."""
+    if keras.backend.backend() != "tensorflow":
+        return None
+    from weightzip.keras.clustering import _tf_lookup
+
+    return _tf_lookup.workspace_for(variable)
+
+
 @dataclass(frozen=True, eq=False)
 class _ClusterState:
     """The wrapper's variables for one clustered weight of the wrapped layer."""
@@ -50,6 +59,7 @@ class _ClusterState:
     pulling_indices: object | None
     sparsity_mask: object | None
     centroid_pin: object | None
+    workspace: object | None = None  # TensorFlow: the _tf_lookup.Workspace of its training steps
 
     @property
     def channel_axis(self) -> int | None:
@@ -133,7 +143,7 @@ class ClusterWeights(SubstitutingWrapper):
                 mask = self._state_variable(f"{target.key}_sparsity_mask", init.sparsity_mask, False)
                 pin_values = init.centroid_pin if per_channel else init.centroid_pin[0]
                 pin = self._state_variable(f"{target.key}_centroid_pin", pin_values, False)
-            states.append(_ClusterState(target, centroids, indices, mask, pin))
+            states.append(_ClusterState(target, centroids, indices, mask, pin, _workspace_for(target.variable)))
         self._cluster_states = tuple(states)
 
     def _state_variable(self, name, values, trainable, dtype=None):
@@ -191,6 +201,7 @@ class ClusterWeights(SubstitutingWrapper):
             centroid_pin=state.centroid_pin,
             sparsity_mask=state.sparsity_mask,
             average_gradient=self.params.cluster_gradient_aggregation is GradientAggregation.AVG,
+            workspace=state.workspace,
         )
 
     def substitutes(self) -> list:

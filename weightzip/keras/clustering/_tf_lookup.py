@@ -1,0 +1,176 @@
+"""The clustered kernel in a TensorFlow training step that XLA does not compile (Keras's default on CPU).
+
+Keras turns ``jit_compile`` off on CPU-only machines, so the portable path of :func:`.ops.clustered_kernel`
+runs op by op there: ``searchsorted``, the gather, and the centroid gradient's ``bincount``, each a full
+pass over the kernel into a freshly allocated tensor (16.8M weights: 67 MB of new pages a tensor, and the
+page faults cost as much as the pass). Here:
+
+- The search and the lookup are one XLA-compiled function called from the uncompiled step: each weight
+  is compared with its row's midpoints (the count of midpoints below it, as the portable path: an exact tie
+  goes to the lower centroid) and takes its centroid by a chain of selects, in one fused loop that writes
+  the kernel and its flat table positions into two variables of the :class:`Workspace`, in place (XLA
+  reuses a variable's buffer), so no kernel-sized tensor is allocated per step. With fixed assignment,
+  the same for ``take(table, stored indices)``.
+- The backward pass is one weighted ``Bincount`` of the upstream gradient by those positions (without
+  the max-index pass of ``tf.math.bincount``), and the straight-through gradient to the original weights is
+  the upstream gradient itself, released to the optimizer only once the bincount has read it (so that
+  the optimizer's update can reuse its buffer instead of allocating another).
+
+The gradients are those of :func:`.ops.shared_weight_lookup`. Only a step being differentiated by a
+``tf.GradientTape`` uses this path (a training step); inference graphs (predict, SavedModel and TFLite
+export) keep the portable ops, which write no variable.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from weightzip.keras._compat import get_stateless_scope, in_xla_trace, tape_is_recording
+
+# Up to this many midpoints per row, the search is a chain of compares and selects; above, the portable path.
+MAX_CHAINED_MIDPOINTS = 31
+
+
+class Workspace:
+    """The two kernel-shaped variables one clustered weight's lookup writes in place each step.
+
+    Their memory is not touched (nor counted in the process's resident size) until a training step
+    writes it. Not a Keras weight: never saved, never trained.
+    """
+
+    def __init__(self, shape):
+        self.shape = tuple(int(size) for size in shape)
+        with tf.init_scope():
+            self.kernel = tf.Variable(tf.raw_ops.Empty(shape=self.shape, dtype=tf.float32), trainable=False,
+                                      name="clustered_kernel_workspace")
+            self.index = tf.Variable(tf.raw_ops.Empty(shape=self.shape, dtype=tf.int32), trainable=False,
+                                     name="clustered_index_workspace")
+
+
+def workspace_for(variable):
+    """A :class:`Workspace` for a clustered float32 weight, or None where this path can never serve it."""
+    if variable.dtype != "float32" or len(variable.shape) == 0:
+        return None
+    return Workspace(variable.shape)
+
+
+def applies(workspace, original, flat_table, *, searched: bool, k: int) -> bool:
+    """Whether `workspace` serves this call: a differentiated, uncompiled TensorFlow step on float32 tensors."""
+    if workspace is None or tuple(original.shape) != workspace.shape:
+        return False
+    if searched and k - 1 > MAX_CHAINED_MIDPOINTS:
+        return False
+    if original.dtype != tf.float32 or flat_table.dtype != tf.float32:
+        return False
+    if in_xla_trace() or get_stateless_scope() is not None or tf.distribute.has_strategy():
+        return False
+    return tape_is_recording()
+
+
+def searched_lookup(workspace, flat_table, sorted_keys, original, *, channel_axis, average_gradient):
+    """Each weight of `original` replaced by its nearest entry of its table row; straight-through to `original`.
+
+    flat_table: ``(groups * k,)`` centroid values, each row in ascending order of `sorted_keys`.
+    sorted_keys: ``(groups, k)`` ascending search keys (the centroids; +inf for a pinned zero).
+    """
+    groups, k = int(sorted_keys.shape[0]), int(sorted_keys.shape[1])
+    keys = tf.stop_gradient(sorted_keys)
+
+    @tf.custom_gradient
+    def lookup(table, weights):
+        written = _search_into(tf.reshape(table, (groups, k)), keys, weights, workspace.kernel, workspace.index,
+                               channel_axis)
+        with tf.control_dependencies([written]):
+            clustered, index = workspace.kernel.read_value(), workspace.index.read_value()
+
+        def gradient(upstream, variables=None):
+            table_gradient, upstream = _table_gradient(upstream, index, groups * k, average_gradient)
+            return _with_variables((table_gradient, upstream), variables)
+
+        return clustered, gradient
+
+    return lookup(flat_table, original)
+
+
+def indexed_lookup(workspace, flat_table, positions, *, channel_axis, k, average_gradient):
+    """``take(flat_table, positions + channel * k)``, with the gradient to the table only (fixed assignment)."""
+    size = int(flat_table.shape[0])
+    positions = tf.cast(positions, tf.int32)
+
+    @tf.custom_gradient
+    def lookup(table):
+        index_cache = None if channel_axis is None else workspace.index
+        written = _gather_into(table, positions, workspace.kernel, index_cache, channel_axis, k)
+        with tf.control_dependencies([written]):
+            clustered = workspace.kernel.read_value()
+            index = positions if index_cache is None else index_cache.read_value()
+
+        def gradient(upstream, variables=None):
+            return _with_variables(_table_gradient(upstream, index, size, average_gradient)[0], variables)
+
+        return clustered, gradient
+
+    return lookup(flat_table)
+
+
+def _table_gradient(upstream, index, size: int, average: bool):
+    """(per table entry: the sum, or mean, of its members' upstream gradients; the upstream gradient, released
+    once that sum has read it)."""
+    upstream = tf.convert_to_tensor(upstream)
+    flat_index = tf.reshape(index, (-1,))
+    sums = tf.raw_ops.Bincount(arr=flat_index, size=size, weights=tf.reshape(upstream, (-1,)))
+    if average:
+        counts = tf.raw_ops.Bincount(arr=flat_index, size=size, weights=tf.zeros((0,), upstream.dtype))
+        sums = sums / tf.maximum(counts, 1.0)
+    with tf.control_dependencies([sums]):
+        return sums, tf.identity(upstream)
+
+
+def _with_variables(input_gradients, variables):
+    # The lookup reads only non-trainable variables; should a tape watch them, they get no gradient.
+    return (input_gradients, [None] * len(variables)) if variables else input_gradients
+
+
+def _row_view(shape, channel_axis):
+    """Broadcast shape of one value per codebook row (per channel along `channel_axis`, or one in all)."""
+    view = [1] * len(shape)
+    if channel_axis is not None:
+        axis = channel_axis % len(shape)
+        view[axis] = shape[axis]
+    return view
+
+
+def _channel_offsets(shape, channel_axis, k):
+    view = _row_view(shape, channel_axis)
+    axis = channel_axis % len(shape)
+    return tf.reshape(tf.range(shape[axis], dtype=tf.int32) * k, view)
+
+
+@tf.function(jit_compile=True, autograph=False)
+def _search_into(table, keys, weights, kernel_cache, index_cache, channel_axis):
+    """kernel_cache <- each weight's nearest table entry; index_cache <- its flat table position (one fused loop)."""
+    shape = tuple(weights.shape)
+    view = _row_view(shape, channel_axis)
+    midpoints = (keys[:, 1:] + keys[:, :-1]) / 2.0
+    value = tf.broadcast_to(tf.reshape(table[:, 0], view), shape)
+    position = tf.zeros(shape, tf.int32)
+    for j in range(int(midpoints.shape[1])):
+        above = weights > tf.reshape(midpoints[:, j], view)
+        value = tf.where(above, tf.reshape(table[:, j + 1], view), value)
+        position += tf.cast(above, tf.int32)
+    if channel_axis is not None:
+        position += _channel_offsets(shape, channel_axis, int(table.shape[1]))
+    kernel_cache.assign(value)
+    index_cache.assign(position)
+    return tf.constant(True)
+
+
+@tf.function(jit_compile=True, autograph=False)
+def _gather_into(table, positions, kernel_cache, index_cache, channel_axis, k):
+    """kernel_cache <- table[positions (+ channel * k)]; index_cache (per channel) <- those flat positions."""
+    index = positions
+    if channel_axis is not None:
+        index = positions + _channel_offsets(tuple(positions.shape), channel_axis, k)
+        index_cache.assign(index)
+    kernel_cache.assign(tf.gather(table, index))
+    return tf.constant(True)
