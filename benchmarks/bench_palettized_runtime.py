@@ -57,6 +57,9 @@ MIB = 2**20
 # ---------------------------------------------------------------- timing
 
 
+CLOCK = time.perf_counter  # --cpu-time: time.thread_time (this thread's CPU time; one thread only)
+
+
 def interleaved_ms(variants: dict, make_input, repeats: int) -> dict[str, float]:
     """Median ms per variant, the variants run one after the other in each round (order rotated)."""
     names = list(variants)
@@ -69,9 +72,9 @@ def interleaved_ms(variants: dict, make_input, repeats: int) -> dict[str, float]
         for round_ in range(repeats):
             for i in range(len(names)):
                 name = names[(i + round_) % len(names)]
-                start = time.perf_counter()
+                start = CLOCK()
                 variants[name](x)
-                times[name].append(time.perf_counter() - start)
+                times[name].append(CLOCK() - start)
     return {name: 1000 * statistics.median(values) for name, values in times.items()}
 
 
@@ -448,6 +451,9 @@ def main() -> None:
     parser.add_argument("--model-bits", type=int, nargs="+", default=[4], help="index widths end to end")
     parser.add_argument("--numba", action="store_true", help="only compare a numba GEMV with the C++ kernel")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time with this thread's CPU time instead of wall time (less disturbed by other "
+                        "processes on a shared machine; --threads 1 only, as other threads' work is not counted)")
     parser.add_argument("--warm", action="store_true",
                         help="RSS baselines include the one-time numba start-up of the core's bit unpacking")
     parser.add_argument("--rss-child", nargs=3, metavar=("MODEL", "VARIANT", "WZ"), help=argparse.SUPPRESS)
@@ -456,9 +462,15 @@ def main() -> None:
         return rss_child(*args.rss_child, args.warm)
     if args.numba:
         return run_numba_comparison()
+    if args.cpu_time:
+        if args.threads != [1]:
+            parser.error("--cpu-time counts this thread only: use it with --threads 1")
+        global CLOCK
+        CLOCK = time.thread_time
     print(f"torch {torch.__version__}; weightzip kernels: "
           f"{'compiled, AVX2' if _kernels.available() and _kernels.has_avx2() else _kernels._load()}; "
-          f"median of interleaved rounds; {os.cpu_count()} CPUs (shared: compare ratios, not absolute times)")
+          f"median of interleaved rounds ({'thread CPU time' if args.cpu_time else 'wall time'}); "
+          f"load average {os.getloadavg()[0]:.1f}; {os.cpu_count()} CPUs (shared: compare ratios, not absolute times)")
     results = []
     if args.only in (None, "layers"):
         results += run_layers(args)
@@ -467,6 +479,7 @@ def main() -> None:
     if args.only in (None, "models"):
         with tempfile.TemporaryDirectory() as workdir:
             results += run_models(args, Path(workdir))
+    print(f"\nload average at the end: {os.getloadavg()[0]:.1f} (1 min), {os.getloadavg()[1]:.1f} (5 min)")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 
