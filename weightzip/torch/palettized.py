@@ -76,7 +76,8 @@ def palettize(module: nn.Module, *, max_clusters: int = 256,
 
     With `sparse` (the default), a pruned Linear whose kept weights in CSR with relative indices store
     smaller than its bit-packed indices becomes a
-    :class:`~weightzip.torch.palettized_sparse.PalettizedSparseLinear`.
+    :class:`~weightzip.torch.palettized_sparse.PalettizedSparseLinear`. A pruned convolution or embedding keeps
+    the bit-packed form (its zeros are a codebook entry like any other): there is no sparse kernel for them.
 
     Returns `module` (or its copy), or the palettized layer when `module` itself is one. A layer named in `layers` that
     is not clustered (more than `max_clusters` distinct values per tensor and per channel) is an error;
