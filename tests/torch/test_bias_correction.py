@@ -1,0 +1,58 @@
+"""Bias correction: each compressed layer's per-channel output mean restored on the calibration inputs."""
+
+import copy
+
+import torch
+from torch import nn
+
+from weightzip.torch.bias_correction import BiasCorrection, _channel_means
+from weightzip.torch.runnable import runnable_targets
+
+
+def _models():
+    torch.manual_seed(0)
+    reference = nn.Sequential(
+        nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU()),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+    with torch.no_grad():
+        reference[0][1].running_mean.normal_()
+        reference[0][1].running_var.uniform_(0.5, 2.0)
+    reference.eval()
+    perturbed = copy.deepcopy(reference)
+    with torch.no_grad():
+        for name, parameter in perturbed.named_parameters():
+            if name.endswith("weight") and parameter.ndim >= 2:
+                parameter.add_(0.05 + 0.1 * torch.randn_like(parameter) * parameter.abs().mean())  # a biased error
+    return reference, perturbed
+
+
+def test_each_layer_gets_back_its_float_channel_means_and_the_pass_outputs_are_the_corrected_models():
+    reference, perturbed = _models()
+    inputs = torch.randn(24, 3, 12, 12)
+    correction = BiasCorrection(reference, runnable_targets(reference), [inputs[:16], inputs[16:]])
+    measured = ["0.1", "1", "5"]  # the bias-free conv 0.0 is corrected through the BatchNorm 0.1 after it
+    before = _channel_means(perturbed, measured, [inputs])
+    wanted = _channel_means(reference, measured, [inputs])
+    corrected, skipped, outputs = correction.apply(perturbed)
+    assert corrected == ["0.0", "1", "5"] and skipped == []
+    layers = measured
+    after = _channel_means(perturbed, layers, [inputs])
+    for name in layers:
+        gap_before = (before[name] - wanted[name]).abs().max().item()
+        assert gap_before > 1e-2  # the perturbation did shift the means ...
+        assert (after[name] - wanted[name]).abs().max().item() < 1e-4 * max(1.0, gap_before)  # ... and they are back
+    with torch.no_grad():
+        torch.testing.assert_close(outputs, perturbed(inputs), rtol=1e-5, atol=1e-5)
+
+
+def test_the_float_models_means_are_measured_once_for_every_model_corrected():
+    reference, perturbed = _models()
+    passes = []
+    reference.register_forward_hook(lambda *_: passes.append(1))
+    correction = BiasCorrection(reference, runnable_targets(reference), [torch.randn(8, 3, 12, 12)])
+    first, second = copy.deepcopy(perturbed), copy.deepcopy(perturbed)
+    correction.apply(first)
+    correction.apply(second)
+    assert len(passes) == 1
+    for a, b in zip(first.state_dict().values(), second.state_dict().values()):
+        torch.testing.assert_close(a, b)
