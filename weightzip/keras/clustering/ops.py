@@ -10,7 +10,9 @@ gather-and-compare. On an exact tie the lower centroid wins, as in :func:`weight
 Training speed: a step that XLA compiles (JAX, TensorFlow's default ``jit_compile``) counts the midpoints
 below each weight instead (k - 1 elementwise compares, fused with the gather into one loop over the
 kernel); on PyTorch, numba kernels do the search with the gather, and the centroid gradient, in one
-parallel pass each (:mod:`._torch_lookup`). Every path searches afresh at every step (TFMOT's semantics).
+parallel pass each (:mod:`._torch_lookup`); a TensorFlow step outside XLA (Keras's default on CPU) calls
+an XLA-compiled search and lookup that writes in place into the weight's workspace (:mod:`._tf_lookup`).
+Every path searches afresh at every step (TFMOT's semantics).
 
 Shapes: `centroids` is ``(k,)`` for a per-tensor codebook or ``(channels, k)`` per channel, with the
 channel index running along `channel_axis` of the kernel.
