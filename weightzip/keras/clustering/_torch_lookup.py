@@ -1,5 +1,5 @@
 """The clustered kernel on the PyTorch backend (CPU tensors): the search, the gather and the gradient's
-segment sum as two parallel numba passes.
+segment sum as two parallel numba passes (:mod:`._numba_kernels`).
 
 PyTorch trains eagerly, so the portable path of :func:`.ops.clustered_kernel` runs one full pass over
 the kernel per op: ``searchsorted`` (about 6x a SGD update of the same kernel), the gather, and
@@ -16,13 +16,10 @@ from __future__ import annotations
 import functools
 
 import keras
-import numba
 import numpy as np
 
 from weightzip.core.errors import InvalidWeightsError
-
-# Above this many midpoints per row, a binary search beats counting the midpoints below each weight.
-_MAX_COUNTED_MIDPOINTS = 31
+from weightzip.keras.clustering import _numba_kernels
 
 
 def applies(original, table) -> bool:
@@ -76,12 +73,12 @@ def _lookup_function():
                 index_dtype = torch.uint8 if table.numel() <= 256 else torch.int32
                 index = torch.empty(weights.shape, dtype=index_dtype)
                 out = torch.empty_like(weights)
-                _assign_and_look_up(weights.numpy(), midpoints.numpy(), table_values.numpy(), inner,
-                                    out.numpy(), index.numpy())
+                _numba_kernels.assign_and_look_up(weights.numpy(), midpoints.numpy(), table_values.numpy(), inner,
+                                                  out.numpy(), index.numpy())
             else:
                 index = fixed_index
                 out = torch.empty(index.shape, dtype=table_values.dtype)
-                if _look_up(table_values.numpy(), index.numpy(), out.numpy()):
+                if _numba_kernels.look_up(table_values.numpy(), index.numpy(), out.numpy()):
                     raise InvalidWeightsError(f"pulling indices out of range for a codebook of {table.numel()} entries")
             ctx.save_for_backward(index)
             ctx.table_size = table.numel()
@@ -94,72 +91,9 @@ def _lookup_function():
         def backward(ctx, upstream):
             (index,) = ctx.saved_tensors
             flat = upstream.detach().contiguous().reshape(-1)
-            sums = _segment_sums(flat.numpy(), index.numpy(), ctx.table_size, ctx.average, numba.get_num_threads())
-            table_gradient = torch.from_numpy(sums).to(upstream.dtype)
+            table_gradient = torch.empty(ctx.table_size, dtype=upstream.dtype)
+            _numba_kernels.segment_sums_into(flat.numpy(), index.numpy(), ctx.average, table_gradient.numpy())
             original_gradient = upstream.reshape(ctx.original_shape) if ctx.straight_through else None
             return table_gradient, original_gradient, None, None, None, None
 
     return ClusteredLookup
-
-
-@numba.njit(parallel=True, cache=True, nogil=True)
-def _assign_and_look_up(weights, midpoints, table, inner, out, index):
-    """For each weight: its row's position p (count of midpoints < weight), out = table[row * k + p].
-
-    The row of weight i is ``(i // inner) % groups`` (the channel of a C-ordered kernel whose channel
-    axis has `groups` entries and `inner` elements after it); index[i] is the flat table position.
-    """
-    groups, m = midpoints.shape
-    k = m + 1
-    for i in numba.prange(weights.shape[0]):
-        row = (i // inner) % groups if groups > 1 else 0
-        value = weights[i]
-        position = 0
-        if m <= _MAX_COUNTED_MIDPOINTS:
-            for j in range(m):
-                position += midpoints[row, j] < value
-        else:
-            low, high = 0, m
-            while low < high:
-                middle = (low + high) >> 1
-                if midpoints[row, middle] < value:
-                    low = middle + 1
-                else:
-                    high = middle
-            position = low
-        flat = row * k + position
-        index[i] = flat
-        out[i] = table[flat]
-
-
-@numba.njit(parallel=True, cache=True, nogil=True)
-def _look_up(table, index, out):
-    """out[i] = table[index[i]]; returns the number of out-of-range indices (their outputs are left unset)."""
-    size = table.shape[0]
-    outside = 0
-    for i in numba.prange(index.shape[0]):
-        position = index[i]
-        if position < 0 or position >= size:
-            outside += 1
-        else:
-            out[i] = table[position]
-    return outside
-
-
-@numba.njit(parallel=True, cache=True, nogil=True)
-def _segment_sums(values, index, size, average, threads):
-    """``out[j] = sum(values[index == j])`` (or their mean when `average`), one accumulator per chunk."""
-    n = values.shape[0]
-    chunks = max(1, min(threads * 2, n // 65536))
-    step = (n + chunks - 1) // chunks
-    sums = np.zeros((chunks, size), np.float64)
-    counts = np.zeros((chunks, size), np.int64)
-    for chunk in numba.prange(chunks):
-        for i in range(chunk * step, min(n, (chunk + 1) * step)):
-            sums[chunk, index[i]] += values[i]
-            if average:
-                counts[chunk, index[i]] += 1
-    total = sums.sum(axis=0)
-    if average:
-        total = total / np.maximum(counts.sum(axis=0), 1)
-    return total.astype(values.dtype)

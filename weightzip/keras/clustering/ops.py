@@ -20,6 +20,7 @@ channel index running along `channel_axis` of the kernel.
 
 from __future__ import annotations
 
+import keras
 from keras import ops
 
 from weightzip.core.errors import InvalidArgumentError
@@ -67,7 +68,7 @@ def clustered_kernel(
         search_keys = ops.where(pin > 0, search_keys, float("inf"))
     flat_table = ops.reshape(table, (-1,))
     kernel_shape = tuple(original.shape)
-    torch_kernels = _torch_lookup.applies(original, flat_table)
+    native = _native_lookup(original, flat_table)
     tf_workspace = workspace if _tf_lookup_applies(workspace, original, flat_table, fixed_indices, k) else None
     if fixed_indices is None:
         # Sort each row (centroids may cross while training) with flat gathers: few ops per step.
@@ -76,9 +77,9 @@ def clustered_kernel(
             order = order + ops.repeat(ops.arange(groups, dtype="int32") * k, k)
         flat_table = ops.take(flat_table, order)
         sorted_keys = ops.reshape(ops.take(ops.reshape(search_keys, (-1,)), order), (groups, k))
-        if torch_kernels:
-            clustered = _torch_lookup.searched_lookup(flat_table, sorted_keys, original, channel_axis=channel_axis,
-                                                      average_gradient=average_gradient)
+        if native is not None:
+            clustered = native.searched_lookup(flat_table, sorted_keys, original, channel_axis=channel_axis,
+                                               average_gradient=average_gradient)
             return _masked(clustered, sparsity_mask)
         if tf_workspace is not None:
             clustered = _tf_lookup().searched_lookup(tf_workspace, flat_table, sorted_keys, original,
@@ -92,8 +93,8 @@ def clustered_kernel(
                                                     k=k, average_gradient=average_gradient)
             return _masked(clustered, sparsity_mask)
     index = flat_index(positions, kernel_shape, channel_axis, k)
-    if torch_kernels:
-        return _masked(_torch_lookup.indexed_lookup(flat_table, index, average_gradient=average_gradient),
+    if native is not None:
+        return _masked(native.indexed_lookup(flat_table, index, average_gradient=average_gradient),
                        sparsity_mask)
     straight_through = original if fixed_indices is None else None
     return _masked(shared_weight_lookup(flat_table, index, straight_through, average_gradient), sparsity_mask)
@@ -108,6 +109,18 @@ def _tf_lookup():
 def _tf_lookup_applies(workspace, original, flat_table, fixed_indices, k: int) -> bool:
     return workspace is not None and _tf_lookup().applies(workspace, original, flat_table,
                                                           searched=fixed_indices is None, k=k)
+
+
+def _native_lookup(original, flat_table):
+    """The module of numba kernels that serves these tensors (PyTorch or JAX on CPU), or None."""
+    if _torch_lookup.applies(original, flat_table):
+        return _torch_lookup
+    if keras.backend.backend() == "jax":
+        from weightzip.keras.clustering import _jax_lookup  # compiles its FFI handlers: JAX only
+
+        if _jax_lookup.applies(original, flat_table):
+            return _jax_lookup
+    return None
 
 
 def _masked(clustered, sparsity_mask):
