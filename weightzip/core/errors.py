@@ -29,6 +29,10 @@ class ArgumentTypeError(WeightzipError, TypeError):
     """An argument of a type weightzip does not take (also a ``TypeError``, as Python's own would be)."""
 
 
+class IndexOutOfRangeError(WeightzipError, IndexError):
+    """An index outside the table it looks up (e.g. an embedding id; also an ``IndexError``, as torch's own)."""
+
+
 class UnsupportedLayerError(WeightzipError):
     """A layer or module asked for explicitly whose weights weightzip cannot handle (both front ends raise this one
     class: ``weightzip.keras.UnsupportedLayerError is weightzip.torch.UnsupportedLayerError``)."""

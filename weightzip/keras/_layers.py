@@ -10,7 +10,7 @@ match), first row first, so subclasses come before their bases.
 
 Axes: ``channel_axis`` is the output-channel axis (one codebook per index along it with
 ``per_channel``); ``input_axis`` is the axis the layer contracts with its input (N:M pruning groups
-along it). Dense, EinsumDense and Conv* kernels are ``(..., in, out)``; Conv*Transpose kernels are
+along it). Dense and Conv* kernels are ``(..., in, out)``, EinsumDense kernels ``(in, ...)``; Conv*Transpose kernels are
 ``(..., out, in)``; depthwise kernels ``(..., in_channels, depth_multiplier)`` have their input channel
 on -2 and no contraction over channels (each filter sees one input channel: its spatial axes are
 what it contracts; -2 is given as the channel axis that groups each input channel's filters).
@@ -29,6 +29,7 @@ layers = keras.layers
 
 LAST = -1
 SECOND_TO_LAST = -2
+EINSUM_INPUT_AXIS = 0  # "ab,bcd->acd"-style equations (attention projections) contract the input with axis 0
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ LAYER_TABLE: tuple[LayerSpec, ...] = (
               (KernelSpec("kernel", LAST, SECOND_TO_LAST),), is_convolution=True, qat_layout="all_but_last"),
     LayerSpec(_types("Dense"), (KernelSpec("kernel", LAST, SECOND_TO_LAST),), is_convolution=False,
               qat_layout="all_but_last"),
-    LayerSpec(_types("EinsumDense"), (KernelSpec("kernel", LAST, SECOND_TO_LAST),), is_convolution=False),
+    LayerSpec(_types("EinsumDense"), (KernelSpec("kernel", LAST, EINSUM_INPUT_AXIS),), is_convolution=False),
     LayerSpec(_types("Embedding"), (KernelSpec("embeddings", LAST, SECOND_TO_LAST),), is_convolution=False),
 )
 

@@ -108,6 +108,31 @@ def test_two_four_structured_sparsity_on_dense_and_conv(data):
         assert np.count_nonzero(weights == 0) == weights.size // 2
 
 
+def test_two_four_groups_along_each_layers_own_input_axis():
+    """A transposed convolution's kernel is (kh, kw, out, in): its inputs lie on the last axis, not on -2 (the layer
+    table's input axis); the attention projections' (in, heads, size) kernels contract axis 0, the output
+    projection's (heads, size, out) groups run along size."""
+    keras.utils.set_random_seed(5)
+    images = keras.Input((4, 4, 8))
+    tokens = keras.Input((3, 8))
+    upsampled = keras.layers.Flatten()(keras.layers.Conv2DTranspose(3, 3, name="up")(images))
+    attended = keras.layers.Flatten()(keras.layers.MultiHeadAttention(2, 4, name="attention")(tokens, tokens))
+    model = keras.Model([images, tokens], keras.layers.Concatenate()([upsampled, attended]))
+    pruned = prune_low_magnitude(model, sparsity_m_by_n=(2, 4))
+    for layer in pruned.layers:
+        if isinstance(layer, PruneLowMagnitude):
+            layer.update_masks(0)
+    stripped = strip_pruning(pruned)
+    up = kernel(stripped, "up")
+    assert up.shape == (3, 3, 3, 8) and is_n_m_sparse(up, 2, 4, axis=-1)
+    for projection in ("_query_dense", "_key_dense", "_value_dense"):
+        weights = keras.ops.convert_to_numpy(getattr(stripped.get_layer("attention"), projection).kernel)
+        assert weights.shape == (8, 2, 4) and is_n_m_sparse(weights, 2, 4, axis=0)
+        assert np.count_nonzero(weights == 0) == weights.size // 2
+    output = keras.ops.convert_to_numpy(stripped.get_layer("attention")._output_dense.kernel)
+    assert output.shape == (2, 4, 8) and is_n_m_sparse(output, 2, 4, axis=-2)
+
+
 def test_two_four_rejects_an_input_axis_not_multiple_of_four():
     model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4)])
     with pytest.raises(InvalidSparsityError, match="multiple of 4"):

@@ -68,11 +68,13 @@ class ClusterableLayer(abc.ABC):
 
 @dataclass(frozen=True, eq=False)
 class ClusterableWeight:
-    """One weight of a layer to cluster: a display name, the variable, and its channel axis."""
+    """One weight of a layer to cluster: a display name, the variable, its channel axis and its input axis (the one
+    the layer contracts with its input; N:M pruning groups along it)."""
 
     name: str
     variable: object
     channel_axis: int = -1
+    input_axis: int = -2
 
     @property
     def key(self) -> str:

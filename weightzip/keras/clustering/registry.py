@@ -22,7 +22,9 @@ import keras
 
 from weightzip.core.errors import UnsupportedLayerError  # the one class both front ends raise
 from weightzip.keras._compat import ConvLSTMCell, is_graph_model
+from weightzip.keras._layers import EINSUM_INPUT_AXIS as _EINSUM_INPUT_AXIS
 from weightzip.keras._layers import LAST, LAYER_TABLE
+from weightzip.keras._layers import SECOND_TO_LAST as _SECOND_TO_LAST
 from weightzip.keras.clustering.clusterable_layer import ClusterableLayer, ClusterableWeight, ClusteringAlgorithm
 
 layers = keras.layers
@@ -56,8 +58,9 @@ _NOT_CLUSTERED_BY_DESIGN = tuple(
 _LAST = LAST
 
 # The kernel layers (Dense, Conv*, Embedding, ...) come from the one table of layer kinds.
-_KERNEL_LAYERS: tuple[tuple[tuple[type, ...], tuple[tuple[str, int], ...]], ...] = tuple(
-    (spec.types, tuple((kernel.name, kernel.channel_axis) for kernel in spec.kernels)) for spec in LAYER_TABLE
+_KERNEL_LAYERS: tuple[tuple[tuple[type, ...], tuple[tuple[str, int, int], ...]], ...] = tuple(
+    (spec.types, tuple((kernel.name, kernel.channel_axis, kernel.input_axis) for kernel in spec.kernels))
+    for spec in LAYER_TABLE
 )
 
 _RNN_CELL_WEIGHTS = (("kernel", _LAST), ("recurrent_kernel", _LAST))
@@ -93,11 +96,15 @@ def clusterable_weights(layer) -> list[ClusterableWeight]:
         for attribute in _ATTENTION_PROJECTIONS:
             projection = getattr(layer, attribute, None)
             if projection is not None:
-                found.append(ClusterableWeight(f"{attribute.lstrip('_')}.kernel", projection.kernel, _LAST))
+                # (in, heads, size) kernels contract axis 0; the output's (heads, size, out) contracts both
+                # heads and size: N:M groups run along size, the input features of one head
+                input_axis = _SECOND_TO_LAST if attribute == "_output_dense" else _EINSUM_INPUT_AXIS
+                found.append(ClusterableWeight(f"{attribute.lstrip('_')}.kernel", projection.kernel, _LAST,
+                                               input_axis))
         return found
     if isinstance(layer, layers.Bidirectional):
         return [
-            ClusterableWeight(f"{side}.{weight.name}", weight.variable, weight.channel_axis)
+            ClusterableWeight(f"{side}.{weight.name}", weight.variable, weight.channel_axis, weight.input_axis)
             for side in ("forward_layer", "backward_layer")
             for weight in clusterable_weights(getattr(layer, side))
         ]
@@ -112,7 +119,7 @@ def clusterable_weights(layer) -> list[ClusterableWeight]:
                 )
             prefix = "cell" if len(cells) == 1 else f"cell.{position}"
             if isinstance(cell, ClusterableLayer):
-                found.extend(ClusterableWeight(f"{prefix}.{w.name}", w.variable, w.channel_axis)
+                found.extend(ClusterableWeight(f"{prefix}.{w.name}", w.variable, w.channel_axis, w.input_axis)
                              for w in _custom_layer_weights(cell))
             else:
                 found.extend(ClusterableWeight(f"{prefix}.{name}", getattr(cell, name), axis)
@@ -120,7 +127,8 @@ def clusterable_weights(layer) -> list[ClusterableWeight]:
         return found
     for types, weights in _KERNEL_LAYERS:
         if isinstance(layer, types):
-            return [ClusterableWeight(name, getattr(layer, name), axis) for name, axis in weights]
+            return [ClusterableWeight(name, getattr(layer, name), axis, input_axis)
+                    for name, axis, input_axis in weights]
     raise UnsupportedLayerError(
         f"layer {layer.name!r} ({type(layer).__name__}) has weights weightzip cannot cluster; "
         "supported: Dense, EinsumDense, Conv*, Conv*Transpose, DepthwiseConv*, SeparableConv*, "

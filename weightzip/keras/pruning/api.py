@@ -28,12 +28,7 @@ from weightzip.core.pruning import PruningSchedule
 from weightzip.core.specs import PruningSpec, build_spec
 from weightzip.keras._rewrite import Rewriter, check_cloneable, copy_layer, strip_policy
 from weightzip.keras.pruning.callbacks import prunable_wrappers
-from weightzip.keras.pruning.registry import (
-    LayerKind,
-    UnsupportedLayerError,
-    classify_for_pruning,
-    unsupported_for_pruning,
-)
+from weightzip.keras.pruning.registry import LayerKind, classify_for_pruning, pruning_refusal
 from weightzip.keras.pruning.wrapper import PruneLowMagnitude
 
 _SUBCLASSED_HINT = ". Wrap its layers with prune_low_magnitude inside the model definition instead"
@@ -113,18 +108,14 @@ def _prune_policy(params: dict):
     def replace(layer, rewriter):
         if isinstance(layer, PruneLowMagnitude):
             return copy_layer(layer)
+        refusal = pruning_refusal(layer, alone=False)
+        if refusal is not None:
+            raise refusal
         kind = classify_for_pruning(layer)
         if kind is LayerKind.CLUSTERED:
             return PruneLowMagnitude(copy_layer(layer), **params)
         if kind is LayerKind.MODEL:
             return rewriter.clone(layer)
-        if kind is LayerKind.UNSUPPORTED:
-            raise unsupported_for_pruning(layer)
-        if kind is LayerKind.CONTAINER:
-            raise UnsupportedLayerError(
-                f"layer {layer.name!r} ({type(layer).__name__}) holds its weights in sublayers; "
-                "prune_low_magnitude cannot clone it: wrap its sublayers inside its definition instead"
-            )
         return None  # nothing to prune (or already clustered): copied
 
     return replace

@@ -59,6 +59,32 @@ def classify_for_pruning(layer: keras.layers.Layer) -> LayerKind:
     return classify_layer(layer)
 
 
+def pruning_refusal(layer: keras.layers.Layer, *, alone: bool) -> UnsupportedLayerError | None:
+    """Why `layer` cannot be pruned, or None: given `alone` (``PruneLowMagnitude(layer)``), only a layer with
+    prunable kernels (CLUSTERED) is taken; inside a model, the others are copied as they are and nested models
+    cloned, and only unsupported weights and weight-holding containers (which cannot be cloned) are refused."""
+    kind = classify_for_pruning(layer)
+    if kind is LayerKind.CLUSTERED:
+        return None
+    if kind is LayerKind.UNSUPPORTED:
+        return unsupported_for_pruning(layer)
+    if not alone:
+        if kind is not LayerKind.CONTAINER:
+            return None
+        return UnsupportedLayerError(
+            f"layer {layer.name!r} ({type(layer).__name__}) holds its weights in sublayers; "
+            "prune_low_magnitude cannot clone it: wrap its sublayers inside its definition instead")
+    if kind is LayerKind.PASSTHROUGH:
+        return UnsupportedLayerError(f"layer {layer.name!r} ({type(layer).__name__}) has no weights to prune")
+    if kind is LayerKind.ALREADY_CLUSTERED:
+        return UnsupportedLayerError(
+            f"layer {layer.name!r} is clustered: prune first, then cluster with preserve_sparsity=True "
+            "(or strip_clustering before pruning)")
+    return UnsupportedLayerError(
+        f"{layer.name!r} is a model or container ({type(layer).__name__}): pass a Sequential/Functional model "
+        "to prune_low_magnitude, or prune the layers inside it")
+
+
 def unsupported_for_pruning(layer) -> UnsupportedLayerError:
     names = ", ".join(variable.name for variable in own_trainable_variables(layer)) or "its weights"
     return UnsupportedLayerError(

@@ -29,13 +29,7 @@ from weightzip.core.pruning import (
 from weightzip.core.specs import PruningSpec
 from weightzip.keras._rewrite import copy_layer
 from weightzip.keras._substitution import SubstitutingWrapper
-from weightzip.keras.pruning.registry import (
-    LayerKind,
-    UnsupportedLayerError,
-    classify_for_pruning,
-    prunable_weights,
-    unsupported_for_pruning,
-)
+from weightzip.keras.pruning.registry import prunable_weights, pruning_refusal
 
 _POOLING = {"AVG": "avg", "MAX": "max"}
 
@@ -79,6 +73,7 @@ class PruneLowMagnitude(SubstitutingWrapper):
         super().build(input_shape)
         targets = prunable_weights(self.layer)
         self._pruned_variables = [target.variable for target in targets]
+        self._input_axes = [target.input_axis for target in targets]  # N:M groups run along them (the layer table)
         self.masks = [
             self.add_weight(name=f"{target.key}_mask", shape=tuple(target.variable.shape),
                             dtype=target.variable.dtype, initializer="ones", trainable=False)
@@ -87,16 +82,16 @@ class PruneLowMagnitude(SubstitutingWrapper):
         self.pruning_step = self.add_weight(name="pruning_step", shape=(), dtype="int32",
                                             initializer=keras.initializers.Constant(-1), trainable=False)
         if self.sparsity_m_by_n is not None:
-            for variable in self._pruned_variables:
-                self._check_m_by_n_applies(variable)
+            for variable, axis in zip(self._pruned_variables, self._input_axes):
+                self._check_m_by_n_applies(variable, axis)
         self.built = True
 
-    def _check_m_by_n_applies(self, variable):
+    def _check_m_by_n_applies(self, variable, axis: int):
         n, m = self.sparsity_m_by_n
-        if len(variable.shape) < 2 or variable.shape[-2] % m:
+        if len(variable.shape) < 2 or variable.shape[axis] % m:
             raise InvalidSparsityError(
                 f"{n}:{m} sparsity cannot be applied to {self.layer.name}: its weight {variable.path} has shape "
-                f"{tuple(variable.shape)}, whose input axis (-2) is not a multiple of {m}"
+                f"{tuple(variable.shape)}, whose input axis ({axis}) is not a multiple of {m}"
             )
 
     @property
@@ -123,17 +118,17 @@ class PruneLowMagnitude(SubstitutingWrapper):
         if not self.pruning_schedule.should_prune(step):
             return False
         sparsity = self.pruning_schedule.sparsity_at(step)
-        for variable, mask in zip(self._pruned_variables, self.masks):
+        for variable, mask, axis in zip(self._pruned_variables, self.masks, self._input_axes):
             effective = ops.convert_to_numpy(variable) * ops.convert_to_numpy(mask)
-            keep = self._keep_mask(effective, sparsity)
+            keep = self._keep_mask(effective, sparsity, axis)
             mask.assign(keep.astype(effective.dtype))
             variable.assign(np.where(keep, effective, 0).astype(effective.dtype))
         return True
 
-    def _keep_mask(self, weights: np.ndarray, sparsity: float) -> np.ndarray:
+    def _keep_mask(self, weights: np.ndarray, sparsity: float, input_axis: int) -> np.ndarray:
         if self.sparsity_m_by_n is not None:
             n, m = self.sparsity_m_by_n
-            return n_m_mask(weights, n, m, axis=-2)
+            return n_m_mask(weights, n, m, axis=input_axis)
         if self.block_size == (1, 1):
             return magnitude_mask(weights, sparsity)
         if weights.ndim < 2:
@@ -178,19 +173,6 @@ class PruneLowMagnitude(SubstitutingWrapper):
 
 
 def _check_prunable(layer):
-    kind = classify_for_pruning(layer)
-    if kind is LayerKind.CLUSTERED:
-        return
-    if kind is LayerKind.PASSTHROUGH:
-        raise UnsupportedLayerError(f"layer {layer.name!r} ({type(layer).__name__}) has no weights to prune")
-    if kind is LayerKind.UNSUPPORTED:
-        raise unsupported_for_pruning(layer)
-    if kind is LayerKind.ALREADY_CLUSTERED:
-        raise UnsupportedLayerError(
-            f"layer {layer.name!r} is clustered: prune first, then cluster with preserve_sparsity=True "
-            "(or strip_clustering before pruning)"
-        )
-    raise UnsupportedLayerError(
-        f"{layer.name!r} is a model or container ({type(layer).__name__}): pass a Sequential/Functional model "
-        "to prune_low_magnitude, or prune the layers inside it"
-    )
+    refusal = pruning_refusal(layer, alone=True)
+    if refusal is not None:
+        raise refusal

@@ -29,6 +29,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from weightzip.core.errors import IndexOutOfRangeError
 from weightzip.torch import _kernels
 from weightzip.torch._kernels.layout import PackedLayout, decode_rows_torch, sparse_dense_torch
 
@@ -175,7 +176,7 @@ def embedding(ids: torch.Tensor, packed: torch.Tensor, codebook: torch.Tensor,
     """``W[ids]``: only the looked-up rows are decoded."""
     flat = ids.reshape(-1).to(torch.int64)
     if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= rows):
-        raise IndexError(f"embedding index out of range: ids must lie in [0, {rows}), got "
+        raise IndexOutOfRangeError(f"embedding index out of range: ids must lie in [0, {rows}), got "
                          f"[{int(flat.min())}, {int(flat.max())}]")
     layout = _layout(bits, rows, cols, codebook, rows_per_group)
     if _use_kernels(codebook):
