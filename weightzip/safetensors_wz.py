@@ -208,10 +208,7 @@ def write_wz_as_safetensors(wz, output, specs: dict, names: list[str], restore: 
     """Write the tensors `names` of the open `.wz` file `wz` (:func:`weightzip.format.open_wz`) to the one
     ``.safetensors`` file `output`, atomically, one tensor decoded at a time; specs: name -> (safetensors dtype
     name, shape); restore: the names the metadata's ``torch_dtypes`` casts back. Returns the bytes written."""
-    missing = [name for name in names if name not in wz.tensors]
-    if missing:
-        raise ModelDirectoryError(f"{wz.path}: the shard layout names {len(missing)} tensor(s) the file does not "
-                                  f"hold, e.g. {missing[0]!r}")
+    check_holds(wz, names)
 
     def fetch(name: str) -> np.ndarray:
         value = wz.read(name)
@@ -220,6 +217,31 @@ def write_wz_as_safetensors(wz, output, specs: dict, names: list[str], restore: 
 
     with atomic_output(output, overwrite=overwrite, inputs=(wz.path,)) as temporary:
         return write_safetensors_arrays(temporary, [(name, *specs[name]) for name in names], fetch, metadata)
+
+
+def check_holds(wz, names) -> None:
+    """Refuse an open `.wz` file `wz` that lacks a tensor its shard layout `names` (one line, the first named)."""
+    missing = [name for name in names if name not in wz.tensors]
+    if missing:
+        raise ModelDirectoryError(f"{wz.path}: the shard layout names {len(missing)} tensor(s) the file does not "
+                                  f"hold, e.g. {missing[0]!r}")
+
+
+def specs_from_json(value, names: list[str], where) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """A `.wz` file's stored tensor specs (name -> [safetensors dtype name, shape]) checked against the shard
+    layout's tensor `names`: name -> (dtype name, shape), or a one-line ModelDirectoryError naming `where`."""
+    if not isinstance(value, dict) or set(value) != set(names):
+        raise ModelDirectoryError(f"{where}: the shard layout's tensor specs are missing or do not match its names")
+    checked = {}
+    for name in names:
+        try:
+            dtype, shape = value[name]
+            checked[name] = (dtype, tuple(int(d) for d in shape))
+        except (KeyError, TypeError, ValueError):
+            raise ModelDirectoryError(f"{where}: malformed spec for tensor {name!r}") from None
+        if not isinstance(dtype, str) or dtype not in ITEMSIZES:
+            raise ModelDirectoryError(f"{where}: malformed spec for tensor {name!r}")
+    return checked
 
 
 def decompress_safetensors_file(path, output, *, overwrite: bool = False) -> int:
@@ -234,18 +256,7 @@ def decompress_safetensors_file(path, output, *, overwrite: bool = False) -> int
             raise ModelDirectoryError(f"{path}: has no safetensors shard layout")
         layout = ShardLayout.from_json(stored.get("layout"), str(path))
         names = [name for _, shard_names, _ in layout.shards for name in shard_names]
-        specs = stored.get("specs")
-        if not isinstance(specs, dict) or set(specs) != set(names):
-            raise ModelDirectoryError(f"{path}: the shard layout's tensor specs are missing or do not match its names")
-        checked = {}
-        for name in names:
-            try:
-                dtype, shape = specs[name]
-                checked[name] = (dtype if dtype in ITEMSIZES else None, tuple(int(d) for d in shape))
-            except (KeyError, TypeError, ValueError):
-                raise ModelDirectoryError(f"{path}: malformed spec for tensor {name!r}") from None
-            if checked[name][0] is None:
-                raise ModelDirectoryError(f"{path}: malformed spec for tensor {name!r}")
+        checked = specs_from_json(stored.get("specs"), names, path)
         torch_dtypes = metadata.get("torch_dtypes") or {}
         if not isinstance(torch_dtypes, dict):
             raise ModelDirectoryError(f"{path}: torch_dtypes must be a JSON object")

@@ -144,3 +144,40 @@ def test_post_training_spec_from_keywords_resolves_the_front_ends_conveniences_a
         PostTrainingSpec.from_keywords(PostTrainingSpec(bits_per_weight=3.0), target_bytes=1000)
     with pytest.raises(ArgumentTypeError, match="spec must be a PostTrainingSpec, got ClusteringSpec"):
         PostTrainingSpec.from_keywords(ClusteringSpec(4))
+
+
+def test_both_front_ends_word_a_tensor_left_alone_by_one_rule():
+    from weightzip.core.post_training import left_alone_reason
+
+    def reason(shape, floating=True, learned=True, unsupported=None):
+        return left_alone_reason(shape, floating=floating, dtype="float32" if floating else "int64", learned=learned,
+                                 unsupported_layer=unsupported)
+
+    assert reason((4, 3), unsupported="Scale") == "unsupported layer type Scale"  # the layer's reason comes first
+    assert reason((), floating=False, learned=False) == "scalar"  # e.g. BatchNorm's num_batches_tracked
+    assert reason((3,), floating=False) == "not floating point (int64)"
+    assert reason((3,), learned=False) == "not trained (e.g. normalisation statistics)"  # a buffer or such
+    assert reason((3,)) == "1-D (bias or normalisation scale)"
+    assert reason((3, 3)).startswith("not a kernel of a clusterable layer")
+
+
+def test_post_training_spec_plans_with_its_own_fields():
+    import numpy as np
+
+    from weightzip.core.allocation import TensorToCompress
+    from weightzip.core.post_training import Sensitivity, choose_plan, uncompressed_rows
+    from weightzip.core.specs import PostTrainingSpec
+
+    weights = np.random.default_rng(0).normal(size=(16, 8)).astype(np.float32)
+    tensors = [TensorToCompress("w", weights, None, 1)]
+    spec = PostTrainingSpec(clusters=4, granularity="channel")
+    plan, mode = spec.plan(tensors, Sensitivity.NONE)
+    expected, expected_mode = choose_plan(tensors, clusters=4, granularity="channel")
+    assert mode == expected_mode == "uniform k=4 per channel"
+    np.testing.assert_array_equal(plan.choices["w"].stored.decode(), expected.choices["w"].stored.decode())
+    assert spec.sensitivity_for(calibration_given=True) is Sensitivity.FISHER
+    assert spec.sensitivity_for(calibration_given=False) is Sensitivity.NONE
+    with pytest.raises(WeightzipError, match="min_fidelity needs calibration inputs"):
+        PostTrainingSpec(min_fidelity=0.9).sensitivity_for(calibration_given=False)
+    assert uncompressed_rows(plan, [{"tensor": "b", "shape": [8], "reason": "1-D"}]) == [
+        {"tensor": "b", "shape": [8], "reason": "1-D"}]  # nothing kept as float here

@@ -278,16 +278,65 @@ class PostTrainingReport:
                 "tensors": self.rows(), "uncompressed": self.uncompressed, "seconds": round(self.seconds, 2)}
 
 
+def left_alone_reason(shape, *, floating: bool, dtype: str, learned: bool, unsupported_layer: str | None = None) -> str:
+    """Why a tensor the front end does not compress is stored as it is, in the same words on both front ends.
+
+    shape / floating / dtype: the tensor's; learned: a trainable variable or parameter (not a buffer or a
+    non-trainable variable); unsupported_layer: the type name of its layer where weightzip cannot compress it."""
+    if unsupported_layer is not None:
+        return f"unsupported layer type {unsupported_layer}"
+    if len(shape) == 0:
+        return "scalar"
+    if not floating:
+        return f"not floating point ({dtype})"
+    if not learned:
+        return "not trained (e.g. normalisation statistics)"
+    if len(shape) == 1:
+        return "1-D (bias or normalisation scale)"
+    return "not a kernel of a clusterable layer (e.g. normalisation parameters)"
+
+
+def uncompressed_rows(plan: AllocationPlan, left_alone: list[dict]) -> list[dict]:
+    """The report's rows of uncompressed tensors: those the front end `left_alone` (with their reasons), then those
+    the plan keeps as floats (:data:`KEPT_AS_FLOAT`)."""
+    return left_alone + [{"tensor": name, "shape": list(np.shape(c.stored)), "reason": KEPT_AS_FLOAT}
+                         for name, c in plan.choices.items() if c.clusters == 0]
+
+
 def report_stub(plan: AllocationPlan, uncompressed: list[dict]) -> PostTrainingReport:
     """A report of the final shape (same rows, figures of maximal length), to measure the header's size."""
     fidelity = Fidelity(100000, 0.123457, 0.123457, 0.123457)
-    rows = uncompressed + [{"tensor": name, "shape": list(np.shape(c.stored)), "reason": KEPT_AS_FLOAT}
-                           for name, c in plan.choices.items() if c.clusters == 0]
-    return PostTrainingReport(plan, rows, fidelity, "activation", "target 000,000,000,000 bytes", 99999.99)
+    return PostTrainingReport(plan, uncompressed_rows(plan, uncompressed), fidelity, "activation",
+                              "target 000,000,000,000 bytes", 99999.99)
+
+
+def final_report(plan: AllocationPlan, left_alone: list[dict], fidelity: Fidelity | None, sensitivity: Sensitivity,
+                 mode: str, seconds: float) -> PostTrainingReport:
+    """The report of the chosen `plan`: its rows (:func:`uncompressed_rows`), the held-out `fidelity` (None: not
+    measured) and the error compensation's notes."""
+    from weightzip.core.compensation import compensation_notes
+
+    report = PostTrainingReport(plan, uncompressed_rows(plan, left_alone), fidelity, sensitivity.value, mode, seconds)
+    report.notes += compensation_notes(plan)
+    return report
+
+
+def write_report_file(path, data: bytes, report: PostTrainingReport, target_bytes: int | None, *, overwrite: bool,
+                      inputs) -> None:
+    """Write a front end's encoded `.wz` `data` to `path` atomically (nothing when it came out over `target_bytes`,
+    an internal error) and record its size in `report`."""
+    from weightzip.atomic import write_bytes_atomically
+
+    if target_bytes is not None and len(data) > target_bytes:
+        raise WeightzipError(f"internal: the .wz file came out at {len(data):,} bytes, over the target of "
+                             f"{target_bytes:,}; nothing written")
+    write_bytes_atomically(path, data, overwrite=overwrite, inputs=inputs)
+    report.file_bytes = len(data)
 
 
 HEADER_SLACK = 96  # bytes: the final header's figures (fidelity, time) deflate a little differently
 
 
 __all__ = ["HEADER_SLACK", "KEPT_AS_FLOAT", "METADATA_KEY", "PostTrainingReport", "Sensitivity", "check_goals",
-           "choose_plan", "fidelity_figure", "plan_for_file_size", "refined_within", "report_stub"]
+           "choose_plan", "fidelity_figure", "final_report", "left_alone_reason", "plan_for_file_size", "refined_within", "report_stub",
+           "uncompressed_rows", "write_report_file"]

@@ -130,13 +130,14 @@ class LayerRules:
             tuple((name, check(f"{what}[{name!r}]", value)) for name, value in self.names),
         )
 
-    def check_names(self, known: Iterable[str], what: str) -> None:
-        """Refuse a name rule that matches none of the layers `known` (a typo must not pass in silence)."""
+    def check_names(self, known: Iterable[str], what: str, where: str = "") -> None:
+        """Refuse a name rule that matches none of the layers `known` (a typo must not pass in silence); `where`
+        (e.g. " of model 'm'") follows "not compressible layers" in the message."""
         known = list(known)
         unknown = sorted(name for name in self.layer_names
                          if not any(layer == name or layer.startswith(name + ".") for layer in known))
         if unknown:
-            raise InvalidArgumentError(f"{what} names layers {unknown} that are not compressible layers; "
+            raise InvalidArgumentError(f"{what} names layers {unknown} that are not compressible layers{where}; "
                                        f"the compressible layers are {known}")
 
 

@@ -30,7 +30,7 @@ from weightzip.core.centroid_init import CentroidInitialization
 from weightzip.core.cluster import ClusterConfig
 from weightzip.core.errors import ArgumentTypeError, InvalidArgumentError, InvalidClusterCountError
 from weightzip.core.options import BlockPooling, GradientAggregation, InvalidOptionError, Reassignment
-from weightzip.core.post_training import Sensitivity
+from weightzip.core.post_training import Sensitivity, check_goals, choose_plan
 from weightzip.core.pruning import InvalidSparsityError
 from weightzip.core.rules import LayerRules
 from weightzip.core.schedules import ConstantSparsity, PruningSchedule, schedule_from_config
@@ -318,6 +318,22 @@ class PostTrainingSpec:
     def varied_clusters(self) -> bool:
         """Whether the rules give layers different k (each k's tensors are then planned together)."""
         return len(set(self.clusters.values)) > 1
+
+    def plan(self, tensors: list, sensitivity: Sensitivity, *, file_bytes=None, fidelity_of=None, refine=None):
+        """(plan, mode) by :func:`~weightzip.core.post_training.choose_plan` with this spec's global k, granularity,
+        goal and candidates (`file_bytes` / `fidelity_of` / `refine`: the front end's measures, as there)."""
+        return choose_plan(tensors, clusters=self.clusters.default, granularity=self.granularity,
+                           group_size=self.group_size, weighted=sensitivity is not Sensitivity.NONE,
+                           bits_per_weight=self.bits_per_weight, target_bytes=self.target_bytes,
+                           min_fidelity=self.min_fidelity, candidates=self.candidates, file_bytes=file_bytes,
+                           fidelity_of=fidelity_of, refine=refine)
+
+    def sensitivity_for(self, calibration_given: bool) -> Sensitivity:
+        """The sensitivity to use (default "fisher" with calibration inputs, else "none"); refuses one, or
+        min_fidelity, that needs calibration inputs not given (:func:`~weightzip.core.post_training.check_goals`)."""
+        return check_goals(calibration_given=calibration_given, bits_per_weight=self.bits_per_weight,
+                           target_bytes=self.target_bytes, min_fidelity=self.min_fidelity,
+                           sensitivity=self.sensitivity)
 
     KEYWORDS = ("per_channel", "conv_clusters", "conv_sparsity")  # the keywords a front end adds to the fields
 

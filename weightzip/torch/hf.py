@@ -46,9 +46,11 @@ from weightzip.safetensors_wz import (  # noqa: F401  (the checkpoint route, tor
     DirectoryCompression,
     ModelDirectoryError,
     TensorAction,
+    check_holds,
     compress_checkpoint,
     compress_safetensors,
     decompress_safetensors_file,
+    specs_from_json,
     specs_json,
 )
 from weightzip.torch.checkpoint import as_stored_tensor
@@ -237,10 +239,7 @@ def _checked_fetch(wz, metadata: dict, stored: dict, layout: ShardLayout):
     holds every tensor named."""
     path = wz.path
     specs = _specs_from_json(stored.get("specs"), layout, path)
-    missing = [name for name in specs if name not in wz.tensors]
-    if missing:
-        raise ModelDirectoryError(f"{path}: the shard layout names {len(missing)} tensor(s) the file does not hold, "
-                                  f"e.g. {missing[0]!r}")
+    check_holds(wz, specs)
     torch_dtypes = metadata.get("torch_dtypes") or {}
     if not isinstance(torch_dtypes, dict):
         raise ModelDirectoryError(f"{path}: torch_dtypes must be a JSON object")
@@ -255,15 +254,11 @@ def _checked_fetch(wz, metadata: dict, stored: dict, layout: ShardLayout):
 
 def _specs_from_json(value, layout: ShardLayout, where) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
     names = [name for _, shard_names, _ in layout.shards for name in shard_names]
-    if not isinstance(value, dict) or set(value) != set(names):
-        raise ModelDirectoryError(f"{where}: the shard layout's tensor specs are missing or do not match its names")
     specs = {}
-    for name in names:
-        try:
-            dtype_name, shape = value[name]
-            specs[name] = (DTYPES[dtype_name], tuple(int(d) for d in shape))
-        except (KeyError, TypeError, ValueError):
-            raise ModelDirectoryError(f"{where}: malformed spec for tensor {name!r}") from None
+    for name, (dtype_name, shape) in specs_from_json(value, names, where).items():
+        if dtype_name not in DTYPES:  # a dtype this torch lacks (e.g. float8)
+            raise ModelDirectoryError(f"{where}: tensor {name!r} has dtype {dtype_name}, which this torch lacks")
+        specs[name] = (DTYPES[dtype_name], shape)
     return specs
 
 

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from weightzip import __version__
-from weightzip.atomic import check_output_path, write_bytes_atomically
+from weightzip.atomic import check_output_path
 from weightzip.core.allocation import (
     AllocationPlan,
     Candidates,
@@ -36,17 +36,16 @@ from weightzip.core.allocation import (
 )
 from weightzip.core.centroid_init import CentroidInitialization
 from weightzip.core.cluster import ClusteredTensor
-from weightzip.core.compensation import compensate_plan, compensation_notes
-from weightzip.core.errors import WeightzipError
+from weightzip.core.compensation import compensate_plan
 from weightzip.core.fidelity import Fidelity, measure_fidelity, split_calibration
 from weightzip.core.post_training import (  # shared with the Keras front end
     HEADER_SLACK,
-    KEPT_AS_FLOAT,
     PostTrainingReport,
     Sensitivity,
-    check_goals,
-    choose_plan,
+    final_report,
+    left_alone_reason,
     report_stub,
+    write_report_file,
 )
 from weightzip.core.rules import LayerRules
 from weightzip.core.specs import PostTrainingSpec
@@ -114,14 +113,8 @@ def compress_post_training(
     """
     spec = PostTrainingSpec.from_call(locals())  # the keywords above, or `spec` with those given replacing its fields
     start = time.perf_counter()
-    sensitivity = check_goals(calibration_given=calibration is not None, bits_per_weight=spec.bits_per_weight,
-                              target_bytes=spec.target_bytes, min_fidelity=spec.min_fidelity,
-                              sensitivity=spec.sensitivity)
-    granularity, group_size, bits_per_weight, target_bytes, min_fidelity, candidates, held_out, seed, classifier, \
-        compensation = (getattr(spec, name) for name in (
-            "granularity", "group_size", "bits_per_weight", "target_bytes", "min_fidelity", "candidates", "held_out",
-            "seed", "classifier", "compensation"))
-    clusters, bias_correction = spec.clusters.default, spec.bias_correction is not False
+    sensitivity = spec.sensitivity_for(calibration is not None)
+    bias_correction = spec.bias_correction is not False  # None: on
     if path is not None:
         check_output_path(path, overwrite=overwrite, inputs=inputs)
 
@@ -130,19 +123,19 @@ def compress_post_training(
     fit_batches = held_batches = None
     if calibration is not None:
         samples = calibration if isinstance(calibration, torch.Tensor) else torch.as_tensor(np.asarray(calibration))
-        fit, held = split_calibration(int(samples.shape[0]), held_out=held_out, seed=seed)
+        fit, held = split_calibration(int(samples.shape[0]), held_out=spec.held_out, seed=spec.seed)
         fit_batches = batches_of(samples[torch.as_tensor(fit)], batch_size)
         held_batches = batches_of(samples[torch.as_tensor(held)], batch_size)
         reference = outputs_of(model, held_batches)  # also: the model runs on these inputs, or a clear error
-    tensors = _tensors_to_compress(model, targets, sensitivity, fit_batches, seed)
+    tensors = _tensors_to_compress(model, targets, sensitivity, fit_batches, spec.seed)
     uncompressed = _left_alone(model, {t.name for t in tensors})
 
     ruled = rule_plan(spec, tensors, {t.qualified_name: (t.module_name, t.module) for t in targets
                                       if t.qualified_name in {tensor.name for tensor in tensors}}, sensitivity)
     refine = None
-    if ruled is None and compensation and fit_batches is not None and sensitivity is not Sensitivity.NONE:
+    if ruled is None and spec.compensation and fit_batches is not None and sensitivity is not Sensitivity.NONE:
         refine = _compensation(model, targets, tensors, fit_batches)
-    fit_reference = outputs_of(model, fit_batches) if refine is not None or min_fidelity is not None else None
+    fit_reference = outputs_of(model, fit_batches) if refine is not None or spec.min_fidelity is not None else None
 
     correction = None
     if bias_correction and fit_batches is not None:
@@ -156,39 +149,27 @@ def compress_post_training(
         rest = torch.cat(fit_batches)[0 if measured is None else int(measured.shape[0]):]
         outputs = ([measured.float().cpu().numpy()] if measured is not None else []) + \
             ([outputs_of(trial, batches_of(rest, batch_size))] if rest.shape[0] else [])
-        return measure_fidelity(fit_reference, np.concatenate(outputs), classifier=classifier)
+        return measure_fidelity(fit_reference, np.concatenate(outputs), classifier=spec.classifier)
 
     def file_bytes(candidate: AllocationPlan) -> int:
         return len(_encode(model, candidate, report_stub(candidate, uncompressed), metadata, extra_tensors)) \
             + HEADER_SLACK
 
-    plan, mode = ruled or choose_plan(  # `ruled`: the spec's per-layer k / sparsity / init, planned uniformly
-        tensors, clusters=clusters, granularity=granularity, group_size=group_size,
-        weighted=sensitivity is not Sensitivity.NONE, bits_per_weight=bits_per_weight, target_bytes=target_bytes,
-        min_fidelity=min_fidelity, candidates=candidates, file_bytes=file_bytes,
-        fidelity_of=fidelity_of if fit_reference is not None else None, refine=refine)
+    plan, mode = ruled or spec.plan(tensors, sensitivity, file_bytes=file_bytes, refine=refine,  # ruled: per layer
+                                    fidelity_of=fidelity_of if fit_reference is not None else None)
     compressed, corrected = _compressed(model, targets, plan, correction)
-    for name, choice in plan.choices.items():
-        if choice.clusters == 0:
-            uncompressed.append({"tensor": name, "shape": list(np.shape(choice.stored)),
-                                 "reason": KEPT_AS_FLOAT})
     fidelity = None
     if calibration is not None:
-        fidelity = measure_fidelity(reference, outputs_of(compressed, held_batches), classifier=classifier)
-    report = PostTrainingReport(plan, uncompressed, fidelity, sensitivity.value, mode, 0.0)
-    report.notes += compensation_notes(plan)
+        fidelity = measure_fidelity(reference, outputs_of(compressed, held_batches), classifier=spec.classifier)
+    report = final_report(plan, uncompressed, fidelity, sensitivity, mode, 0.0)
     if corrected is not None:
         done, left, _ = corrected
         report.notes.append(f"bias correction: {len(done)} layers' output means restored on the fit inputs "
                             f"(biases / BatchNorm means)" + (f"; not possible for {', '.join(left[:4])}"
                                                              + (" ..." if len(left) > 4 else "") if left else ""))
     if path is not None:
-        data = _encode(compressed, plan, report, metadata, extra_tensors)
-        if target_bytes is not None and len(data) > target_bytes:
-            raise WeightzipError(f"internal: the .wz file came out at {len(data):,} bytes, over the target of "
-                                 f"{target_bytes:,}; nothing written")
-        write_bytes_atomically(path, data, overwrite=overwrite, inputs=inputs)
-        report.file_bytes = len(data)
+        write_report_file(path, _encode(compressed, plan, report, metadata, extra_tensors), report, spec.target_bytes,
+                          overwrite=overwrite, inputs=inputs)
     report.seconds = time.perf_counter() - start
     return compressed, report
 
@@ -239,16 +220,10 @@ def _left_alone(model: nn.Module, compressed: set[str]) -> list[dict]:
     for name, tensor in model.state_dict().items():
         if name in compressed:
             continue
-        if tensor.ndim == 0:
-            reason = "scalar"
-        elif not tensor.is_floating_point():
-            reason = f"not floating point ({str(tensor.dtype).removeprefix('torch.')})"
-        elif name not in owners:
-            reason = "buffer (e.g. normalisation statistics)"
-        elif tensor.ndim == 1:
-            reason = "1-D (bias or normalisation scale)"
-        else:
-            reason = f"unsupported layer type {type(owners[name]).__name__}"
+        unsupported = tensor.ndim >= 2 and tensor.is_floating_point() and name in owners  # and not compressed
+        reason = left_alone_reason(tuple(tensor.shape), floating=tensor.is_floating_point(),
+                                   dtype=str(tensor.dtype).removeprefix("torch."), learned=name in owners,
+                                   unsupported_layer=type(owners[name]).__name__ if unsupported else None)
         rows.append({"tensor": name, "shape": list(tensor.shape), "reason": reason})
     return rows
 

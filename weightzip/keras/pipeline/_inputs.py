@@ -32,7 +32,7 @@ def batches(samples: np.ndarray, size: int) -> list[np.ndarray]:
 
 def model_outputs(model: keras.Model, batches) -> np.ndarray:
     try:
-        parts = [_flat(model(batch, training=False)) for batch in batches]
+        parts = [flat_outputs(model(batch, training=False)) for batch in batches]
     except WeightzipError:
         raise
     except Exception as error:  # noqa: BLE001 - whatever the backend raises, one line for the user
@@ -41,7 +41,8 @@ def model_outputs(model: keras.Model, batches) -> np.ndarray:
     return np.concatenate(parts, axis=0)
 
 
-def _flat(outputs) -> np.ndarray:
+def flat_outputs(outputs) -> np.ndarray:
+    """A model's outputs as one array, samples first (several outputs: each flattened per sample, concatenated)."""
     parts = [keras.ops.convert_to_numpy(part) for part in keras.tree.flatten(outputs)]
     if len(parts) == 1:
         return parts[0]

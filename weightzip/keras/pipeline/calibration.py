@@ -39,6 +39,7 @@ from weightzip.keras.clustering.registry import (
     unsupported_layer_error,
 )
 from weightzip.keras.pipeline._gradients import per_sample_gradient
+from weightzip.keras.pipeline._inputs import flat_outputs
 
 _ATTENTION_PROJECTIONS = ("_query_dense", "_key_dense", "_value_dense", "_output_dense")
 # The input kernels that multiply an RNN layer's own input (a stacked cell's later kernels see hidden states).
@@ -187,7 +188,7 @@ def fisher_diagonal(model: keras.Model, batches: Iterable, *, classifier: bool |
     samples = 0
     for batch in batches:
         batch = np.asarray(batch)
-        outputs = _flat_outputs(model(batch, training=False))
+        outputs = flat_outputs(model(batch, training=False)).astype(np.float64)
         is_classifier = classifier if classifier is not None else (outputs.ndim == 2 and outputs.shape[1] >= 2)
         for position in range(batch.shape[0]):
             if is_classifier:
@@ -204,13 +205,6 @@ def fisher_diagonal(model: keras.Model, batches: Iterable, *, classifier: bool |
     if samples == 0:
         raise WeightzipError("no calibration samples: the Fisher information needs at least one")
     return {w.path: total / samples for w, total in zip(weights, sums)}
-
-
-def _flat_outputs(outputs) -> np.ndarray:
-    parts = [keras.ops.convert_to_numpy(part) for part in keras.tree.flatten(outputs)]
-    if len(parts) == 1:
-        return parts[0].astype(np.float64)
-    return np.concatenate([p.reshape(p.shape[0], -1) for p in parts], axis=1).astype(np.float64)
 
 
 def _are_probabilities(row: np.ndarray) -> bool:

@@ -185,10 +185,7 @@ class DeepCompressionConfig:
         compressible = [layer.name for layer in iter_layers(model, descend=_is_model)
                         if compressible_weight_names(layer)]
         for option, rules in (("layer_sparsity", self.sparsity_rules), ("layer_clusters", self.cluster_rules)):
-            unknown = sorted(set(rules.layer_names) - set(compressible))
-            if unknown:
-                raise InvalidArgumentError(f"{option} names layers {unknown} that are not compressible layers of "
-                                           f"model {model.name!r}; its compressible layers are {compressible}")
+            rules.check_names(compressible, option, f" of model {model.name!r}")
 
     def to_json(self) -> dict:
         """Plain JSON values (stored in the `.wz` metadata)."""

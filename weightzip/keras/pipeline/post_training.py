@@ -30,7 +30,7 @@ import keras
 import numpy as np
 
 from weightzip import __version__
-from weightzip.atomic import check_output_path, write_bytes_atomically
+from weightzip.atomic import check_output_path
 from weightzip.core import CentroidInitialization
 from weightzip.core.allocation import (
     AllocationPlan,
@@ -38,18 +38,17 @@ from weightzip.core.allocation import (
     TensorToCompress,
     write_options_for,
 )
-from weightzip.core.compensation import compensation_notes
 from weightzip.core.errors import WeightzipError
 from weightzip.core.fidelity import Fidelity, measure_fidelity, split_calibration
 from weightzip.core.post_training import (
     HEADER_SLACK,
-    KEPT_AS_FLOAT,
     METADATA_KEY,
     PostTrainingReport,
     Sensitivity,
-    check_goals,
-    choose_plan,
+    final_report,
+    left_alone_reason,
     report_stub,
+    write_report_file,
 )
 from weightzip.core.rules import LayerRules
 from weightzip.core.specs import PostTrainingSpec
@@ -122,12 +121,7 @@ def compress_post_training(
     start = time.perf_counter()
     if spec.bias_correction:
         raise WeightzipError("bias_correction is not implemented by the Keras front end (leave it None or False)")
-    chosen = check_goals(calibration_given=calibration is not None, bits_per_weight=spec.bits_per_weight,
-                         target_bytes=spec.target_bytes, min_fidelity=spec.min_fidelity, sensitivity=spec.sensitivity)
-    granularity, group_size, bits_per_weight, target_bytes, min_fidelity, candidates, held_out, seed, classifier, \
-        compensation = (getattr(spec, name) for name in (
-            "granularity", "group_size", "bits_per_weight", "target_bytes", "min_fidelity", "candidates", "held_out",
-            "seed", "classifier", "compensation"))
+    chosen = spec.sensitivity_for(calibration is not None)
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise WeightzipError(f"batch_size must be a positive integer, got {batch_size!r}")
     if path is not None:
@@ -143,11 +137,11 @@ def compress_post_training(
     fit_batches = held_batches = None
     if calibration is not None:
         samples = checked_calibration(calibration, copy)
-        fit, held = split_calibration(samples.shape[0], held_out=held_out, seed=seed)
+        fit, held = split_calibration(samples.shape[0], held_out=spec.held_out, seed=spec.seed)
         fit_batches = batches(samples[fit], batch_size)
         held_batches = batches(samples[held], batch_size)
         reference = model_outputs(copy, held_batches)  # also: the model runs on these inputs, or one clear error
-    importance = _importance(copy, weights, chosen, fit_batches, classifier, seed)
+    importance = _importance(copy, weights, chosen, fit_batches, spec.classifier, spec.seed)
     tensors = [TensorToCompress(original_path[w.path], keras.ops.convert_to_numpy(w.weight.variable),
                                 importance.get(w.path), w.weight.channel_axis % len(w.weight.variable.shape),
                                 is_convolution(w.layer))
@@ -159,13 +153,12 @@ def compress_post_training(
     if ruled is not None:
         plan, mode = ruled
     else:
-        clusters = spec.clusters.default
-        compensate = compensation and chosen is not Sensitivity.NONE and fit_batches is not None
-        fit_reference = model_outputs(copy, fit_batches) if compensate or min_fidelity is not None else None
+        compensate = spec.compensation and chosen is not Sensitivity.NONE and fit_batches is not None
+        fit_reference = model_outputs(copy, fit_batches) if compensate or spec.min_fidelity is not None else None
 
         def fidelity_of(candidate: AllocationPlan) -> Fidelity:
             _assign(by_path, candidate)
-            measured = measure_fidelity(fit_reference, model_outputs(copy, fit_batches), classifier=classifier)
+            measured = measure_fidelity(fit_reference, model_outputs(copy, fit_batches), classifier=spec.classifier)
             _restore(by_path, originals)
             return measured
 
@@ -176,29 +169,17 @@ def compress_post_training(
             return size
 
         refine = compensation_step(copy, fit_batches, weights, tensors, original_path) if compensate else None
-        plan, mode = choose_plan(tensors, clusters=clusters, granularity=granularity, group_size=group_size,
-                                 weighted=chosen is not Sensitivity.NONE, bits_per_weight=bits_per_weight,
-                                 target_bytes=target_bytes, min_fidelity=min_fidelity, candidates=candidates,
-                                 file_bytes=file_bytes, fidelity_of=fidelity_of if fit_reference is not None else None,
-                                 refine=refine)
+        plan, mode = spec.plan(tensors, chosen, file_bytes=file_bytes, refine=refine,
+                               fidelity_of=fidelity_of if fit_reference is not None else None)
 
     _assign(by_path, plan)
-    for name, choice in plan.choices.items():
-        if choice.clusters == 0:
-            uncompressed.append({"tensor": name, "shape": list(np.shape(choice.stored)), "reason": KEPT_AS_FLOAT})
     fidelity = None
     if calibration is not None:
-        fidelity = measure_fidelity(reference, model_outputs(copy, held_batches), classifier=classifier)
-    report = PostTrainingReport(plan, uncompressed, fidelity, chosen.value, mode, 0.0)
-    report.notes += compensation_notes(plan)
-    report.seconds = time.perf_counter() - start
+        fidelity = measure_fidelity(reference, model_outputs(copy, held_batches), classifier=spec.classifier)
+    report = final_report(plan, uncompressed, fidelity, chosen, mode, time.perf_counter() - start)
     if path is not None:
-        data = _encode(model, copy, plan, report, metadata)
-        if target_bytes is not None and len(data) > target_bytes:
-            raise WeightzipError(f"internal: the .wz file came out at {len(data):,} bytes, over the target of "
-                                 f"{target_bytes:,}; nothing written")
-        write_bytes_atomically(path, data, overwrite=overwrite, inputs=inputs)
-        report.file_bytes = len(data)
+        write_report_file(path, _encode(model, copy, plan, report, metadata), report, spec.target_bytes,
+                          overwrite=overwrite, inputs=inputs)
     return copy, report
 
 
@@ -208,29 +189,19 @@ def compress_post_training(
 def _kernels(model: keras.Model) -> tuple[list[ModelWeight], list[dict]]:
     """The clusterable kernels, and every other variable with why it is left as it is."""
     kernels = model_weights(model, skip_unsupported=True)
-    reasons: dict[int, str] = {}
+    unsupported: dict[int, str] = {}
     for layer in flattened_layers(model):
         if classify_layer(layer) is LayerKind.UNSUPPORTED:
             for variable in layer.weights:
-                reasons.setdefault(id(variable), f"unsupported layer type {type(layer).__name__}")
+                unsupported.setdefault(id(variable), type(layer).__name__)
     chosen = {id(w.weight.variable) for w in kernels}
     rows = []
     for variable in model.weights:
         if id(variable) in chosen:
             continue
         shape = tuple(variable.shape)
-        if id(variable) in reasons:
-            reason = reasons[id(variable)]
-        elif "float" not in str(variable.dtype):
-            reason = f"not floating point ({variable.dtype})"
-        elif len(shape) == 0:
-            reason = "scalar"
-        elif not variable.trainable:
-            reason = "non-trainable (e.g. normalisation statistics)"
-        elif len(shape) == 1:
-            reason = "1-D (bias or normalisation scale)"
-        else:
-            reason = "not a kernel of a clusterable layer (e.g. normalisation parameters)"
+        reason = left_alone_reason(shape, floating="float" in str(variable.dtype), dtype=str(variable.dtype),
+                                   learned=variable.trainable, unsupported_layer=unsupported.get(id(variable)))
         rows.append({"tensor": variable.path, "shape": list(shape), "reason": reason})
     return kernels, rows
 
