@@ -7,10 +7,11 @@ sorted centroids: ``keras.ops.searchsorted`` for one codebook per tensor, and fo
 codebooks (which ``searchsorted`` cannot batch) the same search written as ceil(log2 k) rounds of
 gather-and-compare. On an exact tie the lower centroid wins, as in :func:`weightzip.core.assign_to_centroids`.
 
-Training speed: a step that XLA compiles (JAX, TensorFlow's default ``jit_compile``) counts the midpoints
-below each weight instead (k - 1 elementwise compares, fused with the gather into one loop over the
-kernel); on PyTorch, numba kernels do the search with the gather, and the centroid gradient, in one
-parallel pass each (:mod:`._torch_lookup`); a TensorFlow step outside XLA (Keras's default on CPU) calls
+Training speed: a step that XLA compiles (TensorFlow under ``jit_compile``, JAX on other devices or dtypes) counts
+the midpoints below each weight instead (k - 1 elementwise compares, fused with the gather into one loop
+over the kernel); on PyTorch and on JAX (CPU, float32), numba kernels (:mod:`._numba_kernels`) do the
+search with the gather, and the centroid gradient, in one parallel pass each (:mod:`._torch_lookup`;
+:mod:`._jax_lookup`, called from the jitted step as XLA FFI targets); a TensorFlow step outside XLA (Keras's default on CPU) calls
 an XLA-compiled search and lookup that writes in place into the weight's workspace (:mod:`._tf_lookup`).
 Every path searches afresh at every step (TFMOT's semantics).
 
