@@ -90,3 +90,26 @@ def test_smallest_plan_meeting_a_criterion_is_found_by_bisection():
     assert len(calls) < 15
     smaller = [p for p in calls if p < chosen.total_bytes]
     assert smaller  # something smaller was tried and refused
+
+
+def test_file_size_target_reached_when_the_file_overhead_grows_with_the_plan():
+    """A plan a few bytes over the target (the report around the records grew) is cut until it fits, not dropped
+    for the smallest plan: the allocation at a slightly lower budget is often the same plan."""
+    from weightzip.core.allocation import AllocationPlan
+    from weightzip.core.post_training import plan_for_file_size
+
+    curves = rate_distortion_curves(_tensors(2), SMALL)
+    smallest = AllocationPlan({name: curve.smallest() for name, curve in curves.items()},
+                              next(iter(curves.values())).write_options)
+    wanted = allocate(curves, bits_per_weight=3.0)
+    slack = 3 * wanted.total_bytes // 100
+    base, grows_by = 40, slack + 1  # any plan but the smallest makes the rest of the file grow past its slack
+
+    def file_bytes(plan):
+        return plan.total_bytes + base + (0 if plan.total_bytes == smallest.total_bytes else grows_by)
+
+    target = wanted.total_bytes + slack + base
+    plan = plan_for_file_size(curves, target, file_bytes)
+    assert file_bytes(plan) <= target
+    assert plan.total_bytes > smallest.total_bytes
+    assert plan.estimated_error < smallest.estimated_error

@@ -205,8 +205,14 @@ def refined_within(plan_for_budget: Callable[[int], AllocationPlan], refine: Cal
 
 
 def plan_for_file_size(curves, target: int, file_bytes: Callable[[AllocationPlan], int],
-                       attempts: int = 6) -> AllocationPlan:
-    """The allocation whose whole `.wz` file (other tensors, header and report included) fits `target` bytes."""
+                       attempts: int = 12) -> AllocationPlan:
+    """The allocation whose whole `.wz` file (other tensors, header and report included) fits `target` bytes.
+
+    The records' bytes are exact, but what the file adds around them (the report, the header) can grow with the
+    plan: a plan that comes out over the target is re-allocated to a budget lowered by the overshoot, and by twice the
+    previous cut when that was not enough (a small overshoot can leave the allocation unchanged), so a few attempts
+    reach a plan that fits instead of falling back to the smallest one.
+    """
     if isinstance(target, bool) or not isinstance(target, (int, np.integer)) or target <= 0:
         raise WeightzipError(f"target size must be a positive number of bytes, got {target!r}")
     smallest = AllocationPlan({name: curve.smallest() for name, curve in curves.items()},
@@ -217,12 +223,14 @@ def plan_for_file_size(curves, target: int, file_bytes: Callable[[AllocationPlan
         raise TargetUnreachableError(
             f"target of {target:,} bytes cannot be met: the smallest file is {smallest.total_bytes + overhead:,} "
             f"bytes (codebooks and indices {smallest.total_bytes:,}, other tensors and header {overhead:,})")
+    cut = 0
     for _ in range(attempts):
         plan = allocate(curves, target_bytes=budget)
         size = file_bytes(plan)
         if size <= target:
             return plan
-        budget -= size - target
+        cut = max(size - target, 2 * cut)
+        budget -= cut
         if budget < smallest.total_bytes:
             break
     return smallest
