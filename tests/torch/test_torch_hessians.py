@@ -28,3 +28,54 @@ def test_hessian_gives_each_output_rows_mean_squared_output(layer, shape):
     measured = output.movedim(1 if output.ndim > 2 and not isinstance(layer, nn.Linear) else -1, 0)
     measured = (measured.reshape(measured.shape[0], -1) ** 2).mean(dim=1).numpy()
     np.testing.assert_allclose(predicted, measured, rtol=1e-4)
+
+
+class _Padded(nn.Module):
+    """(n, 2, L) token ids and attention mask -> mean of a Linear layer's outputs over the real tokens; marks its
+    padding positions as SentenceOutputs does."""
+
+    def __init__(self):
+        super().__init__()
+        self.table = nn.Embedding(10, 6)
+        self.layer = nn.Linear(6, 3)
+
+    def forward(self, tokens):
+        mask = tokens[:, 1].unsqueeze(-1).float()
+        return ((self.layer(self.table(tokens[:, 0])) * mask).sum(1) / mask.sum(1)).unsqueeze(1)
+
+    @staticmethod
+    def position_mask(tokens):
+        return tokens[:, 1].bool()
+
+
+def test_padding_positions_are_left_out_of_input_statistics_and_bias_correction():
+    from weightzip.torch.bias_correction import correct_biases
+    from weightzip.torch.calibration import input_second_moments
+
+    torch.manual_seed(0)
+    model = _Padded().eval()
+    ids = torch.randint(1, 10, (8, 5))
+    mask = (torch.arange(5)[None, :] < torch.tensor([5, 3, 2, 4, 1, 5, 2, 3])[:, None]).long()
+    ids[mask == 0] = 0  # padding token: its embedding row is far from the others
+    with torch.no_grad():
+        model.table.weight[0] = 50.0
+    tokens = torch.stack([ids, mask], dim=1)
+    batches = [tokens[:4], tokens[4:]]
+    targets = find_targets(model)
+    real = model.table(ids)[mask.bool()].detach().double()  # (real tokens, 6): the layer's counted inputs
+    hessian = input_hessians(model, batches, targets)["layer"]
+    assert hessian.samples == int(mask.sum())
+    np.testing.assert_allclose(hessian.matrix[0], (real.T @ real / len(real)).numpy(), rtol=1e-5)
+    moments = input_second_moments(model, batches, targets)["layer"]
+    np.testing.assert_allclose(moments, (real ** 2).mean(0).numpy(), rtol=1e-6)
+    # bias correction restores the mean over real tokens (padding's huge outputs would swamp it)
+    shifted = _Padded().eval()
+    shifted.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        shifted.layer.weight.add_(0.05)
+    corrected, _ = correct_biases(model, shifted, targets, batches)
+    assert corrected == ["layer"]
+    with torch.no_grad():
+        before = model.layer(model.table(ids))[mask.bool()].mean(0)
+        after = shifted.layer(shifted.table(ids))[mask.bool()].mean(0)
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)

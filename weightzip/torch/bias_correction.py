@@ -12,7 +12,8 @@ soon as its shift is known, so every later layer measures its mean on already-co
 all layers from one uncorrected pass would fix each upstream error twice). That pass takes the fit inputs
 as one batch (at most `max_samples`), so each shift is the mean over all of them; the reference's means are
 measured once per :class:`BiasCorrection` and that pass's outputs are the corrected model's (no second pass
-needed to measure its fidelity on those inputs).
+needed to measure its fidelity on those inputs). A model that marks its padding positions (``position_mask``,
+:mod:`weightzip.torch.calibration`) has its Linear layers' means taken over the real positions only.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from weightzip.torch.calibration import run_model, run_with_forward_hooks
+from weightzip.torch.calibration import counted_positions, position_mask, run_model, run_with_forward_hooks
 from weightzip.torch.targets import WeightTarget
 
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -40,15 +41,18 @@ def _channel_means(module: nn.Module, names: list[str], batches) -> dict[str, to
     layers = dict(module.named_modules())
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
+    current = {}
 
     def hook_for(name, layer):
         def hook(_module, _inputs, output):
-            total, count = _channel_sums(output, -1 if isinstance(layer, nn.Linear) else 1)
+            total, count = _channel_sums(counted_positions(layer, output, current.get("mask")),
+                                         -1 if isinstance(layer, nn.Linear) else 1)
             sums[name] = sums.get(name, 0) + total
             counts[name] = counts.get(name, 0) + count
         return hook
 
-    run_with_forward_hooks(module, batches, [(layers[name], hook_for(name, layers[name])) for name in names])
+    run_with_forward_hooks(module, batches, [(layers[name], hook_for(name, layers[name])) for name in names],
+                           on_batch=lambda batch: current.update(mask=position_mask(module, batch)))
     return {name: sums[name] / counts[name] for name in sums}
 
 
@@ -125,11 +129,13 @@ def _shift_means(model: nn.Module, names: list[str], where: dict, wanted: dict, 
     pass's outputs (those of the corrected model)."""
     shifts: dict[str, torch.Tensor] = {}
 
+    mask = position_mask(model, inputs)
+
     def hook_for(name: str, layer: nn.Module):
         axis = -1 if isinstance(layer, nn.Linear) else 1
 
         def hook(_module, _inputs, output):
-            total, count = _channel_sums(output, axis)
+            total, count = _channel_sums(counted_positions(layer, output, mask), axis)
             shift = wanted[name] - total / count
             shifts[name] = shift
             view = [1] * output.ndim

@@ -14,6 +14,13 @@
 - :func:`input_second_moments`: ``E[x²]`` of every input channel of each Linear / Conv / ConvTranspose
   layer (the diagonal of the layer-wise Hessian of ``‖W x − Ŵ x‖²``), broadcast to the weight's shape
   by :func:`activation_importance`.
+
+Padding: a model over padded token sequences may say which positions are real with a method
+``position_mask(batch) -> (n, L) bool`` (:class:`weightzip.torch.hf_calibration.SentenceOutputs` does:
+the attention mask). The input statistics of its Linear layers (E[x²], the input Hessians) are then taken
+over those positions only: a padding position's activations reach no output (attention and pooling mask
+it out), and with sentences of unequal length they are most of a batch. The Fisher needs no mask (padding
+positions get zero gradient).
 """
 
 from __future__ import annotations
@@ -125,6 +132,21 @@ def _input_channel_axis(module: nn.Module) -> int | None:
     return None
 
 
+def position_mask(module: nn.Module, batch: torch.Tensor) -> torch.Tensor | None:
+    """(n, L) bool: the positions of `batch` whose activations count, when `module` defines
+    ``position_mask(batch)`` (module doc); None: every position counts."""
+    method = getattr(module, "position_mask", None)
+    return None if method is None else method(batch).bool()
+
+
+def counted_positions(layer: nn.Module, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """A Linear layer's input (n, L, ..., features) at the positions `mask` (n, L) counts, as (count, ..., features);
+    `x` unchanged for other layers, without a mask, or when its leading axes are not the mask's."""
+    if mask is None or not isinstance(layer, nn.Linear) or x.ndim < 3 or tuple(x.shape[:2]) != tuple(mask.shape):
+        return x
+    return x[mask.to(x.device)]
+
+
 def input_second_moments(module: nn.Module, batches: Iterable[torch.Tensor],
                          targets: list[WeightTarget] | None = None) -> dict[str, np.ndarray]:
     """Per target layer (by module name): E[x²] of each input channel over the calibration inputs.
@@ -137,26 +159,32 @@ def input_second_moments(module: nn.Module, batches: Iterable[torch.Tensor],
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
 
+    current = {}
+
     def hook_for(name: str, axis: int):
-        def hook(_module, inputs, _output):
-            x = inputs[0].detach().double()
+        def hook(layer, inputs, _output):
+            x = counted_positions(layer, inputs[0].detach().double(), current.get("mask"))
             x = x.movedim(axis, -1).reshape(-1, x.shape[axis])
             sums[name] = sums.get(name, 0) + (x * x).sum(dim=0)
             counts[name] = counts.get(name, 0) + x.shape[0]
         return hook
 
     run_with_forward_hooks(module, batches, [(layer, hook_for(name, _input_channel_axis(layer)))
-                                             for name, layer in layers.items()])
+                                             for name, layer in layers.items()],
+                           on_batch=lambda batch: current.update(mask=position_mask(module, batch)))
     return {name: (sums[name] / counts[name]).cpu().numpy() for name in sums}
 
 
-def run_with_forward_hooks(module: nn.Module, batches, hooks) -> None:
+def run_with_forward_hooks(module: nn.Module, batches, hooks, on_batch=None) -> None:
     """Run `module` over `batches` without gradients, with each forward hook of `hooks` ((layer, hook) pairs)
-    registered on its layer for the run and removed afterwards, also when the model fails."""
+    registered on its layer for the run and removed afterwards, also when the model fails. on_batch(batch)
+    is called before each batch runs."""
     handles = [layer.register_forward_hook(hook) for layer, hook in hooks]
     try:
         with torch.no_grad():
             for batch in batches:
+                if on_batch is not None:
+                    on_batch(batch)
                 run_model(module, batch)
     finally:
         for handle in handles:
@@ -240,10 +268,11 @@ def input_hessians(module: nn.Module, batches: Iterable[torch.Tensor], targets: 
         layers[t.module_name] = t.module
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
+    current = {}
 
     def hook_for(name: str, layer: nn.Module):
         def hook(_module, inputs, output):
-            x = inputs[0].detach().float()
+            x = counted_positions(layer, inputs[0].detach().float(), current.get("mask"))
             if not isinstance(layer, nn.Linear) and x.shape[0] > 1:  # enough vectors: spread over fewer samples
                 positions = max(1, output[0, 0].numel())
                 wanted = max(max_vectors, VECTORS_PER_COLUMN * layer.weight[0].numel())
@@ -258,6 +287,7 @@ def input_hessians(module: nn.Module, batches: Iterable[torch.Tensor], targets: 
                 counts[name] = counts.get(name, 0) + patches.shape[1]
         return hook
 
-    run_with_forward_hooks(module, batches, [(layer, hook_for(name, layer)) for name, layer in layers.items()])
+    run_with_forward_hooks(module, batches, [(layer, hook_for(name, layer)) for name, layer in layers.items()],
+                           on_batch=lambda batch: current.update(mask=position_mask(module, batch)))
     return {name: InputHessian((sums[name] / counts[name]).cpu().numpy(), _hessian_layout(layers[name]),
                                counts[name]) for name in sums}

@@ -60,6 +60,12 @@ class SentenceOutputs(nn.Module):
         pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
         return nn.functional.normalize(pooled, dim=-1).unsqueeze(1)
 
+    @staticmethod
+    def position_mask(tokens: torch.Tensor) -> torch.Tensor:
+        """(n, L) bool, the real tokens (attention mask): input statistics leave padding out
+        (:mod:`weightzip.torch.calibration`)."""
+        return tokens[:, 1].bool()
+
 
 def token_inputs(tokenizer, sentences: list[str], max_tokens: int = DEFAULT_MAX_TOKENS) -> np.ndarray:
     """(n, 2, L) int64: each sentence's token ids and attention mask, padded to the longest (at most max_tokens)."""
