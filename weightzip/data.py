@@ -119,11 +119,17 @@ def dataset_description_sentences() -> dict[str, list[str]]:
 def python_documentation_sentences() -> list[str]:
     """Sentences of the Python language reference that ships with CPython (``pydoc_data.topics``, what
     ``help()`` shows; ~1,800 sentences), unique, in a fixed order: more held-out text, from another source."""
+    found = []
+    for sentences in python_documentation_topics().values():
+        found.extend(sentences)
+    return list(dict.fromkeys(found))
+
+
+def python_documentation_topics() -> dict[str, list[str]]:
+    """The sentences of :func:`python_documentation_sentences` by ``help()`` topic (79 topics, sorted by name;
+    some sentences occur in several topics), to split calibration and evaluation text by document."""
     try:
         from pydoc_data.topics import topics
     except ImportError:
         raise DatasetUnavailableError("this Python lacks pydoc_data (the help() topics)") from None
-    found = []
-    for name in sorted(topics):
-        found.extend(_english_sentences(topics[name]))
-    return list(dict.fromkeys(found))
+    return {name: _english_sentences(topics[name]) for name in sorted(topics)}
