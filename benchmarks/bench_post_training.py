@@ -350,7 +350,10 @@ SUBJECTS = {"mobilenet_v2": mobilenet_v2, "ds_cnn": ds_cnn, "resnet8": resnet8, 
 # ---------------------------------------------------------------- the run
 
 
-def run_subject(subject: Subject, clusters: int, folder: Path) -> list[dict]:
+METHODS = ("uniform", "weighted", "allocated", "targets")  # --methods: which trials run (uniform always does)
+
+
+def run_subject(subject: Subject, clusters: int, folder: Path, methods=METHODS) -> list[dict]:
     reference = subject.outputs(subject.model, subject.evaluation)
     rows = []
 
@@ -370,9 +373,11 @@ def run_subject(subject: Subject, clusters: int, folder: Path) -> list[dict]:
         return row
 
     uniform = trial(f"uniform k={clusters}", clusters=clusters, sensitivity="none")
-    trial(f"weighted k={clusters}", clusters=clusters, sensitivity="fisher")
-    trial("allocated same size", bits_per_weight=uniform["bits"], sensitivity="fisher")
-    for bits in subject.targets:
+    if "weighted" in methods:
+        trial(f"weighted k={clusters}", clusters=clusters, sensitivity="fisher")
+    if "allocated" in methods:
+        trial("allocated same size", bits_per_weight=uniform["bits"], sensitivity="fisher")
+    for bits in subject.targets if "targets" in methods else ():
         trial(f"allocated {bits:g} bits", bits_per_weight=bits, sensitivity="fisher")
     return rows
 
@@ -398,6 +403,9 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, default=128, help="MiniLM calibration sentences")
     parser.add_argument("--evaluation-sentences", type=int, default=160, help="MiniLM evaluation sentences")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
+                        help="trials besides uniform k: weighted k, allocated to the same size (for the ratio), "
+                             "allocated to each model's bit targets")
     args = parser.parse_args()
 
     print(f"weightzip post-training benchmark: uniform k={args.clusters} vs Fisher-weighted vs allocated to the same "
@@ -416,12 +424,15 @@ def main() -> None:
                 print(f"  {subject.note}")
             print(HEADER)
             print("-" * len(HEADER), flush=True)
-            rows = run_subject(subject, args.clusters, Path(folder))
+            rows = run_subject(subject, args.clusters, Path(folder), args.methods)
             summary.append((subject, rows))
             print()
     print("equal size: output error of allocated / uniform (target <= 0.5)")
     for subject, rows in summary:
-        uniform, allocated = rows[0], rows[2]
+        uniform = rows[0]
+        allocated = next((row for row in rows if row["method"] == "allocated same size"), None)
+        if allocated is None:
+            continue
         ratio = allocated["fidelity"].relative_output_error / max(uniform["fidelity"].relative_output_error, 1e-12)
         print(f"  {subject.name:<13} {ratio:.3f}  ({allocated['tensor_bytes']:,} vs {uniform['tensor_bytes']:,} "
               f"compressed-tensor bytes)")
