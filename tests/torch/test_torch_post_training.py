@@ -186,3 +186,15 @@ def test_layer_rules_give_per_layer_k_and_sparsity_as_on_keras(setup):
         compress_post_training(model, clusters=LayerRules(8).set_name("fc9", 2))
     with pytest.raises(WeightzipError, match="apply to uniform clustering only"):
         compress_post_training(model, calibration, sparsity=0.5, bits_per_weight=4.0)
+
+
+def test_embedding_rows_absent_from_calibration_keep_the_average_rows_importance():
+    from weightzip.torch.post_training import floored_rows
+
+    table = nn.Embedding(6, 3)
+    seen = torch.tensor([[1, 2, 2, 4]])
+    fisher = fisher_diagonal(nn.Sequential(table), [seen], find_targets(table))["weight"]
+    assert np.all(fisher[[0, 3, 5]] == 0) and np.all(fisher[[1, 2, 4]] > 0)  # unseen tokens: no gradient
+    floored = floored_rows(fisher)
+    np.testing.assert_allclose(floored[[0, 3, 5]], np.broadcast_to(fisher.mean(axis=0), (3, 3)))
+    np.testing.assert_array_equal(floored[[1, 2, 4]], np.maximum(fisher[[1, 2, 4]], fisher.mean(axis=0)))
