@@ -133,6 +133,12 @@ def test_the_eager_conv_fast_path_follows_copies_pickles_casts_and_loaded_values
         loaded.codebook.mul_(2.0)  # same memory, new values: the decoder reads them
         torch.testing.assert_close(loaded(x), 2 * (expected - reference.bias[:, None, None]) + reference.bias[:, None, None],
                                    rtol=1e-5, atol=1e-5)
+        # Gradients off: each layer decodes into the thread's one scratch buffer, used up before the next layer.
+        second_reference = strip_clustering(cluster_weights(nn.Conv2d(8, 4, 1), 4, per_channel=True)).eval()
+        second = palettize(dense_twin(second_reference)).eval()
+        torch.testing.assert_close(second(copied(x)), second_reference(expected), rtol=1e-5, atol=1e-5)
+        with torch.enable_grad():  # a fresh tensor each call (autograd may keep it)
+            torch.testing.assert_close(second(copied(x)), second_reference(expected), rtol=1e-5, atol=1e-5)
         as_double = copied.double()
         assert as_double._whole is None
         torch.testing.assert_close(as_double(x.double()), reference.double()(x.double()), rtol=1e-9, atol=1e-9)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import threading
 import warnings
 from pathlib import Path
 
@@ -139,7 +140,7 @@ class WholeDecoder:
                  k: int, rows_per_group: int, col_offsets: torch.Tensor | None, shape: tuple[int, ...]):
         self.tensors = (packed, codebook, col_offsets)
         self._pointers = (packed.data_ptr(), codebook.data_ptr(), _ptr(col_offsets))
-        self.shape = tuple(shape)
+        self.shape, self._numel = tuple(shape), rows * cols
         self._call = functools.partial(require().wz_decode_rows, packed.data_ptr(), stride, bits, cols, None, 0, rows,
                                        codebook.data_ptr(), k, rows_per_group, _ptr(col_offsets))
 
@@ -148,9 +149,27 @@ class WholeDecoder:
         return (packed.data_ptr(), codebook.data_ptr(), _ptr(col_offsets)) == self._pointers
 
     def __call__(self) -> torch.Tensor:
-        out = torch.empty(self.shape, dtype=torch.float32)
+        """The decoded weight. With gradients off it is written into this thread's scratch buffer (reused by the
+        next layer: a fresh multi-MiB tensor a layer cost ~350 page faults a MobileNetV2 forward), so the caller
+        must be done with it before the next call; with gradients on (autograd may keep it), a new tensor."""
+        if torch.is_grad_enabled():
+            out = torch.empty(self.shape, dtype=torch.float32)
+        else:
+            out = _scratch(self._numel).view(self.shape)
         self._call(out.data_ptr(), 1, 1)
         return out
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(numel: int) -> torch.Tensor:
+    """The first `numel` floats of this thread's scratch buffer (grown as needed; at most one tile,
+    ops.TILE_ELEMENTS floats, as only weights that small are decoded whole)."""
+    buffer = getattr(_SCRATCH, "buffer", None)
+    if buffer is None or buffer.numel() < numel:
+        buffer = _SCRATCH.buffer = torch.empty(numel, dtype=torch.float32)
+    return buffer[:numel]
 
 
 def sparse_gemm(row_ptr: torch.Tensor, gaps: torch.Tensor, values: torch.Tensor, rows: int, codebook: torch.Tensor,
