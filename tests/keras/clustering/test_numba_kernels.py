@@ -80,3 +80,20 @@ def test_look_up_marks_indices_outside_the_table():
     assert kernels.look_up(table, index, out) == 2
     np.testing.assert_array_equal(out[[0, 1, 3]], [2.0, 0.5, -1.0])
     assert np.isnan(out[2]) and np.isnan(out[4])
+
+
+def test_ffi_kernels_only_on_a_jaxlib_whose_call_frame_layout_was_checked(monkeypatch):
+    """The FFI handlers read XLA's 0.x C-API call frame at fixed offsets: another jaxlib takes the portable path."""
+    import jaxlib
+    import keras
+
+    from weightzip.keras.clustering import _jax_lookup
+
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    weights, table = np.zeros(8, np.float32), np.zeros(4, np.float32)
+    assert _jax_lookup.applies(weights, table) == (jaxlib.__version__ in _jax_lookup.TESTED_JAXLIB)
+    monkeypatch.setattr(_jax_lookup, "TESTED_JAXLIB", ())
+    assert not _jax_lookup.applies(weights, table)
+    monkeypatch.setattr(_jax_lookup, "TESTED_JAXLIB", (jaxlib.__version__,))
+    assert _jax_lookup.applies(weights, table)
+    assert not _jax_lookup.applies(weights.astype(np.float64), table)

@@ -25,13 +25,21 @@ from weightzip.keras.clustering._xla_ffi import HANDLER_SIGNATURE, flat_argument
 _PREFIX = "weightzip_cluster_"
 
 
+# jaxlib releases whose FFI call frame the struct offsets in `_xla_ffi` were checked against. The C API is
+# 0.x (not ABI-stable), so any other jaxlib takes the portable XLA path of `ops.clustered_kernel` (same results,
+# slower) instead of reading a call frame whose layout may have moved.
+TESTED_JAXLIB = ("0.10.2",)
+
+
 def applies(original, table) -> bool:
-    """Whether these kernels serve the tensors: JAX backend on CPU, float32 kernel and table."""
+    """Whether these kernels serve the tensors: JAX backend on CPU with a tested jaxlib, float32 kernel and table."""
     if keras.backend.backend() != "jax":
         return False
     import jax
+    import jaxlib
 
-    return jax.default_backend() == "cpu" and original.dtype == np.float32 and table.dtype == np.float32
+    return (jaxlib.__version__ in TESTED_JAXLIB and jax.default_backend() == "cpu"
+            and original.dtype == np.float32 and table.dtype == np.float32)
 
 
 def searched_lookup(flat_table, sorted_keys, original, *, channel_axis, average_gradient):
