@@ -587,10 +587,10 @@ def decode_record(record: TensorRecord, reader: PayloadReader):
     index_dtype = schema.DTYPES[raw["index_dtype"]]
     axis, group_size = raw["axis"], raw["group_size"]
     if record.layout == "dense":
-        indices = decode_symbols(raw["indices"], reader, f"{where} indices").astype(index_dtype)
+        indices = decode_symbols(raw["indices"], reader, f"{where} indices").astype(index_dtype, copy=False)
     else:
         gaps = decode_symbols(raw["gaps"], reader, f"{where} gaps")
-        values = decode_symbols(raw["values"], reader, f"{where} values").astype(index_dtype)
+        values = decode_symbols(raw["values"], reader, f"{where} values").astype(index_dtype, copy=False)
         background = np.asarray(raw["background"], dtype=index_dtype)
         if record.elements:
             # The group layout of the tensor, from a zero-strided stand-in for its indices (no allocation).
