@@ -88,10 +88,10 @@ def test_decoder_equals_constriction_on_valid_and_random_words(alphabet, count, 
     from weightzip.core import ans  # the symbols themselves, before the integrity checks
 
     cdf = ans._quantized_cdf(counts / counts.sum())
-    table = np.searchsorted(cdf[:-1], np.arange(1 << 12, dtype=np.int64) << 12, side="right") - 1
     raw = np.empty(count, dtype=np.int64)
     histogram = np.zeros(alphabet, dtype=np.int64)
-    exhausted = ans._decode_kernel(noise, cdf, table, raw, histogram)
+    exhausted = ans._decode_kernel(noise, cdf, ans._bucket_table(cdf), np.arange(alphabet, dtype=np.int64), raw,
+                                   histogram)
     np.testing.assert_array_equal(histogram, np.bincount(expected, minlength=alphabet))
     assert empty or not exhausted  # ours is also stricter: no words may be left
     np.testing.assert_array_equal(raw, expected)
@@ -101,3 +101,41 @@ def test_a_stream_of_only_the_first_symbol_is_empty_and_decodes():
     counts = np.array([50, 0, 0])
     words = ans_encode(np.zeros(50, dtype=np.int64), counts)
     np.testing.assert_array_equal(ans_decode(words, 50, counts), np.zeros(50))
+
+
+@settings(max_examples=40, deadline=None)
+@given(alphabet=st.sampled_from([2, 3, 16, 256, 4099]), count=st.integers(0, 3000), skew=st.floats(0.05, 3.0),
+       dtype=st.sampled_from(["float16", "float32", "float64", "int8", "bool"]), seed=st.integers(0, 2 ** 32 - 1))
+def test_decoding_into_a_table_equals_decoding_then_looking_up(alphabet, count, skew, dtype, seed):
+    """The fused decode (table[symbol] written by the decoder) gives exactly the unfused lookup's values, bit
+    patterns included (NaN payloads, -0.0), for a table longer than the alphabet too."""
+    rng = np.random.default_rng(seed)
+    symbols = rng.choice(alphabet, size=count, p=rng.dirichlet(np.full(alphabet, skew)))
+    counts = np.bincount(symbols, minlength=alphabet)
+    words = ans_encode(symbols, counts)
+    patterns = rng.integers(0, 256, size=(alphabet + 3) * np.dtype(dtype).itemsize, dtype=np.uint8)
+    table = patterns.view(dtype) if dtype != "bool" else patterns.view(np.bool_) & True
+    values = ans_decode(words, count, counts, table=table)
+    expected = table[ans_decode(words, count, counts)]
+    assert values.dtype == table.dtype
+    np.testing.assert_array_equal(values.view(np.uint8), expected.view(np.uint8))
+
+
+def test_decoding_into_a_table_refuses_an_alphabet_larger_than_the_table():
+    symbols = np.array([0, 1, 2, 3] * 25)
+    counts = np.bincount(symbols)
+    words = ans_encode(symbols, counts)
+    with pytest.raises(WeightzipError, match="exceeds the 3-entry lookup table"):
+        ans_decode(words, symbols.size, counts, table=np.zeros(3, np.float32))
+    with pytest.raises(WeightzipError, match="lookup table"):
+        ans_decode(words, symbols.size, counts, table=np.zeros((2, 2), np.float32))
+
+
+def test_decoding_corrupt_words_into_a_table_raises():
+    rng = np.random.default_rng(1)
+    symbols = rng.integers(0, 16, size=5000)
+    counts = np.bincount(symbols, minlength=16)
+    words = ans_encode(symbols, counts)
+    words[words.size // 2] ^= 0x00FF00FF
+    with pytest.raises(WeightzipError, match="ANS stream"):
+        ans_decode(words, symbols.size, counts, table=np.linspace(-1, 1, 16, dtype=np.float32))

@@ -82,30 +82,42 @@ def _count_kernel(symbols, counts):
         counts[symbols[i]] += 1
 
 
-def ans_decode(words, count: int, counts) -> np.ndarray:
-    """`count` symbols from compressed `words` under the model of `counts` (see module doc for checks)."""
+def ans_decode(words, count: int, counts, *, table=None) -> np.ndarray:
+    """`count` symbols from compressed `words` under the model of `counts` (see module doc for checks).
+
+    With `table` (a 1-D array of at least ``counts.size`` entries, e.g. a codebook row) the result is
+    ``table[symbols]`` instead, of the table's dtype, written by the decoder as it goes: no symbol array and
+    no separate lookup pass (a decompress of cluster indices wants the centroid values, not the indices).
+    """
     counts = _checked_counts(counts)
     count = int(count)
     if count != int(counts.sum()):
         raise WeightzipError(f"ANS stream claims {count} symbols but its model counts {int(counts.sum())}")
     words = np.asarray(words, dtype=np.uint32)
+    if table is None:
+        table = np.arange(counts.size, dtype=_symbol_dtype(counts.size))
+    else:
+        table = np.ascontiguousarray(table)
+        if table.ndim != 1 or table.shape[0] < counts.size:
+            raise WeightzipError(f"ANS alphabet of {counts.size} symbols exceeds the {table.size}-entry "
+                                 "lookup table it decodes into")
     if count == 0:
         if words.size:
             raise WeightzipError(f"ANS stream of 0 symbols has {words.size} stray words")
-        return np.zeros(0, dtype=_symbol_dtype(counts.size))
+        return np.zeros(0, dtype=table.dtype)
     if words.size and words[-1] == 0:  # as constriction's AnsCoder: compressed data never ends in a zero word
         raise WeightzipError("invalid ANS stream: ValueError: compressed data never ends in a zero word")
     cdf = _quantized_cdf(counts / counts.sum())
-    first_symbol = np.searchsorted(cdf[:-1], np.arange(1 << (PRECISION - _TABLE_SHIFT), dtype=np.int64)
-                                   << _TABLE_SHIFT, side="right") - 1
-    symbols = np.empty(count, dtype=_symbol_dtype(counts.size))
+    buckets = _bucket_table(cdf)
+    out = np.empty(count, dtype=table.dtype)
+    bits = np.dtype(f"u{table.dtype.itemsize}")  # the kernel copies bit patterns: any dtype (float16, bool) works
     histogram = np.zeros(counts.size, dtype=np.int64)
-    exhausted = _decode_kernel(np.ascontiguousarray(words), cdf, first_symbol, symbols, histogram)
+    exhausted = _decode_kernel(np.ascontiguousarray(words), cdf, buckets, table.view(bits), out.view(bits), histogram)
     if not exhausted:
         raise WeightzipError(f"ANS stream has data left over after its {count} symbols")
     if not np.array_equal(histogram, counts):
         raise WeightzipError("ANS stream decodes to symbols that do not match its stored counts")
-    return symbols
+    return out
 
 
 def _checked_counts(counts) -> np.ndarray:
@@ -151,12 +163,44 @@ def _quantized_cdf(probabilities):
     return cdf
 
 
+_FREQUENCY_SHIFT = 16  # a bucket entry: symbol in bits 0-15, its frequency in bits 16-39, its cdf in 40-63
+
+
 @numba.njit(cache=True, nogil=True)
-def _decode_kernel(words, cdf, first_symbol, out, histogram):
+def _bucket_table(cdf):
+    """For each of the 4,096 buckets of quantiles (quantile >> 12): its first symbol, and when the whole bucket
+    lies in that one symbol (nearly always) also the symbol's frequency and cdf, packed in one uint64, so that
+    decoding a symbol takes one table load on the state's dependency chain. Frequency 0 marks a bucket that
+    straddles symbols; its entry holds the bucket's last symbol instead of a cdf, and the decoder searches the
+    cdf between the two."""
+    n = cdf.shape[0] - 1
+    size = 1 << (PRECISION - _TABLE_SHIFT)
+    buckets = np.empty(size, dtype=np.uint64)
+    symbol = 0
+    for bucket in range(size):
+        low = bucket << _TABLE_SHIFT
+        while symbol < n - 1 and cdf[symbol + 1] <= low:
+            symbol += 1
+        entry = np.uint64(symbol)
+        if cdf[symbol + 1] >= low + (1 << _TABLE_SHIFT):
+            entry |= (np.uint64(cdf[symbol + 1] - cdf[symbol]) << np.uint64(_FREQUENCY_SHIFT)) \
+                | (np.uint64(cdf[symbol]) << np.uint64(_FREQUENCY_SHIFT + PRECISION))
+        else:  # the bucket's last symbol where the cdf would be: the search stays within the bucket
+            last = symbol
+            while last < n - 1 and cdf[last + 1] < low + (1 << _TABLE_SHIFT):
+                last += 1
+            entry |= np.uint64(last) << np.uint64(_FREQUENCY_SHIFT + PRECISION)
+        buckets[bucket] = entry
+    return buckets
+
+
+@numba.njit(cache=True, nogil=True)
+def _decode_kernel(words, cdf, buckets, table, out, histogram):
     """constriction's AnsCoder.decode: state from the last words, then per symbol quantile → symbol,
-    state update and refill from the end of `words`; `histogram` counts the symbols. Returns whether
-    the coder is empty afterwards."""
+    state update and refill from the end of `words`; writes ``table[symbol]`` to `out` and counts the
+    symbols in `histogram`. Returns whether the coder is empty afterwards."""
     mask = np.uint64((1 << PRECISION) - 1)
+    field = np.uint64((1 << PRECISION) - 1)
     low = np.uint64(1) << np.uint64(64 - _WORD_BITS)
     position = words.shape[0]
     state = np.uint64(0)
@@ -168,23 +212,27 @@ def _decode_kernel(words, cdf, first_symbol, out, histogram):
             position -= 1
             if state >= low:
                 break
-    n = cdf.shape[0] - 1
     for i in range(out.shape[0]):
-        quantile = np.int64(state & mask)
-        symbol = first_symbol[quantile >> _TABLE_SHIFT]
-        if symbol < n - 1 and cdf[symbol + 1] <= quantile:  # binary search in the rest of the bucket
-            high = n - 1
+        quantile = state & mask
+        entry = buckets[quantile >> np.uint64(_TABLE_SHIFT)]
+        frequency = (entry >> np.uint64(_FREQUENCY_SHIFT)) & field
+        symbol = np.int64(entry & np.uint64(0xFFFF))
+        left = entry >> np.uint64(_FREQUENCY_SHIFT + PRECISION)
+        if frequency == 0:  # a bucket that straddles symbols: binary search between its first and last
+            q = np.int64(quantile)
+            high = np.int64(left)
             while symbol < high:
                 middle = (symbol + high + 1) >> 1
-                if cdf[middle] <= quantile:
+                if cdf[middle] <= q:
                     symbol = middle
                 else:
                     high = middle - 1
-        left = cdf[symbol]
-        state = (state >> np.uint64(PRECISION)) * np.uint64(cdf[symbol + 1] - left) + np.uint64(quantile - left)
+            left = np.uint64(cdf[symbol])
+            frequency = np.uint64(cdf[symbol + 1]) - left
+        state = (state >> np.uint64(PRECISION)) * frequency + (quantile - left)
         if state < low and position > 0:
             state = (state << np.uint64(_WORD_BITS)) | np.uint64(words[position - 1])
             position -= 1
-        out[i] = symbol
+        out[i] = table[symbol]
         histogram[symbol] += 1
     return state == 0 and position == 0
