@@ -19,7 +19,7 @@ import numpy as np
 
 from weightzip import __version__
 from weightzip.atomic import atomic_output, check_output_path
-from weightzip.core import CentroidInitialization, ClusterConfig, ClusteredTensor
+from weightzip.core import CentroidInitialization, ClusterConfig
 from weightzip.core.errors import WeightzipError
 from weightzip.core.tensor_storage import TensorAction, action_of, encode_array  # noqa: F401  (the storage rule)
 from weightzip.format import WriteOptions, open_wz, write_wz
@@ -211,9 +211,7 @@ def write_wz_as_safetensors(wz, output, specs: dict, names: list[str], restore: 
     check_holds(wz, names)
 
     def fetch(name: str) -> np.ndarray:
-        value = wz.read(name)
-        array = value.decode() if isinstance(value, ClusteredTensor) else value
-        return stored_array(name, array, *specs[name], name in restore)
+        return stored_array(name, wz.read_values(name), *specs[name], name in restore)
 
     with atomic_output(output, overwrite=overwrite, inputs=(wz.path,)) as temporary:
         return write_safetensors_arrays(temporary, [(name, *specs[name]) for name in names], fetch, metadata)

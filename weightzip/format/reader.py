@@ -27,7 +27,7 @@ from weightzip.core.sizing import SizeReport, TensorSize
 from weightzip.format import schema
 from weightzip.format.container import ByteSource, FileSource, read_envelope
 from weightzip.format.errors import WzFormatError
-from weightzip.format.records import TensorRecord, check_record, decode_record
+from weightzip.format.records import TensorRecord, check_record, decode_record, decode_record_values
 from weightzip.format.streams import PayloadReader, decode_raw
 
 DEFAULT_MAX_ELEMENTS = 1 << 28  # 268 M weights (VGG-16 has 138 M): 1 GiB of float32 once decoded
@@ -96,6 +96,15 @@ class WzFile:
     def read(self, name: str):
         """The tensor `name` (ClusteredTensor or ndarray), bit-exact."""
         return _decode_record(self._record(name), self._reader, str(self.path))
+
+    def read_values(self, name: str) -> np.ndarray:
+        """The tensor `name` as its decoded values (a clustered tensor's centroid per weight), bit-exact: what
+        ``read(name)`` followed by ``.decode()`` gives, decoded straight into values where the record allows
+        (see :func:`weightzip.format.records.decode_record_values`)."""
+        try:
+            return decode_record_values(self._record(name), self._reader)
+        except WzFormatError as error:
+            raise WzFormatError(f"{self.path}: {error}") from None
 
     def read_packed(self, name: str) -> PackedIndices | None:
         """The clustered tensor `name` with its indices still bit-packed, or None when they are not stored

@@ -602,6 +602,26 @@ def decode_record(record: TensorRecord, reader: PayloadReader):
     return ClusteredTensor(codebook, indices.reshape(record.shape), axis, group_size)
 
 
+def decode_record_values(record: TensorRecord, reader: PayloadReader) -> np.ndarray:
+    """The decoded values of a checked record (a clustered tensor's centroid per weight), bit-exact.
+
+    A dense clustered tensor with one codebook and ANS-coded indices is decoded straight into centroid values
+    (the decoder writes ``codebook[index]``: no index array, no lookup pass); any other record is decoded as
+    by :func:`decode_record` and then looked up."""
+    raw = record.raw
+    if record.kind == "clustered" and record.layout == "dense" and raw["groups"] == 1 \
+            and raw["indices"]["coding"] == "ans":
+        where = record.where
+        codebook = decode_raw(raw["codebook"], reader, f"{where} codebook", record.dtype, raw["clusters"])
+        return decode_symbols(raw["indices"], reader, f"{where} indices", table=codebook).reshape(record.shape)
+    tensor = decode_record(record, reader)
+    if not isinstance(tensor, ClusteredTensor):
+        return tensor
+    if tensor.indices.size == 0:  # nothing to look up (and no per-channel layout to build for long empty axes)
+        return np.zeros(tensor.shape, dtype=tensor.codebook.dtype)
+    return tensor.decode()
+
+
 def _sparse_decode(gaps, values, background, record: TensorRecord, where: str) -> np.ndarray:
     try:
         return sparse_decode(gaps, values, background, record.elements, dtype=values.dtype)

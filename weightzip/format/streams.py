@@ -249,11 +249,18 @@ def check_symbols_descriptor(descriptor: dict, where: str, *, count: int | None,
     return stored_count
 
 
-def decode_symbols(descriptor: dict, reader: PayloadReader, where: str) -> np.ndarray:
-    """Symbols of a stream whose descriptor passed :func:`check_symbols_descriptor`."""
+def decode_symbols(descriptor: dict, reader: PayloadReader, where: str, *, table: np.ndarray | None = None) -> np.ndarray:
+    """Symbols of a stream whose descriptor passed :func:`check_symbols_descriptor`; with `table` (1-D, at least
+    the stream's alphabet long), ``table[symbols]`` instead: an ANS stream's decoder writes those values itself,
+    other codings are looked up after decoding."""
     coding = descriptor["coding"]
     count, alphabet = descriptor["count"], descriptor["alphabet"]
     length = descriptor["length"]
+    if table is not None:
+        if table.ndim != 1 or table.shape[0] < alphabet:
+            raise WzFormatError(f"{where}: alphabet {alphabet} exceeds the {table.size}-entry table it decodes into")
+        if coding != "ans":
+            return table[decode_symbols(descriptor, reader, where)]
     if coding == "packed":
         bits = schema.integer(descriptor, "bits", where, maximum=32)
         if alphabet > 1 << 32 or bits != bit_width(alphabet):
@@ -296,7 +303,7 @@ def decode_symbols(descriptor: dict, reader: PayloadReader, where: str) -> np.nd
     if needed > 32 * words.size + ANS_STATE_BITS:
         raise WzFormatError(f"{where}: {words.size} ANS words cannot hold {count} symbols of this model "
                             f"(their information content is {needed:.0f} bits)")
-    return _wrapped(ans_decode, where, words, count, histogram)
+    return _wrapped(ans_decode, where, words, count, histogram, table=table)
 
 
 ANS_STATE_BITS = 64  # the coder's state, flushed with the words: the most a stream can hold beyond its words
@@ -330,9 +337,9 @@ def decode_raw(descriptor: dict, reader: PayloadReader, where: str, dtype: np.dt
     return values
 
 
-def _wrapped(decoder, where, *args):
+def _wrapped(decoder, where, *args, **keywords):
     try:
-        return decoder(*args)
+        return decoder(*args, **keywords)
     except WzFormatError:
         raise
     except WeightzipError as error:

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from weightzip.atomic import atomic_directory, check_output_path
-from weightzip.core import CentroidInitialization, ClusteredTensor
+from weightzip.core import CentroidInitialization
 from weightzip.core.allocation import DEFAULT_CLUSTERS, Candidates
 from weightzip.core.errors import ArgumentTypeError, WeightzipError
 from weightzip.format import WriteOptions, open_wz, read_metadata
@@ -245,9 +245,7 @@ def _checked_fetch(wz, metadata: dict, stored: dict, layout: ShardLayout):
         raise ModelDirectoryError(f"{path}: torch_dtypes must be a JSON object")
 
     def fetch(name: str) -> torch.Tensor:
-        value = wz.read(name)
-        array = value.decode() if isinstance(value, ClusteredTensor) else value
-        return as_stored_tensor(array, specs[name][0] if name in torch_dtypes else None)
+        return as_stored_tensor(wz.read_values(name), specs[name][0] if name in torch_dtypes else None)
 
     return specs, fetch
 

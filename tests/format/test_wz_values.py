@@ -1,0 +1,90 @@
+"""`WzFile.read_values`: a tensor's decoded values, straight from an ANS stream into centroid values where the
+record allows (dense, one codebook), otherwise decoded and looked up: the same bits as ``read(name).decode()``."""
+
+import copy
+import zlib
+
+import numpy as np
+import pytest
+from wz_samples import pruned_array, random_clustered
+
+from weightzip.core import ClusteredTensor
+from weightzip.format import WriteOptions, WzFormatError, open_wz, write_wz
+from weightzip.format.container import assemble, disassemble
+
+
+def skewed(shape, k, *, dtype=np.float32, seed=0, axis=None) -> ClusteredTensor:
+    """A clustered tensor whose indices are skewed (ANS wins) and whose codebook holds -0.0 and a NaN."""
+    rng = np.random.default_rng(seed)
+    tensor = random_clustered(shape, k, dtype=dtype, seed=seed, axis=axis)
+    codebook = tensor.codebook.copy()
+    codebook[:, 0], codebook[:, -1] = np.array(-0.0, dtype), np.array(np.nan, dtype)
+    probabilities = np.exp(-np.arange(k) / (k / 6))  # ~3 bits of entropy at k=16: dense and ANS-coded
+    indices = rng.choice(k, size=shape, p=probabilities / probabilities.sum()).astype(tensor.indices.dtype)
+    return ClusteredTensor(codebook, indices, tensor.axis, tensor.group_size)
+
+
+def tensors():
+    return {"ans16": skewed((300, 70), 16), "ans256_f16": skewed((20_011,), 256, dtype=np.float16, seed=1),
+            "per_channel": skewed((40, 30), 8, axis=0, seed=2), "sparse": random_clustered((50, 64), 16, density=0.1),
+            "empty": skewed((0, 5), 4, seed=3), "bias": pruned_array((33,), 0.5), "sparse_bias": pruned_array((900,), 0.05)}
+
+
+@pytest.mark.parametrize("coding", ["auto", "ans", "huffman", "packed"])
+def test_read_values_equals_read_then_decode(tmp_path, coding):
+    path = tmp_path / "m.wz"
+    write_wz(path, tensors(), options=WriteOptions(coding=coding, layout="auto"))
+    with open_wz(path) as wz:
+        if coding in ("auto", "ans"):
+            assert wz._records["ans16"].raw["indices"]["coding"] == "ans"  # the fused path is exercised
+        if coding == "ans":
+            assert wz._records["ans256_f16"].raw["indices"]["coding"] == "ans"
+        for name in wz.tensors:
+            value = wz.read(name)
+            expected = value.decode() if isinstance(value, ClusteredTensor) and value.indices.size else \
+                np.zeros(value.shape, value.codebook.dtype) if isinstance(value, ClusteredTensor) else value
+            got = wz.read_values(name)
+            assert got.dtype == expected.dtype and got.shape == expected.shape, name
+            assert got.tobytes() == expected.tobytes(), name
+
+
+def resealed(data: bytes, edit) -> bytes:
+    """`data` after `edit(header, payload)`, every checksum made valid again (so the decoder itself must object)."""
+    header, payload = disassemble(data)
+    header, payload = copy.deepcopy(header), bytearray(payload)
+    edit(header, payload)
+    for record in header["tensors"]:
+        for value in record.values():
+            if isinstance(value, dict) and "crc32" in value:
+                value["crc32"] = zlib.crc32(bytes(payload[value["offset"]:value["offset"] + value["length"]]))
+    return assemble(header, bytes(payload))
+
+
+def test_read_values_refuses_a_corrupt_ans_stream(tmp_path):
+    path = tmp_path / "m.wz"
+    write_wz(path, {"w": skewed((200, 50), 16)}, options=WriteOptions(coding="ans", layout="dense"))
+
+    def flip_a_word(header, payload):
+        indices = header["tensors"][0]["indices"]
+        middle = indices["offset"] + indices["table_bytes"] + (indices["length"] - indices["table_bytes"]) // 2
+        payload[middle] ^= 0x5A
+
+    bad = tmp_path / "bad.wz"
+    bad.write_bytes(resealed(path.read_bytes(), flip_a_word))
+    with open_wz(bad) as wz, pytest.raises(WzFormatError, match=r"bad\.wz: tensor .*indices: ANS stream"):
+        wz.read_values("w")
+
+
+def test_read_values_refuses_an_alphabet_larger_than_the_codebook(tmp_path):
+    """A header whose index alphabet outgrows its codebook is refused before decoding, never indexed past it."""
+    path = tmp_path / "m.wz"
+    write_wz(path, {"w": skewed((200, 50), 16)}, options=WriteOptions(coding="ans", layout="dense"))
+
+    def widen(header, payload):
+        header["tensors"][0]["indices"]["alphabet"] = 17
+
+    bad = tmp_path / "bad.wz"
+    bad.write_bytes(resealed(path.read_bytes(), widen))
+    with pytest.raises(WzFormatError, match="alphabet 17"):
+        with open_wz(bad) as wz:
+            wz.read_values("w")
