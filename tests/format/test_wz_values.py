@@ -9,7 +9,7 @@ import pytest
 from wz_samples import pruned_array, random_clustered
 
 from weightzip.core import ClusteredTensor
-from weightzip.format import WriteOptions, WzFormatError, open_wz, write_wz
+from weightzip.format import WriteOptions, WzFormatError, encode_wz, open_wz, write_wz
 from weightzip.format.container import assemble, disassemble
 
 
@@ -88,3 +88,42 @@ def test_read_values_refuses_an_alphabet_larger_than_the_codebook(tmp_path):
     with pytest.raises(WzFormatError, match="alphabet 17"):
         with open_wz(bad) as wz:
             wz.read_values("w")
+
+
+def test_forged_crc_mutations_through_the_values_path_raise_only_wz_format_errors_or_agree():
+    """The structural mutations of benchmarks/fuzz_wz.py (checksums re-sealed) read through the values path:
+    each record either decodes to exactly what decode + lookup gives, or both refuse it with a WzFormatError."""
+    import random
+
+    from wz_mutations import mutate
+
+    from weightzip.format.container import ByteSource
+    from weightzip.format.reader import _checked_source
+    from weightzip.format.records import decode_record, decode_record_values
+
+    samples = [encode_wz({"w": skewed((40, 30), 16, seed=5), "c": skewed((12, 5), 4, axis=1, seed=6),
+                          "b": pruned_array((20,), 0.3)}, options=WriteOptions(coding=coding, layout="dense"))
+               for coding in ("ans", "auto")]
+    rng = random.Random(7)
+    outcomes = {"agree": 0, "refused": 0}
+    for _ in range(300):
+        data = mutate(rng, rng.choice(samples))
+        try:
+            _, records, reader, _ = _checked_source(ByteSource(data), None, "<bytes>", verify_file_crc=False)
+        except WzFormatError:
+            outcomes["refused"] += 1
+            continue
+        for record in records:
+            try:
+                tensor = decode_record(record, reader)
+            except WzFormatError:
+                with pytest.raises(WzFormatError):
+                    decode_record_values(record, reader)
+                outcomes["refused"] += 1
+                continue
+            expected = tensor.decode() if isinstance(tensor, ClusteredTensor) and tensor.indices.size else \
+                np.zeros(tensor.shape, tensor.codebook.dtype) if isinstance(tensor, ClusteredTensor) else tensor
+            got = decode_record_values(record, reader)
+            assert got.dtype == expected.dtype and got.tobytes() == expected.tobytes()
+            outcomes["agree"] += 1
+    assert outcomes["refused"] > 50 and outcomes["agree"] > 50
