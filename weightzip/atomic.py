@@ -29,6 +29,29 @@ def check_output_path(path, *, overwrite: bool = False, inputs=()) -> Path:
     return path
 
 
+WRITEBACK_BYTES = 64 << 20  # written bytes between two early writebacks (see early_writeback)
+
+
+def early_writeback(stream, start: int) -> int:
+    """Start writing the bytes of `stream` (a binary file being written) from offset `start` up to its current
+    position to disk now, without waiting; returns that position (the next call's `start`).
+
+    :func:`atomic_output` fsyncs the finished file; without this the kernel writes a file's pages back only once
+    they are ~30 s old, so that fsync waits for nearly the whole file (~1 s per 470 MB here: a 1 B-weight `.wz`
+    written in 24 s; 4 GB of decompressed safetensors ~8 s), all after the work is done. Started per 64 MiB
+    (``posix_fadvise(DONTNEED)``: asynchronous writeback of the dirty pages, clean ones dropped from the cache),
+    the writing overlaps the work and the final fsync finds little left; the copy into the page cache costs what
+    it did. A stream without a file descriptor (BytesIO) or a system without posix_fadvise: nothing is done."""
+    stream.flush()
+    position = stream.tell()
+    if hasattr(os, "posix_fadvise") and position > start:
+        try:
+            os.posix_fadvise(stream.fileno(), start, position - start, os.POSIX_FADV_DONTNEED)
+        except (OSError, ValueError):  # no file descriptor (io.UnsupportedOperation is both), or refused: no hurry
+            pass
+    return position
+
+
 @contextlib.contextmanager
 def atomic_output(path, *, overwrite: bool = False, inputs=()):
     """Yield a temporary path beside `path` (same suffix) to write to; publish it to `path` on success.

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from weightzip.atomic import WRITEBACK_BYTES, early_writeback
 from weightzip.core.errors import WeightzipError
 
 SINGLE_FILE = "model.safetensors"
@@ -337,6 +338,7 @@ def write_safetensors_arrays(path, specs, fetch, metadata: dict[str, str] | None
     encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
     encoded += b" " * (-len(encoded) % 8)
     with open(path, "wb") as stream:
+        written = 0
         stream.write(struct.pack("<Q", len(encoded)))
         stream.write(encoded)
         for name, dtype, shape in specs:
@@ -347,6 +349,8 @@ def write_safetensors_arrays(path, specs, fetch, metadata: dict[str, str] | None
             if array.size:
                 stream.write(memoryview(array.reshape(-1)).cast("B"))  # no copy of the tensor's bytes
             del array
+            if stream.tell() - written >= WRITEBACK_BYTES:
+                written = early_writeback(stream, written)  # the final fsync then finds little left
         stream.flush()
         os.fsync(stream.fileno())
     return 8 + len(encoded) + offset

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from weightzip.atomic import atomic_output, check_output_path
+from weightzip.atomic import WRITEBACK_BYTES, atomic_output, check_output_path, early_writeback
 from weightzip.atomic import write_bytes_atomically as write_atomically  # noqa: F401  (used by weightzip.torch)
 from weightzip.core.errors import WeightzipError
 from weightzip.core.sparse import MAX_GAP_BITS
@@ -92,7 +92,7 @@ def _write_stream(handle, tensors, metadata, options: WriteOptions) -> int:
     handle.write(bytes(PREAMBLE.size))  # patched once the header is known
     payload = PayloadBuilder(sink=handle)
     encode_options = options.encode_options()
-    records, names = [], set()
+    records, names, written = [], set(), 0
     for name, tensor in _named_tensors(tensors):
         if not isinstance(name, str) or not name:
             raise WeightzipError(f"tensor names must be non-empty strings, got {name!r}")
@@ -105,6 +105,8 @@ def _write_stream(handle, tensors, metadata, options: WriteOptions) -> int:
             records.append(append_encoded(tensor, payload))
         else:
             records.append(encode_tensor(name, tensor, encode_options, payload))
+        if payload.sink is not None and PREAMBLE.size + payload.length - written >= WRITEBACK_BYTES:
+            written = early_writeback(handle, written)  # the final fsync then finds little left
     header = {"metadata": metadata, "tensors": records, "payload_length": payload.length}
     stored, text_length = header_bytes(header, deflate_header=options.deflate_header)
     handle.write(stored)
