@@ -11,6 +11,7 @@ written again (:mod:`weightzip.torch.hf`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,8 +211,16 @@ def write_wz_as_safetensors(wz, output, specs: dict, names: list[str], restore: 
     name, shape); restore: the names the metadata's ``torch_dtypes`` casts back. Returns the bytes written."""
     check_holds(wz, names)
 
+    scratch = [np.empty(0, np.uint8)]  # the largest tensor's bytes so far, reused: no fresh pages per tensor
+
     def fetch(name: str) -> np.ndarray:
-        return stored_array(name, wz.read_values(name), *specs[name], name in restore)
+        info = wz.tensors[name]
+        nbytes = math.prod(info.shape) * info.dtype.itemsize
+        if scratch[0].size < nbytes:
+            scratch[0] = np.empty(0, np.uint8)  # (the old one freed first)
+            scratch[0] = np.empty(nbytes, np.uint8)
+        # a view of the scratch buffer at most: written out before the next fetch reuses it
+        return stored_array(name, wz.read_values(name, buffer=scratch[0]), *specs[name], name in restore)
 
     with atomic_output(output, overwrite=overwrite, inputs=(wz.path,)) as temporary:
         return write_safetensors_arrays(temporary, [(name, *specs[name]) for name in names], fetch, metadata)

@@ -139,3 +139,17 @@ def test_decoding_corrupt_words_into_a_table_raises():
     words[words.size // 2] ^= 0x00FF00FF
     with pytest.raises(WeightzipError, match="ANS stream"):
         ans_decode(words, symbols.size, counts, table=np.linspace(-1, 1, 16, dtype=np.float32))
+
+
+def test_decoding_into_a_given_output_array():
+    symbols = np.array([0, 1, 2, 3, 3, 3] * 20)
+    counts = np.bincount(symbols)
+    words = ans_encode(symbols, counts)
+    table = np.array([-1.5, 0.0, 2.0, 7.25], np.float32)
+    out = np.empty(symbols.size, np.float32)
+    assert ans_decode(words, symbols.size, counts, table=table, out=out) is out
+    np.testing.assert_array_equal(out, table[symbols])
+    for wrong in (np.empty(symbols.size, np.float64), np.empty(symbols.size + 1, np.float32),
+                  np.empty(2 * symbols.size, np.float32)[::2]):
+        with pytest.raises(WeightzipError, match="ANS output"):
+            ans_decode(words, symbols.size, counts, table=table, out=wrong)

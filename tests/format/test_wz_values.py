@@ -127,3 +127,23 @@ def test_forged_crc_mutations_through_the_values_path_raise_only_wz_format_error
             assert got.dtype == expected.dtype and got.tobytes() == expected.tobytes()
             outcomes["agree"] += 1
     assert outcomes["refused"] > 50 and outcomes["agree"] > 50
+
+
+def test_read_values_decodes_into_a_given_buffer_when_it_is_large_enough(tmp_path):
+    path = tmp_path / "m.wz"
+    write_wz(path, tensors(), options=WriteOptions(coding="ans", layout="dense"))
+    fused_names = []
+    with open_wz(path) as wz:
+        for name in wz.tensors:
+            expected = wz.read_values(name)
+            buffer = np.full(expected.nbytes + 7, 0xAB, np.uint8)
+            got = wz.read_values(name, buffer=buffer)
+            assert got.dtype == expected.dtype and got.tobytes() == expected.tobytes(), name
+            raw = wz._records[name].raw
+            fused = raw["kind"] == "clustered" and raw["groups"] == 1 and raw["indices"]["coding"] == "ans"
+            assert np.shares_memory(got, buffer) == (fused and expected.size > 0), name
+            if fused:
+                fused_names.append(name)
+            small = np.zeros(max(expected.nbytes - 1, 0), np.uint8)
+            assert not np.shares_memory(wz.read_values(name, buffer=small), small), name
+    assert {"ans16", "ans256_f16"} <= set(fused_names) and "per_channel" not in fused_names

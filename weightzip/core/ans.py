@@ -82,12 +82,14 @@ def _count_kernel(symbols, counts):
         counts[symbols[i]] += 1
 
 
-def ans_decode(words, count: int, counts, *, table=None) -> np.ndarray:
+def ans_decode(words, count: int, counts, *, table=None, out=None) -> np.ndarray:
     """`count` symbols from compressed `words` under the model of `counts` (see module doc for checks).
 
     With `table` (a 1-D array of at least ``counts.size`` entries, e.g. a codebook row) the result is
     ``table[symbols]`` instead, of the table's dtype, written by the decoder as it goes: no symbol array and
     no separate lookup pass (a decompress of cluster indices wants the centroid values, not the indices).
+    `out`: a contiguous 1-D array of `count` elements of the result's dtype to decode into (and return) instead
+    of a new one (a caller decoding tensor after tensor reuses its memory: no fresh pages to fault in).
     """
     counts = _checked_counts(counts)
     count = int(count)
@@ -107,9 +109,12 @@ def ans_decode(words, count: int, counts, *, table=None) -> np.ndarray:
         return np.zeros(0, dtype=table.dtype)
     if words.size and words[-1] == 0:  # as constriction's AnsCoder: compressed data never ends in a zero word
         raise WeightzipError("invalid ANS stream: ValueError: compressed data never ends in a zero word")
+    if out is None:
+        out = np.empty(count, dtype=table.dtype)
+    elif out.dtype != table.dtype or out.shape != (count,) or not out.flags.c_contiguous or not out.flags.writeable:
+        raise WeightzipError(f"ANS output must be a writable contiguous array of {count} {table.dtype} values")
     cdf = _quantized_cdf(counts / counts.sum())
     buckets = _bucket_table(cdf)
-    out = np.empty(count, dtype=table.dtype)
     bits = np.dtype(f"u{table.dtype.itemsize}")  # the kernel copies bit patterns: any dtype (float16, bool) works
     histogram = np.zeros(counts.size, dtype=np.int64)
     exhausted = _decode_kernel(np.ascontiguousarray(words), cdf, buckets, table.view(bits), out.view(bits), histogram)

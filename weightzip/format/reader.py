@@ -97,12 +97,13 @@ class WzFile:
         """The tensor `name` (ClusteredTensor or ndarray), bit-exact."""
         return _decode_record(self._record(name), self._reader, str(self.path))
 
-    def read_values(self, name: str) -> np.ndarray:
+    def read_values(self, name: str, *, buffer: np.ndarray | None = None) -> np.ndarray:
         """The tensor `name` as its decoded values (a clustered tensor's centroid per weight), bit-exact: what
         ``read(name)`` followed by ``.decode()`` gives, decoded straight into values where the record allows
-        (see :func:`weightzip.format.records.decode_record_values`)."""
+        (see :func:`weightzip.format.records.decode_record_values`; with `buffer`, a 1-D uint8 array, the result
+        may share its memory: valid until the buffer is used again)."""
         try:
-            return decode_record_values(self._record(name), self._reader)
+            return decode_record_values(self._record(name), self._reader, buffer=buffer)
         except WzFormatError as error:
             raise WzFormatError(f"{self.path}: {error}") from None
 

@@ -602,18 +602,24 @@ def decode_record(record: TensorRecord, reader: PayloadReader):
     return ClusteredTensor(codebook, indices.reshape(record.shape), axis, group_size)
 
 
-def decode_record_values(record: TensorRecord, reader: PayloadReader) -> np.ndarray:
+def decode_record_values(record: TensorRecord, reader: PayloadReader, *, buffer: np.ndarray | None = None) -> np.ndarray:
     """The decoded values of a checked record (a clustered tensor's centroid per weight), bit-exact.
 
     A dense clustered tensor with one codebook and ANS-coded indices is decoded straight into centroid values
-    (the decoder writes ``codebook[index]``: no index array, no lookup pass); any other record is decoded as
-    by :func:`decode_record` and then looked up."""
+    (the decoder writes ``codebook[index]``: no index array, no lookup pass), into `buffer` (a 1-D uint8 array)
+    when it is large enough: the result then shares its memory and is only valid until the buffer is used again.
+    Any other record is decoded as by :func:`decode_record` and then looked up into a new array."""
     raw = record.raw
     if record.kind == "clustered" and record.layout == "dense" and raw["groups"] == 1 \
             and raw["indices"]["coding"] == "ans":
         where = record.where
         codebook = decode_raw(raw["codebook"], reader, f"{where} codebook", record.dtype, raw["clusters"])
-        return decode_symbols(raw["indices"], reader, f"{where} indices", table=codebook).reshape(record.shape)
+        nbytes = record.elements * record.dtype.itemsize
+        out = None
+        if buffer is not None and buffer.dtype == np.uint8 and buffer.ndim == 1 and buffer.size >= nbytes:
+            out = buffer[:nbytes].view(record.dtype)
+        values = decode_symbols(raw["indices"], reader, f"{where} indices", table=codebook, out=out)
+        return values.reshape(record.shape)
     tensor = decode_record(record, reader)
     if not isinstance(tensor, ClusteredTensor):
         return tensor

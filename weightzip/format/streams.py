@@ -249,10 +249,12 @@ def check_symbols_descriptor(descriptor: dict, where: str, *, count: int | None,
     return stored_count
 
 
-def decode_symbols(descriptor: dict, reader: PayloadReader, where: str, *, table: np.ndarray | None = None) -> np.ndarray:
+def decode_symbols(descriptor: dict, reader: PayloadReader, where: str, *, table: np.ndarray | None = None,
+                   out: np.ndarray | None = None) -> np.ndarray:
     """Symbols of a stream whose descriptor passed :func:`check_symbols_descriptor`; with `table` (1-D, at least
-    the stream's alphabet long), ``table[symbols]`` instead: an ANS stream's decoder writes those values itself,
-    other codings are looked up after decoding."""
+    the stream's alphabet long), ``table[symbols]`` instead: an ANS stream's decoder writes those values itself
+    (into `out` when given: see :func:`weightzip.core.ans.ans_decode`), other codings are looked up after
+    decoding (`out` unused)."""
     coding = descriptor["coding"]
     count, alphabet = descriptor["count"], descriptor["alphabet"]
     length = descriptor["length"]
@@ -303,7 +305,7 @@ def decode_symbols(descriptor: dict, reader: PayloadReader, where: str, *, table
     if needed > 32 * words.size + ANS_STATE_BITS:
         raise WzFormatError(f"{where}: {words.size} ANS words cannot hold {count} symbols of this model "
                             f"(their information content is {needed:.0f} bits)")
-    return _wrapped(ans_decode, where, words, count, histogram, table=table)
+    return _wrapped(ans_decode, where, words, count, histogram, table=table, out=None if table is None else out)
 
 
 ANS_STATE_BITS = 64  # the coder's state, flushed with the words: the most a stream can hold beyond its words
