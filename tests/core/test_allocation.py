@@ -1,5 +1,7 @@
 """Bit allocation: exact rates (the writer's own bytes), Lagrangian plans under a target, the float fallback."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -113,3 +115,33 @@ def test_file_size_target_reached_when_the_file_overhead_grows_with_the_plan():
     assert file_bytes(plan) <= target
     assert plan.total_bytes > smallest.total_bytes
     assert plan.estimated_error < smallest.estimated_error
+
+
+def test_a_tensor_that_does_not_affect_the_outputs_gets_the_fewest_bytes():
+    """All-zero sensitivity (e.g. a pooler whose output the measured embedding never uses): distortion zero for
+    every candidate, so the allocation stores it with the fewest bytes and gives the bytes to tensors that
+    matter; the report names it. Before, it fell back to unweighted error, which dwarfed the others' Fisher
+    errors and bought it the most bits of all."""
+    from weightzip.core.post_training import Sensitivity, final_report
+
+    tensors = _tensors(2)
+    unused = TensorToCompress("pooler", tensors[0].weights.copy(), np.zeros(tensors[0].weights.shape),
+                              channel_axis=0)
+    curves = rate_distortion_curves(tensors + [unused], SMALL)
+    assert len(curves["pooler"].choices) == 1  # its smallest candidate (zero error) dominates every other
+    plan = allocate(curves, bits_per_weight=4.0)
+    pooler = plan.choices["pooler"]
+    assert pooler.insensitive and pooler.weighted_error == 0.0
+    assert pooler.stored_bytes == min(choice.stored_bytes for choice in plan.choices.values())
+    assert pooler.clusters == min(SMALL.clusters) and pooler.granularity == "tensor"
+    assert not any(plan.choices[t.name].insensitive for t in tensors)
+    # the others get the bytes it leaves: less error than when it competes with its plain squared error
+    competing = allocate(rate_distortion_curves(tensors + [dataclasses.replace(unused, importance=None)], SMALL),
+                         bits_per_weight=4.0)
+    assert competing.choices["pooler"].stored_bytes > pooler.stored_bytes
+    assert sum(plan.choices[t.name].weighted_error for t in tensors) < \
+        sum(competing.choices[t.name].weighted_error for t in tensors)
+    report = final_report(plan, [], None, Sensitivity.FISHER, "4 bits per weight", 0.0)
+    assert any("zero sensitivity" in note and "pooler" in note for note in report.notes)
+    uniform = uniform_plan(tensors + [unused], clusters=8, weighted=True)
+    assert uniform.choices["pooler"].weighted_error == 0.0 and uniform.choices["pooler"].insensitive

@@ -115,6 +115,7 @@ class TensorChoice:
     stored: ClusteredTensor | np.ndarray = field(repr=False, compare=False)
     outliers: float = 0.0
     compensated: bool = False  # indices re-chosen for the layer's output error (weightzip.core.compensation)
+    insensitive: bool = False  # zero sensitivity everywhere: no effect on the measured outputs (is_insensitive)
 
     @property
     def bits_per_weight(self) -> float:
@@ -244,7 +245,17 @@ def weighted_error(weights: np.ndarray, approximation: np.ndarray, importance: n
     return float(squared.sum() if importance is None else np.dot(squared.ravel(), np.asarray(importance).ravel()))
 
 
+def is_insensitive(tensor: TensorToCompress) -> bool:
+    """Whether `tensor` was given a sensitivity that is zero everywhere: on the calibration inputs it does not
+    affect the measured outputs at all (e.g. a pooler whose output the model's mean-pooled embedding never
+    uses). Its distortion is zero whatever it stores, so allocation gives it the fewest bytes, and the report
+    says so; None (no sensitivity asked for) is plain squared error, not this."""
+    return tensor.importance is not None and not np.any(np.asarray(tensor.importance) > 0)
+
+
 def _checked(tensor: TensorToCompress) -> tuple[np.ndarray, np.ndarray | None]:
+    """(weights, importance) checked; an all-zero importance comes back as None (the clustering then weighs
+    every weight alike: with no information, plain k-means; :func:`is_insensitive` says it was all zero)."""
     weights = np.asarray(tensor.weights)
     if not np.issubdtype(weights.dtype, np.floating) or weights.size == 0 or not np.all(np.isfinite(weights)):
         raise WeightzipError(f"tensor {tensor.name!r}: weights must be a non-empty finite float array")
@@ -255,7 +266,7 @@ def _checked(tensor: TensorToCompress) -> tuple[np.ndarray, np.ndarray | None]:
             raise WeightzipError(f"tensor {tensor.name!r}: importance must be finite, >= 0 and of shape "
                                  f"{weights.shape}, got {importance.shape}")
         if not np.any(importance > 0):
-            importance = None  # no information: fall back to plain squared error
+            importance = None  # no information: cluster by plain squared error (distortion: is_insensitive)
     return weights, importance
 
 
@@ -301,6 +312,9 @@ def rate_distortion_curve(tensor: TensorToCompress, candidates: Candidates = Can
     raw = TensorChoice(tensor.name, 0, "float", 1, 0.0, stored_bytes(tensor.name, weights, write_options), n, 0.0,
                        weights)
     found = [raw]
+    if is_insensitive(tensor):  # no candidate changes the measured outputs: only the smallest one matters
+        candidates = dataclasses.replace(candidates, clusters=(min(candidates.clusters),), sparsities=(0.0,),
+                                         granularities=("tensor",))
     for sparsity in candidates.sparsities:
         values = _pruned(weights, importance, sparsity)
         base_error = weighted_error(weights, values, importance) if sparsity else 0.0
@@ -309,10 +323,10 @@ def rate_distortion_curve(tensor: TensorToCompress, candidates: Candidates = Can
             for k, clustered in _clusterings(values, importance, granularity, axis, group_size, candidates.clusters,
                                              distinct, sparsity):
                 clustered = as_written(drop_unused_centroids(clustered), write_options)
-                error = weighted_error(weights, clustered.decode(), importance)
+                error = 0.0 if is_insensitive(tensor) else weighted_error(weights, clustered.decode(), importance)
                 found.append(TensorChoice(tensor.name, k, granularity, group_size, float(sparsity),
                                           stored_bytes(tensor.name, clustered, write_options), n,
-                                          max(error, base_error), clustered))
+                                          max(error, base_error), clustered, insensitive=is_insensitive(tensor)))
     return RateDistortionCurve(tensor.name, n, tuple(_pareto(found)), write_options)
 
 
@@ -393,9 +407,11 @@ def uniform_plan(tensors: Iterable[TensorToCompress], *, clusters: int, granular
             config = ClusterConfig(clusters, CentroidInitialization.OPTIMAL, axis=axis, group_size=size)
             clustered = cluster_array(weights, config, sample_weight=sample_weight)
         clustered = as_written(drop_unused_centroids(clustered), write_options)
+        insensitive = is_insensitive(tensor)
+        error = 0.0 if insensitive else weighted_error(weights, clustered.decode(), importance)
         choice = TensorChoice(tensor.name, clusters, granularity if axis is not None else "tensor", size, 0.0,
-                              stored_bytes(tensor.name, clustered, write_options), weights.size,
-                              weighted_error(weights, clustered.decode(), importance), clustered)
+                              stored_bytes(tensor.name, clustered, write_options), weights.size, error, clustered,
+                              insensitive=insensitive)
         raw_bytes = stored_bytes(tensor.name, weights, write_options)
         if raw_bytes < choice.stored_bytes:
             choice = TensorChoice(tensor.name, 0, "float", 1, 0.0, raw_bytes, weights.size, 0.0, weights)

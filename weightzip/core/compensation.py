@@ -277,7 +277,7 @@ def compensate_plan(plan, tensors: dict, hessians: dict[str, InputHessian], *, d
     choices, done = dict(plan.choices), []
     for name, choice in plan.choices.items():
         hessian = hessians.get(name)
-        if choice.clusters == 0 or choice.sparsity > 0 or hessian is None or not hessian.fits(choice.stored.shape):
+        if choice.clusters == 0 or choice.sparsity > 0 or choice.insensitive or hessian is None or not hessian.fits(choice.stored.shape):
             continue
         try:
             tensor = tensors[name]

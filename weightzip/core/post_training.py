@@ -325,8 +325,19 @@ def final_report(plan: AllocationPlan, left_alone: list[dict], fidelity: Fidelit
     from weightzip.core.compensation import compensation_notes
 
     report = PostTrainingReport(plan, uncompressed_rows(plan, left_alone), fidelity, sensitivity.value, mode, seconds)
-    report.notes += compensation_notes(plan)
+    report.notes += insensitive_notes(plan) + compensation_notes(plan)
     return report
+
+
+def insensitive_notes(plan: AllocationPlan) -> list[str]:
+    """The report line naming the tensors whose sensitivity was zero everywhere (they do not affect the measured
+    outputs, e.g. a pooler the embeddings do not use)."""
+    names = [name for name, choice in plan.choices.items() if choice.insensitive]
+    if not names:
+        return []
+    shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    return [f"zero sensitivity on the fit inputs (no effect on the measured outputs; an allocation gives them the "
+            f"fewest bytes): {shown}"]
 
 
 def write_report_file(path, data: bytes, report: PostTrainingReport, target_bytes: int | None, *, overwrite: bool,
