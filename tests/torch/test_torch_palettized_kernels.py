@@ -3,6 +3,7 @@
 import copy
 import io
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -314,3 +315,41 @@ def test_load_palettized_takes_packed_indices_as_stored_without_unpacking_them(t
     x = torch.randn(3, 10)
     with torch.no_grad():
         torch.testing.assert_close(fresh(x), reference(x), rtol=1e-5, atol=1e-6)
+
+
+def _mapped_file_of(tensor: torch.Tensor) -> str | None:
+    """The file whose mapping holds `tensor`'s memory (Linux /proc/self/maps), or None."""
+    address = tensor.data_ptr()
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split()
+        start, end = (int(part, 16) for part in fields[0].split("-"))
+        if start <= address < end:
+            return fields[5] if len(fields) >= 6 else None
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="needs Linux /proc/self/maps")
+def test_load_palettized_maps_packed_indices_from_the_file_and_survives_the_file_being_replaced(tmp_path):
+    # k = 4 (2 bits): the 32-column Linear's rows hold whole groups of 8 values (a view of the mapped file);
+    # the 20-column one's do not (copied). A file rewritten as weightzip writes (renamed over) leaves the
+    # loaded model as it was; mmap=False copies every tensor.
+    torch.manual_seed(9)
+    model = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 24))
+    clustered = cluster_weights(model, 4, per_channel=True)
+    path = tmp_path / "mapped.wz"
+    compress_state_dict(clustered, path, options=WriteOptions(coding="packed", layout="dense"))
+    reference = strip_clustering(clustered).eval()
+    x = torch.randn(3, 20)
+    loaded = {}
+    for mmap in (True, False):
+        with torch.device("meta"):
+            fresh = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 24)).eval()
+        loaded[mmap] = load_palettized(fresh, path, mmap=mmap)
+    assert _mapped_file_of(loaded[True][2].packed) == str(path)
+    assert _mapped_file_of(loaded[True][0].packed) != str(path)
+    assert all(_mapped_file_of(t) != str(path) for t in loaded[False].buffers())
+    compress_state_dict(cluster_weights(nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 24)), 4), path,
+                        overwrite=True, options=WriteOptions(coding="packed", layout="dense"))
+    with torch.no_grad():
+        for fresh in loaded.values():
+            torch.testing.assert_close(fresh(x), reference(x), rtol=1e-5, atol=1e-6)

@@ -69,6 +69,7 @@ class PackedIndices:
     shape: tuple[int, ...]
     axis: int | None
     group_size: int
+    file_offset: int | None = None  # where `data` starts in the file (a runtime may memory-map it from there)
 
 
 class WzFile:
@@ -124,7 +125,8 @@ class WzFile:
             _check_packed_below(data, record.elements, bits, k, f"{where} indices")
         groups = raw["groups"]
         codebook = _decode_record_codebook(record, self._reader, where).reshape(groups, k)
-        return PackedIndices(codebook, bits, data, record.shape, raw["axis"], raw["group_size"])
+        return PackedIndices(codebook, bits, data, record.shape, raw["axis"], raw["group_size"],
+                             self._reader.offset + descriptor["offset"])
 
     def _record(self, name: str) -> TensorRecord:
         if name not in self._records:

@@ -7,7 +7,9 @@ and indices (packed at ``ceil(log2 k)`` bits a weight); every other tensor is lo
 The file is read tensor by tensor (:func:`weightzip.format.open_wz`, positioned reads): indices stored
 bit-packed (``WriteOptions(coding="packed", layout="dense")``, the runtime's format) are taken as stored
 (:meth:`~weightzip.format.WzFile.read_packed`), never one byte a weight; Huffman/ANS and sparse streams
-are decoded first (their decoders are numba's: ~60 MB of compiler memory once per process). Freed heap
+are decoded first (their decoders are numba's: ~60 MB of compiler memory once per process). Packed indices
+whose rows hold whole groups of 8 values stay in the file, memory-mapped (``mmap=True``, the default, as
+safetensors checkpoints load): resident once read. Freed heap
 pages are handed back at the end (``malloc_trim``), so what stays is the palettized layers and the other
 tensors.
 
@@ -20,6 +22,7 @@ names the tensor at fault.
 
 from __future__ import annotations
 
+import mmap as mmap_module
 import warnings
 from pathlib import Path
 
@@ -45,15 +48,24 @@ class PalettizedLoadError(WeightzipError):
     """A `.wz` file that does not fit the model given to :func:`load_palettized`."""
 
 
-def load_palettized(model: nn.Module, path, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> nn.Module:
+def load_palettized(model: nn.Module, path, *, max_elements: int = DEFAULT_MAX_ELEMENTS,
+                    mmap: bool = True) -> nn.Module:
     """Load the `.wz` file `path` into `model` in place, its clustered Linear/Conv1d/Conv2d/Embedding weights
-    as palettized layers; returns `model` (or the palettized layer when `model` itself is one)."""
+    as palettized layers; returns `model` (or the palettized layer when `model` itself is one).
+
+    With `mmap` (the default, as safetensors checkpoints load in transformers), packed indices stored in the
+    runtime's layout are views of the file mapped copy-on-write, not copies: a page is resident once a
+    forward reads it (an embedding's unused rows never are) and the page cache is shared between processes.
+    Every section is still checked against its CRC-32 first (read aside, not through the mapping). Replacing
+    the file (as weightzip writes: a new file renamed over it) leaves a loaded model intact; truncating it in
+    place would not. ``mmap=False`` copies everything into memory."""
     if not isinstance(model, nn.Module):
         raise ArgumentTypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
     path = Path(path)
     if not path.is_file():
         raise PalettizedLoadError(f"{path}: no such file")
     with open_wz(path, max_elements=max_elements) as wz:
+        file_map = _map_file(path) if mmap else None
         framework = wz.metadata.get("framework")
         if framework != FRAMEWORK:
             raise PalettizedLoadError(f"{path} holds a {framework!r} model, not a PyTorch one "
@@ -63,10 +75,12 @@ def load_palettized(model: nn.Module, path, *, max_elements: int = DEFAULT_MAX_E
         built = {}
         for module_name, (module, info) in palettized.items():
             if isinstance(info, dict):  # a recurrent layer: a palette per weight
-                palettes = {name: read_palette(wz, weight, False) for name, weight in info.items()}
+                palettes = {name: read_palette(wz, weight, False, file_map) for name, weight in info.items()}
                 built[module_name] = palettized_recurrent(module, palettes, _float_dtype(module))
             else:
-                built[module_name] = _palettized_layer(module, read_palette(wz, info, isinstance(module, nn.Linear)))
+                palette = read_palette(wz, info, isinstance(module, nn.Linear), file_map)
+                built[module_name] = _palettized_layer(module, palette)
+        del file_map  # what is not viewed by a layer's packed indices is unmapped with it
         tensors = {}
         for name, info in dense.items():
             tensors[name] = _dense_tensor(wz.read(name), torch_dtypes.get(name), info, path)
@@ -154,14 +168,26 @@ def _why_not_palettized(module: nn.Module, record: TensorInfo) -> str | None:
     return None
 
 
-def read_palette(wz: WzFile, info: TensorInfo, linear: bool) -> Palette | SparsePalette:
+def _map_file(path: Path) -> np.ndarray:
+    """The whole file mapped copy-on-write, as uint8 (the mapping lives as long as an array viewing it)."""
+    with open(path, "rb") as handle:
+        mapping = mmap_module.mmap(handle.fileno(), 0, access=mmap_module.ACCESS_COPY)
+    return np.frombuffer(mapping, dtype=np.uint8)
+
+
+def read_palette(wz: WzFile, info: TensorInfo, linear: bool,
+                 file_map: np.ndarray | None = None) -> Palette | SparsePalette:
     """The palette of clustered tensor `info`: a pruned Linear weight (a 0.0 centroid) in CSR with relative
     indices where that stores smaller than bit-packed indices; else its indices bit-packed, taken as stored
-    where the file holds them so (no per-weight array), decoded otherwise."""
+    where the file holds them so (no per-weight array; a view of `file_map`, the mapped file, where the
+    layout allows), decoded otherwise."""
     packed = wz.read_packed(info.name)
     if packed is not None and not (linear and (packed.codebook == 0).any()):
+        mapped = None
+        if file_map is not None and packed.file_offset is not None:
+            mapped = file_map[packed.file_offset:]
         return Palette.from_packed(packed.codebook, packed.data, packed.bits, packed.shape, packed.axis,
-                                   packed.group_size)
+                                   packed.group_size, mapped=mapped)
     clustered = wz.read(info.name)
     sparse = smaller_sparse(clustered) if linear else None
     return sparse if sparse is not None else Palette.from_clustered(clustered)
