@@ -172,5 +172,3 @@ def test_post_training_spec_is_the_keywords_in_one_object():
     kernel = keras.ops.convert_to_numpy(overridden.get_layer("fc1").kernel)
     assert max(len(np.unique(column)) for column in kernel.T) == 2  # per output channel, as the spec says
     assert float(np.mean(kernel == 0)) == pytest.approx(0.25, abs=0.02)
-    with pytest.raises(WeightzipError, match="bias_correction is not implemented by the Keras front end"):
-        compress_post_training(model, spec=dataclasses.replace(spec, bias_correction=True))

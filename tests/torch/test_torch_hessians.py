@@ -14,6 +14,8 @@ from weightzip.torch.targets import find_targets
     (nn.Conv2d(6, 4, 3, stride=2, padding=1, groups=2, bias=False), (5, 6, 9, 8)),
     (nn.Conv2d(4, 4, 3, padding="same", dilation=2, groups=4, bias=False), (5, 4, 7, 7)),
     (nn.Conv1d(3, 5, 4, stride=3, bias=False), (6, 3, 20)),
+    (nn.Conv2d(6, 4, 1, stride=2, groups=2, bias=False), (5, 6, 9, 8)),  # pointwise: no im2col
+    (nn.Conv1d(4, 3, 1, bias=False), (6, 4, 11)),
 ])
 def test_hessian_gives_each_output_rows_mean_squared_output(layer, shape):
     torch.manual_seed(0)

@@ -267,17 +267,26 @@ def _quantise_block(block, factor, codebooks, row_codebook, chosen, errors):
                 block[r, j] -= error * factor[i, j]
 
 
-def compensate_plan(plan, tensors: dict, hessians: dict[str, InputHessian], *, damping: float = DAMPING):
+def compensate_plan(plan, tensors: dict, hessians: dict[str, InputHessian], *, damping: float = DAMPING,
+                    cache: dict | None = None):
     """`plan` (an :class:`~weightzip.core.allocation.AllocationPlan`) with every clustered tensor that has a
     fitting input Hessian compensated (:func:`compensate`); sizes re-measured with the plan's writer options,
     weighted errors re-measured with the tensors' importances (`tensors`: name -> TensorToCompress).
+    cache: a dict kept across calls with the same tensors and Hessians: a choice already compensated (the
+    same stored clustering, as the plans a size goal tries share most of their choices) is not redone.
     Returns (plan, names of the tensors compensated)."""
     from weightzip.core.allocation import AllocationPlan, as_written, stored_bytes, weighted_error
 
     choices, done = dict(plan.choices), []
+    cache = {} if cache is None else cache
     for name, choice in plan.choices.items():
         hessian = hessians.get(name)
         if choice.clusters == 0 or choice.sparsity > 0 or choice.insensitive or hessian is None or not hessian.fits(choice.stored.shape):
+            continue
+        known = cache.get((name, id(choice.stored)))
+        if known is not None and known[0] is choice.stored:  # (the stored object kept: its id is not reused)
+            choices[name] = known[1]
+            done.append(name)
             continue
         try:
             tensor = tensors[name]
@@ -288,6 +297,7 @@ def compensate_plan(plan, tensors: dict, hessians: dict[str, InputHessian], *, d
         choices[name] = dataclasses.replace(
             choice, stored=clustered, stored_bytes=stored_bytes(name, clustered, plan.write_options),
             weighted_error=weighted_error(tensor.weights, clustered.decode(), tensor.importance), compensated=True)
+        cache[(name, id(choice.stored))] = (choice.stored, choices[name])
         done.append(name)
     return AllocationPlan(choices, plan.write_options), done
 

@@ -239,8 +239,8 @@ class PostTrainingSpec:
     classifier: whether the outputs are class scores (top-1 agreement); None: a 2-D output of >= 2 columns.
     compensation: with calibration and a sensitivity, re-choose the clustered kernels' indices for their
         layers' output error (:mod:`weightzip.core.compensation`).
-    bias_correction: with calibration, restore each compressed layer's float output mean; None: the front
-        end's default (on for PyTorch; not implemented on Keras, which refuses True).
+    bias_correction: with calibration, restore each compressed layer's float output mean (its bias, or on
+        PyTorch a following BatchNorm's mean); None: on.
     """
 
     clusters: int | LayerRules = 16

@@ -230,6 +230,10 @@ def _patches(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         kernel, dilation, padding, stride = module.kernel_size, module.dilation, module.padding, module.stride
     if isinstance(padding, str):  # "same" / "valid"
         padding = tuple(d * (k - 1) // 2 for k, d in zip(kernel, dilation)) if padding == "same" else (0, 0)
+    if tuple(kernel) == (1, 1) and tuple(padding) == (0, 0):  # pointwise: the patches are the pixels (no im2col)
+        x = x[:, :, ::stride[0], ::stride[1]]
+        return x.reshape(x.shape[0], module.groups, x.shape[1] // module.groups, -1).permute(0, 3, 1, 2).reshape(
+            -1, module.groups, x.shape[1] // module.groups)
     columns = torch.nn.functional.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)
     batch, width, positions = columns.shape
     groups = module.groups

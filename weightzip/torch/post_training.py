@@ -218,7 +218,8 @@ def _compensation(model: nn.Module, targets: list[WeightTarget], tensors: list[T
                  if t.module_name in hessians and t.parameter_name == "weight"}
     by_name = {t.name: t for t in tensors}
 
-    return lambda plan: compensate_plan(plan, by_name, by_tensor)[0]
+    cache: dict = {}  # choices already compensated, shared by the plans the size goal tries
+    return lambda plan: compensate_plan(plan, by_name, by_tensor, cache=cache)[0]
 
 
 def _left_alone(model: nn.Module, compressed: set[str]) -> list[dict]:

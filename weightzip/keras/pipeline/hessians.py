@@ -126,7 +126,8 @@ def compensation_step(model: keras.Model, batches, weights: list[ModelWeight], t
     kernels' input Hessians measured once on `batches` (`paths`: the model's variable paths -> tensor names)."""
     hessians = {paths[path]: h for path, h in input_hessians(model, batches, weights=weights).items()}
     by_name = {t.name: t for t in tensors}
-    return lambda plan: compensate_plan(plan, by_name, hessians)[0]
+    cache: dict = {}  # choices already compensated, shared by the plans the size goal tries
+    return lambda plan: compensate_plan(plan, by_name, hessians, cache=cache)[0]
 
 
 __all__ = ["compensation_step", "input_hessians"]

@@ -58,6 +58,7 @@ from weightzip.keras._layers import is_convolution
 from weightzip.keras._rewrite import copy_model
 from weightzip.keras.clustering.registry import LayerKind, classify_layer
 from weightzip.keras.pipeline._inputs import batches, checked_calibration, model_outputs
+from weightzip.keras.pipeline.bias_correction import BiasCorrection
 from weightzip.keras.pipeline.calibration import (
     ModelWeight,
     fisher_diagonal,
@@ -115,12 +116,12 @@ def compress_post_training(
     compensation: with calibration and a sensitivity, re-choose the clustered Dense / Conv kernels' indices for
     their layers' output error (:mod:`weightzip.core.compensation`). spec: a
     :class:`~weightzip.core.specs.PostTrainingSpec` (the keywords above are its fields; those given differ from
-    their defaults and replace its values); bias_correction=True is refused (not implemented on Keras).
+    their defaults and replace its values). bias_correction: with calibration, give each compressed layer with a
+    bias back its float per-channel output mean on the fit part (:mod:`weightzip.keras.pipeline.bias_correction`;
+    biases are stored as floats anyway, so this costs no bytes; None: on).
     """
     spec = PostTrainingSpec.from_call(locals())  # the keywords above, or `spec` with those given replacing its fields
     start = time.perf_counter()
-    if spec.bias_correction:
-        raise WeightzipError("bias_correction is not implemented by the Keras front end (leave it None or False)")
     chosen = spec.sensitivity_for(calibration is not None)
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise WeightzipError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -150,6 +151,9 @@ def compress_post_training(
     originals = {t.name: t.weights for t in tensors}
     ruled = rule_plan(spec, tensors, {t.name: (by_path[t.name].layer.name, by_path[t.name].layer) for t in tensors},
                       chosen)
+    correction = None
+    if spec.bias_correction is not False and fit_batches is not None:
+        correction = BiasCorrection(copy, weights, fit_batches)
     if ruled is not None:
         plan, mode = ruled
     else:
@@ -158,8 +162,14 @@ def compress_post_training(
 
         def fidelity_of(candidate: AllocationPlan) -> Fidelity:
             _assign(by_path, candidate)
-            measured = measure_fidelity(fit_reference, model_outputs(copy, fit_batches), classifier=spec.classifier)
+            corrected = correction.apply()[2] if correction is not None else np.zeros((0,))
+            rest = [batch for batch in batches(np.concatenate(fit_batches)[len(corrected):], batch_size)]
+            outputs = np.concatenate([corrected] + ([model_outputs(copy, rest)] if rest else [])) \
+                if len(corrected) else model_outputs(copy, fit_batches)
+            measured = measure_fidelity(fit_reference, outputs, classifier=spec.classifier)
             _restore(by_path, originals)
+            if correction is not None:
+                correction.restore()
             return measured
 
         def file_bytes(candidate: AllocationPlan) -> int:
@@ -173,10 +183,17 @@ def compress_post_training(
                                fidelity_of=fidelity_of if fit_reference is not None else None)
 
     _assign(by_path, plan)
+    notes = []
+    if correction is not None:
+        done, left, _ = correction.apply()
+        notes.append(f"bias correction: {len(done)} layers' output means restored on the fit inputs (biases)"
+                     + (f"; not possible for {', '.join(left[:4])}" + (" ..." if len(left) > 4 else "")
+                        if left else ""))
     fidelity = None
     if calibration is not None:
         fidelity = measure_fidelity(reference, model_outputs(copy, held_batches), classifier=spec.classifier)
     report = final_report(plan, uncompressed, fidelity, chosen, mode, time.perf_counter() - start)
+    report.notes.extend(notes)
     if path is not None:
         write_report_file(path, _encode(model, copy, plan, report, metadata), report, spec.target_bytes,
                           overwrite=overwrite, inputs=inputs)
