@@ -333,3 +333,20 @@ def test_auto_histogram_has_fewer_bins_only_above_k_128_and_stays_close_to_the_f
     assert auto.sse == optimal_partition(values, 256, max_atoms=1 << 15).sse
     finer = optimal_partition(values, 256, max_atoms=1 << 16)
     assert finer.sse <= auto.sse <= finer.sse * (1 + 1e-3)
+
+
+@pytest.mark.parametrize("size, weighted", [(400, False), (3000, True), (90_000, True)])
+def test_one_programme_for_every_k_gives_each_ks_own_optimum(size, weighted):
+    from weightzip.core.optimal import optimal_partitions
+
+    rng = np.random.default_rng(size)
+    values = (rng.standard_t(4, size) * 0.03).astype(np.float32)  # 90,000 values: the binned case
+    weight = rng.random(size) if weighted else None
+    ks = (2, 3, 5, 8, 16, 40)
+    together = optimal_partitions(values, ks, sample_weight=weight)
+    assert sorted(together) == list(ks)
+    for k in ks:
+        alone = optimal_partition(values, k, sample_weight=weight)
+        np.testing.assert_array_equal(together[k].centroids, alone.centroids)
+        assert together[k].sse == alone.sse and together[k].exact == alone.exact
+    assert sorted(optimal_partitions(np.array([0.0, 1.0, 2.0]), (2, 3, 4))) == [2, 3]  # k above the values: left out

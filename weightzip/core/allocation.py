@@ -33,8 +33,10 @@ from typing import Callable, Iterable
 import numpy as np
 
 from weightzip.core.centroid_init import CentroidInitialization
+from weightzip.core.assign import assign_to_centroids, index_dtype
 from weightzip.core.cluster import ClusterConfig, ClusteredTensor, cluster_array
 from weightzip.core.errors import WeightzipError
+from weightzip.core.optimal import optimal_partitions
 from weightzip.core.palette import drop_unused_centroids
 from weightzip.core.rowwise import cluster_rows
 
@@ -240,8 +242,8 @@ def stored_bytes(name: str, tensor, options=None) -> int:
 
 def weighted_error(weights: np.ndarray, approximation: np.ndarray, importance: np.ndarray | None) -> float:
     """Σ s_i (w_i − ŵ_i)², with s_i = 1 when `importance` is None."""
-    difference = np.asarray(weights, dtype=np.float64) - np.asarray(approximation, dtype=np.float64)
-    squared = difference * difference
+    squared = np.subtract(weights, approximation, dtype=np.float64)  # one float64 array, squared in place
+    np.multiply(squared, squared, out=squared)
     return float(squared.sum() if importance is None else np.dot(squared.ravel(), np.asarray(importance).ravel()))
 
 
@@ -341,6 +343,12 @@ def _clusterings(values, importance, granularity, axis, group_size, clusters, di
             ks = [k for k in ks if k <= max(2, row_length // 4)]
             return [(k, clustered) for k, (clustered, _) in
                     cluster_rows(values, axis, group_size, ks, sample_weight=importance).items()]
+    if granularity == "tensor" and sparsity == 0.0 and ks[-1] <= 128:
+        ks = [k for k in ks if k < distinct or k == ks[0]]  # more entries than values: no better than fewer
+        try:
+            return _tensor_clusterings(values, importance, ks)
+        except WeightzipError:
+            pass  # e.g. fewer distinct values than the smallest k: the general path below says what it can do
     found = []
     for k in ks:
         if k >= distinct and granularity == "tensor" and sparsity == 0.0 and k > ks[0]:
@@ -351,6 +359,21 @@ def _clusterings(values, importance, granularity, axis, group_size, clusters, di
             found.append((k, cluster_array(values, config, sample_weight=importance)))
         except WeightzipError:
             continue  # e.g. too few distinct values for this k: other candidates remain
+    return found
+
+
+def _tensor_clusterings(values: np.ndarray, importance, ks) -> list[tuple[int, ClusteredTensor]]:
+    """(k, per-tensor ClusteredTensor) for each k, as :func:`cluster_array` with OPTIMAL init gives them, from
+    one dynamic programme for all k (:func:`~weightzip.core.optimal.optimal_partitions`)."""
+    partitions = optimal_partitions(values, ks, sample_weight=importance)
+    if len(partitions) < len(ks):
+        raise WeightzipError("fewer distinct values than some k")
+    flat = values.ravel()
+    found = []
+    for k, partition in partitions.items():
+        codes = assign_to_centroids(flat, partition.centroids)
+        found.append((k, ClusteredTensor(partition.centroids.astype(values.dtype)[None, :],
+                                         codes.reshape(values.shape).astype(index_dtype(k)), None, 1)))
     return found
 
 

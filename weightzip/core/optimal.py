@@ -109,6 +109,41 @@ def optimal_partition(values, k: int, *, sample_weight=None,
     return atoms.partition(starts)
 
 
+def optimal_partitions(values, ks, *, sample_weight=None) -> dict[int, OptimalPartition]:
+    """:func:`optimal_partition` of `values` for each k in `ks` (default histogram, every k <= 128) from ONE
+    dynamic programme: the table for the largest k holds the best splits into every smaller number of runs
+    too, so each k is a backtrack (a rate-distortion curve tries ten k: ~2.7x less DP work than ten runs).
+    The k above the number of atoms (distinct values, or occupied bins) are left out of the result."""
+    array = as_weight_array(values).ravel()
+    importance = as_sample_weight(sample_weight, np.shape(values))
+    importance = None if importance is None else importance.ravel()
+    require_some_weight(importance)
+    ks = sorted({check_cluster_count(k) for k in ks})
+    if ks[-1] > 128:
+        raise InvalidArgumentError(f"optimal_partitions solves k <= 128, got {ks[-1]}")
+    max_atoms = default_atoms(ks[-1])  # the same histogram for every k <= 128
+    atoms = _sixteen_bit_atoms(array, importance)
+    if atoms is None and array.shape[0] > max_atoms:
+        atoms = _histogram_atoms(array, importance, max_atoms)
+        if atoms.size < ks[-1]:  # as optimal_partition: too few occupied bins, the distinct values instead
+            atoms = None
+    if atoms is None:
+        atoms = _distinct_atoms(array, importance)
+    ks = [k for k in ks if k <= atoms.size]
+    if not ks:
+        return {}
+    split = _optimal_splits(*atoms.prefix_sums(), ks[-1])
+    found = {}
+    for k in ks:
+        starts = np.zeros(k, dtype=np.int64)
+        end = atoms.size
+        for j in range(k - 1, 0, -1):
+            starts[j] = split[j, end]
+            end = starts[j]
+        found[k] = atoms.partition(starts)
+    return found
+
+
 @dataclass
 class _Atoms:
     """Sorted atoms: total weight, weighted mean (as an offset from `centre`), inner scatter, largest value."""
@@ -317,7 +352,21 @@ def _best_start(cum_count, cum_first, adjusted, i, low, high):
 
 @numba.njit(cache=True, nogil=True)
 def _optimal_run_starts(cum_count, cum_first, cum_second, k):
-    """Start atom of each of the k runs of an optimal partition of the n atoms.
+    """Start atom of each of the k runs of an optimal partition of the n atoms (:func:`_optimal_splits`)."""
+    split = _optimal_splits(cum_count, cum_first, cum_second, k)
+    n = cum_count.shape[0] - 1
+    starts = np.zeros(k, dtype=np.int64)
+    end = n
+    for j in range(k - 1, 0, -1):
+        starts[j] = split[j, end]
+        end = starts[j]
+    return starts
+
+
+@numba.njit(cache=True, nogil=True)
+def _optimal_splits(cum_count, cum_first, cum_second, k):
+    """split[j, i]: start atom of the last run of an optimal partition of the first i atoms into j + 1 runs,
+    for every j < k (backtracking from split[j, n] gives the optimal partition into j + 1 runs).
 
     Layer j (the first i atoms in j+1 runs) minimises previous[m] + cost(m, i) over the last run's start m.
     The best m is non-decreasing in i, and never below the best m of the layer before (one run fewer ends
@@ -380,9 +429,4 @@ def _optimal_run_starts(cum_count, cum_first, cum_second, k):
         for i in range(j + 1):
             current[i] = np.inf
         previous, current = current, previous
-    starts = np.zeros(k, dtype=np.int64)
-    end = n
-    for j in range(k - 1, 0, -1):
-        starts[j] = split[j, end]
-        end = starts[j]
-    return starts
+    return split

@@ -162,10 +162,13 @@ def compress_post_training(
 
         def fidelity_of(candidate: AllocationPlan) -> Fidelity:
             _assign(by_path, candidate)
-            corrected = correction.apply()[2] if correction is not None else np.zeros((0,))
-            rest = [batch for batch in batches(np.concatenate(fit_batches)[len(corrected):], batch_size)]
-            outputs = np.concatenate([corrected] + ([model_outputs(copy, rest)] if rest else [])) \
-                if len(corrected) else model_outputs(copy, fit_batches)
+            if correction is None:
+                outputs = model_outputs(copy, fit_batches)
+            else:  # the correcting pass gives the outputs on the first fit inputs (at most its max_samples)
+                outputs = correction.apply()[2]
+                rest = np.concatenate(fit_batches)[len(outputs):]
+                if len(rest):
+                    outputs = np.concatenate([outputs, model_outputs(copy, batches(rest, batch_size))])
             measured = measure_fidelity(fit_reference, outputs, classifier=spec.classifier)
             _restore(by_path, originals)
             if correction is not None:
@@ -186,9 +189,12 @@ def compress_post_training(
     notes = []
     if correction is not None:
         done, left, _ = correction.apply()
-        notes.append(f"bias correction: {len(done)} layers' output means restored on the fit inputs (biases)"
-                     + (f"; not possible for {', '.join(left[:4])}" + (" ..." if len(left) > 4 else "")
-                        if left else ""))
+        if not done:
+            notes.append(f"bias correction: left off for {left[0]}")
+        else:
+            notes.append(f"bias correction: {len(done)} layers' output means restored on the fit inputs (biases)"
+                         + (f"; not possible for {', '.join(left[:4])}" + (" ..." if len(left) > 4 else "")
+                            if left else ""))
     fidelity = None
     if calibration is not None:
         fidelity = measure_fidelity(reference, model_outputs(copy, held_batches), classifier=spec.classifier)
