@@ -32,8 +32,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from weightzip.core.centroid_init import CentroidInitialization
 from weightzip.core.assign import assign_to_centroids, index_dtype
+from weightzip.core.centroid_init import CentroidInitialization
 from weightzip.core.cluster import ClusterConfig, ClusteredTensor, cluster_array
 from weightzip.core.errors import WeightzipError
 from weightzip.core.optimal import optimal_partitions

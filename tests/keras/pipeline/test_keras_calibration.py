@@ -53,6 +53,9 @@ def test_fisher_of_a_linear_map_is_the_squared_input_times_projection():
     directions = np.stack([rng.standard_normal(3) for _ in range(7)])
     expected = np.einsum("ni,no->io", x.astype(np.float64) ** 2, directions ** 2) / 7
     np.testing.assert_allclose(fisher[model.layers[0].kernel.path], expected, rtol=1e-4)
+    # the default objective is the outputs' (as on PyTorch), a classifier's scores too
+    as_classifier = fisher_diagonal(model, _batches(x, 3), classifier=True, seed=5)
+    np.testing.assert_allclose(as_classifier[model.layers[0].kernel.path], expected, rtol=1e-4)
 
 
 @pytest.mark.backend_matrix
@@ -61,7 +64,7 @@ def test_classifier_fisher_is_the_sampled_log_likelihood_gradient():
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, use_bias=False)])
     x = np.random.default_rng(2).normal(size=(6, 4)).astype(np.float32)
     kernel = keras.ops.convert_to_numpy(model.layers[0].kernel).astype(np.float64)
-    fisher = fisher_diagonal(model, [x], seed=9)[model.layers[0].kernel.path]
+    fisher = fisher_diagonal(model, [x], seed=9, objective="kl")[model.layers[0].kernel.path]
     rng = np.random.default_rng(9)
     expected = np.zeros_like(kernel)
     for sample in x.astype(np.float64):

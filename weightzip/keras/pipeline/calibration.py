@@ -8,13 +8,13 @@ Two estimates of how much the model's outputs depend on each clusterable weight,
   of a weight change δ is ``Σ_i δ_i² E[x_i²]`` plus cross terms: these moments are the diagonal of the
   layer Hessian (the GPTQ / AWQ proxy), measured in the layer's own output units. Collected by wrapping
   each layer's ``call`` for one eager pass per batch: works on every Keras backend.
-- :func:`fisher_diagonal`: the diagonal Fisher information of each weight w.r.t. the model's own
-  predictive distribution, E_x E_{y~p(·|x)} [(∂ log p(y|x)/∂w)²]: the diagonal of the Hessian of the
-  KL divergence from the float model's outputs, i.e. how much the *final* outputs move, on one common
-  scale for every layer (what per-layer allocation compares). For a classifier y is sampled from the
-  float model's softmax (its outputs if they already are probabilities); for other outputs (embeddings,
-  regression) the Gaussian Fisher diag(JᵀJ) is estimated with a random projection r ~ N(0, I) per sample,
-  since E_r[(∂ rᵀf/∂w)²] = Σ_j (∂f_j/∂w)². Per-sample gradients on the TensorFlow, JAX and PyTorch
+- :func:`fisher_diagonal`: the diagonal Fisher information of each weight, as on PyTorch: by default the
+  Gaussian Fisher diag(JᵀJ) of the model's outputs, estimated with a random projection r ~ N(0, I) per
+  sample (E_r[(∂ rᵀf/∂w)²] = Σ_j (∂f_j/∂w)²), so that Σ F_i δ_i² estimates the squared output error on one
+  common scale for every layer (what per-layer allocation compares); with ``objective="kl"`` for
+  classifiers, y is sampled from the float model's softmax (its outputs if they already are
+  probabilities): the diagonal of the Hessian of the KL divergence from the float model's outputs, which
+  weighs only the classes the model finds likely. Per-sample gradients on the TensorFlow, JAX and PyTorch
   backends.
 
 Both return ``{variable path: array}``; :func:`importance_of` turns them into the per-weight importance
@@ -172,14 +172,21 @@ def input_second_moments(model: keras.Model, batches: Iterable, *,
 
 
 def fisher_diagonal(model: keras.Model, batches: Iterable, *, classifier: bool | None = None,
-                    seed: int = 0, weights: list[ModelWeight] | None = None) -> dict[str, np.ndarray]:
+                    seed: int = 0, weights: list[ModelWeight] | None = None,
+                    objective: str = "output") -> dict[str, np.ndarray]:
     """variable path -> diagonal Fisher information of each clusterable kernel (same shape).
 
     batches: iterable of input batches; every sample contributes its own squared gradient (per-sample
-    Fisher, not the square of batch gradients). classifier: outputs are class scores (logits or
-    probabilities, last axis = classes); None: a 2-D output with >= 2 columns, as
-    :func:`weightzip.core.fidelity.measure_fidelity` decides. weights: the kernels (default: :func:`model_weights`).
+    Fisher, not the square of batch gradients). objective: "output" (default, as on PyTorch: the Gaussian
+    Fisher diag(JᵀJ) of the outputs, from a random projection per sample, so Σ F_i δ_i² estimates the squared
+    output error that the relative output error reports) or "kl" (classifiers: a label drawn from the
+    model's own softmax per sample, the Hessian of the KL to the float model; it weighs only the likely
+    classes). classifier: outputs are class scores (logits or probabilities, last axis = classes); None: a
+    2-D output with >= 2 columns, as :func:`weightzip.core.fidelity.measure_fidelity` decides (used by "kl").
+    weights: the kernels (default: :func:`model_weights`).
     """
+    if objective not in ("output", "kl"):
+        raise WeightzipError(f"objective must be 'output' or 'kl', got {objective!r}")
     weights = model_weights(model) if weights is None else weights
     variables = [w.weight.variable for w in weights]
     sums = [np.zeros(tuple(v.shape)) for v in variables]
@@ -189,7 +196,8 @@ def fisher_diagonal(model: keras.Model, batches: Iterable, *, classifier: bool |
     for batch in batches:
         batch = np.asarray(batch)
         outputs = flat_outputs(model(batch, training=False)).astype(np.float64)
-        is_classifier = classifier if classifier is not None else (outputs.ndim == 2 and outputs.shape[1] >= 2)
+        is_classifier = objective == "kl" and (
+            classifier if classifier is not None else (outputs.ndim == 2 and outputs.shape[1] >= 2))
         for position in range(batch.shape[0]):
             if is_classifier:
                 probabilities = _probabilities(outputs[position])
