@@ -505,7 +505,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch intra-op threads")
     parser.add_argument("--repeats", type=int, default=20, help="timed rounds per layer measurement at batch 1")
     parser.add_argument("--model-repeats", type=int, default=21, help="timed rounds per model measurement at batch 1")
-    parser.add_argument("--models", nargs="+", default=["mobilenet_v2", "all-MiniLM-L6-v2"])
+    parser.add_argument("--models", nargs="+", default=["mobilenet_v2", "all-MiniLM-L6-v2"],
+                        choices=list(FLOAT_LOADER))
     parser.add_argument("--model-bits", type=int, nargs="+", default=[4], help="index widths end to end")
     parser.add_argument("--numba", action="store_true", help="only compare a numba GEMV with the C++ kernel")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")

@@ -69,5 +69,23 @@ def test_read_packed_refuses_an_index_outside_the_codebook_even_with_valid_check
     section["crc32"] = zlib.crc32(bytes(payload[section["offset"]:section["offset"] + section["length"]]))
     forged = tmp_path / "forged.wz"
     forged.write_bytes(container.assemble(header, bytes(payload)))
-    with open_wz(forged) as wz, pytest.raises(WzFormatError, match="packed symbol 7 outside alphabet 5"):
-        wz.read_packed("fc.weight")
+    for load in (True, False):
+        with open_wz(forged) as wz, pytest.raises(WzFormatError, match="packed symbol 7 outside alphabet 5"):
+            wz.read_packed("fc.weight", load=load)
+
+
+def test_read_packed_without_loading_checks_the_stream_and_says_where_it_lies_in_the_file(tmp_path):
+    path, tensors = sample(tmp_path)
+    raw = path.read_bytes()
+    with open_wz(path) as wz:
+        packed = wz.read_packed("fc.weight", load=False)
+        assert packed.data is None and packed.length == 68  # 180 values at 3 bits
+        stream = raw[packed.file_offset:packed.file_offset + packed.length]
+        np.testing.assert_array_equal(unpack_bits(stream, 180, 3).reshape(6, 30), tensors["fc.weight"].indices)
+        np.testing.assert_array_equal(packed.codebook, tensors["fc.weight"].codebook)
+    corrupt = bytearray(raw)
+    corrupt[packed.file_offset + 3] ^= 0x10  # inside the stream; its CRC no longer matches
+    broken = tmp_path / "broken.wz"
+    broken.write_bytes(bytes(corrupt))
+    with open_wz(broken) as wz, pytest.raises(WzFormatError, match="checksum mismatch"):
+        wz.read_packed("fc.weight", load=False)

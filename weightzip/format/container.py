@@ -45,7 +45,7 @@ MAX_HEADER_BYTES = 64 << 20  # stored or inflated; a model with a million tensor
 PREAMBLE = struct.Struct("<8sHHIIII")
 FOOTER = struct.Struct("<I4s")
 MIN_FILE_BYTES = PREAMBLE.size + FOOTER.size
-_CRC_CHUNK = 1 << 22
+_CRC_CHUNK = 1 << 20
 
 
 # ---------------------------------------------------------------- sources: bytes in memory or an open file

@@ -65,11 +65,12 @@ class PackedIndices:
 
     codebook: np.ndarray  # (groups, k)
     bits: int
-    data: bytes
+    data: bytes | None  # None when read with ``load=False``: checked, not kept (map it from `file_offset`)
     shape: tuple[int, ...]
     axis: int | None
     group_size: int
-    file_offset: int | None = None  # where `data` starts in the file (a runtime may memory-map it from there)
+    file_offset: int | None = None  # where the stream starts in the file (a runtime may memory-map it from there)
+    length: int = 0  # bytes of the stream
 
 
 class WzFile:
@@ -108,9 +109,13 @@ class WzFile:
         except WzFormatError as error:
             raise WzFormatError(f"{self.path}: {error}") from None
 
-    def read_packed(self, name: str) -> PackedIndices | None:
+    def read_packed(self, name: str, *, load: bool = True) -> PackedIndices | None:
         """The clustered tensor `name` with its indices still bit-packed, or None when they are not stored
-        densely bit-packed (Huffman/ANS-coded or sparse: :meth:`read` decodes those)."""
+        densely bit-packed (Huffman/ANS-coded or sparse: :meth:`read` decodes those).
+
+        ``load=False`` checks the stream (CRC-32 and alphabet) reading it in chunks and keeps none of it
+        (``data`` is None): a runtime that maps the file from ``file_offset`` never holds the whole stream in
+        memory, so loading peaks at one chunk, not at the largest tensor's indices."""
         record = self._record(name)
         raw, where = record.raw, f"{self.path}: {record.where}"
         if record.kind != "clustered" or record.layout != "dense" or raw["indices"]["coding"] != "packed":
@@ -120,13 +125,22 @@ class WzFile:
         if bits != bit_width(k) or descriptor["length"] != packed_size(record.elements, bits):
             raise WzFormatError(f"{where} indices: {bits}-bit packing of {record.elements} symbols does not "
                                 f"match alphabet {k} and {descriptor['length']} bytes")
-        data = self._reader.section(descriptor, f"{where} indices")
-        if bits and k != 1 << bits:
-            _check_packed_below(data, record.elements, bits, k, f"{where} indices")
+        if load:
+            data = self._reader.section(descriptor, f"{where} indices")
+            if bits and k != 1 << bits:
+                _check_packed_below(data, record.elements, bits, k, f"{where} indices")
+        else:
+            data = None
+            offset, length = self._reader.check_section(descriptor, f"{where} indices")
+            if bits and k != 1 << bits:
+                step = _CHECK_CHUNK_BYTES // bits * bits  # whole groups of 8 values
+                for start in range(0, length, step):
+                    chunk = self._reader.source.read(offset + start, min(step, length - start))
+                    _check_packed_below(chunk, record.elements - start * 8 // bits, bits, k, f"{where} indices")
         groups = raw["groups"]
         codebook = _decode_record_codebook(record, self._reader, where).reshape(groups, k)
         return PackedIndices(codebook, bits, data, record.shape, raw["axis"], raw["group_size"],
-                             self._reader.offset + descriptor["offset"])
+                             self._reader.offset + descriptor["offset"], descriptor["length"])
 
     def _record(self, name: str) -> TensorRecord:
         if name not in self._records:

@@ -223,16 +223,28 @@ class PayloadReader:
     length: int
 
     def section(self, descriptor: dict, where: str) -> bytes:
+        offset, length, crc = self._bounds(descriptor, where)
+        data = self.source.read(self.offset + offset, length)
+        if zlib.crc32(data) != crc:
+            raise WzFormatError(f"{where}: section checksum mismatch (corrupted data)")
+        return data
+
+    def check_section(self, descriptor: dict, where: str) -> tuple[int, int]:
+        """Check a section's bounds and CRC-32 reading it in chunks, holding none of it; returns its
+        (offset in the source, length)."""
+        offset, length, crc = self._bounds(descriptor, where)
+        if self.source.crc32(self.offset + offset, length) != crc:
+            raise WzFormatError(f"{where}: section checksum mismatch (corrupted data)")
+        return self.offset + offset, length
+
+    def _bounds(self, descriptor: dict, where: str) -> tuple[int, int, int]:
         offset = schema.integer(descriptor, "offset", where)
         length = schema.integer(descriptor, "length", where)
         crc = schema.integer(descriptor, "crc32", where, maximum=0xFFFFFFFF)
         if offset + length > self.length:
             raise WzFormatError(f"{where}: section [{offset}, {offset + length}) lies outside the "
                                 f"{self.length}-byte payload")
-        data = self.source.read(self.offset + offset, length)
-        if zlib.crc32(data) != crc:
-            raise WzFormatError(f"{where}: section checksum mismatch (corrupted data)")
-        return data
+        return offset, length, crc
 
 
 def check_symbols_descriptor(descriptor: dict, where: str, *, count: int | None, alphabet: int,

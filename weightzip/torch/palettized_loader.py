@@ -56,9 +56,9 @@ def load_palettized(model: nn.Module, path, *, max_elements: int = DEFAULT_MAX_E
     With `mmap` (the default, as safetensors checkpoints load in transformers), packed indices stored in the
     runtime's layout are views of the file mapped copy-on-write, not copies: a page is resident once a
     forward reads it (an embedding's unused rows never are) and the page cache is shared between processes.
-    Every section is still checked against its CRC-32 first (read aside, not through the mapping). Replacing
-    the file (as weightzip writes: a new file renamed over it) leaves a loaded model intact; truncating it in
-    place would not. ``mmap=False`` copies everything into memory."""
+    Every section is still checked against its CRC-32 first (read aside in 1 MiB chunks, not through the
+    mapping, so loading never holds a whole tensor's indices). Replacing the file (as weightzip writes: a new
+    file renamed over it) leaves a loaded model intact; truncating it in place would not. ``mmap=False`` copies everything into memory."""
     if not isinstance(model, nn.Module):
         raise ArgumentTypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
     path = Path(path)
@@ -181,13 +181,16 @@ def read_palette(wz: WzFile, info: TensorInfo, linear: bool,
     indices where that stores smaller than bit-packed indices; else its indices bit-packed, taken as stored
     where the file holds them so (no per-weight array; a view of `file_map`, the mapped file, where the
     layout allows), decoded otherwise."""
-    packed = wz.read_packed(info.name)
+    packed = wz.read_packed(info.name, load=file_map is None)  # mapped: checked in chunks, not held
     if packed is not None and not (linear and (packed.codebook == 0).any()):
-        mapped = None
-        if file_map is not None and packed.file_offset is not None:
-            mapped = file_map[packed.file_offset:]
+        if packed.data is None:
+            palette = Palette.from_mapped(packed.codebook, file_map[packed.file_offset:], packed.length,
+                                          packed.bits, packed.shape, packed.axis, packed.group_size)
+            if palette is not None:
+                return palette
+            packed = wz.read_packed(info.name)  # not the runtime's layout: read and re-packed
         return Palette.from_packed(packed.codebook, packed.data, packed.bits, packed.shape, packed.axis,
-                                   packed.group_size, mapped=mapped)
+                                   packed.group_size)
     clustered = wz.read(info.name)
     sparse = smaller_sparse(clustered) if linear else None
     return sparse if sparse is not None else Palette.from_clustered(clustered)

@@ -99,22 +99,29 @@ class Palette:
                    tuple(int(s) for s in clustered.shape), clustered.axis, int(clustered.group_size))
 
     @classmethod
-    def from_packed(cls, codebook: np.ndarray, data: bytes, bits: int, shape, axis: int | None,
-                    group_size: int, *, mapped: np.ndarray | None = None) -> "Palette":
-        """From a stream of all indices packed at `bits` bits in C order (a `.wz` file's packed indices,
-        :class:`weightzip.format.PackedIndices`): copied as it is when every row fills whole bytes, else
-        re-packed row by row with NumPy bit operations (never one byte a weight for the whole tensor).
-
-        `mapped` (uint8, the memory-mapped file from the stream's first byte on, holding the same bytes as
-        `data`) is used as the packed buffer itself, nothing copied, when the stream already is this layout
-        and every row holds whole groups of 8 values (then a kernel's reads past a group, which the layout
-        allows up to 8 bytes, only meet bits it masks off: here the file's next bytes, which must exist)."""
+    def from_mapped(cls, codebook: np.ndarray, mapped: np.ndarray, length: int, bits: int, shape,
+                    axis: int | None, group_size: int) -> "Palette | None":
+        """The packed buffer `mapped` itself, nothing copied: `mapped` (uint8) is the memory-mapped file from
+        the first byte of a `length`-byte stream of indices packed at `bits` bits (a `.wz` file's packed
+        indices) to the file's end. None unless the stream already is this layout and every row holds whole
+        groups of 8 values (then a kernel's reads past a group, which the layout allows up to 8 bytes, only
+        meet bits it masks off: here the file's next bytes, which must exist)."""
         codebook = np.asarray(codebook)
         layout, col_offsets = layout_for(shape, codebook.shape[1], axis, group_size)
-        if (mapped is not None and bits == layout.bits and layout.cols % 8 == 0
-                and mapped.size >= layout.packed_bytes and layout.rows * layout.stride == len(data)):
-            return cls(layout, mapped[: layout.packed_bytes], codebook, col_offsets, tuple(int(s) for s in shape),
-                       axis, int(group_size))
+        if (bits != layout.bits or layout.cols % 8 or mapped.size < layout.packed_bytes
+                or layout.rows * layout.stride != length):
+            return None
+        return cls(layout, mapped[: layout.packed_bytes], codebook, col_offsets, tuple(int(s) for s in shape),
+                   axis, int(group_size))
+
+    @classmethod
+    def from_packed(cls, codebook: np.ndarray, data: bytes, bits: int, shape, axis: int | None,
+                    group_size: int) -> "Palette":
+        """From a stream of all indices packed at `bits` bits in C order (a `.wz` file's packed indices,
+        :class:`weightzip.format.PackedIndices`): copied as it is when every row fills whole bytes, else
+        re-packed row by row with NumPy bit operations (never one byte a weight for the whole tensor)."""
+        codebook = np.asarray(codebook)
+        layout, col_offsets = layout_for(shape, codebook.shape[1], axis, group_size)
         if bits == layout.bits and (layout.cols * bits) % 8 == 0:
             packed = np.zeros(layout.packed_bytes, dtype=np.uint8)
             packed[: len(data)] = np.frombuffer(data, dtype=np.uint8)
