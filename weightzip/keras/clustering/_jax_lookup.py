@@ -19,7 +19,7 @@ import keras
 import numba
 import numpy as np
 
-from weightzip.keras.clustering import _numba_kernels, _xla_ffi
+from weightzip.keras.clustering import _numba_fast, _numba_kernels, _xla_ffi
 from weightzip.keras.clustering._xla_ffi import HANDLER_SIGNATURE, flat_argument, flat_result, matrix_argument
 
 _PREFIX = "weightzip_cluster_"
@@ -127,9 +127,9 @@ class _Lookups:
 
 # ----------------------------------------------------------------------------- the FFI targets
 # One handler per index type (uint8 for tables of <= 256 entries, else int32): numba cannot cache a
-# handler specialised by a closure. numba's cache of a handler is keyed on this file only: after an
-# edit of _numba_kernels.py or _xla_ffi.py, delete __pycache__/_jax_lookup.* (installs rewrite every
-# file, so their caches start afresh). A handler loaded from numba's cache links against the parallel
+# handler specialised by a closure. numba's cache of a handler is keyed on this file only: after an edit
+# of _numba_kernels.py, _numba_fast.py or _xla_ffi.py, delete __pycache__/_jax_lookup.* (installs rewrite
+# every file, so their caches start afresh). A handler loaded from numba's cache links against the parallel
 # runtime's symbols, which exist once numba's threads are started: one tiny parallel call first.
 _numba_kernels.look_up(np.zeros(1, np.float32), np.zeros(1, np.int32), np.empty(1, np.float32))
 
@@ -137,7 +137,7 @@ _numba_kernels.look_up(np.zeros(1, np.float32), np.zeros(1, np.int32), np.empty(
 @numba.cfunc(HANDLER_SIGNATURE, cache=True)
 def _search_uint8(frame):
     if _xla_ffi.should_execute(frame):
-        _numba_kernels.assign_and_look_up(
+        _numba_fast.search_and_look_up(
             flat_argument(frame, 0, np.float32), matrix_argument(frame, 1, np.float32),
             flat_argument(frame, 2, np.float32), flat_argument(frame, 3, np.int32)[0],
             flat_result(frame, 0, np.float32), flat_result(frame, 1, np.uint8))
@@ -147,7 +147,7 @@ def _search_uint8(frame):
 @numba.cfunc(HANDLER_SIGNATURE, cache=True)
 def _search_int32(frame):
     if _xla_ffi.should_execute(frame):
-        _numba_kernels.assign_and_look_up(
+        _numba_fast.search_and_look_up(
             flat_argument(frame, 0, np.float32), matrix_argument(frame, 1, np.float32),
             flat_argument(frame, 2, np.float32), flat_argument(frame, 3, np.int32)[0],
             flat_result(frame, 0, np.float32), flat_result(frame, 1, np.int32))
@@ -157,24 +157,24 @@ def _search_int32(frame):
 @numba.cfunc(HANDLER_SIGNATURE, cache=True)
 def _segment_sums_uint8(frame):
     if _xla_ffi.should_execute(frame):
-        _numba_kernels.segment_sums_into(flat_argument(frame, 0, np.float32), flat_argument(frame, 1, np.uint8),
-                                         flat_argument(frame, 2, np.int32)[0] != 0, flat_result(frame, 0, np.float32))
+        _numba_fast.segment_sums(flat_argument(frame, 0, np.float32), flat_argument(frame, 1, np.uint8),
+                                 flat_argument(frame, 2, np.int32)[0] != 0, flat_result(frame, 0, np.float32))
     return _xla_ffi.success()
 
 
 @numba.cfunc(HANDLER_SIGNATURE, cache=True)
 def _segment_sums_int32(frame):
     if _xla_ffi.should_execute(frame):
-        _numba_kernels.segment_sums_into(flat_argument(frame, 0, np.float32), flat_argument(frame, 1, np.int32),
-                                         flat_argument(frame, 2, np.int32)[0] != 0, flat_result(frame, 0, np.float32))
+        _numba_fast.segment_sums(flat_argument(frame, 0, np.float32), flat_argument(frame, 1, np.int32),
+                                 flat_argument(frame, 2, np.int32)[0] != 0, flat_result(frame, 0, np.float32))
     return _xla_ffi.success()
 
 
 @numba.cfunc(HANDLER_SIGNATURE, cache=True)
 def _look_up_int32(frame):
     if _xla_ffi.should_execute(frame):
-        _numba_kernels.look_up(flat_argument(frame, 0, np.float32), flat_argument(frame, 1, np.int32),
-                               flat_result(frame, 0, np.float32))
+        _numba_fast.look_up_checked(flat_argument(frame, 0, np.float32), flat_argument(frame, 1, np.int32),
+                                    flat_result(frame, 0, np.float32))
     return _xla_ffi.success()
 
 

@@ -1,0 +1,83 @@
+"""The faster kernels of the JAX step (clustering/_numba_fast.py) give the results of clustering/_numba_kernels.py
+(themselves tested against the core's assignment and a bincount), serially (one chunk) and in parallel chunks."""
+
+import numpy as np
+import pytest
+
+from weightzip.core import assign_to_centroids
+from weightzip.keras.clustering import _numba_fast as fast
+from weightzip.keras.clustering import _numba_kernels as reference
+
+SIZES = {"one_chunk": 30_001, "chunks": 300_007}
+
+
+def both_searches(weights, midpoints, table, index_dtype=np.uint8):
+    results = []
+    for kernel in (reference.assign_and_look_up, fast.search_and_look_up):
+        out, index = np.empty_like(weights), np.empty(weights.shape, index_dtype)
+        kernel(weights, midpoints, table, 1, out, index)
+        results.append((out, index))
+    return results
+
+
+@pytest.mark.parametrize("size", SIZES.values(), ids=SIZES.keys())
+@pytest.mark.parametrize("k", [1, 2, 7, 16, 17], ids=lambda k: f"k{k}")
+def test_search_is_the_reference_search(k, size):
+    """Centroids on a 1/16 grid and weights exactly on their midpoints (ties to the lower centroid), +-inf, NaN."""
+    rng = np.random.default_rng(k)
+    table = (np.sort(rng.choice(np.arange(-64, 64), size=k, replace=False)) / 16).astype(np.float32)
+    midpoints = ((table[1:] + table[:-1]) / 2)[None]
+    weights = rng.normal(size=size).astype(np.float32)
+    weights[: k - 1] = midpoints[0]
+    weights[-3:] = [np.inf, -np.inf, np.nan]
+    (out, index), (fast_out, fast_index) = both_searches(weights, midpoints, table)
+    np.testing.assert_array_equal(fast_index, index)
+    np.testing.assert_array_equal(fast_out, out)
+    np.testing.assert_array_equal(fast_index[:-3], assign_to_centroids(weights[:-3], table))
+
+
+def test_search_with_a_pinned_zero_and_midpoints_out_of_order():
+    """+inf midpoints (the pinned zero sorts last) keep the register search; midpoints out of order take the
+    reference path, so both count the midpoints below each weight."""
+    rng = np.random.default_rng(5)
+    weights = rng.normal(size=70_000).astype(np.float32)
+    pinned = np.array([[-1.0, -0.25, 0.5, np.inf, np.inf]], np.float32)
+    unordered = np.array([[-1.0, 0.5, -0.25, 1.0]], np.float32)
+    for midpoints in (pinned, unordered):
+        table = np.arange(midpoints.shape[1] + 1, dtype=np.float32)
+        (out, index), (fast_out, fast_index) = both_searches(weights, midpoints, table, np.int32)
+        np.testing.assert_array_equal(fast_index, index)
+        np.testing.assert_array_equal(fast_out, out)
+        np.testing.assert_array_equal(index, (weights[:, None] > midpoints[0]).sum(axis=1))
+
+
+@pytest.mark.parametrize("size", SIZES.values(), ids=SIZES.keys())
+@pytest.mark.parametrize("index_dtype", [np.uint8, np.int32])
+def test_look_up_is_the_reference_look_up(index_dtype, size):
+    rng = np.random.default_rng(6)
+    table = rng.normal(size=16).astype(np.float32)
+    index = rng.integers(0, 16, size).astype(index_dtype)
+    index[::10_007] = 200  # outside the table: NaN, counted
+    if index_dtype == np.int32:
+        index[7] = -1
+    out, fast_out = np.empty(size, np.float32), np.empty(size, np.float32)
+    outside = reference.look_up(table, index, out)
+    assert fast.look_up_checked(table, index, fast_out) == outside > 0
+    np.testing.assert_array_equal(fast_out, out)  # NaN where outside, on both
+
+
+@pytest.mark.parametrize("size", SIZES.values(), ids=SIZES.keys())
+@pytest.mark.parametrize("average", [False, True], ids=["sum", "mean"])
+@pytest.mark.parametrize("index_dtype", [np.uint8, np.int32])
+def test_segment_sums_equal_a_bincount(index_dtype, average, size):
+    rng = np.random.default_rng(7)
+    values = rng.normal(size=size).astype(np.float32)
+    index = rng.integers(0, 16, size).astype(index_dtype)
+    index[:5] = 19  # outside the table: ignored
+    out = np.empty(16, np.float32)
+    fast.segment_sums(values, index, average, out)
+    inside = index < 16
+    expected = np.bincount(index[inside], values[inside].astype(np.float64), minlength=16)
+    if average:
+        expected = expected / np.maximum(np.bincount(index[inside], minlength=16), 1)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-4)

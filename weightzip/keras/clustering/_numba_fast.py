@@ -1,0 +1,246 @@
+"""Faster forms of :mod:`._numba_kernels` for the jitted JAX step (same results; the PyTorch path may adopt them).
+
+- :func:`search_and_look_up` = :func:`._numba_kernels.assign_and_look_up`. One codebook of at most 16
+  entries (k = 16 is TFMOT's default) is searched with its midpoints and centroids held in registers:
+  per weight, 15 compare-and-select steps that LLVM vectorises across weights, the centroid chosen by the
+  same selects (no gather, no count buffer); about twice as fast single-threaded as the blocked count.
+- :func:`look_up_checked` = :func:`._numba_kernels.look_up`: the table range is checked per block of
+  512 indices (a vectorised reduction), then the block is gathered without a per-index branch; a block
+  with an index outside the table takes the NaN-marking loop.
+- :func:`segment_sums` = :func:`._numba_kernels.segment_sums_into`: four interleaved accumulator rows
+  per chunk (breaks the add latency chain on a repeated index), range checked per block the same way.
+
+Each runs serially on the calling thread where the pass is one chunk (below 2 x 65536 weights): a
+numba parallel region costs a thread wake-up and barrier per call, which dominates small layers
+(LeNet-300-100's 30k- and 1k-weight kernels), more so on a loaded machine.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from weightzip.keras.clustering._numba_kernels import _BLOCK, _chunking, assign_and_look_up
+
+# Codebook rows of at most this many entries take the register search (padded with +inf midpoints).
+REGISTER_TABLE = 16
+_ACCUMULATORS = 4
+
+
+@numba.njit(cache=True, nogil=True)
+def _selects_are_counts(row) -> bool:
+    """Whether picking the centroid after the last midpoint below a weight equals counting the midpoints
+    below it: true when the midpoints ascend (NaN only at the end, where no comparison is true)."""
+    seen_nan = False
+    previous = -np.inf
+    for j in range(row.shape[0]):
+        value = row[j]
+        if np.isnan(value):
+            seen_nan = True
+        elif seen_nan or value < previous:
+            return False
+        else:
+            previous = value
+    return True
+
+
+@numba.njit(cache=True, nogil=True)
+def _register_search(weights, midpoints, table, out, index, first, last):
+    """weights[first:last] searched among 15 midpoints / 16 centroids (padded: +inf midpoints)."""
+    m0, m1, m2, m3, m4 = midpoints[0], midpoints[1], midpoints[2], midpoints[3], midpoints[4]
+    m5, m6, m7, m8, m9 = midpoints[5], midpoints[6], midpoints[7], midpoints[8], midpoints[9]
+    m10, m11, m12, m13, m14 = midpoints[10], midpoints[11], midpoints[12], midpoints[13], midpoints[14]
+    t0, t1, t2, t3 = table[0], table[1], table[2], table[3]
+    t4, t5, t6, t7 = table[4], table[5], table[6], table[7]
+    t8, t9, t10, t11 = table[8], table[9], table[10], table[11]
+    t12, t13, t14, t15 = table[12], table[13], table[14], table[15]
+    part, part_out, part_index = weights[first:last], out[first:last], index[first:last]
+    for i in range(last - first):  # from 0: no negative-index wraparound to check, so LLVM vectorises
+        value = part[i]
+        position = np.int32(0)
+        centroid = t0
+        above = value > m0
+        position += np.int32(above)
+        centroid = t1 if above else centroid
+        above = value > m1
+        position += np.int32(above)
+        centroid = t2 if above else centroid
+        above = value > m2
+        position += np.int32(above)
+        centroid = t3 if above else centroid
+        above = value > m3
+        position += np.int32(above)
+        centroid = t4 if above else centroid
+        above = value > m4
+        position += np.int32(above)
+        centroid = t5 if above else centroid
+        above = value > m5
+        position += np.int32(above)
+        centroid = t6 if above else centroid
+        above = value > m6
+        position += np.int32(above)
+        centroid = t7 if above else centroid
+        above = value > m7
+        position += np.int32(above)
+        centroid = t8 if above else centroid
+        above = value > m8
+        position += np.int32(above)
+        centroid = t9 if above else centroid
+        above = value > m9
+        position += np.int32(above)
+        centroid = t10 if above else centroid
+        above = value > m10
+        position += np.int32(above)
+        centroid = t11 if above else centroid
+        above = value > m11
+        position += np.int32(above)
+        centroid = t12 if above else centroid
+        above = value > m12
+        position += np.int32(above)
+        centroid = t13 if above else centroid
+        above = value > m13
+        position += np.int32(above)
+        centroid = t14 if above else centroid
+        above = value > m14
+        position += np.int32(above)
+        centroid = t15 if above else centroid
+        part_index[i] = position
+        part_out[i] = centroid
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _register_search_parallel(weights, midpoints, table, out, index, chunks, step):
+    n = weights.shape[0]
+    for chunk in numba.prange(chunks):
+        _register_search(weights, midpoints, table, out, index, chunk * step, min(n, (chunk + 1) * step))
+
+
+@numba.njit(cache=True, nogil=True)
+def search_and_look_up(weights, midpoints, table, inner, out, index):
+    """:func:`._numba_kernels.assign_and_look_up` (same arguments and results), faster for one row of <= 16."""
+    groups, m = midpoints.shape
+    if groups != 1 or m + 1 > REGISTER_TABLE or not _selects_are_counts(midpoints[0]):
+        assign_and_look_up(weights, midpoints, table, inner, out, index)
+        return
+    padded_midpoints = np.full(REGISTER_TABLE - 1, np.inf, np.float32)
+    padded_table = np.full(REGISTER_TABLE, table[0], np.float32)  # entries past k are never selected
+    for j in range(m):
+        padded_midpoints[j] = midpoints[0, j]
+    for j in range(m + 1):
+        padded_table[j] = table[j]
+    n = weights.shape[0]
+    chunks, step = _chunking(n)
+    if chunks == 1:
+        _register_search(weights, padded_midpoints, padded_table, out, index, 0, n)
+    else:
+        _register_search_parallel(weights, padded_midpoints, padded_table, out, index, chunks, step)
+
+
+@numba.njit(cache=True, nogil=True)
+def _inside(block, size) -> bool:
+    """Whether every index of the block is in [0, size): its min and max (a vectorised reduction)."""
+    low = high = block[0]
+    for i in range(block.shape[0]):
+        low = min(low, block[i])
+        high = max(high, block[i])
+    return low >= 0 and high < size
+
+
+@numba.njit(cache=True, nogil=True)
+def _look_up_range(table, index, out, first, last):
+    size = table.shape[0]
+    outside = 0
+    for start in range(first, last, _BLOCK):
+        stop = min(last, start + _BLOCK)
+        block, block_out = index[start:stop], out[start:stop]
+        inside = _inside(block, size)
+        if inside:
+            for i in range(stop - start):
+                block_out[i] = table[np.uintp(block[i])]
+        else:
+            for i in range(stop - start):
+                position = block[i]
+                if 0 <= position < size:
+                    block_out[i] = table[position]
+                else:
+                    block_out[i] = np.nan
+                    outside += 1
+    return outside
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _look_up_parallel(table, index, out, chunks, step):
+    n = index.shape[0]
+    outside = np.zeros(chunks, np.int64)
+    for chunk in numba.prange(chunks):
+        outside[chunk] = _look_up_range(table, index, out, chunk * step, min(n, (chunk + 1) * step))
+    return outside.sum()
+
+
+@numba.njit(cache=True, nogil=True)
+def look_up_checked(table, index, out):
+    """:func:`._numba_kernels.look_up`: out[i] = table[index[i]], NaN outside the table; returns how many were."""
+    n = index.shape[0]
+    chunks, step = _chunking(n)
+    if chunks == 1:
+        return _look_up_range(table, index, out, 0, n)
+    return _look_up_parallel(table, index, out, chunks, step)
+
+
+@numba.njit(cache=True, nogil=True)
+def _segment_sums_range(values, index, average, sums, counts, first, last):
+    """Adds values[first:last] into sums[r, index] (r = i % 4), and 1 into counts[r, index] when `average`."""
+    size = sums.shape[1]
+    for start in range(first, last, _BLOCK):
+        stop = min(last, start + _BLOCK)
+        block, block_values = index[start:stop], values[start:stop]
+        inside = _inside(block, size)
+        length = stop - start
+        if inside and not average:
+            whole = length - length % _ACCUMULATORS
+            for i in range(0, whole, _ACCUMULATORS):
+                sums[0, np.uintp(block[i])] += block_values[i]
+                sums[1, np.uintp(block[i + 1])] += block_values[i + 1]
+                sums[2, np.uintp(block[i + 2])] += block_values[i + 2]
+                sums[3, np.uintp(block[i + 3])] += block_values[i + 3]
+            for i in range(whole, length):
+                sums[0, np.uintp(block[i])] += block_values[i]
+        else:
+            for i in range(length):
+                position = block[i]
+                if 0 <= position < size:
+                    sums[i % _ACCUMULATORS, position] += block_values[i]
+                    if average:
+                        counts[i % _ACCUMULATORS, position] += 1
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _segment_sums_parallel(values, index, average, sums, counts, chunks, step):
+    n = values.shape[0]
+    for chunk in numba.prange(chunks):
+        _segment_sums_range(values, index, average, sums[chunk], counts[chunk], chunk * step,
+                            min(n, (chunk + 1) * step))
+
+
+@numba.njit(cache=True, nogil=True)
+def segment_sums(values, index, average, out):
+    """:func:`._numba_kernels.segment_sums_into`: ``out[j] = sum(values[index == j])`` (mean when `average`),
+    other indices ignored; float64 accumulators."""
+    n = values.shape[0]
+    size = out.shape[0]
+    chunks, step = _chunking(n, _ACCUMULATORS * size)
+    sums = np.zeros((chunks, _ACCUMULATORS, size), np.float64)
+    counts = np.zeros((chunks, _ACCUMULATORS, size if average else 1), np.int64)
+    if chunks == 1:
+        _segment_sums_range(values, index, average, sums[0], counts[0], 0, n)
+    else:
+        _segment_sums_parallel(values, index, average, sums, counts, chunks, step)
+    for j in range(size):
+        total = 0.0
+        members = 0
+        for chunk in range(chunks):
+            for row in range(_ACCUMULATORS):
+                total += sums[chunk, row, j]
+                if average:
+                    members += counts[chunk, row, j]
+        out[j] = total / max(members, 1) if average else total
