@@ -149,6 +149,9 @@ def compress_checkpoint(checkpoint, source: Path, output, layout_metadata: dict,
                 progress(name, done[0], total)
             if calibrated is not None and name in calibrated.stored:
                 value, action = calibrated.stored[name], TensorAction(name, "clustered")
+            elif calibrated is not None and name in calibrated.replaced:  # e.g. a bias shifted by bias correction
+                value = calibrated.replaced[name].astype(array.dtype)
+                action = TensorAction(name, "kept", "changed by post-training (bias correction)")
             elif calibrated is not None and name in calibrated.kept:
                 value, action = array, TensorAction(name, "kept", calibrated.kept[name])
             else:

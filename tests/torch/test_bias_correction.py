@@ -56,3 +56,31 @@ def test_the_float_models_means_are_measured_once_for_every_model_corrected():
     assert len(passes) == 1
     for a, b in zip(first.state_dict().values(), second.state_dict().values()):
         torch.testing.assert_close(a, b)
+
+
+def test_by_default_bias_correction_is_kept_only_where_the_plan_measures_better_with_it():
+    """bias_correction=None: the chosen plan's model with and without the correction are compared on the fit
+    inputs the correction was not computed on; the returned model is the better one and the report says which."""
+    import numpy as np
+
+    from weightzip.core.fidelity import measure_fidelity, split_calibration
+    from weightzip.torch.post_training import compress_post_training
+
+    reference, _ = _models()
+    inputs = torch.randn(80, 3, 12, 12)
+    fit, _ = split_calibration(80, held_out=0.25, seed=0)
+    unseen = inputs[torch.as_tensor(fit)][32:]  # BiasCorrection's max_samples: the first 32 fit inputs
+    with torch.no_grad():
+        expected = reference(unseen).numpy()
+    errors, notes = {}, {}
+    for setting in (True, False, None):
+        model, report = compress_post_training(reference, inputs, clusters=4, bias_correction=setting,
+                                               compensation=False)
+        with torch.no_grad():
+            errors[setting] = measure_fidelity(expected, model(unseen).numpy()).relative_output_error
+        notes[setting] = [note for note in report.notes if note.startswith("bias correction: ")]
+    assert errors[True] != errors[False]
+    assert np.isclose(errors[None], min(errors[True], errors[False]), rtol=1e-5)
+    decided = [note for note in notes[None] if "kept (" in note or "left off (" in note]
+    assert len(decided) == 1 and ("kept (" in decided[0]) == (errors[True] < errors[False])
+    assert not any("kept (" in note or "left off (" in note for note in notes[True] + notes[False])

@@ -107,14 +107,15 @@ def compress_post_training(
     metadata: extra JSON metadata (may set "source"); extra_tensors: more arrays stored as they are (e.g. a
     TorchScript archive's skeleton). bias_correction: with calibration, give each compressed layer back its
     float per-channel output mean on the fit part (:mod:`weightzip.torch.bias_correction`; biases and
-    BatchNorm means are stored as floats anyway, so this costs no bytes; None: on).
+    BatchNorm means are stored as floats anyway, so this costs no bytes; True: on; None: kept only where the
+    chosen plan's output error, on the fit inputs the correction did not use, is smaller with it than without).
     spec: a :class:`~weightzip.core.specs.PostTrainingSpec`, the same as on Keras (the keywords above are its
     fields; those given differ from their defaults and replace its values).
     """
     spec = PostTrainingSpec.from_call(locals())  # the keywords above, or `spec` with those given replacing its fields
     start = time.perf_counter()
     sensitivity = spec.sensitivity_for(calibration is not None)
-    bias_correction = spec.bias_correction is not False  # None: on
+    bias_correction = spec.bias_correction is not False  # None: kept where it measures better (below)
     if path is not None:
         check_output_path(path, overwrite=overwrite, inputs=inputs)
 
@@ -158,6 +159,10 @@ def compress_post_training(
     plan, mode = ruled or spec.plan(tensors, sensitivity, file_bytes=file_bytes, refine=refine,  # ruled: per layer
                                     fidelity_of=fidelity_of if fit_reference is not None else None)
     compressed, corrected = _compressed(model, targets, plan, correction)
+    correction_note = None
+    if corrected is not None and spec.bias_correction is None:
+        compressed, corrected, correction_note = _better_corrected(model, targets, plan, compressed, corrected,
+                                                                   correction, fit_batches, batch_size, spec.classifier)
     fidelity = None
     if calibration is not None:
         fidelity = measure_fidelity(reference, outputs_of(compressed, held_batches), classifier=spec.classifier)
@@ -167,6 +172,8 @@ def compress_post_training(
         report.notes.append(f"bias correction: {len(done)} layers' output means restored on the fit inputs "
                             f"(biases / BatchNorm means)" + (f"; not possible for {', '.join(left[:4])}"
                                                              + (" ..." if len(left) > 4 else "") if left else ""))
+    if correction_note is not None:
+        report.notes.append(correction_note)
     if path is not None:
         write_report_file(path, _encode(compressed, plan, report, metadata, extra_tensors), report, spec.target_bytes,
                           overwrite=overwrite, inputs=inputs)
@@ -175,6 +182,28 @@ def compress_post_training(
 
 
 # ---------------------------------------------------------------- steps
+
+
+def _better_corrected(model: nn.Module, targets: list[WeightTarget], plan: AllocationPlan, compressed: nn.Module,
+                      corrected, correction, fit_batches, batch_size: int, classifier: bool | None):
+    """(model, corrected, note): the bias-corrected `compressed` model, or the plan's model without the correction
+    when that has the smaller relative output error on the fit inputs the correction was not computed on (all of
+    them when it used every one). Bias correction restores per-channel output means, which helps where clustering
+    shifts them (convolutions feeding BatchNorm) but can hurt elsewhere: measured, not assumed, so one default
+    serves every model (bias_correction=None)."""
+    used = int(correction.inputs.shape[0])
+    inputs = torch.cat(fit_batches)
+    unseen = inputs[used:] if inputs.shape[0] > used else inputs
+    batches = batches_of(unseen, batch_size)
+    reference = outputs_of(model, batches)
+    plain = _apply(copy.deepcopy(model), targets, plan)
+    errors = {name: measure_fidelity(reference, outputs_of(candidate, batches), classifier=classifier)
+              .relative_output_error for name, candidate in (("with", compressed), ("without", plain))}
+    figures = (f"relative output error {errors['with']:.4g} with it, {errors['without']:.4g} without, on "
+               f"{unseen.shape[0]} fit inputs it was not computed on")
+    if errors["without"] < errors["with"]:
+        return plain, None, f"bias correction: left off ({figures})"
+    return compressed, corrected, f"bias correction: kept ({figures})"
 
 
 def _tensors_to_compress(model: nn.Module, targets: list[WeightTarget], sensitivity: Sensitivity,
