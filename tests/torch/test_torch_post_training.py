@@ -117,11 +117,14 @@ def test_target_bytes_is_the_whole_file_and_unreachable_targets_write_nothing(se
     assert path.stat().st_size <= 30_000 and report.file_bytes == path.stat().st_size
     assert path.stat().st_size > 27_000  # the allocation uses the budget
     # compensated: still within the target (re-allocated if the compensated indices code larger); the plan
-    # may be a smaller uniform one where that measured better on the fit inputs
+    # may be a smaller uniform one, or the uncompensated one, where that measured better on the fit inputs (here
+    # it does: since the GRU cell's weight_hh, which multiplies a zero hidden state, gets the fewest bytes instead
+    # of competing with its unweighted error, the plan is close enough to exact that compensating it on 36 fit
+    # inputs measures worse; refined_within's size guarantee itself: tests/core/test_compensation.py)
     _, report = compress_post_training(model, calibration, target_bytes=30_000, candidates=FAST, path=path,
                                        overwrite=True)
     assert path.stat().st_size <= 30_000 and report.file_bytes == path.stat().st_size
-    assert any(row["compensated"] for row in report.rows())
+    assert next(row for row in report.rows() if row["tensor"] == "cell.weight_hh")["k"] == min(FAST.clusters)
     missing = tmp_path / "none.wz"
     with pytest.raises(TargetUnreachableError, match="cannot be met"):
         compress_post_training(model, calibration, target_bytes=2_000, candidates=FAST, path=missing)
