@@ -221,3 +221,49 @@ def test_tensorflow_in_place_steps_train_as_the_portable_ops(baseline, reassignm
     for fast, portable in zip(*trained):
         np.testing.assert_allclose(fast, portable, rtol=1e-5, atol=1e-6)
     assert any(not np.array_equal(before, after) for before, after in zip(initial, trained[0])), "nothing trained"
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the in-place lookup of TensorFlow steps")
+@pytest.mark.parametrize(("reassignment", "aggregation"), [("every_step", "sum"), ("fixed", "average")])
+def test_tensorflow_large_kernel_step_sums_each_centroids_members_in_parallel(reassignment, aggregation):
+    """A kernel of 2^20 weights takes the parallel sum with one-byte positions: in a differentiated step
+    the kernel is each weight's centroid at a fresh search (every step) or its stored index (fixed), the
+    workspace holds those positions as uint8, and each centroid's gradient is the sum (or mean) of its
+    members' upstream gradients, as a float64 bincount."""
+    import tensorflow as tf
+
+    from weightzip.keras.clustering import _tf_lookup
+
+    rng = np.random.default_rng(11)
+    model = keras.Sequential([keras.Input((1024,)), keras.layers.Dense(1024, use_bias=False)])
+    model.layers[0].kernel.assign(rng.normal(size=(1024, 1024)).astype("float32"))
+    clustered = wk.cluster_weights(model, 16, reassignment=reassignment, cluster_gradient_aggregation=aggregation)
+    wrapper = clustered.layers[0]
+    workspace = wrapper._cluster_states[0].workspace
+    assert workspace.parallel_sums and workspace.kernel.shape.num_elements() == _tf_lookup.MIN_PARALLEL_WEIGHTS
+    assert workspace.index.dtype == tf.uint8
+    upstream = tf.constant(rng.normal(size=(1024, 1024)).astype("float32"))
+    centroids = wrapper.cluster_centroids["kernel"]
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            kernel = wrapper.clustered_weights()["kernel"]
+            loss = tf.reduce_sum(kernel * upstream)
+        return kernel, tape.gradient(loss, centroids)
+
+    kernel, gradient = (to_numpy(value) for value in step())
+    codebook = to_numpy(centroids)
+    if reassignment == "every_step":
+        assignment, expected_kernel = fresh_search(to_numpy(wrapper.layer.kernel), codebook, False)
+        positions = np.argsort(np.argsort(codebook, kind="stable"))[assignment]  # into the sorted table
+    else:
+        assignment = to_numpy(wrapper.pulling_indices["kernel"])
+        expected_kernel, positions = codebook[assignment], assignment
+    np.testing.assert_array_equal(kernel, expected_kernel)
+    np.testing.assert_array_equal(workspace.index.numpy(), positions)
+    sums = np.bincount(assignment.ravel(), weights=to_numpy(upstream).ravel().astype(np.float64), minlength=16)
+    if aggregation == "average":
+        sums = sums / np.maximum(np.bincount(assignment.ravel(), minlength=16), 1)
+    assert len(np.unique(assignment)) == 16
+    np.testing.assert_allclose(gradient, sums, rtol=1e-5, atol=1e-4)

@@ -11,10 +11,16 @@ page faults cost as much as the pass). Here:
   the kernel and its flat table positions into two variables of the :class:`Workspace`, in place (XLA
   reuses a variable's buffer), so no kernel-sized tensor is allocated per step. With fixed assignment,
   the same for ``take(table, stored indices)``.
-- The backward pass is one weighted ``Bincount`` of the upstream gradient by those positions (without
-  the max-index pass of ``tf.math.bincount``), and the straight-through gradient to the original weights is
-  the upstream gradient itself, released to the optimizer only once the bincount has read it (so that
-  the optimizer's update can reuse its buffer instead of allocating another).
+- The backward pass sums the upstream gradient by those positions: in a kernel of at least
+  :data:`MIN_PARALLEL_WEIGHTS` weights in one parallel pass, a private accumulator per chunk (the numba
+  kernel :func:`._numba_kernels.segment_sums_into`, called through ``tf.numpy_function`` on the
+  tensors' own buffers: TensorFlow's weighted ``Bincount`` is one serial loop over int32 indices), with
+  the positions kept in one byte each where the flat table has at most 256 entries (a quarter of the
+  int32 traffic; with fixed assignment the gather writes them too, so the sum reads bytes, not the
+  stored int32 indices); in a smaller kernel, one weighted ``Bincount`` (without the max-index pass of
+  ``tf.math.bincount``). The straight-through gradient to the original weights is the upstream
+  gradient itself, released to the optimizer only once the sum has read it (so that the optimizer's
+  update can reuse its buffer instead of allocating another).
 
 The gradients are those of :func:`.ops.shared_weight_lookup`. Only a step being differentiated by a
 ``tf.GradientTape`` uses this path (a training step); inference graphs (predict, SavedModel and TFLite
@@ -23,40 +29,55 @@ export) keep the portable ops, which write no variable.
 
 from __future__ import annotations
 
+import functools
+
+import numpy as np
 import tensorflow as tf
 
 from weightzip.keras._compat import get_stateless_scope, in_xla_trace, tape_is_recording
+from weightzip.keras.clustering import _numba_kernels
 
 # Up to this many midpoints per row, the search is a chain of compares and selects; above, the portable path.
 MAX_CHAINED_MIDPOINTS = 31
+# From this many weights, the centroid gradient is summed by the parallel numba kernel (below, one serial
+# Bincount costs less than a call out of the graph), and positions in tables of <= 256 entries take a byte.
+MIN_PARALLEL_WEIGHTS = 1 << 20
+MAX_BYTE_INDEXED_ENTRIES = 256
 
 
 class Workspace:
     """The two kernel-shaped variables one clustered weight's lookup writes in place each step.
 
-    Their memory is not touched (nor counted in the process's resident size) until a training step
-    writes it. Not a Keras weight: never saved, never trained.
+    `index` holds flat table positions: one byte each in a large kernel (:data:`MIN_PARALLEL_WEIGHTS`)
+    whose flat table has at most 256 entries, else int32. Their memory is not touched (nor counted in the
+    process's resident size) until a training step writes it. Not a Keras weight: never saved, never trained.
     """
 
-    def __init__(self, shape):
+    def __init__(self, shape, table_size: int):
         self.shape = tuple(int(size) for size in shape)
+        self.table_size = int(table_size)
+        self.parallel_sums = int(np.prod(self.shape, dtype=np.int64)) >= MIN_PARALLEL_WEIGHTS
+        byte_indexed = self.parallel_sums and self.table_size <= MAX_BYTE_INDEXED_ENTRIES
         with tf.init_scope():
             self.kernel = tf.Variable(tf.raw_ops.Empty(shape=self.shape, dtype=tf.float32), trainable=False,
                                       name="clustered_kernel_workspace")
-            self.index = tf.Variable(tf.raw_ops.Empty(shape=self.shape, dtype=tf.int32), trainable=False,
-                                     name="clustered_index_workspace")
+            self.index = tf.Variable(tf.raw_ops.Empty(shape=self.shape, dtype=tf.uint8 if byte_indexed else tf.int32),
+                                     trainable=False, name="clustered_index_workspace")
 
 
-def workspace_for(variable):
-    """A :class:`Workspace` for a clustered float32 weight, or None where this path can never serve it."""
+def workspace_for(variable, table_size: int):
+    """A :class:`Workspace` for a clustered float32 weight whose flat codebook has `table_size` entries, or
+    None where this path can never serve it."""
     if variable.dtype != "float32" or len(variable.shape) == 0:
         return None
-    return Workspace(variable.shape)
+    return Workspace(variable.shape, table_size)
 
 
 def applies(workspace, original, flat_table, *, searched: bool, k: int) -> bool:
     """Whether `workspace` serves this call: a differentiated, uncompiled TensorFlow step on float32 tensors."""
     if workspace is None or tuple(original.shape) != workspace.shape:
+        return False
+    if int(flat_table.shape[0]) != workspace.table_size:
         return False
     if searched and k - 1 > MAX_CHAINED_MIDPOINTS:
         return False
@@ -84,7 +105,8 @@ def searched_lookup(workspace, flat_table, sorted_keys, original, *, channel_axi
             clustered, index = workspace.kernel.read_value(), workspace.index.read_value()
 
         def gradient(upstream, variables=None):
-            table_gradient, upstream = _table_gradient(upstream, index, groups * k, average_gradient)
+            table_gradient, upstream = _table_gradient(upstream, index, groups * k, average_gradient,
+                                                       workspace.parallel_sums)
             return _with_variables((table_gradient, upstream), variables)
 
         return clustered, gradient
@@ -99,31 +121,46 @@ def indexed_lookup(workspace, flat_table, positions, *, channel_axis, k, average
 
     @tf.custom_gradient
     def lookup(table):
-        index_cache = None if channel_axis is None else workspace.index
+        # Per tensor, the stored positions are the flat positions: copied only where the copy is narrower.
+        copied = channel_axis is not None or workspace.index.dtype != tf.int32
+        index_cache = workspace.index if copied else None
         written = _gather_into(table, positions, workspace.kernel, index_cache, channel_axis, k)
         with tf.control_dependencies([written]):
             clustered = workspace.kernel.read_value()
-            index = positions if index_cache is None else index_cache.read_value()
+            index = index_cache.read_value() if copied else positions
 
         def gradient(upstream, variables=None):
-            return _with_variables(_table_gradient(upstream, index, size, average_gradient)[0], variables)
+            return _with_variables(_table_gradient(upstream, index, size, average_gradient, workspace.parallel_sums)[0],
+                                   variables)
 
         return clustered, gradient
 
     return lookup(flat_table)
 
 
-def _table_gradient(upstream, index, size: int, average: bool):
+def _table_gradient(upstream, index, size: int, average: bool, parallel: bool):
     """(per table entry: the sum, or mean, of its members' upstream gradients; the upstream gradient, released
     once that sum has read it)."""
     upstream = tf.convert_to_tensor(upstream)
-    flat_index = tf.reshape(index, (-1,))
-    sums = tf.raw_ops.Bincount(arr=flat_index, size=size, weights=tf.reshape(upstream, (-1,)))
-    if average:
-        counts = tf.raw_ops.Bincount(arr=flat_index, size=size, weights=tf.zeros((0,), upstream.dtype))
-        sums = sums / tf.maximum(counts, 1.0)
+    flat_values, flat_index = tf.reshape(upstream, (-1,)), tf.reshape(index, (-1,))
+    if parallel:
+        sums = tf.numpy_function(functools.partial(_segment_sums, size=size, average=average),
+                                 [flat_values, flat_index], tf.float32, stateful=False, name="clustered_table_gradient")
+        sums.set_shape((size,))
+    else:
+        sums = tf.raw_ops.Bincount(arr=flat_index, size=size, weights=flat_values)
+        if average:
+            counts = tf.raw_ops.Bincount(arr=flat_index, size=size, weights=tf.zeros((0,), upstream.dtype))
+            sums = sums / tf.maximum(counts, 1.0)
     with tf.control_dependencies([sums]):
         return sums, tf.identity(upstream)
+
+
+def _segment_sums(values, index, *, size: int, average: bool):
+    """Per flat table position, the sum (or mean) of `values` there (NumPy views of the step's tensors)."""
+    sums = np.empty(size, np.float32)
+    _numba_kernels.segment_sums_into(values, index, average, sums)
+    return sums
 
 
 def _with_variables(input_gradients, variables):
@@ -161,16 +198,17 @@ def _search_into(table, keys, weights, kernel_cache, index_cache, channel_axis):
     if channel_axis is not None:
         position += _channel_offsets(shape, channel_axis, int(table.shape[1]))
     kernel_cache.assign(value)
-    index_cache.assign(position)
+    index_cache.assign(tf.cast(position, index_cache.dtype))
     return tf.constant(True)
 
 
 @tf.function(jit_compile=True, autograph=False)
 def _gather_into(table, positions, kernel_cache, index_cache, channel_axis, k):
-    """kernel_cache <- table[positions (+ channel * k)]; index_cache (per channel) <- those flat positions."""
+    """kernel_cache <- table[positions (+ channel * k)]; index_cache (where given) <- those flat positions."""
     index = positions
     if channel_axis is not None:
         index = positions + _channel_offsets(tuple(positions.shape), channel_axis, k)
-        index_cache.assign(index)
+    if index_cache is not None:
+        index_cache.assign(tf.cast(index, index_cache.dtype))
     kernel_cache.assign(tf.gather(table, index))
     return tf.constant(True)

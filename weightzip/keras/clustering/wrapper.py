@@ -43,13 +43,13 @@ def _name_scope_of(layer):
     return opener() if callable(opener) else contextlib.nullcontext()
 
 
-def _workspace_for(variable):
+def _workspace_for(variable, codebook):
     """The in-place buffers of TensorFlow training steps (see :mod:`._tf_lookup`); None on other backends."""
     if keras.backend.backend() != "tensorflow":
         return None
     from weightzip.keras.clustering import _tf_lookup
 
-    return _tf_lookup.workspace_for(variable)
+    return _tf_lookup.workspace_for(variable, codebook.size)
 
 
 @dataclass(frozen=True, eq=False)
@@ -145,7 +145,7 @@ class ClusterWeights(SubstitutingWrapper):
                 mask = self._state_variable(f"{target.key}_sparsity_mask", init.sparsity_mask, False)
                 pin_values = init.centroid_pin if per_channel else init.centroid_pin[0]
                 pin = self._state_variable(f"{target.key}_centroid_pin", pin_values, False)
-            states.append(_ClusterState(target, centroids, indices, mask, pin, _workspace_for(target.variable)))
+            states.append(_ClusterState(target, centroids, indices, mask, pin, _workspace_for(target.variable, codebook)))
         self._cluster_states = tuple(states)
 
     def _state_variable(self, name, values, trainable, dtype=None):
