@@ -1,0 +1,77 @@
+"""The PyTorch clustered kernel (clustering/_torch_lookup.py) on torch tensors, whatever Keras backend this
+process runs: results and gradients equal a fresh nearest-centroid search and a bincount at every call,
+while its per-weight buffers are reused in place only when nothing else holds them, and the one-byte
+copy of stored indices follows every change of the stored variable."""
+
+import numpy as np
+import pytest
+
+from weightzip.core import assign_to_centroids
+from weightzip.core.errors import InvalidWeightsError
+
+torch = pytest.importorskip("torch")
+from weightzip.keras.clustering import _torch_lookup  # noqa: E402
+
+K = 16
+
+
+def table():
+    return torch.nn.Parameter(torch.linspace(-1.0, 1.0, K))
+
+
+def searched(weights, centroids):
+    return _torch_lookup.searched_lookup(centroids, centroids.detach().reshape(1, -1), weights, channel_axis=None,
+                                         average_gradient=False)
+
+
+def test_searched_lookup_reuses_its_buffer_but_never_one_still_held():
+    rng = np.random.default_rng(0)
+    weights = torch.nn.Parameter(torch.from_numpy(rng.normal(size=(300, 70)).astype(np.float32)))
+    centroids = table()
+    addresses = set()
+    for _ in range(3):
+        clustered = searched(weights, centroids)
+        expected = assign_to_centroids(weights.detach().numpy(), centroids.detach().numpy())
+        np.testing.assert_array_equal(clustered.detach().numpy(), centroids.detach().numpy()[expected])
+        upstream = torch.from_numpy(rng.normal(size=clustered.shape).astype(np.float32))
+        (clustered * upstream).sum().backward()
+        np.testing.assert_allclose(centroids.grad.numpy(), np.bincount(expected.ravel(), upstream.numpy().ravel(), K),
+                                   rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(weights.grad.numpy(), upstream.numpy())  # straight-through
+        assert clustered.data_ptr() == _torch_lookup._scratch_for(weights).buffers["kernel"].data_ptr()
+        addresses.add(clustered.data_ptr())
+        del clustered
+        with torch.no_grad():
+            weights.mul_(0.5)  # most weights move to another cell
+        centroids.grad = weights.grad = None
+    assert len(addresses) == 1  # nothing held the last step's kernel: written in place
+    kept = searched(weights, centroids)
+    kept_values = kept.detach().clone()
+    with torch.no_grad():
+        weights.mul_(-1.0)
+    again = searched(weights, centroids)  # `kept` is still alive: a new buffer, `kept` unchanged
+    assert again.data_ptr() != kept.data_ptr()
+    assert torch.equal(kept, kept_values) and not torch.equal(again, kept_values)
+
+
+def test_indexed_lookup_follows_the_stored_indices_through_their_byte_copy():
+    rng = np.random.default_rng(1)
+    index = torch.nn.Parameter(torch.from_numpy(rng.integers(0, K, size=(50, 40)).astype(np.int32)),
+                               requires_grad=False)
+    centroids = table()
+    for _ in range(2):
+        clustered = _torch_lookup.indexed_lookup(centroids, index, average_gradient=True)
+        np.testing.assert_array_equal(clustered.detach().numpy(), centroids.detach().numpy()[index.numpy()])
+        upstream = torch.from_numpy(rng.normal(size=clustered.shape).astype(np.float32))
+        (clustered * upstream).sum().backward()
+        counts = np.maximum(np.bincount(index.numpy().ravel(), minlength=K), 1)
+        np.testing.assert_allclose(centroids.grad.numpy(),
+                                   np.bincount(index.numpy().ravel(), upstream.numpy().ravel(), K) / counts,
+                                   rtol=1e-5, atol=1e-6)
+        centroids.grad = None
+        with torch.no_grad():
+            index.copy_((index + 3) % K)  # as Keras's assign: the next call must read these
+    with torch.no_grad():
+        index[7, 3] = K
+    with pytest.raises(InvalidWeightsError, match="out of range"):
+        _torch_lookup.indexed_lookup(centroids, index, average_gradient=False)
