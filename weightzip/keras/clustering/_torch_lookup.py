@@ -1,5 +1,5 @@
 """The clustered kernel on the PyTorch backend (CPU tensors): the search, the gather and the gradient's
-segment sum as two parallel numba passes (:mod:`._numba_kernels`).
+segment sum as two numba passes (:mod:`._numba_fast`; :mod:`._numba_kernels`' search for float64).
 
 PyTorch trains eagerly, so the portable path of :func:`.ops.clustered_kernel` runs one full pass over
 the kernel per op: ``searchsorted`` (about 6x a SGD update of the same kernel), the gather, and
@@ -30,7 +30,7 @@ import keras
 import numpy as np
 
 from weightzip.core.errors import InvalidWeightsError
-from weightzip.keras.clustering import _numba_kernels
+from weightzip.keras.clustering import _numba_fast, _numba_kernels
 
 # Tables of at most this many entries are indexed with one byte per weight.
 BYTE_INDEX_ENTRIES = 256
@@ -145,6 +145,13 @@ def _compact_index(index, table_size: int):
     return compact
 
 
+def _search(weights):
+    """The search kernel for these weights: :mod:`._numba_fast`'s holds its midpoints in float32."""
+    import torch
+
+    return _numba_fast.search_and_look_up if weights.dtype == torch.float32 else _numba_kernels.assign_and_look_up
+
+
 def _output(scratch, role: str, size: int, dtype):
     import torch
 
@@ -164,12 +171,12 @@ def _lookup_function():
                 index_dtype = torch.uint8 if table.numel() <= BYTE_INDEX_ENTRIES else torch.int32
                 index = _output(scratch, "index", weights.numel(), index_dtype)
                 out = _output(scratch, "kernel", weights.numel(), table_values.dtype)
-                _numba_kernels.assign_and_look_up(weights.numpy(), midpoints.numpy(), table_values.numpy(), inner,
-                                                  out.numpy(), index.numpy())
+                _search(weights)(weights.numpy(), midpoints.numpy(), table_values.numpy(), inner, out.numpy(),
+                                 index.numpy())
             else:
                 index = fixed_index
                 out = _output(scratch, "kernel", index.numel(), table_values.dtype)
-                if _numba_kernels.look_up(table_values.numpy(), index.numpy(), out.numpy()):
+                if _numba_fast.look_up_checked(table_values.numpy(), index.numpy(), out.numpy()):
                     raise InvalidWeightsError(f"pulling indices out of range for a codebook of {table.numel()} entries")
             ctx.save_for_backward(index)
             ctx.table_size = table.numel()
@@ -183,7 +190,7 @@ def _lookup_function():
             (index,) = ctx.saved_tensors
             flat = upstream.detach().contiguous().reshape(-1)
             table_gradient = torch.empty(ctx.table_size, dtype=upstream.dtype)
-            _numba_kernels.segment_sums_into(flat.numpy(), index.numpy(), ctx.average, table_gradient.numpy())
+            _numba_fast.segment_sums(flat.numpy(), index.numpy(), ctx.average, table_gradient.numpy())
             original_gradient = upstream.reshape(ctx.original_shape) if ctx.straight_through else None
             return table_gradient, original_gradient, None, None, None, None, None
 
