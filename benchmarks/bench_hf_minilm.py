@@ -34,29 +34,9 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 def sentences(evaluation_count: int, calibration_count: int = 400) -> tuple[list[str], list[str]]:
     """(calibration, evaluation) sentences, disjoint, from disjoint documents (see the module doc)."""
-    from weightzip.data import dataset_description_sentences, python_documentation_topics
+    from weightzip.data import calibration_and_evaluation_sentences
 
-    calibration, evaluation, more_calibration, more_evaluation = [], [], [], []
-    for position, (name, found) in enumerate(sorted(dataset_description_sentences().items())):
-        (calibration if position % 2 == 0 else evaluation).extend(found)
-    for position, (name, found) in enumerate(python_documentation_topics().items()):
-        (more_calibration if position % 2 == 0 else more_evaluation).extend(found)
-    evaluation = list(dict.fromkeys(evaluation))
-    more_evaluation = [s for s in dict.fromkeys(more_evaluation) if s not in evaluation]
-    evaluation += _evenly(more_evaluation, evaluation_count - len(evaluation))
-    excluded = set(evaluation) | set(more_evaluation)
-    calibration = [s for s in dict.fromkeys(calibration) if s not in excluded]
-    more_calibration = [s for s in dict.fromkeys(more_calibration) if s not in excluded and s not in calibration]
-    return calibration + _evenly(more_calibration, calibration_count - len(calibration)), evaluation
-
-
-def _evenly(items: list, count: int) -> list:
-    """`count` items spread evenly over `items` (all of them when there are fewer)."""
-    if count <= 0:
-        return []
-    if count >= len(items):
-        return list(items)
-    return [items[int(i * len(items) / count)] for i in range(count)]
+    return calibration_and_evaluation_sentences(evaluation_count, calibration_count)
 
 
 def embeddings(directory, tokenizer, texts):

