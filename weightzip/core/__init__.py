@@ -11,6 +11,7 @@
 - :func:`sse`, :func:`relative_sse`: the k-means objective and its ratio to the optimum.
 """
 
+from weightzip.core import _numba_cache  # noqa: F401  (serialises numba cache saves across processes)
 from weightzip.core.assign import assign_to_centroids, index_dtype
 from weightzip.core.centroid_init import CentroidInitialization
 from weightzip.core.cluster import ClusterConfig, ClusteredTensor, cluster_array
