@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from weightzip.core.allocation import Candidates
 from weightzip.core.centroid_init import CentroidInitialization
 from weightzip.core.cluster import ClusterConfig
+from weightzip.core.codebook_tuning import CodebookTuning
 from weightzip.core.errors import ArgumentTypeError, InvalidArgumentError, InvalidClusterCountError
 from weightzip.core.options import BlockPooling, GradientAggregation, InvalidOptionError, Reassignment
 from weightzip.core.post_training import Sensitivity, check_goals, choose_plan
@@ -241,6 +242,9 @@ class PostTrainingSpec:
         layers' output error (:mod:`weightzip.core.compensation`).
     bias_correction: with calibration, restore each compressed layer's float output mean (its bias, or on
         PyTorch a following BatchNorm's mean); None: on.
+    codebook_tuning: with calibration, train the chosen plan's centroids for the float model's outputs
+        (:class:`~weightzip.core.codebook_tuning.CodebookTuning`, or True / False / a dict of its fields);
+        None: off (PyTorch only for now; Keras refuses it).
     """
 
     clusters: int | LayerRules = 16
@@ -259,6 +263,7 @@ class PostTrainingSpec:
     classifier: bool | None = None
     compensation: bool = True
     bias_correction: bool | None = None
+    codebook_tuning: CodebookTuning | None = None
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -303,6 +308,8 @@ class PostTrainingSpec:
         for name in ("classifier", "bias_correction"):
             if getattr(self, name) is not None:
                 _check_flag(name, getattr(self, name))
+        if self.codebook_tuning is not None:
+            set_(self, "codebook_tuning", CodebookTuning.of(self.codebook_tuning))
 
     @property
     def goal(self) -> bool:

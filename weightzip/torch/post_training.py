@@ -21,6 +21,7 @@ Every weight left uncompressed is listed in the report with its reason.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 
 import numpy as np
@@ -36,6 +37,7 @@ from weightzip.core.allocation import (
 )
 from weightzip.core.centroid_init import CentroidInitialization
 from weightzip.core.cluster import ClusteredTensor
+from weightzip.core.codebook_tuning import CodebookTuning, tune_codebooks
 from weightzip.core.compensation import compensate_plan
 from weightzip.core.fidelity import Fidelity, measure_fidelity, split_calibration
 from weightzip.core.post_training import (  # shared with the Keras front end
@@ -57,7 +59,9 @@ from weightzip.torch.calibration import (
     fisher_diagonal,
     input_hessians,
     input_second_moments,
+    is_classifier_output,
     outputs_of,
+    run_model,
 )
 from weightzip.torch.runnable import runnable_targets
 from weightzip.torch.targets import WeightTarget
@@ -96,6 +100,7 @@ def compress_post_training(
     extra_tensors: dict | None = None,
     bias_correction: bool | None = None,
     compensation: bool = True,
+    codebook_tuning=None,
 ) -> tuple[nn.Module, PostTrainingReport]:
     """Compress a copy of `module` post-training (see the module doc); returns (compressed copy, report).
 
@@ -109,6 +114,9 @@ def compress_post_training(
     float per-channel output mean on the fit part (:mod:`weightzip.torch.bias_correction`; biases and
     BatchNorm means are stored as floats anyway, so this costs no bytes; True: on; None: kept only where the
     chosen plan's output error, on the fit inputs the correction did not use, is smaller with it than without).
+    codebook_tuning: with calibration, train the chosen plan's centroids for the float model's outputs on the fit
+    inputs, indices unchanged (:mod:`weightzip.core.codebook_tuning`; a CodebookTuning, True / False, or a dict of
+    its fields; the centroids measured best on fit inputs held aside are kept); None: off.
     spec: a :class:`~weightzip.core.specs.PostTrainingSpec`, the same as on Keras (the keywords above are its
     fields; those given differ from their defaults and replace its values).
     """
@@ -163,6 +171,11 @@ def compress_post_training(
     if corrected is not None and spec.bias_correction is None:
         compressed, corrected, correction_note = _better_corrected(model, targets, plan, compressed, corrected,
                                                                    correction, fit_batches, batch_size, spec.classifier)
+    tuning = spec.codebook_tuning if spec.codebook_tuning is not None else CodebookTuning(steps=0)
+    tuning_note = None
+    if tuning.enabled and fit_batches is not None:
+        plan, tuning_note = _tuned_codebooks(model, compressed, targets, plan, fit_batches, tuning, spec.seed,
+                                             {t.name: t for t in tensors})
     fidelity = None
     if calibration is not None:
         fidelity = measure_fidelity(reference, outputs_of(compressed, held_batches), classifier=spec.classifier)
@@ -174,6 +187,8 @@ def compress_post_training(
                                                              + (" ..." if len(left) > 4 else "") if left else ""))
     if correction_note is not None:
         report.notes.append(correction_note)
+    if tuning_note is not None:
+        report.notes.append(tuning_note)
     if path is not None:
         write_report_file(path, _encode(compressed, plan, report, metadata, extra_tensors), report, spec.target_bytes,
                           overwrite=overwrite, inputs=inputs)
@@ -204,6 +219,92 @@ def _better_corrected(model: nn.Module, targets: list[WeightTarget], plan: Alloc
     if errors["without"] < errors["with"]:
         return plain, None, f"bias correction: left off ({figures})"
     return compressed, corrected, f"bias correction: kept ({figures})"
+
+
+def distillation_loss(outputs: torch.Tensor, reference: torch.Tensor, classifier: bool) -> torch.Tensor:
+    """The distance codebook tuning minimises: for class scores, the KL divergence of the compressed model's class
+    distribution from the float model's (mean per sample); otherwise the squared output error relative to the float
+    outputs' squared norm."""
+    if classifier:
+        return torch.nn.functional.kl_div(torch.log_softmax(outputs, dim=1), torch.log_softmax(reference, dim=1),
+                                          reduction="batchmean", log_target=True)
+    return ((outputs - reference) ** 2).sum() / (reference ** 2).sum().clamp_min(1e-30)
+
+
+def _tuned_codebooks(model: nn.Module, compressed: nn.Module, targets: list[WeightTarget], plan: AllocationPlan,
+                     fit_batches, tuning: CodebookTuning, seed: int, tensors: dict[str, TensorToCompress]):
+    """(plan, report note): the plan's clustered tensors with centroids tuned for the float model's outputs
+    (:func:`weightzip.core.codebook_tuning.tune_codebooks`), written into `compressed` (in place). The fit inputs
+    are split (seeded) into tuning inputs and inputs held aside for early stopping."""
+    from weightzip.core.allocation import as_written, stored_bytes, weighted_error
+
+    by_name = {t.qualified_name: t for t in targets}
+    names = [name for name, choice in plan.choices.items()
+             if choice.clusters > 0 and isinstance(choice.stored, ClusteredTensor) and name in by_name]
+    inputs = torch.cat(fit_batches)
+    if not names or inputs.shape[0] < 2:
+        return plan, None
+    tune_index, aside_index = split_calibration(int(inputs.shape[0]), held_out=tuning.held_aside, seed=seed + 1)
+    tune_batches = batches_of(inputs[torch.as_tensor(tune_index)], tuning.batch_size)
+    aside_batches = batches_of(inputs[torch.as_tensor(aside_index)], tuning.batch_size)
+    with torch.no_grad():
+        tune_reference = [run_model(model, batch).float() for batch in tune_batches]
+        aside_reference = [run_model(model, batch).float() for batch in aside_batches]
+    classifier = is_classifier_output(tune_reference[0])
+    parameters = {}
+    for name in names:
+        owner = compressed
+        for part in by_name[name].module_name.split(".") if by_name[name].module_name else ():
+            owner = getattr(owner, part)
+        parameters[name] = getattr(owner, by_name[name].parameter_name)
+    trainable = {p for p in parameters.values()}
+    saved = {id(p): p.requires_grad for p in compressed.parameters()}
+    for parameter in compressed.parameters():
+        parameter.requires_grad_(parameter in trainable)
+
+    def load(values):
+        with torch.no_grad():
+            for name, value in values.items():
+                parameters[name].copy_(torch.from_numpy(np.asarray(value)).to(parameters[name].dtype))
+
+    def gradients_of(values, step):
+        load(values)
+        index = step % len(tune_batches)
+        loss = distillation_loss(run_model(compressed, tune_batches[index]).float(), tune_reference[index],
+                                 classifier)
+        gradients = torch.autograd.grad(loss, [parameters[name] for name in names], allow_unused=True)
+        return {name: g.detach().cpu().numpy() for name, g in zip(names, gradients) if g is not None}
+
+    def aside_loss(values):
+        load(values)
+        with torch.no_grad():
+            total = sum(float(distillation_loss(run_model(compressed, batch).float(), reference, classifier))
+                        * batch.shape[0] for batch, reference in zip(aside_batches, aside_reference))
+        return total / sum(batch.shape[0] for batch in aside_batches)
+
+    original = {name: parameters[name].detach().clone() for name in names}
+    try:
+        result = tune_codebooks({name: plan.choices[name].stored for name in names},
+                                {name: tensors[name].weights for name in names}, gradients_of, aside_loss, tuning)
+    except RuntimeError as error:  # e.g. a traced program autograd cannot differentiate: said, not hidden
+        with torch.no_grad():
+            for name in names:
+                parameters[name].copy_(original[name])
+        return plan, f"codebook tuning: not possible ({str(error).strip().splitlines()[0][:120]})"
+    finally:
+        for parameter in compressed.parameters():
+            parameter.requires_grad_(saved[id(parameter)])
+    choices = dict(plan.choices)
+    if result.improved:
+        for name, clustered in result.tensors.items():
+            clustered = as_written(clustered, plan.write_options)
+            tensor = tensors[name]
+            choices[name] = dataclasses.replace(
+                choices[name], stored=clustered, stored_bytes=stored_bytes(name, clustered, plan.write_options),
+                weighted_error=weighted_error(tensor.weights, clustered.decode(), tensor.importance))
+    tuned = AllocationPlan(choices, plan.write_options)
+    load({name: tuned.choices[name].stored.decode() for name in names})
+    return tuned, result.note()
 
 
 def _tensors_to_compress(model: nn.Module, targets: list[WeightTarget], sensitivity: Sensitivity,

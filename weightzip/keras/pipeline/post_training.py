@@ -123,6 +123,8 @@ def compress_post_training(
     spec = PostTrainingSpec.from_call(locals())  # the keywords above, or `spec` with those given replacing its fields
     start = time.perf_counter()
     chosen = spec.sensitivity_for(calibration is not None)
+    if spec.codebook_tuning is not None and spec.codebook_tuning.enabled:  # (weightzip.core.codebook_tuning)
+        raise WeightzipError("codebook_tuning is not available on the Keras front end yet")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise WeightzipError(f"batch_size must be a positive integer, got {batch_size!r}")
     if path is not None:
