@@ -89,3 +89,21 @@ def test_read_packed_without_loading_checks_the_stream_and_says_where_it_lies_in
     broken.write_bytes(bytes(corrupt))
     with open_wz(broken) as wz, pytest.raises(WzFormatError, match="checksum mismatch"):
         wz.read_packed("fc.weight", load=False)
+
+
+def test_array_offset_checks_a_raw_array_and_says_where_its_values_lie(tmp_path):
+    path, tensors = sample(tmp_path)
+    raw = path.read_bytes()
+    with open_wz(path) as wz:
+        offset = wz.array_offset("fc.bias")
+        assert wz.array_offset("fc.weight") is None  # clustered
+        packed = wz.read_packed("fc.weight", load=False)
+    np.testing.assert_array_equal(np.frombuffer(raw, "<f4", count=6, offset=offset), tensors["fc.bias"])
+    np.testing.assert_array_equal(np.frombuffer(raw, "<f4", count=30, offset=packed.codebook_offset).reshape(6, 5),
+                                  tensors["fc.weight"].codebook)
+    corrupt = bytearray(raw)
+    corrupt[offset + 5] ^= 0x01
+    broken = tmp_path / "broken.wz"
+    broken.write_bytes(bytes(corrupt))
+    with open_wz(broken) as wz, pytest.raises(WzFormatError, match="'fc.bias' data: section checksum mismatch"):
+        wz.array_offset("fc.bias")

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from weightzip.core import ClusterConfig, ClusteredTensor, cluster_array
-from weightzip.format import WriteOptions, write_wz
+from weightzip.format import WriteOptions, WzFormatError, open_wz, write_wz
 from weightzip.torch import (
     PalettizedConv1d,
     PalettizedConv2d,
@@ -328,28 +328,71 @@ def _mapped_file_of(tensor: torch.Tensor) -> str | None:
     return None
 
 
+MAPPED_NET = (20, 32, 24)
+
+
+def mapped_net() -> nn.Sequential:
+    inputs, hidden, outputs = MAPPED_NET
+    return nn.Sequential(nn.Linear(inputs, hidden), nn.LayerNorm(hidden), nn.ReLU(), nn.Linear(hidden, outputs))
+
+
 @pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="needs Linux /proc/self/maps")
-def test_load_palettized_maps_packed_indices_from_the_file_and_survives_the_file_being_replaced(tmp_path):
+def test_load_palettized_maps_the_file_and_survives_the_file_being_replaced(tmp_path):
     # k = 4 (2 bits): the 32-column Linear's rows hold whole groups of 8 values (a view of the mapped file);
-    # the 20-column one's do not (copied). A file rewritten as weightzip writes (renamed over) leaves the
-    # loaded model as it was; mmap=False copies every tensor.
+    # the 20-column one's do not (copied). Every codebook, bias and LayerNorm tensor (float32 stored raw) is a
+    # view of the file too, not a copy. A file rewritten as weightzip writes (renamed over) leaves the loaded
+    # model as it was; writing into a loaded tensor never reaches the file; mmap=False copies every tensor.
     torch.manual_seed(9)
-    model = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 24))
-    clustered = cluster_weights(model, 4, per_channel=True)
+    clustered = cluster_weights(mapped_net(), 4, per_channel=True)
     path = tmp_path / "mapped.wz"
     compress_state_dict(clustered, path, options=WriteOptions(coding="packed", layout="dense"))
     reference = strip_clustering(clustered).eval()
-    x = torch.randn(3, 20)
+    x = torch.randn(3, MAPPED_NET[0])
     loaded = {}
     for mmap in (True, False):
         with torch.device("meta"):
-            fresh = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 24)).eval()
+            fresh = mapped_net().eval()
         loaded[mmap] = load_palettized(fresh, path, mmap=mmap)
-    assert _mapped_file_of(loaded[True][2].packed) == str(path)
-    assert _mapped_file_of(loaded[True][0].packed) != str(path)
+    mapped = loaded[True]
+    assert _mapped_file_of(mapped[3].packed) == str(path)
+    assert _mapped_file_of(mapped[0].packed) != str(path)
+    for name, tensor in list(mapped.named_buffers()) + list(mapped.named_parameters()):
+        if not name.endswith("packed"):
+            assert _mapped_file_of(tensor) == str(path), name
+    assert isinstance(mapped[1].weight, nn.Parameter) and mapped[1].weight.requires_grad
     assert all(_mapped_file_of(t) != str(path) for t in loaded[False].buffers())
-    compress_state_dict(cluster_weights(nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 24)), 4), path,
-                        overwrite=True, options=WriteOptions(coding="packed", layout="dense"))
+    assert all(_mapped_file_of(t) != str(path) for t in loaded[False].parameters())
+    stored = path.read_bytes()
+    with torch.no_grad():
+        torch.testing.assert_close(mapped(x), reference(x), rtol=1e-5, atol=1e-6)
+        mapped[1].bias.add_(1.0)
+        mapped[3].codebook.mul_(2.0)
+        assert path.read_bytes() == stored  # copy-on-write: the file is never written
+        mapped[1].bias.sub_(1.0)
+        mapped[3].codebook.div_(2.0)
+    compress_state_dict(cluster_weights(mapped_net(), 4), path, overwrite=True,
+                        options=WriteOptions(coding="packed", layout="dense"))
     with torch.no_grad():
         for fresh in loaded.values():
             torch.testing.assert_close(fresh(x), reference(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("section", ["3.weight codebook", "3.weight indices", "1.bias data", "0.weight codebook"])
+def test_load_palettized_refuses_a_corrupted_section_before_replacing_anything(tmp_path, section):
+    # Mapped or copied, every section is checked against its CRC-32 before any module is replaced.
+    torch.manual_seed(10)
+    path = tmp_path / "corrupt.wz"
+    compress_state_dict(cluster_weights(mapped_net(), 4, per_channel=True), path,
+                        options=WriteOptions(coding="packed", layout="dense"))
+    name, key = section.split()
+    with open_wz(path) as wz:
+        descriptor = wz._records[name].raw[key]
+        at = wz._reader.offset + descriptor["offset"] + descriptor["length"] // 2
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0x10
+    path.write_bytes(bytes(data))
+    for mmap in (True, False):
+        model = mapped_net().eval()
+        with pytest.raises(WzFormatError, match=rf"tensor '{name}' {key}: section checksum mismatch"):
+            load_palettized(model, path, mmap=mmap)
+        assert isinstance(model[0], nn.Linear) and isinstance(model[3], nn.Linear)

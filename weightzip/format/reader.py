@@ -71,6 +71,7 @@ class PackedIndices:
     group_size: int
     file_offset: int | None = None  # where the stream starts in the file (a runtime may memory-map it from there)
     length: int = 0  # bytes of the stream
+    codebook_offset: int | None = None  # where the codebook's raw little-endian values start in the file
 
 
 class WzFile:
@@ -140,7 +141,19 @@ class WzFile:
         groups = raw["groups"]
         codebook = _decode_record_codebook(record, self._reader, where).reshape(groups, k)
         return PackedIndices(codebook, bits, data, record.shape, raw["axis"], raw["group_size"],
-                             self._reader.offset + descriptor["offset"], descriptor["length"])
+                             self._reader.offset + descriptor["offset"], descriptor["length"],
+                             self._reader.offset + raw["codebook"]["offset"])
+
+    def array_offset(self, name: str) -> int | None:
+        """Where the array tensor `name`'s values start in the file, stored raw (little-endian, C order, the
+        record's dtype and shape), after checking the section's CRC-32 reading it in chunks (none of it kept):
+        a runtime may memory-map them from there instead of holding a copy. None when the tensor is not an
+        array stored densely, or is boolean (its bytes must be checked to be 0 or 1: :meth:`read` does)."""
+        record = self._record(name)
+        if record.kind != "array" or record.layout != "dense" or record.dtype == np.bool_:
+            return None
+        offset, _ = self._reader.check_section(record.raw["data"], f"{self.path}: {record.where} data")
+        return offset
 
     def _record(self, name: str) -> TensorRecord:
         if name not in self._records:

@@ -17,6 +17,8 @@ from weightzip.torch._kernels import ops as _ops  # also registers torch.ops.wei
 from weightzip.torch._kernels.layout import Palette, decode_rows_torch, unpack_rows
 from weightzip.torch.tensors import to_numpy
 
+_NUMPY_FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
 
 class PalettizedWeight(nn.Module):
     """Storage of a palettized weight shared by the palettized layers: packed indices, codebook, offsets."""
@@ -29,8 +31,12 @@ class PalettizedWeight(nn.Module):
         self.axis = palette.axis
         self.group_size = palette.group_size
         self.register_buffer("packed", torch.from_numpy(palette.packed).to(device))
-        codebook = torch.from_numpy(np.asarray(palette.codebook, dtype=np.float64))
-        self.register_buffer("codebook", codebook.to(device=device, dtype=dtype))
+        codebook = np.asarray(palette.codebook)
+        if codebook.dtype in _NUMPY_FLOATS and codebook.flags.writeable and codebook.dtype.isnative:
+            codebook = torch.from_numpy(codebook)  # the palette's own array (a view of the mapped file when loaded)
+        else:
+            codebook = torch.from_numpy(np.asarray(codebook, dtype=np.float64))
+        self.register_buffer("codebook", codebook.to(device=device, dtype=dtype))  # no copy when it fits
         offsets = None if palette.col_offsets is None else torch.from_numpy(palette.col_offsets).to(device)
         self.register_buffer("col_offsets", offsets, persistent=False)
 

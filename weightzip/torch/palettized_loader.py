@@ -7,11 +7,12 @@ and indices (packed at ``ceil(log2 k)`` bits a weight); every other tensor is lo
 The file is read tensor by tensor (:func:`weightzip.format.open_wz`, positioned reads): indices stored
 bit-packed (``WriteOptions(coding="packed", layout="dense")``, the runtime's format) are taken as stored
 (:meth:`~weightzip.format.WzFile.read_packed`), never one byte a weight; Huffman/ANS and sparse streams
-are decoded first (their decoders are numba's: ~60 MB of compiler memory once per process). Packed indices
-whose rows hold whole groups of 8 values stay in the file, memory-mapped (``mmap=True``, the default, as
-safetensors checkpoints load): resident once read. Freed heap
-pages are handed back at the end (``malloc_trim``), so what stays is the palettized layers and the other
-tensors.
+are decoded first (their decoders are numba's: ~60 MB of compiler memory once per process). With
+``mmap=True`` (the default, as safetensors checkpoints load) the file is memory-mapped copy-on-write and
+what it stores in the runtime's form stays there, resident once read: packed indices whose rows hold whole
+groups of 8 values, every codebook, and every other tensor stored raw (biases, norms: numbers aligned to
+their size). Freed heap pages are handed back at the end (``malloc_trim``), so what stays in anonymous
+memory is the layers' objects and what had to be decoded or re-packed.
 
 Everything is checked against the file's header before anything is decoded or replaced: the file must
 come from PyTorch (``compress_state_dict``), hold exactly the model's state_dict names with their shapes,
@@ -22,7 +23,9 @@ names the tensor at fault.
 
 from __future__ import annotations
 
+import math
 import mmap as mmap_module
+import sys
 import warnings
 from pathlib import Path
 
@@ -54,11 +57,13 @@ def load_palettized(model: nn.Module, path, *, max_elements: int = DEFAULT_MAX_E
     as palettized layers; returns `model` (or the palettized layer when `model` itself is one).
 
     With `mmap` (the default, as safetensors checkpoints load in transformers), packed indices stored in the
-    runtime's layout are views of the file mapped copy-on-write, not copies: a page is resident once a
-    forward reads it (an embedding's unused rows never are) and the page cache is shared between processes.
-    Every section is still checked against its CRC-32 first (read aside in 1 MiB chunks, not through the
-    mapping, so loading never holds a whole tensor's indices). Replacing the file (as weightzip writes: a new
-    file renamed over it) leaves a loaded model intact; truncating it in place would not. ``mmap=False`` copies everything into memory."""
+    runtime's layout, codebooks and the other tensors stored raw are views of the file mapped copy-on-write,
+    not copies: a page is resident once a forward reads it (an embedding's unused rows never are), the page
+    cache is shared between processes, and writing into a tensor never reaches the file. Every section is
+    still checked against its CRC-32 first (read aside in 1 MiB chunks, not through the mapping, so loading
+    never holds a whole tensor's indices). Replacing the file (as weightzip writes: a new file renamed over
+    it) leaves a loaded model intact; truncating it in place would not. ``mmap=False`` copies everything
+    into memory."""
     if not isinstance(model, nn.Module):
         raise ArgumentTypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
     path = Path(path)
@@ -80,10 +85,12 @@ def load_palettized(model: nn.Module, path, *, max_elements: int = DEFAULT_MAX_E
             else:
                 palette = read_palette(wz, info, isinstance(module, nn.Linear), file_map)
                 built[module_name] = _palettized_layer(module, palette)
-        del file_map  # what is not viewed by a layer's packed indices is unmapped with it
         tensors = {}
         for name, info in dense.items():
-            tensors[name] = _dense_tensor(wz.read(name), torch_dtypes.get(name), info, path)
+            stored = _file_view(file_map, wz.array_offset(name), info.dtype, info.shape) if mmap else None
+            tensors[name] = _dense_tensor(wz.read(name) if stored is None else stored, torch_dtypes.get(name),
+                                          info, path)
+        del file_map  # what no tensor views is unmapped with it
     model = _install(model, built, tensors)
     release_free_memory()  # the file's sections and the decoding's scratch go back to the system
     return model
@@ -175,21 +182,36 @@ def _map_file(path: Path) -> np.ndarray:
     return np.frombuffer(mapping, dtype=np.uint8)
 
 
+def _file_view(file_map: np.ndarray | None, offset: int | None, dtype: np.dtype, shape) -> np.ndarray | None:
+    """The `shape` values of `dtype` stored raw (little-endian, C order) from byte `offset` of the mapped
+    file: a view, nothing copied (resident once read, like a safetensors checkpoint's tensors). None without
+    a mapping or an offset, for no values, or where the values are not aligned to their size or not in the
+    machine's byte order (the caller then reads a copy)."""
+    dtype = np.dtype(dtype)
+    count = math.prod(shape)
+    if (file_map is None or offset is None or count == 0 or offset % dtype.itemsize or sys.byteorder != "little"
+            or dtype.kind not in "fiu"):
+        return None
+    return file_map[offset: offset + count * dtype.itemsize].view(dtype).reshape(shape)
+
+
 def read_palette(wz: WzFile, info: TensorInfo, linear: bool,
                  file_map: np.ndarray | None = None) -> Palette | SparsePalette:
     """The palette of clustered tensor `info`: a pruned Linear weight (a 0.0 centroid) in CSR with relative
     indices where that stores smaller than bit-packed indices; else its indices bit-packed, taken as stored
     where the file holds them so (no per-weight array; a view of `file_map`, the mapped file, where the
-    layout allows), decoded otherwise."""
+    layout allows), decoded otherwise. With `file_map`, a bit-packed palette's codebook is a view of it too."""
     packed = wz.read_packed(info.name, load=file_map is None)  # mapped: checked in chunks, not held
     if packed is not None and not (linear and (packed.codebook == 0).any()):
+        codebook = _file_view(file_map, packed.codebook_offset, packed.codebook.dtype, packed.codebook.shape)
+        codebook = packed.codebook if codebook is None else codebook  # the checked copy is dropped once mapped
         if packed.data is None:
-            palette = Palette.from_mapped(packed.codebook, file_map[packed.file_offset:], packed.length,
+            palette = Palette.from_mapped(codebook, file_map[packed.file_offset:], packed.length,
                                           packed.bits, packed.shape, packed.axis, packed.group_size)
             if palette is not None:
                 return palette
             packed = wz.read_packed(info.name)  # not the runtime's layout: read and re-packed
-        return Palette.from_packed(packed.codebook, packed.data, packed.bits, packed.shape, packed.axis,
+        return Palette.from_packed(codebook, packed.data, packed.bits, packed.shape, packed.axis,
                                    packed.group_size)
     clustered = wz.read(info.name)
     sparse = smaller_sparse(clustered) if linear else None

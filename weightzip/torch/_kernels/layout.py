@@ -82,7 +82,10 @@ def layout_for(shape, k: int, axis: int | None, group_size: int) -> tuple[Packed
 @dataclass(frozen=True)
 class Palette:
     """Everything a palettized layer holds for its weight: layout, row-packed indices (uint8, with the tail
-    bytes), codebook ``(groups, k)``, column offsets, and the weight's shape, codebook axis and group size."""
+    bytes), codebook ``(groups, k)``, column offsets, and the weight's shape, codebook axis and group size.
+    A layer keeps these arrays themselves (a float codebook is not copied): :meth:`from_clustered` copies the
+    codebook it is given, :meth:`from_mapped` and :meth:`from_packed` take theirs as it is (the loader's are
+    views of the mapped file)."""
 
     layout: PackedLayout
     packed: np.ndarray
@@ -95,7 +98,7 @@ class Palette:
     @classmethod
     def from_clustered(cls, clustered: ClusteredTensor) -> "Palette":
         layout, col_offsets = packed_layout(clustered)
-        return cls(layout, pack_rows(clustered.indices, layout), np.asarray(clustered.codebook), col_offsets,
+        return cls(layout, pack_rows(clustered.indices, layout), np.array(clustered.codebook), col_offsets,
                    tuple(int(s) for s in clustered.shape), clustered.axis, int(clustered.group_size))
 
     @classmethod
