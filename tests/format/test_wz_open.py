@@ -8,6 +8,7 @@ import pytest
 from weightzip.core import ClusteredTensor
 from weightzip.core.bitpack import unpack_bits
 from weightzip.format import PackedIndices, WriteOptions, WzFormatError, container, open_wz, read_wz, write_wz
+from weightzip.format import reader as wz_reader
 
 
 def clustered(shape, k, axis, seed):
@@ -88,6 +89,50 @@ def test_read_packed_without_loading_checks_the_stream_and_says_where_it_lies_in
     broken = tmp_path / "broken.wz"
     broken.write_bytes(bytes(corrupt))
     with open_wz(broken) as wz, pytest.raises(WzFormatError, match="checksum mismatch"):
+        wz.read_packed("fc.weight", load=False)
+
+
+def forged(tmp_path, path, name, edit):
+    """A copy of the .wz file `path` whose tensor `name`'s index bytes were changed by `edit` (bytearray ->
+    None), with the section's CRC-32 fixed to match (only the alphabet check can catch it)."""
+    header, payload = container.disassemble(path.read_bytes())
+    payload = bytearray(payload)
+    section = next(r for r in header["tensors"] if r["name"] == name)["indices"]
+    stream = payload[section["offset"]:section["offset"] + section["length"]]
+    edit(stream)
+    payload[section["offset"]:section["offset"] + section["length"]] = stream
+    section["crc32"] = zlib.crc32(bytes(stream))
+    out = tmp_path / "forged-chunks.wz"
+    out.write_bytes(container.assemble(header, bytes(payload)))
+    return out
+
+
+def test_read_packed_without_loading_reads_the_stream_once_and_reports_corruption_before_the_alphabet(
+        tmp_path, monkeypatch):
+    # k = 5 (3 bits), 6 x 4000 values: 9000 bytes checked in chunks of 96 bytes (monkeypatched from 1 MiB),
+    # each read once for both the CRC and the alphabet check.
+    monkeypatch.setattr(wz_reader, "_CHECK_CHUNK_BYTES", 96)
+    tensor = clustered((6, 4000), 5, 0, 3)
+    path = tmp_path / "long.wz"
+    write_wz(path, {"fc.weight": tensor}, {"framework": "torch"}, options=WriteOptions(coding="packed", layout="dense"))
+    with open_wz(path) as wz:
+        before = wz._reader.source.bytes_read
+        packed = wz.read_packed("fc.weight", load=False)
+        assert wz._reader.source.bytes_read - before == packed.length + packed.codebook.nbytes
+    stream = path.read_bytes()[packed.file_offset:packed.file_offset + packed.length]
+    np.testing.assert_array_equal(unpack_bits(stream, 24000, 3).reshape(6, 4000), tensor.indices)
+
+    def last_index_7(stream):  # index 23999 sits at bits [71997, 72000) of the 9000-byte stream
+        stream[-1] |= 0b11100000
+
+    late = forged(tmp_path, path, "fc.weight", last_index_7)
+    with open_wz(late) as wz, pytest.raises(WzFormatError, match="packed symbol 7 outside alphabet 5"):
+        wz.read_packed("fc.weight", load=False)
+    corrupt = bytearray(path.read_bytes())
+    corrupt[packed.file_offset] |= 0b111  # index 0 := 7 in the first chunk, and the CRC no longer matches
+    broken = tmp_path / "broken.wz"
+    broken.write_bytes(bytes(corrupt))
+    with open_wz(broken) as wz, pytest.raises(WzFormatError, match="indices: section checksum mismatch"):
         wz.read_packed("fc.weight", load=False)
 
 

@@ -114,7 +114,7 @@ class WzFile:
         """The clustered tensor `name` with its indices still bit-packed, or None when they are not stored
         densely bit-packed (Huffman/ANS-coded or sparse: :meth:`read` decodes those).
 
-        ``load=False`` checks the stream (CRC-32 and alphabet) reading it in chunks and keeps none of it
+        ``load=False`` checks the stream (CRC-32 and alphabet) reading it once, in chunks, and keeps none of it
         (``data`` is None): a runtime that maps the file from ``file_offset`` never holds the whole stream in
         memory, so loading peaks at one chunk, not at the largest tensor's indices."""
         record = self._record(name)
@@ -130,14 +130,17 @@ class WzFile:
             data = self._reader.section(descriptor, f"{where} indices")
             if bits and k != 1 << bits:
                 _check_packed_below(data, record.elements, bits, k, f"{where} indices")
+        elif bits and k != 1 << bits:  # one pass: each chunk goes through the CRC and the alphabet check
+            data = None
+            step = _CHECK_CHUNK_BYTES // bits * bits  # whole groups of 8 values
+
+            def check_chunk(start: int, chunk: bytes) -> None:
+                _check_packed_below(chunk, record.elements - start * 8 // bits, bits, k, f"{where} indices")
+
+            self._reader.check_section(descriptor, f"{where} indices", each_chunk=check_chunk, chunk_bytes=step)
         else:
             data = None
-            offset, length = self._reader.check_section(descriptor, f"{where} indices")
-            if bits and k != 1 << bits:
-                step = _CHECK_CHUNK_BYTES // bits * bits  # whole groups of 8 values
-                for start in range(0, length, step):
-                    chunk = self._reader.source.read(offset + start, min(step, length - start))
-                    _check_packed_below(chunk, record.elements - start * 8 // bits, bits, k, f"{where} indices")
+            self._reader.check_section(descriptor, f"{where} indices")
         groups = raw["groups"]
         codebook = _decode_record_codebook(record, self._reader, where).reshape(groups, k)
         return PackedIndices(codebook, bits, data, record.shape, raw["axis"], raw["group_size"],

@@ -229,13 +229,32 @@ class PayloadReader:
             raise WzFormatError(f"{where}: section checksum mismatch (corrupted data)")
         return data
 
-    def check_section(self, descriptor: dict, where: str) -> tuple[int, int]:
+    def check_section(self, descriptor: dict, where: str, *, each_chunk=None,
+                      chunk_bytes: int = 1 << 20) -> tuple[int, int]:
         """Check a section's bounds and CRC-32 reading it in chunks, holding none of it; returns its
-        (offset in the source, length)."""
+        (offset in the source, length). With `each_chunk`, ``each_chunk(start, chunk)`` also checks the
+        contents of every `chunk_bytes`-byte chunk (the last may be shorter; `start`: its offset in the
+        section) in the same pass; a WzFormatError it raises is reported only once the whole section's
+        checksum matched, so a corrupted section is reported as corrupted, not as what the damage looks like."""
         offset, length, crc = self._bounds(descriptor, where)
-        if self.source.crc32(self.offset + offset, length) != crc:
+        start = self.offset + offset
+        if each_chunk is None:
+            value, problem = self.source.crc32(start, length), None
+        else:
+            value, problem = 0, None
+            for first in range(0, length, chunk_bytes):
+                chunk = self.source.read(start + first, min(chunk_bytes, length - first))
+                value = zlib.crc32(chunk, value)
+                if problem is None:
+                    try:
+                        each_chunk(first, chunk)
+                    except WzFormatError as error:
+                        problem = error
+        if value != crc:
             raise WzFormatError(f"{where}: section checksum mismatch (corrupted data)")
-        return self.offset + offset, length
+        if problem is not None:
+            raise problem
+        return start, length
 
     def _bounds(self, descriptor: dict, where: str) -> tuple[int, int, int]:
         offset = schema.integer(descriptor, "offset", where)
