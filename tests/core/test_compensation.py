@@ -87,3 +87,37 @@ def test_refined_plan_is_kept_within_the_budget_by_reverting_the_tensors_it_grew
     assert plan.total_bytes <= budget
     assert all(c.compensated for c in plan.choices.values()) or not plan.choices["w0"].compensated
     assert sum(c.compensated for c in plan.choices.values()) >= 2  # only what had to go back went back
+
+
+def test_rescored_curves_weigh_what_compensation_leaves_and_shift_bytes_to_tensors_it_cannot_help():
+    """Two tensors of equal plain errors: one layer with strongly correlated inputs (compensation shrinks its
+    output error), one without an input Hessian (an embedding-like table). Scored after compensation, the
+    allocation moves bytes from the first to the second."""
+    from weightzip.core.allocation import Candidates, TensorToCompress, allocate, rate_distortion_curves
+    from weightzip.core.compensation import PlanCompensation, output_error_ratio
+
+    rng = np.random.default_rng(4)
+    rows, columns = 64, 96
+    inputs = rng.normal(size=(3000, 8)) @ rng.normal(size=(8, columns)) + 0.05 * rng.normal(size=(3000, columns))
+    hessian = InputHessian((inputs.T @ inputs / len(inputs))[None], (0, 1), len(inputs))
+    importance = np.ones((rows, columns))
+    layer = TensorToCompress("layer", rng.normal(size=(rows, columns)).astype(np.float32), importance, 0)
+    table = TensorToCompress("table", rng.normal(size=(rows, columns)).astype(np.float32), importance, 0)
+    nearest = cluster_array(layer.weights, ClusterConfig(8, "optimal"))
+    ratio = output_error_ratio(nearest, layer.weights, hessian)
+    assert 0.0 < ratio < 0.5  # low-rank inputs: most of the rounding error lands where no input looks
+    assert output_error_ratio(nearest, layer.weights, InputHessian(np.eye(columns)[None], (0, 1), 3000)) \
+        == pytest.approx(1.0, abs=1e-6)  # white inputs: nothing to compensate
+
+    curves = rate_distortion_curves([layer, table], Candidates(clusters=(2, 4, 8, 16, 32), granularities=("tensor",)))
+    compensation = PlanCompensation({"layer": layer, "table": table}, {"layer": hessian})
+    rescored = compensation.rescored(curves, 3.0)
+    assert rescored["table"] == curves["table"]
+    plain_errors = {c.clusters: c.weighted_error for c in curves["layer"].choices}
+    assert all(c.weighted_error <= plain_errors.get(c.clusters, np.inf) for c in rescored["layer"].choices)
+    budget = int(3.0 * 2 * rows * columns / 8)
+    before, after = allocate(curves, target_bytes=budget), allocate(rescored, target_bytes=budget)
+    assert before.choices["layer"].clusters == before.choices["table"].clusters  # equal curves: equal shares
+    assert after.choices["table"].clusters > after.choices["layer"].clusters
+    refined = compensation(after)
+    assert refined.choices["layer"].compensated and not refined.choices["table"].compensated

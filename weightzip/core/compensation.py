@@ -307,3 +307,79 @@ def compensation_notes(plan) -> list[str]:
     count = sum(choice.compensated for choice in plan.choices.values())
     return [f"error compensation (GPTQ on the clustered grid): {count} tensors' indices and codebooks chosen for "
             "their layers' output error on the fit inputs"] if count else []
+
+
+def output_error_ratio(clustered: ClusteredTensor, weights: np.ndarray, hessian: InputHessian, *,
+                       damping: float = DAMPING) -> float:
+    """How much compensation (:func:`compensate`, GPTQ without the codebook refit) shrinks the layer's output
+    error ``Σ_rows δᵀ H δ`` of `clustered` (nearest-centroid): compensated / plain, in [0, 1] (1 when the plain
+    error is zero or compensation does not help)."""
+    plain = _output_error_fast(weights, clustered.decode(), hessian)
+    if not plain > 0:
+        return 1.0
+    compensated = _output_error_fast(weights, compensate(clustered, weights, hessian, damping=damping,
+                                                         refit=False).decode(), hessian)
+    return float(min(1.0, max(0.0, compensated / plain)))
+
+
+def _output_error_fast(weights: np.ndarray, approximation: np.ndarray, hessian: InputHessian) -> float:
+    """:func:`output_error` with one matrix product per group (BLAS) instead of an einsum."""
+    delta = hessian.as_matrix(np.asarray(weights, np.float64) - np.asarray(approximation, np.float64))
+    per_group = delta.reshape(hessian.groups, -1, hessian.columns)
+    return float(sum(np.sum((per_group[g] @ hessian.matrix[g]) * per_group[g]) for g in range(hessian.groups)))
+
+
+RESCORE_WINDOW_BITS = 2.0  # choices this far from the target's bits per weight are rescored (others: far off)
+
+
+class PlanCompensation:
+    """The refining step of post-training plans (a plan -> plan callable: :func:`compensate_plan`, memoised) that
+    can also score a tensor's candidates *after* compensation, for the allocation.
+
+    The rate–distortion curves measure each candidate's error with nearest-centroid assignment, but the chosen
+    plan is then compensated, which shrinks some tensors' errors far more than others' (a layer with strongly
+    correlated inputs gains most; a tensor with no input Hessian, like an embedding table, gains nothing): an
+    allocation by plain errors spends bytes where compensation would have made them unnecessary.
+    :meth:`rescored` multiplies each compensable candidate's sensitivity-weighted error by the ratio by which
+    compensation shrinks its layer's output error (:func:`output_error_ratio`), so that the allocation weighs
+    what the refined plan will hold. Front ends measure both allocations and keep the better one on the fit
+    inputs (:func:`weightzip.core.post_training.choose_plan`)."""
+
+    def __init__(self, tensors: dict, hessians: dict[str, InputHessian], *, damping: float = DAMPING):
+        self.tensors, self.hessians, self.damping = tensors, hessians, damping
+        self.cache: dict = {}
+
+    def __call__(self, plan):
+        return compensate_plan(plan, self.tensors, self.hessians, damping=self.damping, cache=self.cache)[0]
+
+    def rescored(self, curves: dict, bits_per_weight: float | None = None, *, workers: int | None = None) -> dict:
+        """`curves` (name -> RateDistortionCurve) with each clustered candidate of a compensable tensor (a fitting
+        Hessian, not pruned, not insensitive; within RESCORE_WINDOW_BITS of `bits_per_weight` when given) scored
+        by its expected error after compensation; the curves' Pareto fronts recomputed. Same stored values and
+        sizes: the refining step compensates whichever candidates are chosen."""
+        import os
+        from concurrent.futures import ThreadPoolExecutor
+
+        from weightzip.core.allocation import RateDistortionCurve, _pareto
+
+        def rescored_curve(curve):
+            hessian, tensor = self.hessians.get(curve.name), self.tensors.get(curve.name)
+            if hessian is None or tensor is None or not hessian.fits(np.shape(tensor.weights)):
+                return curve
+            choices = []
+            for choice in curve.choices:
+                near = bits_per_weight is None or abs(choice.bits_per_weight - bits_per_weight) <= RESCORE_WINDOW_BITS
+                if choice.clusters == 0 or choice.sparsity > 0 or choice.insensitive or not near:
+                    choices.append(choice)
+                    continue
+                try:
+                    ratio = output_error_ratio(choice.stored, tensor.weights, hessian, damping=self.damping)
+                except WeightzipError:
+                    ratio = 1.0
+                choices.append(dataclasses.replace(choice, weighted_error=choice.weighted_error * ratio))
+            return RateDistortionCurve(curve.name, curve.weights, tuple(_pareto(choices)), curve.write_options)
+
+        workers = workers or min(4, os.cpu_count() or 1)
+        with ThreadPoolExecutor(workers) as pool:  # GPTQ's kernels and BLAS release the GIL
+            rescored = dict(zip(curves, pool.map(rescored_curve, curves.values())))
+        return rescored

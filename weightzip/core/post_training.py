@@ -102,16 +102,22 @@ def choose_plan(tensors: list[TensorToCompress], *, clusters: int = 16, granular
         budget = int(math.floor(bits_per_weight * sum(c.weights for c in curves.values()) / 8.0))
         plan = refined_within(lambda bytes_: allocate(curves, target_bytes=bytes_), refine, budget,
                               lambda plan: plan.total_bytes)
+        rescored = _rescored(refine, curves, bits_per_weight, fidelity_of)
+        others = [] if rescored is None else [refined_within(lambda bytes_: allocate(rescored, target_bytes=bytes_),
+                                                             refine, budget, lambda plan: plan.total_bytes)]
         plan = _better_measured(plan, tensors, refine, budget, lambda plan: plan.total_bytes, fidelity_of,
-                                write_options, candidates, lambda: allocate(curves, target_bytes=budget))
+                                write_options, candidates, lambda: allocate(curves, target_bytes=budget), others)
         return plan, f"{bits_per_weight:g} bits per weight"
     if target_bytes is not None:
         if file_bytes is None:
             raise WeightzipError("internal: target_bytes needs the front end's file size function")
         plan = refined_within(lambda bytes_: plan_for_file_size(curves, bytes_, file_bytes), refine, target_bytes,
                               file_bytes)
+        rescored = _rescored(refine, curves, 8.0 * plan.total_bytes / max(plan.weights, 1), fidelity_of)
+        others = [] if rescored is None else [refined_within(
+            lambda bytes_: plan_for_file_size(rescored, bytes_, file_bytes), refine, target_bytes, file_bytes)]
         plan = _better_measured(plan, tensors, refine, target_bytes, file_bytes, fidelity_of, write_options,
-                                candidates, lambda: plan_for_file_size(curves, target_bytes, file_bytes))
+                                candidates, lambda: plan_for_file_size(curves, target_bytes, file_bytes), others)
         return plan, f"target {target_bytes:,} bytes"
     if fidelity_of is None:
         raise WeightzipError("internal: min_fidelity needs the front end's fidelity function")
@@ -137,15 +143,26 @@ def _topped_up(refined: AllocationPlan, plan_for_budget, refine, budget: int, si
     return larger if size_of(refined) < size_of(larger) <= budget else refined
 
 
+def _rescored(refine, curves, bits_per_weight: float, fidelity_of):
+    """The curves scored after compensation (:meth:`weightzip.core.compensation.PlanCompensation.rescored`) when
+    the refining step can score them and plans can be measured (to keep the better allocation); else None."""
+    rescore = getattr(refine, "rescored", None)
+    if rescore is None or fidelity_of is None:
+        return None
+    return rescore(curves, bits_per_weight)
+
+
 def _better_measured(plan: AllocationPlan, tensors, refine, budget: int, size_of, fidelity_of, write_options,
-                     candidates: Candidates | None, unrefined: Callable[[], AllocationPlan]) -> AllocationPlan:
+                     candidates: Candidates | None, unrefined: Callable[[], AllocationPlan],
+                     others: list[AllocationPlan] = ()) -> AllocationPlan:
     """With a refining step and a way to measure fidelity on the fit inputs: the allocated plan, or the uniform
     per-tensor plan of the largest k that fits the same budget (refined too), whichever has the smaller
     measured relative output error. The allocation's distortions are those of plain nearest-centroid
     clustering, which compensation changes unevenly (it gains most on wide per-tensor rows), so the
     allocated plan is not always the better one after compensation; measuring both settles it. The allocated
     plan without refining is measured too: compensation is kept only where it measured better (on
-    all-MiniLM-L6-v2 at 2.7 bits per weight it raised the held-out output error, 0.50 -> 0.73)."""
+    all-MiniLM-L6-v2 at 2.7 bits per weight it raised the held-out output error, 0.50 -> 0.73). `others`: more
+    refined plans within the budget to compare (the allocation by errors scored after compensation)."""
     if fidelity_of is None or refine is None:
         return plan
     measured: dict[int, tuple[AllocationPlan, float]] = {}  # each plan measured once (a pass over the fit inputs)
@@ -155,7 +172,7 @@ def _better_measured(plan: AllocationPlan, tensors, refine, budget: int, size_of
             measured[id(candidate)] = (candidate, fidelity_of(candidate).relative_output_error)
         return measured[id(candidate)][1]
 
-    plan = min((plan, unrefined()), key=error_of)  # refining must earn it
+    plan = min((plan, unrefined(), *others), key=error_of)  # refining must earn it
     uniform, ks = None, sorted(set((candidates or Candidates()).clusters))
     low, high = 0, len(ks)  # bisect for the largest k whose plan fits (sizes grow with k): ~log2 plans, not all
     while low < high:

@@ -38,7 +38,7 @@ from weightzip.core.allocation import (
 from weightzip.core.centroid_init import CentroidInitialization
 from weightzip.core.cluster import ClusteredTensor
 from weightzip.core.codebook_tuning import CodebookTuning, tune_codebooks
-from weightzip.core.compensation import compensate_plan
+from weightzip.core.compensation import PlanCompensation
 from weightzip.core.fidelity import Fidelity, measure_fidelity, split_calibration
 from weightzip.core.post_training import (  # shared with the Keras front end
     HEADER_SLACK,
@@ -346,10 +346,7 @@ def _compensation(model: nn.Module, targets: list[WeightTarget], tensors: list[T
     hessians = input_hessians(model, batches, targets)
     by_tensor = {t.qualified_name: hessians[t.module_name] for t in targets
                  if t.module_name in hessians and t.parameter_name == "weight"}
-    by_name = {t.name: t for t in tensors}
-
-    cache: dict = {}  # choices already compensated, shared by the plans the size goal tries
-    return lambda plan: compensate_plan(plan, by_name, by_tensor, cache=cache)[0]
+    return PlanCompensation({t.name: t for t in tensors}, by_tensor)  # memoised across the plans a goal tries
 
 
 def _left_alone(model: nn.Module, compressed: set[str]) -> list[dict]:
