@@ -100,6 +100,7 @@ def test_fixed_assignment_uses_the_stored_indices_and_freezes_the_kernel():
     layer, x = built("Dense")
     wrapper = wk.cluster_weights(layer, K, reassignment="fixed")
     target = wrapper.clustered_targets[0]
+    assert wrapper.pulling_indices["kernel"].dtype == "uint8"  # one byte each up to 256 clusters
     assert not target.variable.trainable
     assert all(v is not target.variable for v in wrapper.trainable_weights)
     upstream = keras.ops.ones(to_numpy(wrapper(x)).shape)

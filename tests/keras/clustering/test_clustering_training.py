@@ -227,9 +227,10 @@ def test_tensorflow_in_place_steps_train_as_the_portable_ops(baseline, reassignm
 @pytest.mark.parametrize(("reassignment", "aggregation"), [("every_step", "sum"), ("fixed", "average")])
 def test_tensorflow_large_kernel_step_sums_each_centroids_members_in_parallel(reassignment, aggregation):
     """A kernel of 2^20 weights takes the parallel sum with one-byte positions: in a differentiated step
-    the kernel is each weight's centroid at a fresh search (every step) or its stored index (fixed), the
-    workspace holds those positions as uint8, and each centroid's gradient is the sum (or mean) of its
-    members' upstream gradients, as a float64 bincount."""
+    the kernel is each weight's centroid at a fresh search (every step) or its stored index (fixed), those
+    positions are held as uint8 (the workspace's, written by the search; the stored indices themselves with
+    fixed assignment), and each centroid's gradient is the sum (or mean) of its members' upstream gradients,
+    as a float64 bincount."""
     import tensorflow as tf
 
     from weightzip.keras.clustering import _tf_lookup
@@ -261,7 +262,9 @@ def test_tensorflow_large_kernel_step_sums_each_centroids_members_in_parallel(re
         assignment = to_numpy(wrapper.pulling_indices["kernel"])
         expected_kernel, positions = codebook[assignment], assignment
     np.testing.assert_array_equal(kernel, expected_kernel)
-    np.testing.assert_array_equal(workspace.index.numpy(), positions)
+    held = workspace.index if reassignment == "every_step" else wrapper.pulling_indices["kernel"]
+    assert held.dtype == "uint8"
+    np.testing.assert_array_equal(to_numpy(held), positions)
     sums = np.bincount(assignment.ravel(), weights=to_numpy(upstream).ravel().astype(np.float64), minlength=16)
     if aggregation == "average":
         sums = sums / np.maximum(np.bincount(assignment.ravel(), minlength=16), 1)

@@ -20,6 +20,16 @@ class InitialClusters:
     sparsity_mask: np.ndarray | None
 
 
+# Codebook rows of at most this many entries store each weight's index in one byte.
+MAX_BYTE_INDEXED_CLUSTERS = 256
+
+
+def pulling_index_dtype(number_of_clusters: int):
+    """The stored index type: uint8 up to 256 clusters per row (a quarter of int32's bytes for every
+    fixed-assignment step to read), else int32."""
+    return np.uint8 if number_of_clusters <= MAX_BYTE_INDEXED_CLUSTERS else np.int32
+
+
 def initial_clusters(kernel: np.ndarray, params: ClusteringParams, channel_axis: int) -> InitialClusters:
     """Cluster `kernel` as `params` asks, with the core.
 
@@ -38,7 +48,7 @@ def initial_clusters(kernel: np.ndarray, params: ClusteringParams, channel_axis:
             pass  # fewer distinct values than k: cluster_array represents them exactly
     clustered = cluster_array(kernel, params.spec.cluster_config(channel_axis))
     codebook = clustered.codebook.astype(kernel.dtype)
-    indices = clustered.indices.astype(np.int32) if need_indices else None
+    indices = clustered.indices.astype(pulling_index_dtype(codebook.shape[1])) if need_indices else None
     if not params.preserve_sparsity:
         return InitialClusters(codebook, indices, None, None)
     pin = (codebook != 0).astype(kernel.dtype)

@@ -13,11 +13,11 @@ page faults cost as much as the pass). Here:
   the same for ``take(table, stored indices)``.
 - The backward pass sums the upstream gradient by those positions: in a kernel of at least
   :data:`MIN_PARALLEL_WEIGHTS` weights in one parallel pass, a private accumulator per chunk (the numba
-  kernel :func:`._numba_kernels.segment_sums_into`, called through ``tf.numpy_function`` on the
+  kernel :func:`._numba_fast.segment_sums`, called through ``tf.numpy_function`` on the
   tensors' own buffers: TensorFlow's weighted ``Bincount`` is one serial loop over int32 indices), with
   the positions kept in one byte each where the flat table has at most 256 entries (a quarter of the
-  int32 traffic; with fixed assignment the gather writes them too, so the sum reads bytes, not the
-  stored int32 indices); in a smaller kernel, one weighted ``Bincount`` (without the max-index pass of
+  int32 traffic; with fixed assignment the sum reads the stored indices, one byte each up to 256
+  clusters); in a smaller kernel, one weighted ``Bincount`` (without the max-index pass of
   ``tf.math.bincount``). The straight-through gradient to the original weights is the upstream
   gradient itself, released to the optimizer only once the sum has read it (so that the optimizer's
   update can reuse its buffer instead of allocating another).
@@ -35,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from weightzip.keras._compat import get_stateless_scope, in_xla_trace, tape_is_recording
-from weightzip.keras.clustering import _numba_kernels
+from weightzip.keras.clustering import _numba_fast
 
 # Up to this many midpoints per row, the search is a chain of compares and selects; above, the portable path.
 MAX_CHAINED_MIDPOINTS = 31
@@ -115,14 +115,17 @@ def searched_lookup(workspace, flat_table, sorted_keys, original, *, channel_axi
 
 
 def indexed_lookup(workspace, flat_table, positions, *, channel_axis, k, average_gradient):
-    """``take(flat_table, positions + channel * k)``, with the gradient to the table only (fixed assignment)."""
+    """``take(flat_table, positions + channel * k)``, with the gradient to the table only (fixed assignment).
+
+    positions: the stored indices (uint8 or int32). Per tensor, they are the flat positions: the sum reads them
+    as they are where their type is the workspace's; otherwise the gather writes the flat positions there.
+    """
     size = int(flat_table.shape[0])
-    positions = tf.cast(positions, tf.int32)
+    positions = tf.convert_to_tensor(positions)
 
     @tf.custom_gradient
     def lookup(table):
-        # Per tensor, the stored positions are the flat positions: copied only where the copy is narrower.
-        copied = channel_axis is not None or workspace.index.dtype != tf.int32
+        copied = channel_axis is not None or workspace.index.dtype != positions.dtype
         index_cache = workspace.index if copied else None
         written = _gather_into(table, positions, workspace.kernel, index_cache, channel_axis, k)
         with tf.control_dependencies([written]):
@@ -159,7 +162,7 @@ def _table_gradient(upstream, index, size: int, average: bool, parallel: bool):
 def _segment_sums(values, index, *, size: int, average: bool):
     """Per flat table position, the sum (or mean) of `values` there (NumPy views of the step's tensors)."""
     sums = np.empty(size, np.float32)
-    _numba_kernels.segment_sums_into(values, index, average, sums)
+    _numba_fast.segment_sums(values, index, average, sums)
     return sums
 
 
@@ -205,9 +208,9 @@ def _search_into(table, keys, weights, kernel_cache, index_cache, channel_axis):
 @tf.function(jit_compile=True, autograph=False)
 def _gather_into(table, positions, kernel_cache, index_cache, channel_axis, k):
     """kernel_cache <- table[positions (+ channel * k)]; index_cache (where given) <- those flat positions."""
-    index = positions
+    index = tf.cast(positions, tf.int32)
     if channel_axis is not None:
-        index = positions + _channel_offsets(tuple(positions.shape), channel_axis, k)
+        index = index + _channel_offsets(tuple(positions.shape), channel_axis, k)
     if index_cache is not None:
         index_cache.assign(tf.cast(index, index_cache.dtype))
     kernel_cache.assign(tf.gather(table, index))

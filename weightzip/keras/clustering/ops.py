@@ -88,11 +88,15 @@ def clustered_kernel(
             return _masked(clustered, sparsity_mask)
         positions = nearest_positions(ops.stop_gradient(original), sorted_keys, channel_axis)
     else:
-        positions = ops.cast(fixed_indices, "int32")
         if tf_workspace is not None:
-            clustered = _tf_lookup().indexed_lookup(tf_workspace, flat_table, positions, channel_axis=channel_axis,
+            clustered = _tf_lookup().indexed_lookup(tf_workspace, flat_table, fixed_indices, channel_axis=channel_axis,
                                                     k=k, average_gradient=average_gradient)
             return _masked(clustered, sparsity_mask)
+        if native is not None and channel_axis is None:
+            # The stored indices as they are (one byte each up to 256 clusters): a cast would be a pass per step.
+            return _masked(native.indexed_lookup(flat_table, ops.convert_to_tensor(fixed_indices),
+                                                 average_gradient=average_gradient), sparsity_mask)
+        positions = ops.cast(fixed_indices, "int32")
     index = flat_index(positions, kernel_shape, channel_axis, k)
     if native is not None:
         return _masked(native.indexed_lookup(flat_table, index, average_gradient=average_gradient),

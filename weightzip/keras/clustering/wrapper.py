@@ -7,8 +7,8 @@ per channel, initialised by :mod:`weightzip.core`. Every call computes the clust
 that tensor (:mod:`weightzip.keras._substitution`), so the wrapped layer's own code runs unchanged and
 gradients reach the centroids. See :class:`.Reassignment` for what happens to the original weights.
 
-Extra variables, all non-trainable: ``<weight>_pulling_indices`` (int32, kernel-shaped) with
-``Reassignment.FIXED``; ``<weight>_sparsity_mask`` (kernel-shaped) and ``<weight>_centroid_pin``
+Extra variables, all non-trainable: ``<weight>_pulling_indices`` (kernel-shaped: uint8 up to 256 clusters,
+else int32) with ``Reassignment.FIXED``; ``<weight>_sparsity_mask`` (kernel-shaped) and ``<weight>_centroid_pin``
 (codebook-shaped) with ``preserve_sparsity``. On TensorFlow each clustered weight also has a workspace
 of two kernel-shaped buffers that its training steps write in place (:mod:`._tf_lookup`; not Keras weights,
 never saved).
@@ -139,7 +139,7 @@ class ClusterWeights(SubstitutingWrapper):
             centroids = self._state_variable(f"{target.key}_cluster_centroids", codebook, True)
             indices = pin = mask = None
             if init.indices is not None:
-                indices = self._state_variable(f"{target.key}_pulling_indices", init.indices, False, "int32")
+                indices = self._state_variable(f"{target.key}_pulling_indices", init.indices, False)
                 target.variable.trainable = False
             if init.sparsity_mask is not None:
                 mask = self._state_variable(f"{target.key}_sparsity_mask", init.sparsity_mask, False)
