@@ -121,3 +121,18 @@ def test_rescored_curves_weigh_what_compensation_leaves_and_shift_bytes_to_tenso
     assert after.choices["table"].clusters > after.choices["layer"].clusters
     refined = compensation(after)
     assert refined.choices["layer"].compensated and not refined.choices["table"].compensated
+    assert PlanCompensation({}, {}).rescore is False  # opt-in (compress time); choose_plan then measures both
+
+    from weightzip.core.fidelity import Fidelity
+    from weightzip.core.post_training import choose_plan
+
+    def fidelity_of(plan):  # what the model's output error would be: the layer's through its inputs, the table's
+        error = output_error(layer.weights, plan.choices["layer"].stored.decode(), hessian) \
+            / (np.trace(hessian.matrix[0]) * rows)  # the mean squared weight error where inputs are white
+        error += float(np.mean((table.weights - plan.choices["table"].stored.decode()) ** 2))
+        return Fidelity(8, None, error, 1.0 - error)
+
+    chosen, _ = choose_plan([layer, table], bits_per_weight=3.0, candidates=Candidates(
+        clusters=(2, 4, 8, 16, 32), granularities=("tensor",)), refine=PlanCompensation(
+        {"layer": layer, "table": table}, {"layer": hessian}, rescore=True), fidelity_of=fidelity_of)
+    assert chosen.total_bytes <= budget and chosen.choices["table"].clusters > chosen.choices["layer"].clusters

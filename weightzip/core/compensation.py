@@ -342,11 +342,14 @@ class PlanCompensation:
     allocation by plain errors spends bytes where compensation would have made them unnecessary.
     :meth:`rescored` multiplies each compensable candidate's sensitivity-weighted error by the ratio by which
     compensation shrinks its layer's output error (:func:`output_error_ratio`), so that the allocation weighs
-    what the refined plan will hold. Front ends measure both allocations and keep the better one on the fit
-    inputs (:func:`weightzip.core.post_training.choose_plan`)."""
+    what the refined plan will hold. With `rescore`, :func:`weightzip.core.post_training.choose_plan` allocates
+    both ways and keeps the plan with the smaller output error on the fit inputs. Off by default: it costs a GPTQ
+    pass per candidate near the goal and a second refined plan, and its gain on the benchmark models is not
+    measured yet."""
 
-    def __init__(self, tensors: dict, hessians: dict[str, InputHessian], *, damping: float = DAMPING):
-        self.tensors, self.hessians, self.damping = tensors, hessians, damping
+    def __init__(self, tensors: dict, hessians: dict[str, InputHessian], *, damping: float = DAMPING,
+                 rescore: bool = False):
+        self.tensors, self.hessians, self.damping, self.rescore = tensors, hessians, damping, rescore
         self.cache: dict = {}
 
     def __call__(self, plan):

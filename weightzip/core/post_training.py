@@ -145,11 +145,11 @@ def _topped_up(refined: AllocationPlan, plan_for_budget, refine, budget: int, si
 
 def _rescored(refine, curves, bits_per_weight: float, fidelity_of):
     """The curves scored after compensation (:meth:`weightzip.core.compensation.PlanCompensation.rescored`) when
-    the refining step can score them and plans can be measured (to keep the better allocation); else None."""
-    rescore = getattr(refine, "rescored", None)
-    if rescore is None or fidelity_of is None:
+    the refining step is asked to (its ``rescore``) and plans can be measured (to keep the better allocation);
+    else None."""
+    if not getattr(refine, "rescore", False) or fidelity_of is None:
         return None
-    return rescore(curves, bits_per_weight)
+    return refine.rescored(curves, bits_per_weight)
 
 
 def _better_measured(plan: AllocationPlan, tensors, refine, budget: int, size_of, fidelity_of, write_options,

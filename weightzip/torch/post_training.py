@@ -68,6 +68,8 @@ from weightzip.torch.targets import WeightTarget
 from weightzip.torch.tensors import to_numpy
 
 METADATA_KEY = "post_training"
+RESCORE_AFTER_COMPENSATION = False  # allocate also by errors scored after compensation (PlanCompensation.rescore;
+# off until measured on the benchmark models: it adds a GPTQ pass per candidate near the size goal)
 
 
 def compress_post_training(
@@ -346,7 +348,8 @@ def _compensation(model: nn.Module, targets: list[WeightTarget], tensors: list[T
     hessians = input_hessians(model, batches, targets)
     by_tensor = {t.qualified_name: hessians[t.module_name] for t in targets
                  if t.module_name in hessians and t.parameter_name == "weight"}
-    return PlanCompensation({t.name: t for t in tensors}, by_tensor)  # memoised across the plans a goal tries
+    return PlanCompensation({t.name: t for t in tensors}, by_tensor,  # memoised across the plans a goal tries
+                            rescore=RESCORE_AFTER_COMPENSATION)
 
 
 def _left_alone(model: nn.Module, compressed: set[str]) -> list[dict]:
