@@ -15,7 +15,7 @@ from typing import Iterable
 import keras
 import numpy as np
 
-from weightzip.core.compensation import MAX_COLUMNS, InputHessian, compensate_plan
+from weightzip.core.compensation import MAX_COLUMNS, InputHessian, PlanCompensation
 from weightzip.keras.pipeline.calibration import ModelWeight, model_weights
 
 
@@ -122,12 +122,14 @@ def input_hessians(model: keras.Model, batches: Iterable, *, weights: list[Model
 
 
 def compensation_step(model: keras.Model, batches, weights: list[ModelWeight], tensors, paths: dict[str, str]):
-    """The plan -> plan step of error compensation (:func:`weightzip.core.compensation.compensate_plan`) with the
-    kernels' input Hessians measured once on `batches` (`paths`: the model's variable paths -> tensor names)."""
+    """The plan -> plan step of error compensation (:class:`weightzip.core.compensation.PlanCompensation`, with
+    ``rescore``: the allocation is also done by the errors compensation leaves and the plan measured better on the
+    fit inputs is kept) with the kernels' input Hessians measured once on `batches` (`paths`: the model's variable
+    paths -> tensor names)."""
     hessians = {paths[path]: h for path, h in input_hessians(model, batches, weights=weights).items()}
-    by_name = {t.name: t for t in tensors}
-    cache: dict = {}  # choices already compensated, shared by the plans the size goal tries
-    return lambda plan: compensate_plan(plan, by_name, hessians, cache=cache)[0]
+    # rescore on (PyTorch keeps it off for MobileNetV2's compress time): MLPerf-Tiny ResNet-8 allocated/uniform
+    # output error 0.483 -> 0.423 at the same size, DS-CNN unchanged within its calibration-draw spread
+    return PlanCompensation({t.name: t for t in tensors}, hessians, rescore=True)  # memoised across plans
 
 
 __all__ = ["compensation_step", "input_hessians"]
