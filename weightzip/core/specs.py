@@ -244,7 +244,7 @@ class PostTrainingSpec:
         PyTorch a following BatchNorm's mean); None: on.
     codebook_tuning: with calibration, train the chosen plan's centroids for the float model's outputs
         (:class:`~weightzip.core.codebook_tuning.CodebookTuning`, or True / False / a dict of its fields);
-        None: off (PyTorch only for now; Keras refuses it).
+        None: off (both front ends).
     """
 
     clusters: int | LayerRules = 16

@@ -67,6 +67,7 @@ from weightzip.keras.pipeline.calibration import (
     input_second_moments,
     model_weights,
 )
+from weightzip.keras.pipeline.codebook_tuning import tuned_codebooks
 from weightzip.keras.pipeline.hessians import compensation_step
 
 __all__ = ["PostTrainingReport", "Sensitivity", "compress_post_training"]
@@ -101,6 +102,7 @@ def compress_post_training(
     metadata: dict | None = None,
     compensation: bool = True,
     bias_correction: bool | None = None,
+    codebook_tuning=None,
 ) -> tuple[keras.Model, PostTrainingReport]:
     """Compress a copy of `model` post-training (see the module doc); returns (compressed copy, report).
 
@@ -118,13 +120,14 @@ def compress_post_training(
     :class:`~weightzip.core.specs.PostTrainingSpec` (the keywords above are its fields; those given differ from
     their defaults and replace its values). bias_correction: with calibration, give each compressed layer with a
     bias back its float per-channel output mean on the fit part (:mod:`weightzip.keras.pipeline.bias_correction`;
-    biases are stored as floats anyway, so this costs no bytes; None: on).
+    biases are stored as floats anyway, so this costs no bytes; None: on). codebook_tuning: with calibration,
+    train the chosen plan's centroids for the float model's outputs on the fit inputs, indices unchanged
+    (:mod:`weightzip.keras.pipeline.codebook_tuning`; a CodebookTuning, True / False, or a dict of its fields;
+    the centroids measured best on fit inputs held aside are kept); None: off.
     """
     spec = PostTrainingSpec.from_call(locals())  # the keywords above, or `spec` with those given replacing its fields
     start = time.perf_counter()
     chosen = spec.sensitivity_for(calibration is not None)
-    if spec.codebook_tuning is not None and spec.codebook_tuning.enabled:  # (weightzip.core.codebook_tuning)
-        raise WeightzipError("codebook_tuning is not available on the Keras front end yet")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise WeightzipError(f"batch_size must be a positive integer, got {batch_size!r}")
     if path is not None:
@@ -197,6 +200,12 @@ def compress_post_training(
             notes.append(f"bias correction: {len(done)} layers' output means restored on the fit inputs (biases)"
                          + (f"; not possible for {', '.join(left[:4])}" + (" ..." if len(left) > 4 else "")
                             if left else ""))
+    tuning = spec.codebook_tuning
+    if tuning is not None and tuning.enabled and fit_batches is not None:
+        plan, tuning_note = tuned_codebooks(model, copy, {name: w.weight.variable for name, w in by_path.items()},
+                                            plan, fit_batches, tuning, spec.seed, {t.name: t for t in tensors},
+                                            spec.classifier)
+        notes.extend([tuning_note] if tuning_note else [])
     fidelity = None
     if calibration is not None:
         fidelity = measure_fidelity(reference, model_outputs(copy, held_batches), classifier=spec.classifier)
