@@ -83,3 +83,28 @@ def test_the_post_training_spec_validates_its_tuning_config():
     assert PostTrainingSpec().codebook_tuning is None
     with pytest.raises(InvalidArgumentError):
         PostTrainingSpec(codebook_tuning={"learning_rate": 2.0})
+
+
+def test_float_vectors_are_tuned_beside_the_centroids():
+    """A layer y = W x + b whose float bias is off: tuning the bias with the centroids lowers the loss further
+    than the centroids alone, and the tuned bias comes back in the result."""
+    rng = np.random.default_rng(4)
+    weights, clustered = _per_channel(rng)
+    bias = rng.normal(size=6)
+    x = rng.normal(size=(64, 40))
+
+    def loss(values):
+        return float(np.mean((x @ (values["w"] - weights).T + values.get("b", 0.5 * bias) - bias) ** 2))
+
+    def gradients_of(values, step):
+        residual = x @ (values["w"] - weights).T + values.get("b", 0.5 * bias) - bias  # (64, 6)
+        gradients = {"w": 2.0 * residual.T @ x / residual.size}
+        if "b" in values:
+            gradients["b"] = 2.0 * residual.sum(axis=0) / residual.size
+        return gradients
+
+    config = CodebookTuning(steps=150, check_every=10, patience=3)
+    alone = tune_codebooks({"w": clustered}, {"w": weights}, gradients_of, loss, config)
+    both = tune_codebooks({"w": clustered}, {"w": weights}, gradients_of, loss, config, floats={"b": 0.5 * bias})
+    assert both.loss_after < alone.loss_after - 0.5 * np.mean((0.5 * bias) ** 2)
+    assert both.floats["b"].shape == (6,) and np.abs(both.floats["b"] - bias).mean() < 0.7 * np.abs(0.5 * bias).mean()

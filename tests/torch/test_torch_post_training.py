@@ -217,7 +217,7 @@ def test_codebook_tuning_brings_held_out_outputs_closer_at_the_same_size(tmp_pat
                                            codebook_tuning={"steps": 40, "batch_size": 24}, **common)
     assert report.plan.total_bytes == plain_report.plan.total_bytes
     assert report.fidelity.relative_output_error < 0.9 * plain_report.fidelity.relative_output_error
-    assert any(note.startswith("codebook tuning: 4 tensors") for note in report.notes)
+    assert any(note.startswith("codebook tuning: 4 tensors' centroids and 4 float vectors") for note in report.notes)
     for name, choice in report.plan.choices.items():  # same indices, other centroids
         assert np.array_equal(choice.stored.indices, plain_report.plan.choices[name].stored.indices)
     state = decompress(path)

@@ -41,6 +41,8 @@ class CodebookTuning:
     patience: measurements without improvement after which tuning stops (the best centroids are kept).
     held_aside: fraction of the fit inputs held aside for those measurements (never tuned on).
     batch_size: inputs per tuning step (the front end cycles through the tuning inputs).
+    vectors: also tune the model's one-dimensional float parameters (biases, normalisation scales and shifts),
+        which are stored as floats anyway: no bytes added, and they absorb the per-channel errors left.
     """
 
     steps: int = 40
@@ -49,8 +51,11 @@ class CodebookTuning:
     patience: int = 2
     held_aside: float = 0.25
     batch_size: int = 12
+    vectors: bool = True
 
     def __post_init__(self):
+        if not isinstance(self.vectors, bool):
+            raise InvalidArgumentError(f"codebook tuning vectors must be True or False, got {self.vectors!r}")
         for name, low in (("steps", 0), ("check_every", 1), ("patience", 1), ("batch_size", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -90,6 +95,7 @@ class TuningResult:
     before and after, and the steps taken (those of the kept centroids, and in all)."""
 
     tensors: dict[str, ClusteredTensor]
+    floats: dict[str, np.ndarray]
     loss_before: float
     loss_after: float
     best_step: int
@@ -103,7 +109,8 @@ class TuningResult:
         if not self.improved:
             return (f"codebook tuning: left off (no step lowered the distillation loss {self.loss_before:.4g} "
                     f"on the held-aside fit inputs in {self.steps_run} steps)")
-        return (f"codebook tuning: {len(self.tensors)} tensors' centroids trained for the float model's outputs, "
+        floats = f" and {len(self.floats)} float vectors (biases, norms)" if self.floats else ""
+        return (f"codebook tuning: {len(self.tensors)} tensors' centroids{floats} trained for the float model's outputs, "
                 f"distillation loss on the held-aside fit inputs {self.loss_before:.4g} -> {self.loss_after:.4g} "
                 f"(step {self.best_step} of {self.steps_run})")
 
@@ -137,15 +144,21 @@ class _Adam:
 def tune_codebooks(tensors: dict[str, ClusteredTensor], weights: dict[str, np.ndarray],
                    gradients_of: Callable[[dict[str, np.ndarray], int], dict[str, np.ndarray]],
                    held_aside_loss: Callable[[dict[str, np.ndarray]], float],
-                   config: CodebookTuning = CodebookTuning()) -> TuningResult:
+                   config: CodebookTuning = CodebookTuning(),
+                   floats: dict[str, np.ndarray] | None = None) -> TuningResult:
     """Tune the centroids of `tensors` (name -> ClusteredTensor) for the front end's loss (module doc).
 
     weights: name -> the float weights (their standard deviation scales each tensor's learning rate).
     gradients_of(values, step): the loss's gradient with respect to each decoded weight tensor (same shapes) on
         the tuning batch of `step`, with the model's weights set to `values` (name -> decoded weights).
     held_aside_loss(values): the loss on the held-aside inputs with those weights.
-    Returns the tuned tensors (the step with the lowest held-aside loss; step 0 = unchanged).
+    floats: name -> float parameters tuned directly beside the centroids (their gradients come from
+        `gradients_of` under the same names, their values go into `values`); learning rate relative to their
+        root mean square.
+    Returns the tuned tensors and floats (the step with the lowest held-aside loss; step 0 = unchanged).
     """
+    float_shapes = {name: np.shape(value) for name, value in (floats or {}).items()}
+    floats = {name: np.asarray(value, np.float64).ravel().copy() for name, value in (floats or {}).items()}
     names = list(tensors)
     codes = {name: flat_codes(tensors[name]) for name in names}
     shapes = {name: tensors[name].codebook.shape for name in names}
@@ -153,10 +166,17 @@ def tune_codebooks(tensors: dict[str, ClusteredTensor], weights: dict[str, np.nd
     adams = {name: _Adam(flat[name].size, config.learning_rate * max(float(np.std(weights[name])), 1e-12))
              for name in names}
 
+    float_adams = {name: _Adam(value.size, config.learning_rate * max(float(np.sqrt(np.mean(value ** 2))), 1e-3))
+                   for name, value in floats.items()}
+
     def values() -> dict[str, np.ndarray]:
-        return {name: flat[name][codes[name]].astype(np.asarray(weights[name]).dtype, copy=False) for name in names}
+        decoded = {name: flat[name][codes[name]].astype(np.asarray(weights[name]).dtype, copy=False)
+                   for name in names}
+        decoded.update({name: value.reshape(float_shapes[name]) for name, value in floats.items()})
+        return decoded
 
     best = {name: flat[name].copy() for name in names}
+    best_floats = {name: value.copy() for name, value in floats.items()}
     loss_before = best_loss = float(held_aside_loss(values()))
     best_step, stale, step = 0, 0, 0
     for step in range(1, config.steps + 1):
@@ -167,11 +187,15 @@ def tune_codebooks(tensors: dict[str, ClusteredTensor], weights: dict[str, np.nd
                 continue
             updated = adams[name].step(flat[name], centroid_gradients(codes[name], gradient, flat[name].size))
             flat[name] = np.maximum.accumulate(updated.reshape(shapes[name]), axis=1).ravel()  # rows stay ascending
+        for name in floats:
+            if gradients.get(name) is not None:
+                floats[name] = float_adams[name].step(floats[name], np.asarray(gradients[name], np.float64).ravel())
         if step % config.check_every == 0 or step == config.steps:
             loss = float(held_aside_loss(values()))
             if loss < best_loss:
                 best_loss, best_step, stale = loss, step, 0
                 best = {name: flat[name].copy() for name in names}
+                best_floats = {name: value.copy() for name, value in floats.items()}
             else:
                 stale += 1
                 if stale >= config.patience:
@@ -181,4 +205,5 @@ def tune_codebooks(tensors: dict[str, ClusteredTensor], weights: dict[str, np.nd
         clustered = tensors[name]
         codebook = best[name].reshape(shapes[name]).astype(np.asarray(clustered.codebook).dtype)
         tuned[name] = ClusteredTensor(codebook, clustered.indices, clustered.axis, clustered.group_size)
-    return TuningResult(tuned, loss_before, best_loss, best_step, step)
+    return TuningResult(tuned, {name: value.reshape(float_shapes[name]) for name, value in best_floats.items()},
+                        loss_before, best_loss, best_step, step)

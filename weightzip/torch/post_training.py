@@ -259,6 +259,12 @@ def _tuned_codebooks(model: nn.Module, compressed: nn.Module, targets: list[Weig
         for part in by_name[name].module_name.split(".") if by_name[name].module_name else ():
             owner = getattr(owner, part)
         parameters[name] = getattr(owner, by_name[name].parameter_name)
+    vectors = {}
+    if tuning.vectors:  # biases and norm scales/shifts: stored as floats anyway
+        planned = {id(p) for p in parameters.values()}
+        vectors = {name: p for name, p in compressed.named_parameters()
+                   if p.ndim == 1 and p.is_floating_point() and id(p) not in planned}
+    parameters.update(vectors)
     trainable = {p for p in parameters.values()}
     saved = {id(p): p.requires_grad for p in compressed.parameters()}
     for parameter in compressed.parameters():
@@ -274,8 +280,9 @@ def _tuned_codebooks(model: nn.Module, compressed: nn.Module, targets: list[Weig
         index = step % len(tune_batches)
         loss = distillation_loss(run_model(compressed, tune_batches[index]).float(), tune_reference[index],
                                  classifier)
-        gradients = torch.autograd.grad(loss, [parameters[name] for name in names], allow_unused=True)
-        return {name: g.detach().cpu().numpy() for name, g in zip(names, gradients) if g is not None}
+        tuned = names + list(vectors)
+        gradients = torch.autograd.grad(loss, [parameters[name] for name in tuned], allow_unused=True)
+        return {name: g.detach().cpu().numpy() for name, g in zip(tuned, gradients) if g is not None}
 
     def aside_loss(values):
         load(values)
@@ -284,14 +291,15 @@ def _tuned_codebooks(model: nn.Module, compressed: nn.Module, targets: list[Weig
                         * batch.shape[0] for batch, reference in zip(aside_batches, aside_reference))
         return total / sum(batch.shape[0] for batch in aside_batches)
 
-    original = {name: parameters[name].detach().clone() for name in names}
+    original = {name: parameter.detach().clone() for name, parameter in parameters.items()}
     try:
         result = tune_codebooks({name: plan.choices[name].stored for name in names},
-                                {name: tensors[name].weights for name in names}, gradients_of, aside_loss, tuning)
+                                {name: tensors[name].weights for name in names}, gradients_of, aside_loss, tuning,
+                                floats={name: p.detach().cpu().numpy() for name, p in vectors.items()})
     except RuntimeError as error:  # e.g. a traced program autograd cannot differentiate: said, not hidden
         with torch.no_grad():
-            for name in names:
-                parameters[name].copy_(original[name])
+            for name, parameter in parameters.items():
+                parameter.copy_(original[name])
         return plan, f"codebook tuning: not possible ({str(error).strip().splitlines()[0][:120]})"
     finally:
         for parameter in compressed.parameters():
@@ -305,7 +313,7 @@ def _tuned_codebooks(model: nn.Module, compressed: nn.Module, targets: list[Weig
                 choices[name], stored=clustered, stored_bytes=stored_bytes(name, clustered, plan.write_options),
                 weighted_error=weighted_error(tensor.weights, clustered.decode(), tensor.importance))
     tuned = AllocationPlan(choices, plan.write_options)
-    load({name: tuned.choices[name].stored.decode() for name in names})
+    load({name: tuned.choices[name].stored.decode() for name in names} | result.floats)
     return tuned, result.note()
 
 
