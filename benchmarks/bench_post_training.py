@@ -338,7 +338,7 @@ SUBJECTS = {"mobilenet_v2": mobilenet_v2, "ds_cnn": ds_cnn, "resnet8": resnet8, 
 METHODS = ("uniform", "weighted", "allocated", "targets")  # --methods: which trials run (uniform always does)
 
 
-def run_subject(subject: Subject, clusters: int, folder: Path, methods=METHODS) -> list[dict]:
+def run_subject(subject: Subject, clusters: int, folder: Path, methods=METHODS, extra: dict | None = None) -> list[dict]:
     reference = subject.outputs(subject.model, subject.evaluation)
     rows = []
 
@@ -346,7 +346,7 @@ def run_subject(subject: Subject, clusters: int, folder: Path, methods=METHODS) 
         path = folder / f"{subject.name}_{label.replace(' ', '_')}.wz"
         start, cpu = time.perf_counter(), time.process_time()
         compressed, report = subject.compress(subject.model, subject.calibration, path=path, overwrite=True,
-                                              **options)
+                                              **options, **(extra or {}))
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         fidelity = measure_fidelity(reference, subject.outputs(compressed, subject.evaluation),
                                     classifier=subject.classifier)
@@ -392,7 +392,10 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
                         help="trials besides uniform k: weighted k, allocated to the same size (for the ratio), "
                              "allocated to each model's bit targets")
+    parser.add_argument("--codebook-tuning", action="store_true",
+                        help="codebook_tuning=True in every trial (PyTorch models; default off)")
     args = parser.parse_args()
+    extra = {"codebook_tuning": True} if args.codebook_tuning else {}
 
     print(f"weightzip post-training benchmark: uniform k={args.clusters} vs Fisher-weighted vs allocated to the same "
           "size; fidelity vs the float model on a separate evaluation set\n")
@@ -411,7 +414,7 @@ def main() -> None:
                 print(f"  {subject.note}")
             print(HEADER)
             print("-" * len(HEADER), flush=True)
-            rows = run_subject(subject, args.clusters, Path(folder), args.methods)
+            rows = run_subject(subject, args.clusters, Path(folder), args.methods, extra)
             summary.append((subject, rows))
             print()
     print("equal size: output error of allocated / uniform (target <= 0.5)")

@@ -103,7 +103,7 @@ def test_float_vectors_are_tuned_beside_the_centroids():
             gradients["b"] = 2.0 * residual.sum(axis=0) / residual.size
         return gradients
 
-    config = CodebookTuning(steps=150, check_every=10, patience=3)
+    config = CodebookTuning(steps=150, learning_rate=0.02, check_every=10, patience=3)
     alone = tune_codebooks({"w": clustered}, {"w": weights}, gradients_of, loss, config)
     both = tune_codebooks({"w": clustered}, {"w": weights}, gradients_of, loss, config, floats={"b": 0.5 * bias})
     assert both.loss_after < alone.loss_after - 0.5 * np.mean((0.5 * bias) ** 2)

@@ -45,8 +45,8 @@ class CodebookTuning:
         which are stored as floats anyway: no bytes added, and they absorb the per-channel errors left.
     """
 
-    steps: int = 40
-    learning_rate: float = 0.02
+    steps: int = 10
+    learning_rate: float = 0.0005
     check_every: int = 5
     patience: int = 2
     held_aside: float = 0.25

@@ -118,7 +118,8 @@ def compress_post_training(
     chosen plan's output error, on the fit inputs the correction did not use, is smaller with it than without).
     codebook_tuning: with calibration, train the chosen plan's centroids for the float model's outputs on the fit
     inputs, indices unchanged (:mod:`weightzip.core.codebook_tuning`; a CodebookTuning, True / False, or a dict of
-    its fields; the centroids measured best on fit inputs held aside are kept); None: off.
+    its fields; the centroids measured best on fit inputs held aside are kept); None: off (on MobileNetV2 it
+    halved the distillation loss on held-aside crops of the calibration photos but not the error on other photos).
     spec: a :class:`~weightzip.core.specs.PostTrainingSpec`, the same as on Keras (the keywords above are its
     fields; those given differ from their defaults and replace its values).
     """
@@ -173,7 +174,7 @@ def compress_post_training(
     if corrected is not None and spec.bias_correction is None:
         compressed, corrected, correction_note = _better_corrected(model, targets, plan, compressed, corrected,
                                                                    correction, fit_batches, batch_size, spec.classifier)
-    tuning = spec.codebook_tuning if spec.codebook_tuning is not None else CodebookTuning(steps=0)
+    tuning = spec.codebook_tuning if spec.codebook_tuning is not None else CodebookTuning(steps=0)  # (off: measured)
     tuning_note = None
     if tuning.enabled and fit_batches is not None:
         plan, tuning_note = _tuned_codebooks(model, compressed, targets, plan, fit_batches, tuning, spec.seed,
