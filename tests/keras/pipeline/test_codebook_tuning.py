@@ -44,7 +44,7 @@ def test_codebook_tuning_brings_held_out_outputs_closer_at_the_same_size(tmp_pat
     plain, plain_report = compress_post_training(model, calibration, codebook_tuning=False, **common)
     path = tmp_path / "tuned.wz"
     tuned, report = compress_post_training(model, calibration, path=path,
-                                           codebook_tuning={"steps": 40, "batch_size": 24}, **common)
+                                           codebook_tuning={"steps": 40, "batch_size": 24, "learning_rate": 0.02}, **common)
     assert report.plan.total_bytes == plain_report.plan.total_bytes
     assert report.fidelity.relative_output_error < 0.9 * plain_report.fidelity.relative_output_error
     assert any(note.startswith("codebook tuning: 4 tensors") for note in report.notes)
