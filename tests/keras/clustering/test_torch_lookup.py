@@ -19,9 +19,15 @@ def table():
     return torch.nn.Parameter(torch.linspace(-1.0, 1.0, K))
 
 
-def searched(weights, centroids):
-    return _torch_lookup.searched_lookup(centroids, centroids.detach().reshape(1, -1), weights, channel_axis=None,
-                                         average_gradient=False)
+def searched(weights, centroids, **options):
+    options = {"channel_axis": None, "centroid_pin": None, "average_gradient": False, **options}
+    return _torch_lookup.lookup(centroids, weights, fixed_indices=None, sparsity_mask=None, **options)
+
+
+def indexed(index, centroids, average_gradient):
+    kernel_like = torch.zeros(index.shape, dtype=centroids.dtype)  # only its shape and dtype are read
+    return _torch_lookup.lookup(centroids, kernel_like, channel_axis=None, fixed_indices=index, centroid_pin=None,
+                                          sparsity_mask=None, average_gradient=average_gradient)
 
 
 def test_searched_lookup_reuses_its_buffer_but_never_one_still_held():
@@ -60,7 +66,7 @@ def test_indexed_lookup_follows_the_stored_indices_through_their_byte_copy():
                                requires_grad=False)
     centroids = table()
     for _ in range(2):
-        clustered = _torch_lookup.indexed_lookup(centroids, index, average_gradient=True)
+        clustered = indexed(index, centroids, True)
         np.testing.assert_array_equal(clustered.detach().numpy(), centroids.detach().numpy()[index.numpy()])
         upstream = torch.from_numpy(rng.normal(size=clustered.shape).astype(np.float32))
         (clustered * upstream).sum().backward()
@@ -74,4 +80,40 @@ def test_indexed_lookup_follows_the_stored_indices_through_their_byte_copy():
     with torch.no_grad():
         index[7, 3] = K
     with pytest.raises(InvalidWeightsError, match="out of range"):
-        _torch_lookup.indexed_lookup(centroids, index, average_gradient=False)
+        indexed(index, centroids, False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_unsorted_pinned_per_channel_codebooks_are_sorted_inside_the_step(dtype):
+    """Centroids that crossed while training (any order, a duplicate), a pinned zero per row, a codebook per
+    output channel: each weight gets its row's nearest unpinned centroid (a tie to the first of equal ones),
+    each centroid the sum of its members' gradients, a pinned one none, the kernel the upstream gradient."""
+    rng = np.random.default_rng(2)
+    channels, k = 6, 5
+    rows = rng.normal(size=(channels, k))
+    rows[:, 2] = rows[:, 4]  # a duplicate centroid in every row: the first copy is the one searched for
+    centroids = torch.nn.Parameter(torch.from_numpy(rows).to(dtype))
+    pin = torch.ones(channels, k, dtype=dtype)
+    pin[:, 1] = 0.0
+    weights = torch.nn.Parameter(torch.from_numpy(rng.normal(size=(40, channels))).to(dtype))
+    clustered = searched(weights, centroids, channel_axis=-1, centroid_pin=pin)
+    upstream = torch.from_numpy(rng.normal(size=(40, channels))).to(dtype)
+    (clustered * upstream).sum().backward()
+
+    expected_kernel = np.empty((40, channels))
+    expected_gradient = np.zeros((channels, k))
+    for channel in range(channels):
+        live = [j for j in range(k) if j != 1]
+        values = rows[channel, live]
+        nearest = np.array(live)[assign_to_centroids(weights.detach().numpy()[:, channel].astype(np.float64),
+                                                     values)]
+        assert not np.any(nearest == 4)  # the later copy of the duplicate never wins
+        expected_kernel[:, channel] = rows[channel, nearest]
+        np.add.at(expected_gradient[channel], nearest, upstream.numpy()[:, channel])
+    np.testing.assert_allclose(clustered.detach().numpy(), expected_kernel, rtol=1e-6)
+    gradient = centroids.grad.numpy().copy()
+    gradient[:, 2] += gradient[:, 4]  # the two copies split their cell at their shared midpoint (as the portable
+    gradient[:, 4] = 0.0  # path's midpoint search): their gradients add up to the cell's
+    np.testing.assert_allclose(gradient, expected_gradient, rtol=1e-5, atol=1e-6)
+    assert np.all(centroids.grad.numpy()[:, 1] == 0)
+    np.testing.assert_array_equal(weights.grad.numpy(), upstream.numpy())

@@ -1,14 +1,17 @@
-"""The clustered kernel on the PyTorch backend (CPU tensors): the search, the gather and the gradient's
-segment sum as two numba passes (:mod:`._numba_fast`; :mod:`._numba_kernels`' search for float64).
+"""The clustered kernel on the PyTorch backend (CPU tensors): one autograd function per clustered weight
+and step, its work done by numba (:mod:`._numba_rows`, :mod:`._numba_fast`; :mod:`._numba_kernels`' search
+for float64), without Keras or tensor ops in between.
 
-PyTorch trains eagerly, so the portable path of :func:`.ops.clustered_kernel` runs one full pass over
-the kernel per op: ``searchsorted`` (about 6x a SGD update of the same kernel), the gather, and
-the centroid gradient's scatter-add. Here one pass places every weight among its row's midpoints (a
-count of the midpoints below it, as the portable path: an exact tie goes to the lower centroid), writes
-its centroid and its index (one byte where the table has at most 256 entries); the backward pass sums
-the upstream gradient per index in one more pass with a private accumulator per thread. The gradients
-are those of :func:`.ops.shared_weight_lookup`: per table entry, the sum (or mean) of its members'
-upstream gradients; to the original weights, the upstream gradient itself (straight-through).
+PyTorch trains eagerly, so the portable path of :func:`.ops.clustered_kernel` runs one dispatched op at a
+time: an argsort and two takes to sort the codebook, the midpoints, ``searchsorted`` (about 6x a SGD update
+of the same kernel), the gather, and in the backward pass the scatter-adds of the centroid gradient and of
+the sort. Here the forward pass sorts each codebook row (:func:`._numba_rows.sort_rows`, the portable path's
+stable order), places every weight among its row's midpoints (a count of the midpoints below it: an exact
+tie goes to the lower centroid) and writes its centroid and its index (one byte where the table has at most
+256 entries) in one pass; the backward pass sums the upstream gradient per index in one more pass and moves
+the sums back to the codebook's order. The gradients are those of :func:`.ops.shared_weight_lookup` after
+the sort: per centroid, the sum (or mean) of its members' upstream gradients, zero where pinned; to the
+original weights, the upstream gradient itself (straight-through).
 
 Two things keep the step's memory traffic near a plain step's:
 
@@ -16,63 +19,90 @@ Two things keep the step's memory traffic near a plain step's:
   place step after step: a fresh 67 MB tensor per step costs its page faults, more than the pass that fills
   it. A buffer is only reused once nothing else holds its memory (the previous step's autograd graph, a
   caller's tensor or NumPy view); otherwise a new one is allocated, so a result handed out never changes.
-- With fixed assignment, the stored int32 indices are read through a one-byte copy, made again only when
-  the variable changes (its version counter): the gather and the segment sum then read a quarter of the
-  bytes.
+- With fixed assignment, the stored int32 indices are read through a one-byte copy (with the channel
+  offsets of a per-channel codebook added), made again only when the variable changes (its version
+  counter): the gather and the segment sum then read a quarter of the bytes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import math
 import weakref
 
 import keras
+import numba
 import numpy as np
 
 from weightzip.core.errors import InvalidWeightsError
-from weightzip.keras.clustering import _numba_fast, _numba_kernels
+from weightzip.keras.clustering import _numba_fast, _numba_kernels, _numba_rows
 
 # Tables of at most this many entries are indexed with one byte per weight.
 BYTE_INDEX_ENTRIES = 256
+# Kernels of fewer weights run their numba passes on the calling thread: a parallel region costs more than it
+# saves there (its threads wake beside torch's intra-op threads on the same cores; on a loaded 2-core machine
+# a 235k-weight search and sum took 32 ms in a parallel region, 0.6 ms on one thread).
+PARALLEL_MIN_WEIGHTS = 1 << 20
+
+
+def clustered_kernel(centroids, original, *, channel_axis, fixed_indices, centroid_pin, sparsity_mask,
+                     average_gradient):
+    """:func:`.ops.clustered_kernel` on CPU torch tensors (Keras variables are read as their tensors), or None
+    where these kernels do not apply (another backend, device or dtype; inside torch.compile)."""
+    if keras.backend.backend() != "torch":
+        return None
+    table, original = _tensor(centroids), _tensor(original)
+    if not applies(original, table):
+        return None
+    return lookup(table, original, channel_axis=channel_axis,
+                  fixed_indices=None if fixed_indices is None else _tensor(fixed_indices),
+                  centroid_pin=None if centroid_pin is None else _tensor(centroid_pin),
+                  sparsity_mask=None if sparsity_mask is None else _tensor(sparsity_mask),
+                  average_gradient=average_gradient)
+
+
+def lookup(table, original, *, channel_axis, fixed_indices, centroid_pin, sparsity_mask, average_gradient):
+    """:func:`clustered_kernel` on torch tensors that :func:`applies` to, whatever Keras backend runs."""
+    pin = centroid_pin
+    shape = tuple(original.shape)
+    average = bool(average_gradient)
+    if fixed_indices is None:
+        inner = 1 if channel_axis is None else math.prod(shape[channel_axis % len(shape) + 1:])
+        clustered = _lookup_function().apply(table, original, pin, None, inner, average, _scratch_for(original))
+    else:
+        stored = fixed_indices
+        index = _compact_index(stored, table, channel_axis)
+        clustered = _lookup_function().apply(table, None, pin, index, 0, average, _scratch_for(stored))
+    clustered = clustered.view(shape)
+    if sparsity_mask is not None:
+        clustered = clustered * sparsity_mask.to(clustered.dtype)
+    return clustered
+
+
+def _tensor(value):
+    """A Keras variable's current tensor (its stateless-scope value inside one), a tensor as it is."""
+    if isinstance(value, keras.Variable):
+        return value.value
+    import torch
+
+    return value if isinstance(value, torch.Tensor) else keras.ops.convert_to_tensor(value)
 
 
 def applies(original, table) -> bool:
-    """Whether these kernels serve the tensors: PyTorch backend, CPU float32/float64, outside torch.compile."""
-    if keras.backend.backend() != "torch":
-        return False
+    """Whether these kernels serve the tensors: CPU float32/float64 torch tensors, outside torch.compile."""
     import torch
 
     if torch.compiler.is_compiling():
         return False
     return (
-        original.device.type == "cpu"
+        isinstance(original, torch.Tensor)
+        and isinstance(table, torch.Tensor)
+        and original.device.type == "cpu"
         and table.device.type == "cpu"
         and original.dtype in (torch.float32, torch.float64)
         and table.dtype == original.dtype
     )
-
-
-def searched_lookup(flat_table, sorted_keys, original, *, channel_axis, average_gradient):
-    """Each weight of `original` replaced by its nearest entry of its table row; straight-through to `original`.
-
-    flat_table: ``(groups * k,)`` centroid values, each row in ascending order of `sorted_keys`.
-    sorted_keys: ``(groups, k)`` ascending search keys (the centroids; +inf for a pinned zero).
-    """
-    midpoints = ((sorted_keys[:, 1:] + sorted_keys[:, :-1]) / 2.0).detach().contiguous()
-    shape = tuple(original.shape)
-    inner = 1 if channel_axis is None else int(np.prod(shape[channel_axis % len(shape) + 1:], dtype=np.int64))
-    clustered = _lookup_function().apply(flat_table, original, midpoints, None, inner, bool(average_gradient),
-                                         _scratch_for(original))
-    return clustered.reshape(shape)
-
-
-def indexed_lookup(flat_table, index, *, average_gradient):
-    """``take(flat_table, index)`` (`index`: flat table positions, any int dtype), gradients to the table only."""
-    shape = tuple(index.shape)
-    flat_index = _compact_index(index, int(flat_table.shape[0]))
-    clustered = _lookup_function().apply(flat_table, None, None, flat_index, 0, bool(average_gradient),
-                                         _scratch_for(index))
-    return clustered.reshape(shape)
 
 
 class _Scratch:
@@ -80,7 +110,7 @@ class _Scratch:
 
     def __init__(self):
         self.buffers = {}
-        self.byte_index = None  # fixed assignment: (version of the stored indices, their one-byte copy)
+        self.byte_index = None  # fixed assignment: (version of the stored indices, their compact copy)
 
     def buffer(self, role: str, size: int, dtype):
         """A tensor of `size` elements on this role's buffer (a new buffer if the old one is still held)."""
@@ -123,23 +153,30 @@ def _unreferenced(buffer) -> bool:
     return use_count(buffer.untyped_storage()._cdata) <= 2  # `buffer` and this call's storage handle
 
 
-def _compact_index(index, table_size: int):
-    """`index` flat and contiguous, as one byte per weight when the table allows; the byte copy of a stored
-    variable is kept and made again only when the variable changes. Raises if an index is outside the table."""
+def _compact_index(stored, table, channel_axis):
+    """The flat table position of each weight from its stored codebook-row indices (`stored`, any int dtype),
+    as one byte where the table allows; the copy of a stored variable is kept and made again only when the
+    variable changes (its version counter). Raises if an index is outside its codebook row."""
     import torch
 
-    flat = index.reshape(-1)
-    if table_size > BYTE_INDEX_ENTRIES or flat.dtype == torch.uint8:
-        return flat.to(torch.int32).contiguous() if flat.dtype not in (torch.int32, torch.uint8) else flat.contiguous()
-    scratch = _scratch_for(index)
-    version = index._version
+    scratch = _scratch_for(stored)
+    version = stored._version
     if scratch is not None and scratch.byte_index is not None and scratch.byte_index[0] == version:
         return scratch.byte_index[1]
-    if flat.numel():
-        low, high = torch.aminmax(flat)
-        if int(low) < 0 or int(high) >= table_size:
-            raise InvalidWeightsError(f"pulling indices out of range for a codebook of {table_size} entries")
-    compact = flat.to(torch.uint8).contiguous()
+    groups, k = (1, int(table.shape[-1])) if table.ndim == 1 else (int(table.shape[0]), int(table.shape[1]))
+    if stored.numel():
+        low, high = torch.aminmax(stored.detach())
+        if int(low) < 0 or int(high) >= k:
+            raise InvalidWeightsError(f"pulling indices out of range for a codebook of {k} entries")
+    index = stored.detach()
+    if groups > 1:
+        shape = tuple(stored.shape)
+        axis = channel_axis % len(shape)
+        view = [1] * len(shape)
+        view[axis] = shape[axis]
+        index = index.to(torch.int32) + (torch.arange(shape[axis], dtype=torch.int32) * k).reshape(view)
+    dtype = torch.uint8 if groups * k <= BYTE_INDEX_ENTRIES else torch.int32
+    compact = index.reshape(-1).to(dtype).contiguous()
     if scratch is not None:
         scratch.byte_index = (version, compact)
     return compact
@@ -158,40 +195,74 @@ def _output(scratch, role: str, size: int, dtype):
     return torch.empty(size, dtype=dtype) if scratch is None else scratch.buffer(role, size, dtype)
 
 
+@contextlib.contextmanager
+def _threads_for(weights: int):
+    """numba's passes over `weights` weights on the calling thread alone below :data:`PARALLEL_MIN_WEIGHTS`."""
+    if weights >= PARALLEL_MIN_WEIGHTS:
+        yield
+        return
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(threads)
+
+
+def _numpy_rows(tensor, k: int):
+    return tensor.detach().reshape(-1, k).contiguous().numpy()
+
+
 @functools.cache
 def _lookup_function():
     import torch
 
-    class ClusteredLookup(torch.autograd.Function):
+    class ClusteredKernel(torch.autograd.Function):
+        """centroids ``(k,)`` / ``(groups, k)``, original kernel (searched) or compact stored `index` (fixed)
+        -> the flat clustered kernel."""
+
         @staticmethod
-        def forward(ctx, table, original, midpoints, fixed_index, inner, average, scratch):
-            table_values = table.detach().contiguous()
-            if fixed_index is None:
-                weights = original.detach().contiguous().reshape(-1)
-                index_dtype = torch.uint8 if table.numel() <= BYTE_INDEX_ENTRIES else torch.int32
-                index = _output(scratch, "index", weights.numel(), index_dtype)
-                out = _output(scratch, "kernel", weights.numel(), table_values.dtype)
-                _search(weights)(weights.numpy(), midpoints.numpy(), table_values.numpy(), inner, out.numpy(),
-                                 index.numpy())
+        def forward(ctx, centroids, original, pin, index, inner, average, scratch):
+            k = int(centroids.shape[-1])
+            rows = _numpy_rows(centroids, k)
+            pin_rows = None if pin is None else _numpy_rows(pin.to(centroids.dtype), k)
+            order = None
+            if index is None:
+                size = rows.size
+                table = np.empty(size, rows.dtype)
+                midpoints = np.empty((rows.shape[0], k - 1), rows.dtype)
+                order = np.empty(size, np.int32)
+                _numba_rows.sort_rows(rows, pin_rows, table, midpoints, order)
+                weights = original.detach().reshape(-1).contiguous()
+                index = _output(scratch, "index", weights.numel(),
+                                torch.uint8 if size <= BYTE_INDEX_ENTRIES else torch.int32)
+                out = _output(scratch, "kernel", weights.numel(), original.dtype)
+                with _threads_for(weights.numel()):
+                    _search(weights)(weights.numpy(), midpoints, table, inner, out.numpy(), index.numpy())
             else:
-                index = fixed_index
-                out = _output(scratch, "kernel", index.numel(), table_values.dtype)
-                if _numba_fast.look_up_checked(table_values.numpy(), index.numpy(), out.numpy()):
-                    raise InvalidWeightsError(f"pulling indices out of range for a codebook of {table.numel()} entries")
+                table = rows.reshape(-1) if pin_rows is None else (rows * pin_rows).reshape(-1)
+                out = _output(scratch, "kernel", index.numel(), centroids.dtype)
+                with _threads_for(index.numel()):
+                    outside = _numba_fast.look_up_checked(table, index.numpy(), out.numpy())
+                if outside:
+                    raise InvalidWeightsError(f"pulling indices out of range for a codebook of {k} entries")
             ctx.save_for_backward(index)
-            ctx.table_size = table.numel()
+            ctx.order = order
+            ctx.pin = None if pin_rows is None else pin_rows.reshape(-1)
             ctx.average = average
-            ctx.straight_through = fixed_index is None
+            ctx.centroids_shape = tuple(centroids.shape)
             ctx.original_shape = None if original is None else tuple(original.shape)
             return out
 
         @staticmethod
         def backward(ctx, upstream):
             (index,) = ctx.saved_tensors
-            flat = upstream.detach().contiguous().reshape(-1)
-            table_gradient = torch.empty(ctx.table_size, dtype=upstream.dtype)
-            _numba_fast.segment_sums(flat.numpy(), index.numpy(), ctx.average, table_gradient.numpy())
-            original_gradient = upstream.reshape(ctx.original_shape) if ctx.straight_through else None
-            return table_gradient, original_gradient, None, None, None, None, None
+            values = upstream.detach().reshape(-1).contiguous()
+            gradient = torch.empty(ctx.centroids_shape, dtype=upstream.dtype)
+            with _threads_for(values.numel()):
+                _numba_rows.centroid_gradient(values.numpy(), index.numpy(), ctx.average, ctx.order, ctx.pin,
+                                              gradient.numpy().reshape(-1))
+            straight_through = None if ctx.original_shape is None else upstream.reshape(ctx.original_shape)
+            return gradient, straight_through, None, None, None, None, None
 
-    return ClusteredLookup
+    return ClusteredKernel

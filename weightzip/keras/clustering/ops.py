@@ -9,9 +9,10 @@ gather-and-compare. On an exact tie the lower centroid wins, as in :func:`weight
 
 Training speed: a step that XLA compiles (TensorFlow under ``jit_compile``, JAX on other devices or dtypes) counts
 the midpoints below each weight instead (k - 1 elementwise compares, fused with the gather into one loop
-over the kernel); on PyTorch and on JAX (CPU, float32), numba kernels (:mod:`._numba_kernels`) do the
-search with the gather, and the centroid gradient, in one parallel pass each (:mod:`._torch_lookup`;
-:mod:`._jax_lookup`, called from the jitted step as XLA FFI targets); a TensorFlow step outside XLA (Keras's default on CPU) calls
+over the kernel); on PyTorch (CPU) one autograd function does the whole kernel, codebook sort included, in
+numba (:mod:`._torch_lookup`); on JAX (CPU, float32), numba kernels (:mod:`._numba_kernels`) do the
+search with the gather, and the centroid gradient, in one parallel pass each (:mod:`._jax_lookup`, called
+from the jitted step as XLA FFI targets); a TensorFlow step outside XLA (Keras's default on CPU) calls
 an XLA-compiled search and lookup that writes in place into the weight's workspace (:mod:`._tf_lookup`).
 Every path searches afresh at every step (TFMOT's semantics).
 
@@ -59,6 +60,11 @@ def clustered_kernel(
     workspace: on TensorFlow, the weight's :class:`._tf_lookup.Workspace` (its training steps outside XLA
         then run the search, lookup and gradient there).
     """
+    clustered = _torch_lookup.clustered_kernel(
+        centroids, original, channel_axis=channel_axis, fixed_indices=fixed_indices, centroid_pin=centroid_pin,
+        sparsity_mask=sparsity_mask, average_gradient=average_gradient)
+    if clustered is not None:  # PyTorch on CPU: one autograd function, no Keras ops
+        return clustered
     table = _as_rows(centroids)
     groups, k = int(table.shape[0]), int(table.shape[1])
     search_keys = ops.stop_gradient(table)
@@ -117,9 +123,8 @@ def _tf_lookup_applies(workspace, original, flat_table, fixed_indices, k: int) -
 
 
 def _native_lookup(original, flat_table):
-    """The module of numba kernels that serves these tensors (PyTorch or JAX on CPU), or None."""
-    if _torch_lookup.applies(original, flat_table):
-        return _torch_lookup
+    """The module of numba kernels that serves these tensors (JAX on CPU), or None. (PyTorch's serves the
+    whole kernel: :func:`._torch_lookup.clustered_kernel`.)"""
     if keras.backend.backend() == "jax":
         from weightzip.keras.clustering import _jax_lookup  # compiles its FFI handlers: JAX only
 
