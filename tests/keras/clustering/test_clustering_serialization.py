@@ -99,3 +99,29 @@ def test_loads_in_a_fresh_process_once_weightzip_keras_is_imported(tmp_path):
     env = {**os.environ, "KERAS_BACKEND": keras.backend.backend()}
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "LOADED" in result.stdout, result.stderr[-3000:]
+
+
+@pytest.mark.backend_matrix
+def test_fixed_indices_saved_as_int32_by_earlier_versions_load_as_bytes(tmp_path, monkeypatch):
+    """Checkpoints from before one-byte pulling indices (int32) load, compute the same outputs and keep training."""
+    from weightzip.keras.clustering import _initial_clusters
+
+    x = sample_input((6,), batch=48)
+    y = (x[:, 0] > 0).astype("int32")
+    with monkeypatch.context() as old_version:
+        old_version.setattr(_initial_clusters, "pulling_index_dtype", lambda k: np.int32)
+        model = clustered_model(reassignment="fixed")
+    stored = [v for v in model.weights if v.path.endswith("_pulling_indices")]
+    assert stored and all(v.dtype == "int32" for v in stored)
+    expected = to_numpy(model(x))
+    path = tmp_path / "int32_indices.keras"
+    model.save(path)
+
+    loaded = keras.models.load_model(path)
+    restored = [v for v in loaded.weights if v.path.endswith("_pulling_indices")]
+    assert [v.dtype for v in restored] == ["uint8"] * len(stored)
+    for old, new in zip(stored, restored):
+        np.testing.assert_array_equal(to_numpy(new), to_numpy(old))
+    np.testing.assert_allclose(to_numpy(loaded(x)), expected, rtol=1e-5, atol=1e-5)
+    losses = compile_and_fit(loaded, x, y, epochs=3)
+    assert np.isfinite(losses).all() and losses[-1] < losses[0]
