@@ -21,9 +21,8 @@ With ``calibration`` (sentences, or a text file of one sentence a line), the mod
 ``transformers`` and its weights are compressed by the post-training path instead
 (:mod:`weightzip.torch.hf_calibration`: sensitivity-weighted clustering, per-layer allocation for
 ``bits_per_weight`` / ``min_fidelity``, fidelity of the sentence embeddings measured on held-out
-sentences; the chosen plan's centroids then tuned for the embeddings by distillation on the fit sentences,
-:mod:`weightzip.core.codebook_tuning`); the report is stored in the metadata (key ``post_training``), where
-``inspect`` and ``report`` show it. Without calibration, nothing measures fidelity and the report says so.
+sentences); the report is stored in the metadata (key ``post_training``), where ``inspect`` and
+``report`` show it. Without calibration, nothing measures fidelity and the report says so.
 """
 
 from __future__ import annotations
@@ -111,12 +110,6 @@ def compress_model_dir(directory, output, *, calibration=None, sensitivity: str 
     return summary
 
 
-# The plan's centroids tuned for the sentence embeddings on the fit sentences (weightzip.core.codebook_tuning;
-# early-stopped on fit sentences held aside). The setting measured on all-MiniLM-L6-v2 (evaluation sentences from
-# other documents: relative error 0.291 -> 0.274 at k=16 per tensor, still improving at the last step).
-HF_CODEBOOK_TUNING = dict(steps=40, learning_rate=0.02, vectors=False)
-
-
 def _calibrated(directory: Path, checkpoint, calibration, seed: int, model, tokenizer, post_training: dict,
                 options: dict):
     """The post-training plan (weightzip.torch.hf_calibration) for a directory compressed with calibration text."""
@@ -157,8 +150,7 @@ def _calibrated(directory: Path, checkpoint, calibration, seed: int, model, toke
                                       max_tokens=post_training["max_tokens"] or DEFAULT_MAX_TOKENS,
                                       clusters=clusters, granularity=granularity,
                                       group_size=group_size if granularity == "group" else None,
-                                      sensitivity=post_training["sensitivity"], seed=seed,
-                                      codebook_tuning=HF_CODEBOOK_TUNING, **goals)
+                                      sensitivity=post_training["sensitivity"], seed=seed, **goals)
     if budget is not None:
         calibrated.report.mode = f"allocated to {budget:g} bits per weight, the index width of k={clusters}"
     return calibrated
