@@ -27,6 +27,7 @@ from typing import Callable
 
 import numpy as np
 
+from weightzip.core.allocation import AllocationPlan, as_written, stored_bytes, weighted_error
 from weightzip.core.cluster import ClusteredTensor
 from weightzip.core.errors import InvalidArgumentError
 
@@ -207,3 +208,18 @@ def tune_codebooks(tensors: dict[str, ClusteredTensor], weights: dict[str, np.nd
         tuned[name] = ClusteredTensor(codebook, clustered.indices, clustered.axis, clustered.group_size)
     return TuningResult(tuned, {name: value.reshape(float_shapes[name]) for name, value in best_floats.items()},
                         loss_before, best_loss, best_step, step)
+
+
+def tuned_plan(plan: AllocationPlan, result: TuningResult, tensors: dict) -> AllocationPlan:
+    """`plan` with the tensors of `result` in place of its choices where tuning improved the held-aside loss
+    (indices unchanged; each choice's stored bytes and sensitivity-weighted error recomputed for the tuned
+    codebook, as written); `plan` itself otherwise. tensors: name -> TensorToCompress (weights, importance)."""
+    choices = dict(plan.choices)
+    if result.improved:
+        for name, clustered in result.tensors.items():
+            clustered = as_written(clustered, plan.write_options)
+            tensor = tensors[name]
+            choices[name] = dataclasses.replace(
+                choices[name], stored=clustered, stored_bytes=stored_bytes(name, clustered, plan.write_options),
+                weighted_error=weighted_error(tensor.weights, clustered.decode(), tensor.importance))
+    return AllocationPlan(choices, plan.write_options)

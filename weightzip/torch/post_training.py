@@ -21,7 +21,6 @@ Every weight left uncompressed is listed in the report with its reason.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import time
 
 import numpy as np
@@ -37,7 +36,7 @@ from weightzip.core.allocation import (
 )
 from weightzip.core.centroid_init import CentroidInitialization
 from weightzip.core.cluster import ClusteredTensor
-from weightzip.core.codebook_tuning import CodebookTuning, tune_codebooks
+from weightzip.core.codebook_tuning import CodebookTuning, tune_codebooks, tuned_plan
 from weightzip.core.compensation import PlanCompensation
 from weightzip.core.fidelity import Fidelity, measure_fidelity, split_calibration
 from weightzip.core.post_training import (  # shared with the Keras front end
@@ -239,8 +238,6 @@ def _tuned_codebooks(model: nn.Module, compressed: nn.Module, targets: list[Weig
     """(plan, report note): the plan's clustered tensors with centroids tuned for the float model's outputs
     (:func:`weightzip.core.codebook_tuning.tune_codebooks`), written into `compressed` (in place). The fit inputs
     are split (seeded) into tuning inputs and inputs held aside for early stopping."""
-    from weightzip.core.allocation import as_written, stored_bytes, weighted_error
-
     by_name = {t.qualified_name: t for t in targets}
     names = [name for name, choice in plan.choices.items()
              if choice.clusters > 0 and isinstance(choice.stored, ClusteredTensor) and name in by_name]
@@ -305,15 +302,7 @@ def _tuned_codebooks(model: nn.Module, compressed: nn.Module, targets: list[Weig
     finally:
         for parameter in compressed.parameters():
             parameter.requires_grad_(saved[id(parameter)])
-    choices = dict(plan.choices)
-    if result.improved:
-        for name, clustered in result.tensors.items():
-            clustered = as_written(clustered, plan.write_options)
-            tensor = tensors[name]
-            choices[name] = dataclasses.replace(
-                choices[name], stored=clustered, stored_bytes=stored_bytes(name, clustered, plan.write_options),
-                weighted_error=weighted_error(tensor.weights, clustered.decode(), tensor.importance))
-    tuned = AllocationPlan(choices, plan.write_options)
+    tuned = tuned_plan(plan, result, tensors)
     load({name: tuned.choices[name].stored.decode() for name in names} | result.floats)
     return tuned, result.note()
 

@@ -17,14 +17,12 @@ the squared output error relative to the float outputs' squared norm.
 
 from __future__ import annotations
 
-import dataclasses
-
 import keras
 import numpy as np
 
-from weightzip.core.allocation import AllocationPlan, TensorToCompress, as_written, stored_bytes, weighted_error
+from weightzip.core.allocation import AllocationPlan, TensorToCompress
 from weightzip.core.cluster import ClusteredTensor
-from weightzip.core.codebook_tuning import CodebookTuning, tune_codebooks
+from weightzip.core.codebook_tuning import CodebookTuning, tune_codebooks, tuned_plan
 from weightzip.core.fidelity import split_calibration
 from weightzip.keras.pipeline._gradients import per_sample_gradient
 from weightzip.keras.pipeline._inputs import batches as batches_of
@@ -113,15 +111,7 @@ def tuned_codebooks(model: keras.Model, compressed: keras.Model, variables: dict
         load(original)
         first = str(error).strip().splitlines()[0][:120] if str(error).strip() else type(error).__name__
         return plan, f"codebook tuning: not possible ({first})"
-    choices = dict(plan.choices)
-    if result.improved:
-        for name, clustered in result.tensors.items():
-            clustered = as_written(clustered, plan.write_options)
-            tensor = tensors[name]
-            choices[name] = dataclasses.replace(
-                choices[name], stored=clustered, stored_bytes=stored_bytes(name, clustered, plan.write_options),
-                weighted_error=weighted_error(tensor.weights, clustered.decode(), tensor.importance))
-    tuned = AllocationPlan(choices, plan.write_options)
+    tuned = tuned_plan(plan, result, tensors)
     load({name: tuned.choices[name].stored.decode() for name in names})
     return tuned, result.note()
 
