@@ -271,7 +271,8 @@ def mobilenet_v2(args) -> Subject:
     return Subject(
         "mobilenet_v2", f"MobileNetV2 ImageNet (torch), {args.images} calibration images from "
         f"{len(calibration_photos)} photos, {args.evaluation} evaluation images from {len(evaluation_photos)} others",
-        build(weights_path=imagenet_weights_path()).eval(), _imagenet_batch(calibration_photos, args.images, 1),
+        build(weights_path=imagenet_weights_path()).eval(),
+        _imagenet_batch(calibration_photos, args.images, args.calibration_seed),
         _imagenet_batch(evaluation_photos, args.evaluation, 2), compress, outputs, True, targets=(3.0,))
 
 
@@ -281,7 +282,7 @@ def ds_cnn(args) -> Subject:
         raise RuntimeError("fewer than two shipped recordings found for the KWS inputs")
     compress, outputs = _keras_front_end()
     model = _mltk_model("keyword_spotting")
-    calibration = _kws_features(recordings[0::2], args.samples, 1)
+    calibration = _kws_features(recordings[0::2], args.samples, args.calibration_seed)
     evaluation = _kws_features(recordings[1::2], args.evaluation, 2)
     classes = np.bincount(outputs(model, evaluation).argmax(axis=1), minlength=12)
     note = (f"inputs: micro-frontend features of non-speech recordings ({', '.join(n for n, _ in recordings)}); "
@@ -300,7 +301,7 @@ def resnet8(args) -> Subject:
 
     model = _mltk_model("image_classification")
     return Subject("resnet8", f"MLPerf-Tiny ResNet-8 CIFAR-10 (Keras .h5, {model.count_params():,} parameters), "
-                   "32x32 crops of the bundled photos", model, cifar(calibration_photos, args.samples, 1),
+                   "32x32 crops of the bundled photos", model, cifar(calibration_photos, args.samples, args.calibration_seed),
                    cifar(evaluation_photos, args.evaluation, 2), compress, outputs, True)
 
 
@@ -389,6 +390,9 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, default=400, help="MiniLM calibration sentences")
     parser.add_argument("--evaluation-sentences", type=int, default=300, help="MiniLM evaluation sentences")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--calibration-seed", type=int, default=1,
+                        help="seed of the calibration draw (crops, windows, gains, noise) of the image and KWS models; "
+                             "the evaluation inputs do not change with it")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
                         help="trials besides uniform k: weighted k, allocated to the same size (for the ratio), "
                              "allocated to each model's bit targets")
