@@ -157,6 +157,43 @@ def test_larger_batches_take_the_gemm_paths_and_match(l2_bytes, monkeypatch):
         torch.testing.assert_close(palettized(x), reference(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("bits,axis,group_size,cols", [(4, 0, 1, 4096 + 37), (4, None, 1, 100), (4, 0, 1, 8),
+                                                      (2, 0, 1, 130), (3, 1, 16, 77), (8, 0, 5, 65)])
+def test_small_batches_run_the_gemv_with_the_bias_inside_and_match_the_dense_layer(bits, axis, group_size, cols,
+                                                                                     monkeypatch):
+    """Up to GEMV_MAX_BATCH input rows, the eager forward is one kernel call with the bias added in it: it must
+    equal the dense decoded layer (float32 rounding) for any shape of input; other inputs take the generic route."""
+    rng = np.random.default_rng(cols)
+    rows = 33
+    clustered = random_palette(rng, (rows, cols), bits, axis, group_size)
+    dense = nn.Linear(cols, rows)
+    with torch.no_grad():
+        dense.weight.copy_(torch.from_numpy(clustered.decode()))
+    layer = PalettizedLinear.from_linear(dense, clustered).eval()
+    generic = ops.linear
+    calls = []
+    monkeypatch.setattr(ops, "linear", lambda *args: calls.append(args[0].shape) or generic(*args))
+    inputs = [torch.randn(cols), torch.randn(1, cols), torch.randn(4, cols), torch.randn(2, 2, cols),
+              torch.randn(5, cols), torch.randn(cols, 3).T[:2], torch.randn(0, cols)]
+    with torch.no_grad():
+        for x in inputs:
+            got, expected = layer(x), dense(x)
+            assert got.shape == expected.shape
+            if x.numel():
+                scale = (x.abs() @ dense.weight.abs().T + dense.bias.abs()).max().item()
+                assert (got - expected).abs().max().item() <= 1e-5 * scale, x.shape
+    # only the 5-row input and the non-contiguous one went through the generic route
+    assert calls == [torch.Size([5, cols]), torch.Size([2, cols])]
+    x = torch.randn(1, cols)
+    y = layer(x)  # grad enabled, the bias is a Parameter: its gradient must flow, so the bias is added outside
+    y.sum().backward()
+    assert torch.equal(layer.bias.grad, torch.ones(rows))
+    layer.bias = None
+    dense.bias = None
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), dense(x), rtol=1e-5, atol=1e-5 * (x.abs() @ dense.weight.abs().T).max().item())
+
+
 def test_without_the_kernels_the_layers_fall_back_to_torch_ops_and_warn(monkeypatch):
     torch.manual_seed(2)
     reference = strip_clustering(cluster_weights(nn.Linear(64, 8), 4))

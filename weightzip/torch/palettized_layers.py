@@ -84,8 +84,15 @@ class PalettizedLinear(PalettizedWeight):
         return cls(clustered, linear.bias, dtype=weight.dtype, device=weight.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        op = _ops.linear if _ops.eager(x) else torch.ops.weightzip.palettized_linear
-        y = op(x, *self._op_args(), self.out_features, self.in_features, self.layout.rows_per_group)
+        if _ops.eager(x):
+            # The buffers read from the module's own dict (registered by _init_palette): nn.Module.__getattr__
+            # is a Python call each, and this path is timed against a ~2 ms kernel (see ops.linear_eager).
+            buffers, layout = self._buffers, self.layout
+            return _ops.linear_eager(x, buffers["packed"], buffers["codebook"], buffers["col_offsets"], self.bias,
+                                     self.bits, self.out_features, self.in_features, layout.rows_per_group,
+                                     layout.stride)
+        y = torch.ops.weightzip.palettized_linear(x, *self._op_args(), self.out_features, self.in_features,
+                                                  self.layout.rows_per_group)
         return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:

@@ -72,6 +72,12 @@ def available() -> bool:
     return not isinstance(_load(), str)
 
 
+def loaded() -> ctypes.CDLL | None:
+    """The library when it can be used, else None (no warning: for hot paths that fall back by themselves)."""
+    lib = _load()
+    return None if isinstance(lib, str) else lib
+
+
 def require() -> ctypes.CDLL:
     """The library, or :class:`KernelsUnavailableError` saying how to build it."""
     lib = _load()

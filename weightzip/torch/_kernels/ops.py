@@ -46,7 +46,7 @@ def eager(x: torch.Tensor) -> bool:
     ``torch.compile``/``torch.export``/tracing (fake, functional or proxy tensors), or when gradients
     are wanted (the op then raises on backward instead of silently returning no gradient), the op is used.
     """
-    return (type(x) is torch.Tensor and x.device.type == "cpu" and not torch.compiler.is_compiling()
+    return (type(x) is torch.Tensor and x.is_cpu and not torch.compiler.is_compiling()
             and not torch.jit.is_tracing() and not (x.requires_grad and torch.is_grad_enabled()))
 
 
@@ -116,6 +116,33 @@ def linear(x: torch.Tensor, packed: torch.Tensor, codebook: torch.Tensor,
 
 
 palettized_linear = torch.library.custom_op("weightzip::palettized_linear", mutates_args=())(linear)
+
+
+def linear_eager(x: torch.Tensor, packed: torch.Tensor, codebook: torch.Tensor, col_offsets: Optional[torch.Tensor],
+                 bias: Optional[torch.Tensor], bits: int, rows: int, cols: int, rows_per_group: int,
+                 stride: int) -> torch.Tensor:
+    """``x @ W.T + bias`` in eager mode (only where :func:`eager` allows; `stride` is the layout's row stride).
+
+    Up to :data:`GEMV_MAX_BATCH` contiguous float32 input rows go straight to the GEMV kernel with the bias
+    added inside it: one library call, no intermediate tensor. That path is kept short on purpose: on a
+    4096x4096 layer at batch 1 whose weight and the interpreter's data were just evicted by another layer,
+    the generic route (:func:`linear`, then a separate ``+ bias``) cost ~20 % over the kernel itself, measured
+    with thread CPU time. Anything else (more rows, other dtypes, a bias that autograd must see) takes
+    :func:`linear` and the ``+ bias`` as before.
+    """
+    lib = _kernels.loaded()
+    if (lib is not None and x.dtype is torch.float32 and codebook.dtype is torch.float32 and x.shape[-1] == cols
+            and x.is_contiguous() and codebook.is_cpu and x.numel() <= GEMV_MAX_BATCH * cols
+            and (bias is None or (bias.dtype is torch.float32 and bias.is_cpu
+                                  and not (bias.requires_grad and torch.is_grad_enabled())))):
+        y = torch.empty(*x.shape[:-1], rows)
+        lib.wz_gemv(packed.data_ptr(), stride, bits, rows, cols, codebook.data_ptr(), codebook.shape[-1],
+                    rows_per_group, None if col_offsets is None else col_offsets.data_ptr(), x.data_ptr(),
+                    x.numel() // cols, None if bias is None else bias.data_ptr(), y.data_ptr(),
+                    torch.get_num_threads(), 1)
+        return y
+    y = linear(x, packed, codebook, col_offsets, bits, rows, cols, rows_per_group)
+    return y if bias is None else y + bias
 
 
 @palettized_linear.register_fake
