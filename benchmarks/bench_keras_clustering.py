@@ -284,16 +284,16 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", default="a,b,c")
     parser.add_argument("--backends", default="tensorflow,jax,torch")
-    parser.add_argument("--quick", action="store_true", help="3 rounds, shorter training, 3 seeds")
+    parser.add_argument("--quick", action="store_true", help="5 rounds, shorter training, 3 seeds")
     parser.add_argument("--repeats", type=int, default=2, help="(a) warm repetitions per k")
-    parser.add_argument("--rounds", type=int, default=None, help="(b) timed rounds (default 7; 3 with --quick)")
+    parser.add_argument("--rounds", type=int, default=None, help="(b) timed rounds (default 7; 5 with --quick)")
     parser.add_argument("--cases", default=",".join(STEP_CASES), help=f"(b) among {', '.join(STEP_CASES)}")
     parser.add_argument("--seeds", type=int, default=3, help="(c) seeds (>= 3 for a mean +- std)")
     parser.add_argument("--tfmot-venv", type=Path, default=DEFAULT_VENV)
     parser.add_argument("--memory-cap-gib", type=float, default=6.0)
     args = parser.parse_args()
     if args.rounds is None:
-        args.rounds = 3 if args.quick else 7
+        args.rounds = 5 if args.quick else 7
     parts = set(args.parts.split(","))
     unknown = parts - {"a", "b", "c"}
     if unknown:
