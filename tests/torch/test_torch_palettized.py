@@ -111,3 +111,24 @@ def test_unused_centroids_are_dropped_losslessly():
     assert layer.bits == 4 and layer.codebook.shape == (6, 9)
     already = cluster_array(np.linspace(-1, 1, 64).reshape(8, 8), ClusterConfig(4))
     assert drop_unused_centroids(already) is already
+
+
+def test_codebook_tensor_shares_a_writeable_array_and_copies_anything_else_once_into_the_dtype():
+    from weightzip.torch.palettized_layers import codebook_tensor
+
+    rng = np.random.default_rng(0)
+    codebook = rng.standard_normal((3, 16)).astype(np.float32)
+    shared = codebook_tensor(codebook)
+    assert shared.dtype == torch.float32 and np.shares_memory(shared.numpy(), codebook)
+    read_only = codebook.copy()
+    read_only.flags.writeable = False  # as a view of a file mapped read-only
+    copied = codebook_tensor(read_only)
+    assert copied.dtype == torch.float32 and not np.shares_memory(copied.numpy(), read_only)
+    assert torch.equal(copied, torch.from_numpy(codebook))
+    swapped = codebook.astype(">f4")  # other byte order: copied, values kept
+    assert torch.equal(codebook_tensor(swapped), torch.from_numpy(codebook))
+    half = codebook_tensor(read_only, torch.float16)
+    assert half.dtype == torch.float16 and torch.equal(half, torch.from_numpy(codebook).half())
+    wide = codebook_tensor(codebook.astype(np.float64))  # float64 palette, float32 layer: one cast
+    assert torch.equal(wide, torch.from_numpy(codebook))
+

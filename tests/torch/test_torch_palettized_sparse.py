@@ -94,3 +94,18 @@ def test_load_palettized_makes_a_pruned_linear_sparse(tmp_path):
     x = torch.randn(4, 96)
     with torch.no_grad():
         torch.testing.assert_close(fresh[0](x), model[0](x), rtol=1e-5, atol=1e-6)
+
+
+def test_the_sparse_layer_holds_its_palettes_codebook_without_a_copy():
+    clustered = pruned_palette(np.random.default_rng(3), (12, 40), 8, 0.2, 0)
+    palette = sparse_palette(clustered)
+    layer = PalettizedSparseLinear(palette)
+    assert layer.codebook.dtype == torch.float32
+    assert np.shares_memory(layer.codebook.numpy(), palette.codebook)
+    x = torch.randn(3, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), x @ torch.from_numpy(clustered.decode()).T, rtol=1e-5, atol=1e-5)
+    as_double = PalettizedSparseLinear(palette, dtype=torch.float64)  # another dtype: one converted copy
+    assert as_double.codebook.dtype == torch.float64 and not np.shares_memory(as_double.codebook.numpy(),
+                                                                               palette.codebook)
+    assert torch.equal(as_double.codebook, torch.from_numpy(palette.codebook).double())

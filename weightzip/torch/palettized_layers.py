@@ -18,6 +18,23 @@ from weightzip.torch._kernels.layout import Palette, decode_rows_torch, unpack_r
 from weightzip.torch.tensors import to_numpy
 
 _NUMPY_FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+_TORCH_FLOATS = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
+
+
+def codebook_tensor(codebook, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+    """A palette's codebook as a `dtype` tensor on `device`, copied at most once.
+
+    A writeable native float array is used as it is (``.to`` converts only when dtype or device differ; a
+    palette's own array, e.g. a view of a loaded file, is then shared, not duplicated). Anything else
+    (read-only, other byte order, integer) is copied once, straight into `dtype` when NumPy has it,
+    never through a float64 intermediate (twice the bytes and two casts).
+    """
+    array = np.asarray(codebook)
+    if array.dtype in _NUMPY_FLOATS and array.flags.writeable and array.dtype.isnative:
+        tensor = torch.from_numpy(array)
+    else:
+        tensor = torch.from_numpy(np.array(array, dtype=_TORCH_FLOATS.get(dtype, np.float64)))
+    return tensor.to(device=device, dtype=dtype)
 
 
 class PalettizedWeight(nn.Module):
@@ -31,12 +48,7 @@ class PalettizedWeight(nn.Module):
         self.axis = palette.axis
         self.group_size = palette.group_size
         self.register_buffer("packed", torch.from_numpy(palette.packed).to(device))
-        codebook = np.asarray(palette.codebook)
-        if codebook.dtype in _NUMPY_FLOATS and codebook.flags.writeable and codebook.dtype.isnative:
-            codebook = torch.from_numpy(codebook)  # the palette's own array (a view of the mapped file when loaded)
-        else:
-            codebook = torch.from_numpy(np.asarray(codebook, dtype=np.float64))
-        self.register_buffer("codebook", codebook.to(device=device, dtype=dtype))  # no copy when it fits
+        self.register_buffer("codebook", codebook_tensor(palette.codebook, dtype, device))
         offsets = None if palette.col_offsets is None else torch.from_numpy(palette.col_offsets).to(device)
         self.register_buffer("col_offsets", offsets, persistent=False)
 

@@ -20,6 +20,7 @@ from weightzip.core import ClusteredTensor
 from weightzip.core.errors import WeightzipError
 from weightzip.torch._kernels import ops as _ops
 from weightzip.torch._kernels.layout import MAX_GAP, SparsePalette, packed_layout, sparse_dense_torch, sparse_palette
+from weightzip.torch.palettized_layers import codebook_tensor
 
 
 class PalettizedSparseLinear(nn.Module):
@@ -36,8 +37,7 @@ class PalettizedSparseLinear(nn.Module):
         self.register_buffer("row_ptr", torch.from_numpy(palette.row_ptr).to(device))
         self.register_buffer("gaps", torch.from_numpy(palette.gaps).to(device))
         self.register_buffer("values", torch.from_numpy(palette.values).to(device))
-        codebook = torch.from_numpy(np.asarray(palette.codebook, dtype=np.float64))
-        self.register_buffer("codebook", codebook.to(device=device, dtype=dtype))
+        self.register_buffer("codebook", codebook_tensor(palette.codebook, dtype, device))
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone().to(device))
 
     @classmethod

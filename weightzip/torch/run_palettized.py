@@ -14,7 +14,6 @@ they run with decoded weights; :func:`weightzip.torch.run.load_program` says so 
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import fx, nn
 
@@ -22,6 +21,7 @@ from weightzip.core import ClusteredTensor
 from weightzip.format import WzFile
 from weightzip.torch._kernels import ops as _ops  # noqa: F401  (registers torch.ops.weightzip.*)
 from weightzip.torch._kernels.layout import Palette, SparsePalette
+from weightzip.torch.palettized_layers import codebook_tensor
 from weightzip.torch.palettized_loader import MAX_PALETTIZED_CLUSTERS, read_palette
 
 _ATEN = torch.ops.aten
@@ -99,7 +99,7 @@ def _swap(module: fx.GraphModule, user: fx.Node, weight: fx.Node, palette: Palet
 
     dtype = weight.meta.get("val").dtype if isinstance(weight.meta.get("val"), torch.Tensor) else torch.float32
     with graph.inserting_before(user):
-        codebook = torch.from_numpy(np.asarray(palette.codebook, dtype=np.float64)).to(dtype)
+        codebook = codebook_tensor(palette.codebook, dtype)
         if isinstance(palette, SparsePalette):
             rows, cols = palette.shape
             call = graph.call_function(torch.ops.weightzip.palettized_sparse_linear.default, (
