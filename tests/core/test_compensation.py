@@ -109,7 +109,8 @@ def test_rescored_curves_weigh_what_compensation_leaves_and_shift_bytes_to_tenso
     assert output_error_ratio(nearest, layer.weights, InputHessian(np.eye(columns)[None], (0, 1), 3000)) \
         == pytest.approx(1.0, abs=1e-6)  # white inputs: nothing to compensate
 
-    curves = rate_distortion_curves([layer, table], Candidates(clusters=(2, 4, 8, 16, 32), granularities=("tensor",)))
+    curves = rate_distortion_curves([layer, table], Candidates(clusters=(2, 4, 8, 16, 32), granularities=("tensor",),
+                                                               entropy_rates=()))  # k-means: equal k, equal share
     compensation = PlanCompensation({"layer": layer, "table": table}, {"layer": hessian})
     rescored = compensation.rescored(curves, 3.0)
     assert rescored["table"] == curves["table"]

@@ -35,6 +35,8 @@ import numpy as np
 from weightzip.core.assign import assign_to_centroids, index_dtype
 from weightzip.core.centroid_init import CentroidInitialization
 from weightzip.core.cluster import ClusterConfig, ClusteredTensor, cluster_array
+from weightzip.core.entropy_constrained import DEFAULT_RATES as ENTROPY_RATES
+from weightzip.core.entropy_constrained import entropy_constrained
 from weightzip.core.errors import WeightzipError
 from weightzip.core.optimal import optimal_partitions
 from weightzip.core.palette import drop_unused_centroids
@@ -82,7 +84,9 @@ class Candidates:
     Optimal Brain Damage rule), kept exactly zero by the clustering. codebook_dtype: the dtype codebooks
     are stored in ("float16" halves their cost; centroids are rounded to it before errors are measured,
     so the stored model is exactly the measured one); None keeps the weights' dtype. float16 is only used
-    when every tensor's values lie well inside its range.
+    when every tensor's values lie well inside its range. entropy_rates: with "tensor" among the granularities,
+    per-tensor codebooks chosen for entropy-coded indices at about these bits per weight are tried too
+    (:mod:`weightzip.core.entropy_constrained`; their k, up to 256, follows from the rate); () leaves them out.
     """
 
     clusters: tuple[int, ...] = DEFAULT_CLUSTERS
@@ -90,6 +94,7 @@ class Candidates:
     min_row_weights: int = 64
     sparsities: tuple[float, ...] = (0.0,)
     codebook_dtype: str | None = "float16"
+    entropy_rates: tuple[float, ...] = ENTROPY_RATES
 
     def __post_init__(self):
         if not self.clusters or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 2 <= k <= 256
@@ -100,6 +105,8 @@ class Candidates:
             raise WeightzipError(f"granularities must be among {GRANULARITIES}, got {self.granularities!r}")
         if any(not 0.0 <= s < 1.0 for s in self.sparsities) or not self.sparsities:
             raise WeightzipError(f"sparsities must lie in [0, 1), got {self.sparsities!r}")
+        if any(isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r <= 8 for r in self.entropy_rates):
+            raise WeightzipError(f"entropy_rates must be numbers in (0, 8], got {self.entropy_rates!r}")
 
 
 @dataclass(frozen=True)
@@ -329,7 +336,24 @@ def rate_distortion_curve(tensor: TensorToCompress, candidates: Candidates = Can
                 found.append(TensorChoice(tensor.name, k, granularity, group_size, float(sparsity),
                                           stored_bytes(tensor.name, clustered, write_options), n,
                                           max(error, base_error), clustered, insensitive=is_insensitive(tensor)))
+    if candidates.entropy_rates and "tensor" in candidates.granularities and not is_insensitive(tensor):
+        found += _entropy_constrained_choices(tensor, weights, importance, candidates, write_options)
     return RateDistortionCurve(tensor.name, n, tuple(_pareto(found)), write_options)
+
+
+def _entropy_constrained_choices(tensor: TensorToCompress, weights: np.ndarray, importance, candidates: Candidates,
+                                 write_options) -> list[TensorChoice]:
+    """Per-tensor codebooks for entropy-coded indices at `candidates.entropy_rates` (nothing pruned)."""
+    dtype = getattr(write_options, "codebook_dtype", None) or weights.dtype
+    found = []
+    for clustered in entropy_constrained(weights, candidates.entropy_rates, sample_weight=importance,
+                                         max_clusters=256,
+                                         codebook_bits=8.0 * np.dtype(dtype).itemsize).values():
+        clustered = as_written(clustered, write_options)
+        found.append(TensorChoice(tensor.name, int(clustered.codebook.shape[1]), "tensor", 1, 0.0,
+                                  stored_bytes(tensor.name, clustered, write_options), weights.size,
+                                  weighted_error(weights, clustered.decode(), importance), clustered))
+    return found
 
 
 def _clusterings(values, importance, granularity, axis, group_size, clusters, distinct, sparsity):
