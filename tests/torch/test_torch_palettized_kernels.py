@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from weightzip.core import ClusterConfig, ClusteredTensor, cluster_array
-from weightzip.format import WriteOptions, WzFormatError, open_wz, write_wz
+from weightzip.format import WriteOptions, WzFile, WzFormatError, open_wz, write_wz
 from weightzip.torch import (
     PalettizedConv1d,
     PalettizedConv2d,
@@ -412,6 +412,35 @@ def test_load_palettized_maps_the_file_and_survives_the_file_being_replaced(tmp_
     with torch.no_grad():
         for fresh in loaded.values():
             torch.testing.assert_close(fresh(x), reference(x), rtol=1e-5, atol=1e-6)
+
+
+def test_load_palettized_reads_a_misaligned_raw_tensor_once(tmp_path, monkeypatch):
+    # One-byte buffers of odd lengths put float32 tensors at offsets that are not multiples of 4: such a tensor
+    # cannot be a view of the mapped file; it is copied from the mapping (its CRC checked once), not read again.
+    torch.manual_seed(11)
+    model = mapped_net()
+    for i in range(3):
+        model[1].register_buffer(f"odd{i}", torch.arange(2 * i + 1, dtype=torch.uint8))
+    path = tmp_path / "odd.wz"
+    compress_state_dict(cluster_weights(model, 4, per_channel=True), path,
+                        options=WriteOptions(coding="packed", layout="dense"))
+    with open_wz(path) as wz:
+        float_raw = [name for name in wz.tensors if ".odd" not in name and wz.array_offset(name) is not None]
+        misaligned = [name for name in float_raw if wz.array_offset(name) % 4]
+    assert misaligned, "the test needs a float32 tensor stored at an offset that is not a multiple of 4"
+    read = []
+    original = WzFile.read
+    monkeypatch.setattr(WzFile, "read", lambda self, name, *a, **k: read.append(name) or original(self, name, *a, **k))
+    with torch.device("meta"):
+        fresh = mapped_net()
+        for i in range(3):
+            fresh[1].register_buffer(f"odd{i}", torch.zeros(2 * i + 1, dtype=torch.uint8))
+    loaded = load_palettized(fresh.eval(), path)
+    assert not set(read) & set(float_raw), read
+    state = loaded.state_dict()
+    for name in float_raw + ["1.odd0", "1.odd1", "1.odd2"]:
+        assert torch.equal(state[name], model.state_dict()[name]), name
+    assert all(_mapped_file_of(state[name]) != str(path) for name in misaligned)
 
 
 @pytest.mark.parametrize("section", ["3.weight codebook", "3.weight indices", "1.bias data", "0.weight codebook"])

@@ -87,7 +87,7 @@ def load_palettized(model: nn.Module, path, *, max_elements: int = DEFAULT_MAX_E
                 built[module_name] = _palettized_layer(module, palette)
         tensors = {}
         for name, info in dense.items():
-            stored = _file_view(file_map, wz.array_offset(name), info.dtype, info.shape) if mmap else None
+            stored = _mapped_array(file_map, wz.array_offset(name), info.dtype, info.shape) if mmap else None
             tensors[name] = _dense_tensor(wz.read(name) if stored is None else stored, torch_dtypes.get(name),
                                           info, path)
         del file_map  # what no tensor views is unmapped with it
@@ -193,6 +193,22 @@ def _file_view(file_map: np.ndarray | None, offset: int | None, dtype: np.dtype,
             or dtype.kind not in "fiu"):
         return None
     return file_map[offset: offset + count * dtype.itemsize].view(dtype).reshape(shape)
+
+
+def _mapped_array(file_map: np.ndarray | None, offset: int | None, dtype: np.dtype, shape) -> np.ndarray | None:
+    """A raw tensor from the mapped file, its CRC already checked (:meth:`WzFile.array_offset`): a view
+    (:func:`_file_view`) where its values are aligned to their size, else one aligned copy of the mapped bytes
+    (reading it through the file instead would read and check the section a second time). None without a
+    mapping or an offset, or for a dtype stored otherwise (the caller then reads it)."""
+    view = _file_view(file_map, offset, dtype, shape)
+    dtype = np.dtype(dtype)
+    if view is not None or file_map is None or offset is None or dtype.kind not in "fiu":
+        return view
+    out = np.empty(shape, dtype=dtype)
+    out.reshape(-1).view(np.uint8)[:] = file_map[offset: offset + out.nbytes]
+    if sys.byteorder != "little":
+        out.byteswap(inplace=True)
+    return out
 
 
 def read_palette(wz: WzFile, info: TensorInfo, linear: bool,
