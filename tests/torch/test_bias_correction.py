@@ -84,3 +84,25 @@ def test_by_default_bias_correction_is_kept_only_where_the_plan_measures_better_
     decided = [note for note in notes[None] if "kept (" in note or "left off (" in note]
     assert len(decided) == 1 and ("kept (" in decided[0]) == (errors[True] < errors[False])
     assert not any("kept (" in note or "left off (" in note for note in notes[True] + notes[False])
+
+
+def test_a_conv_before_batch_norm_gets_a_scale_too_that_undoes_a_per_channel_gain():
+    """Channels whose compressed kernels came out 1.3x / 0.8x / ... too large: the least-squares scale and shift,
+    folded into the BatchNorm's running statistics, give back the float BatchNorm outputs exactly, where a shift
+    alone (scale=False) cannot."""
+    reference, _ = _models()
+    gained = copy.deepcopy(reference)
+    with torch.no_grad():
+        gained[0][0].weight.mul_(torch.tensor([1.3, 0.8, 1.0, 1.2, 0.7, 1.1, 1.5, 0.9]).reshape(8, 1, 1, 1))
+    inputs = torch.randn(24, 3, 12, 12)
+    normalised = reference[0][:2]
+    with torch.no_grad():
+        wanted = normalised(inputs)
+    errors = {}
+    for scale in (False, True):
+        model = copy.deepcopy(gained)
+        corrected, _, _ = BiasCorrection(reference, runnable_targets(reference), [inputs], scale=scale).apply(model)
+        assert "0.0" in corrected
+        with torch.no_grad():
+            errors[scale] = (model[0][:2](inputs) - wanted).abs().max().item()
+    assert errors[True] < 1e-4 and errors[False] > 0.05

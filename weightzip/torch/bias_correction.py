@@ -12,7 +12,12 @@ soon as its shift is known, so every later layer measures its mean on already-co
 all layers from one uncorrected pass would fix each upstream error twice). That pass takes the fit inputs
 as one batch (at most `max_samples`), so each shift is the mean over all of them; the reference's means are
 measured once per :class:`BiasCorrection` and that pass's outputs are the corrected model's (no second pass
-needed to measure its fidelity on those inputs). A model that marks its padding positions (``position_mask``,
+needed to measure its fidelity on those inputs).
+
+Scale and shift: a convolution followed directly by a BatchNorm (Conv → BN in an ``nn.Sequential``) also gets
+a per-channel scale, since clustering changes a channel's spread as well as its mean: ``a·ŷ + b`` fitted by
+least squares to the float output at a fixed subset of output positions, folded into that BatchNorm's
+``running_mean`` and ``running_var`` (:mod:`weightzip.core.output_correction`, as on Keras). A model that marks its padding positions (``position_mask``,
 :mod:`weightzip.torch.calibration`) has its Linear layers' means taken over the real positions only.
 """
 
@@ -21,6 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from weightzip.core.output_correction import fitted_scales, folded_statistics, position_subset, scale_limit
 from weightzip.torch.calibration import counted_positions, position_mask, run_model, run_with_forward_hooks
 from weightzip.torch.targets import WeightTarget
 
@@ -37,7 +43,17 @@ def _channel_sums(output: torch.Tensor, axis: int) -> tuple[torch.Tensor, int]:
     return total.double(), output.numel() // output.shape[axis]
 
 
-def _channel_means(module: nn.Module, names: list[str], batches) -> dict[str, torch.Tensor]:
+def _rows(output: torch.Tensor, axis: int):
+    """A layer's output as (positions, channels) float64 NumPy rows at the fixed subset the scales are fitted on."""
+    rows = output.detach().movedim(axis % output.ndim, -1).reshape(-1, output.shape[axis])
+    chosen = position_subset(rows.shape[0])
+    return (rows if chosen is None else rows[torch.as_tensor(chosen)]).double().numpy()
+
+
+def _channel_means(module: nn.Module, names: list[str], batches, samples: dict | None = None,
+                   sampled: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """Per layer of `names`, its per-channel output mean over `batches`; the outputs of the layers in `sampled`
+    at the scale-fitting positions (:func:`_rows`) go into `samples` (one batch expected)."""
     layers = dict(module.named_modules())
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
@@ -45,6 +61,8 @@ def _channel_means(module: nn.Module, names: list[str], batches) -> dict[str, to
 
     def hook_for(name, layer):
         def hook(_module, _inputs, output):
+            if name in sampled:
+                samples[name] = _rows(output, 1)
             total, count = _channel_sums(counted_positions(layer, output, current.get("mask")),
                                          -1 if isinstance(layer, nn.Linear) else 1)
             sums[name] = sums.get(name, 0) + total
@@ -75,10 +93,12 @@ class BiasCorrection:
     reference's per-channel output means are measured once, on the first :meth:`apply`, and reused for every
     compressed model corrected after it (the post-training search corrects several candidate plans)."""
 
-    def __init__(self, reference: nn.Module, targets: list[WeightTarget], batches, max_samples: int = 32):
-        self.reference, self.targets = reference, targets
+    def __init__(self, reference: nn.Module, targets: list[WeightTarget], batches, max_samples: int = 32,
+                 scale: bool = True):
+        self.reference, self.targets, self.scale = reference, targets, scale
         self.inputs = torch.cat(list(batches))[:max_samples]
         self._wanted: dict[str, torch.Tensor] | None = None
+        self._samples: dict[str, object] = {}
 
     def apply(self, model: nn.Module) -> tuple[list[str], list[str], torch.Tensor | None]:
         """Shift `model`'s biases / BatchNorm means so each target layer's per-channel output mean on the inputs
@@ -86,12 +106,13 @@ class BiasCorrection:
         :attr:`inputs` from the correcting pass, or None when nothing was corrected)."""
         if isinstance(model, (torch.jit.ScriptModule, torch.fx.GraphModule)):
             return [], ["(TorchScript / exported model: no bias correction)"], None
-        names, where, skipped = _correctable(model, self.targets)
+        names, where, skipped = _correctable(model, self.targets, self.scale)
         if not names:
             return [], skipped, None
         if self._wanted is None:
-            self._wanted = _channel_means(self.reference, names, [self.inputs])
-        outputs = _shift_means(model, names, where, self._wanted, self.inputs)
+            scaled = tuple(name for name in names if where[name][0] == "norm")
+            self._wanted = _channel_means(self.reference, names, [self.inputs], self._samples, scaled)
+        outputs = _shift_means(model, names, where, self._wanted, self.inputs, self._samples)
         return names, skipped, outputs
 
 
@@ -103,15 +124,19 @@ def correct_biases(reference: nn.Module, model: nn.Module, targets: list[WeightT
     return names, skipped
 
 
-def _correctable(model: nn.Module, targets: list[WeightTarget]):
-    """(layer names in target order, name -> (kind, tensor to shift), layers with nowhere to put a shift)."""
+def _correctable(model: nn.Module, targets: list[WeightTarget], scale: bool = False):
+    """(layer names in target order, name -> (kind, tensor to shift, or for kind "norm" the BatchNorm that takes
+    a scale and shift), layers with nowhere to put a shift)."""
     names, where, skipped = [], {}, []
     for target in targets:
         layer = target.module
         if target.parameter_name != "weight" or not isinstance(layer, _LAYERS) or target.module_name in where:
             continue
         compressed_layer = model.get_submodule(target.module_name)
-        if getattr(compressed_layer, "bias", None) is not None:
+        norm = _following_batch_norm(model, target.module_name) if scale and not isinstance(layer, nn.Linear) else None
+        if norm is not None:
+            where[target.module_name] = ("norm", norm)
+        elif getattr(compressed_layer, "bias", None) is not None:
             where[target.module_name] = ("bias", compressed_layer.bias)
         else:
             norm = _following_batch_norm(model, target.module_name)
@@ -123,7 +148,8 @@ def _correctable(model: nn.Module, targets: list[WeightTarget]):
     return names, where, skipped
 
 
-def _shift_means(model: nn.Module, names: list[str], where: dict, wanted: dict, inputs: torch.Tensor) -> torch.Tensor:
+def _shift_means(model: nn.Module, names: list[str], where: dict, wanted: dict, inputs: torch.Tensor,
+                 samples: dict | None = None) -> torch.Tensor:
     """One pass over `inputs`, each layer's output shifted to its wanted mean as soon as it is known (later
     layers see corrected inputs); the shifts then written into the biases / BatchNorm means. Returns the
     pass's outputs (those of the corrected model)."""
@@ -136,10 +162,17 @@ def _shift_means(model: nn.Module, names: list[str], where: dict, wanted: dict, 
 
         def hook(_module, _inputs, output):
             total, count = _channel_sums(counted_positions(layer, output, mask), axis)
-            shift = wanted[name] - total / count
-            shifts[name] = shift
             view = [1] * output.ndim
             view[axis] = -1
+            if where[name][0] == "norm":
+                norm = where[name][1]
+                scale = torch.as_tensor(fitted_scales(samples[name], _rows(output, axis),
+                                                      scale_limit(norm.running_var.double().numpy(), norm.eps)))
+                shift = wanted[name] - scale * total / count
+                shifts[name] = scale, shift
+                return output * scale.to(output.dtype).reshape(view) + shift.to(output.dtype).reshape(view)
+            shift = wanted[name] - total / count
+            shifts[name] = shift
             return output + shift.to(output.dtype).reshape(view)  # later layers see the corrected output
         return hook
 
@@ -154,6 +187,13 @@ def _shift_means(model: nn.Module, names: list[str], where: dict, wanted: dict, 
     with torch.no_grad():
         for name in names:
             kind, tensor = where[name]
+            if kind == "norm":  # BN(a·y + b): the same BatchNorm with folded running statistics
+                mean, variance = folded_statistics(tensor.running_mean.double().numpy(),
+                                                   tensor.running_var.double().numpy(), tensor.eps,
+                                                   *(part.numpy() for part in shifts[name]))
+                tensor.running_mean.copy_(torch.as_tensor(mean))
+                tensor.running_var.copy_(torch.as_tensor(variance))
+                continue
             shift = shifts[name].to(tensor.dtype)
             if kind == "bias":
                 tensor.add_(shift)

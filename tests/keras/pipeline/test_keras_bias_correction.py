@@ -3,6 +3,7 @@ again on the correction inputs, later layers measured on corrected inputs; the f
 
 import keras
 import numpy as np
+import pytest
 
 from weightzip.keras.pipeline.bias_correction import BiasCorrection
 from weightzip.keras.pipeline.calibration import model_weights
@@ -48,3 +49,49 @@ def test_bias_correction_restores_each_layers_float_output_mean():
     correction.restore()
     for name, bias in zip(("conv", "fc"), biases):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(model.get_layer(name).bias), bias)
+
+
+def _conv_bn_model(use_bias):
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((6, 6, 2))
+    conv = keras.layers.Conv2D(4, 3, use_bias=use_bias, name="conv")(inputs)
+    norm = keras.layers.BatchNormalization(name="norm")(conv)
+    hidden = keras.layers.Flatten()(keras.layers.ReLU()(norm))
+    model = keras.Model(inputs, keras.layers.Dense(3, name="fc")(hidden))
+    layer = model.get_layer("norm")  # non-trivial statistics, as after training
+    layer.moving_mean.assign(np.array([0.3, -0.2, 0.1, 0.0], np.float32))
+    layer.moving_variance.assign(np.array([0.5, 2.0, 1.0, 0.8], np.float32))
+    return model
+
+
+def _normalised(model, inputs):
+    return keras.ops.convert_to_numpy(keras.Model(model.inputs, model.get_layer("norm").output)(inputs))
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_scale_and_shift_into_the_following_batch_norm_undo_a_per_channel_gain(use_bias):
+    """A compressed kernel whose channels came out 1.3x / 0.8x / 1.2x too large: the least-squares scale
+    and shift, folded into the BatchNormalization's moving statistics, give back the float normalised outputs
+    exactly, where a shift alone (scale=False) cannot; restore() brings the float statistics back."""
+    model = _conv_bn_model(use_bias)
+    inputs = np.random.default_rng(0).normal(size=(40, 6, 6, 2)).astype(np.float32)
+    wanted = _normalised(model, inputs)
+    norm = model.get_layer("norm")
+    statistics = [keras.ops.convert_to_numpy(v) for v in (norm.moving_mean, norm.moving_variance)]
+    kernel = keras.ops.convert_to_numpy(model.get_layer("conv").kernel)
+    gain = np.array([1.3, 0.8, 1.0, 1.2], np.float32)
+
+    errors = {}
+    for scale in (False, True):
+        correction = BiasCorrection(model, model_weights(model), [inputs], scale=scale)
+        model.get_layer("conv").kernel.assign(kernel * gain)
+        done, left, _ = correction.apply()
+        errors[scale] = np.abs(_normalised(model, inputs) - wanted).max()
+        if scale:
+            assert "conv" in done and left == []
+        correction.restore()
+        model.get_layer("conv").kernel.assign(kernel)
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(norm.moving_mean), statistics[0])
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(norm.moving_variance), statistics[1])
+    assert errors[True] < 1e-4 and errors[False] > 0.05
+

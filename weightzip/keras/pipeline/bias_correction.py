@@ -15,6 +15,17 @@ its float mean put through the following ReLU can be further from the float acti
 one was (uniform k=8 on MLPerf-Tiny ResNet-8: relative output error 0.80 -> 0.86 on held-out inputs). The
 correction is therefore kept only when the corrected model's outputs on the correction inputs are closer to
 the float model's than the uncorrected ones (one more pass).
+
+Scale and shift. A layer whose (linear) output feeds only a BatchNormalization on its channel axis also gets a
+per-channel *scale*: clustering changes a channel's spread as well as its mean, and a mean alone cannot
+undo that. The scale ``a`` and shift ``b`` are the least-squares fit of the float pre-activation output by
+``a·ŷ + b`` on the correction inputs (``a = cov(y, ŷ) / var(ŷ)``, clipped to [1/2, 2]; ``b`` restores the
+float mean exactly), measured position by position on a fixed subset of the output positions. Both go into
+that BatchNormalization's moving statistics, which are stored as floats anyway (in inference
+``BN(a·ŷ + b)`` is ``BN`` with moving mean ``(μ − b)/a`` and moving variance ``(σ² + ε)/a² − ε``), so it
+costs no bytes either; a layer without a bias can be corrected this way too. This is the per-channel affine
+correction that ``BN`` re-estimation and Nagel et al.'s bias correction point at, fitted to the float
+activations instead of to their means only (:mod:`weightzip.core.output_correction`).
 """
 
 from __future__ import annotations
@@ -22,15 +33,34 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from weightzip.core.output_correction import fitted_scales, folded_statistics, position_subset, scale_limit
 from weightzip.keras.pipeline._inputs import flat_outputs
 from weightzip.keras.pipeline.calibration import ModelWeight
 
 _LAYERS = ("Dense", "Conv1D", "Conv2D", "Conv3D", "DepthwiseConv1D", "DepthwiseConv2D")
 
 
-def _correctable(weights: list[ModelWeight]) -> tuple[dict[int, keras.layers.Layer], list[str]]:
-    """(id(layer) -> layer for the layers whose bias can take a shift, names of those that cannot)."""
-    layers, skipped = {}, []
+def _following_norm(layer) -> keras.layers.Layer | None:
+    """The BatchNormalization that alone consumes `layer`'s (linear, channels-last) output, on its channel axis;
+    None when there is no such layer (several consumers, a fused activation, a shared layer, ...)."""
+    nodes = getattr(layer, "_outbound_nodes", None) or []
+    activation = getattr(layer, "activation", None)
+    if len(nodes) != 1 or len(getattr(layer, "_inbound_nodes", [])) != 1 or activation not in (
+            None, keras.activations.linear):
+        return None
+    norm = nodes[0].operation
+    if not isinstance(norm, keras.layers.BatchNormalization) or len(getattr(norm, "_inbound_nodes", [])) != 1:
+        return None
+    rank = len(layer.output.shape)
+    if norm.axis not in (-1, rank - 1) or len(keras.tree.flatten(nodes[0].arguments.keras_tensors)) != 1:
+        return None
+    return norm
+
+
+def _correctable(weights: list[ModelWeight], scale: bool) -> tuple[dict, dict, list[str]]:
+    """(id(layer) -> layer whose output can take a shift, id(layer) -> the BatchNormalization that stores its scale
+    and shift, names of the layers that can take neither)."""
+    layers, norms, skipped = {}, {}, []
     for weight in weights:
         layer = weight.layer
         if id(layer) in layers or layer.name in skipped:
@@ -41,36 +71,57 @@ def _correctable(weights: list[ModelWeight]) -> tuple[dict[int, keras.layers.Lay
             continue
         bias = getattr(layer, "bias", None)
         channels_last = getattr(layer, "data_format", "channels_last") == "channels_last"
-        if bias is None or not channels_last or len(bias.shape) != 1:
+        norm = _following_norm(layer) if scale and channels_last else None
+        if norm is not None:
+            norms[id(layer)] = norm
+        elif bias is None or not channels_last or len(bias.shape) != 1:
             skipped.append(layer.name)
             continue
         layers[id(layer)] = layer
-    return layers, skipped
+    return layers, norms, skipped
 
 
 def _distance(outputs: np.ndarray, reference: np.ndarray) -> float:
     return float(np.sum((np.asarray(outputs, np.float64) - reference) ** 2))
 
 
-def _channel_means(output) -> np.ndarray:
+def _rows(output) -> np.ndarray:
     values = keras.ops.convert_to_numpy(output)
-    return values.reshape(-1, values.shape[-1]).astype(np.float64).mean(axis=0)
+    return values.reshape(-1, values.shape[-1])
+
+
+def _subset(rows: np.ndarray) -> np.ndarray:
+    chosen = position_subset(rows.shape[0])
+    return (rows if chosen is None else rows[chosen]).astype(np.float64)
 
 
 class BiasCorrection:
     """Bias correction of `model` (whose kernels are later replaced by compressed ones) towards its own float
-    outputs on the first `max_samples` fit inputs. The float per-channel means are measured at construction;
-    :meth:`apply` corrects the model as it is then (compressed kernels assigned) and :meth:`restore` puts
-    the float biases back."""
+    outputs on the first `max_samples` fit inputs. The float per-channel means (and, where a scale can be stored,
+    the float outputs at a fixed subset of positions) are measured at construction; :meth:`apply` corrects the
+    model as it is then (compressed kernels assigned) and :meth:`restore` puts the float biases and
+    normalisation statistics back. scale: also fit per-channel scales where a BatchNormalization follows."""
 
-    def __init__(self, model: keras.Model, weights: list[ModelWeight], batches, max_samples: int = 256):
+    def __init__(self, model: keras.Model, weights: list[ModelWeight], batches, max_samples: int = 256,
+                 scale: bool = True):
         self.model = model
-        self.layers, self.skipped = _correctable(weights)
+        self.layers, self.norms, self.skipped = _correctable(weights, scale)
         self.inputs = np.concatenate([np.asarray(batch) for batch in batches])[:max_samples]
-        self.biases = {key: keras.ops.convert_to_numpy(layer.bias) for key, layer in self.layers.items()}
+        self.biases = {key: keras.ops.convert_to_numpy(layer.bias) for key, layer in self.layers.items()
+                       if key not in self.norms}
+        self.statistics = {key: (keras.ops.convert_to_numpy(norm.moving_mean).astype(np.float64),
+                                 keras.ops.convert_to_numpy(norm.moving_variance).astype(np.float64))
+                           for key, norm in self.norms.items()}
         self.wanted: dict[int, np.ndarray] = {}
-        self.reference = flat_outputs(
-            self._run(lambda key, output: self.wanted.__setitem__(key, _channel_means(output)) or output))
+        self.samples: dict[int, np.ndarray] = {}
+        self.reference = flat_outputs(self._run(self._record))
+
+    def _record(self, key, output):
+        rows = _rows(output)
+        self.wanted[key] = rows.astype(np.float64).mean(axis=0)
+        if key in self.norms:
+            self.samples[key] = _subset(rows)
+        return output
 
     def _run(self, on_output):
         originals = {}
@@ -99,25 +150,47 @@ class BiasCorrection:
                     object.__setattr__(layer, "call", originals[key])
 
     def apply(self) -> tuple[list[str], list[str], np.ndarray]:
-        """Shift the biases (module doc) when that brings the outputs on :attr:`inputs` closer to the float
-        model's; returns (corrected layers, layers left alone, the model's outputs on :attr:`inputs` as it is
-        left). Nothing corrected: the first list is empty and the second says why."""
+        """Shift (and where possible scale) the layers' outputs (module doc) when that brings the outputs on
+        :attr:`inputs` closer to the float model's; returns (corrected layers, layers left alone, the model's
+        outputs on :attr:`inputs` as it is left). Nothing corrected: the first list is empty and the second says
+        why."""
         plain = flat_outputs(self.model(self.inputs, training=False))
-        shifts = {}
+        affine = {}
 
-        def shifted(key, output):
-            shift = self.wanted[key] - _channel_means(output)
-            shifts[key] = shift
+        def corrected(key, output):
+            rows = _rows(output)
+            scale = np.ones(rows.shape[1])
+            if key in self.norms:
+                scale = fitted_scales(self.samples[key], _subset(rows),
+                                      scale_limit(self.statistics[key][1], self.norms[key].epsilon))
+            shift = self.wanted[key] - scale * rows.astype(np.float64).mean(axis=0)
+            affine[key] = scale, shift
+            if key in self.norms:
+                output = output * keras.ops.convert_to_tensor(scale.astype(np.float32))
             return output + keras.ops.convert_to_tensor(shift.astype(np.float32))
 
-        outputs = flat_outputs(self._run(shifted))
+        outputs = flat_outputs(self._run(corrected))
         if _distance(outputs, self.reference) >= _distance(plain, self.reference):
             return [], ["every layer (it did not bring the outputs closer to the float model's)"], plain
         for key, layer in self.layers.items():
-            if key in shifts:
-                layer.bias.assign((self.biases[key] + shifts[key]).astype(np.dtype(layer.bias.dtype)))
+            if key not in affine:
+                continue
+            scale, shift = affine[key]
+            if key in self.norms:  # BN(a·y + b): the same normalisation with folded moving statistics
+                norm = self.norms[key]
+                mean, variance = folded_statistics(*self.statistics[key], norm.epsilon, scale, shift)
+                norm.moving_mean.assign(mean.astype(np.dtype(norm.moving_mean.dtype)))
+                norm.moving_variance.assign(variance.astype(np.dtype(norm.moving_variance.dtype)))
+            else:
+                layer.bias.assign((self.biases[key] + shift).astype(np.dtype(layer.bias.dtype)))
         return [layer.name for layer in self.layers.values()], list(self.skipped), outputs
 
     def restore(self) -> None:
         for key, layer in self.layers.items():
-            layer.bias.assign(self.biases[key])
+            if key in self.norms:
+                mean, variance = self.statistics[key]
+                norm = self.norms[key]
+                norm.moving_mean.assign(mean.astype(np.dtype(norm.moving_mean.dtype)))
+                norm.moving_variance.assign(variance.astype(np.dtype(norm.moving_variance.dtype)))
+            else:
+                layer.bias.assign(self.biases[key])

@@ -102,6 +102,7 @@ def compress_post_training(
     metadata: dict | None = None,
     compensation: bool = True,
     bias_correction: bool | None = None,
+    output_scale: bool = True,
     codebook_tuning=None,
 ) -> tuple[keras.Model, PostTrainingReport]:
     """Compress a copy of `model` post-training (see the module doc); returns (compressed copy, report).
@@ -120,7 +121,8 @@ def compress_post_training(
     :class:`~weightzip.core.specs.PostTrainingSpec` (the keywords above are its fields; those given differ from
     their defaults and replace its values). bias_correction: with calibration, give each compressed layer with a
     bias back its float per-channel output mean on the fit part (:mod:`weightzip.keras.pipeline.bias_correction`;
-    biases are stored as floats anyway, so this costs no bytes; None: on). codebook_tuning: with calibration,
+    biases are stored as floats anyway, so this costs no bytes; None: on); output_scale: a layer feeding only a
+    BatchNormalization also gets a per-channel scale, folded into its moving statistics. codebook_tuning: with calibration,
     train the chosen plan's centroids for the float model's outputs on the fit inputs, indices unchanged
     (:mod:`weightzip.keras.pipeline.codebook_tuning`; a CodebookTuning, True / False, or a dict of its fields;
     the centroids measured best on fit inputs held aside are kept); None: off.
@@ -158,7 +160,7 @@ def compress_post_training(
                       chosen)
     correction = None
     if spec.bias_correction is not False and fit_batches is not None:
-        correction = BiasCorrection(copy, weights, fit_batches)
+        correction = BiasCorrection(copy, weights, fit_batches, scale=spec.output_scale)
     if ruled is not None:
         plan, mode = ruled
     else:
