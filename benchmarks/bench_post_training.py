@@ -20,8 +20,10 @@ Models (all offline, from installed packages; nothing is downloaded):
   (:func:`weightzip.data.calibration_and_evaluation_sentences`, as ``bench_hf_minilm.py``), tokenized as the
   directory route does (longest sentence, at most 128 tokens).
 
-Calibration and evaluation use disjoint sources: different photos (images), different recordings
-(audio), different documents (sentences). The compressor itself splits its calibration inputs
+Calibration and evaluation use disjoint sources: different photos (images), different documents
+(sentences), different files (audio; but the WAVs that ship hold only two distinct signals, CPython's plucked
+string at 8/16/24/32 bits and SciPy's test tone in several containers, and both sides draw windows, gains and
+noise from both: the audio split is by file, not by content). The compressor itself splits its calibration inputs
 into a fit part (sensitivities, allocation) and a held-out part (the fidelity it reports); the figures
 printed here are measured by this script on the separate evaluation set.
 
