@@ -118,7 +118,7 @@ def test_post_training_spec_normalises_its_fields_and_refuses_bad_values_naming_
             (dict(outliers=0.01), "outliers"),
             (dict(sparsity=0.5, bits_per_weight=3.0), "apply to uniform clustering only"),
             (dict(compensation=1), "compensation must be True or False"),
-            (dict(output_scale=None), "output_scale must be True or False")):
+            (dict(output_scale=1), "output_scale must be True or False")):
         with pytest.raises(WeightzipError, match=message):
             PostTrainingSpec(**fields)
     with pytest.raises(dataclasses.FrozenInstanceError):

@@ -244,7 +244,8 @@ class PostTrainingSpec:
         PyTorch a following BatchNorm's mean); None: on.
     output_scale: with bias correction, a layer whose output feeds only a batch normalisation also gets a
         per-channel scale fitted to the float outputs, folded into that normalisation's statistics
-        (:mod:`weightzip.core.output_correction`).
+        (:mod:`weightzip.core.output_correction`). None: on for Keras; off for PyTorch (not yet measured on
+        MobileNetV2's 3-bit top-1).
     codebook_tuning: with calibration, train the chosen plan's centroids for the float model's outputs
         (:class:`~weightzip.core.codebook_tuning.CodebookTuning`, or True / False / a dict of its fields);
         None: off (both front ends).
@@ -266,7 +267,7 @@ class PostTrainingSpec:
     classifier: bool | None = None
     compensation: bool = True
     bias_correction: bool | None = None
-    output_scale: bool = True
+    output_scale: bool | None = None
     codebook_tuning: CodebookTuning | None = None
 
     def __post_init__(self):
@@ -309,8 +310,7 @@ class PostTrainingSpec:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ArgumentTypeError(f"seed must be an integer, got {self.seed!r}")
         _check_flag("compensation", self.compensation)
-        _check_flag("output_scale", self.output_scale)
-        for name in ("classifier", "bias_correction"):
+        for name in ("classifier", "bias_correction", "output_scale"):
             if getattr(self, name) is not None:
                 _check_flag(name, getattr(self, name))
         if self.codebook_tuning is not None:

@@ -12,13 +12,14 @@ soon as its shift is known, so every later layer measures its mean on already-co
 all layers from one uncorrected pass would fix each upstream error twice). That pass takes the fit inputs
 as one batch (at most `max_samples`), so each shift is the mean over all of them; the reference's means are
 measured once per :class:`BiasCorrection` and that pass's outputs are the corrected model's (no second pass
-needed to measure its fidelity on those inputs).
-
-Scale and shift: a convolution followed directly by a BatchNorm (Conv → BN in an ``nn.Sequential``) also gets
-a per-channel scale, since clustering changes a channel's spread as well as its mean: ``a·ŷ + b`` fitted by
-least squares to the float output at a fixed subset of output positions, folded into that BatchNorm's
-``running_mean`` and ``running_var`` (:mod:`weightzip.core.output_correction`, as on Keras). A model that marks its padding positions (``position_mask``,
+needed to measure its fidelity on those inputs). A model that marks its padding positions (``position_mask``,
 :mod:`weightzip.torch.calibration`) has its Linear layers' means taken over the real positions only.
+
+Scale and shift (``scale=True``): a convolution followed directly by a BatchNorm (Conv → BN in an
+``nn.Sequential``) gets a per-channel scale too, since clustering changes a channel's spread as well as its
+mean: ``a·ŷ + b`` fitted by least squares to the float output at a fixed subset of output positions, folded
+into that BatchNorm's ``running_mean`` and ``running_var`` (:mod:`weightzip.core.output_correction`, as on
+Keras).
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ class BiasCorrection:
     compressed model corrected after it (the post-training search corrects several candidate plans)."""
 
     def __init__(self, reference: nn.Module, targets: list[WeightTarget], batches, max_samples: int = 32,
-                 scale: bool = True):
+                 scale: bool = False):
         self.reference, self.targets, self.scale = reference, targets, scale
         self.inputs = torch.cat(list(batches))[:max_samples]
         self._wanted: dict[str, torch.Tensor] | None = None

@@ -102,7 +102,7 @@ def compress_post_training(
     metadata: dict | None = None,
     compensation: bool = True,
     bias_correction: bool | None = None,
-    output_scale: bool = True,
+    output_scale: bool | None = None,
     codebook_tuning=None,
 ) -> tuple[keras.Model, PostTrainingReport]:
     """Compress a copy of `model` post-training (see the module doc); returns (compressed copy, report).
@@ -122,7 +122,8 @@ def compress_post_training(
     their defaults and replace its values). bias_correction: with calibration, give each compressed layer with a
     bias back its float per-channel output mean on the fit part (:mod:`weightzip.keras.pipeline.bias_correction`;
     biases are stored as floats anyway, so this costs no bytes; None: on); output_scale: a layer feeding only a
-    BatchNormalization also gets a per-channel scale, folded into its moving statistics. codebook_tuning: with calibration,
+    BatchNormalization also gets a per-channel scale, folded into its moving statistics (None, True: on; False:
+    shift only). codebook_tuning: with calibration,
     train the chosen plan's centroids for the float model's outputs on the fit inputs, indices unchanged
     (:mod:`weightzip.keras.pipeline.codebook_tuning`; a CodebookTuning, True / False, or a dict of its fields;
     the centroids measured best on fit inputs held aside are kept); None: off.
@@ -160,7 +161,7 @@ def compress_post_training(
                       chosen)
     correction = None
     if spec.bias_correction is not False and fit_batches is not None:
-        correction = BiasCorrection(copy, weights, fit_batches, scale=spec.output_scale)
+        correction = BiasCorrection(copy, weights, fit_batches, scale=spec.output_scale is not False)
     if ruled is not None:
         plan, mode = ruled
     else:
