@@ -8,7 +8,9 @@ from weightzip.core import assign_to_centroids
 from weightzip.keras.clustering import _numba_fast as fast
 from weightzip.keras.clustering import _numba_kernels as reference
 
-SIZES = {"one_chunk": 30_001, "chunks": 300_007}
+# Serial below fast.SERIAL_BELOW weights (the reference kernels split from 2 x 65536): one size under both
+# thresholds, one that the reference splits and the fast kernels do not, one that both split.
+SIZES = {"one_chunk": 30_001, "serial": 300_007, "chunks": fast.SERIAL_BELOW + 7}
 
 
 def both_searches(weights, midpoints, table, index_dtype=np.uint8):

@@ -136,7 +136,8 @@ class _Lookups:
 # One handler per index type (uint8 for tables of <= 256 entries, else int32): numba cannot cache a
 # handler specialised by a closure. numba's cache of a handler is keyed on this file only: after an edit
 # of _numba_kernels.py, _numba_fast.py or _xla_ffi.py, delete __pycache__/_jax_lookup.* (installs rewrite
-# every file, so their caches start afresh). A handler loaded from numba's cache links against the parallel
+# every file, so their caches start afresh; a commit that changes those kernels also edits this comment, so
+# that a checkout's cache is rebuilt: last, _numba_fast's serial passes below 2^20 weights). A handler loaded from numba's cache links against the parallel
 # runtime's symbols, which exist once numba's threads are started: one tiny parallel call first.
 _numba_kernels.look_up(np.zeros(1, np.float32), np.zeros(1, np.int32), np.empty(1, np.float32))
 

@@ -10,9 +10,10 @@
 - :func:`segment_sums` = :func:`._numba_kernels.segment_sums_into`: four interleaved accumulator rows
   per chunk (breaks the add latency chain on a repeated index), range checked per block the same way.
 
-Each runs serially on the calling thread where the pass is one chunk (below 2 x 65536 weights): a
-numba parallel region costs a thread wake-up and barrier per call, which dominates small layers
-(LeNet-300-100's 30k- and 1k-weight kernels), more so on a loaded machine.
+Each runs serially on the calling thread below 2^20 weights (:data:`SERIAL_BELOW`): a numba parallel
+region costs a thread wake-up and a barrier per call, and its threads compete with XLA's own for the
+cores; that dominates small layers (all of LeNet-300-100's kernels, the largest 235k weights), more so
+on a loaded machine.
 """
 
 from __future__ import annotations
@@ -25,6 +26,16 @@ from weightzip.keras.clustering._numba_kernels import _BLOCK, _chunking, assign_
 # Codebook rows of at most this many entries take the register search (padded with +inf midpoints).
 REGISTER_TABLE = 16
 _ACCUMULATORS = 4
+# Passes over fewer weights than this run on the calling thread (at 2^20 one pass is ~1 ms single-threaded).
+SERIAL_BELOW = 1 << 20
+
+
+@numba.njit(inline="always")
+def _passes(n, accumulator_size=0):
+    """(chunks, chunk length): one chunk below SERIAL_BELOW weights, else :func:`._numba_kernels._chunking`."""
+    if n < SERIAL_BELOW:
+        return 1, n
+    return _chunking(n, accumulator_size)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -129,7 +140,7 @@ def search_and_look_up(weights, midpoints, table, inner, out, index):
     for j in range(m + 1):
         padded_table[j] = table[j]
     n = weights.shape[0]
-    chunks, step = _chunking(n)
+    chunks, step = _passes(n)
     if chunks == 1:
         _register_search(weights, padded_midpoints, padded_table, out, index, 0, n)
     else:
@@ -181,7 +192,7 @@ def _look_up_parallel(table, index, out, chunks, step):
 def look_up_checked(table, index, out):
     """:func:`._numba_kernels.look_up`: out[i] = table[index[i]], NaN outside the table; returns how many were."""
     n = index.shape[0]
-    chunks, step = _chunking(n)
+    chunks, step = _passes(n)
     if chunks == 1:
         return _look_up_range(table, index, out, 0, n)
     return _look_up_parallel(table, index, out, chunks, step)
@@ -228,7 +239,7 @@ def segment_sums(values, index, average, out):
     other indices ignored; float64 accumulators."""
     n = values.shape[0]
     size = out.shape[0]
-    chunks, step = _chunking(n, _ACCUMULATORS * size)
+    chunks, step = _passes(n, _ACCUMULATORS * size)
     sums = np.zeros((chunks, _ACCUMULATORS, size), np.float64)
     counts = np.zeros((chunks, _ACCUMULATORS, size if average else 1), np.int64)
     if chunks == 1:
