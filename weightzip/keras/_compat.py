@@ -29,6 +29,12 @@ except ImportError:  # pragma: no cover - private path moved
     def initialize_all_variables():
         return None
 
+try:  # what Layer.__call__ reads around a layer's call (see weightzip.keras._direct_call)
+    from keras.src.backend.common.global_state import get_global_attribute as _get_global_attribute
+    from keras.src.backend.common.variables import get_autocast_scope
+except ImportError:  # pragma: no cover - private path moved: layers are always called through Layer.__call__
+    _get_global_attribute = get_autocast_scope = None
+
 try:  # The ConvLSTM cell is not exported by keras.layers.
     from keras.src.layers.rnn.conv_lstm import ConvLSTMCell
 except ImportError:  # pragma: no cover - private path moved
@@ -38,6 +44,8 @@ __all__ = [
     "ConvLSTMCell",
     "get_stateless_scope",
     "compiled_by_xla",
+    "current_call_context",
+    "get_autocast_scope",
     "in_xla_trace",
     "initialize_all_variables",
     "is_functional",
@@ -57,6 +65,14 @@ def is_functional(layer) -> bool:
 def is_graph_model(layer) -> bool:
     """A Sequential or Functional model: one that ``keras.models.clone_model`` can rebuild layer by layer."""
     return isinstance(layer, keras.Sequential) or is_functional(layer)
+
+
+def current_call_context():
+    """The active ``CallContext`` of nested ``Layer.__call__``s (the training flag...), or None outside one
+    (or where this Keras keeps it elsewhere)."""
+    if _get_global_attribute is None:  # pragma: no cover - private path moved
+        return None
+    return _get_global_attribute("current_call_ctx")
 
 
 def in_xla_trace() -> bool:

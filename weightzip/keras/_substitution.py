@@ -19,6 +19,7 @@ from __future__ import annotations
 import keras
 
 from weightzip.keras._compat import get_stateless_scope
+from weightzip.keras._direct_call import DECLINED, direct_call
 
 _MISSING = object()
 
@@ -69,12 +70,17 @@ class SubstitutingWrapper(keras.layers.Wrapper):
         raise NotImplementedError
 
     def call(self, inputs, *args, **kwargs):
-        outputs, losses = call_with_substitutes(
-            self.layer, self.substitutes(), lambda: self.layer(inputs, *args, **kwargs)
-        )
+        outputs, losses = call_with_substitutes(self.layer, self.substitutes(),
+                                                lambda: self._call_layer(inputs, args, kwargs))
         for loss in losses:
             self.add_loss(loss)
         return outputs
+
+    def _call_layer(self, inputs, args, kwargs):
+        """The wrapped layer on the inputs: by its ``call`` where a second ``Layer.__call__`` would change
+        nothing (:mod:`weightzip.keras._direct_call`; eager PyTorch), else through ``Layer.__call__``."""
+        outputs = direct_call(self.layer, inputs, args, kwargs)
+        return self.layer(inputs, *args, **kwargs) if outputs is DECLINED else outputs
 
     def compute_output_shape(self, *args, **kwargs):
         return self.layer.compute_output_shape(*args, **kwargs)

@@ -143,3 +143,114 @@ def test_ties_go_to_the_lower_centroid_as_in_the_core():
     codebook = to_numpy(wrapper.cluster_centroids["kernel"])
     expected = codebook[assign_to_centroids(kernel, codebook)]
     np.testing.assert_array_equal(to_numpy(wrapper.clustered_weights()["kernel"]), expected)
+
+
+# ---------------------------------------------------- the wrapped layer's call without a second Layer.__call__
+
+class _Recording(keras.layers.Dense):
+    """A Dense layer that records the training flag and mask its ``call`` receives."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seen = []
+
+    def call(self, inputs, training=None, mask=None):
+        self.seen.append((training, None if mask is None else to_numpy(mask).tolist()))
+        return super().call(inputs)
+
+
+def _run_both_ways(monkeypatch, build, run):
+    """``run(build())`` with the wrapped layers called directly where :mod:`weightzip.keras._direct_call`
+    takes them, then with every call through ``Layer.__call__`` (as before the direct path): both results,
+    and how many calls the direct path took."""
+    from weightzip.keras import _direct_call, _substitution
+
+    taken = []
+
+    def counting(*args):
+        outputs = _direct_call.direct_call(*args)
+        taken.append(outputs is not _direct_call.DECLINED)
+        return outputs
+
+    monkeypatch.setattr(_substitution, "direct_call", counting)
+    keras.utils.set_random_seed(3)
+    direct = run(build())
+    monkeypatch.setattr(_substitution, "direct_call", lambda *args: _direct_call.DECLINED)
+    keras.utils.set_random_seed(3)
+    nested = run(build())
+    return direct, nested, sum(taken)
+
+
+def _recorded_model(layer_options=None, masked=False):
+    inputs = keras.Input((6,), dtype="int32" if masked else "float32")
+    x = keras.layers.Embedding(5, 4, mask_zero=True)(inputs) if masked else inputs
+    layer = _Recording(3, **(layer_options or {}))
+    outputs = wk.cluster_weights(layer, 4)(x)
+    return keras.Model(inputs, outputs), layer
+
+
+def test_direct_call_of_the_wrapped_layer_changes_nothing(monkeypatch):
+    """Outputs, gradients, the training flag (given, inherited, default) and the output mask are those of
+    the nested Layer.__call__; on PyTorch the direct path serves these calls."""
+    skip_on_jax_unless(False)
+    x = np.random.default_rng(0).normal(size=(2, 6)).astype("float32")
+
+    def run(built):
+        model, layer = built
+        outputs = [to_numpy(model(x, training=flag)) for flag in (True, False, None)]
+        wrapper = model.layers[-1]
+        outputs.append(to_numpy(wrapper(keras.ops.convert_to_tensor(x), training=True)))
+        masks = keras.ops.convert_to_tensor(x)
+        return outputs, layer.seen, getattr(wrapper(masks), "_keras_mask", None)
+
+    direct, nested, taken = _run_both_ways(monkeypatch, _recorded_model, run)
+    for got, expected in zip(direct[0], nested[0]):
+        np.testing.assert_array_equal(got, expected)
+    assert direct[1] == nested[1] and [flag for flag, _ in nested[1]] == [True, False, None, True, None]
+    assert direct[2] is None and nested[2] is None
+    assert taken == (5 if keras.backend.backend() == "torch" else 0)
+
+
+@pytest.mark.parametrize("case", ["mask", "mixed_precision", "activity_regularizer", "forward_hook"])
+def test_direct_call_declines_what_layer_call_would_change(monkeypatch, case):
+    """An input mask, an autocast scope of the layer's own, an activity regulariser, a torch module hook: the
+    wrapped layer goes through Layer.__call__ and the results equal the nested call's."""
+    skip_on_jax_unless(False)
+    hooked = []
+
+    def build():
+        if case == "mask":
+            return _recorded_model(masked=True)
+        if case == "mixed_precision":
+            return _recorded_model({"dtype": "mixed_bfloat16"})
+        if case == "activity_regularizer":
+            return _recorded_model({"activity_regularizer": keras.regularizers.L2(0.5)})
+        model, layer = _recorded_model()
+        if keras.backend.backend() == "torch":
+            layer.register_forward_hook(lambda module, args, output: hooked.append(module.name))
+        return model, layer
+
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 5, size=(2, 6)).astype("int32") if case == "mask" else rng.normal(size=(2, 6)).astype("float32")
+
+    def run(built):
+        model, layer = built
+        outputs = model(x, training=True)
+        mask = getattr(outputs, "_keras_mask", None)
+        return (to_numpy(outputs), str(keras.backend.standardize_dtype(outputs.dtype)), layer.seen,
+                None if mask is None else to_numpy(mask), [float(to_numpy(loss)) for loss in model.losses], len(hooked))
+
+    direct, nested, taken = _run_both_ways(monkeypatch, build, run)
+    np.testing.assert_array_equal(direct[0], nested[0])
+    assert direct[1:4] == nested[1:4] if case != "mask" else direct[1:3] == nested[1:3]
+    if case == "mask":
+        np.testing.assert_array_equal(direct[3], nested[3])
+        assert nested[2][0][1] is not None  # the layer was handed the Embedding's mask
+    assert direct[4] == nested[4]
+    assert taken == 0
+    if case == "mixed_precision":
+        assert direct[1] == "bfloat16"
+    if case == "activity_regularizer":
+        assert len(nested[4]) == 1 and nested[4][0] > 0
+    if case == "forward_hook" and keras.backend.backend() == "torch":
+        assert (direct[5], nested[5]) == (1, 2)  # the hook ran once in each run (the count is cumulative)
