@@ -42,8 +42,9 @@ from weightzip.keras.clustering import _numba_fast, _numba_kernels, _numba_rows
 BYTE_INDEX_ENTRIES = 256
 # Kernels of fewer weights run their numba passes on the calling thread: a parallel region costs more than it
 # saves there (its threads wake beside torch's intra-op threads on the same cores; on a loaded 2-core machine
-# a 235k-weight search and sum took 32 ms in a parallel region, 0.6 ms on one thread).
-PARALLEL_MIN_WEIGHTS = 1 << 20
+# a 235k-weight search and sum took 32 ms in a parallel region, 0.6 ms on one thread). _numba_fast's kernels
+# already run serially there; the others are held to one thread around the call.
+PARALLEL_MIN_WEIGHTS = _numba_fast.SERIAL_BELOW
 
 
 def clustered_kernel(centroids, original, *, channel_axis, fixed_indices, centroid_pin, sparsity_mask,
@@ -195,18 +196,29 @@ def _output(scratch, role: str, size: int, dtype):
     return torch.empty(size, dtype=dtype) if scratch is None else scratch.buffer(role, size, dtype)
 
 
-@contextlib.contextmanager
-def _threads_for(weights: int):
-    """numba's passes over `weights` weights on the calling thread alone below :data:`PARALLEL_MIN_WEIGHTS`."""
-    if weights >= PARALLEL_MIN_WEIGHTS:
-        yield
-        return
-    threads = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(threads)
+_ANY_THREADS = contextlib.nullcontext()
+
+
+class _OneThread:
+    """numba's parallel regions on the calling thread alone while inside."""
+
+    def __enter__(self):
+        self.threads = numba.get_num_threads()
+        numba.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        numba.set_num_threads(self.threads)
+
+
+def _threads_for(weights: int, serial_below: bool = False):
+    """numba's passes over `weights` weights on the calling thread alone below :data:`PARALLEL_MIN_WEIGHTS`.
+
+    serial_below: the kernel already runs serially there (:mod:`._numba_fast`'s, on one codebook row of at most
+    :data:`._numba_fast.REGISTER_TABLE` entries for the search): no thread setting to change (~25 us a call).
+    """
+    if weights >= PARALLEL_MIN_WEIGHTS or serial_below:
+        return _ANY_THREADS
+    return _OneThread()
 
 
 def _numpy_rows(tensor, k: int):
@@ -237,12 +249,15 @@ def _lookup_function():
                 index = _output(scratch, "index", weights.numel(),
                                 torch.uint8 if size <= BYTE_INDEX_ENTRIES else torch.int32)
                 out = _output(scratch, "kernel", weights.numel(), original.dtype)
-                with _threads_for(weights.numel()):
-                    _search(weights)(weights.numpy(), midpoints, table, inner, out.numpy(), index.numpy())
+                search = _search(weights)
+                serial = (search is _numba_fast.search_and_look_up and rows.shape[0] == 1
+                          and k <= _numba_fast.REGISTER_TABLE)
+                with _threads_for(weights.numel(), serial):
+                    search(weights.numpy(), midpoints, table, inner, out.numpy(), index.numpy())
             else:
                 table = rows.reshape(-1) if pin_rows is None else (rows * pin_rows).reshape(-1)
                 out = _output(scratch, "kernel", index.numel(), centroids.dtype)
-                with _threads_for(index.numel()):
+                with _threads_for(index.numel(), serial_below=True):
                     outside = _numba_fast.look_up_checked(table, index.numpy(), out.numpy())
                 if outside:
                     raise InvalidWeightsError(f"pulling indices out of range for a codebook of {k} entries")
@@ -259,7 +274,7 @@ def _lookup_function():
             (index,) = ctx.saved_tensors
             values = upstream.detach().reshape(-1).contiguous()
             gradient = torch.empty(ctx.centroids_shape, dtype=upstream.dtype)
-            with _threads_for(values.numel()):
+            with _threads_for(values.numel(), serial_below=True):  # _numba_fast.segment_sums
                 _numba_rows.centroid_gradient(values.numpy(), index.numpy(), ctx.average, ctx.order, ctx.pin,
                                               gradient.numpy().reshape(-1))
             straight_through = None if ctx.original_shape is None else upstream.reshape(ctx.original_shape)
