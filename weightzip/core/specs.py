@@ -244,8 +244,7 @@ class PostTrainingSpec:
         PyTorch a following BatchNorm's mean); None: on.
     output_scale: with bias correction, a layer whose output feeds only a batch normalisation also gets a
         per-channel scale fitted to the float outputs, folded into that normalisation's statistics
-        (:mod:`weightzip.core.output_correction`). None: on for Keras; off for PyTorch (not yet measured on
-        MobileNetV2's 3-bit top-1).
+        (:mod:`weightzip.core.output_correction`). None: on (both front ends).
     codebook_tuning: with calibration, train the chosen plan's centroids for the float model's outputs
         (:class:`~weightzip.core.codebook_tuning.CodebookTuning`, or True / False / a dict of its fields);
         None: off (both front ends).

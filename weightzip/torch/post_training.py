@@ -117,7 +117,7 @@ def compress_post_training(
     BatchNorm means are stored as floats anyway, so this costs no bytes; True: on; None: kept only where the
     chosen plan's output error, on the fit inputs the correction did not use, is smaller with it than without);
     output_scale: a convolution followed by a BatchNorm also gets a per-channel scale, folded into its running
-    statistics (True: on; None, False: off).
+    statistics (None, True: on; False: off).
     codebook_tuning: with calibration, train the chosen plan's centroids for the float model's outputs on the fit
     inputs, indices unchanged (:mod:`weightzip.core.codebook_tuning`; a CodebookTuning, True / False, or a dict of
     its fields; the centroids measured best on fit inputs held aside are kept); None: off (on MobileNetV2 it
@@ -155,7 +155,7 @@ def compress_post_training(
     if bias_correction and fit_batches is not None:
         from weightzip.torch.bias_correction import BiasCorrection
 
-        correction = BiasCorrection(model, targets, fit_batches, scale=spec.output_scale is True)
+        correction = BiasCorrection(model, targets, fit_batches, scale=spec.output_scale is not False)
 
     def fidelity_of(candidate: AllocationPlan) -> Fidelity:
         trial, corrected = _compressed(model, targets, candidate, correction)
