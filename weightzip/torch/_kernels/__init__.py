@@ -101,11 +101,13 @@ def _ptr(tensor: torch.Tensor | None) -> int | None:
 
 
 def gemv(packed: torch.Tensor, stride: int, bits: int, rows: int, cols: int, codebook: torch.Tensor, k: int,
-         rows_per_group: int, col_offsets: torch.Tensor | None, x: torch.Tensor, *, simd: bool = True) -> torch.Tensor:
-    """``x @ W.T`` for a contiguous float32 `x` of shape (batch, cols); one pass over W per 4 batch rows."""
+         rows_per_group: int, col_offsets: torch.Tensor | None, x: torch.Tensor, *, bias: torch.Tensor | None = None,
+         simd: bool = True) -> torch.Tensor:
+    """``x @ W.T`` (``+ bias``, added inside the kernel: a contiguous float32 CPU vector) for a contiguous float32
+    `x` of shape (batch, cols); one pass over W per 4 batch rows."""
     y = torch.empty(x.shape[0], rows, dtype=torch.float32)
     require().wz_gemv(packed.data_ptr(), stride, bits, rows, cols, codebook.data_ptr(), k, rows_per_group,
-                      _ptr(col_offsets), x.data_ptr(), x.shape[0], None, y.data_ptr(), torch.get_num_threads(),
+                      _ptr(col_offsets), x.data_ptr(), x.shape[0], _ptr(bias), y.data_ptr(), torch.get_num_threads(),
                       int(simd))
     return y
 

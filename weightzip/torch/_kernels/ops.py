@@ -130,17 +130,13 @@ def linear_eager(x: torch.Tensor, packed: torch.Tensor, codebook: torch.Tensor, 
     with thread CPU time. Anything else (more rows, other dtypes, a bias that autograd must see) takes
     :func:`linear` and the ``+ bias`` as before.
     """
-    lib = _kernels.loaded()
-    if (lib is not None and x.dtype is torch.float32 and codebook.dtype is torch.float32 and x.shape[-1] == cols
-            and x.is_contiguous() and codebook.is_cpu and x.numel() <= GEMV_MAX_BATCH * cols
+    if (_kernels.loaded() is not None and x.dtype is torch.float32 and codebook.dtype is torch.float32
+            and x.shape[-1] == cols and x.is_contiguous() and codebook.is_cpu and x.numel() <= GEMV_MAX_BATCH * cols
             and (bias is None or (bias.dtype is torch.float32 and bias.is_cpu
                                   and not (bias.requires_grad and torch.is_grad_enabled())))):
-        y = torch.empty(*x.shape[:-1], rows)
-        lib.wz_gemv(packed.data_ptr(), stride, bits, rows, cols, codebook.data_ptr(), codebook.shape[-1],
-                    rows_per_group, None if col_offsets is None else col_offsets.data_ptr(), x.data_ptr(),
-                    x.numel() // cols, None if bias is None else bias.data_ptr(), y.data_ptr(),
-                    torch.get_num_threads(), 1)
-        return y
+        y = _kernels.gemv(packed, stride, bits, rows, cols, codebook, codebook.shape[-1], rows_per_group, col_offsets,
+                          x.reshape(-1, cols), bias=bias)
+        return y.reshape(*x.shape[:-1], rows)
     y = linear(x, packed, codebook, col_offsets, bits, rows, cols, rows_per_group)
     return y if bias is None else y + bias
 
