@@ -257,8 +257,8 @@ def _lookup_function():
             else:
                 table = rows.reshape(-1) if pin_rows is None else (rows * pin_rows).reshape(-1)
                 out = _output(scratch, "kernel", index.numel(), centroids.dtype)
-                with _threads_for(index.numel(), serial_below=True):
-                    outside = _numba_fast.look_up_checked(table, index.numpy(), out.numpy())
+                # (_numba_fast's look-up runs serially below PARALLEL_MIN_WEIGHTS by itself)
+                outside = _numba_fast.look_up_checked(table, index.numpy(), out.numpy())
                 if outside:
                     raise InvalidWeightsError(f"pulling indices out of range for a codebook of {k} entries")
             ctx.save_for_backward(index)
@@ -274,9 +274,9 @@ def _lookup_function():
             (index,) = ctx.saved_tensors
             values = upstream.detach().reshape(-1).contiguous()
             gradient = torch.empty(ctx.centroids_shape, dtype=upstream.dtype)
-            with _threads_for(values.numel(), serial_below=True):  # _numba_fast.segment_sums
-                _numba_rows.centroid_gradient(values.numpy(), index.numpy(), ctx.average, ctx.order, ctx.pin,
-                                              gradient.numpy().reshape(-1))
+            # (its _numba_fast.segment_sums runs serially below PARALLEL_MIN_WEIGHTS by itself)
+            _numba_rows.centroid_gradient(values.numpy(), index.numpy(), ctx.average, ctx.order, ctx.pin,
+                                          gradient.numpy().reshape(-1))
             straight_through = None if ctx.original_shape is None else upstream.reshape(ctx.original_shape)
             return gradient, straight_through, None, None, None, None, None
 

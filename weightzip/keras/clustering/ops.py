@@ -11,8 +11,8 @@ Training speed: a step that XLA compiles (TensorFlow under ``jit_compile``, JAX 
 the midpoints below each weight instead (k - 1 elementwise compares, fused with the gather into one loop
 over the kernel); on PyTorch (CPU) one autograd function does the whole kernel, codebook sort included, in
 numba (:mod:`._torch_lookup`); on JAX (CPU, float32), numba kernels (:mod:`._numba_kernels`) do the
-search with the gather, and the centroid gradient, in one parallel pass each (:mod:`._jax_lookup`, called
-from the jitted step as XLA FFI targets); a TensorFlow step outside XLA (Keras's default on CPU) calls
+search with the gather, and the centroid gradient, in one pass each, parallel from 2^20 weights
+(:mod:`._jax_lookup`, called from the jitted step as XLA FFI targets); a TensorFlow step outside XLA (Keras's default on CPU) calls
 an XLA-compiled search and lookup that writes in place into the weight's workspace (:mod:`._tf_lookup`).
 Every path searches afresh at every step (TFMOT's semantics).
 
