@@ -10,6 +10,7 @@ import pytest
 
 SCRIPT = textwrap.dedent("""
     import numpy as np, keras
+    keras.utils.set_random_seed(0)
     from weightzip.core import ClusterConfig, cluster_array
     from weightzip.core.pruning import ConstantSparsity
     from weightzip.keras.pruning.api import prune_low_magnitude, strip_pruning
@@ -31,7 +32,8 @@ SCRIPT = textwrap.dedent("""
     assert (stripped.get_layer("a").get_weights()[0] == 0).sum() == 32
     np.testing.assert_allclose(stripped.predict(x, verbose=0), pruned.predict(x, verbose=0), atol=1e-5)
 
-    # PCQAT: centroids train, zeros stay zero, <= 4 values per channel
+    # PCQAT: centroids train, zeros stay zero, <= 4 values per channel. (A trained centroid may come to within half
+    # an int8 step of zero and be stored as 0: that keeps the sparsity, so only zeros staying zero is asserted.)
     model = mlp()
     for layer in model.layers:
         w = layer.get_weights()
@@ -43,7 +45,8 @@ SCRIPT = textwrap.dedent("""
     q.compile(keras.optimizers.Adam(1e-2), loss)
     q.fit(x, y, batch_size=16, epochs=2, verbose=0)
     after = strip_quantization(q).get_layer("a").get_weights()[0]
-    assert np.array_equal(after == 0, before == 0)
+    assert np.all(after[before == 0] == 0)
+    assert (after != 0).sum() >= 0.9 * (before != 0).sum()
     assert max(np.unique(c).size for c in after.T) <= 4
     scale = np.abs(before).max(axis=0) / 127
     assert not np.allclose(after, np.round(before / scale) * scale)  # the centroids trained
