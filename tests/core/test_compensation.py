@@ -137,3 +137,47 @@ def test_rescored_curves_weigh_what_compensation_leaves_and_shift_bytes_to_tenso
         clusters=(2, 4, 8, 16, 32), granularities=("tensor",)), refine=PlanCompensation(
         {"layer": layer, "table": table}, {"layer": hessian}, rescore=True), fidelity_of=fidelity_of)
     assert chosen.total_bytes <= budget and chosen.choices["table"].clusters > chosen.choices["layer"].clusters
+
+
+def test_rescored_curves_count_the_bytes_compensated_indices_take():
+    """An entropy-constrained codebook's skewed index histogram flattens under GPTQ, so its compensated record is
+    larger than its nearest-centroid one: the rescored curves carry the compensated sizes (what the refined plan
+    stores), and a plan allocated on them stays within its budget once refined."""
+    from weightzip.core.allocation import (
+        Candidates,
+        TensorToCompress,
+        allocate,
+        as_written,
+        rate_distortion_curves,
+        stored_bytes,
+    )
+    from weightzip.core.compensation import PlanCompensation
+
+    rng = np.random.default_rng(7)
+    rows, columns = 64, 160
+    inputs = _correlated_inputs(rng, 2000, columns)
+    hessian = InputHessian((inputs.T @ inputs / len(inputs))[None], (0, 1), len(inputs))
+    layer = TensorToCompress("layer", rng.laplace(size=(rows, columns)).astype(np.float32),
+                             np.ones((rows, columns)), 0)
+    curves = rate_distortion_curves([layer], Candidates(clusters=(4, 8, 16), granularities=("tensor",),
+                                                        entropy_rates=(2.0, 2.5, 3.0, 3.5)))
+    compensation = PlanCompensation({"layer": layer}, {"layer": hessian})
+    rescored = compensation.rescored(curves)
+    grown = 0
+    options = curves["layer"].write_options
+    for choice in curves["layer"].choices:
+        if choice.clusters == 0:
+            continue
+        expected = stored_bytes("layer", as_written(compensate(choice.stored, layer.weights, hessian, refit=False),
+                                                    options), options)
+        kept = [c for c in rescored["layer"].choices if c.stored is choice.stored]
+        assert all(c.stored_bytes == expected for c in kept)  # (a choice may leave the Pareto front)
+        grown += expected > choice.stored_bytes
+    assert grown >= 1  # the effect is real on these weights: some candidates' compensated indices cost more
+
+    for bits in (2.5, 3.0, 3.5):
+        budget = int(bits * layer.size / 8)
+        planned = allocate(rescored, target_bytes=budget)
+        refined = compensation(planned)
+        assert refined.choices["layer"].compensated
+        assert refined.total_bytes <= budget + 2  # sizes as allocated (the codebook refit may reorder entries)
