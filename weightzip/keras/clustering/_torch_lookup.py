@@ -73,8 +73,8 @@ def lookup(table, original, *, channel_axis, fixed_indices, centroid_pin, sparsi
         clustered = _lookup_function().apply(table, original, pin, None, inner, average, _scratch_for(original))
     else:
         stored = fixed_indices
-        index = _compact_index(stored, table, channel_axis)
-        clustered = _lookup_function().apply(table, None, pin, index, 0, average, _scratch_for(stored))
+        index, index_array = _compact_index(stored, table, channel_axis)
+        clustered = _lookup_function().apply(table, None, pin, (index, index_array), 0, average, _scratch_for(stored))
     clustered = clustered.view(shape)
     if sparsity_mask is not None:
         clustered = clustered * sparsity_mask.to(clustered.dtype)
@@ -107,21 +107,24 @@ def applies(original, table) -> bool:
 
 
 class _Scratch:
-    """The kernel-sized buffers of one clustered weight, reused while nothing else holds their memory."""
+    """The kernel-sized buffers of one clustered weight (each with its NumPy view, made once: ~1-5 us a call),
+    reused while nothing else holds their memory."""
 
     def __init__(self):
-        self.buffers = {}
-        self.byte_index = None  # fixed assignment: (version of the stored indices, their compact copy)
+        self.buffers = {}  # role: (buffer, its NumPy view)
+        self.byte_index = None  # fixed assignment: (version of the stored indices, their compact copy, its view)
 
     def buffer(self, role: str, size: int, dtype):
-        """A tensor of `size` elements on this role's buffer (a new buffer if the old one is still held)."""
+        """(a tensor of `size` elements on this role's buffer, its NumPy view); a new buffer if the old one is
+        still held."""
         import torch
 
         held = self.buffers.get(role)
-        if held is None or held.numel() != size or held.dtype != dtype or not _unreferenced(held):
-            held = torch.empty(size, dtype=dtype)
-            self.buffers[role] = held
-        return held.detach()  # a new tensor on the same memory: its holders keep the buffer marked in use
+        if held is None or held[0].numel() != size or held[0].dtype != dtype or not _unreferenced(held[0], 3):
+            tensor = torch.empty(size, dtype=dtype)
+            held = self.buffers[role] = (tensor, tensor.numpy())
+        # A new tensor on the same memory: its holders keep the buffer marked in use.
+        return held[0].detach(), held[1]
 
 
 # Scratch of each tensor by id, with a weak reference that drops the entry with the tensor.
@@ -144,26 +147,28 @@ def _scratch_for(tensor) -> _Scratch | None:
     return scratch
 
 
-def _unreferenced(buffer) -> bool:
-    """Whether only `buffer` itself holds its memory (no view, saved tensor or NumPy array of it is alive)."""
+def _unreferenced(buffer, own: int = 2) -> bool:
+    """Whether only `buffer` itself holds its memory (no view, saved tensor or NumPy array of it is alive).
+
+    own: the storage's holders that are ours: `buffer`, this call's storage handle (and our NumPy view's)."""
     import torch
 
     use_count = getattr(torch._C, "_storage_Use_Count", None)
     if use_count is None:  # no way to tell: never reuse
         return False
-    return use_count(buffer.untyped_storage()._cdata) <= 2  # `buffer` and this call's storage handle
+    return use_count(buffer.untyped_storage()._cdata) <= own
 
 
 def _compact_index(stored, table, channel_axis):
-    """The flat table position of each weight from its stored codebook-row indices (`stored`, any int dtype),
-    as one byte where the table allows; the copy of a stored variable is kept and made again only when the
+    """(The flat table position of each weight from its stored codebook-row indices (`stored`, any int dtype),
+    as one byte where the table allows; its NumPy view); the copy of a stored variable is kept and made again only when the
     variable changes (its version counter). Raises if an index is outside its codebook row."""
     import torch
 
     scratch = _scratch_for(stored)
     version = stored._version
     if scratch is not None and scratch.byte_index is not None and scratch.byte_index[0] == version:
-        return scratch.byte_index[1]
+        return scratch.byte_index[1:]
     groups, k = (1, int(table.shape[-1])) if table.ndim == 1 else (int(table.shape[0]), int(table.shape[1]))
     if stored.numel():
         low, high = torch.aminmax(stored.detach())
@@ -179,8 +184,8 @@ def _compact_index(stored, table, channel_axis):
     dtype = torch.uint8 if groups * k <= BYTE_INDEX_ENTRIES else torch.int32
     compact = index.reshape(-1).to(dtype).contiguous()
     if scratch is not None:
-        scratch.byte_index = (version, compact)
-    return compact
+        scratch.byte_index = (version, compact, compact.numpy())
+    return compact, compact.numpy()
 
 
 def _search(weights):
@@ -193,7 +198,10 @@ def _search(weights):
 def _output(scratch, role: str, size: int, dtype):
     import torch
 
-    return torch.empty(size, dtype=dtype) if scratch is None else scratch.buffer(role, size, dtype)
+    if scratch is None:
+        tensor = torch.empty(size, dtype=dtype)
+        return tensor, tensor.numpy()
+    return scratch.buffer(role, size, dtype)
 
 
 _ANY_THREADS = contextlib.nullcontext()
@@ -230,8 +238,8 @@ def _lookup_function():
     import torch
 
     class ClusteredKernel(torch.autograd.Function):
-        """centroids ``(k,)`` / ``(groups, k)``, original kernel (searched) or compact stored `index` (fixed)
-        -> the flat clustered kernel."""
+        """centroids ``(k,)`` / ``(groups, k)``, original kernel (searched) or (compact stored index, its NumPy
+        view) as `index` (fixed) -> the flat clustered kernel."""
 
         @staticmethod
         def forward(ctx, centroids, original, pin, index, inner, average, scratch):
@@ -246,22 +254,24 @@ def _lookup_function():
                 order = np.empty(size, np.int32)
                 _numba_rows.sort_rows(rows, pin_rows, table, midpoints, order)
                 weights = original.detach().reshape(-1).contiguous()
-                index = _output(scratch, "index", weights.numel(),
-                                torch.uint8 if size <= BYTE_INDEX_ENTRIES else torch.int32)
-                out = _output(scratch, "kernel", weights.numel(), original.dtype)
+                index, index_array = _output(scratch, "index", weights.numel(),
+                                             torch.uint8 if size <= BYTE_INDEX_ENTRIES else torch.int32)
+                out, out_array = _output(scratch, "kernel", weights.numel(), original.dtype)
                 search = _search(weights)
                 serial = (search is _numba_fast.search_and_look_up and rows.shape[0] == 1
                           and k <= _numba_fast.REGISTER_TABLE)
                 with _threads_for(weights.numel(), serial):
-                    search(weights.numpy(), midpoints, table, inner, out.numpy(), index.numpy())
+                    search(weights.numpy(), midpoints, table, inner, out_array, index_array)
             else:
                 table = rows.reshape(-1) if pin_rows is None else (rows * pin_rows).reshape(-1)
-                out = _output(scratch, "kernel", index.numel(), centroids.dtype)
+                index, index_array = index
+                out, out_array = _output(scratch, "kernel", index.numel(), centroids.dtype)
                 # (_numba_fast's look-up runs serially below PARALLEL_MIN_WEIGHTS by itself)
-                outside = _numba_fast.look_up_checked(table, index.numpy(), out.numpy())
+                outside = _numba_fast.look_up_checked(table, index_array, out_array)
                 if outside:
                     raise InvalidWeightsError(f"pulling indices out of range for a codebook of {k} entries")
-            ctx.save_for_backward(index)
+            ctx.save_for_backward(index)  # (marks the index buffer in use until the backward pass is freed)
+            ctx.index_array = index_array
             ctx.order = order
             ctx.pin = None if pin_rows is None else pin_rows.reshape(-1)
             ctx.average = average
@@ -271,11 +281,10 @@ def _lookup_function():
 
         @staticmethod
         def backward(ctx, upstream):
-            (index,) = ctx.saved_tensors
             values = upstream.detach().reshape(-1).contiguous()
             gradient = torch.empty(ctx.centroids_shape, dtype=upstream.dtype)
             # (its _numba_fast.segment_sums runs serially below PARALLEL_MIN_WEIGHTS by itself)
-            _numba_rows.centroid_gradient(values.numpy(), index.numpy(), ctx.average, ctx.order, ctx.pin,
+            _numba_rows.centroid_gradient(values.numpy(), ctx.index_array, ctx.average, ctx.order, ctx.pin,
                                           gradient.numpy().reshape(-1))
             straight_through = None if ctx.original_shape is None else upstream.reshape(ctx.original_shape)
             return gradient, straight_through, None, None, None, None, None

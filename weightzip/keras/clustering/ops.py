@@ -47,7 +47,7 @@ def clustered_kernel(
 ):
     """The kernel with every weight replaced by its centroid, differentiable in the centroids.
 
-    original: the layer's own (unclustered) kernel. Without `fixed_indices`, each weight is assigned
+    original: the layer's own (unclustered) kernel (its variable or a tensor). Without `fixed_indices`, each weight is assigned
         to its nearest centroid now, and the kernel's gradient also flows to `original`
         (straight-through estimator), so the original weights can train and be reassigned next step.
     fixed_indices: int indices into each weight's codebook row (same shape as the kernel), stored
@@ -65,6 +65,7 @@ def clustered_kernel(
         sparsity_mask=sparsity_mask, average_gradient=average_gradient)
     if clustered is not None:  # PyTorch on CPU: one autograd function, no Keras ops
         return clustered
+    original = ops.convert_to_tensor(original)
     table = _as_rows(centroids)
     groups, k = int(table.shape[0]), int(table.shape[1])
     search_keys = ops.stop_gradient(table)

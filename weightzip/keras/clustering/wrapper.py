@@ -194,10 +194,9 @@ class ClusterWeights(SubstitutingWrapper):
                 if state.pulling_indices is not None}
 
     def _clustered_value(self, state: _ClusterState):
-        original = ops.convert_to_tensor(state.weight.variable)
         return clustered_kernel(
             state.centroids,
-            original,
+            state.weight.variable,  # (read by clustered_kernel: PyTorch's path reads a variable at less cost)
             channel_axis=state.channel_axis,
             fixed_indices=state.pulling_indices,
             centroid_pin=state.centroid_pin,
