@@ -47,8 +47,8 @@ def clustered_kernel(
 ):
     """The kernel with every weight replaced by its centroid, differentiable in the centroids.
 
-    original: the layer's own (unclustered) kernel (its variable or a tensor). Without `fixed_indices`, each weight is assigned
-        to its nearest centroid now, and the kernel's gradient also flows to `original`
+    original: the layer's own (unclustered) kernel (its variable or a tensor). Without `fixed_indices`, each
+        weight is assigned to its nearest centroid now, and the kernel's gradient also flows to `original`
         (straight-through estimator), so the original weights can train and be reassigned next step.
     fixed_indices: int indices into each weight's codebook row (same shape as the kernel), stored
         once; `original` is then only used for its shape and receives no gradient.
