@@ -25,6 +25,8 @@ measure H (:func:`weightzip.torch.calibration.input_hessians`).
 from __future__ import annotations
 
 import dataclasses
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numba
@@ -279,6 +281,7 @@ def compensate_plan(plan, tensors: dict, hessians: dict[str, InputHessian], *, d
 
     choices, done = dict(plan.choices), []
     cache = {} if cache is None else cache
+    pending = []
     for name, choice in plan.choices.items():
         hessian = hessians.get(name)
         if choice.clusters == 0 or choice.sparsity > 0 or choice.insensitive or hessian is None or not hessian.fits(choice.stored.shape):
@@ -287,18 +290,30 @@ def compensate_plan(plan, tensors: dict, hessians: dict[str, InputHessian], *, d
         if known is not None and known[0] is choice.stored:  # (the stored object kept: its id is not reused)
             choices[name] = known[1]
             done.append(name)
-            continue
+        else:
+            pending.append((name, choice, hessian))
+
+    def compensated_choice(item):
+        name, choice, hessian = item
         try:
             tensor = tensors[name]
             clustered = as_written(compensate(choice.stored, tensor.weights, hessian, damping=damping),
                                    plan.write_options)
         except WeightzipError:
-            continue
-        choices[name] = dataclasses.replace(
+            return None
+        return dataclasses.replace(
             choice, stored=clustered, stored_bytes=stored_bytes(name, clustered, plan.write_options),
             weighted_error=weighted_error(tensor.weights, clustered.decode(), tensor.importance), compensated=True)
-        cache[(name, id(choice.stored))] = (choice.stored, choices[name])
-        done.append(name)
+
+    # The tensors in parallel: GPTQ's kernels (nogil numba) and BLAS release the GIL.
+    with ThreadPoolExecutor(min(len(pending), os.cpu_count() or 1) or 1) as pool:
+        for (name, choice, _), result in zip(pending, pool.map(compensated_choice, pending)):
+            if result is not None:
+                choices[name] = result
+                cache[(name, id(choice.stored))] = (choice.stored, result)
+                done.append(name)
+    position = {name: i for i, name in enumerate(plan.choices)}
+    done.sort(key=position.__getitem__)  # (plan order, as before)
     return AllocationPlan(choices, plan.write_options), done
 
 
