@@ -305,16 +305,23 @@ def compensate_plan(plan, tensors: dict, hessians: dict[str, InputHessian], *, d
             choice, stored=clustered, stored_bytes=stored_bytes(name, clustered, plan.write_options),
             weighted_error=weighted_error(tensor.weights, clustered.decode(), tensor.importance), compensated=True)
 
-    # The tensors in parallel: GPTQ's kernels (nogil numba) and BLAS release the GIL.
-    with ThreadPoolExecutor(min(len(pending), os.cpu_count() or 1) or 1) as pool:
-        for (name, choice, _), result in zip(pending, pool.map(compensated_choice, pending)):
-            if result is not None:
-                choices[name] = result
-                cache[(name, id(choice.stored))] = (choice.stored, result)
-                done.append(name)
+    for (name, choice, _), result in zip(pending, _threaded_map(compensated_choice, pending, os.cpu_count() or 1)):
+        if result is not None:
+            choices[name] = result
+            cache[(name, id(choice.stored))] = (choice.stored, result)
+            done.append(name)
     position = {name: i for i, name in enumerate(plan.choices)}
     done.sort(key=position.__getitem__)  # (plan order, as before)
     return AllocationPlan(choices, plan.write_options), done
+
+
+def _threaded_map(function, items: list, workers: int) -> list:
+    """``[function(item) for item in items]``, on up to `workers` threads (GPTQ's numba kernels are nogil and BLAS
+    releases the GIL); in this thread when there is at most one item or worker."""
+    if len(items) <= 1 or workers <= 1:
+        return [function(item) for item in items]
+    with ThreadPoolExecutor(min(workers, len(items))) as pool:
+        return list(pool.map(function, items))
 
 
 def compensation_notes(plan) -> list[str]:
@@ -381,9 +388,6 @@ class PlanCompensation:
         by its expected error after compensation and by the bytes its compensated indices take (GPTQ's choices
         entropy-code differently from nearest-centroid ones); the curves' Pareto fronts recomputed. Same stored
         values: the refining step compensates whichever candidates are chosen."""
-        import os
-        from concurrent.futures import ThreadPoolExecutor
-
         from weightzip.core.allocation import RateDistortionCurve, _pareto, as_written, stored_bytes
 
         def rescored_curve(curve):
@@ -408,7 +412,6 @@ class PlanCompensation:
                                                    stored_bytes=size))
             return RateDistortionCurve(curve.name, curve.weights, tuple(_pareto(choices)), curve.write_options)
 
-        workers = workers or min(4, os.cpu_count() or 1)
-        with ThreadPoolExecutor(workers) as pool:  # GPTQ's kernels and BLAS release the GIL
-            rescored = dict(zip(curves, pool.map(rescored_curve, curves.values())))
+        rescored = dict(zip(curves, _threaded_map(rescored_curve, list(curves.values()),
+                                                  workers or min(4, os.cpu_count() or 1))))
         return rescored

@@ -161,8 +161,8 @@ def _unreferenced(buffer, own: int = 2) -> bool:
 
 def _compact_index(stored, table, channel_axis):
     """(The flat table position of each weight from its stored codebook-row indices (`stored`, any int dtype),
-    as one byte where the table allows; its NumPy view); the copy of a stored variable is kept and made again only when the
-    variable changes (its version counter). Raises if an index is outside its codebook row."""
+    as one byte where the table allows; its NumPy view); the copy of a stored variable is kept and made again
+    only when the variable changes (its version counter). Raises if an index is outside its codebook row."""
     import torch
 
     scratch = _scratch_for(stored)

@@ -12,8 +12,9 @@ the midpoints below each weight instead (k - 1 elementwise compares, fused with 
 over the kernel); on PyTorch (CPU) one autograd function does the whole kernel, codebook sort included, in
 numba (:mod:`._torch_lookup`); on JAX (CPU, float32), numba kernels (:mod:`._numba_kernels`) do the
 search with the gather, and the centroid gradient, in one pass each, parallel from 2^20 weights
-(:mod:`._jax_lookup`, called from the jitted step as XLA FFI targets); a TensorFlow step outside XLA (Keras's default on CPU) calls
-an XLA-compiled search and lookup that writes in place into the weight's workspace (:mod:`._tf_lookup`).
+(:mod:`._jax_lookup`, called from the jitted step as XLA FFI targets); a TensorFlow step outside XLA (Keras's
+default on CPU) calls an XLA-compiled search and lookup that writes in place into the weight's workspace
+(:mod:`._tf_lookup`).
 Every path searches afresh at every step (TFMOT's semantics).
 
 Shapes: `centroids` is ``(k,)`` for a per-tensor codebook or ``(channels, k)`` per channel, with the
