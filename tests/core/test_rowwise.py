@@ -29,3 +29,16 @@ def test_rows_shorter_than_k_are_exact():
     weights = np.arange(12, dtype=np.float32).reshape(4, 3)
     clustered, error = cluster_rows(weights, 0, 1, [4])[4]
     assert error == 0.0 and np.array_equal(clustered.decode(), weights)
+
+
+def test_long_rows_match_the_exact_solver_through_both_search_orders():
+    """Rows of 300 weights up to k = 40: early layers by divide and conquer, later ones (8 j² >= n) in Knuth's
+    order; every k as exact as the one-row solver."""
+    rng = np.random.default_rng(1)
+    weights = rng.standard_t(4, size=(3, 300)).astype(np.float32)
+    importance = rng.gamma(0.7, size=weights.shape)
+    for k, (clustered, error) in cluster_rows(weights, 0, 1, [2, 6, 16, 40], sample_weight=importance).items():
+        reference = cluster_array(weights, ClusterConfig(k, init="optimal", axis=0), sample_weight=importance)
+        ours = weighted_error(weights, clustered.decode(), importance)
+        assert ours == pytest.approx(error, rel=1e-9)
+        assert ours <= weighted_error(weights, reference.decode(), importance) * (1 + 1e-6) + 1e-9

@@ -2,6 +2,8 @@
 
 import copy
 
+import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -106,3 +108,15 @@ def test_a_conv_before_batch_norm_gets_a_scale_too_that_undoes_a_per_channel_gai
         with torch.no_grad():
             errors[scale] = (model[0][:2](inputs) - wanted).abs().max().item()
     assert errors[True] < 1e-4 and errors[False] > 0.05
+
+
+@pytest.mark.parametrize("shape, axis", [((3, 5, 130, 90), 1), ((40, 300, 7), -1), ((70000, 4), 1), ((6, 2, 3), 1)])
+def test_scale_rows_are_the_chosen_positions_of_the_channels_last_rows(shape, axis):
+    from weightzip.core.output_correction import position_subset
+    from weightzip.torch.bias_correction import _rows
+
+    output = torch.randn(shape)
+    rows = output.movedim(axis % output.ndim, -1).reshape(-1, output.shape[axis])
+    chosen = position_subset(rows.shape[0])
+    expected = (rows if chosen is None else rows[torch.as_tensor(chosen)]).double().numpy()
+    assert np.array_equal(_rows(output, axis), expected)

@@ -81,3 +81,19 @@ def test_padding_positions_are_left_out_of_input_statistics_and_bias_correction(
         before = model.layer(model.table(ids))[mask.bool()].mean(0)
         after = shifted.layer(shifted.table(ids))[mask.bool()].mean(0)
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+
+
+def test_hessian_pass_hands_back_the_models_outputs():
+    """The float model's outputs on the batches come with the Hessians (post-training takes its fit reference
+    from that pass): the values outputs_of gives, batch by batch."""
+    from weightzip.torch.calibration import outputs_of
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 1), nn.Flatten(),
+                          nn.Linear(6 * 25, 4)).eval()
+    inputs = torch.randn(7, 3, 5, 5)
+    batches = [inputs[:4], inputs[4:]]
+    outputs = []
+    input_hessians(model, batches, find_targets(model), outputs=outputs)
+    assert [len(o) for o in outputs] == [4, 3]
+    assert np.array_equal(np.concatenate(outputs), outputs_of(model, batches))

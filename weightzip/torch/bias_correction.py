@@ -24,6 +24,7 @@ Keras).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -46,9 +47,17 @@ def _channel_sums(output: torch.Tensor, axis: int) -> tuple[torch.Tensor, int]:
 
 def _rows(output: torch.Tensor, axis: int):
     """A layer's output as (positions, channels) float64 NumPy rows at the fixed subset the scales are fitted on."""
-    rows = output.detach().movedim(axis % output.ndim, -1).reshape(-1, output.shape[axis])
-    chosen = position_subset(rows.shape[0])
-    return (rows if chosen is None else rows[torch.as_tensor(chosen)]).double().numpy()
+    output = output.detach()
+    axis %= output.ndim
+    chosen = position_subset(output.numel() // output.shape[axis])
+    if chosen is None:
+        return output.movedim(axis, -1).reshape(-1, output.shape[axis]).double().numpy()
+    # the chosen rows gathered straight from the layout (leading axes, channel, trailing axes): not the whole
+    # output copied channels-last first (rows are positions in C order of the other axes, as movedim gives them)
+    view = output.reshape(int(np.prod(output.shape[:axis], dtype=np.int64)), output.shape[axis], -1)
+    chosen = torch.as_tensor(chosen)
+    trailing = view.shape[2]
+    return view[chosen // trailing, :, chosen % trailing].double().numpy()
 
 
 def _channel_means(module: nn.Module, names: list[str], batches, samples: dict | None = None,

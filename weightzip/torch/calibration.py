@@ -175,17 +175,20 @@ def input_second_moments(module: nn.Module, batches: Iterable[torch.Tensor],
     return {name: (sums[name] / counts[name]).cpu().numpy() for name in sums}
 
 
-def run_with_forward_hooks(module: nn.Module, batches, hooks, on_batch=None) -> None:
+def run_with_forward_hooks(module: nn.Module, batches, hooks, on_batch=None, outputs: list | None = None) -> None:
     """Run `module` over `batches` without gradients, with each forward hook of `hooks` ((layer, hook) pairs)
     registered on its layer for the run and removed afterwards, also when the model fails. on_batch(batch)
-    is called before each batch runs."""
+    is called before each batch runs. outputs: a list that gets each batch's outputs as :func:`outputs_of` gives
+    them (float32 NumPy; the same pass, so with hooks that leave outputs unchanged, the same values)."""
     handles = [layer.register_forward_hook(hook) for layer, hook in hooks]
     try:
         with torch.no_grad():
             for batch in batches:
                 if on_batch is not None:
                     on_batch(batch)
-                run_model(module, batch)
+                output = run_model(module, batch)
+                if outputs is not None:
+                    outputs.append(output.float().cpu().numpy())
     finally:
         for handle in handles:
             handle.remove()
@@ -246,7 +249,7 @@ VECTORS_PER_COLUMN = 64
 
 def input_hessians(module: nn.Module, batches: Iterable[torch.Tensor], targets: list[WeightTarget] | None = None,
                    *, max_columns: int = 8192, chunk_elements: int = 1 << 24,
-                   max_vectors: int = 16384) -> dict[str, object]:
+                   max_vectors: int = 16384, outputs: list | None = None) -> dict[str, object]:
     """Per target layer (by module name): :class:`~weightzip.core.compensation.InputHessian`, ``E[x xᵀ]`` of its
     input vectors (im2col patches for Conv1d/2d, per group), for sequential error compensation.
 
@@ -255,6 +258,8 @@ def input_hessians(module: nn.Module, batches: Iterable[torch.Tensor], targets: 
     left out too. Patches are formed `chunk_elements` at a time to bound memory. A convolution whose batch gives
     more than max(`max_vectors`, 64 x its columns) patches is measured on evenly spaced samples of the batch
     giving about that many (early layers' thousands of positions per image add little but time).
+    outputs: a list that gets the model's outputs on each batch (:func:`run_with_forward_hooks`): the float
+    model's outputs on `batches` without a second pass.
     """
     from weightzip.core.compensation import InputHessian
 
@@ -292,6 +297,6 @@ def input_hessians(module: nn.Module, batches: Iterable[torch.Tensor], targets: 
         return hook
 
     run_with_forward_hooks(module, batches, [(layer, hook_for(name, layer)) for name, layer in layers.items()],
-                           on_batch=lambda batch: current.update(mask=position_mask(module, batch)))
+                           on_batch=lambda batch: current.update(mask=position_mask(module, batch)), outputs=outputs)
     return {name: InputHessian((sums[name] / counts[name]).cpu().numpy(), _hessian_layout(layers[name]),
                                counts[name]) for name in sums}

@@ -146,10 +146,11 @@ def compress_post_training(
 
     ruled = rule_plan(spec, tensors, {t.qualified_name: (t.module_name, t.module) for t in targets
                                       if t.qualified_name in {tensor.name for tensor in tensors}}, sensitivity)
-    refine = None
+    refine = fit_reference = None
     if ruled is None and spec.compensation and fit_batches is not None and sensitivity is not Sensitivity.NONE:
-        refine = _compensation(model, targets, tensors, fit_batches)
-    fit_reference = outputs_of(model, fit_batches) if refine is not None or spec.min_fidelity is not None else None
+        refine, fit_reference = _compensation(model, targets, tensors, fit_batches)  # (outputs of the same pass)
+    if fit_reference is None and (refine is not None or spec.min_fidelity is not None):
+        fit_reference = outputs_of(model, fit_batches)
 
     correction = None
     if bias_correction and fit_batches is not None:
@@ -157,13 +158,20 @@ def compress_post_training(
 
         correction = BiasCorrection(model, targets, fit_batches, scale=spec.output_scale is not False)
 
+    best_trial = {}  # the measured plan of smallest output error so far, its model, correction and rest outputs
+
     def fidelity_of(candidate: AllocationPlan) -> Fidelity:
         trial, corrected = _compressed(model, targets, candidate, correction)
         measured = corrected[2] if corrected is not None else None  # the correcting pass's outputs: first inputs
         rest = torch.cat(fit_batches)[0 if measured is None else int(measured.shape[0]):]
+        rest_outputs = outputs_of(trial, batches_of(rest, batch_size)) if rest.shape[0] else None
         outputs = ([measured.float().cpu().numpy()] if measured is not None else []) + \
-            ([outputs_of(trial, batches_of(rest, batch_size))] if rest.shape[0] else [])
-        return measure_fidelity(fit_reference, np.concatenate(outputs), classifier=spec.classifier)
+            ([rest_outputs] if rest_outputs is not None else [])
+        fidelity = measure_fidelity(fit_reference, np.concatenate(outputs), classifier=spec.classifier)
+        if not best_trial or fidelity.relative_output_error < best_trial["error"]:  # (the size goals keep it)
+            best_trial.update(plan=candidate, model=trial, corrected=corrected, rest=rest_outputs,
+                              error=fidelity.relative_output_error)
+        return fidelity
 
     def file_bytes(candidate: AllocationPlan) -> int:
         return len(_encode(model, candidate, report_stub(candidate, uncompressed), metadata, extra_tensors)) \
@@ -171,11 +179,16 @@ def compress_post_training(
 
     plan, mode = ruled or spec.plan(tensors, sensitivity, file_bytes=file_bytes, refine=refine,  # ruled: per layer
                                     fidelity_of=fidelity_of if fit_reference is not None else None)
-    compressed, corrected = _compressed(model, targets, plan, correction)
+    if best_trial.get("plan") is plan:  # measured already: that model, not a second copy and correcting pass
+        compressed, corrected = best_trial["model"], best_trial["corrected"]
+    else:
+        compressed, corrected = _compressed(model, targets, plan, correction)
+    best_trial.pop("model", None)
     correction_note = None
     if corrected is not None and spec.bias_correction is None:
-        compressed, corrected, correction_note = _better_corrected(model, targets, plan, compressed, corrected,
-                                                                   correction, fit_batches, batch_size, spec.classifier)
+        compressed, corrected, correction_note = _better_corrected(
+            model, targets, plan, compressed, corrected, correction, fit_batches, batch_size, spec.classifier,
+            fit_reference, best_trial["rest"] if best_trial.get("plan") is plan else None)
     tuning = spec.codebook_tuning if spec.codebook_tuning is not None else CodebookTuning(steps=0)  # (off: measured)
     tuning_note = None
     if tuning.enabled and fit_batches is not None:
@@ -205,20 +218,31 @@ def compress_post_training(
 
 
 def _better_corrected(model: nn.Module, targets: list[WeightTarget], plan: AllocationPlan, compressed: nn.Module,
-                      corrected, correction, fit_batches, batch_size: int, classifier: bool | None):
+                      corrected, correction, fit_batches, batch_size: int, classifier: bool | None,
+                      fit_reference: np.ndarray | None = None, rest_outputs: np.ndarray | None = None):
     """(model, corrected, note): the bias-corrected `compressed` model, or the plan's model without the correction
     when that has the smaller relative output error on the fit inputs the correction was not computed on (all of
     them when it used every one). Bias correction restores per-channel output means, which helps where clustering
     shifts them (convolutions feeding BatchNorm) but can hurt elsewhere: measured, not assumed, so one default
-    serves every model (bias_correction=None)."""
+    serves every model (bias_correction=None).
+
+    Outputs already computed are not computed again (the same batches, so the same values): `fit_reference`, the
+    float model's outputs on `fit_batches`, where the unseen inputs start a batch of them; `rest_outputs`,
+    `compressed`'s outputs on the fit inputs after the correction's (as the post-training search measured them)."""
     used = int(correction.inputs.shape[0])
     inputs = torch.cat(fit_batches)
     unseen = inputs[used:] if inputs.shape[0] > used else inputs
     batches = batches_of(unseen, batch_size)
-    reference = outputs_of(model, batches)
+    start = used if inputs.shape[0] > used else 0
+    if fit_reference is not None and start % batch_size == 0 and len(fit_reference) == inputs.shape[0]:
+        reference = fit_reference[start:]
+    else:
+        reference = outputs_of(model, batches)
     plain = _apply(copy.deepcopy(model), targets, plan)
-    errors = {name: measure_fidelity(reference, outputs_of(candidate, batches), classifier=classifier)
-              .relative_output_error for name, candidate in (("with", compressed), ("without", plain))}
+    known = rest_outputs if start and rest_outputs is not None and len(rest_outputs) == unseen.shape[0] else None
+    errors = {name: measure_fidelity(reference, outputs if outputs is not None else outputs_of(candidate, batches),
+                                     classifier=classifier).relative_output_error
+              for name, candidate, outputs in (("with", compressed, known), ("without", plain, None))}
     figures = (f"relative output error {errors['with']:.4g} with it, {errors['without']:.4g} without, on "
                f"{unseen.shape[0]} fit inputs it was not computed on")
     if errors["without"] < errors["with"]:
@@ -344,13 +368,15 @@ def floored_rows(fisher: np.ndarray) -> np.ndarray:
 
 
 def _compensation(model: nn.Module, targets: list[WeightTarget], tensors: list[TensorToCompress], batches):
-    """A plan -> plan step re-choosing each Linear / Conv weight's indices for the layer's output error
-    (:mod:`weightzip.core.compensation`; input Hessians measured once on `batches`)."""
-    hessians = input_hessians(model, batches, targets)
+    """(a plan -> plan step re-choosing each Linear / Conv weight's indices for the layer's output error
+    (:mod:`weightzip.core.compensation`; input Hessians measured once on `batches`), the float model's outputs on
+    `batches` from that same pass)."""
+    outputs = []
+    hessians = input_hessians(model, batches, targets, outputs=outputs)
     by_tensor = {t.qualified_name: hessians[t.module_name] for t in targets
                  if t.module_name in hessians and t.parameter_name == "weight"}
     return PlanCompensation({t.name: t for t in tensors}, by_tensor,  # memoised across the plans a goal tries
-                            rescore=RESCORE_AFTER_COMPENSATION)
+                            rescore=RESCORE_AFTER_COMPENSATION), np.concatenate(outputs)
 
 
 def _left_alone(model: nn.Module, compressed: set[str]) -> list[dict]:
