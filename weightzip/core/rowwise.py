@@ -97,6 +97,19 @@ def cluster_rows(array, axis: int, group_size: int, ks, *, sample_weight=None) -
     return results
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _best_split(previous, cum_w, cum_x, cum_xx, low, high, end):
+    """(cost, m) of the cheapest last run [m, end) for m in [low, high], the lowest m on a tie."""
+    best = np.inf
+    best_m = low
+    for m in range(low, high + 1):
+        value = previous[m] + run_cost(cum_w, cum_x, cum_xx, m, end)
+        if value < best:
+            best = value
+            best_m = m
+    return best, best_m
+
+
 @numba.njit(cache=True, nogil=True)
 def _rows_dp(values, weights, lengths, k_max):
     """Per row: start index of each run of the optimal partition into j + 1 runs, for every j < k_max.
@@ -147,13 +160,7 @@ def _rows_dp(values, weights, lengths, k_max):
                     high = min(upper, i - 1)
                     if low > high:  # only through rounding noise in near-ties
                         low = high
-                    best = np.inf
-                    best_m = low
-                    for m in range(low, high + 1):
-                        value = previous[m] + run_cost(cum_w, cum_x, cum_xx, m, i)
-                        if value < best:
-                            best = value
-                            best_m = m
+                    best, best_m = _best_split(previous, cum_w, cum_x, cum_xx, low, high, i)
                     current[i] = best
                     split[j, i] = best_m
                     upper = best_m
@@ -179,13 +186,7 @@ def _rows_dp(values, weights, lengths, k_max):
                 first = max(m_lo, j, split[j - 1, mid])  # one run fewer ends no later (Knuth's bound)
                 if first > last:
                     first = last
-                best = np.inf
-                best_m = first
-                for m in range(first, last + 1):
-                    value = previous[m] + run_cost(cum_w, cum_x, cum_xx, m, mid)
-                    if value < best:
-                        best = value
-                        best_m = m
+                best, best_m = _best_split(previous, cum_w, cum_x, cum_xx, first, last, mid)
                 current[mid] = best
                 split[j, mid] = best_m
                 stack[top, 0] = i_lo
