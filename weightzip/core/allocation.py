@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -41,6 +40,7 @@ from weightzip.core.errors import WeightzipError
 from weightzip.core.optimal import optimal_partitions
 from weightzip.core.palette import drop_unused_centroids
 from weightzip.core.rowwise import cluster_rows
+from weightzip.core.threads import threaded_map
 
 MAX_WORKERS = 4  # threads measuring rate-distortion curves (at most the CPU count)
 ROWWISE_MAX_ROW = 4096  # codebook rows up to this many weights go to the all-rows-at-once solver
@@ -420,14 +420,12 @@ def rate_distortion_curves(tensors: Iterable[TensorToCompress], candidates: Cand
         raise WeightzipError(f"tensor {twice!r} given twice")
     candidates = _codebook_dtype_fits(tensors, candidates)
     write_options = write_options_for(candidates, write_options)
-    workers = min(len(tensors), os.cpu_count() or 1, MAX_WORKERS)
-    if workers <= 1:
-        return {t.name: rate_distortion_curve(t, candidates, write_options=write_options) for t in tensors}
     # The clustering and encoding kernels release the GIL: tensors in threads, largest first (load balance).
-    with ThreadPoolExecutor(workers) as pool:
-        futures = {t.name: pool.submit(rate_distortion_curve, t, candidates, write_options=write_options)
-                   for t in sorted(tensors, key=lambda t: -t.size)}
-        return {name: futures[name].result() for name in names}
+    largest_first = sorted(tensors, key=lambda t: -t.size)
+    curves = threaded_map(lambda t: rate_distortion_curve(t, candidates, write_options=write_options), largest_first,
+                          min(os.cpu_count() or 1, MAX_WORKERS))
+    by_name = {t.name: curve for t, curve in zip(largest_first, curves)}
+    return {name: by_name[name] for name in names}
 
 
 # ---------------------------------------------------------------- plans

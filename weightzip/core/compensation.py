@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numba
@@ -35,6 +34,7 @@ import numpy as np
 from weightzip.core.assign import index_dtype
 from weightzip.core.cluster import ClusteredTensor
 from weightzip.core.errors import WeightzipError
+from weightzip.core.threads import threaded_map
 
 BLOCK = 128
 DAMPING = 0.01  # fraction of the mean diagonal added to H (GPTQ's default percdamp)
@@ -305,7 +305,7 @@ def compensate_plan(plan, tensors: dict, hessians: dict[str, InputHessian], *, d
             choice, stored=clustered, stored_bytes=stored_bytes(name, clustered, plan.write_options),
             weighted_error=weighted_error(tensor.weights, clustered.decode(), tensor.importance), compensated=True)
 
-    for (name, choice, _), result in zip(pending, _threaded_map(compensated_choice, pending, os.cpu_count() or 1)):
+    for (name, choice, _), result in zip(pending, threaded_map(compensated_choice, pending, os.cpu_count() or 1)):
         if result is not None:
             choices[name] = result
             cache[(name, id(choice.stored))] = (choice.stored, result)
@@ -313,15 +313,6 @@ def compensate_plan(plan, tensors: dict, hessians: dict[str, InputHessian], *, d
     position = {name: i for i, name in enumerate(plan.choices)}
     done.sort(key=position.__getitem__)  # (plan order, as before)
     return AllocationPlan(choices, plan.write_options), done
-
-
-def _threaded_map(function, items: list, workers: int) -> list:
-    """``[function(item) for item in items]``, on up to `workers` threads (GPTQ's numba kernels are nogil and BLAS
-    releases the GIL); in this thread when there is at most one item or worker."""
-    if len(items) <= 1 or workers <= 1:
-        return [function(item) for item in items]
-    with ThreadPoolExecutor(min(workers, len(items))) as pool:
-        return list(pool.map(function, items))
 
 
 def compensation_notes(plan) -> list[str]:
@@ -412,6 +403,6 @@ class PlanCompensation:
                                                    stored_bytes=size))
             return RateDistortionCurve(curve.name, curve.weights, tuple(_pareto(choices)), curve.write_options)
 
-        rescored = dict(zip(curves, _threaded_map(rescored_curve, list(curves.values()),
+        rescored = dict(zip(curves, threaded_map(rescored_curve, list(curves.values()),
                                                   workers or min(4, os.cpu_count() or 1))))
         return rescored
