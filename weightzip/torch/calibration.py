@@ -222,9 +222,13 @@ def _hessian_layout(module: nn.Module) -> tuple[int, ...] | None:
 
 
 def _patches(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """(samples, groups, n) input vectors of each output position: the layer's im2col patches."""
+    """(groups, n, vectors) input vectors of each output position, one column each: the layer's im2col patches.
+
+    Columns, not rows: the product ``P @ Pᵀ`` of each group is then one matrix product over contiguous rows. Rows
+    (``(groups, vectors, n)`` and ``Pᵀ @ P``) made a depthwise layer's batched product of 9 x 9 results over
+    thousands of positions about 10x slower (MobileNetV2's input Hessians: 6.8 s of bmm, against 0.7 s)."""
     if isinstance(module, nn.Linear):
-        return x.reshape(-1, 1, x.shape[-1])
+        return x.reshape(-1, x.shape[-1]).t().unsqueeze(0)
     if isinstance(module, nn.Conv1d):
         x = x.unsqueeze(-1)
         kernel, dilation, padding, stride = ((module.kernel_size[0], 1), (module.dilation[0], 1),
@@ -233,15 +237,15 @@ def _patches(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         kernel, dilation, padding, stride = module.kernel_size, module.dilation, module.padding, module.stride
     if isinstance(padding, str):  # "same" / "valid"
         padding = tuple(d * (k - 1) // 2 for k, d in zip(kernel, dilation)) if padding == "same" else (0, 0)
+    groups = module.groups
     if tuple(kernel) == (1, 1) and tuple(padding) == (0, 0):  # pointwise: the patches are the pixels (no im2col)
         x = x[:, :, ::stride[0], ::stride[1]]
-        return x.reshape(x.shape[0], module.groups, x.shape[1] // module.groups, -1).permute(0, 3, 1, 2).reshape(
-            -1, module.groups, x.shape[1] // module.groups)
+        return x.reshape(x.shape[0], groups, x.shape[1] // groups, -1).permute(1, 2, 0, 3).reshape(
+            groups, x.shape[1] // groups, -1)
     columns = torch.nn.functional.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)
     batch, width, positions = columns.shape
-    groups = module.groups
-    return columns.reshape(batch, groups, width // groups, positions).permute(0, 3, 1, 2).reshape(
-        -1, groups, width // groups)
+    return columns.reshape(batch, groups, width // groups, positions).permute(1, 2, 0, 3).reshape(
+        groups, width // groups, -1)
 
 
 VECTORS_PER_COLUMN = 64
@@ -290,10 +294,10 @@ def input_hessians(module: nn.Module, batches: Iterable[torch.Tensor], targets: 
             per_sample = max(1, x[0].numel() * (1 if isinstance(layer, nn.Linear) else layer.weight[0, 0].numel()))
             step = max(1, chunk_elements // per_sample)
             for start in range(0, x.shape[0], step):
-                patches = _patches(layer, x[start:start + step]).transpose(0, 1)  # (groups, samples, n)
-                product = torch.bmm(patches.transpose(1, 2), patches).double()
+                patches = _patches(layer, x[start:start + step])  # (groups, n, vectors)
+                product = torch.bmm(patches, patches.transpose(1, 2)).double()
                 sums[name] = sums[name] + product if name in sums else product
-                counts[name] = counts.get(name, 0) + patches.shape[1]
+                counts[name] = counts.get(name, 0) + patches.shape[2]
         return hook
 
     run_with_forward_hooks(module, batches, [(layer, hook_for(name, layer)) for name, layer in layers.items()],
