@@ -180,10 +180,10 @@ def _shift_means(model: nn.Module, names: list[str], where: dict, wanted: dict, 
                                                       scale_limit(norm.running_var.double().numpy(), norm.eps)))
                 shift = wanted[name] - scale * total / count
                 shifts[name] = scale, shift
-                return output * scale.to(output.dtype).reshape(view) + shift.to(output.dtype).reshape(view)
+                return output.mul_(scale.to(output.dtype).reshape(view)).add_(shift.to(output.dtype).reshape(view))
             shift = wanted[name] - total / count
             shifts[name] = shift
-            return output + shift.to(output.dtype).reshape(view)  # later layers see the corrected output
+            return output.add_(shift.to(output.dtype).reshape(view))  # later layers see the corrected output
         return hook
 
     layers = dict(model.named_modules())
