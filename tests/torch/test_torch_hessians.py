@@ -97,3 +97,28 @@ def test_hessian_pass_hands_back_the_models_outputs():
     input_hessians(model, batches, find_targets(model), outputs=outputs)
     assert [len(o) for o in outputs] == [4, 3]
     assert np.array_equal(np.concatenate(outputs), outputs_of(model, batches))
+
+
+def test_fisher_pass_records_the_same_hessians_fisher_and_outputs():
+    """fisher_and_input_hessians: one pass per batch gives what fisher_diagonal and input_hessians give apart,
+    and the float model's outputs (post-training measures both on the fit inputs in that one pass)."""
+    from weightzip.torch.calibration import fisher_and_input_hessians, fisher_diagonal, outputs_of
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, groups=6, padding=1),
+                          nn.Flatten(), nn.Linear(6 * 25, 4)).eval()
+    inputs = torch.randn(7, 3, 5, 5)
+    batches = [inputs[:4], inputs[4:]]
+    targets = find_targets(model)
+    outputs = []
+    fisher, hessians = fisher_and_input_hessians(model, batches, targets, seed=3, outputs=outputs)
+    alone_fisher = fisher_diagonal(model, batches, targets, seed=3)
+    alone_hessians = input_hessians(model, batches, targets)
+    assert fisher.keys() == alone_fisher.keys() and hessians.keys() == alone_hessians.keys() == {"0", "2", "4"}
+    for name in fisher:
+        np.testing.assert_allclose(fisher[name], alone_fisher[name], rtol=1e-6)
+    for name in hessians:
+        np.testing.assert_allclose(hessians[name].matrix, alone_hessians[name].matrix, rtol=1e-6, atol=1e-9)
+        assert hessians[name].samples == alone_hessians[name].samples
+    np.testing.assert_allclose(np.concatenate(outputs), outputs_of(model, batches), rtol=1e-6, atol=1e-7)
+    assert not any(module._forward_hooks for module in model.modules())  # hooks removed after the pass

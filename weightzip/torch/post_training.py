@@ -50,11 +50,12 @@ from weightzip.core.post_training import (  # shared with the Keras front end
 )
 from weightzip.core.rules import LayerRules
 from weightzip.core.specs import PostTrainingSpec
-from weightzip.core.uniform_plans import rule_plan
+from weightzip.core.uniform_plans import has_layer_rules, rule_plan
 from weightzip.format import encode_wz
 from weightzip.torch.calibration import (
     activation_importance,
     batches_of,
+    fisher_and_input_hessians,
     fisher_diagonal,
     input_hessians,
     input_second_moments,
@@ -141,14 +142,17 @@ def compress_post_training(
         fit_batches = batches_of(samples[torch.as_tensor(fit)], batch_size)
         held_batches = batches_of(samples[torch.as_tensor(held)], batch_size)
         reference = outputs_of(model, held_batches)  # also: the model runs on these inputs, or a clear error
-    tensors = _tensors_to_compress(model, targets, sensitivity, fit_batches, spec.seed)
+    compensating = (spec.compensation and fit_batches is not None and sensitivity is not Sensitivity.NONE
+                    and not has_layer_rules(spec))  # (a ruled plan is not compensated)
+    tensors, hessians, fit_reference = _tensors_to_compress(model, targets, sensitivity, fit_batches, spec.seed,
+                                                            hessians=compensating)
     uncompressed = _left_alone(model, {t.name for t in tensors})
 
     ruled = rule_plan(spec, tensors, {t.qualified_name: (t.module_name, t.module) for t in targets
                                       if t.qualified_name in {tensor.name for tensor in tensors}}, sensitivity)
-    refine = fit_reference = None
-    if ruled is None and spec.compensation and fit_batches is not None and sensitivity is not Sensitivity.NONE:
-        refine, fit_reference = _compensation(model, targets, tensors, fit_batches)  # (outputs of the same pass)
+    refine = None
+    if compensating:
+        refine = _compensation(targets, tensors, hessians)
     if fit_reference is None and (refine is not None or spec.min_fidelity is not None):
         fit_reference = outputs_of(model, fit_batches)
 
@@ -334,11 +338,20 @@ def _tuned_codebooks(model: nn.Module, compressed: nn.Module, targets: list[Weig
     return tuned, result.note()
 
 
-def _tensors_to_compress(model: nn.Module, targets: list[WeightTarget], sensitivity: Sensitivity,
-                         batches, seed: int) -> list[TensorToCompress]:
+def _tensors_to_compress(model: nn.Module, targets: list[WeightTarget], sensitivity: Sensitivity, batches,
+                         seed: int, hessians: bool = False) -> tuple[list[TensorToCompress], dict | None,
+                                                                     np.ndarray | None]:
+    """(the tensors with their sensitivities, with `hessians` the layers' input Hessians, and the float model's
+    outputs on `batches` when a pass gave them). The Fisher's passes record the Hessians too (one pass, not two)."""
     importance: dict[str, np.ndarray] = {}
+    measured, outputs = None, []
+    if sensitivity is Sensitivity.FISHER and hessians:
+        importance, measured = fisher_and_input_hessians(model, batches, targets, seed=seed, outputs=outputs)
+    elif sensitivity is Sensitivity.FISHER:
+        importance = fisher_diagonal(model, batches, targets, seed=seed, outputs=outputs)
+    elif hessians:
+        measured = input_hessians(model, batches, targets, outputs=outputs)
     if sensitivity is Sensitivity.FISHER:
-        importance = fisher_diagonal(model, batches, targets, seed=seed)
         for target in targets:
             if isinstance(target.module, (nn.Embedding, nn.EmbeddingBag)) and target.qualified_name in importance:
                 importance[target.qualified_name] = floored_rows(importance[target.qualified_name])
@@ -356,7 +369,7 @@ def _tensors_to_compress(model: nn.Module, targets: list[WeightTarget], sensitiv
         convolution = isinstance(target.module, nn.modules.conv._ConvNd) or weight.ndim >= 3  # (also once scripted)
         tensors.append(TensorToCompress(target.qualified_name, to_numpy(weight), importance.get(target.qualified_name),
                                         target.channel_axis, convolution))
-    return tensors
+    return tensors, measured, np.concatenate(outputs) if outputs else None
 
 
 def floored_rows(fisher: np.ndarray) -> np.ndarray:
@@ -367,16 +380,13 @@ def floored_rows(fisher: np.ndarray) -> np.ndarray:
     return np.maximum(fisher, fisher.mean(axis=0, keepdims=True))
 
 
-def _compensation(model: nn.Module, targets: list[WeightTarget], tensors: list[TensorToCompress], batches):
-    """(a plan -> plan step re-choosing each Linear / Conv weight's indices for the layer's output error
-    (:mod:`weightzip.core.compensation`; input Hessians measured once on `batches`), the float model's outputs on
-    `batches` from that same pass)."""
-    outputs = []
-    hessians = input_hessians(model, batches, targets, outputs=outputs)
+def _compensation(targets: list[WeightTarget], tensors: list[TensorToCompress], hessians: dict) -> PlanCompensation:
+    """The plan -> plan step re-choosing each Linear / Conv weight's indices for the layer's output error
+    (:mod:`weightzip.core.compensation`), with the layers' input Hessians measured on the fit inputs."""
     by_tensor = {t.qualified_name: hessians[t.module_name] for t in targets
                  if t.module_name in hessians and t.parameter_name == "weight"}
     return PlanCompensation({t.name: t for t in tensors}, by_tensor,  # memoised across the plans a goal tries
-                            rescore=RESCORE_AFTER_COMPENSATION), np.concatenate(outputs)
+                            rescore=RESCORE_AFTER_COMPENSATION)
 
 
 def _left_alone(model: nn.Module, compressed: set[str]) -> list[dict]:
