@@ -152,7 +152,7 @@ def test_rescored_curves_weigh_what_compensation_leaves_and_shift_bytes_to_tenso
     assert after.choices["table"].clusters > after.choices["layer"].clusters
     refined = compensation(after)
     assert refined.choices["layer"].compensated and not refined.choices["table"].compensated
-    assert PlanCompensation({}, {}).rescore is False  # opt-in (compress time); choose_plan then measures both
+    assert PlanCompensation({}, {}).rescore is True  # the default (both front ends); choose_plan measures both plans
 
     from weightzip.core.fidelity import Fidelity
     from weightzip.core.post_training import choose_plan

@@ -68,8 +68,6 @@ from weightzip.torch.targets import WeightTarget
 from weightzip.torch.tensors import to_numpy
 
 METADATA_KEY = "post_training"
-RESCORE_AFTER_COMPENSATION = False  # allocate also by errors scored after compensation (PlanCompensation.rescore;
-# off until measured on the benchmark models: it adds a GPTQ pass per candidate near the size goal)
 
 
 def compress_post_training(
@@ -385,8 +383,7 @@ def _compensation(targets: list[WeightTarget], tensors: list[TensorToCompress], 
     (:mod:`weightzip.core.compensation`), with the layers' input Hessians measured on the fit inputs."""
     by_tensor = {t.qualified_name: hessians[t.module_name] for t in targets
                  if t.module_name in hessians and t.parameter_name == "weight"}
-    return PlanCompensation({t.name: t for t in tensors}, by_tensor,  # memoised across the plans a goal tries
-                            rescore=RESCORE_AFTER_COMPENSATION)
+    return PlanCompensation({t.name: t for t in tensors}, by_tensor)  # memoised across the plans a goal tries
 
 
 def _left_alone(model: nn.Module, compressed: set[str]) -> list[dict]:
