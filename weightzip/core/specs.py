@@ -293,7 +293,7 @@ class PostTrainingSpec:
             raise InvalidArgumentError(f"target_bytes must be a positive integer, got {self.target_bytes!r}")
         if self.min_fidelity is not None and not (_positive(self.min_fidelity, float) and self.min_fidelity <= 1.0):
             raise InvalidArgumentError(f"min_fidelity must be a number in (0, 1], got {self.min_fidelity!r}")
-        if goals and (self.prunes_or_sets_init or self.varied_clusters):
+        if goals and self.planned_by_rules:
             raise InvalidArgumentError("sparsity, conv_sparsity, conv_clusters and init apply to uniform clustering "
                                        "only; bits_per_weight / target_bytes / min_fidelity choose them per tensor")
         if self.sensitivity is not None:
@@ -329,6 +329,12 @@ class PostTrainingSpec:
     def varied_clusters(self) -> bool:
         """Whether the rules give layers different k (each k's tensors are then planned together)."""
         return len(set(self.clusters.values)) > 1
+
+    @property
+    def planned_by_rules(self) -> bool:
+        """Whether the rules vary k, prune or set the init, so that they plan the tensors (uniform_plans.rule_plan),
+        not the goal (such a plan is neither allocated nor compensated)."""
+        return self.prunes_or_sets_init or self.varied_clusters
 
     def plan(self, tensors: list, sensitivity: Sensitivity, *, file_bytes=None, fidelity_of=None, refine=None):
         """(plan, mode) by :func:`~weightzip.core.post_training.choose_plan` with this spec's global k, granularity,

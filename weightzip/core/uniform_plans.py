@@ -25,11 +25,6 @@ from weightzip.core.pruning import apply_mask, magnitude_mask
 from weightzip.core.rules import CONVOLUTION, LayerRules
 
 
-def has_layer_rules(spec) -> bool:
-    """Whether `spec`'s rules vary k, prune or set the init, so that :func:`rule_plan` plans (not the goal)."""
-    return bool(spec.prunes_or_sets_init or spec.varied_clusters)
-
-
 def rule_plan(spec, tensors: list, layers: dict, sensitivity: Sensitivity) -> tuple[AllocationPlan, str] | None:
     """(plan, mode) of the tensors when `spec`'s rules vary, prune or set the init; None when plain uniform k (or
     the spec's goal) applies, which :func:`~weightzip.core.post_training.choose_plan` plans.
@@ -38,7 +33,7 @@ def rule_plan(spec, tensors: list, layers: dict, sensitivity: Sensitivity) -> tu
     matches no layer is refused (:meth:`LayerRules.check_names`)."""
     for rules, what in ((spec.clusters, "clusters"), (spec.sparsity, "sparsity")):
         rules.check_names(sorted({name for name, _ in layers.values()}), what)
-    if not has_layer_rules(spec):
+    if not spec.planned_by_rules:
         return None
     k_of, sparsity_of = ({t.name: rules.value_for(*layers[t.name], (CONVOLUTION,) if t.is_convolution else ())
                           for t in tensors} for rules in (spec.clusters, spec.sparsity))

@@ -50,7 +50,7 @@ from weightzip.core.post_training import (  # shared with the Keras front end
 )
 from weightzip.core.rules import LayerRules
 from weightzip.core.specs import PostTrainingSpec
-from weightzip.core.uniform_plans import has_layer_rules, rule_plan
+from weightzip.core.uniform_plans import rule_plan
 from weightzip.format import encode_wz
 from weightzip.torch.calibration import (
     activation_importance,
@@ -141,17 +141,16 @@ def compress_post_training(
         held_batches = batches_of(samples[torch.as_tensor(held)], batch_size)
         reference = outputs_of(model, held_batches)  # also: the model runs on these inputs, or a clear error
     compensating = (spec.compensation and fit_batches is not None and sensitivity is not Sensitivity.NONE
-                    and not has_layer_rules(spec))  # (a ruled plan is not compensated)
+                    and not spec.planned_by_rules)  # (a ruled plan is not compensated)
     tensors, hessians, fit_reference = _tensors_to_compress(model, targets, sensitivity, fit_batches, spec.seed,
                                                             hessians=compensating)
     uncompressed = _left_alone(model, {t.name for t in tensors})
 
     ruled = rule_plan(spec, tensors, {t.qualified_name: (t.module_name, t.module) for t in targets
                                       if t.qualified_name in {tensor.name for tensor in tensors}}, sensitivity)
-    refine = None
-    if compensating:
-        refine = _compensation(targets, tensors, hessians)
-    if fit_reference is None and (refine is not None or spec.min_fidelity is not None):
+    refine = _compensation(targets, tensors, hessians) if compensating else None
+    measuring = refine is not None or spec.min_fidelity is not None  # plans measured on the fit inputs
+    if fit_reference is None and measuring:
         fit_reference = outputs_of(model, fit_batches)
 
     correction = None
@@ -180,7 +179,7 @@ def compress_post_training(
             + HEADER_SLACK
 
     plan, mode = ruled or spec.plan(tensors, sensitivity, file_bytes=file_bytes, refine=refine,  # ruled: per layer
-                                    fidelity_of=fidelity_of if fit_reference is not None else None)
+                                    fidelity_of=fidelity_of if measuring else None)
     if best_trial.get("plan") is plan:  # measured already: that model, not a second copy and correcting pass
         compressed, corrected = best_trial["model"], best_trial["corrected"]
     else:
