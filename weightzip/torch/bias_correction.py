@@ -29,7 +29,13 @@ import torch
 from torch import nn
 
 from weightzip.core.output_correction import fitted_scales, folded_statistics, position_subset, scale_limit
-from weightzip.torch.calibration import counted_positions, position_mask, run_model, run_with_forward_hooks
+from weightzip.torch.calibration import (
+    counted_positions,
+    forward_hooks,
+    position_mask,
+    run_model,
+    run_with_forward_hooks,
+)
 from weightzip.torch.targets import WeightTarget
 
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -187,13 +193,8 @@ def _shift_means(model: nn.Module, names: list[str], where: dict, wanted: dict, 
         return hook
 
     layers = dict(model.named_modules())
-    handles = [layers[name].register_forward_hook(hook_for(name, layers[name])) for name in names]
-    try:
-        with torch.no_grad():
-            outputs = run_model(model, inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with forward_hooks([(layers[name], hook_for(name, layers[name])) for name in names]), torch.no_grad():
+        outputs = run_model(model, inputs)
     with torch.no_grad():
         for name in names:
             kind, tensor = where[name]

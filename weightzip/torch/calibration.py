@@ -25,6 +25,7 @@ positions get zero gradient).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Iterable
 
 import numpy as np
@@ -103,8 +104,7 @@ def fisher_diagonal(module: nn.Module, batches: Iterable[torch.Tensor], targets:
     sums = {name: torch.zeros_like(p, dtype=torch.float64) for name, p in parameters.items()}
     generator = torch.Generator().manual_seed(seed)
     samples = 0
-    handles = [layer.register_forward_hook(hook) for layer, hook in hooks]
-    try:
+    with forward_hooks(hooks):
         for batch in batches:
             if on_batch is not None:
                 on_batch(batch)
@@ -114,9 +114,6 @@ def fisher_diagonal(module: nn.Module, batches: Iterable[torch.Tensor], targets:
             samples += batch.shape[0]
             if parameters:
                 _add_squared_gradients(output, parameters, sums, draws, objective, generator)
-    finally:
-        for handle in handles:
-            handle.remove()
     if samples == 0:
         raise WeightzipError("no calibration batches to measure sensitivities on")
     return {name: (total / (samples * draws)).cpu().numpy() for name, total in sums.items()}
@@ -197,15 +194,22 @@ def run_with_forward_hooks(module: nn.Module, batches, hooks, on_batch=None, out
     registered on its layer for the run and removed afterwards, also when the model fails. on_batch(batch)
     is called before each batch runs. outputs: a list that gets each batch's outputs as :func:`outputs_of` gives
     them (float32 NumPy; the same pass, so with hooks that leave outputs unchanged, the same values)."""
+    with forward_hooks(hooks), torch.no_grad():
+        for batch in batches:
+            if on_batch is not None:
+                on_batch(batch)
+            output = run_model(module, batch)
+            if outputs is not None:
+                outputs.append(output.float().cpu().numpy())
+
+
+@contextlib.contextmanager
+def forward_hooks(hooks):
+    """Each forward hook of `hooks` ((layer, hook) pairs) registered on its layer for the block, removed after it,
+    also when the block raises."""
     handles = [layer.register_forward_hook(hook) for layer, hook in hooks]
     try:
-        with torch.no_grad():
-            for batch in batches:
-                if on_batch is not None:
-                    on_batch(batch)
-                output = run_model(module, batch)
-                if outputs is not None:
-                    outputs.append(output.float().cpu().numpy())
+        yield
     finally:
         for handle in handles:
             handle.remove()
