@@ -60,6 +60,18 @@ def test_weighted_density_is_the_weighted_quantiles(problem, data):
     np.testing.assert_array_equal(fit_centroids(values, k, "density", sample_weight=weights), expected)
 
 
+def test_weighted_density_takes_the_value_where_the_cdf_meets_a_level_exactly():
+    """Integer weights of total 84: the CDF after -0.5 is exactly 27/84 = level 4.5/14, though 4.5/14 · 84 rounds to
+    27.000000000000004 (a search on that product landed on the next value, 0; found by the property test above)."""
+    values = np.array([0, 0, 0, 0.5, -1, -2, -3, -1.5, -0.5] + [0] * 14 + [1, -4, -5, -6, -7] + [0] * 10 + [-8, -9])
+    weights = np.array([0, 0, 0, 1, 1, 1, 1, 4, 5] + [0] * 13 + [1, 5, 1, 1, 1, 2] + [5] * 12, dtype=np.float64)
+    assert weights.sum() == 84 and len(values) == len(weights) == 40
+    levels = (np.arange(14) + 0.5) / 14
+    expected = np.quantile(values, levels, method="inverted_cdf", weights=weights)
+    assert expected[4] == -0.5
+    np.testing.assert_array_equal(fit_centroids(values, 14, "density", sample_weight=weights), expected)
+
+
 @pytest.mark.parametrize("init", ["random", "kmeans++"])
 @settings(deadline=None)
 @given(values_and_k(), st.integers(0, 2**32 - 1))

@@ -100,14 +100,26 @@ class SortedSample:
         return float(max(per_cluster.sum(), 0.0))
 
     def quantiles(self, levels: np.ndarray) -> np.ndarray:
-        """Weighted quantiles at `levels` in [0, 1] (the value where the CDF first reaches the level)."""
-        targets = np.asarray(levels, dtype=np.float64) * self.total_weight
+        """Weighted quantiles at `levels` in [0, 1] (the value where the CDF first reaches the level).
+
+        Weighted, the CDF at a value is judged as (prefix weight) / (total weight) >= level, as NumPy's weighted
+        ``inverted_cdf`` does: ``level · total`` alone rounds, and where the CDF meets a level exactly (integer
+        weights) the search could land on the next value (total 84 at level 4.5/14: 27.000000000000004 > 27), so
+        the search on it is corrected by one step either way, over a run of equal prefix weights. Unweighted, the
+        index is ``ceil(level · n) - 1``, as NumPy's unweighted ``inverted_cdf`` computes it (ties included)."""
+        levels = np.asarray(levels, dtype=np.float64)
+        total = self.total_weight
+        targets = levels * total
         if self.cum_weight is None:
             index = np.ceil(targets).astype(np.int64) - 1
-        else:
-            index = np.searchsorted(self.cum_weight, targets, side="left") - 1
-        index = np.clip(index, 0, self.size - 1)
-        return self.values[index].astype(np.float64)
+            return self.values[np.clip(index, 0, self.size - 1)].astype(np.float64)
+        cum = self.cum_weight  # CDF of index i: cum[i + 1] / total
+        index = np.clip(np.searchsorted(cum, targets, side="left") - 1, 0, self.size - 1)
+        back = (index > 0) & (cum[index] / total >= levels)
+        index[back] = np.searchsorted(cum, cum[index[back]], side="left") - 1
+        ahead = (index < self.size - 1) & (cum[index + 1] / total < levels)
+        index[ahead] = np.searchsorted(cum, cum[index[ahead] + 1], side="right") - 1
+        return self.values[np.clip(index, 0, self.size - 1)].astype(np.float64)
 
 
 def _rounded_down(points: np.ndarray, dtype: np.dtype) -> np.ndarray:
