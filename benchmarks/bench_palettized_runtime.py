@@ -481,10 +481,10 @@ def run_numba_comparison() -> None:
     variants = {
         "dense float32 (torch)": lambda: torch.nn.functional.linear(x_t, weight),
         "numba loop": lambda: gemv_numba(packed, layout.stride, rows, cols, codebook, x, y),
-        "C++ AVX2 kernel": lambda: _kernels.gemv(packed_t, layout.stride, 4, rows, cols, codebook_t, 16, 1, None, x_t),
+        "C++ kernel": lambda: _kernels.gemv(packed_t, layout.stride, 4, rows, cols, codebook_t, 16, 1, None, x_t),
     }
     variants["numba loop"]()  # compile
-    np.testing.assert_allclose(y, variants["C++ AVX2 kernel"]().numpy()[0], rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(y, variants["C++ kernel"]().numpy()[0], rtol=1e-3, atol=1e-3)
     print("\n== numba vs C++: 4096x4096 GEMV at 4 bits, batch 1, 1 thread (thread CPU ms, median of 25)")
     for name, run in variants.items():
         times = []
@@ -527,7 +527,7 @@ def main() -> None:
         global CLOCK
         CLOCK = time.thread_time
     print(f"torch {torch.__version__}; weightzip kernels: "
-          f"{'compiled, AVX2' if _kernels.available() and _kernels.has_avx2() else _kernels._load()}; "
+          f"{'compiled, ' + _kernels.simd_name() if _kernels.available() else _kernels._load()}; "
           f"median of interleaved rounds ({'thread CPU time' if args.cpu_time else 'wall time'}); "
           f"load average {os.getloadavg()[0]:.1f}; {os.cpu_count()} CPUs (shared: compare ratios, not absolute times)")
     results = []

@@ -47,6 +47,8 @@ CASES = [  # (shape, bits, k, axis, group_size): every lookup path (k <= 8, 16, 
     ((16, 64), 5, 32, 0, 2), ((6, 130), 2, 3, None, 1), ((9, 40), 6, 40, 0, 1), ((3, 17), 7, 100, 0, 1),
     ((12, 200), 4, 11, 1, 1), ((8, 4, 3, 3), 3, 8, 1, 2), ((64, 96), 4, 16, None, 1), ((10, 70), 8, 200, 0, 3),
     ((3, 145), 4, 16, 0, 1),  # 4 bits: two blocks of 64, no block of 32, a scalar tail of 17
+    # 4 bits, k <= 16, cols a multiple of 128: the AVX-512 kernels (rows not a multiple of 4; codebooks of 16, 11, 13)
+    ((6, 256), 4, 16, 0, 1), ((7, 384), 4, 11, None, 1), ((5, 128), 4, 13, 0, 2),
 ]
 
 
@@ -63,13 +65,14 @@ def test_kernels_decode_and_multiply_exactly_like_the_dense_decoded_weight(shape
     args = (packed_t, layout.stride, bits, layout.cols, codebook, k, layout.rows_per_group, offsets_t)
     assert torch.equal(decode_rows_torch(packed_t, layout, codebook, offsets_t, slice(None)), dense)
     rows = torch.tensor([layout.rows - 1, 0, layout.rows // 2, 0])
-    x = torch.randn(7, layout.cols)
+    x = torch.randn(13, layout.cols)
     reference = (x.double() @ dense.double().T)
     scale = x.abs().double() @ dense.abs().double().T  # rounding bound of a float32 dot product
-    for simd in (True, False):  # AVX2 path and portable scalar path
+    # the widest path this CPU has (AVX-512 where it exists), AVX2, and the portable scalar path
+    for simd in (_kernels.BEST, _kernels.AVX2, _kernels.SCALAR):
         assert torch.equal(_kernels.decode_rows(*args, first_row=0, count=layout.rows, simd=simd), dense)
         assert torch.equal(_kernels.decode_rows(*args, row_ids=rows, simd=simd), dense[rows])
-        for batch in (1, 3, 7):
+        for batch in (1, 3, 7, 13):
             y = _kernels.gemv(packed_t, layout.stride, bits, layout.rows, layout.cols, codebook, k,
                               layout.rows_per_group, offsets_t, x[:batch].contiguous(), simd=simd)
             assert ((y.double() - reference[:batch]).abs() <= 1e-5 * scale[:batch] + 1e-30).all()

@@ -3,7 +3,9 @@
 Why a small C++ library and not numba: measured with ``benchmarks/bench_palettized_runtime.py --numba``
 (4096x4096 weight, 4 bits, batch 1, one thread, thread CPU time on our 2-core AMD EPYC): dense float32
 5.2 ms, a numba loop (scalar lookups; LLVM does not turn them into register shuffles) 14.1 ms, the AVX2
-kernel (32 indices unpacked and looked up in registers with ``vpshufb`` byte planes) 2.1 ms. The library
+kernel (32 indices unpacked and looked up in registers with ``vpshufb`` byte planes) 2.1 ms; on a 2-core Intel
+Xeon with AVX-512 (Sapphire Rapids class): dense 4.7 ms, numba 11.0 ms, the AVX-512 kernel (one ``vpermps`` per
+16 weights, the codebook in one register) 0.79 ms. The library
 is plain C ABI: it needs no Python or torch headers, builds with g++ in seconds, and is called through
 ctypes with tensors' data pointers. Its OpenMP runtime is torch's own (torch, imported first, has loaded
 ``libgomp.so.1``), so both share one thread pool.
@@ -27,7 +29,11 @@ from weightzip.core.errors import WeightzipError
 
 LIBRARY = Path(__file__).with_name("_lut_kernels.so")
 SOURCE = Path(__file__).with_name("lut_kernels.cpp")
-ABI_VERSION = 5
+ABI_VERSION = 6
+
+SCALAR, AVX2, BEST = 0, 1, 2
+"""Values of the kernels' `simd` argument: the portable scalar path, at most AVX2 + FMA, or the widest path the CPU
+has (AVX-512 for 4-bit indices into <= 16 entries). Everything but tests and benchmarks uses BEST."""
 BUILD_COMMAND = "make kernels"
 
 
@@ -53,6 +59,7 @@ def _load() -> ctypes.CDLL | str:
         return f"cannot load {LIBRARY}: {error}"
     if lib.wz_abi_version() != ABI_VERSION:
         return f"{LIBRARY} has ABI version {lib.wz_abi_version()}, expected {ABI_VERSION}; run `{BUILD_COMMAND}`"
+    lib.wz_simd_level.restype = _INT
     lib.wz_gemv.argtypes = [_P, _I64, _INT, _I64, _I64, _P, _INT, _I64, _P, _P, _I64, _P, _P, _INT, _INT]
     lib.wz_gemv.restype = None
     lib.wz_gemm_rows.argtypes = [_P, _I64, _INT, _I64, _I64, _P, _INT, _I64, _P, _P, _I64, _P, _INT, _INT]
@@ -86,9 +93,14 @@ def require() -> ctypes.CDLL:
     return lib
 
 
-def has_avx2() -> bool:
-    """Whether the kernels take their AVX2/FMA path on this CPU (else a portable scalar one)."""
-    return bool(require().wz_has_avx2())
+def simd_level() -> int:
+    """The widest path the kernels take on this CPU: :data:`BEST` (AVX-512), :data:`AVX2` or :data:`SCALAR`."""
+    return int(require().wz_simd_level())
+
+
+def simd_name() -> str:
+    """:func:`simd_level` in words, for reports."""
+    return {BEST: "AVX-512", AVX2: "AVX2", SCALAR: "scalar"}[simd_level()]
 
 
 @functools.cache
@@ -102,31 +114,31 @@ def _ptr(tensor: torch.Tensor | None) -> int | None:
 
 def gemv(packed: torch.Tensor, stride: int, bits: int, rows: int, cols: int, codebook: torch.Tensor, k: int,
          rows_per_group: int, col_offsets: torch.Tensor | None, x: torch.Tensor, *, bias: torch.Tensor | None = None,
-         simd: bool = True) -> torch.Tensor:
+         simd: int = BEST) -> torch.Tensor:
     """``x @ W.T`` (``+ bias``, added inside the kernel: a contiguous float32 CPU vector) for a contiguous float32
     `x` of shape (batch, cols); one pass over W per 4 batch rows."""
     y = torch.empty(x.shape[0], rows, dtype=torch.float32)
     require().wz_gemv(packed.data_ptr(), stride, bits, rows, cols, codebook.data_ptr(), k, rows_per_group,
                       _ptr(col_offsets), x.data_ptr(), x.shape[0], _ptr(bias), y.data_ptr(), torch.get_num_threads(),
-                      int(simd))
+                      simd)
     return y
 
 
 def gemm_rows(packed: torch.Tensor, stride: int, bits: int, rows: int, cols: int, codebook: torch.Tensor, k: int,
               rows_per_group: int, col_offsets: torch.Tensor | None, x: torch.Tensor, *,
-              simd: bool = True) -> torch.Tensor:
+              simd: int = BEST) -> torch.Tensor:
     """``x @ W.T`` for a contiguous float32 `x` (batch, cols) that fits in L2: each weight row is decoded once."""
     y = torch.empty(x.shape[0], rows, dtype=torch.float32)
     require().wz_gemm_rows(packed.data_ptr(), stride, bits, rows, cols, codebook.data_ptr(), k, rows_per_group,
                            _ptr(col_offsets), x.data_ptr(), x.shape[0], y.data_ptr(), torch.get_num_threads(),
-                           int(simd))
+                           simd)
     return y
 
 
 def decode_rows(packed: torch.Tensor, stride: int, bits: int, cols: int, codebook: torch.Tensor, k: int,
                 rows_per_group: int, col_offsets: torch.Tensor | None, *, first_row: int = 0, count: int = 0,
                 row_ids: torch.Tensor | None = None, out: torch.Tensor | None = None,
-                simd: bool = True, threads: int | None = None) -> torch.Tensor:
+                simd: int = BEST, threads: int | None = None) -> torch.Tensor:
     """Rows ``first_row .. first_row + count`` (or the int64 `row_ids`) of W decoded to float32 (count, cols)."""
     if row_ids is not None:
         count = row_ids.numel()
@@ -134,7 +146,7 @@ def decode_rows(packed: torch.Tensor, stride: int, bits: int, cols: int, codeboo
         out = torch.empty(count, cols, dtype=torch.float32)
     require().wz_decode_rows(packed.data_ptr(), stride, bits, cols, _ptr(row_ids), first_row, count,
                              codebook.data_ptr(), k, rows_per_group, _ptr(col_offsets), out.data_ptr(),
-                             torch.get_num_threads() if threads is None else threads, int(simd))
+                             torch.get_num_threads() if threads is None else threads, simd)
     return out
 
 
@@ -205,7 +217,7 @@ RNN_MODES = {"LSTM": 0, "GRU": 1, "RNN_TANH": 2, "RNN_RELU": 3}
 def rnn_steps(mode: str, gi: torch.Tensor, packed: torch.Tensor, stride: int, bits: int, codebook: torch.Tensor,
               k: int, rows_per_group: int, col_offsets: torch.Tensor | None, b_hh: torch.Tensor | None,
               h0: torch.Tensor, c0: torch.Tensor | None, *, reverse: bool = False,
-              simd: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+              simd: int = BEST) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The time loop of one recurrent layer and direction in the kernel: `gi` (steps, batch, gates) holds the
     input projections (b_ih added), the palettized W_hh (gates x hidden) gives each step's hidden projection.
     Returns (outputs (steps, batch, hidden), h_T, c_T or None); all float32 and contiguous."""
@@ -218,5 +230,5 @@ def rnn_steps(mode: str, gi: torch.Tensor, packed: torch.Tensor, stride: int, bi
     out = torch.empty(steps, batch, hidden, dtype=torch.float32)
     require().wz_rnn(RNN_MODES[mode], steps, batch, hidden, gi.data_ptr(), packed.data_ptr(), stride,
                      bits, codebook.data_ptr(), k, rows_per_group, _ptr(col_offsets), _ptr(b_hh), h.data_ptr(),
-                     _ptr(c), out.data_ptr(), int(reverse), torch.get_num_threads(), int(simd))
+                     _ptr(c), out.data_ptr(), int(reverse), torch.get_num_threads(), simd)
     return out, h, c

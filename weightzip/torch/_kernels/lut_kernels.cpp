@@ -18,7 +18,8 @@
 // group of 8 values is ever decoded at a time in the GEMV; decode_rows writes float tiles for GEMM/conv.
 //
 // Plain C ABI (called through ctypes), no Python or torch headers: builds in a second with g++.
-// The AVX2/FMA path is chosen at run time (__builtin_cpu_supports), a portable scalar path otherwise.
+// The widest path the CPU has is chosen at run time (__builtin_cpu_supports): AVX-512 for 4-bit indices into
+// codebooks of <= 16 entries along rows, AVX2/FMA for everything else, a portable scalar path without AVX2.
 
 #include <cstdint>
 #include <cmath>
@@ -589,9 +590,166 @@ void sparse_rows(const int64_t* row_ptr, const uint8_t* gaps, const uint8_t* val
     for (int i = 0; i < NB; ++i) y[(n0 + i) * rows + r] = acc[i];
 }
 
+// ------------------------------------------------------------------ AVX-512 path (4-bit indices, k <= 16)
+//
+// A codebook of <= 16 floats fits one zmm register, and vpermps looks 16 indices up in it using only each
+// lane's low 4 bits. So a 64-byte load of packed indices (128 values, 16 dword lanes of 8 nibbles each)
+// needs no unpacking: shifting all lanes right by 4s brings nibble s of every lane to the bottom, and one
+// vpermps turns the 16 of them into weights (1 shuffle per 16 weights; the AVX2 byte-plane path takes 6).
+// Lane l of shift s is value 8l + s of the 128-block: the GEMV and GEMM kernels multiply with inputs put in
+// that order once per call (reorder_lanes128); decode_rows, whose tiles go to BLAS/oneDNN, writes natural
+// order (16 values from 8 bytes: each dword broadcast to 8 lanes, per-lane shifts, one vpermps).
+// Used for bits == 4, k <= 16, codebooks along rows and cols a multiple of 128 (GEMV/GEMM; the AVX2 kernels
+// otherwise); any cols for decode_rows.
+
+// GCC 12's AVX-512 headers start results from _mm512_undefined_ps(), which -W(maybe-)uninitialized flag
+// wherever they are inlined.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
+#define WZ_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")))
+
+WZ_AVX512 inline __m512 table16(const float* cb, int k) {
+    return _mm512_maskz_loadu_ps(k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << k) - 1u), cb);
+}
+
+// x (batch x cols, cols % 128 == 0) in the lane order of 128-blocks: xr[128b + 16s + l] = x[128b + 8l + s].
+void reorder_lanes128(const float* x, int64_t batch, int64_t cols, float* xr) {
+    for (int64_t n = 0; n < batch; ++n)
+        for (int64_t b = 0; b < cols; b += 128)
+            for (int s = 0; s < 8; ++s)
+                for (int l = 0; l < 16; ++l) xr[n * cols + b + 16 * s + l] = x[n * cols + b + 8 * l + s];
+}
+
+WZ_AVX512 inline float hsum512(__m512 v) {
+    return _mm512_reduce_add_ps(v);
+}
+
+bool lanes128(int bits, int k, const int32_t* col_offsets, int64_t cols) {
+    return bits == 4 && k <= 16 && col_offsets == nullptr && cols % 128 == 0 && cols > 0;
+}
+
+// y (NB x rows) for NB <= 4 batch rows of reordered inputs xr; four accumulators per batch row.
+template <int NB>
+WZ_AVX512 void gemv512(const uint8_t* packed, int64_t stride, int64_t rows, int64_t cols, const float* codebook,
+                       int k, int64_t rows_per_group, const float* xr, float* y, int64_t y_stride, int threads) {
+    const int64_t blocks = cols / 128;
+    parallel_for(rows, threads, rows * cols, [&](int64_t r) WZ_AVX512 {
+        const uint8_t* row = packed + r * stride;
+        const __m512 t = table16(row_codebook(codebook, k, r, rows_per_group), k);
+        __m512 acc[NB][4];
+        for (int n = 0; n < NB; ++n)
+            for (int a = 0; a < 4; ++a) acc[n][a] = _mm512_setzero_ps();
+        for (int64_t b = 0; b < blocks; ++b) {
+            _mm_prefetch((const char*)(row + 64 * b + 1024), _MM_HINT_T0);
+            const __m512i v = _mm512_loadu_si512((const void*)(row + 64 * b));
+            #pragma GCC unroll 8
+            for (int s = 0; s < 8; ++s) {
+                const __m512 w = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4 * s), t);
+                for (int n = 0; n < NB; ++n)
+                    acc[n][s & 3] = _mm512_fmadd_ps(w, _mm512_loadu_ps(xr + n * cols + 128 * b + 16 * s), acc[n][s & 3]);
+            }
+        }
+        for (int n = 0; n < NB; ++n)
+            y[n * y_stride + r] = hsum512(
+                _mm512_add_ps(_mm512_add_ps(acc[n][0], acc[n][1]), _mm512_add_ps(acc[n][2], acc[n][3])));
+    });
+}
+
+// Row r decoded in the lane order of 128-blocks (cols % 128 == 0).
+WZ_AVX512 inline void decode_row_lanes(const uint8_t* row, __m512 t, int64_t cols, float* o) {
+    for (int64_t b = 0; b < cols / 128; ++b) {
+        const __m512i v = _mm512_loadu_si512((const void*)(row + 64 * b));
+        #pragma GCC unroll 8
+        for (int s = 0; s < 8; ++s) _mm512_store_ps(o + 128 * b + 16 * s, _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4 * s), t));
+    }
+}
+
+// y (batch x rows) = xr @ W^T for inputs that fit in L2: each thread decodes R = 4 weight rows into an
+// aligned buffer (lane order), then multiplies them with up to 6 batch rows at a time (24 accumulators:
+// 10 loads per 24 FMAs).
+template <int NB>
+WZ_AVX512 inline void block4xNB(const float* w, const float* xr, int64_t cols, int64_t n0, int rows_here,
+                                int64_t r0, int64_t rows, float* y) {
+    __m512 acc[4][NB];
+    for (int i = 0; i < 4; ++i)
+        for (int n = 0; n < NB; ++n) acc[i][n] = _mm512_setzero_ps();
+    const float* xs = xr + n0 * cols;
+    for (int64_t c = 0; c < cols; c += 16) {
+        const __m512 w0 = _mm512_load_ps(w + c), w1 = _mm512_load_ps(w + cols + c);
+        const __m512 w2 = _mm512_load_ps(w + 2 * cols + c), w3 = _mm512_load_ps(w + 3 * cols + c);
+        for (int n = 0; n < NB; ++n) {
+            const __m512 xv = _mm512_loadu_ps(xs + n * cols + c);
+            acc[0][n] = _mm512_fmadd_ps(w0, xv, acc[0][n]);
+            acc[1][n] = _mm512_fmadd_ps(w1, xv, acc[1][n]);
+            acc[2][n] = _mm512_fmadd_ps(w2, xv, acc[2][n]);
+            acc[3][n] = _mm512_fmadd_ps(w3, xv, acc[3][n]);
+        }
+    }
+    for (int n = 0; n < NB; ++n)
+        for (int i = 0; i < rows_here; ++i) y[(n0 + n) * rows + r0 + i] = hsum512(acc[i][n]);
+}
+
+WZ_AVX512 void gemm512(const uint8_t* packed, int64_t stride, int64_t rows, int64_t cols, const float* codebook, int k,
+                       int64_t rows_per_group, const float* xr, int64_t batch, float* y, int threads) {
+#pragma omp parallel num_threads(threads)
+    {
+        float* w = static_cast<float*>(_mm_malloc(sizeof(float) * 4 * cols, 64));
+#pragma omp for schedule(static)
+        for (int64_t blk = 0; blk < (rows + 3) / 4; ++blk) {
+            const int64_t r0 = 4 * blk;
+            const int here = rows - r0 < 4 ? (int)(rows - r0) : 4;
+            for (int i = 0; i < 4; ++i) {
+                const int64_t r = r0 + (i < here ? i : 0);  // missing rows: row r0 again, not written
+                decode_row_lanes(packed + r * stride, table16(row_codebook(codebook, k, r, rows_per_group), k), cols,
+                                 w + i * cols);
+            }
+            int64_t n0 = 0;
+            for (; n0 + 6 <= batch; n0 += 6) block4xNB<6>(w, xr, cols, n0, here, r0, rows, y);
+            switch (batch - n0) {
+                case 1: block4xNB<1>(w, xr, cols, n0, here, r0, rows, y); break;
+                case 2: block4xNB<2>(w, xr, cols, n0, here, r0, rows, y); break;
+                case 3: block4xNB<3>(w, xr, cols, n0, here, r0, rows, y); break;
+                case 4: block4xNB<4>(w, xr, cols, n0, here, r0, rows, y); break;
+                case 5: block4xNB<5>(w, xr, cols, n0, here, r0, rows, y); break;
+                default: break;
+            }
+        }
+        _mm_free(w);
+    }
+}
+
+// Rows decoded in natural order (tiles for BLAS/oneDNN, embedding rows): 16 values from each 8 bytes.
+WZ_AVX512 void decode_rows512(const uint8_t* packed, int64_t stride, int64_t cols, const int64_t* row_ids,
+                              int64_t first_row, int64_t count, const float* codebook, int k, int64_t rows_per_group,
+                              float* out, int threads) {
+    parallel_for(count, threads, count * cols, [&](int64_t n) WZ_AVX512 {
+        const int64_t r = row_ids ? row_ids[n] : first_row + n;
+        const uint8_t* row = packed + r * stride;
+        const float* cb = row_codebook(codebook, k, r, rows_per_group);
+        const __m512 t = table16(cb, k);
+        const __m512i pick = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+        const __m512i shifts = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28);
+        float* o = out + n * cols;
+        const int64_t full = cols / 16;
+        for (int64_t g = 0; g < full; ++g) {
+            const __m512i words = _mm512_zextsi128_si512(_mm_loadl_epi64((const __m128i*)(row + 8 * g)));
+            const __m512i idx = _mm512_srlv_epi32(_mm512_permutexvar_epi32(pick, words), shifts);
+            _mm512_storeu_ps(o + 16 * g, _mm512_permutexvar_ps(idx, t));
+        }
+        for (int64_t c = 16 * full; c < cols; ++c) o[c] = cb[index_at(row, c, 4)];
+    });
+}
+
+bool use_avx512(int simd) {
+    static const bool supported = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                                  __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+    return simd >= 2 && supported;
+}
+
 bool use_avx2(int simd) {
     static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    return simd && supported;
+    return simd >= 1 && supported;
 }
 
 }  // namespace
@@ -599,9 +757,11 @@ bool use_avx2(int simd) {
 extern "C" {
 
 // Bumped whenever a signature below changes; the Python loader refuses a library of another version.
-int wz_abi_version() { return 5; }
+int wz_abi_version() { return 6; }
 
-int wz_has_avx2() { return use_avx2(1) ? 1 : 0; }
+// The widest SIMD path this CPU takes: 2 AVX-512 (4-bit kernels), 1 AVX2 + FMA, 0 scalar. A call's `simd`
+// argument caps it the same way (0 scalar, 1 at most AVX2, 2 whatever the CPU has), for tests and benchmarks.
+int wz_simd_level() { return use_avx512(2) ? 2 : use_avx2(1) ? 1 : 0; }
 
 // y (batch x rows) = x (batch x cols) @ W^T (+ bias). Meant for small batches (a GEMV per batch row).
 void wz_gemv(const uint8_t* packed, int64_t stride, int bits, int64_t rows, int64_t cols, const float* codebook,
@@ -610,6 +770,25 @@ void wz_gemv(const uint8_t* packed, int64_t stride, int bits, int64_t rows, int6
     if (!use_avx2(simd)) {
         gemv_scalar(packed, stride, bits, rows, cols, codebook, k, rows_per_group, col_offsets, x, batch, bias, y,
                     threads);
+        return;
+    }
+    if (use_avx512(simd) && lanes128(bits, k, col_offsets, cols)) {
+        float* xr = new float[batch * cols];
+        reorder_lanes128(x, batch, cols, xr);
+        for (int64_t n0 = 0; n0 < batch; n0 += 4) {
+            const float* xs = xr + n0 * cols;
+            float* ys = y + n0 * rows;
+            switch (batch - n0 < 4 ? batch - n0 : 4) {
+                case 1: gemv512<1>(packed, stride, rows, cols, codebook, k, rows_per_group, xs, ys, rows, threads); break;
+                case 2: gemv512<2>(packed, stride, rows, cols, codebook, k, rows_per_group, xs, ys, rows, threads); break;
+                case 3: gemv512<3>(packed, stride, rows, cols, codebook, k, rows_per_group, xs, ys, rows, threads); break;
+                default: gemv512<4>(packed, stride, rows, cols, codebook, k, rows_per_group, xs, ys, rows, threads); break;
+            }
+        }
+        delete[] xr;
+        if (bias)
+            for (int64_t n = 0; n < batch; ++n)
+                for (int64_t r = 0; r < rows; ++r) y[n * rows + r] += bias[r];
         return;
     }
     const bool lanes = col_offsets == nullptr && (bits == 1 || bits == 2 || bits == 4 || bits == 8) && cols >= 64;
@@ -649,6 +828,13 @@ void wz_gemm_rows(const uint8_t* packed, int64_t stride, int bits, int64_t rows,
                     threads);
         return;
     }
+    if (use_avx512(simd) && lanes128(bits, k, col_offsets, cols)) {
+        float* xr = static_cast<float*>(_mm_malloc(sizeof(float) * batch * cols, 64));
+        reorder_lanes128(x, batch, cols, xr);
+        gemm512(packed, stride, rows, cols, codebook, k, rows_per_group, xr, batch, y, threads);
+        _mm_free(xr);
+        return;
+    }
     gemm_rows_avx2(packed, stride, bits, rows, cols, codebook, k, rows_per_group, col_offsets, x, batch, y, threads);
 }
 
@@ -656,7 +842,9 @@ void wz_gemm_rows(const uint8_t* packed, int64_t stride, int bits, int64_t rows,
 void wz_decode_rows(const uint8_t* packed, int64_t stride, int bits, int64_t cols, const int64_t* row_ids,
                     int64_t first_row, int64_t count, const float* codebook, int k, int64_t rows_per_group,
                     const int32_t* col_offsets, float* out, int threads, int simd) {
-    if (use_avx2(simd))
+    if (use_avx512(simd) && bits == 4 && k <= 16 && col_offsets == nullptr)
+        decode_rows512(packed, stride, cols, row_ids, first_row, count, codebook, k, rows_per_group, out, threads);
+    else if (use_avx2(simd))
         decode_rows_avx2(packed, stride, bits, cols, row_ids, first_row, count, codebook, k, rows_per_group,
                          col_offsets, out, threads);
     else
