@@ -47,8 +47,9 @@ CASES = [  # (shape, bits, k, axis, group_size): every lookup path (k <= 8, 16, 
     ((16, 64), 5, 32, 0, 2), ((6, 130), 2, 3, None, 1), ((9, 40), 6, 40, 0, 1), ((3, 17), 7, 100, 0, 1),
     ((12, 200), 4, 11, 1, 1), ((8, 4, 3, 3), 3, 8, 1, 2), ((64, 96), 4, 16, None, 1), ((10, 70), 8, 200, 0, 3),
     ((3, 145), 4, 16, 0, 1),  # 4 bits: two blocks of 64, no block of 32, a scalar tail of 17
-    # 4 bits, k <= 16, cols a multiple of 128: the AVX-512 kernels (rows not a multiple of 4; codebooks of 16, 11, 13)
+    # the AVX-512 kernels: 4 bits and cols a multiple of 128, 2 bits and 256, 1 bit and 512 (rows not a multiple of 4)
     ((6, 256), 4, 16, 0, 1), ((7, 384), 4, 11, None, 1), ((5, 128), 4, 13, 0, 2),
+    ((5, 512), 2, 4, 0, 1), ((3, 256), 2, 3, None, 1), ((6, 1024), 1, 2, 0, 1),
 ]
 
 

@@ -590,17 +590,19 @@ void sparse_rows(const int64_t* row_ptr, const uint8_t* gaps, const uint8_t* val
     for (int i = 0; i < NB; ++i) y[(n0 + i) * rows + r] = acc[i];
 }
 
-// ------------------------------------------------------------------ AVX-512 path (4-bit indices, k <= 16)
+// ------------------------------------------------------------------ AVX-512 path (1/2/4-bit indices, k <= 16)
 //
 // A codebook of <= 16 floats fits one zmm register, and vpermps looks 16 indices up in it using only each
-// lane's low 4 bits. So a 64-byte load of packed indices (128 values, 16 dword lanes of 8 nibbles each)
-// needs no unpacking: shifting all lanes right by 4s brings nibble s of every lane to the bottom, and one
-// vpermps turns the 16 of them into weights (1 shuffle per 16 weights; the AVX2 byte-plane path takes 6).
-// Lane l of shift s is value 8l + s of the 128-block: the GEMV and GEMM kernels multiply with inputs put in
-// that order once per call (reorder_lanes128); decode_rows, whose tiles go to BLAS/oneDNN, writes natural
-// order (16 values from 8 bytes: each dword broadcast to 8 lanes, per-lane shifts, one vpermps).
-// Used for bits == 4, k <= 16, codebooks along rows and cols a multiple of 128 (GEMV/GEMM; the AVX2 kernels
-// otherwise); any cols for decode_rows.
+// lane's low 4 bits. So a 64-byte load of packed b-bit indices (16 dword lanes of V = 32 / b values each)
+// needs no unpacking: shifting all lanes right by b*s brings value s of every lane to the bottom, and one
+// vpermps turns the 16 of them into weights (1 shuffle per 16 weights; the AVX2 byte-plane path takes 6 at
+// 4 bits). Below 4 bits the next values' bits lie above the index, so the table repeats the codebook with
+// period 2^b (entry i = codebook[i mod 2^b]) instead of masking. Lane l of shift s is value V*l + s of the
+// 16V-value block: the GEMV and GEMM kernels multiply with inputs put in that order once per call
+// (reorder_lanes); decode_rows, whose tiles go to BLAS/oneDNN, writes natural order (4 bits only: 16 values
+// from 8 bytes, each dword broadcast to 8 lanes, per-lane shifts, one vpermps).
+// Used for bits 1, 2, 4 with codebooks along rows and cols a multiple of the block (512, 256, 128 values)
+// in the GEMV/GEMM (the AVX2 kernels otherwise), for 4 bits and any cols in decode_rows.
 
 // GCC 12's AVX-512 headers start results from _mm512_undefined_ps(), which -W(maybe-)uninitialized flag
 // wherever they are inlined.
@@ -609,45 +611,67 @@ void sparse_rows(const int64_t* row_ptr, const uint8_t* gaps, const uint8_t* val
 
 #define WZ_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")))
 
+// The lookup table of a codebook of k <= 2^BITS entries: entry i = cb[i mod 2^BITS] (missing entries zero).
+template <int BITS>
 WZ_AVX512 inline __m512 table16(const float* cb, int k) {
-    return _mm512_maskz_loadu_ps(k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << k) - 1u), cb);
-}
-
-// x (batch x cols, cols % 128 == 0) in the lane order of 128-blocks: xr[128b + 16s + l] = x[128b + 8l + s].
-void reorder_lanes128(const float* x, int64_t batch, int64_t cols, float* xr) {
-    for (int64_t n = 0; n < batch; ++n)
-        for (int64_t b = 0; b < cols; b += 128)
-            for (int s = 0; s < 8; ++s)
-                for (int l = 0; l < 16; ++l) xr[n * cols + b + 16 * s + l] = x[n * cols + b + 8 * l + s];
+    const __m512 t = _mm512_maskz_loadu_ps(k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << k) - 1u), cb);
+    if constexpr (BITS >= 4) return t;
+    const __m512i period = _mm512_and_si512(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                            _mm512_set1_epi32((1 << BITS) - 1));
+    return _mm512_permutexvar_ps(period, t);
 }
 
 WZ_AVX512 inline float hsum512(__m512 v) {
     return _mm512_reduce_add_ps(v);
 }
 
-bool lanes128(int bits, int k, const int32_t* col_offsets, int64_t cols) {
-    return bits == 4 && k <= 16 && col_offsets == nullptr && cols % 128 == 0 && cols > 0;
+// Values per 64-byte block of BITS-bit indices.
+template <int BITS>
+constexpr int64_t lane_block() { return 16 * (32 / BITS); }
+
+// x (batch x cols, cols a multiple of the block) in lane order: xr[B*b + 16s + l] = x[B*b + V*l + s].
+template <int BITS>
+void reorder_lanes(const float* x, int64_t batch, int64_t cols, float* xr) {
+    constexpr int V = 32 / BITS;
+    constexpr int64_t B = lane_block<BITS>();
+    for (int64_t n = 0; n < batch; ++n)
+        for (int64_t b = 0; b < cols; b += B)
+            for (int s = 0; s < V; ++s)
+                for (int l = 0; l < 16; ++l) xr[n * cols + b + 16 * s + l] = x[n * cols + b + V * l + s];
+}
+
+// Whether the AVX-512 GEMV/GEMM serve this weight.
+bool lanes512(int bits, int k, const int32_t* col_offsets, int64_t cols) {
+    if (col_offsets != nullptr || k > 16 || cols <= 0) return false;
+    switch (bits) {
+        case 1: return cols % lane_block<1>() == 0;
+        case 2: return cols % lane_block<2>() == 0;
+        case 4: return cols % lane_block<4>() == 0;
+        default: return false;
+    }
 }
 
 // y (NB x rows) for NB <= 4 batch rows of reordered inputs xr; four accumulators per batch row.
-template <int NB>
+template <int NB, int BITS>
 WZ_AVX512 void gemv512(const uint8_t* packed, int64_t stride, int64_t rows, int64_t cols, const float* codebook,
                        int k, int64_t rows_per_group, const float* xr, float* y, int64_t y_stride, int threads) {
-    const int64_t blocks = cols / 128;
+    constexpr int V = 32 / BITS;
+    constexpr int64_t B = lane_block<BITS>();
+    const int64_t blocks = cols / B;
     parallel_for(rows, threads, rows * cols, [&](int64_t r) WZ_AVX512 {
         const uint8_t* row = packed + r * stride;
-        const __m512 t = table16(row_codebook(codebook, k, r, rows_per_group), k);
+        const __m512 t = table16<BITS>(row_codebook(codebook, k, r, rows_per_group), k);
         __m512 acc[NB][4];
         for (int n = 0; n < NB; ++n)
             for (int a = 0; a < 4; ++a) acc[n][a] = _mm512_setzero_ps();
         for (int64_t b = 0; b < blocks; ++b) {
             _mm_prefetch((const char*)(row + 64 * b + 1024), _MM_HINT_T0);
             const __m512i v = _mm512_loadu_si512((const void*)(row + 64 * b));
-            #pragma GCC unroll 8
-            for (int s = 0; s < 8; ++s) {
-                const __m512 w = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4 * s), t);
+            #pragma GCC unroll 32
+            for (int s = 0; s < V; ++s) {
+                const __m512 w = _mm512_permutexvar_ps(_mm512_srli_epi32(v, BITS * s), t);
                 for (int n = 0; n < NB; ++n)
-                    acc[n][s & 3] = _mm512_fmadd_ps(w, _mm512_loadu_ps(xr + n * cols + 128 * b + 16 * s), acc[n][s & 3]);
+                    acc[n][s & 3] = _mm512_fmadd_ps(w, _mm512_loadu_ps(xr + n * cols + B * b + 16 * s), acc[n][s & 3]);
             }
         }
         for (int n = 0; n < NB; ++n)
@@ -656,12 +680,30 @@ WZ_AVX512 void gemv512(const uint8_t* packed, int64_t stride, int64_t rows, int6
     });
 }
 
-// Row r decoded in the lane order of 128-blocks (cols % 128 == 0).
+template <int BITS>
+WZ_AVX512 void gemv512_batch(const uint8_t* packed, int64_t stride, int64_t rows, int64_t cols, const float* codebook,
+                             int k, int64_t rows_per_group, const float* xr, int64_t batch, float* y, int threads) {
+    for (int64_t n0 = 0; n0 < batch; n0 += 4) {
+        const float* xs = xr + n0 * cols;
+        float* ys = y + n0 * rows;
+        switch (batch - n0 < 4 ? batch - n0 : 4) {
+            case 1: gemv512<1, BITS>(packed, stride, rows, cols, codebook, k, rows_per_group, xs, ys, rows, threads); break;
+            case 2: gemv512<2, BITS>(packed, stride, rows, cols, codebook, k, rows_per_group, xs, ys, rows, threads); break;
+            case 3: gemv512<3, BITS>(packed, stride, rows, cols, codebook, k, rows_per_group, xs, ys, rows, threads); break;
+            default: gemv512<4, BITS>(packed, stride, rows, cols, codebook, k, rows_per_group, xs, ys, rows, threads); break;
+        }
+    }
+}
+
+// Row r decoded in lane order (cols a multiple of the block).
+template <int BITS>
 WZ_AVX512 inline void decode_row_lanes(const uint8_t* row, __m512 t, int64_t cols, float* o) {
-    for (int64_t b = 0; b < cols / 128; ++b) {
+    constexpr int V = 32 / BITS;
+    constexpr int64_t B = lane_block<BITS>();
+    for (int64_t b = 0; b < cols / B; ++b) {
         const __m512i v = _mm512_loadu_si512((const void*)(row + 64 * b));
-        #pragma GCC unroll 8
-        for (int s = 0; s < 8; ++s) _mm512_store_ps(o + 128 * b + 16 * s, _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4 * s), t));
+        #pragma GCC unroll 32
+        for (int s = 0; s < V; ++s) _mm512_store_ps(o + B * b + 16 * s, _mm512_permutexvar_ps(_mm512_srli_epi32(v, BITS * s), t));
     }
 }
 
@@ -690,6 +732,7 @@ WZ_AVX512 inline void block4xNB(const float* w, const float* xr, int64_t cols, i
         for (int i = 0; i < rows_here; ++i) y[(n0 + n) * rows + r0 + i] = hsum512(acc[i][n]);
 }
 
+template <int BITS>
 WZ_AVX512 void gemm512(const uint8_t* packed, int64_t stride, int64_t rows, int64_t cols, const float* codebook, int k,
                        int64_t rows_per_group, const float* xr, int64_t batch, float* y, int threads) {
 #pragma omp parallel num_threads(threads)
@@ -701,8 +744,8 @@ WZ_AVX512 void gemm512(const uint8_t* packed, int64_t stride, int64_t rows, int6
             const int here = rows - r0 < 4 ? (int)(rows - r0) : 4;
             for (int i = 0; i < 4; ++i) {
                 const int64_t r = r0 + (i < here ? i : 0);  // missing rows: row r0 again, not written
-                decode_row_lanes(packed + r * stride, table16(row_codebook(codebook, k, r, rows_per_group), k), cols,
-                                 w + i * cols);
+                decode_row_lanes<BITS>(packed + r * stride,
+                                       table16<BITS>(row_codebook(codebook, k, r, rows_per_group), k), cols, w + i * cols);
             }
             int64_t n0 = 0;
             for (; n0 + 6 <= batch; n0 += 6) block4xNB<6>(w, xr, cols, n0, here, r0, rows, y);
@@ -719,6 +762,24 @@ WZ_AVX512 void gemm512(const uint8_t* packed, int64_t stride, int64_t rows, int6
     }
 }
 
+// The GEMV (gemm = false) or GEMM of a weight lanes512 accepts: inputs reordered, then the kernel for its width.
+void lanes512_multiply(bool gemm, const uint8_t* packed, int64_t stride, int bits, int64_t rows, int64_t cols,
+                       const float* codebook, int k, int64_t rows_per_group, const float* x, int64_t batch, float* y,
+                       int threads) {
+    float* xr = static_cast<float*>(_mm_malloc(sizeof(float) * batch * cols, 64));
+#define WZ_LANES(B)                                                                                          \
+    reorder_lanes<B>(x, batch, cols, xr);                                                                   \
+    if (gemm) gemm512<B>(packed, stride, rows, cols, codebook, k, rows_per_group, xr, batch, y, threads);   \
+    else gemv512_batch<B>(packed, stride, rows, cols, codebook, k, rows_per_group, xr, batch, y, threads);
+    switch (bits) {
+        case 1: { WZ_LANES(1) } break;
+        case 2: { WZ_LANES(2) } break;
+        default: { WZ_LANES(4) } break;
+    }
+#undef WZ_LANES
+    _mm_free(xr);
+}
+
 // Rows decoded in natural order (tiles for BLAS/oneDNN, embedding rows): 16 values from each 8 bytes.
 WZ_AVX512 void decode_rows512(const uint8_t* packed, int64_t stride, int64_t cols, const int64_t* row_ids,
                               int64_t first_row, int64_t count, const float* codebook, int k, int64_t rows_per_group,
@@ -727,7 +788,7 @@ WZ_AVX512 void decode_rows512(const uint8_t* packed, int64_t stride, int64_t col
         const int64_t r = row_ids ? row_ids[n] : first_row + n;
         const uint8_t* row = packed + r * stride;
         const float* cb = row_codebook(codebook, k, r, rows_per_group);
-        const __m512 t = table16(cb, k);
+        const __m512 t = table16<4>(cb, k);
         const __m512i pick = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
         const __m512i shifts = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28);
         float* o = out + n * cols;
@@ -772,20 +833,8 @@ void wz_gemv(const uint8_t* packed, int64_t stride, int bits, int64_t rows, int6
                     threads);
         return;
     }
-    if (use_avx512(simd) && lanes128(bits, k, col_offsets, cols)) {
-        float* xr = new float[batch * cols];
-        reorder_lanes128(x, batch, cols, xr);
-        for (int64_t n0 = 0; n0 < batch; n0 += 4) {
-            const float* xs = xr + n0 * cols;
-            float* ys = y + n0 * rows;
-            switch (batch - n0 < 4 ? batch - n0 : 4) {
-                case 1: gemv512<1>(packed, stride, rows, cols, codebook, k, rows_per_group, xs, ys, rows, threads); break;
-                case 2: gemv512<2>(packed, stride, rows, cols, codebook, k, rows_per_group, xs, ys, rows, threads); break;
-                case 3: gemv512<3>(packed, stride, rows, cols, codebook, k, rows_per_group, xs, ys, rows, threads); break;
-                default: gemv512<4>(packed, stride, rows, cols, codebook, k, rows_per_group, xs, ys, rows, threads); break;
-            }
-        }
-        delete[] xr;
+    if (use_avx512(simd) && lanes512(bits, k, col_offsets, cols)) {
+        lanes512_multiply(false, packed, stride, bits, rows, cols, codebook, k, rows_per_group, x, batch, y, threads);
         if (bias)
             for (int64_t n = 0; n < batch; ++n)
                 for (int64_t r = 0; r < rows; ++r) y[n * rows + r] += bias[r];
@@ -828,11 +877,8 @@ void wz_gemm_rows(const uint8_t* packed, int64_t stride, int bits, int64_t rows,
                     threads);
         return;
     }
-    if (use_avx512(simd) && lanes128(bits, k, col_offsets, cols)) {
-        float* xr = static_cast<float*>(_mm_malloc(sizeof(float) * batch * cols, 64));
-        reorder_lanes128(x, batch, cols, xr);
-        gemm512(packed, stride, rows, cols, codebook, k, rows_per_group, xr, batch, y, threads);
-        _mm_free(xr);
+    if (use_avx512(simd) && lanes512(bits, k, col_offsets, cols)) {
+        lanes512_multiply(true, packed, stride, bits, rows, cols, codebook, k, rows_per_group, x, batch, y, threads);
         return;
     }
     gemm_rows_avx2(packed, stride, bits, rows, cols, codebook, k, rows_per_group, col_offsets, x, batch, y, threads);
