@@ -53,6 +53,37 @@ def test_search_with_a_pinned_zero_and_midpoints_out_of_order():
         np.testing.assert_array_equal(index, (weights[:, None] > midpoints[0]).sum(axis=1))
 
 
+@pytest.mark.skipif(not fast.VECTOR_SEARCH, reason="numba does not compile for an AVX-512 CPU here")
+@pytest.mark.parametrize("index_dtype", [np.uint8, np.int32, np.int64])
+def test_the_avx512_search_is_the_select_chain(index_dtype):
+    """16 weights at a time (binary search by vpermps) = the chain, on ranges that start and end off a multiple
+    of 16, with weights on every midpoint, beside them by one ulp, +-inf, NaN, and +inf / NaN padded midpoints."""
+    rng = np.random.default_rng(11)
+    for k in (1, 2, 5, 16):
+        table = np.sort(rng.normal(size=16)).astype(np.float32)
+        midpoints = np.full(16, np.inf, np.float32)
+        midpoints[: k - 1] = (table[1:k] + table[: k - 1]) / 2
+        if k == 5:
+            midpoints[4:] = np.nan  # NaN padding: compares false, as +inf
+        weights = rng.normal(size=1003).astype(np.float32)
+        edges = midpoints[: k - 1]
+        weights[: 3 * (k - 1)] = np.concatenate([edges, np.nextafter(edges, -np.inf), np.nextafter(edges, np.inf)])
+        weights[-3:] = [np.inf, -np.inf, np.nan]
+        rng.shuffle(weights[:-3])
+        for first, last in ((0, 1003), (5, 999), (16, 32), (3, 10)):
+            results = []
+            for kernel in (fast._register_search_chain, fast._register_search_vector):
+                out, index = np.full(1003, -7.0, np.float32), np.full(1003, 99, index_dtype)
+                kernel(weights, midpoints, table, out, index, first, last)
+                results.append((out, index))
+            (out, index), (vector_out, vector_index) = results
+            np.testing.assert_array_equal(vector_index, index)
+            np.testing.assert_array_equal(vector_out, out)
+            assert (vector_out[:first] == -7.0).all() and (vector_out[last:] == -7.0).all()  # nothing outside
+            expected = (weights[first:last, None] > midpoints[None, : k - 1]).sum(axis=1)
+            np.testing.assert_array_equal(index[first:last], expected)
+
+
 @pytest.mark.parametrize("size", SIZES.values(), ids=SIZES.keys())
 @pytest.mark.parametrize("index_dtype", [np.uint8, np.int32])
 def test_look_up_is_the_reference_look_up(index_dtype, size):
