@@ -86,10 +86,11 @@ def test_the_avx512_search_is_the_select_chain(index_dtype):
 
 @pytest.mark.parametrize("size", SIZES.values(), ids=SIZES.keys())
 @pytest.mark.parametrize("index_dtype", [np.uint8, np.int32])
-def test_look_up_is_the_reference_look_up(index_dtype, size):
+@pytest.mark.parametrize("entries", [5, 16, 40], ids=lambda k: f"table{k}")  # <= 16: the AVX-512 look-up too
+def test_look_up_is_the_reference_look_up(index_dtype, size, entries):
     rng = np.random.default_rng(6)
-    table = rng.normal(size=16).astype(np.float32)
-    index = rng.integers(0, 16, size).astype(index_dtype)
+    table = rng.normal(size=entries).astype(np.float32)
+    index = rng.integers(0, entries, size).astype(index_dtype)
     index[::10_007] = 200  # outside the table: NaN, counted
     if index_dtype == np.int32:
         index[7] = -1
