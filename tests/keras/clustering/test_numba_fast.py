@@ -53,7 +53,7 @@ def test_search_with_a_pinned_zero_and_midpoints_out_of_order():
         np.testing.assert_array_equal(index, (weights[:, None] > midpoints[0]).sum(axis=1))
 
 
-@pytest.mark.skipif(not fast.VECTOR_SEARCH, reason="numba does not compile for an AVX-512 CPU here")
+@pytest.mark.skipif(not fast.AVX512, reason="numba does not compile for an AVX-512 CPU here")
 @pytest.mark.parametrize("index_dtype", [np.uint8, np.int32, np.int64])
 def test_the_avx512_search_is_the_select_chain(index_dtype):
     """16 weights at a time (binary search by vpermps) = the chain, on ranges that start and end off a multiple
@@ -72,7 +72,7 @@ def test_the_avx512_search_is_the_select_chain(index_dtype):
         rng.shuffle(weights[:-3])
         for first, last in ((0, 1003), (5, 999), (16, 32), (3, 10)):
             results = []
-            for kernel in (fast._register_search_chain, fast._register_search_vector):
+            for kernel in (fast._register_search_chain, fast._register_search):  # the chain; 16 at a time
                 out, index = np.full(1003, -7.0, np.float32), np.full(1003, 99, index_dtype)
                 kernel(weights, midpoints, table, out, index, first, last)
                 results.append((out, index))

@@ -4,7 +4,7 @@
   entries (k = 16 is TFMOT's default) is searched with its midpoints and centroids held in registers:
   per weight, 15 compare-and-select steps that LLVM vectorises across weights, the centroid chosen by the
   same selects (no gather, no count buffer); about twice as fast single-threaded as the blocked count.
-  Where numba compiles for an AVX-512 CPU (:data:`VECTOR_SEARCH`), 16 weights at a time by a binary search
+  Where numba compiles for an AVX-512 CPU (:data:`AVX512`), 16 weights at a time by a binary search
   whose probes and centroids are ``vpermps`` lookups in registers (:func:`_search16`, an LLVM intrinsic):
   on 16.8M weights, one thread, 25-28 ms -> 17 ms (about the memory traffic of the pass).
 - :func:`look_up_checked` = :func:`._numba_kernels.look_up`: the table range is checked per block of
@@ -74,8 +74,30 @@ def _compiles_avx512() -> bool:
         return False
 
 
-VECTOR_SEARCH = _compiles_avx512()
-"""Whether the register search runs 16 weights at a time with AVX-512 (:func:`_search16`), else the select chain."""
+AVX512 = _compiles_avx512()
+"""Whether numba compiles for an AVX-512 CPU here: the register search and the look-up then take their ``vpermps``
+forms (:func:`_search16`, :func:`_look_up16`) on the types those serve."""
+
+
+def _c_vectors(*arrays) -> bool:
+    """Whether numba types these are all C-contiguous 1-D arrays (what the vector intrinsics load from)."""
+    return all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in arrays)
+
+
+def _vector_pointer(context, builder, signature, args, position, offset, vector):
+    """A pointer to a `vector` at element `offset` of the array argument `position` of an intrinsic."""
+    data = context.make_array(signature.args[position])(context, builder, args[position]).data
+    return builder.bitcast(builder.gep(data, [offset]), vector.as_pointer())
+
+
+_F32X16 = ir.VectorType(ir.FloatType(), 16)
+_I32X16 = ir.VectorType(ir.IntType(32), 16)
+
+
+def _permute(builder):
+    """``vpermps`` on 16 floats: result lane i = table[index lane i, low 4 bits]."""
+    return builder.module.declare_intrinsic("llvm.x86.avx512.permvar.sf.512",
+                                            fnty=ir.FunctionType(_F32X16, [_F32X16, _I32X16]))
 
 
 @intrinsic
@@ -85,34 +107,26 @@ def _search16(typingctx, weights, midpoints, table, out, index, start):
     (any integer type) written at the same positions. The count of midpoints below each weight, as the select
     chain: the comparison is ``>`` (a tie stays below), and ascending midpoints are true for a prefix, which
     the search finds exactly (a NaN weight compares false everywhere: position 0). C-contiguous 1-D arrays."""
-    arrays = (weights, midpoints, table, out, index)
-    if not all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in arrays):
-        return None
-    if not (weights.dtype == midpoints.dtype == table.dtype == out.dtype == types.float32
-            and isinstance(index.dtype, types.Integer)):
+    if not (_c_vectors(weights, midpoints, table, out, index) and isinstance(index.dtype, types.Integer)
+            and weights.dtype == midpoints.dtype == table.dtype == out.dtype == types.float32):
         return None
 
     def codegen(context, builder, signature, args):
-        f32x16 = ir.VectorType(ir.FloatType(), 16)
-        i32x16 = ir.VectorType(ir.IntType(32), 16)
-        permute = builder.module.declare_intrinsic("llvm.x86.avx512.permvar.sf.512",
-                                                   fnty=ir.FunctionType(f32x16, [f32x16, i32x16]))
-
         def pointer(position, offset, vector):
-            data = context.make_array(signature.args[position])(context, builder, args[position]).data
-            return builder.bitcast(builder.gep(data, [offset]), vector.as_pointer())
+            return _vector_pointer(context, builder, signature, args, position, offset, vector)
 
+        permute = _permute(builder)
         start_at, zero = args[5], ir.Constant(ir.IntType(64), 0)
-        value = builder.load(pointer(0, start_at, f32x16), align=4)
-        midpoints16 = builder.load(pointer(1, zero, f32x16), align=4)
-        table16 = builder.load(pointer(2, zero, f32x16), align=4)
-        position = ir.Constant(i32x16, [0] * 16)
+        value = builder.load(pointer(0, start_at, _F32X16), align=4)
+        midpoints16 = builder.load(pointer(1, zero, _F32X16), align=4)
+        table16 = builder.load(pointer(2, zero, _F32X16), align=4)
+        position = ir.Constant(_I32X16, [0] * 16)
         for step in (8, 4, 2, 1):
-            probe = builder.call(permute, [midpoints16, builder.add(position, ir.Constant(i32x16, [step - 1] * 16))])
+            probe = builder.call(permute, [midpoints16, builder.add(position, ir.Constant(_I32X16, [step - 1] * 16))])
             above = builder.fcmp_ordered(">", value, probe)
-            position = builder.add(position, builder.select(above, ir.Constant(i32x16, [step] * 16),
-                                                            ir.Constant(i32x16, [0] * 16)))
-        builder.store(builder.call(permute, [table16, position]), pointer(3, start_at, f32x16), align=4)
+            position = builder.add(position, builder.select(above, ir.Constant(_I32X16, [step] * 16),
+                                                            ir.Constant(_I32X16, [0] * 16)))
+        builder.store(builder.call(permute, [table16, position]), pointer(3, start_at, _F32X16), align=4)
         bits = signature.args[4].dtype.bitwidth
         index_vector = ir.VectorType(ir.IntType(bits), 16)
         if bits < 32:
@@ -129,30 +143,24 @@ def _search16(typingctx, weights, midpoints, table, out, index, start):
 def _look_up16(typingctx, table, index, out, start):
     """out[start:start + 16] = table[index[start:start + 16]] by one ``vpermps`` (table: >= 16 float32 entries,
     indices known to be inside its first 16; C-contiguous 1-D arrays)."""
-    if not (all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in (table, index, out))
-            and table.dtype == out.dtype == types.float32 and isinstance(index.dtype, types.Integer)):
+    if not (_c_vectors(table, index, out) and table.dtype == out.dtype == types.float32
+            and isinstance(index.dtype, types.Integer)):
         return None
 
     def codegen(context, builder, signature, args):
-        f32x16 = ir.VectorType(ir.FloatType(), 16)
-        i32x16 = ir.VectorType(ir.IntType(32), 16)
-        bits = signature.args[1].dtype.bitwidth
-        index_vector = ir.VectorType(ir.IntType(bits), 16)
-        permute = builder.module.declare_intrinsic("llvm.x86.avx512.permvar.sf.512",
-                                                   fnty=ir.FunctionType(f32x16, [f32x16, i32x16]))
-
         def pointer(position, offset, vector):
-            data = context.make_array(signature.args[position])(context, builder, args[position]).data
-            return builder.bitcast(builder.gep(data, [offset]), vector.as_pointer())
+            return _vector_pointer(context, builder, signature, args, position, offset, vector)
 
+        index_type = signature.args[1].dtype
+        index_vector = ir.VectorType(ir.IntType(index_type.bitwidth), 16)
         start_at = args[3]
-        table16 = builder.load(pointer(0, ir.Constant(ir.IntType(64), 0), f32x16), align=4)
+        table16 = builder.load(pointer(0, ir.Constant(ir.IntType(64), 0), _F32X16), align=4)
         code = builder.load(pointer(1, start_at, index_vector), align=1)
-        if bits < 32:
-            code = builder.zext(code, i32x16) if not signature.args[1].dtype.signed else builder.sext(code, i32x16)
-        elif bits > 32:
-            code = builder.trunc(code, i32x16)
-        builder.store(builder.call(permute, [table16, code]), pointer(2, start_at, f32x16), align=4)
+        if index_type.bitwidth < 32:
+            code = builder.sext(code, _I32X16) if index_type.signed else builder.zext(code, _I32X16)
+        elif index_type.bitwidth > 32:
+            code = builder.trunc(code, _I32X16)
+        builder.store(builder.call(_permute(builder), [table16, code]), pointer(2, start_at, _F32X16), align=4)
         return context.get_dummy_value()
 
     return types.void(table, index, out, start), codegen
@@ -166,9 +174,8 @@ def _look_up_vector(table16, index, out, first, last):
 
 @overload(_look_up_vector, jit_options={"cache": True, "nogil": True})
 def _look_up_vector_overload(table16, index, out, first, last):
-    arrays = (table16, index, out)
-    if not (VECTOR_SEARCH and all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in arrays)
-            and table16.dtype == out.dtype == types.float32 and isinstance(index.dtype, types.Integer)):
+    if not (AVX512 and _c_vectors(table16, index, out) and table16.dtype == out.dtype == types.float32
+            and isinstance(index.dtype, types.Integer)):
         return lambda table16, index, out, first, last: False
 
     def vector(table16, index, out, first, last):
@@ -247,19 +254,35 @@ def _register_search_chain(weights, midpoints, table, out, index, first, last):
         part_out[i] = centroid
 
 
+def _search_vector(weights, midpoints, table, out, index, first, last):
+    """weights[first:end] searched 16 at a time where the AVX-512 search serves these types (16 padded
+    midpoints); returns `end`, the first weight left to the chain (`first` where not served)."""
+    raise NotImplementedError  # only called from numba: see the overload below
+
+
+@overload(_search_vector, jit_options={"cache": True, "nogil": True})
+def _search_vector_overload(weights, midpoints, table, out, index, first, last):
+    if not (AVX512 and _c_vectors(weights, midpoints, table, out, index) and isinstance(index.dtype, types.Integer)
+            and weights.dtype == midpoints.dtype == table.dtype == out.dtype == types.float32):
+        return lambda weights, midpoints, table, out, index, first, last: first
+
+    def vector(weights, midpoints, table, out, index, first, last):
+        i = first
+        while i + 16 <= last:
+            _search16(weights, midpoints, table, out, index, i)
+            i += 16
+        return i
+
+    return vector
+
+
 @numba.njit(cache=True, nogil=True)
-def _register_search_vector(weights, midpoints, table, out, index, first, last):
-    """:func:`_register_search_chain`, 16 weights at a time (:func:`_search16`; 16 padded midpoints), the
-    last < 16 by the chain."""
-    i = first
-    while i + 16 <= last:
-        _search16(weights, midpoints, table, out, index, i)
-        i += 16
-    if i < last:
-        _register_search_chain(weights, midpoints, table, out, index, i, last)
-
-
-_register_search = _register_search_vector if VECTOR_SEARCH else _register_search_chain
+def _register_search(weights, midpoints, table, out, index, first, last):
+    """weights[first:last] searched among 15 midpoints / 16 centroids (16 padded midpoints: +inf): 16 at a time
+    with AVX-512 (:func:`_search_vector`), the rest by :func:`_register_search_chain`."""
+    done = _search_vector(weights, midpoints, table, out, index, first, last)
+    if done < last:
+        _register_search_chain(weights, midpoints, table, out, index, done, last)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
