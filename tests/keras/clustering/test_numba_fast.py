@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from weightzip.core import assign_to_centroids
+from weightzip.keras.clustering import _numba_avx512
 from weightzip.keras.clustering import _numba_fast as fast
 from weightzip.keras.clustering import _numba_kernels as reference
 
@@ -53,7 +54,7 @@ def test_search_with_a_pinned_zero_and_midpoints_out_of_order():
         np.testing.assert_array_equal(index, (weights[:, None] > midpoints[0]).sum(axis=1))
 
 
-@pytest.mark.skipif(not fast.AVX512, reason="numba does not compile for an AVX-512 CPU here")
+@pytest.mark.skipif(not _numba_avx512.AVX512, reason="numba does not compile for an AVX-512 CPU here")
 @pytest.mark.parametrize("index_dtype", [np.uint8, np.int32, np.int64])
 def test_the_avx512_search_is_the_select_chain(index_dtype):
     """16 weights at a time (binary search by vpermps) = the chain, on ranges that start and end off a multiple

@@ -4,14 +4,14 @@
   entries (k = 16 is TFMOT's default) is searched with its midpoints and centroids held in registers:
   per weight, 15 compare-and-select steps that LLVM vectorises across weights, the centroid chosen by the
   same selects (no gather, no count buffer); about twice as fast single-threaded as the blocked count.
-  Where numba compiles for an AVX-512 CPU (:data:`AVX512`), 16 weights at a time by a binary search
-  whose probes and centroids are ``vpermps`` lookups in registers (:func:`_search16`, an LLVM intrinsic):
-  on 16.8M weights, one thread, 25-28 ms -> 17 ms (about the memory traffic of the pass).
+  Where numba compiles for an AVX-512 CPU, 16 weights at a time by a binary search whose probes and
+  centroids are ``vpermps`` lookups in registers (:mod:`._numba_avx512`, LLVM intrinsics): on 16.8M
+  weights, one thread, 25-28 ms -> 14-17 ms (about the memory traffic of the pass).
 - :func:`look_up_checked` = :func:`._numba_kernels.look_up`: the table range is checked per block of
   512 indices (a vectorised reduction), then the block is gathered without a per-index branch; a block
-  with an index outside the table takes the NaN-marking loop. With AVX-512 and a table of at most 16 entries,
-  a checked block is looked up 16 at a time by one ``vpermps`` (:func:`_look_up16`): 16.8M one-byte
-  indices, one thread 17 -> 13 ms, two 9-12 -> 6 ms.
+  with an index outside the table takes the NaN-marking loop. With AVX-512 and a table of at most 16
+  entries, a checked block is looked up 16 at a time by one ``vpermps`` (:mod:`._numba_avx512`): 16.8M
+  one-byte indices, one thread 17 -> 10-13 ms, two 9-12 -> 6 ms.
 - :func:`segment_sums` = :func:`._numba_kernels.segment_sums_into`: four interleaved accumulator rows
   per chunk (breaks the add latency chain on a repeated index), range checked per block the same way.
 
@@ -23,13 +23,10 @@ on a loaded machine.
 
 from __future__ import annotations
 
-import llvmlite.binding as llvm
 import numba
 import numpy as np
-from llvmlite import ir
-from numba import types
-from numba.extending import intrinsic, overload
 
+from weightzip.keras.clustering._numba_avx512 import look_up_vector, search_vector
 from weightzip.keras.clustering._numba_kernels import _BLOCK, _chunking, assign_and_look_up
 
 # Codebook rows of at most this many entries take the register search (padded with +inf midpoints).
@@ -62,132 +59,6 @@ def _selects_are_counts(row) -> bool:
         else:
             previous = value
     return True
-
-
-def _compiles_avx512() -> bool:
-    """Whether numba compiles for this CPU (no NUMBA_CPU_NAME / NUMBA_CPU_FEATURES override) and it has AVX-512F."""
-    if numba.config.CPU_NAME or numba.config.CPU_FEATURES:
-        return False
-    try:
-        return bool(llvm.get_host_cpu_features().get("avx512f", False))
-    except RuntimeError:  # features unknown on this host
-        return False
-
-
-AVX512 = _compiles_avx512()
-"""Whether numba compiles for an AVX-512 CPU here: the register search and the look-up then take their ``vpermps``
-forms (:func:`_search16`, :func:`_look_up16`) on the types those serve."""
-
-
-def _c_vectors(*arrays) -> bool:
-    """Whether numba types these are all C-contiguous 1-D arrays (what the vector intrinsics load from)."""
-    return all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in arrays)
-
-
-def _vector_pointer(context, builder, signature, args, position, offset, vector):
-    """A pointer to a `vector` at element `offset` of the array argument `position` of an intrinsic."""
-    data = context.make_array(signature.args[position])(context, builder, args[position]).data
-    return builder.bitcast(builder.gep(data, [offset]), vector.as_pointer())
-
-
-_F32X16 = ir.VectorType(ir.FloatType(), 16)
-_I32X16 = ir.VectorType(ir.IntType(32), 16)
-
-
-def _permute(builder):
-    """``vpermps`` on 16 floats: result lane i = table[index lane i, low 4 bits]."""
-    return builder.module.declare_intrinsic("llvm.x86.avx512.permvar.sf.512",
-                                            fnty=ir.FunctionType(_F32X16, [_F32X16, _I32X16]))
-
-
-@intrinsic
-def _search16(typingctx, weights, midpoints, table, out, index, start):
-    """weights[start:start + 16] searched in registers: a 4-step binary search over the 16 (padded) midpoints,
-    each step one ``vpermps`` fetching every lane's probe, then one more for the centroids; out and index
-    (any integer type) written at the same positions. The count of midpoints below each weight, as the select
-    chain: the comparison is ``>`` (a tie stays below), and ascending midpoints are true for a prefix, which
-    the search finds exactly (a NaN weight compares false everywhere: position 0). C-contiguous 1-D arrays."""
-    if not (_c_vectors(weights, midpoints, table, out, index) and isinstance(index.dtype, types.Integer)
-            and weights.dtype == midpoints.dtype == table.dtype == out.dtype == types.float32):
-        return None
-
-    def codegen(context, builder, signature, args):
-        def pointer(position, offset, vector):
-            return _vector_pointer(context, builder, signature, args, position, offset, vector)
-
-        permute = _permute(builder)
-        start_at, zero = args[5], ir.Constant(ir.IntType(64), 0)
-        value = builder.load(pointer(0, start_at, _F32X16), align=4)
-        midpoints16 = builder.load(pointer(1, zero, _F32X16), align=4)
-        table16 = builder.load(pointer(2, zero, _F32X16), align=4)
-        position = ir.Constant(_I32X16, [0] * 16)
-        for step in (8, 4, 2, 1):
-            probe = builder.call(permute, [midpoints16, builder.add(position, ir.Constant(_I32X16, [step - 1] * 16))])
-            above = builder.fcmp_ordered(">", value, probe)
-            position = builder.add(position, builder.select(above, ir.Constant(_I32X16, [step] * 16),
-                                                            ir.Constant(_I32X16, [0] * 16)))
-        builder.store(builder.call(permute, [table16, position]), pointer(3, start_at, _F32X16), align=4)
-        bits = signature.args[4].dtype.bitwidth
-        index_vector = ir.VectorType(ir.IntType(bits), 16)
-        if bits < 32:
-            position = builder.trunc(position, index_vector)
-        elif bits > 32:
-            position = builder.zext(position, index_vector)
-        builder.store(position, pointer(4, start_at, index_vector), align=1)
-        return context.get_dummy_value()
-
-    return types.void(weights, midpoints, table, out, index, start), codegen
-
-
-@intrinsic
-def _look_up16(typingctx, table, index, out, start):
-    """out[start:start + 16] = table[index[start:start + 16]] by one ``vpermps`` (table: >= 16 float32 entries,
-    indices known to be inside its first 16; C-contiguous 1-D arrays)."""
-    if not (_c_vectors(table, index, out) and table.dtype == out.dtype == types.float32
-            and isinstance(index.dtype, types.Integer)):
-        return None
-
-    def codegen(context, builder, signature, args):
-        def pointer(position, offset, vector):
-            return _vector_pointer(context, builder, signature, args, position, offset, vector)
-
-        index_type = signature.args[1].dtype
-        index_vector = ir.VectorType(ir.IntType(index_type.bitwidth), 16)
-        start_at = args[3]
-        table16 = builder.load(pointer(0, ir.Constant(ir.IntType(64), 0), _F32X16), align=4)
-        code = builder.load(pointer(1, start_at, index_vector), align=1)
-        if index_type.bitwidth < 32:
-            code = builder.sext(code, _I32X16) if index_type.signed else builder.zext(code, _I32X16)
-        elif index_type.bitwidth > 32:
-            code = builder.trunc(code, _I32X16)
-        builder.store(builder.call(_permute(builder), [table16, code]), pointer(2, start_at, _F32X16), align=4)
-        return context.get_dummy_value()
-
-    return types.void(table, index, out, start), codegen
-
-
-def _look_up_vector(table16, index, out, first, last):
-    """out[first:last] = table16[index[first:last]] 16 at a time where the AVX-512 look-up serves these types
-    (returns True), else nothing (returns False). Indices must be inside the table's first 16 entries."""
-    raise NotImplementedError  # only called from numba: see the overload below
-
-
-@overload(_look_up_vector, jit_options={"cache": True, "nogil": True})
-def _look_up_vector_overload(table16, index, out, first, last):
-    if not (AVX512 and _c_vectors(table16, index, out) and table16.dtype == out.dtype == types.float32
-            and isinstance(index.dtype, types.Integer)):
-        return lambda table16, index, out, first, last: False
-
-    def vector(table16, index, out, first, last):
-        i = first
-        while i + 16 <= last:
-            _look_up16(table16, index, out, i)
-            i += 16
-        for j in range(i, last):
-            out[j] = table16[np.uintp(index[j])]
-        return True
-
-    return vector
 
 
 @numba.njit(cache=True, nogil=True)
@@ -254,33 +125,11 @@ def _register_search_chain(weights, midpoints, table, out, index, first, last):
         part_out[i] = centroid
 
 
-def _search_vector(weights, midpoints, table, out, index, first, last):
-    """weights[first:end] searched 16 at a time where the AVX-512 search serves these types (16 padded
-    midpoints); returns `end`, the first weight left to the chain (`first` where not served)."""
-    raise NotImplementedError  # only called from numba: see the overload below
-
-
-@overload(_search_vector, jit_options={"cache": True, "nogil": True})
-def _search_vector_overload(weights, midpoints, table, out, index, first, last):
-    if not (AVX512 and _c_vectors(weights, midpoints, table, out, index) and isinstance(index.dtype, types.Integer)
-            and weights.dtype == midpoints.dtype == table.dtype == out.dtype == types.float32):
-        return lambda weights, midpoints, table, out, index, first, last: first
-
-    def vector(weights, midpoints, table, out, index, first, last):
-        i = first
-        while i + 16 <= last:
-            _search16(weights, midpoints, table, out, index, i)
-            i += 16
-        return i
-
-    return vector
-
-
 @numba.njit(cache=True, nogil=True)
 def _register_search(weights, midpoints, table, out, index, first, last):
     """weights[first:last] searched among 15 midpoints / 16 centroids (16 padded midpoints: +inf): 16 at a time
-    with AVX-512 (:func:`_search_vector`), the rest by :func:`_register_search_chain`."""
-    done = _search_vector(weights, midpoints, table, out, index, first, last)
+    with AVX-512 (:func:`._numba_avx512.search_vector`), the rest by :func:`_register_search_chain`."""
+    done = search_vector(weights, midpoints, table, out, index, first, last)
     if done < last:
         _register_search_chain(weights, midpoints, table, out, index, done, last)
 
@@ -332,7 +181,7 @@ def _look_up_range(table, table16, index, out, first, last):
         stop = min(last, start + _BLOCK)
         block, block_out = index[start:stop], out[start:stop]
         inside = _inside(block, size)
-        if inside and size <= 16 and _look_up_vector(table16, index, out, start, stop):
+        if inside and size <= 16 and look_up_vector(table16, index, out, start, stop):
             pass
         elif inside:
             for i in range(stop - start):

@@ -1,0 +1,167 @@
+"""AVX-512 forms of the register search and the look-up of :mod:`._numba_fast`, as LLVM intrinsics for numba.
+
+A codebook row of at most 16 float32 entries fits one zmm register, and ``vpermps`` looks 16 lanes up in it by
+the low 4 bits of each lane's index. numba cannot emit that instruction from Python code (LLVM does not turn
+table lookups into variable permutes), so :func:`_search16` and :func:`_look_up16` build it in LLVM IR through
+``numba.extending.intrinsic``. Each is reached through a numba overload (:func:`search_vector`,
+:func:`look_up_vector`) that serves float32 C-contiguous arrays where numba compiles for an AVX-512 CPU
+(:data:`AVX512`) and hands every other case back to the portable loops, so nothing here is ever compiled for a
+CPU without AVX-512 and the results are those of the portable loops.
+"""
+
+from __future__ import annotations
+
+import llvmlite.binding as llvm
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic, overload
+
+
+def _compiles_avx512() -> bool:
+    """Whether numba compiles for this CPU (no NUMBA_CPU_NAME / NUMBA_CPU_FEATURES override) and it has AVX-512F."""
+    if numba.config.CPU_NAME or numba.config.CPU_FEATURES:
+        return False
+    try:
+        return bool(llvm.get_host_cpu_features().get("avx512f", False))
+    except RuntimeError:  # features unknown on this host
+        return False
+
+
+AVX512 = _compiles_avx512()
+"""Whether numba compiles for an AVX-512 CPU here: the register search and the look-up then take their ``vpermps``
+forms (:func:`_search16`, :func:`_look_up16`) on the types those serve."""
+
+
+def _c_vectors(*arrays) -> bool:
+    """Whether numba types these are all C-contiguous 1-D arrays (what the vector intrinsics load from)."""
+    return all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in arrays)
+
+
+def _vector_pointer(context, builder, signature, args, position, offset, vector):
+    """A pointer to a `vector` at element `offset` of the array argument `position` of an intrinsic."""
+    data = context.make_array(signature.args[position])(context, builder, args[position]).data
+    return builder.bitcast(builder.gep(data, [offset]), vector.as_pointer())
+
+
+_F32X16 = ir.VectorType(ir.FloatType(), 16)
+_I32X16 = ir.VectorType(ir.IntType(32), 16)
+
+
+def _permute(builder):
+    """``vpermps`` on 16 floats: result lane i = table[index lane i, low 4 bits]."""
+    return builder.module.declare_intrinsic("llvm.x86.avx512.permvar.sf.512",
+                                            fnty=ir.FunctionType(_F32X16, [_F32X16, _I32X16]))
+
+
+@intrinsic
+def _search16(typingctx, weights, midpoints, table, out, index, start):
+    """weights[start:start + 16] searched in registers: a 4-step binary search over the 16 (padded) midpoints,
+    each step one ``vpermps`` fetching every lane's probe, then one more for the centroids; out and index
+    (any integer type) written at the same positions. The count of midpoints below each weight, as the select
+    chain: the comparison is ``>`` (a tie stays below), and ascending midpoints are true for a prefix, which
+    the search finds exactly (a NaN weight compares false everywhere: position 0). C-contiguous 1-D arrays."""
+    if not (_c_vectors(weights, midpoints, table, out, index) and isinstance(index.dtype, types.Integer)
+            and weights.dtype == midpoints.dtype == table.dtype == out.dtype == types.float32):
+        return None
+
+    def codegen(context, builder, signature, args):
+        def pointer(position, offset, vector):
+            return _vector_pointer(context, builder, signature, args, position, offset, vector)
+
+        permute = _permute(builder)
+        start_at, zero = args[5], ir.Constant(ir.IntType(64), 0)
+        value = builder.load(pointer(0, start_at, _F32X16), align=4)
+        midpoints16 = builder.load(pointer(1, zero, _F32X16), align=4)
+        table16 = builder.load(pointer(2, zero, _F32X16), align=4)
+        position = ir.Constant(_I32X16, [0] * 16)
+        for step in (8, 4, 2, 1):
+            probe = builder.call(permute, [midpoints16, builder.add(position, ir.Constant(_I32X16, [step - 1] * 16))])
+            above = builder.fcmp_ordered(">", value, probe)
+            position = builder.add(position, builder.select(above, ir.Constant(_I32X16, [step] * 16),
+                                                            ir.Constant(_I32X16, [0] * 16)))
+        builder.store(builder.call(permute, [table16, position]), pointer(3, start_at, _F32X16), align=4)
+        bits = signature.args[4].dtype.bitwidth
+        index_vector = ir.VectorType(ir.IntType(bits), 16)
+        if bits < 32:
+            position = builder.trunc(position, index_vector)
+        elif bits > 32:
+            position = builder.zext(position, index_vector)
+        builder.store(position, pointer(4, start_at, index_vector), align=1)
+        return context.get_dummy_value()
+
+    return types.void(weights, midpoints, table, out, index, start), codegen
+
+
+@intrinsic
+def _look_up16(typingctx, table, index, out, start):
+    """out[start:start + 16] = table[index[start:start + 16]] by one ``vpermps`` (table: >= 16 float32 entries,
+    indices known to be inside its first 16; C-contiguous 1-D arrays)."""
+    if not (_c_vectors(table, index, out) and table.dtype == out.dtype == types.float32
+            and isinstance(index.dtype, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        def pointer(position, offset, vector):
+            return _vector_pointer(context, builder, signature, args, position, offset, vector)
+
+        index_type = signature.args[1].dtype
+        index_vector = ir.VectorType(ir.IntType(index_type.bitwidth), 16)
+        start_at = args[3]
+        table16 = builder.load(pointer(0, ir.Constant(ir.IntType(64), 0), _F32X16), align=4)
+        code = builder.load(pointer(1, start_at, index_vector), align=1)
+        if index_type.bitwidth < 32:
+            code = builder.sext(code, _I32X16) if index_type.signed else builder.zext(code, _I32X16)
+        elif index_type.bitwidth > 32:
+            code = builder.trunc(code, _I32X16)
+        builder.store(builder.call(_permute(builder), [table16, code]), pointer(2, start_at, _F32X16), align=4)
+        return context.get_dummy_value()
+
+    return types.void(table, index, out, start), codegen
+
+
+def look_up_vector(table16, index, out, first, last):
+    """out[first:last] = table16[index[first:last]] 16 at a time where the AVX-512 look-up serves these types
+    (returns True), else nothing (returns False). Indices must be inside the table's first 16 entries."""
+    raise NotImplementedError  # only called from numba: see the overload below
+
+
+@overload(look_up_vector, jit_options={"cache": True, "nogil": True})
+def _look_up_vector_overload(table16, index, out, first, last):
+    if not (AVX512 and _c_vectors(table16, index, out) and table16.dtype == out.dtype == types.float32
+            and isinstance(index.dtype, types.Integer)):
+        return lambda table16, index, out, first, last: False
+
+    def vector(table16, index, out, first, last):
+        i = first
+        while i + 16 <= last:
+            _look_up16(table16, index, out, i)
+            i += 16
+        for j in range(i, last):
+            out[j] = table16[np.uintp(index[j])]
+        return True
+
+    return vector
+
+
+def search_vector(weights, midpoints, table, out, index, first, last):
+    """weights[first:end] searched 16 at a time where the AVX-512 search serves these types (16 padded
+    midpoints); returns `end`, the first weight left to the chain (`first` where not served)."""
+    raise NotImplementedError  # only called from numba: see the overload below
+
+
+@overload(search_vector, jit_options={"cache": True, "nogil": True})
+def _search_vector_overload(weights, midpoints, table, out, index, first, last):
+    if not (AVX512 and _c_vectors(weights, midpoints, table, out, index) and isinstance(index.dtype, types.Integer)
+            and weights.dtype == midpoints.dtype == table.dtype == out.dtype == types.float32):
+        return lambda weights, midpoints, table, out, index, first, last: first
+
+    def vector(weights, midpoints, table, out, index, first, last):
+        i = first
+        while i + 16 <= last:
+            _search16(weights, midpoints, table, out, index, i)
+            i += 16
+        return i
+
+    return vector
