@@ -10,7 +10,7 @@ from weightzip.core.errors import WeightzipError
 from weightzip.core.fidelity import NOT_MEASURED, measure_fidelity
 from weightzip.format import inspect_table, read_metadata
 from weightzip.torch import decompress, find_targets
-from weightzip.torch.calibration import ModelCannotRunError, fisher_diagonal
+from weightzip.torch.calibration import ModelCannotRunError, batches_of, fisher_diagonal, runs_channels_last
 from weightzip.torch.post_training import compress_post_training
 
 FAST = Candidates(clusters=(2, 4, 8, 16, 32), min_row_weights=64)
@@ -224,3 +224,33 @@ def test_codebook_tuning_brings_held_out_outputs_closer_at_the_same_size(tmp_pat
     state = decompress(path)
     for name, value in tuned.state_dict().items():
         assert torch.allclose(state[name].float(), value.float())
+
+
+class FlattensItsInput(nn.Module):
+    """A model that views its 4-D input as rows: it cannot take channels-last data."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.fc = nn.Linear(3 * 5 * 5, 2)
+
+    def forward(self, x):
+        return self.fc(x.view(x.shape[0], -1)) + self.conv(x).mean()
+
+
+def test_image_calibration_batches_go_channels_last_only_where_the_model_runs_on_them():
+    torch.manual_seed(0)
+    images = torch.randn(10, 3, 5, 5)
+    convolutional = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten(), nn.Linear(100, 2)).eval()
+    assert runs_channels_last(convolutional, images)
+    batches = batches_of(images, 4, channels_last=True)
+    assert [b.shape[0] for b in batches] == [4, 4, 2]
+    assert all(b.is_contiguous(memory_format=torch.channels_last) and not b.is_contiguous() for b in batches)
+    assert torch.equal(torch.cat(batches), images)  # the same values, another layout
+    with torch.no_grad():
+        torch.testing.assert_close(convolutional(batches[0]), convolutional(images[:4]), rtol=1e-5, atol=1e-6)
+    assert not runs_channels_last(FlattensItsInput().eval(), images)  # its .view raises on channels-last data
+    assert not runs_channels_last(nn.Linear(5, 2), images)  # no convolution: nothing to gain
+    assert not runs_channels_last(convolutional, images[:, :, :, 0])  # not 4-D
+    assert all(b.is_contiguous() for b in batches_of(images, 4))  # only when asked
+

@@ -62,6 +62,7 @@ from weightzip.torch.calibration import (
     is_classifier_output,
     outputs_of,
     run_model,
+    runs_channels_last,
 )
 from weightzip.torch.runnable import runnable_targets
 from weightzip.torch.targets import WeightTarget
@@ -137,8 +138,9 @@ def compress_post_training(
     if calibration is not None:
         samples = calibration if isinstance(calibration, torch.Tensor) else torch.as_tensor(np.asarray(calibration))
         fit, held = split_calibration(int(samples.shape[0]), held_out=spec.held_out, seed=spec.seed)
-        fit_batches = batches_of(samples[torch.as_tensor(fit)], batch_size)
-        held_batches = batches_of(samples[torch.as_tensor(held)], batch_size)
+        channels_last = runs_channels_last(model, samples)  # same values, faster convolutions
+        fit_batches = batches_of(samples[torch.as_tensor(fit)], batch_size, channels_last=channels_last)
+        held_batches = batches_of(samples[torch.as_tensor(held)], batch_size, channels_last=channels_last)
         reference = outputs_of(model, held_batches)  # also: the model runs on these inputs, or a clear error
     compensating = (spec.compensation and fit_batches is not None and sensitivity is not Sensitivity.NONE
                     and not spec.planned_by_rules)  # (a ruled plan is not compensated)
