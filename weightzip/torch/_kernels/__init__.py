@@ -33,7 +33,7 @@ ABI_VERSION = 6
 
 SCALAR, AVX2, BEST = 0, 1, 2
 """Values of the kernels' `simd` argument: the portable scalar path, at most AVX2 + FMA, or the widest path the CPU
-has (AVX-512 for 4-bit indices into <= 16 entries). Everything but tests and benchmarks uses BEST."""
+has (AVX-512 for 1/2/4-bit indices into <= 16 entries). Everything but tests and benchmarks uses BEST."""
 BUILD_COMMAND = "make kernels"
 
 

@@ -18,8 +18,8 @@
 // group of 8 values is ever decoded at a time in the GEMV; decode_rows writes float tiles for GEMM/conv.
 //
 // Plain C ABI (called through ctypes), no Python or torch headers: builds in a second with g++.
-// The widest path the CPU has is chosen at run time (__builtin_cpu_supports): AVX-512 for 4-bit indices into
-// codebooks of <= 16 entries along rows, AVX2/FMA for everything else, a portable scalar path without AVX2.
+// The widest path the CPU has is chosen at run time (__builtin_cpu_supports): AVX-512 for 1-, 2- and 4-bit indices
+// into codebooks of <= 16 entries along rows, AVX2/FMA for everything else, a portable scalar path without AVX2.
 
 #include <cstdint>
 #include <cmath>
@@ -621,10 +621,6 @@ WZ_AVX512 inline __m512 table16(const float* cb, int k) {
     return _mm512_permutexvar_ps(period, t);
 }
 
-WZ_AVX512 inline float hsum512(__m512 v) {
-    return _mm512_reduce_add_ps(v);
-}
-
 // Values per 64-byte block of BITS-bit indices.
 template <int BITS>
 constexpr int64_t lane_block() { return 16 * (32 / BITS); }
@@ -675,7 +671,7 @@ WZ_AVX512 void gemv512(const uint8_t* packed, int64_t stride, int64_t rows, int6
             }
         }
         for (int n = 0; n < NB; ++n)
-            y[n * y_stride + r] = hsum512(
+            y[n * y_stride + r] = _mm512_reduce_add_ps(
                 _mm512_add_ps(_mm512_add_ps(acc[n][0], acc[n][1]), _mm512_add_ps(acc[n][2], acc[n][3])));
     });
 }
@@ -729,7 +725,7 @@ WZ_AVX512 inline void block4xNB(const float* w, const float* xr, int64_t cols, i
         }
     }
     for (int n = 0; n < NB; ++n)
-        for (int i = 0; i < rows_here; ++i) y[(n0 + n) * rows + r0 + i] = hsum512(acc[i][n]);
+        for (int i = 0; i < rows_here; ++i) y[(n0 + n) * rows + r0 + i] = _mm512_reduce_add_ps(acc[i][n]);
 }
 
 template <int BITS>
@@ -820,7 +816,7 @@ extern "C" {
 // Bumped whenever a signature below changes; the Python loader refuses a library of another version.
 int wz_abi_version() { return 6; }
 
-// The widest SIMD path this CPU takes: 2 AVX-512 (4-bit kernels), 1 AVX2 + FMA, 0 scalar. A call's `simd`
+// The widest SIMD path this CPU takes: 2 AVX-512 (1/2/4-bit kernels), 1 AVX2 + FMA, 0 scalar. A call's `simd`
 // argument caps it the same way (0 scalar, 1 at most AVX2, 2 whatever the CPU has), for tests and benchmarks.
 int wz_simd_level() { return use_avx512(2) ? 2 : use_avx2(1) ? 1 : 0; }
 
