@@ -2,6 +2,7 @@
 reassignment policy and sparsity preservation behave as documented."""
 
 import dataclasses
+import weakref
 
 import keras
 import numpy as np
@@ -228,9 +229,9 @@ def test_tensorflow_in_place_steps_train_as_the_portable_ops(baseline, reassignm
 def test_tensorflow_large_kernel_step_sums_each_centroids_members_in_parallel(reassignment, aggregation):
     """A kernel of 2^20 weights takes the parallel sum with one-byte positions: in a differentiated step
     the kernel is each weight's centroid at a fresh search (every step) or its stored index (fixed), those
-    positions are held as uint8 (the workspace's, written by the search; the stored indices themselves with
-    fixed assignment), and each centroid's gradient is the sum (or mean) of its members' upstream gradients,
-    as a float64 bincount."""
+    positions are held as uint8 (the workspace's buffer, written by the numba search; the stored indices
+    themselves with fixed assignment), and each centroid's gradient is the sum (or mean) of its members'
+    upstream gradients, as a float64 bincount."""
     import tensorflow as tf
 
     from weightzip.keras.clustering import _tf_lookup
@@ -262,7 +263,7 @@ def test_tensorflow_large_kernel_step_sums_each_centroids_members_in_parallel(re
         assignment = to_numpy(wrapper.pulling_indices["kernel"])
         expected_kernel, positions = codebook[assignment], assignment
     np.testing.assert_array_equal(kernel, expected_kernel)
-    held = workspace.index if reassignment == "every_step" else wrapper.pulling_indices["kernel"]
+    held = workspace.buffers["index"] if reassignment == "every_step" else wrapper.pulling_indices["kernel"]
     assert held.dtype == "uint8"
     np.testing.assert_array_equal(to_numpy(held), positions)
     sums = np.bincount(assignment.ravel(), weights=to_numpy(upstream).ravel().astype(np.float64), minlength=16)
@@ -270,3 +271,44 @@ def test_tensorflow_large_kernel_step_sums_each_centroids_members_in_parallel(re
         sums = sums / np.maximum(np.bincount(assignment.ravel(), minlength=16), 1)
     assert len(np.unique(assignment)) == 16
     np.testing.assert_allclose(gradient, sums, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the in-place lookup of TensorFlow steps")
+def test_tensorflow_large_kernel_search_reuses_its_buffers_only_once_released():
+    """The numba search of a graph step writes into the workspace's buffers, which TensorFlow adopts as the
+    outputs' memory: step after step the same buffer while nothing holds the result, a new one while a caller
+    still holds an earlier step's kernel, whose values never change. (TensorFlow may release a step's arrays
+    only after the next step has begun: the second step may still take a new buffer.)"""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(12)
+    model = keras.Sequential([keras.Input((1024,)), keras.layers.Dense(1024, use_bias=False)])
+    model.layers[0].kernel.assign(rng.normal(size=(1024, 1024)).astype("float32"))
+    clustered = wk.cluster_weights(model, 16)
+    wrapper = clustered.layers[0]
+    workspace = wrapper._cluster_states[0].workspace
+
+    @tf.function
+    def kernel_in_a_step():
+        with tf.GradientTape():
+            return tf.identity(wrapper.clustered_weights()["kernel"])
+
+    @tf.function
+    def checksum_of_a_step():
+        with tf.GradientTape():
+            return tf.reduce_sum(wrapper.clustered_weights()["kernel"])
+
+    first = checksum_of_a_step()
+    checksum_of_a_step()  # (TensorFlow may release the first step's arrays only after the second has begun)
+    buffer = weakref.ref(workspace.buffers["kernel"])  # (a strong reference would hold it)
+    for _ in range(3):
+        np.testing.assert_array_equal(checksum_of_a_step(), first)
+        assert workspace.buffers["kernel"] is buffer(), "a released buffer was not reused"
+    kept = kernel_in_a_step()
+    expected = to_numpy(kept).copy()
+    wrapper.layer.kernel.assign(-wrapper.layer.kernel)
+    changed = to_numpy(kernel_in_a_step())
+    assert not np.array_equal(changed, expected), "the search did not see the new weights"
+    np.testing.assert_array_equal(to_numpy(kept), expected)
+    _, fresh = fresh_search(to_numpy(wrapper.layer.kernel), to_numpy(wrapper.cluster_centroids["kernel"]), False)
+    np.testing.assert_array_equal(changed, fresh)

@@ -5,12 +5,19 @@ runs op by op there: ``searchsorted``, the gather, and the centroid gradient's `
 pass over the kernel into a freshly allocated tensor (16.8M weights: 67 MB of new pages a tensor, and the
 page faults cost as much as the pass). Here:
 
-- The search and the lookup are one XLA-compiled function called from the uncompiled step: each weight
-  is compared with its row's midpoints (the count of midpoints below it, as the portable path: an exact tie
-  goes to the lower centroid) and takes its centroid by a chain of selects, in one fused loop that writes
-  the kernel and its flat table positions into two variables of the :class:`Workspace`, in place (XLA
-  reuses a variable's buffer), so no kernel-sized tensor is allocated per step. With fixed assignment,
-  the same for ``take(table, stored indices)``.
+- The search and the lookup are one pass: each weight is compared with its row's midpoints (the count of
+  midpoints below it, as the portable path: an exact tie goes to the lower centroid) and takes its centroid.
+  In a kernel of at least :data:`MIN_PARALLEL_WEIGHTS` weights traced into a graph (``model.fit``'s step),
+  the pass is :func:`._numba_fast.search_and_look_up` (both cores; AVX-512 where numba compiles for it),
+  called through ``tf.numpy_function``, reading the weights' own buffer and writing into two page-aligned
+  NumPy buffers of the :class:`Workspace`, which TensorFlow takes as the outputs' memory without a copy; a
+  buffer is written again only once TensorFlow has let go of it (its reference count), else a new one is
+  made, so a result handed out never changes. Elsewhere (a smaller kernel, an eager step, where a
+  returned array is copied) it is one XLA-compiled function called from the uncompiled step, a chain of
+  selects in one fused loop (on one thread) that writes the kernel and its flat table positions into two
+  variables of the :class:`Workspace`, in place (XLA reuses a variable's buffer). Either way no
+  kernel-sized tensor is allocated per step. With fixed assignment, the XLA form of
+  ``take(table, stored indices)``.
 - The backward pass sums the upstream gradient by those positions: in a kernel of at least
   :data:`MIN_PARALLEL_WEIGHTS` weights in one parallel pass, a private accumulator per chunk (the numba
   kernel :func:`._numba_fast.segment_sums`, called through ``tf.numpy_function`` on the
@@ -30,6 +37,8 @@ export) keep the portable ops, which write no variable.
 from __future__ import annotations
 
 import functools
+import math
+import sys
 
 import numpy as np
 import tensorflow as tf
@@ -58,6 +67,8 @@ class Workspace:
         self.table_size = int(table_size)
         self.parallel_sums = int(np.prod(self.shape, dtype=np.int64)) >= MIN_PARALLEL_WEIGHTS
         byte_indexed = self.parallel_sums and self.table_size <= MAX_BYTE_INDEXED_ENTRIES
+        self.index_dtype = np.uint8 if byte_indexed else np.int32
+        self.buffers = {}  # the numba search's outputs, by role: kernel, index
         with tf.init_scope():
             self.kernel = tf.Variable(tf.raw_ops.Empty(shape=self.shape, dtype=tf.float32), trainable=False,
                                       name="clustered_kernel_workspace")
@@ -96,13 +107,17 @@ def searched_lookup(workspace, flat_table, sorted_keys, original, *, channel_axi
     """
     groups, k = int(sorted_keys.shape[0]), int(sorted_keys.shape[1])
     keys = tf.stop_gradient(sorted_keys)
+    by_numba = workspace.parallel_sums and not tf.executing_eagerly()
 
     @tf.custom_gradient
     def lookup(table, weights):
-        written = _search_into(tf.reshape(table, (groups, k)), keys, weights, workspace.kernel, workspace.index,
-                               channel_axis)
-        with tf.control_dependencies([written]):
-            clustered, index = workspace.kernel.read_value(), workspace.index.read_value()
+        if by_numba:
+            clustered, index = _numba_search(workspace, table, keys, weights, channel_axis)
+        else:
+            written = _search_into(tf.reshape(table, (groups, k)), keys, weights, workspace.kernel, workspace.index,
+                                   channel_axis)
+            with tf.control_dependencies([written]):
+                clustered, index = workspace.kernel.read_value(), workspace.index.read_value()
 
         def gradient(upstream, variables=None):
             table_gradient, upstream = _table_gradient(upstream, index, groups * k, average_gradient,
@@ -139,6 +154,48 @@ def indexed_lookup(workspace, flat_table, positions, *, channel_axis, k, average
         return clustered, gradient
 
     return lookup(flat_table)
+
+
+def _numba_search(workspace, table, keys, weights, channel_axis):
+    """(the clustered kernel, its flat table positions) by :func:`._numba_fast.search_and_look_up`, written
+    into the workspace's buffers (see the module's docstring)."""
+    shape = workspace.shape
+    inner = 1 if channel_axis is None else math.prod(shape[channel_axis % len(shape) + 1:])
+    midpoints = (keys[:, 1:] + keys[:, :-1]) / 2.0
+
+    def search(weights, midpoints, table):
+        kernel = _output(workspace, "kernel", np.float32)
+        index = _output(workspace, "index", workspace.index_dtype)
+        _numba_fast.search_and_look_up(weights.reshape(-1), midpoints, table, inner, kernel.reshape(-1),
+                                       index.reshape(-1))
+        return kernel, index
+
+    kernel, index = tf.numpy_function(search, [weights, midpoints, tf.reshape(table, (-1,))],
+                                      [tf.float32, tf.as_dtype(workspace.index_dtype)], stateful=True,
+                                      name="clustered_search")
+    kernel.set_shape(shape)
+    index.set_shape(shape)
+    return kernel, index
+
+
+# Alignment of the numba search's output buffers: TensorFlow adopts a returned array's memory, instead of
+# copying it, only where it is aligned for Eigen (64 bytes); a page is more than enough.
+_BUFFER_ALIGNMENT = 4096
+
+
+def _output(workspace, role: str, dtype):
+    """The workspace's `role` buffer (shaped as the kernel), or a new one where TensorFlow still holds it.
+
+    A held buffer is referenced by the tensor that adopted it (TensorFlow releases the array when the tensor
+    is freed); ours are the dictionary's, `held` and getrefcount's argument."""
+    held = workspace.buffers.get(role)
+    if held is None or sys.getrefcount(held) > 3:
+        dtype = np.dtype(dtype)
+        size = math.prod(workspace.shape) * dtype.itemsize
+        raw = np.empty(size + _BUFFER_ALIGNMENT, np.uint8)
+        start = -raw.ctypes.data % _BUFFER_ALIGNMENT
+        held = workspace.buffers[role] = raw[start:start + size].view(dtype).reshape(workspace.shape)
+    return held
 
 
 def _table_gradient(upstream, index, size: int, average: bool, parallel: bool):

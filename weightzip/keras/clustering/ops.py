@@ -13,8 +13,8 @@ over the kernel); on PyTorch (CPU) one autograd function does the whole kernel, 
 numba (:mod:`._torch_lookup`); on JAX (CPU, float32), numba kernels (:mod:`._numba_kernels`) do the
 search with the gather, and the centroid gradient, in one pass each, parallel from 2^20 weights
 (:mod:`._jax_lookup`, called from the jitted step as XLA FFI targets); a TensorFlow step outside XLA (Keras's
-default on CPU) calls an XLA-compiled search and lookup that writes in place into the weight's workspace
-(:mod:`._tf_lookup`).
+default on CPU) writes the search and lookup into the weight's workspace without allocating (:mod:`._tf_lookup`:
+numba's search for kernels of 2^20 weights and more in graph steps, an XLA-compiled one otherwise).
 Every path searches afresh at every step (TFMOT's semantics).
 
 Shapes: `centroids` is ``(k,)`` for a per-tensor codebook or ``(channels, k)`` per channel, with the

@@ -10,7 +10,7 @@ gradients reach the centroids. See :class:`.Reassignment` for what happens to th
 Extra variables, all non-trainable: ``<weight>_pulling_indices`` (kernel-shaped: uint8 up to 256 clusters,
 else int32) with ``Reassignment.FIXED``; ``<weight>_sparsity_mask`` (kernel-shaped) and ``<weight>_centroid_pin``
 (codebook-shaped) with ``preserve_sparsity``. On TensorFlow each clustered weight also has a workspace
-of two kernel-shaped buffers that its training steps write in place (:mod:`._tf_lookup`; not Keras weights,
+of kernel-shaped buffers that its training steps write in place (:mod:`._tf_lookup`; not Keras weights,
 never saved).
 """
 
