@@ -312,3 +312,35 @@ def test_tensorflow_large_kernel_search_reuses_its_buffers_only_once_released():
     np.testing.assert_array_equal(to_numpy(kept), expected)
     _, fresh = fresh_search(to_numpy(wrapper.layer.kernel), to_numpy(wrapper.cluster_centroids["kernel"]), False)
     np.testing.assert_array_equal(changed, fresh)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the in-place lookup of TensorFlow steps")
+def test_tensorflow_large_per_channel_kernel_step_is_a_fresh_search_per_channel():
+    """The numba search of a graph step with one codebook per output channel (2^20 weights, 512 x 16 entries:
+    int32 positions): each weight's nearest centroid of its own channel, and each channel's centroid gradient
+    the sum of its members' upstream gradients."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(13)
+    model = keras.Sequential([keras.Input((2048,)), keras.layers.Dense(512, use_bias=False)])
+    model.layers[0].kernel.assign(rng.normal(size=(2048, 512)).astype("float32") * np.linspace(0.5, 2, 512))
+    clustered = wk.cluster_weights(model, 16, cluster_per_channel=True)
+    wrapper = clustered.layers[0]
+    upstream = tf.constant(rng.normal(size=(2048, 512)).astype("float32"))
+    centroids = wrapper.cluster_centroids["kernel"]
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            kernel = wrapper.clustered_weights()["kernel"]
+            loss = tf.reduce_sum(kernel * upstream)
+        return kernel, tape.gradient(loss, centroids)
+
+    kernel, gradient = (to_numpy(value) for value in step())
+    codebook = to_numpy(centroids)
+    assignment, expected = fresh_search(to_numpy(wrapper.layer.kernel), codebook, True)
+    np.testing.assert_array_equal(kernel, expected)
+    assert wrapper._cluster_states[0].workspace.buffers["index"].dtype == np.int32
+    flat = (assignment + np.arange(512) * 16).ravel()
+    sums = np.bincount(flat, weights=to_numpy(upstream).ravel().astype(np.float64), minlength=512 * 16)
+    np.testing.assert_allclose(gradient, sums.reshape(512, 16), rtol=1e-5, atol=1e-4)
