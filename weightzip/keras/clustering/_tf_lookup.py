@@ -55,11 +55,13 @@ MAX_BYTE_INDEXED_ENTRIES = 256
 
 
 class Workspace:
-    """The two kernel-shaped variables one clustered weight's lookup writes in place each step.
+    """The kernel-shaped memory one clustered weight's lookup writes in place each step: two variables
+    (`kernel`, `index`) for the XLA forms, and `buffers` (role -> NumPy array) for the numba search.
 
     `index` holds flat table positions: one byte each in a large kernel (:data:`MIN_PARALLEL_WEIGHTS`)
-    whose flat table has at most 256 entries, else int32. Their memory is not touched (nor counted in the
-    process's resident size) until a training step writes it. Not a Keras weight: never saved, never trained.
+    whose flat table has at most 256 entries, else int32 (`index_dtype`). Their memory is not touched (nor
+    counted in the process's resident size) until a training step writes it, and a step writes one of the two
+    forms only. Not a Keras weight: never saved, never trained.
     """
 
     def __init__(self, shape, table_size: int):
