@@ -17,14 +17,16 @@ def search(weights, codebook, inner=1, index_dtype=np.int32):
     return out, index
 
 
-@pytest.mark.parametrize("k", [1, 2, 16, 32, 40], ids=lambda k: f"k{k}")
+@pytest.mark.parametrize("k", [1, 2, 16, 32, 40, 256], ids=lambda k: f"k{k}")
 def test_per_tensor_search_is_the_core_assignment(k):
     """Sizes that are not a multiple of the block or chunk; weights exactly on midpoints (ties: centroids
     on a 1/16 grid, so that float32 and the core's float64 midpoints are the same number)."""
     rng = np.random.default_rng(k)
-    codebook = (np.sort(rng.choice(np.arange(-64, 64), size=k, replace=False)) / 16).astype(np.float32)[None]
+    grid = np.arange(-64, 64) / 16 if k <= 64 else np.arange(-256, 256) / 64  # (k = 256: the swept count)
+    codebook = np.sort(rng.choice(grid, size=k, replace=False)).astype(np.float32)[None]
     weights = rng.normal(size=200_003).astype(np.float32)
     weights[: k - 1] = (codebook[0, 1:] + codebook[0, :-1]) / 2
+    weights[k - 1] = codebook[0, -1]  # (every centroid has a member)
     out, index = search(weights, codebook)
     expected = assign_to_centroids(weights, codebook[0])
     np.testing.assert_array_equal(index, expected)
