@@ -344,3 +344,39 @@ def test_tensorflow_large_per_channel_kernel_step_is_a_fresh_search_per_channel(
     flat = (assignment + np.arange(512) * 16).ravel()
     sums = np.bincount(flat, weights=to_numpy(upstream).ravel().astype(np.float64), minlength=512 * 16)
     np.testing.assert_allclose(gradient, sums.reshape(512, 16), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the in-place lookup of TensorFlow steps")
+@pytest.mark.parametrize("k", [64, 256])
+def test_tensorflow_large_kernel_step_with_a_large_codebook_is_a_fresh_search(k):
+    """Codebooks past the XLA chain's 32 entries: a graph step on 2^20 weights takes numba's search (its
+    buffers are written), with the portable ops' kernel (each weight's nearest centroid by float32 midpoints:
+    256 random centroids put a few weights exactly on one, where the core's float64 search may differ) and
+    each centroid's summed gradient."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(14)
+    model = keras.Sequential([keras.Input((1024,)), keras.layers.Dense(1024, use_bias=False)])
+    model.layers[0].kernel.assign(rng.normal(size=(1024, 1024)).astype("float32"))
+    clustered = wk.cluster_weights(model, k)
+    wrapper = clustered.layers[0]
+    upstream = tf.constant(rng.normal(size=(1024, 1024)).astype("float32"))
+    centroids = wrapper.cluster_centroids["kernel"]
+
+    def step():
+        with tf.GradientTape() as tape:
+            kernel = wrapper.clustered_weights()["kernel"]
+            loss = tf.reduce_sum(kernel * upstream)
+        return kernel, tape.gradient(loss, centroids)
+
+    kernel, gradient = (to_numpy(value) for value in tf.function(step)())
+    assert sorted(wrapper._cluster_states[0].workspace.buffers) == ["index", "kernel"]
+    _without_workspaces(clustered)
+    portable, _ = (to_numpy(value) for value in tf.function(step)())  # (traced again: without the workspace)
+    np.testing.assert_array_equal(kernel, portable)
+    codebook = to_numpy(centroids)
+    assignment, expected = fresh_search(to_numpy(wrapper.layer.kernel), codebook, False)
+    assert np.count_nonzero(kernel != expected) <= 8
+    assignment = np.argmin(np.abs(kernel.reshape(-1, 1) - codebook.reshape(1, -1)), axis=1)  # (distinct values)
+    sums = np.bincount(assignment, weights=to_numpy(upstream).ravel().astype(np.float64), minlength=k)
+    np.testing.assert_allclose(gradient, sums, rtol=1e-5, atol=1e-4)

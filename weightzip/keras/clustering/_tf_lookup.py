@@ -46,7 +46,8 @@ import tensorflow as tf
 from weightzip.keras._compat import get_stateless_scope, in_xla_trace, tape_is_recording
 from weightzip.keras.clustering import _numba_fast
 
-# Up to this many midpoints per row, the search is a chain of compares and selects; above, the portable path.
+# Up to this many midpoints per row, the XLA search is a chain of compares and selects; above, the portable
+# path, unless numba's search serves the step (any k).
 MAX_CHAINED_MIDPOINTS = 31
 # From this many weights, the centroid gradient is summed by the parallel numba kernel (below, one serial
 # Bincount costs less than a call out of the graph), and positions in tables of <= 256 entries take a byte.
@@ -92,7 +93,7 @@ def applies(workspace, original, flat_table, *, searched: bool, k: int) -> bool:
         return False
     if int(flat_table.shape[0]) != workspace.table_size:
         return False
-    if searched and k - 1 > MAX_CHAINED_MIDPOINTS:
+    if searched and k - 1 > MAX_CHAINED_MIDPOINTS and not _numba_searches(workspace):
         return False
     if original.dtype != tf.float32 or flat_table.dtype != tf.float32:
         return False
@@ -109,7 +110,7 @@ def searched_lookup(workspace, flat_table, sorted_keys, original, *, channel_axi
     """
     groups, k = int(sorted_keys.shape[0]), int(sorted_keys.shape[1])
     keys = tf.stop_gradient(sorted_keys)
-    by_numba = workspace.parallel_sums and not tf.executing_eagerly()
+    by_numba = _numba_searches(workspace)
 
     @tf.custom_gradient
     def lookup(table, weights):
@@ -156,6 +157,12 @@ def indexed_lookup(workspace, flat_table, positions, *, channel_axis, k, average
         return clustered, gradient
 
     return lookup(flat_table)
+
+
+def _numba_searches(workspace) -> bool:
+    """Whether the search of a step being traced now is numba's: a large kernel, in a graph (an eager step
+    would copy the returned arrays)."""
+    return workspace.parallel_sums and not tf.executing_eagerly()
 
 
 def _numba_search(workspace, table, keys, weights, channel_axis):
