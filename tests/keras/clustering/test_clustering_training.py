@@ -159,6 +159,23 @@ def test_xla_compiled_training_matches_graph_training(baseline, per_channel):
         np.testing.assert_allclose(xla, graph, rtol=1e-4, atol=1e-5)
 
 
+def kernel_and_centroid_gradient(wrapper, upstream):
+    """(the clustered kernel of a differentiated TensorFlow graph step, traced afresh; the gradient of
+    sum(kernel * upstream) with respect to the centroids), as NumPy arrays."""
+    import tensorflow as tf
+
+    centroids = wrapper.cluster_centroids["kernel"]
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            kernel = wrapper.clustered_weights()["kernel"]
+            loss = tf.reduce_sum(kernel * tf.constant(upstream))
+        return kernel, tape.gradient(loss, centroids)
+
+    return tuple(to_numpy(value) for value in step())
+
+
 def _without_workspaces(clustered):
     """The same model with its TensorFlow workspaces dropped: its steps take the portable ops."""
     for layer in clustered.layers:
@@ -244,18 +261,9 @@ def test_tensorflow_large_kernel_step_sums_each_centroids_members_in_parallel(re
     workspace = wrapper._cluster_states[0].workspace
     assert workspace.parallel_sums and workspace.kernel.shape.num_elements() == _tf_lookup.MIN_PARALLEL_WEIGHTS
     assert workspace.index.dtype == tf.uint8
-    upstream = tf.constant(rng.normal(size=(1024, 1024)).astype("float32"))
-    centroids = wrapper.cluster_centroids["kernel"]
-
-    @tf.function
-    def step():
-        with tf.GradientTape() as tape:
-            kernel = wrapper.clustered_weights()["kernel"]
-            loss = tf.reduce_sum(kernel * upstream)
-        return kernel, tape.gradient(loss, centroids)
-
-    kernel, gradient = (to_numpy(value) for value in step())
-    codebook = to_numpy(centroids)
+    upstream = rng.normal(size=(1024, 1024)).astype("float32")
+    kernel, gradient = kernel_and_centroid_gradient(wrapper, upstream)
+    codebook = to_numpy(wrapper.cluster_centroids["kernel"])
     if reassignment == "every_step":
         assignment, expected_kernel = fresh_search(to_numpy(wrapper.layer.kernel), codebook, False)
         positions = np.argsort(np.argsort(codebook, kind="stable"))[assignment]  # into the sorted table
@@ -319,25 +327,15 @@ def test_tensorflow_large_per_channel_kernel_step_is_a_fresh_search_per_channel(
     """The numba search of a graph step with one codebook per output channel (2^20 weights, 512 x 16 entries:
     int32 positions): each weight's nearest centroid of its own channel, and each channel's centroid gradient
     the sum of its members' upstream gradients."""
-    import tensorflow as tf
 
     rng = np.random.default_rng(13)
     model = keras.Sequential([keras.Input((2048,)), keras.layers.Dense(512, use_bias=False)])
     model.layers[0].kernel.assign(rng.normal(size=(2048, 512)).astype("float32") * np.linspace(0.5, 2, 512))
     clustered = wk.cluster_weights(model, 16, cluster_per_channel=True)
     wrapper = clustered.layers[0]
-    upstream = tf.constant(rng.normal(size=(2048, 512)).astype("float32"))
-    centroids = wrapper.cluster_centroids["kernel"]
-
-    @tf.function
-    def step():
-        with tf.GradientTape() as tape:
-            kernel = wrapper.clustered_weights()["kernel"]
-            loss = tf.reduce_sum(kernel * upstream)
-        return kernel, tape.gradient(loss, centroids)
-
-    kernel, gradient = (to_numpy(value) for value in step())
-    codebook = to_numpy(centroids)
+    upstream = rng.normal(size=(2048, 512)).astype("float32")
+    kernel, gradient = kernel_and_centroid_gradient(wrapper, upstream)
+    codebook = to_numpy(wrapper.cluster_centroids["kernel"])
     assignment, expected = fresh_search(to_numpy(wrapper.layer.kernel), codebook, True)
     np.testing.assert_array_equal(kernel, expected)
     assert wrapper._cluster_states[0].workspace.buffers["index"].dtype == np.int32
@@ -353,28 +351,19 @@ def test_tensorflow_large_kernel_step_with_a_large_codebook_is_a_fresh_search(k)
     buffers are written), with the portable ops' kernel (each weight's nearest centroid by float32 midpoints:
     256 random centroids put a few weights exactly on one, where the core's float64 search may differ) and
     each centroid's summed gradient."""
-    import tensorflow as tf
 
     rng = np.random.default_rng(14)
     model = keras.Sequential([keras.Input((1024,)), keras.layers.Dense(1024, use_bias=False)])
     model.layers[0].kernel.assign(rng.normal(size=(1024, 1024)).astype("float32"))
     clustered = wk.cluster_weights(model, k)
     wrapper = clustered.layers[0]
-    upstream = tf.constant(rng.normal(size=(1024, 1024)).astype("float32"))
-    centroids = wrapper.cluster_centroids["kernel"]
-
-    def step():
-        with tf.GradientTape() as tape:
-            kernel = wrapper.clustered_weights()["kernel"]
-            loss = tf.reduce_sum(kernel * upstream)
-        return kernel, tape.gradient(loss, centroids)
-
-    kernel, gradient = (to_numpy(value) for value in tf.function(step)())
+    upstream = rng.normal(size=(1024, 1024)).astype("float32")
+    kernel, gradient = kernel_and_centroid_gradient(wrapper, upstream)
     assert sorted(wrapper._cluster_states[0].workspace.buffers) == ["index", "kernel"]
     _without_workspaces(clustered)
-    portable, _ = (to_numpy(value) for value in tf.function(step)())  # (traced again: without the workspace)
+    portable, _ = kernel_and_centroid_gradient(wrapper, upstream)
     np.testing.assert_array_equal(kernel, portable)
-    codebook = to_numpy(centroids)
+    codebook = to_numpy(wrapper.cluster_centroids["kernel"])
     assignment, expected = fresh_search(to_numpy(wrapper.layer.kernel), codebook, False)
     assert np.count_nonzero(kernel != expected) <= 8
     assignment = np.argmin(np.abs(kernel.reshape(-1, 1) - codebook.reshape(1, -1)), axis=1)  # (distinct values)
