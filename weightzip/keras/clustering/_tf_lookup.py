@@ -70,12 +70,12 @@ class Workspace:
         self.table_size = int(table_size)
         self.parallel_sums = int(np.prod(self.shape, dtype=np.int64)) >= MIN_PARALLEL_WEIGHTS
         byte_indexed = self.parallel_sums and self.table_size <= MAX_BYTE_INDEXED_ENTRIES
-        self.index_dtype = np.uint8 if byte_indexed else np.int32
+        self.index_dtype = np.dtype(np.uint8 if byte_indexed else np.int32)
         self.buffers = {}  # the numba search's outputs, by role: kernel, index
         with tf.init_scope():
             self.kernel = tf.Variable(tf.raw_ops.Empty(shape=self.shape, dtype=tf.float32), trainable=False,
                                       name="clustered_kernel_workspace")
-            self.index = tf.Variable(tf.raw_ops.Empty(shape=self.shape, dtype=tf.uint8 if byte_indexed else tf.int32),
+            self.index = tf.Variable(tf.raw_ops.Empty(shape=self.shape, dtype=tf.as_dtype(self.index_dtype)),
                                      trainable=False, name="clustered_index_workspace")
 
 
