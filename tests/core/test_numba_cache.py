@@ -49,3 +49,36 @@ def test_numbas_own_save_loses_or_mixes_entries_when_saves_overlap(tmp_path):
     reader, overloads = _overlapping_saves(tmp_path, _numba_cache._unlocked_save)
     wrong = [key for key, name in overloads.items() if reader.load(key) != b"code of " + key[-1:].encode()]
     assert len(overloads) < 2 or wrong
+
+
+def _locator_of(py_file):
+    def kernel():
+        return 0
+
+    return caching.InTreeCacheLocator(kernel, str(py_file))
+
+
+def test_package_digest_changes_with_any_file_of_the_package(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.py").write_text("X = 1\n")
+    (tmp_path / "sub" / "b.py").write_text("Y = 2\n")
+    digests = [_numba_cache.package_digest.__wrapped__(tmp_path)]
+    (tmp_path / "sub" / "b.py").write_text("Y = 3\n")
+    digests.append(_numba_cache.package_digest.__wrapped__(tmp_path))
+    (tmp_path / "c.py").write_text("")
+    digests.append(_numba_cache.package_digest.__wrapped__(tmp_path))
+    assert len(set(digests)) == 3
+
+
+def test_weightzip_kernels_are_stamped_with_the_whole_package(monkeypatch, tmp_path):
+    """A kernel's cache entry goes stale when another weightzip file changes (a callee or a constant it froze in)."""
+    assert _numba_cache.STAMPS_PACKAGE
+    own_file = _locator_of(_numba_cache.PACKAGE_DIR / "core" / "assign.py")
+    stamps = []
+    for digest in (b"package one", b"package two"):
+        monkeypatch.setattr(_numba_cache, "package_digest", lambda digest=digest: digest)
+        stamps.append(own_file.get_source_stamp())
+    assert stamps[0] != stamps[1]
+    outside = tmp_path / "user_code.py"
+    outside.write_text("def kernel():\n    return 0\n")
+    assert _locator_of(outside).get_source_stamp() == _numba_cache._own_source_stamp(_locator_of(outside))
