@@ -1,6 +1,7 @@
 """The faster kernels of the JAX step (clustering/_numba_fast.py) give the results of clustering/_numba_kernels.py
 (themselves tested against the core's assignment and a bincount), serially (one chunk) and in parallel chunks."""
 
+import numba
 import numpy as np
 import pytest
 
@@ -101,18 +102,41 @@ def test_look_up_is_the_reference_look_up(index_dtype, size, entries):
     np.testing.assert_array_equal(fast_out, out)  # NaN where outside, on both
 
 
+@pytest.mark.skipif(not _numba_avx512.AVX512, reason="numba does not compile for an AVX-512 CPU here")
+@pytest.mark.parametrize("index_dtype", [np.uint8, np.int32, np.int64])
+def test_the_avx512_segment_sums_add_each_value_to_its_index_and_lane(index_dtype):
+    """256 values a call into partial[16 * index + lane], lane = position % 16, from `first` to the last whole call;
+    what was in `partial` is kept. A wrong lane, index or offset fails it."""
+    rng = np.random.default_rng(12)
+    values = rng.normal(size=1100).astype(np.float32)
+    index = rng.integers(0, 16, 1100).astype(index_dtype)
+    partial = rng.normal(size=256).astype(np.float32)
+    expected = partial.astype(np.float64)
+    first = 32
+    end = _segment_sums_vector_jitted(values, index, partial, first, 1100)
+    assert end == first + 4 * 256
+    np.add.at(expected, 16 * index[first:end].astype(np.int64) + np.arange(first, end) % 16, values[first:end])
+    np.testing.assert_allclose(partial, expected, rtol=1e-5, atol=1e-5)
+
+
+@numba.njit
+def _segment_sums_vector_jitted(values, index, partial, first, last):
+    return _numba_avx512.segment_sums_vector(values, index, partial, first, last)
+
+
 @pytest.mark.parametrize("size", SIZES.values(), ids=SIZES.keys())
 @pytest.mark.parametrize("average", [False, True], ids=["sum", "mean"])
 @pytest.mark.parametrize("index_dtype", [np.uint8, np.int32])
-def test_segment_sums_equal_a_bincount(index_dtype, average, size):
+@pytest.mark.parametrize("entries", [16, 5, 40])
+def test_segment_sums_equal_a_bincount(index_dtype, average, size, entries):
     rng = np.random.default_rng(7)
     values = rng.normal(size=size).astype(np.float32)
-    index = rng.integers(0, 16, size).astype(index_dtype)
-    index[:5] = 19  # outside the table: ignored
-    out = np.empty(16, np.float32)
+    index = rng.integers(0, entries, size).astype(index_dtype)
+    index[:5] = entries + 3  # outside the table: ignored
+    out = np.empty(entries, np.float32)
     fast.segment_sums(values, index, average, out)
-    inside = index < 16
-    expected = np.bincount(index[inside], values[inside].astype(np.float64), minlength=16)
+    inside = index < entries
+    expected = np.bincount(index[inside], values[inside].astype(np.float64), minlength=entries)
     if average:
-        expected = expected / np.maximum(np.bincount(index[inside], minlength=16), 1)
+        expected = expected / np.maximum(np.bincount(index[inside], minlength=entries), 1)
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-4)

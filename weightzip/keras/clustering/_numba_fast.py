@@ -14,6 +14,9 @@
   one-byte indices, one thread 17 -> 10-13 ms, two 9-12 -> 6 ms.
 - :func:`segment_sums` = :func:`._numba_kernels.segment_sums_into`: four interleaved accumulator rows
   per chunk (breaks the add latency chain on a repeated index), range checked per block the same way.
+  With AVX-512 and a table of at most 16 entries, a checked block is summed 256 values a call, per index
+  and lane in 16 registers (one compare and one masked add per index and 16 values; :mod:`._numba_avx512`),
+  folded into float64 per block: 16.8M values, one-byte indices, two threads 11.1 -> 7.5 ms.
 
 Each runs serially on the calling thread below 2^20 weights (:data:`SERIAL_BELOW`): a numba parallel
 region costs a thread wake-up and a barrier per call, and its threads compete with XLA's own for the
@@ -26,7 +29,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from weightzip.keras.clustering._numba_avx512 import look_up_vector, search_vector
+from weightzip.keras.clustering._numba_avx512 import look_up_vector, search_vector, segment_sums_vector
 from weightzip.keras.clustering._numba_kernels import _BLOCK, _chunking, assign_and_look_up
 
 # Codebook rows of at most this many entries take the register search (padded with +inf midpoints).
@@ -222,14 +225,24 @@ def look_up_checked(table, index, out):
 def _segment_sums_range(values, index, average, sums, counts, first, last):
     """Adds values[first:last] into sums[r, index] (r = i % 4), and 1 into counts[r, index] when `average`."""
     size = sums.shape[1]
+    vector_sums = size <= REGISTER_TABLE
+    lanes = np.zeros(16 * REGISTER_TABLE, values.dtype)  # the vector form's sums by index and lane, per block
+    wide_lanes = np.zeros(16 * REGISTER_TABLE, np.float64)
     for start in range(first, last, _BLOCK):
         stop = min(last, start + _BLOCK)
         block, block_values = index[start:stop], values[start:stop]
         inside = _inside(block, size)
         length = stop - start
         if inside and not average:
-            whole = length - length % _ACCUMULATORS
-            for i in range(0, whole, _ACCUMULATORS):
+            done = 0
+            if vector_sums:
+                done = segment_sums_vector(values, index, lanes, start, stop) - start
+                if done:
+                    for j in range(lanes.shape[0]):
+                        wide_lanes[j] += lanes[j]
+                        lanes[j] = 0
+            whole = done + (length - done) - (length - done) % _ACCUMULATORS
+            for i in range(done, whole, _ACCUMULATORS):
                 sums[0, np.uintp(block[i])] += block_values[i]
                 sums[1, np.uintp(block[i + 1])] += block_values[i + 1]
                 sums[2, np.uintp(block[i + 2])] += block_values[i + 2]
@@ -243,6 +256,10 @@ def _segment_sums_range(values, index, average, sums, counts, first, last):
                     sums[i % _ACCUMULATORS, position] += block_values[i]
                     if average:
                         counts[i % _ACCUMULATORS, position] += 1
+    if vector_sums:
+        for j in range(size):
+            for lane in range(16):
+                sums[0, j] += wide_lanes[16 * j + lane]
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
