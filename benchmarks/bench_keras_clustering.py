@@ -11,8 +11,9 @@ of the model, data, optimizer and training-loop code serves both tools.
 (b) training-step time, clustered (k = 16) / plain, with model.fit: Dense 4096 x 4096 (random data,
     MSE) and LeNet-300-100 (MNIST-5k), at batch 32 with SGD and at batch 256 / 128 with Adam. weightzip
     on each Keras backend (every-step reassignment, the default, and fixed assignment), TFMOT on
-    tf-keras. Plain and clustered epochs alternate in one process; the printed ratio is the median over
-    rounds of (clustered / plain) within a round. Targets: every step <= 1.5x, fixed <= 1.1x.
+    tf-keras. Plain and clustered epochs alternate in one process (the order turning each round); the
+    printed ratio is the median over rounds of (clustered / plain) within a round. Targets: every step
+    <= 1.5x, fixed <= 1.1x.
 (c) LeNet-300-100 on MNIST-5k (4,000 train / 1,000 test): a float model trained per seed (TensorFlow
     backend), then both tools cluster the same float weights at k = 16 / 8 / 4, fine-tune it with the
     same fixed recipe (Adam 1e-4, batch 64; nothing tuned), strip, convert to float .tflite: test
