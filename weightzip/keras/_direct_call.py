@@ -37,9 +37,12 @@ from weightzip.keras._compat import current_call_context, get_autocast_scope
 DECLINED = object()
 
 
-def direct_call(layer, inputs, args: tuple, kwargs: dict):
+def direct_call(layer, inputs, args: tuple, kwargs: dict, call=None):
     """``layer(inputs, *args, **kwargs)`` from inside an enclosing ``Layer.__call__``, by ``layer.call`` where
-    that gives the same result and effects, else :data:`DECLINED`."""
+    that gives the same result and effects, else :data:`DECLINED`.
+
+    call: runs in place of ``layer.call`` (same arguments), for a caller that computes the layer's output its
+    own way."""
     if args or keras.backend.backend() != "torch" or not _eligible_class(type(layer)):
         return DECLINED
     import torch
@@ -56,7 +59,7 @@ def direct_call(layer, inputs, args: tuple, kwargs: dict):
         layer._called = True
     layer._assert_input_compatibility(inputs)
     with layer._open_name_scope():
-        outputs = layer.call(inputs, **call_kwargs)
+        outputs = (layer.call if call is None else call)(inputs, **call_kwargs)
     if layer.supports_masking:
         layer._set_mask_metadata(inputs, outputs, None)
     return outputs

@@ -369,3 +369,50 @@ def test_tensorflow_large_kernel_step_with_a_large_codebook_is_a_fresh_search(k)
     assignment = np.argmin(np.abs(kernel.reshape(-1, 1) - codebook.reshape(1, -1)), axis=1)  # (distinct values)
     sums = np.bincount(assignment, weights=to_numpy(upstream).ravel().astype(np.float64), minlength=k)
     np.testing.assert_allclose(gradient, sums, rtol=1e-5, atol=1e-4)
+
+
+def _torch_dense_gradients(model, x, upstream):
+    """(the model's output, the gradient of sum(output * upstream) by trainable variable path), on torch."""
+    import torch
+
+    for variable in model.trainable_variables:
+        variable.value.grad = None
+    output = model(torch.from_numpy(x))
+    (output * torch.from_numpy(upstream)).sum().backward()
+    return output.detach().numpy(), {v.path: v.value.grad.numpy().copy() for v in model.trainable_variables}
+
+
+@pytest.mark.parametrize("pinned", [False, True], ids=["free", "pinned_zero"])
+def test_torch_fixed_dense_fused_step_equals_the_general_path(monkeypatch, pinned):
+    """A large clustered Dense with fixed assignment on torch: its product and centroid gradient by one function
+    (no weight gradient formed) give the general path's output, centroid gradients and input gradient (to the
+    layer before it)."""
+    if keras.backend.backend() != "torch":
+        pytest.skip("the fused Dense step is PyTorch's")
+    from weightzip.keras.clustering import _numba_dense, _torch_dense
+
+    if not _numba_dense.serves(16):
+        pytest.skip("numba does not compile for an AVX-512 CPU here")
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((40,)), keras.layers.Dense(1024),
+                              keras.layers.Dense(1030, activation="relu")])  # 1024 x 1030: >= 2^20 weights
+    if pinned:
+        kernel = model.layers[1].kernel
+        kernel.assign(np.where(np.abs(to_numpy(kernel)) < 0.01, 0.0, to_numpy(kernel)))
+    clustered = wk.cluster_weights(model, 16, reassignment="fixed", preserve_sparsity=pinned)
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(37, 40)).astype("float32")
+    upstream = rng.normal(size=(37, 1030)).astype("float32")
+    calls = []
+    fused_sums = _numba_dense.outer_product_segment_sums
+    monkeypatch.setattr(_numba_dense, "outer_product_segment_sums", lambda *a: calls.append(1) or fused_sums(*a))
+    fused_output, fused = _torch_dense_gradients(clustered, x, upstream)
+    assert calls == ([] if pinned else [1])  # a sparsity mask takes the general path
+    monkeypatch.setattr(_torch_dense, "MAX_ROWS", 0)  # every call declined: the general path
+    output, general = _torch_dense_gradients(clustered, x, upstream)
+    assert len(calls) <= 1
+    np.testing.assert_allclose(fused_output, output, rtol=1e-5, atol=1e-5)
+    assert fused.keys() == general.keys() and len(fused) == 4  # two codebooks, two biases
+    for path, gradient in general.items():
+        scale = np.abs(gradient).max()
+        np.testing.assert_allclose(fused[path], gradient, rtol=1e-4, atol=1e-5 * scale, err_msg=path)

@@ -24,6 +24,7 @@ from keras import ops
 
 from weightzip.core import CentroidInitialization
 from weightzip.core.errors import ArgumentTypeError
+from weightzip.keras._direct_call import DECLINED
 from weightzip.keras._rewrite import copy_layer
 from weightzip.keras._substitution import SubstitutingWrapper
 from weightzip.keras.clustering._initial_clusters import initial_clusters
@@ -207,6 +208,15 @@ class ClusterWeights(SubstitutingWrapper):
 
     def substitutes(self) -> list:
         return [(state.weight.variable, self._clustered_value(state)) for state in self._cluster_states]
+
+    def call(self, inputs, *args, **kwargs):
+        if keras.backend.backend() == "torch":  # a Dense layer with fixed assignment: see _torch_dense
+            from weightzip.keras.clustering import _torch_dense
+
+            outputs = _torch_dense.fused_call(self, inputs, args, kwargs)
+            if outputs is not DECLINED:
+                return outputs
+        return super().call(inputs, *args, **kwargs)
 
     # --------------------------------------------------------------------------------- strip
 

@@ -1,0 +1,133 @@
+"""A clustered Dense layer with fixed assignment on PyTorch (CPU): its matmul and centroid gradient as one
+autograd function whose backward pass never forms the weight gradient.
+
+Through the general path (:mod:`._torch_lookup`), autograd computes the kernel's gradient ``x^T g`` into a new
+kernel-sized tensor at every step (67 MB for 4096 x 4096: its page faults cost four times the product itself)
+and then sums it by index. Here the backward pass computes the centroid gradient directly, tile by tile
+(:func:`._numba_dense.outer_product_segment_sums`), and the input gradient from the looked-up kernel saved by the
+forward pass. The forward pass is the general path's: the kernel looked up from the stored indices into the
+weight's reused buffer, then ``inputs @ kernel``, the bias and the activation, as ``keras.layers.Dense.call``.
+The gradients are those of the general path (float32 sums in another order).
+
+:func:`fused_call` serves a wrapped layer of the exact class ``keras.layers.Dense`` (no LoRA, quantization,
+kernel regulariser or constraint) with one clustered kernel, per tensor, of at least :data:`MIN_WEIGHTS` weights
+and at most :data:`._numba_dense.MAX_ENTRIES` centroids, summed gradients, no preserved sparsity, a float32 input of at
+most :data:`MAX_ROWS` rows, in a step that records gradients, where numba compiles for AVX-512. It runs the layer
+through :func:`weightzip.keras._direct_call.direct_call` (declining where that would); any other call takes the
+general path.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import keras
+
+from weightzip.core.options import GradientAggregation
+from weightzip.keras._compat import get_stateless_scope
+from weightzip.keras._direct_call import DECLINED, direct_call
+from weightzip.keras.clustering import _numba_dense, _numba_fast, _torch_lookup
+
+# Rows of the input (its leading axes flattened) up to which the tile-by-tile product costs less than
+# autograd's weight gradient and its sum (one multiply-add per weight and row).
+MAX_ROWS = 64
+# Kernels of at least this many weights (below, the weight gradient is small and cheap to allocate).
+MIN_WEIGHTS = 1 << 20
+
+
+def fused_call(wrapper, inputs, args: tuple, kwargs: dict):
+    """The output of `wrapper`'s Dense layer on `inputs` by :func:`_function`, or :data:`DECLINED`."""
+    state = _served_state(wrapper, inputs)
+    if state is None:
+        return DECLINED
+    layer = wrapper.layer
+    return direct_call(layer, inputs, args, kwargs,
+                       call=lambda inputs, **_: _dense_output(layer, state, inputs))
+
+
+def _served_state(wrapper, inputs):
+    """The clustered kernel's state where :func:`fused_call` serves this call, else None."""
+    if keras.backend.backend() != "torch" or type(wrapper.layer) is not keras.layers.Dense:
+        return None
+    import torch
+
+    layer, states = wrapper.layer, wrapper._cluster_states
+    if (len(states) != 1 or not torch.is_grad_enabled() or torch.compiler.is_compiling()
+            or get_stateless_scope() is not None):
+        return None
+    state = states[0]
+    if (state.pulling_indices is None or state.channel_axis is not None or state.sparsity_mask is not None
+            or state.centroid_pin is not None or wrapper.params.cluster_gradient_aggregation is not GradientAggregation.SUM):
+        return None
+    if (getattr(layer, "lora_enabled", False) or layer.quantization_mode is not None
+            or layer.kernel_regularizer is not None or layer.kernel_constraint is not None
+            or state.weight.variable is not getattr(layer, "_kernel", None)):
+        return None
+    kernel = state.weight.variable
+    if (not _numba_dense.serves(int(state.centroids.shape[-1])) or kernel.dtype != "float32"
+            or state.centroids.dtype != "float32" or len(kernel.shape) != 2
+            or kernel.shape[0] * kernel.shape[1] < MIN_WEIGHTS):
+        return None
+    if (not isinstance(inputs, torch.Tensor) or inputs.device.type != "cpu" or inputs.dtype != torch.float32
+            or inputs.ndim < 2 or inputs.shape[-1] != kernel.shape[0]):
+        return None
+    rows = inputs.numel() // max(1, inputs.shape[-1])
+    return state if 1 <= rows <= MAX_ROWS else None
+
+
+def _dense_output(layer, state, inputs):
+    """``keras.layers.Dense.call`` with the kernel product by :func:`_function`."""
+    table = _torch_lookup._tensor(state.centroids)
+    stored = _torch_lookup._tensor(state.pulling_indices)
+    index = _torch_lookup._compact_index(stored, table, None)
+    scratch = _torch_lookup._scratch_for(stored)
+    units = int(state.weight.variable.shape[1])
+    flat = inputs.reshape(-1, inputs.shape[-1])
+    x = _function().apply(flat, table, index, scratch).reshape(*inputs.shape[:-1], units)
+    if layer.bias is not None:
+        x = keras.ops.add(x, layer.bias)
+    if layer.activation is not None:
+        x = layer.activation(x)
+    return x
+
+
+@functools.cache
+def _function():
+    import torch
+
+    class ClusteredDense(torch.autograd.Function):
+        """``inputs @ table[index]`` (the kernel: rows x units), differentiated in `inputs` and `table`."""
+
+        @staticmethod
+        def forward(ctx, inputs, table, index, scratch):
+            index, index_array = index
+            flat_table = table.detach().reshape(-1)
+            kernel, kernel_array = _torch_lookup._output(scratch, "kernel", index.numel(), table.dtype)
+            _numba_fast.look_up_checked(flat_table.contiguous().numpy(), index_array, kernel_array)
+            kernel = kernel.view(inputs.shape[1], -1)
+            ctx.save_for_backward(inputs, kernel, index)  # (marks the kernel buffer in use)
+            ctx.index_array = index_array.reshape(kernel.shape)
+            ctx.table_shape = tuple(table.shape)
+            return inputs @ kernel
+
+        @staticmethod
+        def backward(ctx, upstream):
+            inputs, kernel, _ = ctx.saved_tensors
+            input_gradient = upstream @ kernel.T if ctx.needs_input_grad[0] else None
+            table_gradient = None
+            if ctx.needs_input_grad[1]:
+                table_gradient = _centroid_gradient(inputs, upstream, ctx.index_array, ctx.table_shape)
+            return input_gradient, table_gradient, None, None
+
+    return ClusteredDense
+
+
+def _centroid_gradient(inputs, upstream, index_array, table_shape):
+    """Per centroid, the sum of ``(inputs^T upstream)`` over its members."""
+    import torch
+
+    gradient = torch.empty(table_shape, dtype=torch.float32)
+    _numba_dense.outer_product_segment_sums(inputs.detach().T.contiguous().numpy(),
+                                            upstream.detach().contiguous().numpy(), index_array,
+                                            gradient.numpy().reshape(-1))
+    return gradient
