@@ -5,10 +5,11 @@ A Dense layer ``y = x @ W`` with ``W = table[index]`` has the centroid gradient
 weight gradient ``x^T g`` (a kernel-sized tensor, 67 MB for 4096 x 4096, freshly allocated each step by PyTorch:
 its page faults cost more than the product) and summing it by index. At a small batch the product has few
 multiply-adds per weight (one per batch row), so :func:`outer_product_segment_sums` computes it tile by tile,
-4 rows x 64 columns in 16 AVX-512 registers (:func:`._numba_avx512.outer_block`), and sums each tile by index
-while it is in L1 (:func:`._numba_avx512.segment_sums_vector`): nothing kernel-sized is written, and the
-kernel's index bytes are the only large array read. 32 x 4096 by 4096 x 4096 on two cores: 20 ms, against
-33 ms for PyTorch's ``x.T @ g`` into a new tensor plus 7.5 ms for the sum.
+4 rows x 64 columns in 16 AVX-512 registers (:func:`._numba_avx512.outer_block`, reading g from a copy stored
+block by block, :func:`_panels`), and sums each tile by index while it is in L1
+(:func:`._numba_avx512.segment_sums_vector`): nothing kernel-sized is written, and the kernel's index bytes are
+the only large array read. 32 x 4096 by 4096 x 4096 on two cores: 17 ms, against 33 ms for PyTorch's
+``x.T @ g`` into a new tensor plus 7.5 ms for the sum.
 
 Served where numba compiles for AVX-512 (:data:`._numba_avx512.AVX512`), tables of at most 16 entries, float32;
 rows and columns that do not fill a tile take a scalar loop.
@@ -34,11 +35,25 @@ def serves(entries: int) -> bool:
 
 
 @numba.njit(cache=True, nogil=True)
-def _rows(xt, g, index, first, last, sums):
+def _panels(g):
+    """g's whole blocks of OUTER_COLUMNS columns, each stored contiguously (batch x OUTER_COLUMNS): the rows of one
+    block in g are a row of g apart (16 KB at 4096 columns, all in one L1 set), in a panel 256 bytes."""
+    batch, columns = g.shape
+    blocks = columns // OUTER_COLUMNS
+    panels = np.empty(blocks * batch * OUTER_COLUMNS, np.float32)
+    for block in range(blocks):
+        for b in range(batch):
+            start = (block * batch + b) * OUTER_COLUMNS
+            panels[start:start + OUTER_COLUMNS] = g[b, block * OUTER_COLUMNS:(block + 1) * OUTER_COLUMNS]
+    return panels
+
+
+@numba.njit(cache=True, nogil=True)
+def _rows(xt, g, panels, index, first, last, sums):
     """Adds the products of rows first:last (a multiple of OUTER_ROWS long) into sums[index] (float64)."""
     batch, columns = g.shape
     size = sums.shape[0]
-    flat_xt, flat_g = xt.reshape(-1), g.reshape(-1)
+    flat_xt = xt.reshape(-1)
     tile = np.empty((OUTER_ROWS, _TILE_COLUMNS), np.float32)
     flat_tile = tile.reshape(-1)
     lanes = np.zeros(_LANES, np.float32)
@@ -48,7 +63,8 @@ def _rows(xt, g, index, first, last, sums):
         for o0 in range(0, whole_columns, _TILE_COLUMNS):
             width = min(_TILE_COLUMNS, whole_columns - o0)
             for c in range(0, width, OUTER_COLUMNS):
-                outer_block(flat_xt, flat_g, flat_tile, i0, o0 + c, batch, columns, _TILE_COLUMNS, c)
+                panel = (o0 + c) // OUTER_COLUMNS * batch * OUTER_COLUMNS
+                outer_block(flat_xt, panels, flat_tile, i0, panel, batch, OUTER_COLUMNS, _TILE_COLUMNS, c)
             for r in range(OUTER_ROWS):
                 row_index = index[i0 + r, o0:o0 + width]
                 done = segment_sums_vector(tile[r], row_index, lanes, 0, width)
@@ -78,10 +94,10 @@ def _add_product(xt, g, index, i, o, sums):
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _rows_parallel(xt, g, index, chunks, step, sums):
+def _rows_parallel(xt, g, panels, index, chunks, step, sums):
     rows = xt.shape[0] - xt.shape[0] % OUTER_ROWS
     for chunk in numba.prange(chunks):
-        _rows(xt, g, index, min(rows, chunk * step), min(rows, (chunk + 1) * step), sums[chunk])
+        _rows(xt, g, panels, index, min(rows, chunk * step), min(rows, (chunk + 1) * step), sums[chunk])
 
 
 def outer_product_segment_sums(xt, g, index, out) -> None:
@@ -101,10 +117,11 @@ def _outer_product_segment_sums(xt, g, index, out, chunks):
     whole_rows = rows - rows % OUTER_ROWS
     step = -(-(whole_rows // OUTER_ROWS) // chunks) * OUTER_ROWS
     sums = np.zeros((chunks, out.shape[0]), np.float64)
+    panels = _panels(g)
     if chunks == 1:
-        _rows(xt, g, index, 0, whole_rows, sums[0])
+        _rows(xt, g, panels, index, 0, whole_rows, sums[0])
     else:
-        _rows_parallel(xt, g, index, chunks, step, sums)
+        _rows_parallel(xt, g, panels, index, chunks, step, sums)
     for i in range(whole_rows, rows):  # rows that fill no block
         for o in range(g.shape[1]):
             _add_product(xt, g, index, i, o, sums[0])
