@@ -206,10 +206,11 @@ def _kws_features(recordings: list, count: int, seed: int) -> np.ndarray:
 def _keras_front_end():
     import keras
 
+    from weightzip.keras.pipeline._inputs import run_model
     from weightzip.keras.pipeline.post_training import compress_post_training
 
     def outputs(model, inputs):
-        return np.concatenate([keras.ops.convert_to_numpy(model(inputs[i:i + 64], training=False))
+        return np.concatenate([keras.ops.convert_to_numpy(run_model(model, inputs[i:i + 64]))
                                for i in range(0, len(inputs), 64)])
 
     return compress_post_training, outputs

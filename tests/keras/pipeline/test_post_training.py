@@ -116,6 +116,16 @@ def test_fidelity_is_measured_on_the_held_out_part(trained):
     assert "fidelity on 24 held-out samples" in "\n".join(report.summary_lines())
 
 
+def test_a_model_built_with_a_list_of_one_input_runs_without_keras_warnings(trained, recwarn):
+    """Keras 2 .h5 models (MLPerf-Tiny's) are built with inputs=[x]: each call with a bare array warned."""
+    model, calibration = trained
+    inputs = keras.Input((28, 28, 1))
+    listed = keras.Model([inputs], model(inputs))
+    compress_post_training(listed, calibration, bits_per_weight=3.0, codebook_tuning=True)
+    structure = [str(w.message) for w in recwarn if "structure of `inputs`" in str(w.message)]
+    assert structure == []
+
+
 def test_allocated_to_bits_per_weight_written_and_read_back(trained, tmp_path):
     model, calibration = trained
     path = tmp_path / "model.wz"

@@ -7,6 +7,7 @@ import keras
 import numpy as np
 
 from weightzip.core.errors import WeightzipError
+from weightzip.keras.pipeline._inputs import run_model
 
 
 def scalar_objective(outputs, direction, mode):
@@ -33,7 +34,7 @@ def per_sample_gradient(model, variables):
             with tf.GradientTape() as tape:
                 for variable in variables:
                     tape.watch(variable.value)
-                outputs = model(x, training=False)
+                outputs = run_model(model, x)
                 flat = [tf.reshape(part, (1, -1)) for part in tf.nest.flatten(outputs)]
                 values = flat[0] if len(flat) == 1 else tf.concat(flat, axis=1)
                 values = tf.cast(values, tf.float32)
@@ -81,7 +82,7 @@ def per_sample_gradient(model, variables):
                 v.requires_grad_(True)
             try:
                 with torch.enable_grad():
-                    objective = scalar_objective(model(x, training=False), direction, mode)
+                    objective = scalar_objective(run_model(model, x), direction, mode)
                     grads = torch.autograd.grad(objective, values, allow_unused=True)
             finally:
                 for v, flag in zip(values, flags):

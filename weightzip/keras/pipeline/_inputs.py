@@ -30,9 +30,19 @@ def batches(samples: np.ndarray, size: int) -> list[np.ndarray]:
     return [samples[start:start + size] for start in range(0, samples.shape[0], size)]
 
 
+def run_model(model: keras.Model, batch):
+    """``model(batch, training=False)``, one input array passed in the structure of the model's inputs: a model
+    built with a list of one input (as Keras 2 ``.h5`` files are) takes ``[batch]``, and Keras warns, once per
+    batch shape, when given the bare array."""
+    structure = getattr(model, "_inputs_struct", None)
+    if isinstance(structure, list) and len(structure) == 1 and not isinstance(batch, (list, tuple, dict)):
+        batch = [batch]
+    return model(batch, training=False)
+
+
 def model_outputs(model: keras.Model, batches) -> np.ndarray:
     try:
-        parts = [flat_outputs(model(batch, training=False)) for batch in batches]
+        parts = [flat_outputs(run_model(model, batch)) for batch in batches]
     except WeightzipError:
         raise
     except Exception as error:  # noqa: BLE001 - whatever the backend raises, one line for the user

@@ -34,7 +34,7 @@ import keras
 import numpy as np
 
 from weightzip.core.output_correction import fitted_scales, folded_statistics, position_subset, scale_limit
-from weightzip.keras.pipeline._inputs import flat_outputs
+from weightzip.keras.pipeline._inputs import flat_outputs, run_model
 from weightzip.keras.pipeline.calibration import ModelWeight
 
 _LAYERS = ("Dense", "Conv1D", "Conv2D", "Conv3D", "DepthwiseConv1D", "DepthwiseConv2D")
@@ -141,7 +141,7 @@ class BiasCorrection:
             originals[key] = layer.__dict__.get("call")
             object.__setattr__(layer, "call", wrapper(key, layer, layer.call))
         try:
-            return self.model(self.inputs, training=False)
+            return run_model(self.model, self.inputs)
         finally:
             for key, layer in self.layers.items():
                 if originals[key] is None:
@@ -154,7 +154,7 @@ class BiasCorrection:
         :attr:`inputs` closer to the float model's; returns (corrected layers, layers left alone, the model's
         outputs on :attr:`inputs` as it is left). Nothing corrected: the first list is empty and the second says
         why."""
-        plain = flat_outputs(self.model(self.inputs, training=False))
+        plain = flat_outputs(run_model(self.model, self.inputs))
         affine = {}
 
         def corrected(key, output):

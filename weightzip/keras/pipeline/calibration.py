@@ -39,7 +39,7 @@ from weightzip.keras.clustering.registry import (
     unsupported_layer_error,
 )
 from weightzip.keras.pipeline._gradients import per_sample_gradient
-from weightzip.keras.pipeline._inputs import flat_outputs
+from weightzip.keras.pipeline._inputs import flat_outputs, run_model
 
 _ATTENTION_PROJECTIONS = ("_query_dense", "_key_dense", "_value_dense", "_output_dense")
 # The input kernels that multiply an RNN layer's own input (a stacked cell's later kernels see hidden states).
@@ -147,7 +147,7 @@ def input_second_moments(model: keras.Model, batches: Iterable, *,
     try:
         seen = 0
         for batch in batches:
-            model(batch, training=False)
+            run_model(model, batch)
             seen += 1
     finally:
         for key, layer in layers_by_id.items():
@@ -195,7 +195,7 @@ def fisher_diagonal(model: keras.Model, batches: Iterable, *, classifier: bool |
     samples = 0
     for batch in batches:
         batch = np.asarray(batch)
-        outputs = flat_outputs(model(batch, training=False)).astype(np.float64)
+        outputs = flat_outputs(run_model(model, batch)).astype(np.float64)
         is_classifier = objective == "kl" and (
             classifier if classifier is not None else (outputs.ndim == 2 and outputs.shape[1] >= 2))
         for position in range(batch.shape[0]):

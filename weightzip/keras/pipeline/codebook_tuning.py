@@ -26,7 +26,7 @@ from weightzip.core.codebook_tuning import CodebookTuning, tune_codebooks, tuned
 from weightzip.core.fidelity import split_calibration
 from weightzip.keras.pipeline._gradients import per_sample_gradient
 from weightzip.keras.pipeline._inputs import batches as batches_of
-from weightzip.keras.pipeline._inputs import flat_outputs
+from weightzip.keras.pipeline._inputs import flat_outputs, run_model
 
 _FLOOR = 1e-12  # probabilities below this count as this (log of zero)
 
@@ -75,8 +75,8 @@ def tuned_codebooks(model: keras.Model, compressed: keras.Model, variables: dict
     tune_index, aside_index = split_calibration(int(inputs.shape[0]), held_out=tuning.held_aside, seed=seed + 1)
     tune_batches = batches_of(inputs[tune_index], tuning.batch_size)
     aside_batches = batches_of(inputs[aside_index], tuning.batch_size)
-    tune_reference = [flat_outputs(model(batch, training=False)) for batch in tune_batches]
-    aside_reference = [flat_outputs(model(batch, training=False)) for batch in aside_batches]
+    tune_reference = [flat_outputs(run_model(model, batch)) for batch in tune_batches]
+    aside_reference = [flat_outputs(run_model(model, batch)) for batch in aside_batches]
     if classifier is None:
         classifier = tune_reference[0].ndim == 2 and tune_reference[0].shape[1] >= 2
     tuned_variables = {name: variables[name] for name in names}
@@ -93,14 +93,14 @@ def tuned_codebooks(model: keras.Model, compressed: keras.Model, variables: dict
         load(values)
         index = step % len(tune_batches)
         batch = tune_batches[index]
-        outputs = flat_outputs(compressed(batch, training=False))
+        outputs = flat_outputs(run_model(compressed, batch))
         _, direction = distillation_loss(outputs, tune_reference[index], classifier)
         found = gradient(batch, direction.astype(np.float32), "projection")
         return {name: np.asarray(g, np.float64) for name, g in zip(order, found)}
 
     def aside_loss(values):
         load(values)
-        total = sum(distillation_loss(flat_outputs(compressed(batch, training=False)), reference, classifier)[0]
+        total = sum(distillation_loss(flat_outputs(run_model(compressed, batch)), reference, classifier)[0]
                     * batch.shape[0] for batch, reference in zip(aside_batches, aside_reference))
         return total / sum(batch.shape[0] for batch in aside_batches)
 

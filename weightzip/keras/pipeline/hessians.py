@@ -16,6 +16,7 @@ import keras
 import numpy as np
 
 from weightzip.core.compensation import MAX_COLUMNS, InputHessian, PlanCompensation
+from weightzip.keras.pipeline._inputs import run_model
 from weightzip.keras.pipeline.calibration import ModelWeight, model_weights
 
 
@@ -103,7 +104,7 @@ def input_hessians(model: keras.Model, batches: Iterable, *, weights: list[Model
         object.__setattr__(layer, "call", recorder(key, layer, depthwise, layer.call))
     try:
         for batch in batches:
-            model(batch, training=False)
+            run_model(model, batch)
     finally:
         for key, (weight, _, _) in measured.items():
             if originals[key] is None:
