@@ -1,16 +1,17 @@
 """AVX-512 forms of the register search, the look-up and the segment sums of :mod:`._numba_fast`, and the
 product blocks of :mod:`._numba_dense`, as LLVM intrinsics for numba.
 
-A codebook row of at most 16 float32 entries fits one zmm register, and ``vpermps`` looks 16 lanes up in it by
-the low 4 bits of each lane's index. numba cannot emit that instruction from Python code (LLVM does not turn
-table lookups into variable permutes), so :func:`_search16` and :func:`_look_up16` build it in LLVM IR through
-``numba.extending.intrinsic``; :func:`_segment_sums16` keeps 16 accumulator vectors in registers across 256
-values, and :func:`outer_block` a 4 x 64 block of a matrix product (numba's arrays would live in memory). Each is reached through a numba overload (:func:`search_vector`,
-:func:`look_up_vector`, :func:`segment_sums_vector`) that serves float32 C-contiguous arrays where numba
-compiles for an AVX-512 CPU (:data:`AVX512`) and hands every other case back to the portable loops, so nothing
-here is ever compiled for a CPU without AVX-512. The search and the look-up give the portable loops' results
-exactly; the segment sums add at most 32 values per lane in float32 before the portable loop's float64 sums
-take them (a relative difference of the order of 1e-7).
+A codebook row of at most 16 float32 entries fits one zmm register, and ``vpermps`` looks 16 lanes up in it by the
+low 4 bits of each lane's index. numba cannot emit that instruction from Python code (LLVM does not turn table
+lookups into variable permutes), so :func:`_search16` and :func:`_look_up16` build it in LLVM IR through
+``numba.extending.intrinsic``; :func:`_segment_sums16` keeps 16 accumulator vectors in registers across 256 values,
+and :func:`outer_block` a 4 x 64 block of a matrix product (numba's arrays would live in memory). The first three
+are reached through numba overloads (:func:`search_vector`, :func:`look_up_vector`, :func:`segment_sums_vector`)
+that serves float32 C-contiguous arrays where numba compiles for an AVX-512 CPU (:data:`AVX512`) and hands every
+other case back to the portable loops, so nothing here is ever compiled for a CPU without AVX-512
+(:func:`outer_block` is called only where :func:`._numba_dense.serves`). The search and the look-up give the
+portable loops' results exactly; the segment sums add at most 32 values per lane in float32 before the portable
+loop's float64 sums take them (a relative difference of the order of 1e-7).
 """
 
 from __future__ import annotations

@@ -11,10 +11,10 @@ The gradients are those of the general path (float32 sums in another order).
 
 :func:`fused_call` serves a wrapped layer of the exact class ``keras.layers.Dense`` (no LoRA, quantization,
 kernel regulariser or constraint) with one clustered kernel, per tensor, of at least :data:`MIN_WEIGHTS` weights
-and at most :data:`._numba_dense.MAX_ENTRIES` centroids, summed gradients, no preserved sparsity, a float32 input of at
-most :data:`MAX_ROWS` rows, in a step that records gradients, where numba compiles for AVX-512. It runs the layer
-through :func:`weightzip.keras._direct_call.direct_call` (declining where that would); any other call takes the
-general path.
+and at most :data:`._numba_dense.MAX_ENTRIES` centroids, summed gradients, no preserved sparsity, a float32
+input of at most :data:`MAX_ROWS` rows, in a step that records gradients, where numba compiles for AVX-512. It runs
+the layer through :func:`weightzip.keras._direct_call.direct_call` (declining where that would); any other call
+takes the general path.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import functools
 
 import keras
 
+from weightzip.core.errors import InvalidWeightsError
 from weightzip.core.options import GradientAggregation
 from weightzip.keras._compat import get_stateless_scope
 from weightzip.keras._direct_call import DECLINED, direct_call
@@ -57,7 +58,8 @@ def _served_state(wrapper, inputs):
         return None
     state = states[0]
     if (state.pulling_indices is None or state.channel_axis is not None or state.sparsity_mask is not None
-            or state.centroid_pin is not None or wrapper.params.cluster_gradient_aggregation is not GradientAggregation.SUM):
+            or state.centroid_pin is not None
+            or wrapper.params.cluster_gradient_aggregation is not GradientAggregation.SUM):
         return None
     if (getattr(layer, "lora_enabled", False) or layer.quantization_mode is not None
             or layer.kernel_regularizer is not None or layer.kernel_constraint is not None
@@ -103,7 +105,8 @@ def _function():
             index, index_array = index
             flat_table = table.detach().reshape(-1)
             kernel, kernel_array = _torch_lookup._output(scratch, "kernel", index.numel(), table.dtype)
-            _numba_fast.look_up_checked(flat_table.contiguous().numpy(), index_array, kernel_array)
+            if _numba_fast.look_up_checked(flat_table.contiguous().numpy(), index_array, kernel_array):
+                raise InvalidWeightsError(f"pulling indices out of range for a codebook of {table.shape[-1]} entries")
             kernel = kernel.view(inputs.shape[1], -1)
             ctx.save_for_backward(inputs, kernel, index)  # (marks the kernel buffer in use)
             ctx.index_array = index_array.reshape(kernel.shape)
