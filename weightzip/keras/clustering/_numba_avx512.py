@@ -7,7 +7,7 @@ lookups into variable permutes), so :func:`_search16` and :func:`_look_up16` bui
 ``numba.extending.intrinsic``; :func:`_segment_sums16` keeps 16 accumulator vectors in registers across 256 values,
 and :func:`outer_block` a 4 x 64 block of a matrix product (numba's arrays would live in memory). The first three
 are reached through numba overloads (:func:`search_vector`, :func:`look_up_vector`, :func:`segment_sums_vector`)
-that serves float32 C-contiguous arrays where numba compiles for an AVX-512 CPU (:data:`AVX512`) and hands every
+that serve float32 C-contiguous arrays where numba compiles for an AVX-512 CPU (:data:`AVX512`) and hand every
 other case back to the portable loops, so nothing here is ever compiled for a CPU without AVX-512
 (:func:`outer_block` is called only where :func:`._numba_dense.serves`). The search and the look-up give the
 portable loops' results exactly; the segment sums add at most 32 values per lane in float32 before the portable
