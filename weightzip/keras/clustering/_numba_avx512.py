@@ -61,6 +61,16 @@ def _permute(builder):
                                             fnty=ir.FunctionType(_F32X16, [_F32X16, _I32X16]))
 
 
+def _load_indices16(builder, pointer, position, offset, index_type):
+    """The 16 indices of any integer type at element `offset` of array argument `position`, as 16 int32."""
+    code = builder.load(pointer(position, offset, ir.VectorType(ir.IntType(index_type.bitwidth), 16)), align=1)
+    if index_type.bitwidth < 32:
+        return builder.sext(code, _I32X16) if index_type.signed else builder.zext(code, _I32X16)
+    if index_type.bitwidth > 32:
+        return builder.trunc(code, _I32X16)
+    return code
+
+
 @intrinsic
 def _search16(typingctx, weights, midpoints, table, out, index, start):
     """weights[start:start + 16] searched in registers: a 4-step binary search over the 16 (padded) midpoints,
@@ -112,15 +122,9 @@ def _look_up16(typingctx, table, index, out, start):
         def pointer(position, offset, vector):
             return _vector_pointer(context, builder, signature, args, position, offset, vector)
 
-        index_type = signature.args[1].dtype
-        index_vector = ir.VectorType(ir.IntType(index_type.bitwidth), 16)
         start_at = args[3]
         table16 = builder.load(pointer(0, ir.Constant(ir.IntType(64), 0), _F32X16), align=4)
-        code = builder.load(pointer(1, start_at, index_vector), align=1)
-        if index_type.bitwidth < 32:
-            code = builder.sext(code, _I32X16) if index_type.signed else builder.zext(code, _I32X16)
-        elif index_type.bitwidth > 32:
-            code = builder.trunc(code, _I32X16)
+        code = _load_indices16(builder, pointer, 1, start_at, signature.args[1].dtype)
         builder.store(builder.call(_permute(builder), [table16, code]), pointer(2, start_at, _F32X16), align=4)
         return context.get_dummy_value()
 
@@ -145,19 +149,13 @@ def _segment_sums16(typingctx, values, index, partial, start):
         def pointer(position, offset, vector):
             return _vector_pointer(context, builder, signature, args, position, offset, vector)
 
-        index_type = signature.args[1].dtype
-        index_vector = ir.VectorType(ir.IntType(index_type.bitwidth), 16)
         start_at = args[3]
         i64 = ir.IntType(64)
         sums = [builder.load(pointer(2, ir.Constant(i64, 16 * c), _F32X16), align=4) for c in range(16)]
         for v in range(SEGMENT_VECTORS):
             at = builder.add(start_at, ir.Constant(i64, 16 * v))
             value = builder.load(pointer(0, at, _F32X16), align=4)
-            code = builder.load(pointer(1, at, index_vector), align=1)
-            if index_type.bitwidth < 32:
-                code = builder.sext(code, _I32X16) if index_type.signed else builder.zext(code, _I32X16)
-            elif index_type.bitwidth > 32:
-                code = builder.trunc(code, _I32X16)
+            code = _load_indices16(builder, pointer, 1, at, signature.args[1].dtype)
             for c in range(16):
                 member = builder.icmp_unsigned("==", code, ir.Constant(_I32X16, [c] * 16))
                 sums[c] = builder.select(member, builder.fadd(sums[c], value), sums[c])
