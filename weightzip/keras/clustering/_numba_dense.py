@@ -21,6 +21,7 @@ import numba
 import numpy as np
 
 from weightzip.keras.clustering._numba_avx512 import AVX512, OUTER_COLUMNS, OUTER_ROWS, outer_block, segment_sums_vector
+from weightzip.keras.clustering._numba_kernels import add_lane_sums, fold_lanes
 
 # Tables of at most this many entries (the vector sums compare each value with 16 indices).
 MAX_ENTRIES = 16
@@ -75,12 +76,8 @@ def _rows(xt, g, panels, index, first, last, sums):
         for o in range(whole_columns, columns):  # columns that fill no block
             for r in range(OUTER_ROWS):
                 _add_product(xt, g, index, i0 + r, o, sums)
-        for j in range(_LANES):
-            wide_lanes[j] += lanes[j]
-            lanes[j] = 0
-    for j in range(size):
-        for lane in range(16):
-            sums[j] += wide_lanes[16 * j + lane]
+        fold_lanes(lanes, wide_lanes)
+    add_lane_sums(wide_lanes, sums)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")

@@ -30,7 +30,7 @@ import numba
 import numpy as np
 
 from weightzip.keras.clustering._numba_avx512 import look_up_vector, search_vector, segment_sums_vector
-from weightzip.keras.clustering._numba_kernels import _BLOCK, _chunking, assign_and_look_up
+from weightzip.keras.clustering._numba_kernels import _BLOCK, _chunking, add_lane_sums, assign_and_look_up, fold_lanes
 
 # Codebook rows of at most this many entries take the register search (padded with +inf midpoints).
 REGISTER_TABLE = 16
@@ -238,9 +238,7 @@ def _segment_sums_range(values, index, average, sums, counts, first, last):
             if vector_sums:
                 done = segment_sums_vector(values, index, lanes, start, stop) - start
                 if done:
-                    for j in range(lanes.shape[0]):
-                        wide_lanes[j] += lanes[j]
-                        lanes[j] = 0
+                    fold_lanes(lanes, wide_lanes)
             whole = done + (length - done) - (length - done) % _ACCUMULATORS
             for i in range(done, whole, _ACCUMULATORS):
                 sums[0, np.uintp(block[i])] += block_values[i]
@@ -257,9 +255,7 @@ def _segment_sums_range(values, index, average, sums, counts, first, last):
                     if average:
                         counts[i % _ACCUMULATORS, position] += 1
     if vector_sums:
-        for j in range(size):
-            for lane in range(16):
-                sums[0, j] += wide_lanes[16 * j + lane]
+        add_lane_sums(wide_lanes, sums[0])
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)

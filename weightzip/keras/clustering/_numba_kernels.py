@@ -6,6 +6,8 @@
 - :func:`look_up`: ``out = table[index]`` for a stored assignment.
 - :func:`segment_sums_into`: the centroid gradient, ``out[j] = sum(values[index == j])`` (or the mean),
   one private accumulator per chunk of the kernel, no n x k tensor.
+- :func:`fold_lanes`, :func:`add_lane_sums`: the float64 totals of the AVX-512 segment sums' per-lane partial
+  sums (:mod:`._numba_fast`'s segment sums and :mod:`._numba_dense`'s product sums both use them).
 
 Each is one pass over the kernel split into contiguous chunks across numba's threads (eager
 ``searchsorted``/``take``/scatter-add run one pass per op, and XLA's CPU scatter is serial).
@@ -139,3 +141,20 @@ def segment_sums_into(values, index, average, out):
             total += sums[chunk, j]
             members += counts[chunk, j]
         out[j] = total / max(members, 1) if average else total
+
+
+@numba.njit(cache=True, nogil=True)
+def fold_lanes(lanes, wide_lanes):
+    """Moves the float32 sums of :func:`._numba_avx512.segment_sums_vector` (per index and lane) into their float64
+    totals and zeroes them (a block at a time: at most a block's values are summed in float32)."""
+    for j in range(lanes.shape[0]):
+        wide_lanes[j] += lanes[j]
+        lanes[j] = 0
+
+
+@numba.njit(cache=True, nogil=True)
+def add_lane_sums(wide_lanes, sums):
+    """sums[j] += the 16 lanes' totals of index j, for each index of `sums`."""
+    for j in range(sums.shape[0]):
+        for lane in range(16):
+            sums[j] += wide_lanes[16 * j + lane]
