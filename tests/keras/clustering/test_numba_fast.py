@@ -132,10 +132,14 @@ def test_segment_sums_equal_a_bincount(index_dtype, average, size, entries):
     rng = np.random.default_rng(7)
     values = rng.normal(size=size).astype(np.float32)
     index = rng.integers(0, entries, size).astype(index_dtype)
-    index[:5] = entries + 3  # outside the table: ignored
+    index[:5] = entries + 3  # outside the table (the vector form's first call, and its scalar rest): ignored
+    index[-3:] = entries + 3
+    index[size // 2] = 200
+    if index_dtype == np.int32:
+        index[size // 3] = -1
     out = np.empty(entries, np.float32)
     fast.segment_sums(values, index, average, out)
-    inside = index < entries
+    inside = (index >= 0) & (index < entries)
     expected = np.bincount(index[inside], values[inside].astype(np.float64), minlength=entries)
     if average:
         expected = expected / np.maximum(np.bincount(index[inside], minlength=entries), 1)

@@ -10,7 +10,7 @@ are reached through numba overloads (:func:`search_vector`, :func:`look_up_vecto
 that serve float32 C-contiguous arrays where numba compiles for an AVX-512 CPU (:data:`AVX512`) and hand every
 other case back to the portable loops, so nothing here is ever compiled for a CPU without AVX-512
 (:func:`outer_block` is called only where :func:`._numba_dense.serves`). The search and the look-up give the
-portable loops' results exactly; the segment sums add at most 32 values per lane in float32 before the portable
+portable loops' results exactly; the segment sums add at most 256 values per lane in float32 before the portable
 loop's float64 sums take them (a relative difference of the order of 1e-7).
 """
 
