@@ -89,16 +89,25 @@ def test_the_avx512_search_is_the_select_chain(index_dtype):
 @pytest.mark.parametrize("size", SIZES.values(), ids=SIZES.keys())
 @pytest.mark.parametrize("index_dtype", [np.uint8, np.int32])
 @pytest.mark.parametrize("entries", [5, 16, 40], ids=lambda k: f"table{k}")  # <= 16: the AVX-512 look-up too
-def test_look_up_is_the_reference_look_up(index_dtype, size, entries):
+@pytest.mark.parametrize("outside_at", ["spread", "late", "none"])
+def test_look_up_is_the_reference_look_up(index_dtype, size, entries, outside_at):
+    """Indices outside the table (NaN, counted) from the first block on, only near the end (the vector look-up
+    checks the range as it goes and redoes a block with one outside), or nowhere."""
     rng = np.random.default_rng(6)
     table = rng.normal(size=entries).astype(np.float32)
     index = rng.integers(0, entries, size).astype(index_dtype)
-    index[::10_007] = 200  # outside the table: NaN, counted
-    if index_dtype == np.int32:
-        index[7] = -1
-    out, fast_out = np.empty(size, np.float32), np.empty(size, np.float32)
+    if outside_at == "spread":
+        index[::10_007] = 200
+        if index_dtype == np.int32:
+            index[7] = -1
+    elif outside_at == "late":
+        index[-600] = entries  # the first index outside
+        if index_dtype == np.int32:
+            index[-5000] = -1
+    out, fast_out = np.full(size, 7.0, np.float32), np.empty(size, np.float32)
     outside = reference.look_up(table, index, out)
-    assert fast.look_up_checked(table, index, fast_out) == outside > 0
+    assert fast.look_up_checked(table, index, fast_out) == outside
+    assert (outside > 0) == (outside_at != "none")
     np.testing.assert_array_equal(fast_out, out)  # NaN where outside, on both
 
 

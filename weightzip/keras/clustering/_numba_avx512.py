@@ -1,17 +1,16 @@
-"""AVX-512 forms of the register search, the look-up and the segment sums of :mod:`._numba_fast`, and the
-product blocks of :mod:`._numba_dense`, as LLVM intrinsics for numba.
+"""AVX-512 forms of the register search, the look-up and the segment sums of :mod:`._numba_fast` as LLVM
+intrinsics for numba (and the helpers :mod:`._numba_dense`'s product block is built with).
 
 A codebook row of at most 16 float32 entries fits one zmm register, and ``vpermps`` looks 16 lanes up in it by the
 low 4 bits of each lane's index. numba cannot emit that instruction from Python code (LLVM does not turn table
-lookups into variable permutes), so :func:`_search16` and :func:`_look_up16` build it in LLVM IR through
-``numba.extending.intrinsic``; :func:`_segment_sums16` keeps 16 accumulator vectors in registers across 256 values,
-and :func:`outer_block` a 4 x 64 block of a matrix product (numba's arrays would live in memory). The first three
-are reached through numba overloads (:func:`search_vector`, :func:`look_up_vector`, :func:`segment_sums_vector`)
-that serve float32 C-contiguous arrays where numba compiles for an AVX-512 CPU (:data:`AVX512`) and hand every
-other case back to the portable loops, so nothing here is ever compiled for a CPU without AVX-512
-(:func:`outer_block` is called only where :func:`._numba_dense.serves`). The search and the look-up give the
-portable loops' results exactly; the segment sums add at most 256 values per lane in float32 before the portable
-loop's float64 sums take them (a relative difference of the order of 1e-7).
+lookups into variable permutes), so :func:`_search16`, :func:`_look_up16` and :func:`_look_up256` build it in LLVM
+IR through ``numba.extending.intrinsic``; :func:`_segment_sums16` keeps 16 accumulator vectors in registers across
+256 values (numba's arrays would live in memory). They are reached through numba overloads (:func:`search_vector`,
+:func:`look_up_vector`, :func:`look_up_checked_vector`, :func:`segment_sums_vector`) that serve float32
+C-contiguous arrays where numba compiles for an AVX-512 CPU (:data:`AVX512`) and hand every other case back to
+the portable loops, so nothing here is ever compiled for a CPU without AVX-512. The search and the look-up give
+the portable loops' results exactly; the segment sums add at most 256 values per lane in float32 before the
+portable loop's float64 sums take them (a relative difference of the order of 1e-7).
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 
@@ -40,25 +38,25 @@ AVX512 = _compiles_avx512()
 forms (:func:`_search16`, :func:`_look_up16`) on the types those serve."""
 
 
-def _c_vectors(*arrays) -> bool:
+def c_vectors(*arrays) -> bool:
     """Whether numba types these are all C-contiguous 1-D arrays (what the vector intrinsics load from)."""
     return all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in arrays)
 
 
-def _vector_pointer(context, builder, signature, args, position, offset, vector):
+def vector_pointer(context, builder, signature, args, position, offset, vector):
     """A pointer to a `vector` at element `offset` of the array argument `position` of an intrinsic."""
     data = context.make_array(signature.args[position])(context, builder, args[position]).data
     return builder.bitcast(builder.gep(data, [offset]), vector.as_pointer())
 
 
-_F32X16 = ir.VectorType(ir.FloatType(), 16)
+F32X16 = ir.VectorType(ir.FloatType(), 16)
 _I32X16 = ir.VectorType(ir.IntType(32), 16)
 
 
 def _permute(builder):
     """``vpermps`` on 16 floats: result lane i = table[index lane i, low 4 bits]."""
     return builder.module.declare_intrinsic("llvm.x86.avx512.permvar.sf.512",
-                                            fnty=ir.FunctionType(_F32X16, [_F32X16, _I32X16]))
+                                            fnty=ir.FunctionType(F32X16, [F32X16, _I32X16]))
 
 
 def _load_indices16(builder, pointer, position, offset, index_type):
@@ -78,26 +76,26 @@ def _search16(typingctx, weights, midpoints, table, out, index, start):
     (any integer type) written at the same positions. The count of midpoints below each weight, as the select
     chain: the comparison is ``>`` (a tie stays below), and ascending midpoints are true for a prefix, which
     the search finds exactly (a NaN weight compares false everywhere: position 0). C-contiguous 1-D arrays."""
-    if not (_c_vectors(weights, midpoints, table, out, index) and isinstance(index.dtype, types.Integer)
+    if not (c_vectors(weights, midpoints, table, out, index) and isinstance(index.dtype, types.Integer)
             and weights.dtype == midpoints.dtype == table.dtype == out.dtype == types.float32):
         return None
 
     def codegen(context, builder, signature, args):
         def pointer(position, offset, vector):
-            return _vector_pointer(context, builder, signature, args, position, offset, vector)
+            return vector_pointer(context, builder, signature, args, position, offset, vector)
 
         permute = _permute(builder)
         start_at, zero = args[5], ir.Constant(ir.IntType(64), 0)
-        value = builder.load(pointer(0, start_at, _F32X16), align=4)
-        midpoints16 = builder.load(pointer(1, zero, _F32X16), align=4)
-        table16 = builder.load(pointer(2, zero, _F32X16), align=4)
+        value = builder.load(pointer(0, start_at, F32X16), align=4)
+        midpoints16 = builder.load(pointer(1, zero, F32X16), align=4)
+        table16 = builder.load(pointer(2, zero, F32X16), align=4)
         position = ir.Constant(_I32X16, [0] * 16)
         for step in (8, 4, 2, 1):
             probe = builder.call(permute, [midpoints16, builder.add(position, ir.Constant(_I32X16, [step - 1] * 16))])
             above = builder.fcmp_ordered(">", value, probe)
             position = builder.add(position, builder.select(above, ir.Constant(_I32X16, [step] * 16),
                                                             ir.Constant(_I32X16, [0] * 16)))
-        builder.store(builder.call(permute, [table16, position]), pointer(3, start_at, _F32X16), align=4)
+        builder.store(builder.call(permute, [table16, position]), pointer(3, start_at, F32X16), align=4)
         bits = signature.args[4].dtype.bitwidth
         index_vector = ir.VectorType(ir.IntType(bits), 16)
         if bits < 32:
@@ -114,21 +112,79 @@ def _search16(typingctx, weights, midpoints, table, out, index, start):
 def _look_up16(typingctx, table, index, out, start):
     """out[start:start + 16] = table[index[start:start + 16]] by one ``vpermps`` (table: >= 16 float32 entries,
     indices known to be inside its first 16; C-contiguous 1-D arrays)."""
-    if not (_c_vectors(table, index, out) and table.dtype == out.dtype == types.float32
+    if not (c_vectors(table, index, out) and table.dtype == out.dtype == types.float32
             and isinstance(index.dtype, types.Integer)):
         return None
 
     def codegen(context, builder, signature, args):
         def pointer(position, offset, vector):
-            return _vector_pointer(context, builder, signature, args, position, offset, vector)
+            return vector_pointer(context, builder, signature, args, position, offset, vector)
 
         start_at = args[3]
-        table16 = builder.load(pointer(0, ir.Constant(ir.IntType(64), 0), _F32X16), align=4)
+        table16 = builder.load(pointer(0, ir.Constant(ir.IntType(64), 0), F32X16), align=4)
         code = _load_indices16(builder, pointer, 1, start_at, signature.args[1].dtype)
-        builder.store(builder.call(_permute(builder), [table16, code]), pointer(2, start_at, _F32X16), align=4)
+        builder.store(builder.call(_permute(builder), [table16, code]), pointer(2, start_at, F32X16), align=4)
         return context.get_dummy_value()
 
     return types.void(table, index, out, start), codegen
+
+
+LOOK_UP_VECTORS = 16
+"""Vectors of 16 indices that one :func:`_look_up256` call looks up (256 values)."""
+
+
+@intrinsic
+def _look_up256(typingctx, table, index, out, start):
+    """:func:`_look_up16` on index[start:start + 256], 16 vectors a call; returns the largest index read, as an
+    unsigned 32-bit value (a negative index reads as a large one), so that the caller checks the range once per
+    call instead of in a pass before it. Integer indices of at most 32 bits only (wider ones would be truncated)."""
+    if not (c_vectors(table, index, out) and table.dtype == out.dtype == types.float32
+            and isinstance(index.dtype, types.Integer) and index.dtype.bitwidth <= 32):
+        return None
+
+    def codegen(context, builder, signature, args):
+        def pointer(position, offset, vector):
+            return vector_pointer(context, builder, signature, args, position, offset, vector)
+
+        start_at, i64 = args[3], ir.IntType(64)
+        table16 = builder.load(pointer(0, ir.Constant(i64, 0), F32X16), align=4)
+        permute = _permute(builder)
+        highest = ir.Constant(_I32X16, [0] * 16)
+        for v in range(LOOK_UP_VECTORS):
+            at = builder.add(start_at, ir.Constant(i64, 16 * v))
+            code = _load_indices16(builder, pointer, 1, at, signature.args[1].dtype)
+            highest = builder.select(builder.icmp_unsigned(">", code, highest), code, highest)
+            builder.store(builder.call(permute, [table16, code]), pointer(2, at, F32X16), align=4)
+        reduce_max = builder.module.declare_intrinsic("llvm.vector.reduce.umax.v16i32",
+                                                      fnty=ir.FunctionType(ir.IntType(32), [_I32X16]))
+        return builder.zext(builder.call(reduce_max, [highest]), i64)
+
+    return types.int64(table, index, out, start), codegen
+
+
+def look_up_checked_vector(table16, index, out, first, last, size):
+    """out[first:end] = table16[index[first:end]] 256 at a time where the AVX-512 form serves these types; returns
+    `end`: the end of the last whole call, or the start of the first call that read an index outside [0, size)
+    (its values are to be overwritten: the caller's checked loop goes on from there), or `first` where not served
+    (indices of more than 32 bits, other types, no AVX-512). `size` <= 16."""
+    raise NotImplementedError  # only called from numba: see the overload below
+
+
+@overload(look_up_checked_vector, jit_options={"cache": True, "nogil": True})
+def _look_up_checked_vector_overload(table16, index, out, first, last, size):
+    if not (AVX512 and c_vectors(table16, index, out) and table16.dtype == out.dtype == types.float32
+            and isinstance(index.dtype, types.Integer) and index.dtype.bitwidth <= 32):
+        return lambda table16, index, out, first, last, size: first
+
+    def vector(table16, index, out, first, last, size):
+        i = first
+        while i + 16 * LOOK_UP_VECTORS <= last:
+            if _look_up256(table16, index, out, i) >= size:
+                return i
+            i += 16 * LOOK_UP_VECTORS
+        return i
+
+    return vector
 
 
 SEGMENT_VECTORS = 16
@@ -141,26 +197,26 @@ def _segment_sums16(typingctx, values, index, partial, start):
     i % 16), for c in 0..15: per vector of 16 values and per c, one compare and one masked add, with the 16
     accumulator vectors in registers. Indices must be in [0, 16) (others add nowhere); C-contiguous 1-D arrays,
     float32 values and partial (>= 256 entries)."""
-    if not (_c_vectors(values, index, partial) and values.dtype == partial.dtype == types.float32
+    if not (c_vectors(values, index, partial) and values.dtype == partial.dtype == types.float32
             and isinstance(index.dtype, types.Integer)):
         return None
 
     def codegen(context, builder, signature, args):
         def pointer(position, offset, vector):
-            return _vector_pointer(context, builder, signature, args, position, offset, vector)
+            return vector_pointer(context, builder, signature, args, position, offset, vector)
 
         start_at = args[3]
         i64 = ir.IntType(64)
-        sums = [builder.load(pointer(2, ir.Constant(i64, 16 * c), _F32X16), align=4) for c in range(16)]
+        sums = [builder.load(pointer(2, ir.Constant(i64, 16 * c), F32X16), align=4) for c in range(16)]
         for v in range(SEGMENT_VECTORS):
             at = builder.add(start_at, ir.Constant(i64, 16 * v))
-            value = builder.load(pointer(0, at, _F32X16), align=4)
+            value = builder.load(pointer(0, at, F32X16), align=4)
             code = _load_indices16(builder, pointer, 1, at, signature.args[1].dtype)
             for c in range(16):
                 member = builder.icmp_unsigned("==", code, ir.Constant(_I32X16, [c] * 16))
                 sums[c] = builder.select(member, builder.fadd(sums[c], value), sums[c])
         for c in range(16):
-            builder.store(sums[c], pointer(2, ir.Constant(i64, 16 * c), _F32X16), align=4)
+            builder.store(sums[c], pointer(2, ir.Constant(i64, 16 * c), F32X16), align=4)
         return context.get_dummy_value()
 
     return types.void(values, index, partial, start), codegen
@@ -175,7 +231,7 @@ def segment_sums_vector(values, index, partial, first, last):
 
 @overload(segment_sums_vector, jit_options={"cache": True, "nogil": True})
 def _segment_sums_vector_overload(values, index, partial, first, last):
-    if not (AVX512 and _c_vectors(values, index, partial) and values.dtype == partial.dtype == types.float32
+    if not (AVX512 and c_vectors(values, index, partial) and values.dtype == partial.dtype == types.float32
             and isinstance(index.dtype, types.Integer)):
         return lambda values, index, partial, first, last: first
 
@@ -189,56 +245,6 @@ def _segment_sums_vector_overload(values, index, partial, first, last):
     return vector
 
 
-OUTER_ROWS = 4
-OUTER_COLUMNS = 64
-"""The block of a rank-`batch` product that :func:`outer_block` holds in registers: 4 rows x 64 columns, 16 zmm."""
-
-
-@intrinsic
-def outer_block(typingctx, xt, g, tile, row, column, batch, g_stride, tile_stride, tile_column):
-    """``tile[r * tile_stride + tile_column + c] = sum over b < batch of xt[(row + r) * batch + b] *
-    g[b * g_stride + column + c]`` for r < 4, c < 64: a block of ``xt @ g`` (xt: rows x batch, g: batch x columns,
-    both flat, C order), its 16 vectors accumulated in registers by fused multiply-adds, each batch row one load of
-    4 vectors of g and 4 broadcasts of x. batch >= 1; float32 C-contiguous 1-D arrays. Compiled for any CPU by
-    LLVM, fast only with AVX-512 (callers check :data:`AVX512`)."""
-    if not (_c_vectors(xt, g, tile) and xt.dtype == g.dtype == tile.dtype == types.float32):
-        return None
-
-    def codegen(context, builder, signature, args):
-        def pointer(position, offset):
-            return _vector_pointer(context, builder, signature, args, position, offset, _F32X16)
-
-        row_at, column_at, batch_size, g_stride_at, tile_stride_at, tile_column_at = args[3:]
-        i64 = ir.IntType(64)
-        fma = builder.module.declare_intrinsic("llvm.fma.v16f32", fnty=ir.FunctionType(_F32X16, [_F32X16] * 3))
-        sums = [cgutils.alloca_once_value(builder, ir.Constant(_F32X16, [0.0] * 16))
-                for _ in range(OUTER_ROWS * OUTER_COLUMNS // 16)]
-        xt_data = context.make_array(signature.args[0])(context, builder, args[0]).data
-        splat = ir.Constant(ir.VectorType(ir.IntType(32), 16), [0] * 16)
-        with cgutils.for_range(builder, batch_size) as loop:
-            b = loop.index
-            g_row = builder.add(builder.mul(b, g_stride_at), column_at)
-            g_vectors = [builder.load(pointer(1, builder.add(g_row, ir.Constant(i64, 16 * v))), align=4)
-                         for v in range(OUTER_COLUMNS // 16)]
-            for r in range(OUTER_ROWS):
-                x_at = builder.add(builder.mul(builder.add(row_at, ir.Constant(i64, r)), batch_size), b)
-                x_value = builder.load(builder.gep(xt_data, [x_at]))
-                x_vector = builder.shuffle_vector(
-                    builder.insert_element(ir.Constant(_F32X16, ir.Undefined), x_value, ir.Constant(ir.IntType(32), 0)),
-                    ir.Constant(_F32X16, ir.Undefined), splat)
-                for v, g_vector in enumerate(g_vectors):
-                    total = sums[r * len(g_vectors) + v]
-                    builder.store(builder.call(fma, [x_vector, g_vector, builder.load(total)]), total)
-        for r in range(OUTER_ROWS):
-            row_start = builder.add(builder.mul(ir.Constant(i64, r), tile_stride_at), tile_column_at)
-            for v in range(OUTER_COLUMNS // 16):
-                builder.store(builder.load(sums[r * OUTER_COLUMNS // 16 + v]),
-                              pointer(2, builder.add(row_start, ir.Constant(i64, 16 * v))), align=4)
-        return context.get_dummy_value()
-
-    return types.void(xt, g, tile, row, column, batch, g_stride, tile_stride, tile_column), codegen
-
-
 def look_up_vector(table16, index, out, first, last):
     """out[first:last] = table16[index[first:last]] 16 at a time where the AVX-512 look-up serves these types
     (returns True), else nothing (returns False). Indices must be inside the table's first 16 entries."""
@@ -247,7 +253,7 @@ def look_up_vector(table16, index, out, first, last):
 
 @overload(look_up_vector, jit_options={"cache": True, "nogil": True})
 def _look_up_vector_overload(table16, index, out, first, last):
-    if not (AVX512 and _c_vectors(table16, index, out) and table16.dtype == out.dtype == types.float32
+    if not (AVX512 and c_vectors(table16, index, out) and table16.dtype == out.dtype == types.float32
             and isinstance(index.dtype, types.Integer)):
         return lambda table16, index, out, first, last: False
 
@@ -271,7 +277,7 @@ def search_vector(weights, midpoints, table, out, index, first, last):
 
 @overload(search_vector, jit_options={"cache": True, "nogil": True})
 def _search_vector_overload(weights, midpoints, table, out, index, first, last):
-    if not (AVX512 and _c_vectors(weights, midpoints, table, out, index) and isinstance(index.dtype, types.Integer)
+    if not (AVX512 and c_vectors(weights, midpoints, table, out, index) and isinstance(index.dtype, types.Integer)
             and weights.dtype == midpoints.dtype == table.dtype == out.dtype == types.float32):
         return lambda weights, midpoints, table, out, index, first, last: first
 

@@ -5,7 +5,7 @@ A Dense layer ``y = x @ W`` with ``W = table[index]`` has the centroid gradient
 weight gradient ``x^T g`` (a kernel-sized tensor, 67 MB for 4096 x 4096, freshly allocated each step by PyTorch:
 its page faults cost more than the product) and summing it by index. At a small batch the product has few
 multiply-adds per weight (one per batch row), so :func:`outer_product_segment_sums` computes it tile by tile,
-4 rows x 64 columns in 16 AVX-512 registers (:func:`._numba_avx512.outer_block`, reading g from a copy stored
+4 rows x 64 columns in 16 AVX-512 registers (:func:`outer_block`, reading g from a copy stored
 block by block, :func:`_panels`), and sums each tile by index while it is in L1
 (:func:`._numba_avx512.segment_sums_vector`): nothing kernel-sized is written, and the kernel's index bytes are
 the only large array read. 32 x 4096 by 4096 x 4096 on two cores: 17 ms, against 33 ms for PyTorch's
@@ -19,9 +19,63 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
-from weightzip.keras.clustering._numba_avx512 import AVX512, OUTER_COLUMNS, OUTER_ROWS, outer_block, segment_sums_vector
+from weightzip.keras.clustering._numba_avx512 import AVX512, F32X16, c_vectors, segment_sums_vector, vector_pointer
 from weightzip.keras.clustering._numba_kernels import add_lane_sums, fold_lanes
+
+OUTER_ROWS = 4
+OUTER_COLUMNS = 64
+"""The block of a rank-`batch` product that :func:`outer_block` holds in registers: 4 rows x 64 columns, 16 zmm."""
+
+
+@intrinsic
+def outer_block(typingctx, xt, g, tile, row, column, batch, g_stride, tile_stride, tile_column):
+    """``tile[r * tile_stride + tile_column + c] = sum over b < batch of xt[(row + r) * batch + b] *
+    g[b * g_stride + column + c]`` for r < 4, c < 64: a block of ``xt @ g`` (xt: rows x batch, g: batch x columns,
+    both flat, C order), its 16 vectors accumulated in registers by fused multiply-adds, each batch row one load of
+    4 vectors of g and 4 broadcasts of x. batch >= 1; float32 C-contiguous 1-D arrays. Compiled for any CPU by
+    LLVM, fast only with AVX-512 (callers check :data:`AVX512`)."""
+    if not (c_vectors(xt, g, tile) and xt.dtype == g.dtype == tile.dtype == types.float32):
+        return None
+
+    def codegen(context, builder, signature, args):
+        def pointer(position, offset):
+            return vector_pointer(context, builder, signature, args, position, offset, F32X16)
+
+        row_at, column_at, batch_size, g_stride_at, tile_stride_at, tile_column_at = args[3:]
+        i64 = ir.IntType(64)
+        fma = builder.module.declare_intrinsic("llvm.fma.v16f32", fnty=ir.FunctionType(F32X16, [F32X16] * 3))
+        sums = [cgutils.alloca_once_value(builder, ir.Constant(F32X16, [0.0] * 16))
+                for _ in range(OUTER_ROWS * OUTER_COLUMNS // 16)]
+        xt_data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        splat = ir.Constant(ir.VectorType(ir.IntType(32), 16), [0] * 16)
+        with cgutils.for_range(builder, batch_size) as loop:
+            b = loop.index
+            g_row = builder.add(builder.mul(b, g_stride_at), column_at)
+            g_vectors = [builder.load(pointer(1, builder.add(g_row, ir.Constant(i64, 16 * v))), align=4)
+                         for v in range(OUTER_COLUMNS // 16)]
+            for r in range(OUTER_ROWS):
+                x_at = builder.add(builder.mul(builder.add(row_at, ir.Constant(i64, r)), batch_size), b)
+                x_value = builder.load(builder.gep(xt_data, [x_at]))
+                x_vector = builder.shuffle_vector(
+                    builder.insert_element(ir.Constant(F32X16, ir.Undefined), x_value, ir.Constant(ir.IntType(32), 0)),
+                    ir.Constant(F32X16, ir.Undefined), splat)
+                for v, g_vector in enumerate(g_vectors):
+                    total = sums[r * len(g_vectors) + v]
+                    builder.store(builder.call(fma, [x_vector, g_vector, builder.load(total)]), total)
+        for r in range(OUTER_ROWS):
+            row_start = builder.add(builder.mul(ir.Constant(i64, r), tile_stride_at), tile_column_at)
+            for v in range(OUTER_COLUMNS // 16):
+                builder.store(builder.load(sums[r * OUTER_COLUMNS // 16 + v]),
+                              pointer(2, builder.add(row_start, ir.Constant(i64, 16 * v))), align=4)
+        return context.get_dummy_value()
+
+    return types.void(xt, g, tile, row, column, batch, g_stride, tile_stride, tile_column), codegen
+
 
 # Tables of at most this many entries (the vector sums compare each value with 16 indices).
 MAX_ENTRIES = 16

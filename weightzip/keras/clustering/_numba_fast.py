@@ -1,24 +1,20 @@
 """Faster forms of :mod:`._numba_kernels` for the jitted JAX step (same results; the PyTorch path may adopt them).
 
-- :func:`search_and_look_up` = :func:`._numba_kernels.assign_and_look_up`. One codebook of at most 16
-  entries (k = 16 is TFMOT's default) is searched with its midpoints and centroids held in registers:
-  per weight, 15 compare-and-select steps that LLVM vectorises across weights, the centroid chosen by the
-  same selects (no gather, no count buffer); about twice as fast single-threaded as the blocked count.
-  Where numba compiles for an AVX-512 CPU, 16 weights at a time by a binary search whose probes and
-  centroids are ``vpermps`` lookups in registers (:mod:`._numba_avx512`, LLVM intrinsics): on 16.8M
-  weights, one thread, 25-28 ms -> 14-17 ms (about the memory traffic of the pass).
-- :func:`look_up_checked` = :func:`._numba_kernels.look_up`: the table range is checked per block of
-  512 indices (a vectorised reduction), then the block is gathered without a per-index branch; a block
-  with an index outside the table takes the NaN-marking loop. With AVX-512 and a table of at most 16
-  entries, a checked block is looked up 16 at a time by one ``vpermps`` (:mod:`._numba_avx512`): 16.8M
-  one-byte indices, one thread 17 -> 10-13 ms, two 9-12 -> 6 ms.
-- :func:`segment_sums` = :func:`._numba_kernels.segment_sums_into`: four interleaved accumulator rows
-  per chunk (breaks the add latency chain on a repeated index), range checked per block the same way.
-  With AVX-512 and a table of at most 16 entries, the values are summed 256 a call, per index and lane in
-  16 registers (one compare and one masked add per index and 16 values; :mod:`._numba_avx512`), folded into
-  float64 every :data:`LANE_BLOCK` values; an index outside the table adds nowhere there, so no range check
-  precedes it: 16.8M values, one-byte indices, two threads 11.1 -> 7.5 ms (checked 512-value blocks) ->
-  5-5.7 ms (about the memory traffic: a parallel float32 sum of the values alone takes 3.7 ms).
+- :func:`search_and_look_up` = :func:`._numba_kernels.assign_and_look_up`. One codebook of at most 16 entries
+  (k = 16 is TFMOT's default) is searched with its midpoints and centroids in registers: per weight, 15
+  compare-and-select steps that LLVM vectorises, the centroid chosen by the same selects (no gather, no count
+  buffer). With AVX-512, 16 weights at a time by a binary search whose probes and centroids are ``vpermps``
+  lookups in registers (:mod:`._numba_avx512`): 16.8M weights, one thread, 25-28 -> 14-17 ms (the memory traffic).
+- :func:`look_up_checked` = :func:`._numba_kernels.look_up`: the table range is checked per block of 512 indices,
+  then the block is gathered without a per-index branch (a block with an index outside: the NaN-marking loop).
+  With AVX-512, a table of at most 16 entries and indices of up to 32 bits, 16 at a time by one ``vpermps``, the
+  largest index checked every 256 (from 256 that hold one outside, the checked blocks take over): 16.8M one-byte
+  indices, one thread 17 -> 10-13 ms, two 9-12 -> 6-7 ms (checked first) -> 5.5-6 ms (checked on the way).
+- :func:`segment_sums` = :func:`._numba_kernels.segment_sums_into`: four interleaved accumulator rows per chunk
+  (breaks the add latency chain on a repeated index), range checked per block. With AVX-512 and a table of at
+  most 16 entries, 256 values a call per index and lane in 16 registers (a compare and a masked add per index
+  and 16 values), folded into float64 every :data:`LANE_BLOCK` values, no range check (an index outside adds
+  nowhere): 16.8M values, one-byte indices, two threads 11.1 -> 5-5.7 ms (a float32 sum of the values: 3.7 ms).
 
 Each runs serially on the calling thread below 2^20 weights (:data:`SERIAL_BELOW`): a numba parallel
 region costs a thread wake-up and a barrier per call, and its threads compete with XLA's own for the
@@ -31,7 +27,12 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from weightzip.keras.clustering._numba_avx512 import look_up_vector, search_vector, segment_sums_vector
+from weightzip.keras.clustering._numba_avx512 import (
+    look_up_checked_vector,
+    look_up_vector,
+    search_vector,
+    segment_sums_vector,
+)
 from weightzip.keras.clustering._numba_kernels import _BLOCK, _chunking, add_lane_sums, assign_and_look_up, fold_lanes
 
 # Codebook rows of at most this many entries take the register search (padded with +inf midpoints).
@@ -39,9 +40,8 @@ REGISTER_TABLE = 16
 _ACCUMULATORS = 4
 # Passes over fewer weights than this run on the calling thread (at 2^20 one pass is ~1 ms single-threaded).
 SERIAL_BELOW = 1 << 20
-# The vector segment sums fold their float32 lane sums into float64 every this many values (each lane has then
-# added at most LANE_BLOCK / 16 values in float32).
-LANE_BLOCK = 16384
+# The vector segment sums fold their float32 lane sums into float64 every this many values (256 a lane).
+LANE_BLOCK = 4096
 
 
 @numba.njit(inline="always")
@@ -184,6 +184,8 @@ def _inside(block, size) -> bool:
 def _look_up_range(table, table16, index, out, first, last):
     """table16: the table padded to 16 entries where it has at most 16 (the AVX-512 look-up), else the table."""
     size = table.shape[0]
+    if size <= REGISTER_TABLE:  # 256 at a time, the range checked on the way; from an index outside, the blocks
+        first = look_up_checked_vector(table16, index, out, first, last, size)
     outside = 0
     for start in range(first, last, _BLOCK):
         stop = min(last, start + _BLOCK)
