@@ -44,7 +44,7 @@ def test_searched_lookup_reuses_its_buffer_but_never_one_still_held():
         np.testing.assert_allclose(centroids.grad.numpy(), np.bincount(expected.ravel(), upstream.numpy().ravel(), K),
                                    rtol=1e-5, atol=1e-5)
         np.testing.assert_array_equal(weights.grad.numpy(), upstream.numpy())  # straight-through
-        assert clustered.data_ptr() == _torch_lookup._scratch_for(weights).buffers["kernel"][0].data_ptr()
+        assert clustered.data_ptr() == _torch_lookup.scratch_for(weights).buffers["kernel"][0].data_ptr()
         addresses.add(clustered.data_ptr())
         del clustered
         with torch.no_grad():

@@ -79,10 +79,10 @@ def _served_state(wrapper, inputs):
 
 def _dense_output(layer, state, inputs):
     """``keras.layers.Dense.call`` with the kernel product by :func:`_function`."""
-    table = _torch_lookup._tensor(state.centroids)
-    stored = _torch_lookup._tensor(state.pulling_indices)
-    index = _torch_lookup._compact_index(stored, table, None)
-    scratch = _torch_lookup._scratch_for(stored)
+    table = _torch_lookup.variable_tensor(state.centroids)
+    stored = _torch_lookup.variable_tensor(state.pulling_indices)
+    index = _torch_lookup.compact_index(stored, table, None)
+    scratch = _torch_lookup.scratch_for(stored)
     units = int(state.weight.variable.shape[1])
     flat = inputs.reshape(-1, inputs.shape[-1])
     x = _function().apply(flat, table, index, scratch).reshape(*inputs.shape[:-1], units)
@@ -104,7 +104,7 @@ def _function():
         def forward(ctx, inputs, table, index, scratch):
             index, index_array = index
             flat_table = table.detach().reshape(-1)
-            kernel, kernel_array = _torch_lookup._output(scratch, "kernel", index.numel(), table.dtype)
+            kernel, kernel_array = _torch_lookup.output_buffer(scratch, "kernel", index.numel(), table.dtype)
             if _numba_fast.look_up_checked(flat_table.contiguous().numpy(), index_array, kernel_array):
                 raise InvalidWeightsError(f"pulling indices out of range for a codebook of {table.shape[-1]} entries")
             kernel = kernel.view(inputs.shape[1], -1)

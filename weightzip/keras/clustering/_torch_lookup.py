@@ -53,13 +53,13 @@ def clustered_kernel(centroids, original, *, channel_axis, fixed_indices, centro
     where these kernels do not apply (another backend, device or dtype; inside torch.compile)."""
     if keras.backend.backend() != "torch":
         return None
-    table, original = _tensor(centroids), _tensor(original)
+    table, original = variable_tensor(centroids), variable_tensor(original)
     if not applies(original, table):
         return None
     return lookup(table, original, channel_axis=channel_axis,
-                  fixed_indices=None if fixed_indices is None else _tensor(fixed_indices),
-                  centroid_pin=None if centroid_pin is None else _tensor(centroid_pin),
-                  sparsity_mask=None if sparsity_mask is None else _tensor(sparsity_mask),
+                  fixed_indices=None if fixed_indices is None else variable_tensor(fixed_indices),
+                  centroid_pin=None if centroid_pin is None else variable_tensor(centroid_pin),
+                  sparsity_mask=None if sparsity_mask is None else variable_tensor(sparsity_mask),
                   average_gradient=average_gradient)
 
 
@@ -70,18 +70,18 @@ def lookup(table, original, *, channel_axis, fixed_indices, centroid_pin, sparsi
     average = bool(average_gradient)
     if fixed_indices is None:
         inner = 1 if channel_axis is None else math.prod(shape[channel_axis % len(shape) + 1:])
-        clustered = _lookup_function().apply(table, original, pin, None, inner, average, _scratch_for(original))
+        clustered = _lookup_function().apply(table, original, pin, None, inner, average, scratch_for(original))
     else:
         stored = fixed_indices
-        index, index_array = _compact_index(stored, table, channel_axis)
-        clustered = _lookup_function().apply(table, None, pin, (index, index_array), 0, average, _scratch_for(stored))
+        index, index_array = compact_index(stored, table, channel_axis)
+        clustered = _lookup_function().apply(table, None, pin, (index, index_array), 0, average, scratch_for(stored))
     clustered = clustered.view(shape)
     if sparsity_mask is not None:
         clustered = clustered * sparsity_mask.to(clustered.dtype)
     return clustered
 
 
-def _tensor(value):
+def variable_tensor(value):
     """A Keras variable's current tensor (its stateless-scope value inside one), a tensor as it is."""
     if isinstance(value, keras.Variable):
         return value.value
@@ -131,7 +131,7 @@ class _Scratch:
 _scratches: dict[int, tuple[weakref.ref, _Scratch]] = {}
 
 
-def _scratch_for(tensor) -> _Scratch | None:
+def scratch_for(tensor) -> _Scratch | None:
     """The scratch of a variable's own tensor (a ``torch.nn.Parameter``, the same object at every step), or
     None for a tensor computed in this call, which has no next step to reuse a buffer in."""
     import torch
@@ -159,13 +159,13 @@ def _unreferenced(buffer, own: int = 2) -> bool:
     return use_count(buffer.untyped_storage()._cdata) <= own
 
 
-def _compact_index(stored, table, channel_axis):
+def compact_index(stored, table, channel_axis):
     """(The flat table position of each weight from its stored codebook-row indices (`stored`, any int dtype),
     as one byte where the table allows; its NumPy view); the copy of a stored variable is kept and made again
     only when the variable changes (its version counter). Raises if an index is outside its codebook row."""
     import torch
 
-    scratch = _scratch_for(stored)
+    scratch = scratch_for(stored)
     version = stored._version
     if scratch is not None and scratch.byte_index is not None and scratch.byte_index[0] == version:
         return scratch.byte_index[1:]
@@ -195,7 +195,10 @@ def _search(weights):
     return _numba_fast.search_and_look_up if weights.dtype == torch.float32 else _numba_kernels.assign_and_look_up
 
 
-def _output(scratch, role: str, size: int, dtype):
+def output_buffer(scratch, role: str, size: int, dtype):
+    """(a tensor of `size` elements, its NumPy view): `scratch`'s `role` buffer (:meth:`_Scratch.buffer`), or a new
+    tensor where there is no scratch. Also used by :mod:`._torch_dense`, with :func:`variable_tensor`,
+    :func:`compact_index` and :func:`scratch_for`."""
     import torch
 
     if scratch is None:
@@ -254,9 +257,9 @@ def _lookup_function():
                 order = np.empty(size, np.int32)
                 _numba_rows.sort_rows(rows, pin_rows, table, midpoints, order)
                 weights = original.detach().reshape(-1).contiguous()
-                index, index_array = _output(scratch, "index", weights.numel(),
+                index, index_array = output_buffer(scratch, "index", weights.numel(),
                                              torch.uint8 if size <= BYTE_INDEX_ENTRIES else torch.int32)
-                out, out_array = _output(scratch, "kernel", weights.numel(), original.dtype)
+                out, out_array = output_buffer(scratch, "kernel", weights.numel(), original.dtype)
                 search = _search(weights)
                 serial = (search is _numba_fast.search_and_look_up and rows.shape[0] == 1
                           and k <= _numba_fast.REGISTER_TABLE)
@@ -265,7 +268,7 @@ def _lookup_function():
             else:
                 table = rows.reshape(-1) if pin_rows is None else (rows * pin_rows).reshape(-1)
                 index, index_array = index
-                out, out_array = _output(scratch, "kernel", index.numel(), centroids.dtype)
+                out, out_array = output_buffer(scratch, "kernel", index.numel(), centroids.dtype)
                 # (_numba_fast's look-up runs serially below PARALLEL_MIN_WEIGHTS by itself)
                 outside = _numba_fast.look_up_checked(table, index_array, out_array)
                 if outside:
