@@ -87,7 +87,7 @@ def test_the_avx512_search_is_the_select_chain(index_dtype):
 
 
 @pytest.mark.parametrize("size", SIZES.values(), ids=SIZES.keys())
-@pytest.mark.parametrize("index_dtype", [np.uint8, np.int32])
+@pytest.mark.parametrize("index_dtype", [np.uint8, np.int16, np.int32, np.int64])  # int64: the checked blocks only
 @pytest.mark.parametrize("entries", [5, 16, 40], ids=lambda k: f"table{k}")  # <= 16: the AVX-512 look-up too
 @pytest.mark.parametrize("outside_at", ["spread", "late", "none"])
 def test_look_up_is_the_reference_look_up(index_dtype, size, entries, outside_at):
@@ -98,12 +98,14 @@ def test_look_up_is_the_reference_look_up(index_dtype, size, entries, outside_at
     index = rng.integers(0, entries, size).astype(index_dtype)
     if outside_at == "spread":
         index[::10_007] = 200
-        if index_dtype == np.int32:
+        if np.issubdtype(index_dtype, np.signedinteger):
             index[7] = -1
     elif outside_at == "late":
         index[-600] = entries  # the first index outside
-        if index_dtype == np.int32:
+        if np.issubdtype(index_dtype, np.signedinteger):
             index[-5000] = -1
+        if index_dtype == np.int64:
+            index[-700] = 2**32 + 3  # outside, though its low 32 bits are inside
     out, fast_out = np.full(size, 7.0, np.float32), np.empty(size, np.float32)
     outside = reference.look_up(table, index, out)
     assert fast.look_up_checked(table, index, fast_out) == outside
