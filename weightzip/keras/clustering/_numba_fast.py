@@ -184,7 +184,7 @@ def _inside(block, size) -> bool:
 def _look_up_range(table, table16, index, out, first, last):
     """table16: the table padded to 16 entries where it has at most 16 (the AVX-512 look-up), else the table."""
     size = table.shape[0]
-    if size <= REGISTER_TABLE:  # 256 at a time, the range checked on the way; from an index outside, the blocks
+    if size <= REGISTER_TABLE:  # 256 at a time, checked per 256; from 256 holding an index outside on: the blocks
         first = look_up_checked_vector(table16, index, out, first, last, size)
     outside = 0
     for start in range(first, last, _BLOCK):

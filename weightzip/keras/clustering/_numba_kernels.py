@@ -146,7 +146,8 @@ def segment_sums_into(values, index, average, out):
 @numba.njit(cache=True, nogil=True)
 def fold_lanes(lanes, wide_lanes):
     """Moves the float32 sums of :func:`._numba_avx512.segment_sums_vector` (per index and lane) into their float64
-    totals and zeroes them (every ``_numba_fast.LANE_BLOCK`` values: at most that many are summed in float32)."""
+    totals and zeroes them; callers fold often (every ``_numba_fast.LANE_BLOCK`` values, every tile in
+    ``_numba_dense``), so that few values are summed in float32."""
     for j in range(lanes.shape[0]):
         wide_lanes[j] += lanes[j]
         lanes[j] = 0
