@@ -120,13 +120,19 @@ def _look_up16(typingctx, table, index, out, start):
         def pointer(position, offset, vector):
             return vector_pointer(context, builder, signature, args, position, offset, vector)
 
-        start_at = args[3]
         table16 = builder.load(pointer(0, ir.Constant(ir.IntType(64), 0), F32X16), align=4)
-        code = _load_indices16(builder, pointer, 1, start_at, signature.args[1].dtype)
-        builder.store(builder.call(_permute(builder), [table16, code]), pointer(2, start_at, F32X16), align=4)
+        _emit_look_up16(builder, pointer, table16, args[3], signature.args[1].dtype)
         return context.get_dummy_value()
 
     return types.void(table, index, out, start), codegen
+
+
+def _emit_look_up16(builder, pointer, table16, offset, index_type):
+    """out[offset:offset + 16] = table16[index[offset:offset + 16]] (index and out: array arguments 1 and 2) by one
+    ``vpermps``; returns the 16 indices as int32."""
+    code = _load_indices16(builder, pointer, 1, offset, index_type)
+    builder.store(builder.call(_permute(builder), [table16, code]), pointer(2, offset, F32X16), align=4)
+    return code
 
 
 LOOK_UP_VECTORS = 16
@@ -135,9 +141,10 @@ LOOK_UP_VECTORS = 16
 
 @intrinsic
 def _look_up256(typingctx, table, index, out, start):
-    """:func:`_look_up16` on index[start:start + 256], 16 vectors a call; returns the largest index read, as an
-    unsigned 32-bit value (a negative index reads as a large one), so that the caller checks the range once per
-    call instead of in a pass before it. Integer indices of at most 32 bits only (wider ones would be truncated)."""
+    """:func:`_look_up16` on index[start:start + 256] (:func:`_emit_look_up16` 16 times); returns the largest
+    index read, as an unsigned 32-bit value (a negative index reads as a large one), so that the caller checks the
+    range once per call instead of in a pass before it. Integer indices of at most 32 bits only (wider ones would
+    be truncated)."""
     if not (c_vectors(table, index, out) and table.dtype == out.dtype == types.float32
             and isinstance(index.dtype, types.Integer) and index.dtype.bitwidth <= 32):
         return None
@@ -148,13 +155,11 @@ def _look_up256(typingctx, table, index, out, start):
 
         start_at, i64 = args[3], ir.IntType(64)
         table16 = builder.load(pointer(0, ir.Constant(i64, 0), F32X16), align=4)
-        permute = _permute(builder)
         highest = ir.Constant(_I32X16, [0] * 16)
         for v in range(LOOK_UP_VECTORS):
-            at = builder.add(start_at, ir.Constant(i64, 16 * v))
-            code = _load_indices16(builder, pointer, 1, at, signature.args[1].dtype)
+            code = _emit_look_up16(builder, pointer, table16, builder.add(start_at, ir.Constant(i64, 16 * v)),
+                                   signature.args[1].dtype)
             highest = builder.select(builder.icmp_unsigned(">", code, highest), code, highest)
-            builder.store(builder.call(permute, [table16, code]), pointer(2, at, F32X16), align=4)
         reduce_max = builder.module.declare_intrinsic("llvm.vector.reduce.umax.v16i32",
                                                       fnty=ir.FunctionType(ir.IntType(32), [_I32X16]))
         return builder.zext(builder.call(reduce_max, [highest]), i64)
