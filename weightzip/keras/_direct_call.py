@@ -4,17 +4,19 @@ A wrapper (:class:`._substitution.SubstitutingWrapper`) runs inside its own ``La
 wrapped layer, which by default goes through ``Layer.__call__`` again: input conversion, call-signature binding,
 the training flag, masks, autocasting, name scopes, torch's module dispatch. PyTorch runs every training step
 eagerly, so that second pass is paid at every step; on LeNet-300-100 it cost about as much as the layers' own
-matmuls. (TensorFlow and JAX trace the step once, so this module serves the PyTorch backend only.)
+matmuls. TensorFlow and JAX trace the step once, so there the second pass costs nothing: on TensorFlow this module
+serves only a caller that computes the layer's output its own way (`call`, :mod:`.clustering._tf_dense`), and
+nothing on JAX.
 
 :func:`direct_call` does the part of ``Layer.__call__`` that has an effect in the common case and runs
 ``layer.call`` itself; it declines (returns :data:`DECLINED`, and the caller takes ``Layer.__call__``) whenever the
 second pass could do more:
 
-- a symbolic or non-torch input, further positional arguments, keyword arguments other than the layer's
+- a symbolic input or one not of the backend's tensor type, further positional arguments, keyword arguments other than the layer's
   call-context arguments (``training``) given as None or a bool, an input whose dtype the layer would convert,
   an input with a Keras mask;
 - no enclosing ``Layer.__call__`` (no call context), an unbuilt layer, a layer class that overrides ``__call__``
-  or ``forward``, a quantized or rematerialised layer, an activity regulariser, an active distribution, torch
+  or (torch) ``forward``, a quantized or rematerialised layer, an activity regulariser, an active distribution, torch
   module hooks (the layer's or global ones) or a torch.jit trace;
 - a dtype policy under which the layer would enter its own autocast scope.
 
@@ -43,14 +45,14 @@ def direct_call(layer, inputs, args: tuple, kwargs: dict, call=None):
 
     call: runs in place of ``layer.call`` (same arguments), for a caller that computes the layer's output its
     own way."""
-    if args or keras.backend.backend() != "torch" or not _eligible_class(type(layer)):
+    backend = keras.backend.backend()
+    served = backend == "torch" or (backend == "tensorflow" and call is not None)  # (see the module's docstring)
+    if args or not served or not _eligible_class(type(layer), backend):
         return DECLINED
-    import torch
-
-    if not isinstance(inputs, torch.Tensor) or getattr(inputs, "_keras_mask", None) is not None:
+    if not _is_backend_tensor(inputs, backend) or getattr(inputs, "_keras_mask", None) is not None:
         return DECLINED
     context = current_call_context()
-    if context is None or not _eligible_layer(layer, inputs, torch):
+    if context is None or not _eligible_layer(layer, inputs, backend):
         return DECLINED
     call_kwargs = _call_kwargs(layer, kwargs, context)
     if call_kwargs is DECLINED:
@@ -65,27 +67,36 @@ def direct_call(layer, inputs, args: tuple, kwargs: dict, call=None):
     return outputs
 
 
+def _is_backend_tensor(inputs, backend: str) -> bool:
+    if backend == "torch":
+        import torch
+
+        return isinstance(inputs, torch.Tensor)
+    import tensorflow as tf
+
+    return tf.is_tensor(inputs) and not isinstance(inputs, keras.KerasTensor)
+
+
 @functools.cache
-def _eligible_class(cls) -> bool:
+def _eligible_class(cls, backend: str) -> bool:
     """Whether ``Layer.__call__`` of this class is Keras's own (no override of the call machinery), on a Keras
     whose private layer attributes this module reads are there."""
-    import torch
-
     layer_class = keras.layers.Layer
+    if backend == "torch":
+        import torch
+
+        if cls.forward is not layer_class.forward or cls._call_impl is not torch.nn.Module._call_impl:
+            return False
     return (
         cls.__call__ is layer_class.__call__
-        and cls.forward is layer_class.forward
-        and cls._call_impl is torch.nn.Module._call_impl
         and get_autocast_scope is not None
         and all(hasattr(layer_class, name) for name in ("_assert_input_compatibility", "_open_name_scope",
                                                           "_set_mask_metadata"))
     )
 
 
-def _eligible_layer(layer, inputs, torch) -> bool:
+def _eligible_layer(layer, inputs, backend: str) -> bool:
     """The per-call conditions of :func:`direct_call` on the layer and its input."""
-    from torch.nn.modules import module
-
     if not layer.built or getattr(layer, "_remat_mode", True) or getattr(layer, "quantization_mode", None) is not None:
         return False
     if layer.activity_regularizer is not None or keras.distribution.distribution() is not None:
@@ -93,13 +104,21 @@ def _eligible_layer(layer, inputs, torch) -> bool:
     if not all(hasattr(layer, name) for name in ("_call_signature", "_call_context_args", "_call_has_context_arg",
                                                  "_call_has_mask_arg", "_convert_input_args")):
         return False
-    if (layer._forward_hooks or layer._forward_pre_hooks or layer._backward_hooks or layer._backward_pre_hooks
-            or module._global_forward_hooks or module._global_forward_pre_hooks or module._global_backward_hooks
-            or module._global_backward_pre_hooks or torch._C._get_tracing_state()):
+    if backend == "torch" and _torch_hooks(layer):
         return False
     if layer._convert_input_args and keras.backend.standardize_dtype(inputs.dtype) != layer.input_dtype:
         return False
     return not _enters_autocast_scope(layer)
+
+
+def _torch_hooks(layer) -> bool:
+    """Whether torch would run module hooks (the layer's or global ones) around this call, or traces it."""
+    import torch
+    from torch.nn.modules import module
+
+    return bool(layer._forward_hooks or layer._forward_pre_hooks or layer._backward_hooks or layer._backward_pre_hooks
+                or module._global_forward_hooks or module._global_forward_pre_hooks or module._global_backward_hooks
+                or module._global_backward_pre_hooks or torch._C._get_tracing_state())
 
 
 def _enters_autocast_scope(layer) -> bool:

@@ -389,7 +389,7 @@ def test_torch_fixed_dense_fused_step_equals_the_general_path(monkeypatch, pinne
     layer before it)."""
     if keras.backend.backend() != "torch":
         pytest.skip("the fused Dense step is PyTorch's")
-    from weightzip.keras.clustering import _numba_dense, _torch_dense
+    from weightzip.keras.clustering import _fused_dense, _numba_dense
 
     if not _numba_dense.serves(16):
         pytest.skip("numba does not compile for an AVX-512 CPU here")
@@ -408,7 +408,7 @@ def test_torch_fixed_dense_fused_step_equals_the_general_path(monkeypatch, pinne
     monkeypatch.setattr(_numba_dense, "outer_product_segment_sums", lambda *a: calls.append(1) or fused_sums(*a))
     fused_output, fused = _torch_dense_gradients(clustered, x, upstream)
     assert calls == ([] if pinned else [1])  # a sparsity mask takes the general path
-    monkeypatch.setattr(_torch_dense, "MAX_ROWS", 0)  # every call declined: the general path
+    monkeypatch.setattr(_fused_dense, "MAX_ROWS", 0)  # every call declined: the general path
     output, general = _torch_dense_gradients(clustered, x, upstream)
     assert len(calls) <= 1
     np.testing.assert_allclose(fused_output, output, rtol=1e-5, atol=1e-5)
@@ -416,3 +416,77 @@ def test_torch_fixed_dense_fused_step_equals_the_general_path(monkeypatch, pinne
     for path, gradient in general.items():
         scale = np.abs(gradient).max()
         np.testing.assert_allclose(fused[path], gradient, rtol=1e-4, atol=1e-5 * scale, err_msg=path)
+
+
+@pytest.mark.parametrize("reassignment", ["fixed", "every_step"])
+@pytest.mark.parametrize("batch_shape", [37, None], ids=["static_batch", "open_batch"])
+def test_tensorflow_dense_look_up_product_equals_the_general_path(monkeypatch, batch_shape, reassignment):
+    """A large clustered Dense in a traced TensorFlow step: its product by the look-up table (the kernel never
+    multiplied as a matrix in the forward pass) gives the general path's output, centroid gradients, input
+    gradient (to the layer before it and to the input) and, with every-step reassignment, straight-through
+    gradient to the original weights."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the look-up product serves TensorFlow steps")
+    import tensorflow as tf
+
+    from weightzip.keras.clustering import _fused_dense, _numba_lut
+
+    if not _numba_lut.serves(16):
+        pytest.skip("numba does not compile for an AVX-512 CPU here")
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((40,)), keras.layers.Dense(1024),
+                              keras.layers.Dense(1030, activation="relu")])  # 1024 x 1030: >= 2^20 weights
+    clustered = wk.cluster_weights(model, 16, reassignment=reassignment)
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(37, 40)).astype("float32")
+    upstream = tf.constant(rng.normal(size=(37, 1030)).astype("float32"))
+    calls = []
+    product = _numba_lut.lut_product
+    monkeypatch.setattr(_numba_lut, "lut_product", lambda *a: calls.append(1) or product(*a))
+
+    def step():
+        @tf.function(input_signature=[tf.TensorSpec((batch_shape, 40), tf.float32)])
+        def gradients(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                output = clustered(x, training=True)
+                loss = tf.reduce_sum(output * upstream)
+            return output, tape.gradient(loss, clustered.trainable_variables + [x])
+
+        output, gradients = gradients(tf.constant(x))
+        return output.numpy(), [g.numpy() for g in gradients]
+
+    fused_output, fused = step()
+    assert calls == [1]
+    monkeypatch.setattr(_fused_dense, "MIN_WEIGHTS", 1 << 30)  # every call declined: the general path
+    output, general = step()
+    assert calls == [1]
+    np.testing.assert_allclose(fused_output, output, rtol=1e-5, atol=1e-5)
+    # two codebooks, two biases, the input (and, every step, the two original kernels)
+    assert len(fused) == len(general) == (5 if reassignment == "fixed" else 7)
+    for name, got, expected in zip([v.path for v in clustered.trainable_variables] + ["x"], fused, general):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max(), err_msg=name)
+
+
+def test_tensorflow_fixed_dense_look_up_product_refuses_indices_outside_the_codebook():
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the look-up product serves TensorFlow steps")
+    import tensorflow as tf
+
+    from weightzip.keras.clustering import _numba_lut
+
+    if not _numba_lut.serves(16):
+        pytest.skip("numba does not compile for an AVX-512 CPU here")
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(1024), keras.layers.Dense(1030)])
+    clustered = wk.cluster_weights(model, 8, reassignment="fixed")
+    indices = clustered.layers[1].pulling_indices["kernel"]
+    indices.assign(np.full(indices.shape, 9, np.uint8))  # k = 8
+
+    @tf.function
+    def loss(x):
+        with tf.GradientTape() as tape:
+            value = tf.reduce_sum(clustered(x, training=True))
+        return tape.gradient(value, clustered.trainable_variables)
+
+    with pytest.raises(Exception, match="pulling indices out of range"):
+        loss(tf.ones((4, 8)))

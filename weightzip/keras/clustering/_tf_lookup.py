@@ -93,7 +93,7 @@ def applies(workspace, original, flat_table, *, searched: bool, k: int) -> bool:
         return False
     if int(flat_table.shape[0]) != workspace.table_size:
         return False
-    if searched and k - 1 > MAX_CHAINED_MIDPOINTS and not _numba_searches(workspace):
+    if searched and k - 1 > MAX_CHAINED_MIDPOINTS and not numba_searches(workspace):
         return False
     if original.dtype != tf.float32 or flat_table.dtype != tf.float32:
         return False
@@ -110,12 +110,12 @@ def searched_lookup(workspace, flat_table, sorted_keys, original, *, channel_axi
     """
     groups, k = int(sorted_keys.shape[0]), int(sorted_keys.shape[1])
     keys = tf.stop_gradient(sorted_keys)
-    by_numba = _numba_searches(workspace)
+    by_numba = numba_searches(workspace)
 
     @tf.custom_gradient
     def lookup(table, weights):
         if by_numba:
-            clustered, index = _numba_search(workspace, table, keys, weights, channel_axis)
+            clustered, index = numba_search(workspace, table, keys, weights, channel_axis)
         else:
             written = _search_into(tf.reshape(table, (groups, k)), keys, weights, workspace.kernel, workspace.index,
                                    channel_axis)
@@ -123,9 +123,8 @@ def searched_lookup(workspace, flat_table, sorted_keys, original, *, channel_axi
                 clustered, index = workspace.kernel.read_value(), workspace.index.read_value()
 
         def gradient(upstream, variables=None):
-            table_gradient, upstream = _table_gradient(upstream, index, groups * k, average_gradient,
-                                                       workspace.parallel_sums)
-            return _with_variables((table_gradient, upstream), variables)
+            sums, upstream = table_gradient(upstream, index, groups * k, average_gradient, workspace.parallel_sums)
+            return with_variables((sums, upstream), variables)
 
         return clustered, gradient
 
@@ -151,21 +150,21 @@ def indexed_lookup(workspace, flat_table, positions, *, channel_axis, k, average
             index = index_cache.read_value() if copied else positions
 
         def gradient(upstream, variables=None):
-            return _with_variables(_table_gradient(upstream, index, size, average_gradient, workspace.parallel_sums)[0],
-                                   variables)
+            return with_variables(table_gradient(upstream, index, size, average_gradient, workspace.parallel_sums)[0],
+                                  variables)
 
         return clustered, gradient
 
     return lookup(flat_table)
 
 
-def _numba_searches(workspace) -> bool:
+def numba_searches(workspace) -> bool:
     """Whether the search of a step being traced now is numba's: a large kernel, in a graph (an eager step
     would copy the returned arrays)."""
     return workspace.parallel_sums and not tf.executing_eagerly()
 
 
-def _numba_search(workspace, table, keys, weights, channel_axis):
+def numba_search(workspace, table, keys, weights, channel_axis):
     """(the clustered kernel, its flat table positions) by :func:`._numba_fast.search_and_look_up`, written
     into the workspace's buffers (see the module's docstring)."""
     shape = workspace.shape
@@ -173,8 +172,8 @@ def _numba_search(workspace, table, keys, weights, channel_axis):
     midpoints = (keys[:, 1:] + keys[:, :-1]) / 2.0
 
     def search(weights, midpoints, table):
-        kernel = _output(workspace, "kernel", np.float32)
-        index = _output(workspace, "index", workspace.index_dtype)
+        kernel = output_buffer(workspace, "kernel", np.float32)
+        index = output_buffer(workspace, "index", workspace.index_dtype)
         _numba_fast.search_and_look_up(weights.reshape(-1), midpoints, table, inner, kernel.reshape(-1),
                                        index.reshape(-1))
         return kernel, index
@@ -192,7 +191,7 @@ def _numba_search(workspace, table, keys, weights, channel_axis):
 _BUFFER_ALIGNMENT = 4096
 
 
-def _output(workspace, role: str, dtype):
+def output_buffer(workspace, role: str, dtype):
     """The workspace's `role` buffer (shaped as the kernel), or a new one where TensorFlow still holds it.
 
     A held buffer is referenced by the tensor that adopted it (TensorFlow releases the array when the tensor
@@ -207,7 +206,7 @@ def _output(workspace, role: str, dtype):
     return held
 
 
-def _table_gradient(upstream, index, size: int, average: bool, parallel: bool):
+def table_gradient(upstream, index, size: int, average: bool, parallel: bool):
     """(per table entry: the sum, or mean, of its members' upstream gradients; the upstream gradient, released
     once that sum has read it)."""
     upstream = tf.convert_to_tensor(upstream)
@@ -232,7 +231,7 @@ def _segment_sums(values, index, *, size: int, average: bool):
     return sums
 
 
-def _with_variables(input_gradients, variables):
+def with_variables(input_gradients, variables):
     # The lookup reads only non-trainable variables; should a tape watch them, they get no gradient.
     return (input_gradients, [None] * len(variables)) if variables else input_gradients
 

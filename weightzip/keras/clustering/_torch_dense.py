@@ -9,10 +9,8 @@ forward pass. The forward pass is the general path's: the kernel looked up from 
 weight's reused buffer, then ``inputs @ kernel``, the bias and the activation, as ``keras.layers.Dense.call``.
 The gradients are those of the general path (float32 sums in another order).
 
-:func:`fused_call` serves a wrapped layer of the exact class ``keras.layers.Dense`` (no LoRA, quantization,
-kernel regulariser or constraint) with one clustered kernel, per tensor, of at least :data:`MIN_WEIGHTS` weights
-and at most :data:`._numba_dense.MAX_ENTRIES` centroids, summed gradients, no preserved sparsity, a float32
-input of at most :data:`MAX_ROWS` rows, in a step that records gradients, where numba compiles for AVX-512. It runs
+:func:`fused_call` serves the layers of :func:`._fused_dense.served_state` where numba compiles for AVX-512, on a
+float32 CPU input of at most :data:`._fused_dense.MAX_ROWS` rows, in a step that records gradients. It runs
 the layer through :func:`weightzip.keras._direct_call.direct_call` (declining where that would); any other call
 takes the general path.
 """
@@ -24,16 +22,9 @@ import functools
 import keras
 
 from weightzip.core.errors import InvalidWeightsError
-from weightzip.core.options import GradientAggregation
 from weightzip.keras._compat import get_stateless_scope
 from weightzip.keras._direct_call import DECLINED, direct_call
-from weightzip.keras.clustering import _numba_dense, _numba_fast, _torch_lookup
-
-# Rows of the input (its leading axes flattened) up to which the tile-by-tile product costs less than
-# autograd's weight gradient and its sum (one multiply-add per weight and row).
-MAX_ROWS = 64
-# Kernels of at least this many weights (below, the weight gradient is small and cheap to allocate).
-MIN_WEIGHTS = 1 << 20
+from weightzip.keras.clustering import _fused_dense, _numba_dense, _numba_fast, _torch_lookup
 
 
 def fused_call(wrapper, inputs, args: tuple, kwargs: dict):
@@ -48,33 +39,21 @@ def fused_call(wrapper, inputs, args: tuple, kwargs: dict):
 
 def _served_state(wrapper, inputs):
     """The clustered kernel's state where :func:`fused_call` serves this call, else None."""
-    if keras.backend.backend() != "torch" or type(wrapper.layer) is not keras.layers.Dense:
+    if keras.backend.backend() != "torch":
         return None
     import torch
 
-    layer, states = wrapper.layer, wrapper._cluster_states
-    if (len(states) != 1 or not torch.is_grad_enabled() or torch.compiler.is_compiling()
-            or get_stateless_scope() is not None):
+    if not torch.is_grad_enabled() or torch.compiler.is_compiling() or get_stateless_scope() is not None:
         return None
-    state = states[0]
-    if (state.pulling_indices is None or state.channel_axis is not None or state.sparsity_mask is not None
-            or state.centroid_pin is not None
-            or wrapper.params.cluster_gradient_aggregation is not GradientAggregation.SUM):
-        return None
-    if (getattr(layer, "lora_enabled", False) or layer.quantization_mode is not None
-            or layer.kernel_regularizer is not None or layer.kernel_constraint is not None
-            or state.weight.variable is not getattr(layer, "_kernel", None)):
+    state = _fused_dense.served_state(wrapper, _numba_dense.serves)
+    if state is None:
         return None
     kernel = state.weight.variable
-    if (not _numba_dense.serves(int(state.centroids.shape[-1])) or kernel.dtype != "float32"
-            or state.centroids.dtype != "float32" or len(kernel.shape) != 2
-            or kernel.shape[0] * kernel.shape[1] < MIN_WEIGHTS):
-        return None
     if (not isinstance(inputs, torch.Tensor) or inputs.device.type != "cpu" or inputs.dtype != torch.float32
             or inputs.ndim < 2 or inputs.shape[-1] != kernel.shape[0]):
         return None
     rows = inputs.numel() // max(1, inputs.shape[-1])
-    return state if 1 <= rows <= MAX_ROWS else None
+    return state if 1 <= rows <= _fused_dense.MAX_ROWS else None
 
 
 def _dense_output(layer, state, inputs):

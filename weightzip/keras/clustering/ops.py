@@ -68,7 +68,7 @@ def clustered_kernel(
         return clustered
     original = ops.convert_to_tensor(original)
     table = _as_rows(centroids)
-    groups, k = int(table.shape[0]), int(table.shape[1])
+    k = int(table.shape[1])
     search_keys = ops.stop_gradient(table)
     if centroid_pin is not None:
         pin = _as_rows(centroid_pin)
@@ -80,12 +80,7 @@ def clustered_kernel(
     native = _native_lookup(original, flat_table)
     tf_workspace = workspace if _tf_lookup_applies(workspace, original, flat_table, fixed_indices, k) else None
     if fixed_indices is None:
-        # Sort each row (centroids may cross while training) with flat gathers: few ops per step.
-        order = ops.reshape(ops.cast(ops.argsort(search_keys, axis=-1), "int32"), (-1,))
-        if groups > 1:
-            order = order + ops.repeat(ops.arange(groups, dtype="int32") * k, k)
-        flat_table = ops.take(flat_table, order)
-        sorted_keys = ops.reshape(ops.take(ops.reshape(search_keys, (-1,)), order), (groups, k))
+        flat_table, sorted_keys = sorted_rows(flat_table, search_keys)
         if native is not None:
             clustered = native.searched_lookup(flat_table, sorted_keys, original, channel_axis=channel_axis,
                                                average_gradient=average_gradient)
@@ -265,6 +260,16 @@ def _batched_search(weights, midpoints, channel_axis: int | None):
         positions = ops.where(probe < weights, positions + step, positions)
         step >>= 1
     return positions
+
+
+def sorted_rows(flat_table, search_keys):
+    """(`flat_table` with each codebook row in ascending order of its `search_keys` ``(groups, k)``, those keys
+    sorted): centroids may cross while training; flat gathers, few ops per step."""
+    groups, k = int(search_keys.shape[0]), int(search_keys.shape[1])
+    order = ops.reshape(ops.cast(ops.argsort(search_keys, axis=-1), "int32"), (-1,))
+    if groups > 1:
+        order = order + ops.repeat(ops.arange(groups, dtype="int32") * k, k)
+    return ops.take(flat_table, order), ops.reshape(ops.take(ops.reshape(search_keys, (-1,)), order), (groups, k))
 
 
 def _as_rows(centroids):

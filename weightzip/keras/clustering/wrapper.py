@@ -210,10 +210,13 @@ class ClusterWeights(SubstitutingWrapper):
         return [(state.weight.variable, self._clustered_value(state)) for state in self._cluster_states]
 
     def call(self, inputs, *args, **kwargs):
-        if keras.backend.backend() == "torch":  # a Dense layer with fixed assignment: see _torch_dense
-            from weightzip.keras.clustering import _torch_dense
-
-            outputs = _torch_dense.fused_call(self, inputs, args, kwargs)
+        backend = keras.backend.backend()
+        if backend in ("torch", "tensorflow"):  # a Dense layer with fixed assignment: see _fused_dense
+            if backend == "torch":
+                from weightzip.keras.clustering._torch_dense import fused_call
+            else:
+                from weightzip.keras.clustering._tf_dense import fused_call
+            outputs = fused_call(self, inputs, args, kwargs)
             if outputs is not DECLINED:
                 return outputs
         return super().call(inputs, *args, **kwargs)

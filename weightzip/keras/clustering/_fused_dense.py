@@ -1,0 +1,46 @@
+"""Which clustered Dense layers take a fused product with fixed assignment (:mod:`._torch_dense` on PyTorch,
+:mod:`._tf_dense` on TensorFlow): the conditions on the layer and its clustered kernel; each backend adds its own
+per-call checks.
+
+Both compute ``inputs @ table[index]`` as one custom-gradient function whose backward pass never forms the weight
+gradient ``x^T g`` as a tensor of its own (PyTorch: tile by tile, :func:`._numba_dense.outer_product_segment_sums`;
+TensorFlow: its product summed by index). They serve the exact class ``keras.layers.Dense`` (no LoRA,
+quantization, kernel regulariser or constraint) with one clustered kernel, per tensor, of at least
+:data:`MIN_WEIGHTS` weights and at most 16 centroids, summed gradients, no preserved sparsity, float32.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from weightzip.core.options import GradientAggregation
+
+# Rows of the input (its leading axes flattened) up to which the fused products cost less than the
+# backend's own (one multiply-add per weight and row).
+MAX_ROWS = 64
+# Kernels of at least this many weights (below, the weight gradient is small and cheap to allocate).
+MIN_WEIGHTS = 1 << 20
+
+
+def served_state(wrapper, serves_entries, *, every_step: bool = False):
+    """The clustered kernel's state of `wrapper` (a ``ClusterWeights``) where its layer takes the fused product
+    (`serves_entries(k)`: whether the backend's kernels run for k centroids; `every_step`: whether the backend's
+    product also serves every-step reassignment), else None."""
+    layer, states = wrapper.layer, wrapper._cluster_states
+    if type(layer) is not keras.layers.Dense or len(states) != 1:
+        return None
+    state = states[0]
+    if ((state.pulling_indices is None and not every_step) or state.channel_axis is not None or state.sparsity_mask is not None
+            or state.centroid_pin is not None
+            or wrapper.params.cluster_gradient_aggregation is not GradientAggregation.SUM):
+        return None
+    if (getattr(layer, "lora_enabled", False) or layer.quantization_mode is not None
+            or layer.kernel_regularizer is not None or layer.kernel_constraint is not None
+            or state.weight.variable is not getattr(layer, "_kernel", None)):
+        return None
+    kernel = state.weight.variable
+    if (not serves_entries(int(state.centroids.shape[-1])) or kernel.dtype != "float32"
+            or state.centroids.dtype != "float32" or len(kernel.shape) != 2
+            or kernel.shape[0] * kernel.shape[1] < MIN_WEIGHTS):
+        return None
+    return state
