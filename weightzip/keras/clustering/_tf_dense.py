@@ -46,7 +46,9 @@ def _serves_call(state, inputs) -> bool:
     """Whether this call (its input, the step being traced) takes the look-up product."""
     kernel, workspace = state.weight.variable, state.workspace
     searched = state.pulling_indices is None
-    if workspace is None or (state.pulling_indices if not searched else workspace.index).dtype != "uint8":
+    if workspace is None or (searched and workspace.index_dtype != np.uint8):
+        return False
+    if not searched and state.pulling_indices.dtype != "uint8":
         return False
     if searched and not _tf_lookup.numba_searches(workspace):
         return False

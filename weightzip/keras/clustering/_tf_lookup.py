@@ -29,9 +29,10 @@ page faults cost as much as the pass). Here:
   gradient itself, released to the optimizer only once the sum has read it (so that the optimizer's
   update can reuse its buffer instead of allocating another).
 
-The gradients are those of :func:`.ops.shared_weight_lookup`. Only a step being differentiated by a
-``tf.GradientTape`` uses this path (a training step); inference graphs (predict, SavedModel and TFLite
-export) keep the portable ops, which write no variable.
+A large Dense layer with at most 16 centroids multiplies by a look-up table instead, from the indices these
+passes write (:mod:`._tf_dense`). The gradients are those of :func:`.ops.shared_weight_lookup`. Only a step
+being differentiated by a ``tf.GradientTape`` uses this path (a training step); inference graphs (predict,
+SavedModel and TFLite export) keep the portable ops, which write no variable.
 """
 
 from __future__ import annotations
