@@ -12,12 +12,12 @@ nothing on JAX.
 ``layer.call`` itself; it declines (returns :data:`DECLINED`, and the caller takes ``Layer.__call__``) whenever the
 second pass could do more:
 
-- a symbolic input or one not of the backend's tensor type, further positional arguments, keyword arguments other than the layer's
-  call-context arguments (``training``) given as None or a bool, an input whose dtype the layer would convert,
-  an input with a Keras mask;
+- a symbolic input or one not of the backend's tensor type, further positional arguments, keyword arguments
+  other than the layer's call-context arguments (``training``) given as None or a bool, an input whose dtype the
+  layer would convert, an input with a Keras mask;
 - no enclosing ``Layer.__call__`` (no call context), an unbuilt layer, a layer class that overrides ``__call__``
-  or (torch) ``forward``, a quantized or rematerialised layer, an activity regulariser, an active distribution, torch
-  module hooks (the layer's or global ones) or a torch.jit trace;
+  or (torch) ``forward``, a quantized or rematerialised layer, an activity regulariser, an active distribution,
+  torch module hooks (the layer's or global ones) or a torch.jit trace;
 - a dtype policy under which the layer would enter its own autocast scope.
 
 What it does do, as ``Layer.__call__`` would: it checks the input against the layer's input spec, resolves each

@@ -1,12 +1,15 @@
-"""Which clustered Dense layers take a fused product with fixed assignment (:mod:`._torch_dense` on PyTorch,
-:mod:`._tf_dense` on TensorFlow): the conditions on the layer and its clustered kernel; each backend adds its own
+"""Which clustered Dense layers compute ``inputs @ table[index]`` as one custom-gradient function of their own:
+the conditions on the layer and its clustered kernel, shared by both backends that have one; each adds its own
 per-call checks.
 
-Both compute ``inputs @ table[index]`` as one custom-gradient function whose backward pass never forms the weight
-gradient ``x^T g`` as a tensor of its own (PyTorch: tile by tile, :func:`._numba_dense.outer_product_segment_sums`;
-TensorFlow: its product summed by index). They serve the exact class ``keras.layers.Dense`` (no LoRA,
-quantization, kernel regulariser or constraint) with one clustered kernel, per tensor, of at least
-:data:`MIN_WEIGHTS` weights and at most 16 centroids, summed gradients, no preserved sparsity, float32.
+- PyTorch, fixed assignment (:mod:`._torch_dense`): the backward pass sums the weight gradient by index tile by
+  tile (:func:`._numba_dense.outer_product_segment_sums`) and never forms it as a tensor.
+- TensorFlow, fixed and every-step reassignment (:mod:`._tf_dense`): the forward pass multiplies by a look-up
+  table (:func:`._numba_lut.lut_product`) and never packs the kernel for a matmul.
+
+They serve the exact class ``keras.layers.Dense`` (no LoRA, quantization, kernel regulariser or constraint) with one
+clustered kernel, per tensor, of at least :data:`MIN_WEIGHTS` weights and at most 16 centroids, summed gradients,
+no preserved sparsity, float32.
 """
 
 from __future__ import annotations

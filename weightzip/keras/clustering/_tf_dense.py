@@ -1,23 +1,26 @@
-"""A clustered Dense layer with fixed assignment in a TensorFlow training step: its product by a look-up table,
-the kernel never written in the forward pass.
+"""A large clustered Dense layer in a TensorFlow training step: its product by a look-up table, the kernel never
+packed for a matmul.
 
-Through the general path (:mod:`._tf_lookup`) a step gathers the whole kernel from the stored indices into the
-workspace (XLA, 8.9 ms for 4096 x 4096) and TensorFlow's MatMul then multiplies by it (20 ms at batch 32: the
-weight matrix is packed again at every call), more than the rest of the step together. Here the forward pass is
+Through the general path (:mod:`._tf_lookup`) the forward pass first writes the whole kernel into the workspace
+(with fixed assignment XLA's gather, 8.9 ms for 4096 x 4096; every step numba's search) and TensorFlow's MatMul
+then multiplies by it: 19-21 ms at batch 32, since oneDNN packs the 67 MB weight matrix again at every call,
+more than the weight gradient's product of the same size (8-9 ms). Here the forward pass is
 :func:`._numba_lut.lut_product` (``inputs @ table[index]`` from the one-byte indices, 9-10 ms), called through
-``tf.numpy_function``. The backward pass is the general path's: the centroid gradient is TensorFlow's
-``inputs^T upstream`` summed by index (:func:`._tf_lookup.table_gradient`), and the input gradient, where a
-layer before needs it, ``upstream @ kernel^T`` with the kernel looked up into the workspace's buffer
-(:func:`._numba_fast.look_up_checked`; a stateless call, so TensorFlow prunes it when no one uses the input
-gradient, as for a first layer). Bias and activation as ``keras.layers.Dense.call``. The results are the
+``tf.numpy_function``: with fixed assignment on the stored indices (the kernel is not written at all), every step
+on the indices of numba's search (:func:`._tf_lookup.numba_search`, which writes the kernel too). The backward
+pass is the general path's: the centroid gradient is TensorFlow's ``inputs^T upstream`` summed by index
+(:func:`._tf_lookup.table_gradient`), which every step also passes straight through to the original weights, and
+the input gradient is ``upstream @ kernel^T``; with fixed assignment that kernel is looked up into the
+workspace's buffer only when a layer before needs the input gradient (a stateless call that TensorFlow prunes
+otherwise, as for a first layer). Bias and activation as ``keras.layers.Dense.call``. The results are the
 general path's up to float32 rounding (sums in another order).
 
-:func:`fused_call` serves the layers of :func:`._fused_dense.served_state` with one-byte stored indices where numba
-compiles for AVX-512 (:func:`._numba_lut.serves`), in a step where the general path would use the workspace
-(:func:`._tf_lookup.applies`: a recorded, uncompiled TensorFlow step), on a float32 input of at most
-:data:`._fused_dense.MAX_ROWS` rows (or rows the traced shape leaves open). It runs the layer through
-:func:`weightzip.keras._direct_call.direct_call` (declining where that would); any other call takes the general
-path.
+:func:`fused_call` serves the layers of :func:`._fused_dense.served_state` with one-byte indices (stored, or the
+workspace's for numba's search) where numba compiles for AVX-512 (:func:`._numba_lut.serves`), in a step where
+the general path would use the workspace (:func:`._tf_lookup.applies`: a recorded, uncompiled TensorFlow step), on
+a float32 input of at most :data:`._fused_dense.MAX_ROWS` rows (or rows the traced shape leaves open). It runs the
+layer through :func:`weightzip.keras._direct_call.direct_call` (declining where that would); any other call takes
+the general path.
 """
 
 from __future__ import annotations

@@ -211,7 +211,7 @@ class ClusterWeights(SubstitutingWrapper):
 
     def call(self, inputs, *args, **kwargs):
         backend = keras.backend.backend()
-        if backend in ("torch", "tensorflow"):  # a Dense layer with fixed assignment: see _fused_dense
+        if backend in ("torch", "tensorflow"):  # a large Dense layer's fused product: see _fused_dense
             if backend == "torch":
                 from weightzip.keras.clustering._torch_dense import fused_call
             else:
