@@ -371,6 +371,12 @@ def test_tensorflow_large_kernel_step_with_a_large_codebook_is_a_fresh_search(k)
     np.testing.assert_allclose(gradient, sums, rtol=1e-5, atol=1e-4)
 
 
+def _large_dense_model():
+    """Dense(1024) then a Dense whose 1024 x 1030 kernel (>= 2^20 weights) the fused products serve."""
+    keras.utils.set_random_seed(3)
+    return keras.Sequential([keras.Input((40,)), keras.layers.Dense(1024), keras.layers.Dense(1030, activation="relu")])
+
+
 def _torch_dense_gradients(model, x, upstream):
     """(the model's output, the gradient of sum(output * upstream) by trainable variable path), on torch."""
     import torch
@@ -393,9 +399,7 @@ def test_torch_fixed_dense_fused_step_equals_the_general_path(monkeypatch, pinne
 
     if not _numba_dense.serves(16):
         pytest.skip("numba does not compile for an AVX-512 CPU here")
-    keras.utils.set_random_seed(3)
-    model = keras.Sequential([keras.Input((40,)), keras.layers.Dense(1024),
-                              keras.layers.Dense(1030, activation="relu")])  # 1024 x 1030: >= 2^20 weights
+    model = _large_dense_model()
     if pinned:
         kernel = model.layers[1].kernel
         kernel.assign(np.where(np.abs(to_numpy(kernel)) < 0.01, 0.0, to_numpy(kernel)))
@@ -433,9 +437,7 @@ def test_tensorflow_dense_look_up_product_equals_the_general_path(monkeypatch, b
 
     if not _numba_lut.serves(16):
         pytest.skip("numba does not compile for an AVX-512 CPU here")
-    keras.utils.set_random_seed(3)
-    model = keras.Sequential([keras.Input((40,)), keras.layers.Dense(1024),
-                              keras.layers.Dense(1030, activation="relu")])  # 1024 x 1030: >= 2^20 weights
+    model = _large_dense_model()
     clustered = wk.cluster_weights(model, 16, reassignment=reassignment)
     rng = np.random.default_rng(4)
     x = rng.normal(size=(37, 40)).astype("float32")

@@ -50,22 +50,22 @@ def vector_pointer(context, builder, signature, args, position, offset, vector):
 
 
 F32X16 = ir.VectorType(ir.FloatType(), 16)
-_I32X16 = ir.VectorType(ir.IntType(32), 16)
+I32X16 = ir.VectorType(ir.IntType(32), 16)
 
 
-def _permute(builder):
+def vpermps(builder):
     """``vpermps`` on 16 floats: result lane i = table[index lane i, low 4 bits]."""
     return builder.module.declare_intrinsic("llvm.x86.avx512.permvar.sf.512",
-                                            fnty=ir.FunctionType(F32X16, [F32X16, _I32X16]))
+                                            fnty=ir.FunctionType(F32X16, [F32X16, I32X16]))
 
 
 def _load_indices16(builder, pointer, position, offset, index_type):
     """The 16 indices of any integer type at element `offset` of array argument `position`, as 16 int32."""
     code = builder.load(pointer(position, offset, ir.VectorType(ir.IntType(index_type.bitwidth), 16)), align=1)
     if index_type.bitwidth < 32:
-        return builder.sext(code, _I32X16) if index_type.signed else builder.zext(code, _I32X16)
+        return builder.sext(code, I32X16) if index_type.signed else builder.zext(code, I32X16)
     if index_type.bitwidth > 32:
-        return builder.trunc(code, _I32X16)
+        return builder.trunc(code, I32X16)
     return code
 
 
@@ -84,17 +84,17 @@ def _search16(typingctx, weights, midpoints, table, out, index, start):
         def pointer(position, offset, vector):
             return vector_pointer(context, builder, signature, args, position, offset, vector)
 
-        permute = _permute(builder)
+        permute = vpermps(builder)
         start_at, zero = args[5], ir.Constant(ir.IntType(64), 0)
         value = builder.load(pointer(0, start_at, F32X16), align=4)
         midpoints16 = builder.load(pointer(1, zero, F32X16), align=4)
         table16 = builder.load(pointer(2, zero, F32X16), align=4)
-        position = ir.Constant(_I32X16, [0] * 16)
+        position = ir.Constant(I32X16, [0] * 16)
         for step in (8, 4, 2, 1):
-            probe = builder.call(permute, [midpoints16, builder.add(position, ir.Constant(_I32X16, [step - 1] * 16))])
+            probe = builder.call(permute, [midpoints16, builder.add(position, ir.Constant(I32X16, [step - 1] * 16))])
             above = builder.fcmp_ordered(">", value, probe)
-            position = builder.add(position, builder.select(above, ir.Constant(_I32X16, [step] * 16),
-                                                            ir.Constant(_I32X16, [0] * 16)))
+            position = builder.add(position, builder.select(above, ir.Constant(I32X16, [step] * 16),
+                                                            ir.Constant(I32X16, [0] * 16)))
         builder.store(builder.call(permute, [table16, position]), pointer(3, start_at, F32X16), align=4)
         bits = signature.args[4].dtype.bitwidth
         index_vector = ir.VectorType(ir.IntType(bits), 16)
@@ -131,7 +131,7 @@ def _emit_look_up16(builder, pointer, table16, offset, index_type):
     """out[offset:offset + 16] = table16[index[offset:offset + 16]] (index and out: array arguments 1 and 2) by one
     ``vpermps``; returns the 16 indices as int32."""
     code = _load_indices16(builder, pointer, 1, offset, index_type)
-    builder.store(builder.call(_permute(builder), [table16, code]), pointer(2, offset, F32X16), align=4)
+    builder.store(builder.call(vpermps(builder), [table16, code]), pointer(2, offset, F32X16), align=4)
     return code
 
 
@@ -155,13 +155,13 @@ def _look_up256(typingctx, table, index, out, start):
 
         start_at, i64 = args[3], ir.IntType(64)
         table16 = builder.load(pointer(0, ir.Constant(i64, 0), F32X16), align=4)
-        highest = ir.Constant(_I32X16, [0] * 16)
+        highest = ir.Constant(I32X16, [0] * 16)
         for v in range(LOOK_UP_VECTORS):
             code = _emit_look_up16(builder, pointer, table16, builder.add(start_at, ir.Constant(i64, 16 * v)),
                                    signature.args[1].dtype)
             highest = builder.select(builder.icmp_unsigned(">", code, highest), code, highest)
         reduce_max = builder.module.declare_intrinsic("llvm.vector.reduce.umax.v16i32",
-                                                      fnty=ir.FunctionType(ir.IntType(32), [_I32X16]))
+                                                      fnty=ir.FunctionType(ir.IntType(32), [I32X16]))
         return builder.zext(builder.call(reduce_max, [highest]), i64)
 
     return types.int64(table, index, out, start), codegen
@@ -218,7 +218,7 @@ def _segment_sums16(typingctx, values, index, partial, start):
             value = builder.load(pointer(0, at, F32X16), align=4)
             code = _load_indices16(builder, pointer, 1, at, signature.args[1].dtype)
             for c in range(16):
-                member = builder.icmp_unsigned("==", code, ir.Constant(_I32X16, [c] * 16))
+                member = builder.icmp_unsigned("==", code, ir.Constant(I32X16, [c] * 16))
                 sums[c] = builder.select(member, builder.fadd(sums[c], value), sums[c])
         for c in range(16):
             builder.store(sums[c], pointer(2, ir.Constant(i64, 16 * c), F32X16), align=4)

@@ -32,6 +32,14 @@ OUTER_COLUMNS = 64
 """The block of a rank-`batch` product that :func:`outer_block` holds in registers: 4 rows x 64 columns, 16 zmm."""
 
 
+def broadcast_element(builder, data, offset):
+    """The float32 at element `offset` of `data` (an array's data pointer) in all 16 lanes of a vector."""
+    value = builder.load(builder.gep(data, [offset]))
+    lane = builder.insert_element(ir.Constant(F32X16, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(lane, ir.Constant(F32X16, ir.Undefined),
+                                  ir.Constant(ir.VectorType(ir.IntType(32), 16), [0] * 16))
+
+
 @intrinsic
 def outer_block(typingctx, xt, g, tile, row, column, batch, g_stride, tile_stride, tile_column):
     """``tile[r * tile_stride + tile_column + c] = sum over b < batch of xt[(row + r) * batch + b] *
@@ -52,7 +60,6 @@ def outer_block(typingctx, xt, g, tile, row, column, batch, g_stride, tile_strid
         sums = [cgutils.alloca_once_value(builder, ir.Constant(F32X16, [0.0] * 16))
                 for _ in range(OUTER_ROWS * OUTER_COLUMNS // 16)]
         xt_data = context.make_array(signature.args[0])(context, builder, args[0]).data
-        splat = ir.Constant(ir.VectorType(ir.IntType(32), 16), [0] * 16)
         with cgutils.for_range(builder, batch_size) as loop:
             b = loop.index
             g_row = builder.add(builder.mul(b, g_stride_at), column_at)
@@ -60,10 +67,7 @@ def outer_block(typingctx, xt, g, tile, row, column, batch, g_stride, tile_strid
                          for v in range(OUTER_COLUMNS // 16)]
             for r in range(OUTER_ROWS):
                 x_at = builder.add(builder.mul(builder.add(row_at, ir.Constant(i64, r)), batch_size), b)
-                x_value = builder.load(builder.gep(xt_data, [x_at]))
-                x_vector = builder.shuffle_vector(
-                    builder.insert_element(ir.Constant(F32X16, ir.Undefined), x_value, ir.Constant(ir.IntType(32), 0)),
-                    ir.Constant(F32X16, ir.Undefined), splat)
+                x_vector = broadcast_element(builder, xt_data, x_at)
                 for v, g_vector in enumerate(g_vectors):
                     total = sums[r * len(g_vectors) + v]
                     builder.store(builder.call(fma, [x_vector, g_vector, builder.load(total)]), total)

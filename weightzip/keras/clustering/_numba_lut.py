@@ -25,7 +25,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from weightzip.keras.clustering._numba_avx512 import _I32X16, AVX512, F32X16, _permute, c_vectors, vector_pointer
+from weightzip.keras.clustering._numba_avx512 import AVX512, F32X16, I32X16, c_vectors, vector_pointer, vpermps
+from weightzip.keras.clustering._numba_dense import broadcast_element
 
 COLUMNS = 64  # output columns of one block: one 64-byte row of indices, four vectors
 MAX_ROWS = 6  # rows of x per block: 4 x 6 accumulators + 4 weight vectors + 1 broadcast of 32 zmm registers
@@ -56,7 +57,7 @@ def _block_intrinsic(rows: int):
 
             i64 = ir.IntType(64)
             row_at, column_at, inner_size, column_count, first_at, last_at, sums_at = args[4:]
-            permute = _permute(builder)
+            permute = vpermps(builder)
             fma = builder.module.declare_intrinsic("llvm.fma.v16f32", fnty=ir.FunctionType(F32X16, [F32X16] * 3))
             umax = builder.module.declare_intrinsic("llvm.umax.v64i8", fnty=ir.FunctionType(_BYTES, [_BYTES] * 2))
             table16 = builder.load(pointer(1, ir.Constant(i64, 0), F32X16), align=4)
@@ -65,20 +66,16 @@ def _block_intrinsic(rows: int):
                 for q in range(4 * rows)]
             largest = cgutils.alloca_once_value(builder, ir.Constant(_BYTES, [0] * 64))
             x_data = context.make_array(signature.args[0])(context, builder, args[0]).data
-            splat = ir.Constant(_I32X16, [0] * 16)
             with cgutils.for_range_slice(builder, first_at, last_at, ir.Constant(i64, 1)) as (i, _):
-                packed = builder.load(pointer(2, builder.add(builder.mul(i, column_count), column_at), _I32X16),
+                packed = builder.load(pointer(2, builder.add(builder.mul(i, column_count), column_at), I32X16),
                                       align=1)
                 builder.store(builder.call(umax, [builder.load(largest), builder.bitcast(packed, _BYTES)]), largest)
                 weights = [builder.call(permute, [table16, packed if j == 0 else
-                                                  builder.lshr(packed, ir.Constant(_I32X16, [8 * j] * 16))])
+                                                  builder.lshr(packed, ir.Constant(I32X16, [8 * j] * 16))])
                            for j in range(4)]
                 for r in range(rows):
                     position = builder.add(builder.mul(builder.add(row_at, ir.Constant(i64, r)), inner_size), i)
-                    value = builder.load(builder.gep(x_data, [position]))
-                    broadcast = builder.shuffle_vector(
-                        builder.insert_element(ir.Constant(F32X16, ir.Undefined), value, ir.Constant(ir.IntType(32), 0)),
-                        ir.Constant(F32X16, ir.Undefined), splat)
+                    broadcast = broadcast_element(builder, x_data, position)
                     for j in range(4):
                         slot = accumulators[4 * r + j]
                         builder.store(builder.call(fma, [broadcast, weights[j], builder.load(slot)]), slot)
