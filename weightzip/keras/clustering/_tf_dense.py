@@ -38,7 +38,7 @@ from weightzip.keras.clustering.ops import sorted_rows
 
 
 def fused_call(wrapper, inputs, args: tuple, kwargs: dict):
-    """The output of `wrapper`'s Dense layer on `inputs` by :func:`_product`, or :data:`DECLINED`."""
+    """The output of `wrapper`'s Dense layer on `inputs` by the look-up product, or :data:`DECLINED`."""
     state = _fused_dense.served_state(wrapper, _numba_lut.serves, every_step=True)
     if state is None or not _serves_call(state, inputs):
         return DECLINED
@@ -68,7 +68,8 @@ def _serves_call(state, inputs) -> bool:
 
 
 def _dense_output(layer, state, inputs):
-    """``keras.layers.Dense.call`` with the kernel product by :func:`_product`."""
+    """``keras.layers.Dense.call`` with the kernel product by :func:`_indexed_product` (fixed assignment) or
+    :func:`_searched_product` (every step)."""
     inner, units = (int(size) for size in state.weight.variable.shape)
     flat = tf.reshape(inputs, (-1, inner))
     if state.pulling_indices is None:
@@ -112,8 +113,8 @@ def _searched_product(state, flat_inputs):
     """``flat_inputs @ table[nearest centroid of each weight]``, differentiated in the inputs, the table and
     (straight through) the weights: every-step reassignment, the search by :func:`._tf_lookup.numba_search`."""
     workspace = state.workspace
-    rows = tf.stop_gradient(tf.reshape(state.centroids, (1, -1)))
-    flat_table, sorted_keys = sorted_rows(tf.reshape(state.centroids, (-1,)), rows)
+    codebook = tf.stop_gradient(tf.reshape(state.centroids, (1, -1)))
+    flat_table, sorted_keys = sorted_rows(tf.reshape(state.centroids, (-1,)), codebook)
     keys = tf.stop_gradient(sorted_keys)
     size = int(flat_table.shape[0])
 
