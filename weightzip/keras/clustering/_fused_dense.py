@@ -33,8 +33,9 @@ def served_state(wrapper, serves_entries, *, every_step: bool = False):
     if type(layer) is not keras.layers.Dense or len(states) != 1:
         return None
     state = states[0]
-    if ((state.pulling_indices is None and not every_step) or state.channel_axis is not None or state.sparsity_mask is not None
-            or state.centroid_pin is not None
+    if state.pulling_indices is None and not every_step:
+        return None
+    if (state.channel_axis is not None or state.sparsity_mask is not None or state.centroid_pin is not None
             or wrapper.params.cluster_gradient_aggregation is not GradientAggregation.SUM):
         return None
     if (getattr(layer, "lora_enabled", False) or layer.quantization_mode is not None

@@ -1,5 +1,5 @@
 """AVX-512 forms of the register search, the look-up and the segment sums of :mod:`._numba_fast` as LLVM
-intrinsics for numba (and the helpers :mod:`._numba_dense`'s product block is built with).
+intrinsics for numba (and the helpers the product blocks of :mod:`._numba_dense` and :mod:`._numba_lut` use).
 
 A codebook row of at most 16 float32 entries fits one zmm register, and ``vpermps`` looks 16 lanes up in it by the
 low 4 bits of each lane's index. numba cannot emit that instruction from Python code (LLVM does not turn table
