@@ -29,7 +29,7 @@ from weightzip.keras.clustering._numba_avx512 import AVX512, F32X16, I32X16, c_v
 from weightzip.keras.clustering._numba_dense import broadcast_element
 
 COLUMNS = 64  # output columns of one block: one 64-byte row of indices, four vectors
-MAX_ROWS = 6  # rows of x per block: 4 x 6 accumulators + 4 weight vectors + 1 broadcast of 32 zmm registers
+BLOCK_ROWS = 6  # rows of x per block: 4 x 6 accumulators + 4 weight vectors + 1 broadcast of 32 zmm registers
 CHUNK = 128  # index rows walked by every column block before the next chunk (128 x 4096 bytes: in L2)
 MAX_ENTRIES = 16
 _BYTES = ir.VectorType(ir.IntType(8), 64)
@@ -103,10 +103,10 @@ def _blocks(x, table, index, sums, batch, inner, columns, first_block, last_bloc
         for block in range(first_block, last_block):
             column, base = block * COLUMNS, block * batch * COLUMNS
             row = 0
-            while row + MAX_ROWS <= batch:
+            while row + BLOCK_ROWS <= batch:
                 at = base + row * COLUMNS
                 largest = max(largest, _block6(x, table, index, sums, row, column, inner, columns, first, last, at))
-                row += MAX_ROWS
+                row += BLOCK_ROWS
             left, at = batch - row, base + row * COLUMNS
             if left == 5:
                 largest = max(largest, _block5(x, table, index, sums, row, column, inner, columns, first, last, at))
@@ -139,7 +139,7 @@ def _product(x, table, index, out, parts):
             for j in range(4):
                 for m in range(16):
                     out[b, block * COLUMNS + 4 * m + j] = sums[at + 16 * j + m]
-    high = largest.max() if parts else 0
+    high = largest.max()
     for o in range(blocks * COLUMNS, columns):  # columns that fill no block
         for i in range(inner):
             high = max(high, np.int64(index[i, o]))

@@ -152,7 +152,7 @@ def _outputs(inputs, table, index, kernel):
 def _product_array(inputs, table, index):
     outputs = np.empty((inputs.shape[0], index.shape[1]), np.float32)
     if _numba_lut.lut_product(np.ascontiguousarray(inputs), table, index, outputs) >= table.shape[0]:
-        raise InvalidWeightsError(f"pulling indices out of range for a codebook of {table.shape[0]} entries")
+        _refuse_indices(table)
     return outputs
 
 
@@ -160,5 +160,9 @@ def _kernel(workspace, table, index):
     """table[index], written into the workspace's kernel buffer (:func:`._tf_lookup.output_buffer`)."""
     kernel = _tf_lookup.output_buffer(workspace, "kernel", np.float32)
     if _numba_fast.look_up_checked(table, index.reshape(-1), kernel.reshape(-1)):
-        raise InvalidWeightsError(f"pulling indices out of range for a codebook of {table.shape[0]} entries")
+        _refuse_indices(table)
     return kernel
+
+
+def _refuse_indices(table):
+    raise InvalidWeightsError(f"pulling indices out of range for a codebook of {table.shape[0]} entries")
