@@ -4,9 +4,9 @@ A wrapper (:class:`._substitution.SubstitutingWrapper`) runs inside its own ``La
 wrapped layer, which by default goes through ``Layer.__call__`` again: input conversion, call-signature binding,
 the training flag, masks, autocasting, name scopes, torch's module dispatch. PyTorch runs every training step
 eagerly, so that second pass is paid at every step; on LeNet-300-100 it cost about as much as the layers' own
-matmuls. TensorFlow and JAX trace the step once, so there the second pass costs nothing: on TensorFlow this module
-serves only a caller that computes the layer's output its own way (`call`, :mod:`.clustering._tf_dense`), and
-nothing on JAX.
+matmuls. TensorFlow and JAX trace the step once, so there the second pass costs nothing: on them this module serves
+only a caller that computes the layer's output its own way (`call`, :mod:`.clustering._tf_dense`,
+:mod:`.clustering._jax_dense`).
 
 :func:`direct_call` does the part of ``Layer.__call__`` that has an effect in the common case and runs
 ``layer.call`` itself; it declines (returns :data:`DECLINED`, and the caller takes ``Layer.__call__``) whenever the
@@ -46,7 +46,7 @@ def direct_call(layer, inputs, args: tuple, kwargs: dict, call=None):
     call: runs in place of ``layer.call`` (same arguments), for a caller that computes the layer's output its
     own way."""
     backend = keras.backend.backend()
-    served = backend == "torch" or (backend == "tensorflow" and call is not None)  # (see the module's docstring)
+    served = backend == "torch" or (backend in ("tensorflow", "jax") and call is not None)  # (see the module's docstring)
     if args or not served or not _eligible_class(type(layer), backend):
         return DECLINED
     if not _is_backend_tensor(inputs, backend) or getattr(inputs, "_keras_mask", None) is not None:
@@ -72,6 +72,10 @@ def _is_backend_tensor(inputs, backend: str) -> bool:
         import torch
 
         return isinstance(inputs, torch.Tensor)
+    if backend == "jax":
+        import jax
+
+        return isinstance(inputs, jax.Array)
     import tensorflow as tf
 
     return tf.is_tensor(inputs) and not isinstance(inputs, keras.KerasTensor)

@@ -398,7 +398,7 @@ def test_torch_fixed_dense_fused_step_equals_the_general_path(monkeypatch, pinne
     from weightzip.keras.clustering import _fused_dense, _numba_dense
 
     if not _numba_dense.serves(16):
-        pytest.skip("numba does not compile for an AVX-512 CPU here")
+        pytest.skip("numba compiles for neither AVX-512 nor AVX2 with FMA here")
     model = _large_dense_model()
     if pinned:
         kernel = model.layers[1].kernel
@@ -422,6 +422,72 @@ def test_torch_fixed_dense_fused_step_equals_the_general_path(monkeypatch, pinne
         np.testing.assert_allclose(fused[path], gradient, rtol=1e-4, atol=1e-5 * scale, err_msg=path)
 
 
+def _jax_dense_gradients(model, x, upstream):
+    """(the model's output, the gradients of sum(output * upstream) by trainable variable and to the input) from a
+    jitted JAX step (traced afresh at each call)."""
+    import jax
+    import jax.numpy as jnp
+
+    trainable = [v.value for v in model.trainable_variables]
+    non_trainable = [v.value for v in model.non_trainable_variables]
+
+    def loss(trainable, x):
+        output, _ = model.stateless_call(trainable, non_trainable, x, training=True)
+        return jnp.sum(output * upstream), output
+
+    (_, output), (variables, inputs) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(trainable, x)
+    return np.asarray(output), [np.asarray(g) for g in variables] + [np.asarray(inputs)]
+
+
+def test_jax_fixed_dense_fused_step_equals_the_general_path(monkeypatch):
+    """A large clustered Dense with fixed assignment in a JAX step: its product by the look-up table and its
+    centroid gradient from the tiles of the weight gradient (XLA FFI targets; no kernel-sized buffer) give the
+    general path's output, centroid gradients and input gradients (to the layer before it and to the input)."""
+    if keras.backend.backend() != "jax":
+        pytest.skip("the fused Dense step here is JAX's")
+    from weightzip.keras.clustering import _fused_dense, _jax_dense, _jax_lookup, _numba_dense
+
+    if not (_numba_dense.serves(16) and _jax_lookup.runs_here()):
+        pytest.skip("numba compiles for neither AVX-512 nor AVX2 with FMA here, or the FFI targets do not run")
+    clustered = wk.cluster_weights(_large_dense_model(), 16, reassignment="fixed")
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(37, 40)).astype("float32")
+    upstream = rng.normal(size=(37, 1030)).astype("float32")
+    calls = []
+    fused_output = _jax_dense._dense_output
+    monkeypatch.setattr(_jax_dense, "_dense_output", lambda *a: calls.append(1) or fused_output(*a))
+    output, fused = _jax_dense_gradients(clustered, x, upstream)
+    assert calls == [1]
+    monkeypatch.setattr(_fused_dense, "MAX_ROWS", 36)  # every call declined: the general path
+    expected_output, general = _jax_dense_gradients(clustered, x, upstream)
+    assert calls == [1]
+    np.testing.assert_allclose(output, expected_output, rtol=1e-5, atol=1e-5)
+    assert len(fused) == len(general) == 5  # two codebooks, two biases, the input
+    names = [v.path for v in clustered.trainable_variables] + ["x"]
+    for name, gradient, expected in zip(names, fused, general):
+        np.testing.assert_allclose(gradient, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max(), err_msg=name)
+
+
+def test_jax_fixed_dense_fused_step_marks_indices_outside_the_codebook(monkeypatch):
+    """XLA cannot raise: an index outside the codebook makes the layer's output NaN, as the general path's."""
+    if keras.backend.backend() != "jax":
+        pytest.skip("the fused Dense step here is JAX's")
+    from weightzip.keras.clustering import _jax_dense, _jax_lookup, _numba_dense
+
+    if not (_numba_dense.serves(16) and _jax_lookup.runs_here()):
+        pytest.skip("numba compiles for neither AVX-512 nor AVX2 with FMA here, or the FFI targets do not run")
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(1024), keras.layers.Dense(1030)])
+    clustered = wk.cluster_weights(model, 8, reassignment="fixed")
+    indices = clustered.layers[1].pulling_indices["kernel"]
+    indices.assign(np.full(indices.shape, 9, np.uint8))  # k = 8
+    calls = []
+    fused_output = _jax_dense._dense_output
+    monkeypatch.setattr(_jax_dense, "_dense_output", lambda *a: calls.append(1) or fused_output(*a))
+    output, _ = _jax_dense_gradients(clustered, np.ones((4, 8), np.float32), np.ones((4, 1030), np.float32))
+    assert calls == [1]
+    assert np.isnan(output).all()
+
+
 @pytest.mark.parametrize("reassignment", ["fixed", "every_step"])
 @pytest.mark.parametrize("batch_shape", [37, None], ids=["static_batch", "open_batch"])
 def test_tensorflow_dense_look_up_product_equals_the_general_path(monkeypatch, batch_shape, reassignment):
@@ -436,7 +502,7 @@ def test_tensorflow_dense_look_up_product_equals_the_general_path(monkeypatch, b
     from weightzip.keras.clustering import _fused_dense, _numba_lut
 
     if not _numba_lut.serves(16):
-        pytest.skip("numba does not compile for an AVX-512 CPU here")
+        pytest.skip("numba compiles for neither AVX-512 nor AVX2 with FMA here")
     model = _large_dense_model()
     clustered = wk.cluster_weights(model, 16, reassignment=reassignment)
     rng = np.random.default_rng(4)
@@ -486,7 +552,7 @@ def test_tensorflow_fixed_dense_look_up_product_refuses_indices_outside_the_code
     from weightzip.keras.clustering import _numba_lut
 
     if not _numba_lut.serves(16):
-        pytest.skip("numba does not compile for an AVX-512 CPU here")
+        pytest.skip("numba compiles for neither AVX-512 nor AVX2 with FMA here")
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(1024), keras.layers.Dense(1030)])
     clustered = wk.cluster_weights(model, 8, reassignment="fixed")
     indices = clustered.layers[1].pulling_indices["kernel"]

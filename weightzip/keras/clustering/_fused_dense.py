@@ -1,9 +1,9 @@
 """Which clustered Dense layers compute ``inputs @ table[index]`` as one custom-gradient function of their own:
-the conditions on the layer and its clustered kernel, shared by both backends that have one; each adds its own
+the conditions on the layer and its clustered kernel, shared by the backends that have one; each adds its own
 per-call checks.
 
-- PyTorch, fixed assignment (:mod:`._torch_dense`): the backward pass sums the weight gradient by index tile by
-  tile (:func:`._numba_dense.outer_product_segment_sums`) and never forms it as a tensor.
+- PyTorch and JAX, fixed assignment (:mod:`._torch_dense`, :mod:`._jax_dense`): the backward pass sums the weight
+  gradient by index tile by tile (:func:`._numba_dense.outer_product_segment_sums`) and never forms it as a tensor.
 - TensorFlow, fixed and every-step reassignment (:mod:`._tf_dense`): the forward pass multiplies by a look-up
   table (:func:`._numba_lut.lut_product`) and never packs the kernel for a matmul.
 

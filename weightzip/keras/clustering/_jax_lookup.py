@@ -31,15 +31,19 @@ _PREFIX = "weightzip_cluster_"
 TESTED_JAXLIB = ("0.10.2",)
 
 
-def applies(original, table) -> bool:
-    """Whether these kernels serve the tensors: JAX backend on CPU with a tested jaxlib, float32 kernel and table."""
+def runs_here() -> bool:
+    """Whether the FFI targets run: the JAX backend on CPU with a tested jaxlib."""
     if keras.backend.backend() != "jax":
         return False
     import jax
     import jaxlib
 
-    return (jaxlib.__version__ in TESTED_JAXLIB and jax.default_backend() == "cpu"
-            and original.dtype == np.float32 and table.dtype == np.float32)
+    return jaxlib.__version__ in TESTED_JAXLIB and jax.default_backend() == "cpu"
+
+
+def applies(original, table) -> bool:
+    """Whether these kernels serve the tensors: where they run (:func:`runs_here`), a float32 kernel and table."""
+    return runs_here() and original.dtype == np.float32 and table.dtype == np.float32
 
 
 def searched_lookup(flat_table, sorted_keys, original, *, channel_axis, average_gradient):
@@ -134,10 +138,11 @@ class _Lookups:
 
 # ----------------------------------------------------------------------------- the FFI targets
 # One handler per index type (uint8 for tables of <= 256 entries, else int32): numba cannot cache a
-# handler specialised by a closure. numba's cache of a handler is keyed on this file only: after an edit
-# of _numba_kernels.py, _numba_fast.py or _xla_ffi.py, delete __pycache__/_jax_lookup.* (installs rewrite
-# every file, so their caches start afresh; a commit that changes those kernels also edits this comment, so
-# that a checkout's cache is rebuilt: last, _numba_fast's serial passes below 2^20 weights). A handler loaded from numba's cache links against the parallel
+# handler specialised by a closure. numba's cache of a handler is keyed on its own file only: after an edit
+# of _numba_kernels.py, _numba_fast.py, _numba_dense.py or _xla_ffi.py, delete __pycache__/_jax_lookup.* and
+# __pycache__/_jax_dense.* (installs rewrite every file, so their caches start afresh; a commit that changes
+# those kernels also edits this comment, so that a checkout's cache is rebuilt: last, _numba_dense's blocks
+# for CPUs without AVX-512). A handler loaded from numba's cache links against the parallel
 # runtime's symbols, which exist once numba's threads are started: one tiny parallel call first.
 _numba_kernels.look_up(np.zeros(1, np.float32), np.zeros(1, np.int32), np.empty(1, np.float32))
 

@@ -23,19 +23,25 @@ from numba import types
 from numba.extending import intrinsic, overload
 
 
-def _compiles_avx512() -> bool:
-    """Whether numba compiles for this CPU (no NUMBA_CPU_NAME / NUMBA_CPU_FEATURES override) and it has AVX-512F."""
+def _compiles_for(feature: str) -> bool:
+    """Whether numba compiles for this CPU (no NUMBA_CPU_NAME / NUMBA_CPU_FEATURES override) and it has `feature`."""
     if numba.config.CPU_NAME or numba.config.CPU_FEATURES:
         return False
     try:
-        return bool(llvm.get_host_cpu_features().get("avx512f", False))
+        return bool(llvm.get_host_cpu_features().get(feature, False))
     except RuntimeError:  # features unknown on this host
         return False
 
 
-AVX512 = _compiles_avx512()
+AVX512 = _compiles_for("avx512f")
 """Whether numba compiles for an AVX-512 CPU here: the register search and the look-up then take their ``vpermps``
 forms (:func:`_search16`, :func:`_look_up16`) on the types those serve."""
+AVX2 = _compiles_for("avx2")
+"""Whether numba compiles for an AVX2 CPU here (:mod:`._numba_lut`'s look-up without AVX-512 takes ``vpermps`` on 8
+lanes)."""
+VECTOR_PRODUCTS = AVX512 or (AVX2 and _compiles_for("fma"))
+"""Whether the register-blocked products of :mod:`._numba_dense` and :mod:`._numba_lut` run here: with AVX-512, or
+AVX2 with FMA (without, their fused multiply-adds would be library calls)."""
 
 
 def c_vectors(*arrays) -> bool:

@@ -24,73 +24,101 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from weightzip.keras.clustering._numba_avx512 import AVX512, F32X16, c_vectors, segment_sums_vector, vector_pointer
-from weightzip.keras.clustering._numba_kernels import add_lane_sums, fold_lanes
+from weightzip.keras.clustering._numba_avx512 import (
+    AVX512,
+    F32X16,
+    VECTOR_PRODUCTS,
+    c_vectors,
+    segment_sums_vector,
+    vector_pointer,
+)
+from weightzip.keras.clustering._numba_kernels import _MAX_CHUNKS, add_lane_sums, fold_lanes
 
 OUTER_ROWS = 4
-OUTER_COLUMNS = 64
-"""The block of a rank-`batch` product that :func:`outer_block` holds in registers: 4 rows x 64 columns, 16 zmm."""
+# The lanes of the vectors :func:`outer_block` accumulates in, and their count per row: 4 rows x 64 columns in 16
+# zmm registers with AVX-512; else 4 rows x 16 columns in 8 ymm registers (AVX2 has 16 of them, not 32).
+LANES = 16 if AVX512 else 8
+ROW_VECTORS = 4 if AVX512 else 2
+OUTER_COLUMNS = LANES * ROW_VECTORS
+"""The columns of the block of a rank-`batch` product that :func:`outer_block` holds in registers."""
+_VECTOR = ir.VectorType(ir.FloatType(), LANES)
 
 
-def broadcast_element(builder, data, offset):
-    """The float32 at element `offset` of `data` (an array's data pointer) in all 16 lanes of a vector."""
+def broadcast_element(builder, data, offset, vector=F32X16):
+    """The float32 at element `offset` of `data` (an array's data pointer) in every lane of a `vector`."""
     value = builder.load(builder.gep(data, [offset]))
-    lane = builder.insert_element(ir.Constant(F32X16, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
-    return builder.shuffle_vector(lane, ir.Constant(F32X16, ir.Undefined),
-                                  ir.Constant(ir.VectorType(ir.IntType(32), 16), [0] * 16))
+    lane = builder.insert_element(ir.Constant(vector, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(lane, ir.Constant(vector, ir.Undefined),
+                                  ir.Constant(ir.VectorType(ir.IntType(32), vector.count), [0] * vector.count))
 
 
 @intrinsic
-def outer_block(typingctx, xt, g, tile, row, column, batch, g_stride, tile_stride, tile_column):
-    """``tile[r * tile_stride + tile_column + c] = sum over b < batch of xt[(row + r) * batch + b] *
-    g[b * g_stride + column + c]`` for r < 4, c < 64: a block of ``xt @ g`` (xt: rows x batch, g: batch x columns,
-    both flat, C order), its 16 vectors accumulated in registers by fused multiply-adds, each batch row one load of
-    4 vectors of g and 4 broadcasts of x. batch >= 1; float32 C-contiguous 1-D arrays. Compiled for any CPU by
-    LLVM, fast only with AVX-512 (callers check :data:`AVX512`)."""
-    if not (c_vectors(xt, g, tile) and xt.dtype == g.dtype == tile.dtype == types.float32):
+def outer_block(typingctx, xt, g, tile, row, column, count, x_stride, x_offset, g_stride, tile_stride, tile_column,
+                accumulate):
+    """``tile[r * tile_stride + tile_column + c] (+)= sum over b < count of xt[(row + r) * x_stride + x_offset + b] *
+    g[b * g_stride + column + c]`` for r < 4, c < OUTER_COLUMNS: a block of ``xt @ g`` (xt: rows x inner, g: inner x
+    columns, both flat, C order), its 4 x ROW_VECTORS vectors accumulated in registers by fused multiply-adds from
+    zero or, with `accumulate`, from the tile's values, each step one load of ROW_VECTORS vectors of g and 4
+    broadcasts of xt. count >= 1; float32 C-contiguous 1-D arrays. Compiled for any CPU by LLVM (its vectors fit
+    AVX-512's registers or AVX2's, as :data:`LANES`). Also :mod:`._numba_lut`'s product by a decoded kernel."""
+    if not (c_vectors(xt, g, tile) and xt.dtype == g.dtype == tile.dtype == types.float32
+            and isinstance(accumulate, types.Boolean)):
         return None
 
     def codegen(context, builder, signature, args):
         def pointer(position, offset):
-            return vector_pointer(context, builder, signature, args, position, offset, F32X16)
+            return vector_pointer(context, builder, signature, args, position, offset, _VECTOR)
 
-        row_at, column_at, batch_size, g_stride_at, tile_stride_at, tile_column_at = args[3:]
+        row_at, column_at, count_at, x_stride_at, x_offset_at, g_stride_at, tile_stride_at, tile_column_at = args[3:11]
         i64 = ir.IntType(64)
-        fma = builder.module.declare_intrinsic("llvm.fma.v16f32", fnty=ir.FunctionType(F32X16, [F32X16] * 3))
-        sums = [cgutils.alloca_once_value(builder, ir.Constant(F32X16, [0.0] * 16))
-                for _ in range(OUTER_ROWS * OUTER_COLUMNS // 16)]
+        fma = builder.module.declare_intrinsic(f"llvm.fma.v{LANES}f32", fnty=ir.FunctionType(_VECTOR, [_VECTOR] * 3))
+
+        def tile_pointer(r, v):
+            row_start = builder.add(builder.mul(ir.Constant(i64, r), tile_stride_at), tile_column_at)
+            return pointer(2, builder.add(row_start, ir.Constant(i64, LANES * v)))
+
+        zero = ir.Constant(_VECTOR, [0.0] * LANES)
+        sums = [cgutils.alloca_once_value(builder, zero) for _ in range(OUTER_ROWS * ROW_VECTORS)]
+        with builder.if_then(args[11]):
+            for r in range(OUTER_ROWS):
+                for v in range(ROW_VECTORS):
+                    builder.store(builder.load(tile_pointer(r, v), align=4), sums[r * ROW_VECTORS + v])
         xt_data = context.make_array(signature.args[0])(context, builder, args[0]).data
-        with cgutils.for_range(builder, batch_size) as loop:
+        with cgutils.for_range(builder, count_at) as loop:
             b = loop.index
             g_row = builder.add(builder.mul(b, g_stride_at), column_at)
-            g_vectors = [builder.load(pointer(1, builder.add(g_row, ir.Constant(i64, 16 * v))), align=4)
-                         for v in range(OUTER_COLUMNS // 16)]
+            g_vectors = [builder.load(pointer(1, builder.add(g_row, ir.Constant(i64, LANES * v))), align=4)
+                         for v in range(ROW_VECTORS)]
             for r in range(OUTER_ROWS):
-                x_at = builder.add(builder.mul(builder.add(row_at, ir.Constant(i64, r)), batch_size), b)
-                x_vector = broadcast_element(builder, xt_data, x_at)
+                x_row = builder.mul(builder.add(row_at, ir.Constant(i64, r)), x_stride_at)
+                x_at = builder.add(builder.add(x_row, x_offset_at), b)
+                x_vector = broadcast_element(builder, xt_data, x_at, _VECTOR)
                 for v, g_vector in enumerate(g_vectors):
                     total = sums[r * len(g_vectors) + v]
                     builder.store(builder.call(fma, [x_vector, g_vector, builder.load(total)]), total)
         for r in range(OUTER_ROWS):
-            row_start = builder.add(builder.mul(ir.Constant(i64, r), tile_stride_at), tile_column_at)
-            for v in range(OUTER_COLUMNS // 16):
-                builder.store(builder.load(sums[r * OUTER_COLUMNS // 16 + v]),
-                              pointer(2, builder.add(row_start, ir.Constant(i64, 16 * v))), align=4)
+            for v in range(ROW_VECTORS):
+                builder.store(builder.load(sums[r * ROW_VECTORS + v]), tile_pointer(r, v), align=4)
         return context.get_dummy_value()
 
-    return types.void(xt, g, tile, row, column, batch, g_stride, tile_stride, tile_column), codegen
+    signature = types.void(xt, g, tile, row, column, count, x_stride, x_offset, g_stride, tile_stride, tile_column,
+                           accumulate)
+    return signature, codegen
 
 
 # Tables of at most this many entries (the vector sums compare each value with 16 indices).
 MAX_ENTRIES = 16
-# Columns of a tile: four outer blocks, one call of the vector sums per tile row.
-_TILE_COLUMNS = 4 * OUTER_COLUMNS
+# Columns of a tile (several outer blocks), one call of the vector sums per tile row.
+_TILE_COLUMNS = 256
 _LANES = 16 * MAX_ENTRIES
+# Without AVX-512, a tile row is summed by index into this many interleaved rows of float64 sums (breaks the
+# add latency chain on a repeated index).
+_SCALAR_ROWS = 4
 
 
 def serves(entries: int) -> bool:
     """Whether :func:`outer_product_segment_sums` runs here for a table of `entries` entries."""
-    return AVX512 and 1 <= entries <= MAX_ENTRIES
+    return VECTOR_PRODUCTS and 1 <= entries <= MAX_ENTRIES
 
 
 @numba.njit(cache=True, nogil=True)
@@ -117,25 +145,45 @@ def _rows(xt, g, panels, index, first, last, sums):
     flat_tile = tile.reshape(-1)
     lanes = np.zeros(_LANES, np.float32)
     wide_lanes = np.zeros(_LANES, np.float64)
+    partial = np.zeros(_SCALAR_ROWS * (size + 1), np.float64)
     whole_columns = columns - columns % OUTER_COLUMNS
     for i0 in range(first, last, OUTER_ROWS):
         for o0 in range(0, whole_columns, _TILE_COLUMNS):
             width = min(_TILE_COLUMNS, whole_columns - o0)
             for c in range(0, width, OUTER_COLUMNS):
                 panel = (o0 + c) // OUTER_COLUMNS * batch * OUTER_COLUMNS
-                outer_block(flat_xt, panels, flat_tile, i0, panel, batch, OUTER_COLUMNS, _TILE_COLUMNS, c)
+                outer_block(flat_xt, panels, flat_tile, i0, panel, batch, batch, 0, OUTER_COLUMNS, _TILE_COLUMNS, c,
+                            False)
             for r in range(OUTER_ROWS):
                 row_index = index[i0 + r, o0:o0 + width]
                 done = segment_sums_vector(tile[r], row_index, lanes, 0, width)
-                for o in range(done, width):
-                    position = row_index[o]
-                    if 0 <= position < size:
-                        sums[position] += tile[r, o]
+                if done < width:
+                    _scalar_sums(tile[r], row_index, done, width, partial)
         for o in range(whole_columns, columns):  # columns that fill no block
             for r in range(OUTER_ROWS):
                 _add_product(xt, g, index, i0 + r, o, sums)
         fold_lanes(lanes, wide_lanes)
     add_lane_sums(wide_lanes, sums)
+    for j in range(size):
+        for row in range(_SCALAR_ROWS):
+            sums[j] += partial[row * (size + 1) + j]
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _scalar_sums(values, index, first, last, partial):
+    """Adds values[o] to the sum of index[o] for first <= o < last, into _SCALAR_ROWS interleaved rows of `partial`
+    (flat, each row the table's entries and one more where an index outside the table adds)."""
+    stride = partial.shape[0] // _SCALAR_ROWS
+    size = stride - 1
+    o = first
+    while o + _SCALAR_ROWS <= last:
+        for row in range(_SCALAR_ROWS):  # (unrolled by LLVM: independent adds)
+            position = index[o + row]
+            partial[row * stride + (position if 0 <= position < size else size)] += values[o + row]
+        o += _SCALAR_ROWS
+    for o in range(o, last):
+        position = index[o]
+        partial[position if 0 <= position < size else size] += values[o]
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -155,21 +203,16 @@ def _rows_parallel(xt, g, panels, index, chunks, step, sums):
         _rows(xt, g, panels, index, min(rows, chunk * step), min(rows, (chunk + 1) * step), sums[chunk])
 
 
-def outer_product_segment_sums(xt, g, index, out) -> None:
+@numba.njit(cache=True, nogil=True)
+def outer_product_segment_sums(xt, g, index, out):
     """``out[c] = sum((xt @ g)[index == c])``: xt ``(rows, batch)`` and g ``(batch, columns)`` float32 C-contiguous
     (batch >= 1), index ``(rows, columns)`` C-contiguous integers (others than 0..len(out) - 1 add nowhere), out
     float32 of at most :data:`MAX_ENTRIES` entries. Each product is summed over the batch in float32, the sums
-    by index in float64. Only where :func:`serves` (the vector blocks are AVX-512). Rows are split among
-    numba's threads (at least 16 a thread)."""
+    by index in float64. Rows are split into chunks (at least 16 rows, at most :data:`._numba_kernels._MAX_CHUNKS`
+    chunks) that numba's threads take in turn. Also called from XLA (:mod:`._jax_dense`'s FFI target)."""
     whole_rows = xt.shape[0] - xt.shape[0] % OUTER_ROWS
-    chunks = max(1, min(numba.get_num_threads(), whole_rows // (4 * OUTER_ROWS)))
-    _outer_product_segment_sums(xt, g, index, out, chunks)
-
-
-@numba.njit(cache=True, nogil=True)
-def _outer_product_segment_sums(xt, g, index, out, chunks):
+    chunks = max(1, min(_MAX_CHUNKS, whole_rows // (4 * OUTER_ROWS)))
     rows = xt.shape[0]
-    whole_rows = rows - rows % OUTER_ROWS
     step = -(-(whole_rows // OUTER_ROWS) // chunks) * OUTER_ROWS
     sums = np.zeros((chunks, out.shape[0]), np.float64)
     panels = _panels(g)

@@ -93,12 +93,16 @@ def flat_argument(frame, position, dtype):
     return numba.carray(_pointer(fields[3]), (_size(fields),), dtype=dtype)
 
 
+@numba.njit(inline="always")
+def _matrix(fields, dtype):
+    dims = _words(fields[5], 2)
+    return numba.carray(_pointer(fields[3]), (dims[0], dims[1]), dtype=dtype)
+
+
 @numba.njit
 def matrix_argument(frame, position, dtype):
     """A rank-2 argument as a 2-D array of `dtype`."""
-    fields = _buffer_fields(frame, _ARGS, position)
-    dims = _words(fields[5], 2)
-    return numba.carray(_pointer(fields[3]), (dims[0], dims[1]), dtype=dtype)
+    return _matrix(_buffer_fields(frame, _ARGS, position), dtype)
 
 
 @numba.njit
@@ -106,6 +110,12 @@ def flat_result(frame, position, dtype):
     """Result `position` of the call as a flat array of `dtype`, to be written."""
     fields = _buffer_fields(frame, _RETS, position)
     return numba.carray(_pointer(fields[3]), (_size(fields),), dtype=dtype)
+
+
+@numba.njit
+def matrix_result(frame, position, dtype):
+    """A rank-2 result as a 2-D array of `dtype`, to be written."""
+    return _matrix(_buffer_fields(frame, _RETS, position), dtype)
 
 
 def register(name: str, handler) -> None:

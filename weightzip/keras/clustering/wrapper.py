@@ -211,11 +211,13 @@ class ClusterWeights(SubstitutingWrapper):
 
     def call(self, inputs, *args, **kwargs):
         backend = keras.backend.backend()
-        if backend in ("torch", "tensorflow"):  # a large Dense layer's fused product: see _fused_dense
+        if backend in ("torch", "tensorflow", "jax"):  # a large Dense layer's fused product: see _fused_dense
             if backend == "torch":
                 from weightzip.keras.clustering._torch_dense import fused_call
-            else:
+            elif backend == "tensorflow":
                 from weightzip.keras.clustering._tf_dense import fused_call
+            else:
+                from weightzip.keras.clustering._jax_dense import fused_call
             outputs = fused_call(self, inputs, args, kwargs)
             if outputs is not DECLINED:
                 return outputs

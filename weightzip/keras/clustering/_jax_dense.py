@@ -1,0 +1,133 @@
+"""A large clustered Dense layer with fixed assignment in a JAX step (CPU): its centroid gradient without the
+weight gradient.
+
+Through the general path (:mod:`._jax_lookup`) XLA differentiates ``inputs @ kernel`` into the kernel's gradient
+``inputs^T upstream`` (a kernel-sized product: 40-47 ms for 4096 x 4096 at batch 32 on two AVX2 cores, more than
+the forward product) and the FFI segment sums then read it back by index. Here one custom-VJP function computes the
+centroid gradient directly, tile by tile in registers (:func:`._numba_dense.outer_product_segment_sums`, an XLA
+FFI target): nothing kernel-sized is written in the backward pass. The forward pass is the general path's (the
+kernel looked up from the stored one-byte indices by the FFI look-up, then XLA's ``inputs @ kernel``), and so is
+the input gradient, ``upstream @ kernel^T`` (XLA drops it for a first layer). Bias and activation as
+``keras.layers.Dense.call``. The results are the general path's up to float32 rounding (sums in another order);
+an index outside the codebook reads as NaN in the forward pass and adds to no centroid (XLA cannot raise).
+
+:func:`fused_call` serves the layers of :func:`._fused_dense.served_state` with one-byte stored indices, where the
+FFI targets run (:func:`._jax_lookup.runs_here`), on a float32 input of at most :data:`._fused_dense.MAX_ROWS`
+rows. It runs the layer through :func:`weightzip.keras._direct_call.direct_call` (declining where that would); any
+other call takes the general path.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import keras
+import numba
+import numpy as np
+
+from weightzip.keras._direct_call import DECLINED, direct_call
+from weightzip.keras.clustering import _fused_dense, _jax_lookup, _numba_dense, _numba_lut, _xla_ffi
+from weightzip.keras.clustering._xla_ffi import (
+    HANDLER_SIGNATURE,
+    flat_argument,
+    flat_result,
+    matrix_argument,
+    matrix_result,
+)
+
+_PRODUCT_TARGET = "weightzip_cluster_lut_product_uint8"
+_GRADIENT_TARGET = "weightzip_cluster_outer_product_segment_sums_uint8"
+
+
+def fused_call(wrapper, inputs, args: tuple, kwargs: dict):
+    """The output of `wrapper`'s Dense layer on `inputs` by :func:`_product`, or :data:`DECLINED`."""
+    state = _served_state(wrapper, inputs)
+    if state is None:
+        return DECLINED
+    layer = wrapper.layer
+    return direct_call(layer, inputs, args, kwargs, call=lambda inputs, **_: _dense_output(layer, state, inputs))
+
+
+def _served_state(wrapper, inputs):
+    """The clustered kernel's state where :func:`fused_call` serves this call, else None."""
+    if not _jax_lookup.runs_here():
+        return None
+    state = _fused_dense.served_state(wrapper, _numba_dense.serves)
+    if state is None or state.pulling_indices.dtype != "uint8":
+        return None
+    import jax
+
+    kernel = state.weight.variable
+    if not isinstance(inputs, jax.Array) or inputs.dtype != np.float32 or inputs.ndim < 2:
+        return None
+    if inputs.shape[-1] != kernel.shape[0]:
+        return None
+    return state if 1 <= math.prod(inputs.shape[:-1]) <= _fused_dense.MAX_ROWS else None
+
+
+def _dense_output(layer, state, inputs):
+    """``keras.layers.Dense.call`` with the kernel product by :func:`_product`."""
+    import jax.numpy as jnp
+
+    inner, units = (int(size) for size in state.weight.variable.shape)
+    table = jnp.reshape(state.centroids.value, (-1,))
+    flat = jnp.reshape(inputs, (-1, inner))
+    x = jnp.reshape(_product()(flat, table, state.pulling_indices.value), (*inputs.shape[:-1], units))
+    if layer.bias is not None:
+        x = keras.ops.add(x, layer.bias)
+    if layer.activation is not None:
+        x = layer.activation(x)
+    return x
+
+
+@functools.cache
+def _product():
+    """``inputs @ table[index]``, differentiated in `inputs` and `table` (registers the FFI targets first)."""
+    import jax
+    import jax.numpy as jnp
+
+    _xla_ffi.register(_PRODUCT_TARGET, _lut_product)
+    _xla_ffi.register(_GRADIENT_TARGET, _outer_product_segment_sums)
+
+    @jax.custom_vjp
+    def product(inputs, table, index):
+        call = jax.ffi.ffi_call(_PRODUCT_TARGET, jax.ShapeDtypeStruct((inputs.shape[0], index.shape[1]), inputs.dtype))
+        return call(inputs, table, index, jnp.full((1,), numba.get_num_threads(), jnp.int32))
+
+    def product_forward(inputs, table, index):
+        return product(inputs, table, index), (inputs, table, index)
+
+    def product_backward(residuals, upstream):
+        inputs, table, index = residuals
+        call = jax.ffi.ffi_call(_GRADIENT_TARGET, jax.ShapeDtypeStruct(table.shape, table.dtype))
+        table_gradient = call(jnp.transpose(inputs), upstream, index)
+        # (XLA drops the input gradient, and the look-up with it, where no layer before needs it)
+        kernel = _jax_lookup.indexed_lookup(table, jnp.reshape(index, (-1,)), average_gradient=False)
+        return upstream @ jnp.reshape(kernel, index.shape).T, table_gradient, None
+
+    product.defvjp(product_forward, product_backward)
+    return product
+
+
+# numba caches these handlers keyed on this file only: see the note above _jax_lookup's handlers.
+@numba.cfunc(HANDLER_SIGNATURE, cache=True)
+def _lut_product(frame):
+    if _xla_ffi.should_execute(frame):
+        table = flat_argument(frame, 1, np.float32)
+        out = matrix_result(frame, 0, np.float32)
+        largest = _numba_lut.lut_product_parts(matrix_argument(frame, 0, np.float32), table,
+                                               matrix_argument(frame, 2, np.uint8), out,
+                                               flat_argument(frame, 3, np.int32)[0])
+        if largest >= table.shape[0]:
+            out[:] = np.nan
+    return _xla_ffi.success()
+
+
+@numba.cfunc(HANDLER_SIGNATURE, cache=True)
+def _outer_product_segment_sums(frame):
+    if _xla_ffi.should_execute(frame):
+        _numba_dense.outer_product_segment_sums(
+            matrix_argument(frame, 0, np.float32), matrix_argument(frame, 1, np.float32),
+            matrix_argument(frame, 2, np.uint8), flat_result(frame, 0, np.float32))
+    return _xla_ffi.success()
