@@ -439,17 +439,19 @@ def _jax_dense_gradients(model, x, upstream):
     return np.asarray(output), [np.asarray(g) for g in variables] + [np.asarray(inputs)]
 
 
-def test_jax_fixed_dense_fused_step_equals_the_general_path(monkeypatch):
-    """A large clustered Dense with fixed assignment in a JAX step: its product by the look-up table and its
-    centroid gradient from the tiles of the weight gradient (XLA FFI targets; no kernel-sized buffer) give the
-    general path's output, centroid gradients and input gradients (to the layer before it and to the input)."""
+@pytest.mark.parametrize("reassignment", ["fixed", "every_step"])
+def test_jax_dense_fused_step_equals_the_general_path(monkeypatch, reassignment):
+    """A large clustered Dense in a JAX step: its product by the look-up table (XLA FFI targets; the kernel never
+    formed in the forward pass) and, with fixed assignment, its centroid gradient from the tiles of the weight
+    gradient give the general path's output, centroid gradients, input gradients (to the layer before it and to
+    the input) and, every step, straight-through gradients to the original weights."""
     if keras.backend.backend() != "jax":
         pytest.skip("the fused Dense step here is JAX's")
     from weightzip.keras.clustering import _fused_dense, _jax_dense, _jax_lookup, _numba_dense
 
     if not (_numba_dense.serves(16) and _jax_lookup.runs_here()):
         pytest.skip("numba compiles for neither AVX-512 nor AVX2 with FMA here, or the FFI targets do not run")
-    clustered = wk.cluster_weights(_large_dense_model(), 16, reassignment="fixed")
+    clustered = wk.cluster_weights(_large_dense_model(), 16, reassignment=reassignment)
     rng = np.random.default_rng(4)
     x = rng.normal(size=(37, 40)).astype("float32")
     upstream = rng.normal(size=(37, 1030)).astype("float32")
@@ -462,7 +464,8 @@ def test_jax_fixed_dense_fused_step_equals_the_general_path(monkeypatch):
     expected_output, general = _jax_dense_gradients(clustered, x, upstream)
     assert calls == [1]
     np.testing.assert_allclose(output, expected_output, rtol=1e-5, atol=1e-5)
-    assert len(fused) == len(general) == 5  # two codebooks, two biases, the input
+    # two codebooks, two biases, the input (and, every step, the two original kernels)
+    assert len(fused) == len(general) == (5 if reassignment == "fixed" else 7)
     names = [v.path for v in clustered.trainable_variables] + ["x"]
     for name, gradient, expected in zip(names, fused, general):
         np.testing.assert_allclose(gradient, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max(), err_msg=name)

@@ -21,6 +21,10 @@ def both_searches(weights, midpoints, table, index_dtype=np.uint8):
         out, index = np.empty_like(weights), np.empty(weights.shape, index_dtype)
         kernel(weights, midpoints, table, 1, out, index)
         results.append((out, index))
+    # The fast search without `out` (the indices alone) finds the same indices.
+    index_alone = np.empty(weights.shape, index_dtype)
+    fast.search_and_look_up(weights, midpoints, table, 1, None, index_alone)
+    np.testing.assert_array_equal(index_alone, results[1][1])
     return results
 
 

@@ -35,6 +35,7 @@ from weightzip.keras.clustering._xla_ffi import (
     matrix_argument,
     matrix_result,
 )
+from weightzip.keras.clustering.ops import sorted_rows
 
 _PRODUCT_TARGET = "weightzip_cluster_lut_product_uint8"
 _GRADIENT_TARGET = "weightzip_cluster_outer_product_segment_sums_uint8"
@@ -53,8 +54,8 @@ def _served_state(wrapper, inputs):
     """The clustered kernel's state where :func:`fused_call` serves this call, else None."""
     if not _jax_lookup.runs_here():
         return None
-    state = _fused_dense.served_state(wrapper, _numba_dense.serves)
-    if state is None or state.pulling_indices.dtype != "uint8":
+    state = _fused_dense.served_state(wrapper, _numba_dense.serves, every_step=True)
+    if state is None or (state.pulling_indices is not None and state.pulling_indices.dtype != "uint8"):
         return None
     import jax
 
@@ -67,13 +68,21 @@ def _served_state(wrapper, inputs):
 
 
 def _dense_output(layer, state, inputs):
-    """``keras.layers.Dense.call`` with the kernel product by :func:`_product`."""
+    """``keras.layers.Dense.call`` with the kernel product by :func:`_product` (fixed assignment) or
+    :func:`_searched_product` (every step)."""
+    import jax
     import jax.numpy as jnp
 
     inner, units = (int(size) for size in state.weight.variable.shape)
     table = jnp.reshape(state.centroids.value, (-1,))
     flat = jnp.reshape(inputs, (-1, inner))
-    x = jnp.reshape(_product()(flat, table, state.pulling_indices.value), (*inputs.shape[:-1], units))
+    if state.pulling_indices is None:
+        table, sorted_keys = sorted_rows(table, jax.lax.stop_gradient(jnp.reshape(table, (1, -1))))
+        midpoints = jax.lax.stop_gradient((sorted_keys[:, 1:] + sorted_keys[:, :-1]) / 2.0)
+        x = _searched_product()(flat, table, midpoints, state.weight.variable.value)
+    else:
+        x = _product()(flat, table, state.pulling_indices.value)
+    x = jnp.reshape(x, (*inputs.shape[:-1], units))
     if layer.bias is not None:
         x = keras.ops.add(x, layer.bias)
     if layer.activation is not None:
@@ -108,6 +117,35 @@ def _product():
 
     product.defvjp(product_forward, product_backward)
     return product
+
+
+@functools.cache
+def _searched_product():
+    """``inputs @ table[nearest entry to each weight]``, differentiated in `inputs`, `table` and, straight through,
+    `weights` (every-step reassignment; `table` ascending, `midpoints` ``(1, k - 1)`` between its entries)."""
+    import jax
+    import jax.numpy as jnp
+
+    product = _product()
+
+    @jax.custom_vjp
+    def searched(inputs, table, midpoints, weights):
+        return product(inputs, table, _jax_lookup.nearest_index(table, midpoints, weights))
+
+    def searched_forward(inputs, table, midpoints, weights):
+        index = _jax_lookup.nearest_index(table, midpoints, weights)
+        return product(inputs, table, index), (inputs, table, index, jnp.zeros_like(midpoints))
+
+    def searched_backward(residuals, upstream):
+        inputs, table, index, midpoint_zeros = residuals
+        weight_gradient = jnp.transpose(inputs) @ upstream
+        table_gradient = _jax_lookup.table_gradient(jnp.reshape(weight_gradient, (-1,)), jnp.reshape(index, (-1,)),
+                                                    table.shape[0], False)
+        kernel = _jax_lookup.indexed_lookup(table, jnp.reshape(index, (-1,)), average_gradient=False)
+        return upstream @ jnp.reshape(kernel, index.shape).T, table_gradient, midpoint_zeros, weight_gradient
+
+    searched.defvjp(searched_forward, searched_backward)
+    return searched
 
 
 # numba caches these handlers keyed on this file only: see the note above _jax_lookup's handlers.

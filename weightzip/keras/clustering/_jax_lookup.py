@@ -77,6 +77,28 @@ def _index_dtype(table_size: int):
     return np.uint8 if table_size <= 256 else np.int32
 
 
+def table_gradient(upstream, index, size: int, average: bool):
+    """Per table entry, the sum (or mean) of `upstream` over the positions `index` holds it (flat, same length)."""
+    import jax
+    import jax.numpy as jnp
+
+    _functions()  # (registers the FFI targets)
+    call = jax.ffi.ffi_call(f"{_PREFIX}segment_sums_{np.dtype(index.dtype).name}",
+                            jax.ShapeDtypeStruct((size,), upstream.dtype))
+    return call(upstream, index, jnp.full((1,), int(average), jnp.int32))
+
+
+def nearest_index(table, midpoints, weights):
+    """The one-byte table position nearest each weight (one codebook of at most 16 entries, `midpoints` ``(1, k - 1)``
+    ascending), without the clustered kernel: :mod:`._jax_dense`'s every-step product never forms it."""
+    import jax
+    import jax.numpy as jnp
+
+    _functions()  # (registers the FFI targets)
+    call = jax.ffi.ffi_call(f"{_PREFIX}search_index_uint8", jax.ShapeDtypeStruct(weights.shape, np.uint8))
+    return call(weights, midpoints, table, jnp.full((1,), 1, jnp.int32))
+
+
 @functools.cache
 def _functions():
     """The differentiable lookups (built, and their FFI targets registered, on first use)."""
@@ -91,11 +113,6 @@ def _functions():
                                 (jax.ShapeDtypeStruct(weights.shape, weights.dtype),
                                  jax.ShapeDtypeStruct(weights.shape, index_dtype)))
         return call(weights, midpoints, table, jnp.full((1,), inner, jnp.int32))
-
-    def table_gradient(upstream, index, size, average):
-        call = jax.ffi.ffi_call(f"{_PREFIX}segment_sums_{np.dtype(index.dtype).name}",
-                                jax.ShapeDtypeStruct((size,), upstream.dtype))
-        return call(upstream, index, jnp.full((1,), int(average), jnp.int32))
 
     @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
     def searched(table, midpoints, weights, inner, average):
@@ -168,6 +185,16 @@ def _search_int32(frame):
 
 
 @numba.cfunc(HANDLER_SIGNATURE, cache=True)
+def _search_index_uint8(frame):
+    if _xla_ffi.should_execute(frame):
+        _numba_fast.search_and_look_up(
+            flat_argument(frame, 0, np.float32), matrix_argument(frame, 1, np.float32),
+            flat_argument(frame, 2, np.float32), flat_argument(frame, 3, np.int32)[0], None,
+            flat_result(frame, 0, np.uint8))
+    return _xla_ffi.success()
+
+
+@numba.cfunc(HANDLER_SIGNATURE, cache=True)
 def _segment_sums_uint8(frame):
     if _xla_ffi.should_execute(frame):
         _numba_fast.segment_sums(flat_argument(frame, 0, np.float32), flat_argument(frame, 1, np.uint8),
@@ -200,7 +227,8 @@ def _look_up_uint8(frame):
 
 
 def _register_targets() -> None:
-    handlers = {"search_uint8": _search_uint8, "search_int32": _search_int32, "segment_sums_uint8": _segment_sums_uint8,
+    handlers = {"search_uint8": _search_uint8, "search_int32": _search_int32, "search_index_uint8": _search_index_uint8,
+                "segment_sums_uint8": _segment_sums_uint8,
                 "segment_sums_int32": _segment_sums_int32, "look_up_int32": _look_up_int32,
                 "look_up_uint8": _look_up_uint8}
     for name, handler in handlers.items():

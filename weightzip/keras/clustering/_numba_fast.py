@@ -71,7 +71,8 @@ def _selects_are_counts(row) -> bool:
 
 @numba.njit(cache=True, nogil=True)
 def _register_search_chain(weights, midpoints, table, out, index, first, last):
-    """weights[first:last] searched among 15 midpoints / 16 centroids (padded: +inf midpoints)."""
+    """weights[first:last] searched among 15 midpoints / 16 centroids (padded: +inf midpoints); `out` None: the
+    indices alone."""
     m0, m1, m2, m3, m4 = midpoints[0], midpoints[1], midpoints[2], midpoints[3], midpoints[4]
     m5, m6, m7, m8, m9 = midpoints[5], midpoints[6], midpoints[7], midpoints[8], midpoints[9]
     m10, m11, m12, m13, m14 = midpoints[10], midpoints[11], midpoints[12], midpoints[13], midpoints[14]
@@ -79,7 +80,9 @@ def _register_search_chain(weights, midpoints, table, out, index, first, last):
     t4, t5, t6, t7 = table[4], table[5], table[6], table[7]
     t8, t9, t10, t11 = table[8], table[9], table[10], table[11]
     t12, t13, t14, t15 = table[12], table[13], table[14], table[15]
-    part, part_out, part_index = weights[first:last], out[first:last], index[first:last]
+    part, part_index = weights[first:last], index[first:last]
+    if out is not None:  # (numba compiles the function without these lines where out is None)
+        part_out = out[first:last]
     for i in range(last - first):  # from 0: no negative-index wraparound to check, so LLVM vectorises
         value = part[i]
         position = np.int32(0)
@@ -130,7 +133,8 @@ def _register_search_chain(weights, midpoints, table, out, index, first, last):
         position += np.int32(above)
         centroid = t15 if above else centroid
         part_index[i] = position
-        part_out[i] = centroid
+        if out is not None:
+            part_out[i] = centroid
 
 
 @numba.njit(cache=True, nogil=True)
@@ -151,10 +155,14 @@ def _register_search_parallel(weights, midpoints, table, out, index, chunks, ste
 
 @numba.njit(cache=True, nogil=True)
 def search_and_look_up(weights, midpoints, table, inner, out, index):
-    """:func:`._numba_kernels.assign_and_look_up` (same arguments and results), faster for one row of <= 16."""
+    """:func:`._numba_kernels.assign_and_look_up` (same arguments and results), faster for one row of <= 16; `out`
+    None: the indices alone (a kernel-sized buffer less to write)."""
     groups, m = midpoints.shape
     if groups != 1 or m + 1 > REGISTER_TABLE or not _selects_are_counts(midpoints[0]):
-        assign_and_look_up(weights, midpoints, table, inner, out, index)
+        if out is None:
+            assign_and_look_up(weights, midpoints, table, inner, np.empty_like(weights), index)
+        else:
+            assign_and_look_up(weights, midpoints, table, inner, out, index)
         return
     padded_midpoints = np.full(REGISTER_TABLE, np.inf, np.float32)  # (the chain reads the first 15)
     padded_table = np.full(REGISTER_TABLE, table[0], np.float32)  # entries past k are never selected
