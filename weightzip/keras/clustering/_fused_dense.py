@@ -4,8 +4,9 @@ per-call checks.
 
 - PyTorch and JAX, fixed assignment (:mod:`._torch_dense`, :mod:`._jax_dense`): the backward pass sums the weight
   gradient by index tile by tile (:func:`._numba_dense.outer_product_segment_sums`) and never forms it as a tensor.
-- TensorFlow, fixed and every-step reassignment (:mod:`._tf_dense`): the forward pass multiplies by a look-up
-  table (:func:`._numba_lut.lut_product`) and never packs the kernel for a matmul.
+- TensorFlow and JAX, fixed and every-step reassignment (:mod:`._tf_dense`, :mod:`._jax_dense`): the forward pass
+  multiplies by a look-up table (:func:`._numba_lut.lut_product`) and never packs the kernel for a matmul (JAX: never
+  forms it at all).
 
 They serve the exact class ``keras.layers.Dense`` (no LoRA, quantization, kernel regulariser or constraint) with one
 clustered kernel, per tensor, of at least :data:`MIN_WEIGHTS` weights and at most 16 centroids, summed gradients,

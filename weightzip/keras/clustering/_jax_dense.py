@@ -1,20 +1,28 @@
-"""A large clustered Dense layer with fixed assignment in a JAX step (CPU): its centroid gradient without the
-weight gradient.
+"""A large clustered Dense layer in a JAX step (CPU): its product by a look-up table, no kernel-sized buffer in the
+forward pass, and with fixed assignment none in the backward pass either.
 
-Through the general path (:mod:`._jax_lookup`) XLA differentiates ``inputs @ kernel`` into the kernel's gradient
-``inputs^T upstream`` (a kernel-sized product: 40-47 ms for 4096 x 4096 at batch 32 on two AVX2 cores, more than
-the forward product) and the FFI segment sums then read it back by index. Here one custom-VJP function computes the
-centroid gradient directly, tile by tile in registers (:func:`._numba_dense.outer_product_segment_sums`, an XLA
-FFI target): nothing kernel-sized is written in the backward pass. The forward pass is the general path's (the
-kernel looked up from the stored one-byte indices by the FFI look-up, then XLA's ``inputs @ kernel``), and so is
-the input gradient, ``upstream @ kernel^T`` (XLA drops it for a first layer). Bias and activation as
-``keras.layers.Dense.call``. The results are the general path's up to float32 rounding (sums in another order);
-an index outside the codebook reads as NaN in the forward pass and adds to no centroid (XLA cannot raise).
+Through the general path (:mod:`._jax_lookup`) the forward pass writes the clustered kernel into a new XLA buffer
+(67 MB for 4096 x 4096: on two AMD EPYC cores its page faults made the 7 ms look-up take 37 ms) and multiplies by it
+(25-31 ms at batch 32); the backward pass computes the kernel's gradient ``inputs^T upstream`` (40-47 ms) and the
+FFI segment sums read it back by index. Here, as one custom-VJP function over XLA FFI targets:
 
-:func:`fused_call` serves the layers of :func:`._fused_dense.served_state` with one-byte stored indices, where the
-FFI targets run (:func:`._jax_lookup.runs_here`), on a float32 input of at most :data:`._fused_dense.MAX_ROWS`
-rows. It runs the layer through :func:`weightzip.keras._direct_call.direct_call` (declining where that would); any
-other call takes the general path.
+- the output is :func:`._numba_lut.lut_product` (``inputs @ table[index]`` from one-byte indices, 11-12 ms): with
+  fixed assignment on the stored indices, every step on the indices of the search without the kernel
+  (:func:`._jax_lookup.nearest_index`);
+- with fixed assignment the centroid gradient comes tile by tile from registers
+  (:func:`._numba_dense.outer_product_segment_sums`), the weight gradient never formed; every step it is XLA's
+  ``inputs^T upstream`` (passed straight through to the original weights) summed by index, as the general path;
+- the input gradient is ``upstream @ kernel^T`` with the kernel looked up in the backward pass, which XLA drops
+  for a first layer.
+
+Bias and activation as ``keras.layers.Dense.call``. The results are the general path's up to float32 rounding
+(sums in another order); an index outside the codebook makes the output NaN and adds to no centroid (XLA cannot
+raise).
+
+:func:`fused_call` serves the layers of :func:`._fused_dense.served_state` (stored indices of one byte) where the
+FFI targets run (:func:`._jax_lookup.runs_here`) and numba's vector products do, on a float32 input of at most
+:data:`._fused_dense.MAX_ROWS` rows. It runs the layer through :func:`weightzip.keras._direct_call.direct_call`
+(declining where that would); any other call takes the general path.
 """
 
 from __future__ import annotations

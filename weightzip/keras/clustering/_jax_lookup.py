@@ -158,8 +158,8 @@ class _Lookups:
 # handler specialised by a closure. numba's cache of a handler is keyed on its own file only: after an edit
 # of _numba_kernels.py, _numba_fast.py, _numba_dense.py or _xla_ffi.py, delete __pycache__/_jax_lookup.* and
 # __pycache__/_jax_dense.* (installs rewrite every file, so their caches start afresh; a commit that changes
-# those kernels also edits this comment, so that a checkout's cache is rebuilt: last, _numba_dense's blocks
-# for CPUs without AVX-512). A handler loaded from numba's cache links against the parallel
+# those kernels also edits this comment, so that a checkout's cache is rebuilt: last, the index-only search and
+# _numba_dense's blocks for CPUs without AVX-512). A handler loaded from numba's cache links against the parallel
 # runtime's symbols, which exist once numba's threads are started: one tiny parallel call first.
 _numba_kernels.look_up(np.zeros(1, np.float32), np.zeros(1, np.int32), np.empty(1, np.float32))
 

@@ -36,9 +36,7 @@ def _compiles_for(feature: str) -> bool:
 AVX512 = _compiles_for("avx512f")
 """Whether numba compiles for an AVX-512 CPU here: the register search and the look-up then take their ``vpermps``
 forms (:func:`_search16`, :func:`_look_up16`) on the types those serve."""
-AVX2 = _compiles_for("avx2")
-"""Whether numba compiles for an AVX2 CPU here (:mod:`._numba_lut`'s look-up without AVX-512 takes ``vpermps`` on 8
-lanes)."""
+AVX2 = _compiles_for("avx2")  # (:mod:`._numba_lut_decoded` then looks up by ``vpermps`` on 8 lanes)
 VECTOR_PRODUCTS = AVX512 or (AVX2 and _compiles_for("fma"))
 """Whether the register-blocked products of :mod:`._numba_dense` and :mod:`._numba_lut` run here: with AVX-512, or
 AVX2 with FMA (without, their fused multiply-adds would be library calls)."""

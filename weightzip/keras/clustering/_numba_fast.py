@@ -1,25 +1,25 @@
 """Faster forms of :mod:`._numba_kernels` for the jitted JAX step (same results; the PyTorch path may adopt them).
 
-- :func:`search_and_look_up` = :func:`._numba_kernels.assign_and_look_up`. One codebook of at most 16 entries
-  (k = 16 is TFMOT's default) is searched with its midpoints and centroids in registers: per weight, 15
-  compare-and-select steps that LLVM vectorises, the centroid chosen by the same selects (no gather, no count
-  buffer). With AVX-512, 16 weights at a time by a binary search whose probes and centroids are ``vpermps``
-  lookups in registers (:mod:`._numba_avx512`): 16.8M weights, one thread, 25-28 -> 14-17 ms (the memory traffic).
-- :func:`look_up_checked` = :func:`._numba_kernels.look_up`: the table range is checked per block of 512 indices,
-  then the block is gathered without a per-index branch (a block with an index outside: the NaN-marking loop).
-  With AVX-512, a table of at most 16 entries and indices of up to 32 bits, 16 at a time by one ``vpermps``, the
-  largest index checked every 256 (from 256 that hold one outside, the checked blocks take over): 16.8M one-byte
-  indices, one thread 17 -> 10-13 ms, two 9-12 -> 6-7 ms (checked first) -> 5.5-6 ms (checked on the way).
-- :func:`segment_sums` = :func:`._numba_kernels.segment_sums_into`: four interleaved accumulator rows per chunk
-  (breaks the add latency chain on a repeated index), range checked per block. With AVX-512 and a table of at
-  most 16 entries, 256 values a call per index and lane in 16 registers (a compare and a masked add per index
-  and 16 values), folded into float64 every :data:`LANE_BLOCK` values, no range check (an index outside adds
-  nowhere): 16.8M values, one-byte indices, two threads 11.1 -> 5-5.7 ms (a float32 sum of the values: 3.7 ms).
+- :func:`search_and_look_up` = :func:`._numba_kernels.assign_and_look_up`. One codebook of at most 16 entries (k = 16
+  is TFMOT's default) is searched with its midpoints and centroids in registers: per weight, 15 compare-and-select
+  steps that LLVM vectorises, the centroid chosen by the same selects (no gather, no count buffer). With AVX-512, 16
+  weights at a time by a binary search whose probes and centroids are ``vpermps`` lookups in registers
+  (:mod:`._numba_avx512`): 16.8M weights, one thread, 25-28 -> 14-17 ms (the memory traffic). Without `out`, the
+  indices alone (two AMD EPYC cores, AVX2: 25 -> 11-18 ms).
+- :func:`look_up_checked` = :func:`._numba_kernels.look_up`: the table range is checked per block of 512 indices, then
+  the block is gathered without a per-index branch (a block with an index outside: the NaN-marking loop). With
+  AVX-512, a table of at most 16 entries and indices of up to 32 bits, 16 at a time by one ``vpermps``, the largest
+  index checked every 256 (from 256 that hold one outside, the checked blocks take over): 16.8M one-byte indices,
+  one thread 17 -> 10-13 ms, two 9-12 -> 6-7 ms (checked first) -> 5.5-6 ms (checked on the way).
+- :func:`segment_sums` = :func:`._numba_kernels.segment_sums_into`: four interleaved accumulator rows per chunk (breaks
+  the add latency chain on a repeated index), range checked per block. With AVX-512 and a table of at most 16
+  entries, 256 values a call per index and lane in 16 registers (a compare and a masked add per index and 16
+  values), folded into float64 every :data:`LANE_BLOCK` values, no range check (an index outside adds nowhere):
+  16.8M values, one-byte indices, two threads 11.1 -> 5-5.7 ms (a float32 sum of the values: 3.7 ms).
 
-Each runs serially on the calling thread below 2^20 weights (:data:`SERIAL_BELOW`): a numba parallel
-region costs a thread wake-up and a barrier per call, and its threads compete with XLA's own for the
-cores; that dominates small layers (all of LeNet-300-100's kernels, the largest 235k weights), more so
-on a loaded machine.
+Each runs serially on the calling thread below 2^20 weights (:data:`SERIAL_BELOW`): a numba parallel region costs
+a thread wake-up and a barrier per call, and its threads compete with XLA's own for the cores; that dominates small
+layers (all of LeNet-300-100's kernels, the largest 235k weights), more so on a loaded machine.
 """
 
 from __future__ import annotations
@@ -33,7 +33,14 @@ from weightzip.keras.clustering._numba_avx512 import (
     search_vector,
     segment_sums_vector,
 )
-from weightzip.keras.clustering._numba_kernels import _BLOCK, _chunking, add_lane_sums, assign_and_look_up, fold_lanes
+from weightzip.keras.clustering._numba_kernels import (
+    _BLOCK,
+    _chunking,
+    add_lane_sums,
+    assign_and_look_up,
+    fold_lanes,
+    selects_are_counts,
+)
 
 # Codebook rows of at most this many entries take the register search (padded with +inf midpoints).
 REGISTER_TABLE = 16
@@ -53,26 +60,8 @@ def _passes(n, accumulator_size=0):
 
 
 @numba.njit(cache=True, nogil=True)
-def _selects_are_counts(row) -> bool:
-    """Whether picking the centroid after the last midpoint below a weight equals counting the midpoints
-    below it: true when the midpoints ascend (NaN only at the end, where no comparison is true)."""
-    seen_nan = False
-    previous = -np.inf
-    for j in range(row.shape[0]):
-        value = row[j]
-        if np.isnan(value):
-            seen_nan = True
-        elif seen_nan or value < previous:
-            return False
-        else:
-            previous = value
-    return True
-
-
-@numba.njit(cache=True, nogil=True)
 def _register_search_chain(weights, midpoints, table, out, index, first, last):
-    """weights[first:last] searched among 15 midpoints / 16 centroids (padded: +inf midpoints); `out` None: the
-    indices alone."""
+    """weights[first:last] searched among 15 midpoints / 16 centroids (padded: +inf midpoints); `out` None: indices."""
     m0, m1, m2, m3, m4 = midpoints[0], midpoints[1], midpoints[2], midpoints[3], midpoints[4]
     m5, m6, m7, m8, m9 = midpoints[5], midpoints[6], midpoints[7], midpoints[8], midpoints[9]
     m10, m11, m12, m13, m14 = midpoints[10], midpoints[11], midpoints[12], midpoints[13], midpoints[14]
@@ -81,8 +70,7 @@ def _register_search_chain(weights, midpoints, table, out, index, first, last):
     t8, t9, t10, t11 = table[8], table[9], table[10], table[11]
     t12, t13, t14, t15 = table[12], table[13], table[14], table[15]
     part, part_index = weights[first:last], index[first:last]
-    if out is not None:  # (numba compiles the function without these lines where out is None)
-        part_out = out[first:last]
+    part_out = out[first:last] if out is not None else None  # (numba prunes the branches on out's type)
     for i in range(last - first):  # from 0: no negative-index wraparound to check, so LLVM vectorises
         value = part[i]
         position = np.int32(0)
@@ -155,14 +143,10 @@ def _register_search_parallel(weights, midpoints, table, out, index, chunks, ste
 
 @numba.njit(cache=True, nogil=True)
 def search_and_look_up(weights, midpoints, table, inner, out, index):
-    """:func:`._numba_kernels.assign_and_look_up` (same arguments and results), faster for one row of <= 16; `out`
-    None: the indices alone (a kernel-sized buffer less to write)."""
+    """:func:`._numba_kernels.assign_and_look_up` (same arguments and results), faster for one row of <= 16."""
     groups, m = midpoints.shape
-    if groups != 1 or m + 1 > REGISTER_TABLE or not _selects_are_counts(midpoints[0]):
-        if out is None:
-            assign_and_look_up(weights, midpoints, table, inner, np.empty_like(weights), index)
-        else:
-            assign_and_look_up(weights, midpoints, table, inner, out, index)
+    if groups != 1 or m + 1 > REGISTER_TABLE or not selects_are_counts(midpoints[0]):
+        assign_and_look_up(weights, midpoints, table, inner, np.empty_like(weights) if out is None else out, index)
         return
     padded_midpoints = np.full(REGISTER_TABLE, np.inf, np.float32)  # (the chain reads the first 15)
     padded_table = np.full(REGISTER_TABLE, table[0], np.float32)  # entries past k are never selected

@@ -159,3 +159,21 @@ def add_lane_sums(wide_lanes, sums):
     for j in range(sums.shape[0]):
         for lane in range(16):
             sums[j] += wide_lanes[16 * j + lane]
+
+
+@numba.njit(cache=True, nogil=True)
+def selects_are_counts(row) -> bool:
+    """Whether picking the centroid after the last midpoint below a weight equals counting the midpoints
+    below it: true when the midpoints ascend (NaN only at the end, where no comparison is true). (The
+    condition of :mod:`._numba_fast`'s register search.)"""
+    seen_nan = False
+    previous = -np.inf
+    for j in range(row.shape[0]):
+        value = row[j]
+        if np.isnan(value):
+            seen_nan = True
+        elif seen_nan or value < previous:
+            return False
+        else:
+            previous = value
+    return True

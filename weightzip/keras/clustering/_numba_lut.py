@@ -1,4 +1,4 @@
-"""``x @ table[index]`` without forming the kernel: a look-up-table matrix product for numba (AVX-512).
+"""``x @ table[index]`` without forming the kernel: a look-up-table matrix product for numba (AVX-512, AVX2).
 
 A clustered Dense kernel under fixed assignment is ``table[index]``: one byte per weight, 16 distinct values. A
 framework computes ``x @ kernel`` by first writing the 4-byte kernel (a gather of the whole matrix) and then
@@ -11,8 +11,10 @@ multiplied into 4 x R accumulator registers (R <= 6 rows of x, broadcast). Rows 
 :data:`CHUNK` (a chunk's rows stay in L2 and in the TLB while every column block runs over them), the
 accumulators kept between chunks in a buffer shaped as the output. The same product: 9-10 ms on two cores.
 
-Served where numba compiles for AVX-512 (:data:`._numba_avx512.AVX512`), tables of at most 16 float32 entries,
-indices of one byte (uint8), C-contiguous arrays. Columns that fill no block of 64 take a scalar loop. The
+Without AVX-512: :func:`._numba_lut_decoded.decoded_product`.
+
+Served where numba's vector products run (:data:`._numba_avx512.VECTOR_PRODUCTS`), tables of at most 16 float32
+entries, indices of one byte (uint8), C-contiguous arrays. Columns that fill no block take a scalar loop. The
 products are summed over the inner axis in float32 in index order, as a BLAS would (not bit for bit the same).
 """
 
@@ -26,7 +28,6 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from weightzip.keras.clustering._numba_avx512 import (
-    AVX2,
     AVX512,
     F32X16,
     I32X16,
@@ -35,7 +36,8 @@ from weightzip.keras.clustering._numba_avx512 import (
     vector_pointer,
     vpermps,
 )
-from weightzip.keras.clustering._numba_dense import OUTER_COLUMNS, OUTER_ROWS, broadcast_element, outer_block
+from weightzip.keras.clustering._numba_dense import OUTER_COLUMNS, broadcast_element
+from weightzip.keras.clustering._numba_lut_decoded import decoded_product
 
 COLUMNS = 64  # output columns of one block: one 64-byte row of indices, four vectors
 BLOCK_ROWS = 6  # rows of x per block: 4 x 6 accumulators + 4 weight vectors + 1 broadcast of 32 zmm registers
@@ -160,127 +162,11 @@ def _product(x, table, index, out, parts):
     return high
 
 
-# ------------------------------------------------------------------------- without AVX-512
-
-_F32X8 = ir.VectorType(ir.FloatType(), 8)
-_I32X8 = ir.VectorType(ir.IntType(32), 8)
-
-
-@intrinsic
-def _decode_rows(typingctx, table, index, at, stride, rows, buffer):
-    """``buffer[r * OUTER_COLUMNS + c] = table[index[at + r * stride + c] & 15]`` for r < rows, c < OUTER_COLUMNS, 8 at
-    a time (a table look-up in numba does not vectorise): with AVX2 ``vpermps`` on each half of the table in a
-    register, else a tree of 15 selects on the index bits; returns the largest index byte read. table: 16 float32
-    entries; C-contiguous 1-D arrays."""
-    if not (c_vectors(table, index, buffer) and table.dtype == buffer.dtype == types.float32
-            and index.dtype == types.uint8):
-        return None
-
-    def codegen(context, builder, signature, args):
-        def pointer(position, offset, vector):
-            return vector_pointer(context, builder, signature, args, position, offset, vector)
-
-        i64 = ir.IntType(64)
-        at_start, stride_at, row_count = args[2:5]
-        table_data = context.make_array(signature.args[0])(context, builder, args[0]).data
-
-        def bit_set(codes, bit):
-            return builder.icmp_unsigned("!=", builder.and_(codes, ir.Constant(_I32X8, [1 << bit] * 8)),
-                                         ir.Constant(_I32X8, [0] * 8))
-
-        if AVX2:  # vpermps on each half of the table (the low 3 bits), bit 3 chooses
-            permute = builder.module.declare_intrinsic("llvm.x86.avx2.permps",
-                                                       fnty=ir.FunctionType(_F32X8, [_F32X8, _I32X8]))
-            halves = [builder.load(pointer(0, ir.Constant(i64, 8 * h), _F32X8), align=4) for h in range(2)]
-
-            def look_up(codes):
-                low, high = (builder.call(permute, [half, codes]) for half in halves)
-                return builder.select(bit_set(codes, 3), high, low)
-        else:
-            entries = [broadcast_element(builder, table_data, ir.Constant(i64, c), _F32X8) for c in range(MAX_ENTRIES)]
-
-            def look_up(codes):
-                level = entries
-                for bit in range(4):
-                    mask = bit_set(codes, bit)
-                    level = [builder.select(mask, level[2 * n + 1], level[2 * n]) for n in range(len(level) // 2)]
-                return level[0]
-
-        largest = cgutils.alloca_once_value(builder, ir.Constant(_I32X8, [0] * 8))
-        with cgutils.for_range(builder, row_count) as loop:
-            row_at = builder.add(at_start, builder.mul(loop.index, stride_at))
-            out_at = builder.mul(loop.index, ir.Constant(i64, OUTER_COLUMNS))
-            for v in range(OUTER_COLUMNS // 8):
-                offset = builder.add(row_at, ir.Constant(i64, 8 * v))
-                codes = builder.zext(builder.load(pointer(1, offset, ir.VectorType(ir.IntType(8), 8)), align=1),
-                                     _I32X8)
-                most = builder.load(largest)
-                builder.store(builder.select(builder.icmp_unsigned(">", codes, most), codes, most), largest)
-                builder.store(look_up(codes), pointer(5, builder.add(out_at, ir.Constant(i64, 8 * v)), _F32X8),
-                              align=4)
-        reduce = builder.module.declare_intrinsic("llvm.vector.reduce.umax.v8i32",
-                                                  fnty=ir.FunctionType(ir.IntType(32), [_I32X8]))
-        return builder.zext(builder.call(reduce, [builder.load(largest)]), i64)
-
-    return types.int64(table, index, at, stride, rows, buffer), codegen
-
-
-@numba.njit(cache=True, nogil=True)
-def _decoded_blocks(x, table, index, out, first_block, last_block):
-    """Column blocks first_block:last_block (of OUTER_COLUMNS) of ``out = x @ table[index]`` (out zeroed): per
-    chunk of index rows and block, the chunk's weights are looked up into a buffer in L1, then multiplied in
-    by :func:`._numba_dense.outer_block` 4 rows of x at a time; the largest index read."""
-    batch, inner = x.shape
-    columns = index.shape[1]
-    flat_x, flat_out, flat_index = x.reshape(-1), out.reshape(-1), index.reshape(-1)
-    buffer = np.empty(CHUNK * OUTER_COLUMNS, np.float32)
-    largest = 0
-    whole_batch = batch - batch % OUTER_ROWS
-    for first in range(0, inner, CHUNK):
-        last = min(inner, first + CHUNK)
-        for block in range(first_block, last_block):
-            column = block * OUTER_COLUMNS
-            found = _decode_rows(table, flat_index, first * columns + column, columns, last - first, buffer)
-            largest = max(largest, found)
-            for row in range(0, whole_batch, OUTER_ROWS):
-                outer_block(flat_x, buffer, flat_out, row, 0, last - first, inner, first, OUTER_COLUMNS, columns,
-                            row * columns + column, True)
-            for b in range(whole_batch, batch):  # rows of x that fill no block
-                for i in range(first, last):
-                    at = (i - first) * OUTER_COLUMNS
-                    for c in range(OUTER_COLUMNS):
-                        out[b, column + c] += x[b, i] * buffer[at + c]
-    return largest
-
-
-@numba.njit(parallel=True, cache=True, nogil=True)
-def _decoded_product(x, table, index, out, parts):
-    batch, inner = x.shape
-    columns = index.shape[1]
-    blocks = columns // OUTER_COLUMNS
-    out[:] = 0
-    largest = np.zeros(parts, np.int64)
-    step = -(-blocks // parts)
-    for part in numba.prange(parts):
-        largest[part] = _decoded_blocks(x, table, index, out, min(blocks, part * step), min(blocks, (part + 1) * step))
-    high = largest.max()
-    for o in range(blocks * OUTER_COLUMNS, columns):  # columns that fill no block
-        for i in range(inner):
-            high = max(high, np.int64(index[i, o]))
-        for b in range(batch):
-            total = np.float32(0)
-            for i in range(inner):
-                total += x[b, i] * table[index[i, o] & 15]
-            out[b, o] = total
-    return high
-
-
 def lut_product(x: np.ndarray, table: np.ndarray, index: np.ndarray, out: np.ndarray) -> int:
     """``out = x @ table[index]`` for x ``(batch, inner)`` float32, table float32 of at most 16 entries, index
     ``(inner, columns)`` uint8, out ``(batch, columns)`` float32, all C-contiguous; returns the largest index
     read (the caller checks it against the table: the product used its low 4 bits). With AVX-512 the look-up in
-    registers above; else the kernel looked up chunk by chunk into L1 and multiplied by
-    :func:`._numba_dense.outer_block`. Only where :func:`serves`."""
+    registers above, else :func:`._numba_lut_decoded.decoded_product`. Only where :func:`serves`."""
     return int(lut_product_parts(x, table, index, out, numba.get_num_threads()))
 
 
@@ -292,4 +178,4 @@ def lut_product_parts(x, table, index, out, parts):
     padded[:table.shape[0]] = table
     if AVX512:
         return _product(x, padded, index, out, max(1, min(parts, index.shape[1] // COLUMNS)))
-    return _decoded_product(x, padded, index, out, max(1, min(parts, index.shape[1] // OUTER_COLUMNS)))
+    return decoded_product(x, padded, index, out, max(1, min(parts, index.shape[1] // OUTER_COLUMNS)))

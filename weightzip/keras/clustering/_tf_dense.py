@@ -16,7 +16,7 @@ otherwise, as for a first layer). Bias and activation as ``keras.layers.Dense.ca
 general path's up to float32 rounding (sums in another order).
 
 :func:`fused_call` serves the layers of :func:`._fused_dense.served_state` with one-byte indices (stored, or the
-workspace's for numba's search) where numba compiles for AVX-512 (:func:`._numba_lut.serves`), in a step where
+workspace's for numba's search) where numba's vector products run (:func:`._numba_lut.serves`), in a step where
 the general path would use the workspace (:func:`._tf_lookup.applies`: a recorded, uncompiled TensorFlow step), on
 a float32 input of at most :data:`._fused_dense.MAX_ROWS` rows (where the traced shape leaves the rows open, a
 larger batch takes ``inputs @ kernel`` when the step runs). It runs the

@@ -9,7 +9,7 @@ forward pass. The forward pass is the general path's: the kernel looked up from 
 weight's reused buffer, then ``inputs @ kernel``, the bias and the activation, as ``keras.layers.Dense.call``.
 The gradients are those of the general path (float32 sums in another order).
 
-:func:`fused_call` serves the layers of :func:`._fused_dense.served_state` where numba compiles for AVX-512, on a
+:func:`fused_call` serves the layers of :func:`._fused_dense.served_state` where numba's vector products run, on a
 float32 CPU input of at most :data:`._fused_dense.MAX_ROWS` rows, in a step that records gradients. It runs
 the layer through :func:`weightzip.keras._direct_call.direct_call` (declining where that would); any other call
 takes the general path.
