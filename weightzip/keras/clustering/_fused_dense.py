@@ -49,3 +49,12 @@ def served_state(wrapper, serves_entries, *, every_step: bool = False):
             or kernel.shape[0] * kernel.shape[1] < MIN_WEIGHTS):
         return None
     return state
+
+
+def biased_and_activated(layer, outputs):
+    """``keras.layers.Dense.call``'s steps after the kernel product: the bias added, the activation applied."""
+    if layer.bias is not None:
+        outputs = keras.ops.add(outputs, layer.bias)
+    if layer.activation is not None:
+        outputs = layer.activation(outputs)
+    return outputs

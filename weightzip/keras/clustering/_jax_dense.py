@@ -30,7 +30,6 @@ from __future__ import annotations
 import functools
 import math
 
-import keras
 import numba
 import numpy as np
 
@@ -91,11 +90,7 @@ def _dense_output(layer, state, inputs):
     else:
         x = _product()(flat, table, state.pulling_indices.value)
     x = jnp.reshape(x, (*inputs.shape[:-1], units))
-    if layer.bias is not None:
-        x = keras.ops.add(x, layer.bias)
-    if layer.activation is not None:
-        x = layer.activation(x)
-    return x
+    return _fused_dense.biased_and_activated(layer, x)
 
 
 @functools.cache

@@ -37,7 +37,7 @@ from weightzip.keras.clustering._numba_avx512 import (
     vpermps,
 )
 from weightzip.keras.clustering._numba_dense import OUTER_COLUMNS, broadcast_element
-from weightzip.keras.clustering._numba_lut_decoded import decoded_product
+from weightzip.keras.clustering._numba_lut_decoded import columns_product, decoded_product
 
 COLUMNS = 64  # output columns of one block: one 64-byte row of indices, four vectors
 BLOCK_ROWS = 6  # rows of x per block: 4 x 6 accumulators + 4 weight vectors + 1 broadcast of 32 zmm registers
@@ -150,16 +150,7 @@ def _product(x, table, index, out, parts):
             for j in range(4):
                 for m in range(16):
                     out[b, block * COLUMNS + 4 * m + j] = sums[at + 16 * j + m]
-    high = largest.max()
-    for o in range(blocks * COLUMNS, columns):  # columns that fill no block
-        for i in range(inner):
-            high = max(high, np.int64(index[i, o]))
-        for b in range(batch):
-            total = np.float32(0)
-            for i in range(inner):
-                total += x[b, i] * table[index[i, o] & 15]
-            out[b, o] = total
-    return high
+    return max(largest.max(), columns_product(x, table, index, out, blocks * COLUMNS))
 
 
 def lut_product(x: np.ndarray, table: np.ndarray, index: np.ndarray, out: np.ndarray) -> int:

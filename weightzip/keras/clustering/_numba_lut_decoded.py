@@ -126,8 +126,16 @@ def decoded_product(x, table, index, out, parts):
     step = -(-blocks // parts)
     for part in numba.prange(parts):
         largest[part] = _decoded_blocks(x, table, index, out, min(blocks, part * step), min(blocks, (part + 1) * step))
-    high = largest.max()
-    for o in range(blocks * OUTER_COLUMNS, columns):  # columns that fill no block
+    return max(largest.max(), columns_product(x, table, index, out, blocks * OUTER_COLUMNS))
+
+
+@numba.njit(cache=True, nogil=True)
+def columns_product(x, table, index, out, first):
+    """``out[:, first:] = x @ table[index[:, first:] & 15]`` by scalar loops (the columns that fill no block, here
+    and in :mod:`._numba_lut`); returns the largest index read there (0 for none)."""
+    batch, inner = x.shape
+    high = 0
+    for o in range(first, index.shape[1]):
         for i in range(inner):
             high = max(high, np.int64(index[i, o]))
         for b in range(batch):

@@ -65,11 +65,7 @@ def _dense_output(layer, state, inputs):
     units = int(state.weight.variable.shape[1])
     flat = inputs.reshape(-1, inputs.shape[-1])
     x = _function().apply(flat, table, index, scratch).reshape(*inputs.shape[:-1], units)
-    if layer.bias is not None:
-        x = keras.ops.add(x, layer.bias)
-    if layer.activation is not None:
-        x = layer.activation(x)
-    return x
+    return _fused_dense.biased_and_activated(layer, x)
 
 
 @functools.cache
