@@ -371,6 +371,14 @@ def test_tensorflow_large_kernel_step_with_a_large_codebook_is_a_fresh_search(k)
     np.testing.assert_allclose(gradient, sums, rtol=1e-5, atol=1e-4)
 
 
+def _counted(monkeypatch, module, name: str) -> list:
+    """A list that gets one entry per call of ``module.name`` (the function itself still runs)."""
+    calls = []
+    function = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *args: calls.append(1) or function(*args))
+    return calls
+
+
 def _large_dense_model():
     """Dense(1024) then a Dense whose 1024 x 1030 kernel (>= 2^20 weights) the fused products serve."""
     keras.utils.set_random_seed(3)
@@ -407,9 +415,7 @@ def test_torch_fixed_dense_fused_step_equals_the_general_path(monkeypatch, pinne
     rng = np.random.default_rng(4)
     x = rng.normal(size=(37, 40)).astype("float32")
     upstream = rng.normal(size=(37, 1030)).astype("float32")
-    calls = []
-    fused_sums = _numba_dense.outer_product_segment_sums
-    monkeypatch.setattr(_numba_dense, "outer_product_segment_sums", lambda *a: calls.append(1) or fused_sums(*a))
+    calls = _counted(monkeypatch, _numba_dense, "outer_product_segment_sums")
     fused_output, fused = _torch_dense_gradients(clustered, x, upstream)
     assert calls == ([] if pinned else [1])  # a sparsity mask takes the general path
     monkeypatch.setattr(_fused_dense, "MAX_ROWS", 0)  # every call declined: the general path
@@ -455,9 +461,7 @@ def test_jax_dense_fused_step_equals_the_general_path(monkeypatch, reassignment)
     rng = np.random.default_rng(4)
     x = rng.normal(size=(37, 40)).astype("float32")
     upstream = rng.normal(size=(37, 1030)).astype("float32")
-    calls = []
-    fused_output = _jax_dense._dense_output
-    monkeypatch.setattr(_jax_dense, "_dense_output", lambda *a: calls.append(1) or fused_output(*a))
+    calls = _counted(monkeypatch, _jax_dense, "_dense_output")
     output, fused = _jax_dense_gradients(clustered, x, upstream)
     assert calls == [1]
     monkeypatch.setattr(_fused_dense, "MAX_ROWS", 36)  # every call declined: the general path
@@ -483,9 +487,7 @@ def test_jax_fixed_dense_fused_step_marks_indices_outside_the_codebook(monkeypat
     clustered = wk.cluster_weights(model, 8, reassignment="fixed")
     indices = clustered.layers[1].pulling_indices["kernel"]
     indices.assign(np.full(indices.shape, 9, np.uint8))  # k = 8
-    calls = []
-    fused_output = _jax_dense._dense_output
-    monkeypatch.setattr(_jax_dense, "_dense_output", lambda *a: calls.append(1) or fused_output(*a))
+    calls = _counted(monkeypatch, _jax_dense, "_dense_output")
     output, _ = _jax_dense_gradients(clustered, np.ones((4, 8), np.float32), np.ones((4, 1030), np.float32))
     assert calls == [1]
     assert np.isnan(output).all()
@@ -511,9 +513,7 @@ def test_tensorflow_dense_look_up_product_equals_the_general_path(monkeypatch, b
     rng = np.random.default_rng(4)
     x = rng.normal(size=(37, 40)).astype("float32")
     upstream = tf.constant(rng.normal(size=(37, 1030)).astype("float32"))
-    calls = []
-    product = _numba_lut.lut_product
-    monkeypatch.setattr(_numba_lut, "lut_product", lambda *a: calls.append(1) or product(*a))
+    calls = _counted(monkeypatch, _numba_lut, "lut_product")
 
     def step():
         @tf.function(input_signature=[tf.TensorSpec((batch_shape, 40), tf.float32)])

@@ -85,8 +85,7 @@ def _dense_output(layer, state, inputs):
     flat = jnp.reshape(inputs, (-1, inner))
     if state.pulling_indices is None:
         table, sorted_keys = sorted_rows(table, jax.lax.stop_gradient(jnp.reshape(table, (1, -1))))
-        midpoints = jax.lax.stop_gradient((sorted_keys[:, 1:] + sorted_keys[:, :-1]) / 2.0)
-        x = _searched_product()(flat, table, midpoints, state.weight.variable.value)
+        x = _searched_product()(flat, table, _jax_lookup.midpoints_between(sorted_keys), state.weight.variable.value)
     else:
         x = _product()(flat, table, state.pulling_indices.value)
     x = jnp.reshape(x, (*inputs.shape[:-1], units))
@@ -114,9 +113,7 @@ def _product():
         inputs, table, index = residuals
         call = jax.ffi.ffi_call(_GRADIENT_TARGET, jax.ShapeDtypeStruct(table.shape, table.dtype))
         table_gradient = call(jnp.transpose(inputs), upstream, index)
-        # (XLA drops the input gradient, and the look-up with it, where no layer before needs it)
-        kernel = _jax_lookup.indexed_lookup(table, jnp.reshape(index, (-1,)), average_gradient=False)
-        return upstream @ jnp.reshape(kernel, index.shape).T, table_gradient, None
+        return _input_gradient(upstream, table, index), table_gradient, None
 
     product.defvjp(product_forward, product_backward)
     return product
@@ -144,11 +141,19 @@ def _searched_product():
         weight_gradient = jnp.transpose(inputs) @ upstream
         table_gradient = _jax_lookup.table_gradient(jnp.reshape(weight_gradient, (-1,)), jnp.reshape(index, (-1,)),
                                                     table.shape[0], False)
-        kernel = _jax_lookup.indexed_lookup(table, jnp.reshape(index, (-1,)), average_gradient=False)
-        return upstream @ jnp.reshape(kernel, index.shape).T, table_gradient, midpoint_zeros, weight_gradient
+        return _input_gradient(upstream, table, index), table_gradient, midpoint_zeros, weight_gradient
 
     searched.defvjp(searched_forward, searched_backward)
     return searched
+
+
+def _input_gradient(upstream, table, index):
+    """``upstream @ table[index]^T``, the kernel looked up in the backward pass (XLA drops both where no layer before
+    needs the input gradient)."""
+    import jax.numpy as jnp
+
+    kernel = _jax_lookup.indexed_lookup(table, jnp.reshape(index, (-1,)), average_gradient=False)
+    return upstream @ jnp.reshape(kernel, index.shape).T
 
 
 # numba caches these handlers keyed on this file only: see the note above _jax_lookup's handlers.

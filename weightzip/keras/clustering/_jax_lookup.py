@@ -46,15 +46,21 @@ def applies(original, table) -> bool:
     return runs_here() and original.dtype == np.float32 and table.dtype == np.float32
 
 
+def midpoints_between(sorted_keys):
+    """The search's midpoints ``(groups, k - 1)`` between ascending keys ``(groups, k)`` (no gradient)."""
+    import jax
+
+    return jax.lax.stop_gradient((sorted_keys[:, 1:] + sorted_keys[:, :-1]) / 2.0)
+
+
 def searched_lookup(flat_table, sorted_keys, original, *, channel_axis, average_gradient):
     """Each weight of `original` replaced by its nearest entry of its table row; straight-through to `original`.
 
     flat_table: ``(groups * k,)`` centroid values, each row in ascending order of `sorted_keys`.
     sorted_keys: ``(groups, k)`` ascending search keys (the centroids; +inf for a pinned zero).
     """
-    import jax
 
-    midpoints = jax.lax.stop_gradient((sorted_keys[:, 1:] + sorted_keys[:, :-1]) / 2.0)
+    midpoints = midpoints_between(sorted_keys)
     shape = tuple(original.shape)
     inner = 1 if channel_axis is None else int(np.prod(shape[channel_axis % len(shape) + 1:], dtype=np.int64))
     return _functions().searched(flat_table, midpoints, original, inner, bool(average_gradient))
