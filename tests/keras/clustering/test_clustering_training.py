@@ -396,14 +396,31 @@ def _torch_dense_gradients(model, x, upstream):
     return output.detach().numpy(), {v.path: v.value.grad.numpy().copy() for v in model.trainable_variables}
 
 
+def _general_path_only(monkeypatch):
+    """Every clustered Dense declined by the backends' one-function paths: the general path."""
+    from weightzip.keras.clustering import _fused_dense
+
+    monkeypatch.setattr(_fused_dense, "dense_state", lambda wrapper, **_: None)
+
+
+def _assert_same_gradients(results: dict, expected_output, expected: dict, count: int):
+    for taken, (output, gradients) in results.items():
+        np.testing.assert_allclose(output, expected_output, rtol=1e-5, atol=1e-5, err_msg=taken)
+        assert gradients.keys() == expected.keys() and len(gradients) == count
+        for path, gradient in expected.items():
+            scale = np.abs(gradient).max()
+            np.testing.assert_allclose(gradients[path], gradient, rtol=1e-4, atol=1e-5 * scale,
+                                       err_msg=f"{taken}: {path}")
+
+
 @pytest.mark.parametrize("pinned", [False, True], ids=["free", "pinned_zero"])
 def test_torch_fixed_dense_fused_step_equals_the_general_path(monkeypatch, pinned):
     """A large clustered Dense with fixed assignment on torch: its product and centroid gradient by one function
-    (no weight gradient formed) give the general path's output, centroid gradients and input gradient (to the
-    layer before it)."""
+    (no weight gradient formed; above MAX_ROWS rows, the weight gradient summed by index) give the general path's
+    output, centroid gradients and input gradient (to the layer before it)."""
     if keras.backend.backend() != "torch":
         pytest.skip("the fused Dense step is PyTorch's")
-    from weightzip.keras.clustering import _fused_dense, _numba_dense
+    from weightzip.keras.clustering import _fused_dense, _numba_dense, _torch_dense
 
     if not _numba_dense.serves(16):
         pytest.skip("numba compiles for neither AVX-512 nor AVX2 with FMA here")
@@ -415,17 +432,44 @@ def test_torch_fixed_dense_fused_step_equals_the_general_path(monkeypatch, pinne
     rng = np.random.default_rng(4)
     x = rng.normal(size=(37, 40)).astype("float32")
     upstream = rng.normal(size=(37, 1030)).astype("float32")
-    calls = _counted(monkeypatch, _numba_dense, "outer_product_segment_sums")
-    fused_output, fused = _torch_dense_gradients(clustered, x, upstream)
-    assert calls == ([] if pinned else [1])  # a sparsity mask takes the general path
-    monkeypatch.setattr(_fused_dense, "MAX_ROWS", 0)  # every call declined: the general path
+    tiles = _counted(monkeypatch, _numba_dense, "outer_product_segment_sums")
+    functions = _counted(monkeypatch, _torch_dense, "_dense_output")
+    results = {"tiles": _torch_dense_gradients(clustered, x, upstream)}
+    assert tiles == ([] if pinned else [1])  # a sparsity mask takes the general path
+    assert len(functions) == (0 if pinned else 2)  # (the first layer: the weight gradient summed by index)
+    monkeypatch.setattr(_fused_dense, "MAX_ROWS", 36)  # the weight gradient summed by index
+    results["summed weight gradient"] = _torch_dense_gradients(clustered, x, upstream)
+    assert len(tiles) <= 1 and len(functions) == (0 if pinned else 4)
+    _general_path_only(monkeypatch)
     output, general = _torch_dense_gradients(clustered, x, upstream)
-    assert len(calls) <= 1
-    np.testing.assert_allclose(fused_output, output, rtol=1e-5, atol=1e-5)
-    assert fused.keys() == general.keys() and len(fused) == 4  # two codebooks, two biases
-    for path, gradient in general.items():
-        scale = np.abs(gradient).max()
-        np.testing.assert_allclose(fused[path], gradient, rtol=1e-4, atol=1e-5 * scale, err_msg=path)
+    assert len(tiles) <= 1 and len(functions) == (0 if pinned else 4)
+    _assert_same_gradients(results, output, general, 4)  # two codebooks, two biases
+
+
+@pytest.mark.parametrize("k", [16, 40])
+def test_torch_fixed_small_dense_layers_take_one_function(monkeypatch, k):
+    """LeNet-300-100 at batch 128 with fixed assignment on torch: each Dense by one autograd function (look-up,
+    product, and the weight gradient summed by index from the layer's reused buffer), with the general path's
+    output and gradients, step after step."""
+    if keras.backend.backend() != "torch":
+        pytest.skip("the one-function Dense is PyTorch's")
+    from weightzip.keras.clustering import _numba_dense, _torch_dense
+
+    keras.utils.set_random_seed(5)
+    model = keras.Sequential([keras.Input((784,)), keras.layers.Dense(300, activation="relu"),
+                              keras.layers.Dense(100, activation="relu"), keras.layers.Dense(10)])
+    clustered = wk.cluster_weights(model, k, reassignment="fixed")
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(128, 784)).astype("float32")
+    upstream = rng.normal(size=(128, 10)).astype("float32")
+    tiles = _counted(monkeypatch, _numba_dense, "outer_product_segment_sums")
+    functions = _counted(monkeypatch, _torch_dense, "_dense_output")
+    results = {f"step {step}": _torch_dense_gradients(clustered, x, upstream) for step in (1, 2)}
+    assert len(functions) == 6 and tiles == []
+    _general_path_only(monkeypatch)
+    output, general = _torch_dense_gradients(clustered, x, upstream)
+    assert len(functions) == 6
+    _assert_same_gradients(results, output, general, 6)  # three codebooks, three biases
 
 
 def _jax_dense_gradients(model, x, upstream):

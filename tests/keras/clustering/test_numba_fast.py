@@ -92,7 +92,7 @@ def test_the_avx512_search_is_the_select_chain(index_dtype):
 
 @pytest.mark.parametrize("size", SIZES.values(), ids=SIZES.keys())
 @pytest.mark.parametrize("index_dtype", [np.uint8, np.int16, np.int32, np.int64])  # int64: the checked blocks only
-@pytest.mark.parametrize("entries", [5, 16, 40], ids=lambda k: f"table{k}")  # <= 16: the AVX-512 look-up too
+@pytest.mark.parametrize("entries", [5, 16, 40], ids=lambda k: f"table{k}")  # <= 16: the vector look-ups too
 @pytest.mark.parametrize("outside_at", ["spread", "late", "none"])
 def test_look_up_is_the_reference_look_up(index_dtype, size, entries, outside_at):
     """Indices outside the table (NaN, counted) from the first block on, only near the end (the vector look-up

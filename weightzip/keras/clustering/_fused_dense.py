@@ -4,6 +4,8 @@ per-call checks.
 
 - PyTorch and JAX, fixed assignment (:mod:`._torch_dense`, :mod:`._jax_dense`): the backward pass sums the weight
   gradient by index tile by tile (:func:`._numba_dense.outer_product_segment_sums`) and never forms it as a tensor.
+  (PyTorch's function also serves the other layers of :func:`dense_state`, whatever their size and batch: a step
+  that runs eagerly pays per autograd node and Keras op, and one function is fewer of both.)
 - TensorFlow and JAX, fixed and every-step reassignment (:mod:`._tf_dense`, :mod:`._jax_dense`): the forward pass
   multiplies by a look-up table (:func:`._numba_lut.lut_product`) and never packs the kernel for a matmul (JAX: never
   forms it at all).
@@ -30,6 +32,20 @@ def served_state(wrapper, serves_entries, *, every_step: bool = False):
     """The clustered kernel's state of `wrapper` (a ``ClusterWeights``) where its layer takes the fused product
     (`serves_entries(k)`: whether the backend's kernels run for k centroids; `every_step`: whether the backend's
     product also serves every-step reassignment), else None."""
+    state = dense_state(wrapper, every_step=every_step)
+    if state is None:
+        return None
+    kernel = state.weight.variable
+    if not serves_entries(int(state.centroids.shape[-1])) or kernel.shape[0] * kernel.shape[1] < MIN_WEIGHTS:
+        return None
+    return state
+
+
+def dense_state(wrapper, *, every_step: bool = False):
+    """The clustered kernel's state of `wrapper` where its layer is one that a custom-gradient function can compute
+    whatever its size: the exact ``keras.layers.Dense`` (no LoRA, quantization, kernel regulariser or constraint)
+    with one clustered float32 kernel, per tensor, summed gradients, no preserved sparsity, with stored indices
+    (or `every_step`); else None."""
     layer, states = wrapper.layer, wrapper._cluster_states
     if type(layer) is not keras.layers.Dense or len(states) != 1:
         return None
@@ -44,9 +60,7 @@ def served_state(wrapper, serves_entries, *, every_step: bool = False):
             or state.weight.variable is not getattr(layer, "_kernel", None)):
         return None
     kernel = state.weight.variable
-    if (not serves_entries(int(state.centroids.shape[-1])) or kernel.dtype != "float32"
-            or state.centroids.dtype != "float32" or len(kernel.shape) != 2
-            or kernel.shape[0] * kernel.shape[1] < MIN_WEIGHTS):
+    if kernel.dtype != "float32" or state.centroids.dtype != "float32" or len(kernel.shape) != 2:
         return None
     return state
 

@@ -41,6 +41,7 @@ from weightzip.keras.clustering._numba_kernels import (
     fold_lanes,
     selects_are_counts,
 )
+from weightzip.keras.clustering._numba_lut_decoded import look_up_decoded
 
 # Codebook rows of at most this many entries take the register search (padded with +inf midpoints).
 REGISTER_TABLE = 16
@@ -178,6 +179,7 @@ def _look_up_range(table, table16, index, out, first, last):
     size = table.shape[0]
     if size <= REGISTER_TABLE:  # 256 at a time, checked per 256; from 256 holding an index outside on: the blocks
         first = look_up_checked_vector(table16, index, out, first, last, size)
+        first = look_up_decoded(table16, index, out, first, last, size)  # (AVX2)
     outside = 0
     for start in range(first, last, _BLOCK):
         stop = min(last, start + _BLOCK)

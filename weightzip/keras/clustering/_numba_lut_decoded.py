@@ -16,9 +16,9 @@ import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
-from weightzip.keras.clustering._numba_avx512 import AVX2, c_vectors, vector_pointer
+from weightzip.keras.clustering._numba_avx512 import AVX2, AVX512, c_vectors, vector_pointer
 from weightzip.keras.clustering._numba_dense import OUTER_COLUMNS, OUTER_ROWS, broadcast_element, outer_block
 
 CHUNK = 128  # index rows of one decoded buffer (128 x 16 floats with AVX2: 8 KB, in L1)
@@ -144,3 +144,31 @@ def columns_product(x, table, index, out, first):
                 total += x[b, i] * table[index[i, o] & 15]
             out[b, o] = total
     return high
+
+
+LOOK_UP_ROWS = 16  # rows of OUTER_COLUMNS weights that one look_up_decoded step writes (256 weights with AVX2)
+
+
+def look_up_decoded(table16, index, out, first, last, size):
+    """out[first:end] = table16[index[first:end]] :data:`LOOK_UP_ROWS` x OUTER_COLUMNS at a time by :func:`_decode_rows` where numba
+    compiles for AVX2 without AVX-512 (which has its own form) on one-byte indices and float32; returns `end` as
+    :func:`._numba_avx512.look_up_checked_vector` does (`first` where not served). `size` <= 16."""
+    raise NotImplementedError  # only called from numba: see the overload below
+
+
+@overload(look_up_decoded, jit_options={"cache": True, "nogil": True})
+def _look_up_decoded_overload(table16, index, out, first, last, size):
+    if not (AVX2 and not AVX512 and c_vectors(table16, index, out) and table16.dtype == out.dtype == types.float32
+            and index.dtype == types.uint8):
+        return lambda table16, index, out, first, last, size: first
+
+    def vector(table16, index, out, first, last, size):
+        block = LOOK_UP_ROWS * OUTER_COLUMNS
+        i = first
+        while i + block <= last:
+            if _decode_rows(table16, index, i, OUTER_COLUMNS, LOOK_UP_ROWS, out[i:]) >= size:
+                return i
+            i += block
+        return i
+
+    return vector
