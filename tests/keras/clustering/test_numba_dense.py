@@ -23,6 +23,7 @@ def test_outer_product_segment_sums_equal_a_bincount_of_the_weight_gradient(batc
     g = rng.normal(size=(batch, columns)).astype(np.float32)
     index = rng.integers(0, entries, (rows, columns)).astype(index_dtype)
     index[0, :3] = entries + 2  # outside the table: adds nowhere
+    index[0, -1] = 255  # (in the zero-padded last block where the columns fill none)
     out = np.full(entries, np.nan, np.float32)
     _numba_dense.outer_product_segment_sums(np.ascontiguousarray(x.T), g, index, out)
     product = x.T.astype(np.float64) @ g.astype(np.float64)

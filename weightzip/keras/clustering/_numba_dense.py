@@ -125,21 +125,25 @@ def serves(entries: int) -> bool:
 
 @numba.njit(cache=True, nogil=True)
 def _panels(g):
-    """g's whole blocks of OUTER_COLUMNS columns, each stored contiguously (batch x OUTER_COLUMNS): the rows of one
-    block in g are a row of g apart (16 KB at 4096 columns, all in one L1 set), in a panel 256 bytes."""
+    """g's blocks of OUTER_COLUMNS columns, each stored contiguously (batch x OUTER_COLUMNS; the last block padded
+    with zeros): the rows of one block in g are a row of g apart (16 KB at 4096 columns, all in one L1 set), in a
+    panel 256 bytes."""
     batch, columns = g.shape
-    blocks = columns // OUTER_COLUMNS
-    panels = np.empty(blocks * batch * OUTER_COLUMNS, np.float32)
+    blocks = -(-columns // OUTER_COLUMNS)
+    panels = np.zeros(blocks * batch * OUTER_COLUMNS, np.float32)
     for block in range(blocks):
+        first = block * OUTER_COLUMNS
+        width = min(OUTER_COLUMNS, columns - first)
         for b in range(batch):
             start = (block * batch + b) * OUTER_COLUMNS
-            panels[start:start + OUTER_COLUMNS] = g[b, block * OUTER_COLUMNS:(block + 1) * OUTER_COLUMNS]
+            panels[start:start + width] = g[b, first:first + width]
     return panels
 
 
 @numba.njit(cache=True, nogil=True)
 def _rows(xt, g, panels, index, first, last, sums):
-    """Adds the products of rows first:last (a multiple of OUTER_ROWS long) into sums[index] (float64)."""
+    """Adds the products of rows first:last (a multiple of OUTER_ROWS long) into sums[index] (float64); the columns
+    that fill no block take the zero-padded last panel."""
     batch, columns = g.shape
     size = sums.shape[0]
     flat_xt = xt.reshape(-1)
@@ -148,22 +152,20 @@ def _rows(xt, g, panels, index, first, last, sums):
     lanes = np.zeros(_LANES, np.float32)
     wide_lanes = np.zeros(_LANES, np.float64)
     partial = np.zeros(_SCALAR_ROWS * (size + 1), np.float64)
-    whole_columns = columns - columns % OUTER_COLUMNS
+    padded_columns = -(-columns // OUTER_COLUMNS) * OUTER_COLUMNS
     for i0 in range(first, last, OUTER_ROWS):
-        for o0 in range(0, whole_columns, _TILE_COLUMNS):
-            width = min(_TILE_COLUMNS, whole_columns - o0)
+        for o0 in range(0, padded_columns, _TILE_COLUMNS):
+            width = min(_TILE_COLUMNS, padded_columns - o0)
             for c in range(0, width, OUTER_COLUMNS):
                 panel = (o0 + c) // OUTER_COLUMNS * batch * OUTER_COLUMNS
                 outer_block(flat_xt, panels, flat_tile, i0, panel, batch, batch, 0, OUTER_COLUMNS, _TILE_COLUMNS, c,
                             False)
+            width = min(width, columns - o0)  # (the padding's products are zero, and not summed)
             for r in range(OUTER_ROWS):
                 row_index = index[i0 + r, o0:o0 + width]
                 done = segment_sums_vector(tile[r], row_index, lanes, 0, width)
                 if done < width:
                     _scalar_sums(tile[r], row_index, done, width, partial)
-        for o in range(whole_columns, columns):  # columns that fill no block
-            for r in range(OUTER_ROWS):
-                _add_product(xt, g, index, i0 + r, o, sums)
         fold_lanes(lanes, wide_lanes)
     add_lane_sums(wide_lanes, sums)
     for j in range(size):
