@@ -11,8 +11,8 @@ per-call checks.
   forms it at all).
 
 They serve the exact class ``keras.layers.Dense`` (no LoRA, quantization, kernel regulariser or constraint) with one
-clustered kernel, per tensor, of at least :data:`MIN_WEIGHTS` weights and at most 16 centroids, summed gradients,
-no preserved sparsity, float32.
+clustered kernel, per tensor, summed gradients, no preserved sparsity, float32 (:func:`dense_state`); the fused
+products also need at least :data:`MIN_WEIGHTS` weights and at most 16 centroids (:func:`served_state`).
 """
 
 from __future__ import annotations

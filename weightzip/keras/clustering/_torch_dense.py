@@ -58,7 +58,7 @@ def _served_state(wrapper, inputs):
     if (not isinstance(inputs, torch.Tensor) or inputs.device.type != "cpu" or inputs.dtype != torch.float32
             or inputs.ndim < 2 or inputs.shape[-1] != kernel.shape[0] or inputs.numel() == 0):
         return None
-    return state
+    return state if _torch_lookup.variable_tensor(state.centroids).device.type == "cpu" else None
 
 
 def _dense_output(layer, state, inputs):
