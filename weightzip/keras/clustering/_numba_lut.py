@@ -32,12 +32,11 @@ from weightzip.keras.clustering._numba_avx512 import (
     F32X16,
     I32X16,
     VECTOR_PRODUCTS,
-    c_vectors,
     vector_pointer,
     vpermps,
 )
 from weightzip.keras.clustering._numba_dense import OUTER_COLUMNS, broadcast_element
-from weightzip.keras.clustering._numba_lut_decoded import columns_product, decoded_product
+from weightzip.keras.clustering._numba_lut_decoded import byte_indexed_floats, columns_product, decoded_product
 
 COLUMNS = 64  # output columns of one block: one 64-byte row of indices, four vectors
 BLOCK_ROWS = 6  # rows of x per block: 4 x 6 accumulators + 4 weight vectors + 1 broadcast of 32 zmm registers
@@ -58,8 +57,7 @@ def _block_intrinsic(rows: int):
 
     @intrinsic
     def block(typingctx, x, table, index, sums, row, column, inner, columns, first, last, at):
-        if not (c_vectors(x, table, index, sums) and x.dtype == table.dtype == sums.dtype == types.float32
-                and index.dtype == types.uint8):
+        if not byte_indexed_floats(index, x, table, sums):
             return None
 
         def codegen(context, builder, signature, args):

@@ -27,14 +27,19 @@ _F32X8 = ir.VectorType(ir.FloatType(), 8)
 _I32X8 = ir.VectorType(ir.IntType(32), 8)
 
 
+def byte_indexed_floats(index, *floats) -> bool:
+    """Whether numba types these as the look-up kernels' operands: C-contiguous 1-D arrays, `index` of one-byte
+    indices and `floats` float32 (here and in :mod:`._numba_lut`)."""
+    return c_vectors(index, *floats) and index.dtype == types.uint8 and all(a.dtype == types.float32 for a in floats)
+
+
 @intrinsic
 def _decode_rows(typingctx, table, index, at, stride, rows, buffer):
     """``buffer[r * OUTER_COLUMNS + c] = table[index[at + r * stride + c] & 15]`` for r < rows, c < OUTER_COLUMNS, 8 at
     a time (a table look-up in numba does not vectorise): with AVX2 ``vpermps`` on each half of the table in a
     register, else a tree of 15 selects on the index bits; returns the largest index byte read. table: 16 float32
     entries; C-contiguous 1-D arrays."""
-    if not (c_vectors(table, index, buffer) and table.dtype == buffer.dtype == types.float32
-            and index.dtype == types.uint8):
+    if not byte_indexed_floats(index, table, buffer):
         return None
 
     def codegen(context, builder, signature, args):
@@ -159,8 +164,7 @@ def look_up_decoded(table16, index, out, first, last, size):
 
 @overload(look_up_decoded, jit_options={"cache": True, "nogil": True})
 def _look_up_decoded_overload(table16, index, out, first, last, size):
-    if not (AVX2 and not AVX512 and c_vectors(table16, index, out) and table16.dtype == out.dtype == types.float32
-            and index.dtype == types.uint8):
+    if not (AVX2 and not AVX512 and byte_indexed_floats(index, table16, out)):
         return lambda table16, index, out, first, last, size: first
 
     def vector(table16, index, out, first, last, size):
