@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from weightzip.calibration import CalibrationError, load_calibration
+from weightzip.calibration import CalibrationError, ImagePreprocessing, input_shape_with, load_calibration
 
 
 def _save_npz(path, **arrays):
@@ -89,3 +89,60 @@ def test_unreadable_image_and_non_image_model_input(tmp_path):
         load_calibration(tmp_path, (49, 10, 5))
     with pytest.raises(CalibrationError, match="no fixed height and width"):
         load_calibration(tmp_path, (None, None, 3))
+
+
+IMAGENET = ImagePreprocessing(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+
+
+def test_image_folder_normalised_per_channel_as_torchvision_normalize(tmp_path):
+    _photo(tmp_path / "a.png", color=(255, 128, 0))
+    pixels = np.array([255, 128, 0], np.float32) / 255.0
+    for shape, axis in (((5, 4, 3), -1), ((3, 5, 4), 1)):
+        normalised = load_calibration(tmp_path, shape, preprocessing=IMAGENET)
+        expected = (pixels - np.array(IMAGENET.mean, np.float32)) / np.array(IMAGENET.std, np.float32)
+        np.testing.assert_allclose(np.moveaxis(normalised, axis, -1)[0], np.broadcast_to(expected, (5, 4, 3)),
+                                   rtol=1e-6)
+    plain = load_calibration(tmp_path, (5, 4, 3))
+    np.testing.assert_allclose(load_calibration(tmp_path, (5, 4, 3), preprocessing=ImagePreprocessing(0.5, 0.5)),
+                               plain * 2 - 1, atol=1e-6)  # one value for every channel: [0, 1] -> [-1, 1]
+    grey = load_calibration(tmp_path, (5, 4), preprocessing=ImagePreprocessing(mean=0.25, std=2.0))
+    np.testing.assert_allclose(grey, (load_calibration(tmp_path, (5, 4)) - 0.25) / 2.0, atol=1e-6)
+
+
+def test_center_crop_keeps_the_middle_and_the_aspect_ratio(tmp_path):
+    stripes = np.zeros((10, 30, 3), np.uint8)  # a wide image: red, green and blue thirds, left to right
+    stripes[:, :10, 0] = stripes[:, 10:20, 1] = stripes[:, 20:, 2] = 255
+    Image.fromarray(stripes).save(tmp_path / "stripes.png")
+    cropped = load_calibration(tmp_path, (8, 8, 3), preprocessing=ImagePreprocessing(resize="center-crop"))
+    np.testing.assert_allclose(cropped[0, :, 1:-1].mean(axis=(0, 1)), [0, 1, 0], atol=0.05)  # the green middle
+    stretched = load_calibration(tmp_path, (8, 8, 3))
+    np.testing.assert_allclose(stretched[0, :, 0], np.broadcast_to([1, 0, 0], (8, 3)), atol=0.05)  # all three
+    np.testing.assert_allclose(stretched[0, :, -1], np.broadcast_to([0, 0, 1], (8, 3)), atol=0.05)
+    wide = load_calibration(tmp_path, (8, 24, 3), preprocessing=ImagePreprocessing(resize="center-crop"))
+    assert wide.shape == (1, 8, 24, 3)  # the image's own aspect ratio: the whole image, nothing cut
+    np.testing.assert_allclose(wide[0, :, 1:7].mean(axis=(0, 1)), [1, 0, 0], atol=0.05)
+    np.testing.assert_allclose(wide[0, :, 17:23].mean(axis=(0, 1)), [0, 0, 1], atol=0.05)
+
+
+def test_bad_preprocessing_is_one_line_and_refused_for_an_npz(tmp_path):
+    for options, message in [(dict(std=0.0), "std must be positive"), (dict(mean=float("nan")), "finite numbers"),
+                             (dict(mean="red"), "must be numbers"), (dict(resize="squash"), "resize")]:
+        with pytest.raises(CalibrationError, match=message):
+            ImagePreprocessing(**options)
+    _photo(tmp_path / "a.png")
+    with pytest.raises(CalibrationError, match="image mean has 2 values; the model's input has 3 channels"):
+        load_calibration(tmp_path, (8, 8, 3), preprocessing=ImagePreprocessing(mean=(0.5, 0.5)))
+    npz = _save_npz(tmp_path.parent / "x.npz", x=np.zeros((2, 8, 8, 3), np.float32))
+    with pytest.raises(CalibrationError, match="applies to a folder of images"):
+        load_calibration(npz, (8, 8, 3), preprocessing=IMAGENET)
+    assert load_calibration(npz, (8, 8, 3), preprocessing=ImagePreprocessing()).shape == (2, 8, 8, 3)
+
+
+def test_input_shape_fills_what_the_model_leaves_open_and_never_contradicts_it():
+    assert input_shape_with(None, (3, 224, 224)) == (3, 224, 224)  # TorchScript states none
+    assert input_shape_with((None, None, 3), (96, 64, 3)) == (96, 64, 3)
+    assert input_shape_with((28, 28, 1), None) == (28, 28, 1)
+    assert input_shape_with(None, None) is None
+    for model, given in [((28, 28, 1), (32, 32, 1)), ((None, None, 3), (3, 96, 64)), ((3, 8, 8), (3, 8))]:
+        with pytest.raises(CalibrationError, match="contradicts the model's input"):
+            input_shape_with(model, given)

@@ -124,6 +124,10 @@ def _check_compress_options(args: argparse.Namespace) -> None:
         raise CliError("--jobs and --scheduler exclude each other (the cluster's workers do the work)")
     if args.learning_rate is not None and not (args.learning_rate > 0 and math.isfinite(args.learning_rate)):
         raise CliError(f"--learning-rate must be a finite number > 0, got {args.learning_rate}")
+    image = [flag for flag, value in _image_flags(args) if value is not None]
+    if image and args.calibration is None:
+        raise CliError(f"{', '.join(image)}: say how a --calibration folder's images become the model's inputs; "
+                       "add --calibration, or drop them")
     if args.data is None:
         given = [_option(name) for name in _RETRAINING_OPTIONS if getattr(args, name) is not None]
         if given:
@@ -204,7 +208,45 @@ def _compress_keras(source: Path, output: Path, args) -> int:
 def _post_training_flags(args) -> list[tuple[str, object]]:
     return [("--calibration", args.calibration), ("--bits-per-weight", args.bits_per_weight),
             ("--target-size", args.target_size), ("--min-fidelity", args.min_fidelity),
-            ("--sensitivity", args.sensitivity)]
+            ("--sensitivity", args.sensitivity)] + _image_flags(args)
+
+
+def _image_flags(args) -> list[tuple[str, object]]:
+    """The options that say how a --calibration folder's images become the model's inputs."""
+    return [("--image-mean", args.image_mean), ("--image-std", args.image_std),
+            ("--image-resize", args.image_resize), ("--input-shape", args.input_shape)]
+
+
+def _calibration_inputs(args, model_shape):
+    """--calibration loaded for a model whose per-sample input is `model_shape` (None: not stated, as for
+    TorchScript, where an .npz's own sample shape is taken), with the --image-* options and --input-shape."""
+    from weightzip.calibration import ImagePreprocessing, input_shape_with, load_calibration
+
+    shape = input_shape_with(model_shape, args.input_shape)
+    if shape is None:
+        shape = _npz_sample_shape(Path(args.calibration))
+    given = {name: value for name, value in (("mean", args.image_mean), ("std", args.image_std),
+                                             ("resize", args.image_resize)) if value is not None}
+    return load_calibration(args.calibration, shape, preprocessing=ImagePreprocessing(**given) if given else None)
+
+
+def _numbers(text: str) -> tuple[float, ...]:
+    """argparse type: comma-separated numbers (one per channel, or one for all)."""
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    """argparse type: comma-separated positive sizes (a per-sample input shape such as 3,224,224)."""
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or any(size < 1 for size in sizes):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive sizes such as 3,224,224, got {text!r}")
+    return sizes
 
 
 def _post_training_spec(args):
@@ -221,13 +263,12 @@ def _post_training_spec(args):
 
 
 def _post_training_keras(model, source: Path, output: Path, args, console) -> int:
-    from weightzip.calibration import load_calibration
     from weightzip.keras.pipeline.post_training import compress_post_training
 
     spec = _post_training_spec(args)
     calibration = None
     if args.calibration is not None:
-        calibration = load_calibration(args.calibration, tuple(model.inputs[0].shape[1:]))
+        calibration = _calibration_inputs(args, tuple(model.inputs[0].shape[1:]))
     with console.status("post-training compression (no --data: no retraining)"):
         _, report = compress_post_training(model, calibration, spec=spec, path=output, overwrite=args.overwrite,
                                            inputs=(source,))
@@ -380,17 +421,13 @@ def _post_training_torch(module, input_shape, source: Path, output: Path, args) 
     from rich.console import Console
 
     from weightzip.atomic import check_output_path
-    from weightzip.calibration import load_calibration
     from weightzip.torch.post_training import compress_post_training
 
     check_output_path(output, overwrite=args.overwrite, inputs=(source,))
     spec = _post_training_spec(args)
     calibration = None
-    if args.calibration is not None:
-        shape = input_shape
-        if shape is None:  # TorchScript keeps no input shape: an .npz's own sample shape is taken as given
-            shape = _npz_sample_shape(Path(args.calibration))
-        calibration = load_calibration(args.calibration, shape)
+    if args.calibration is not None:  # TorchScript keeps no input shape: --input-shape, or the .npz's own
+        calibration = _calibration_inputs(args, input_shape)
     extra_tensors, metadata = None, None
     if source.suffix != ".pt2":  # TorchScript: the archive's skeleton too, so decompress gives an archive back
         from weightzip.torch.torchscript import ARCHIVE_TENSOR, load_archive, skeleton_array
@@ -420,8 +457,8 @@ def _npz_sample_shape(path: Path) -> tuple[int | None, ...]:
     import numpy as np
 
     if path.is_dir():
-        raise CliError(f"--calibration {path}: a TorchScript model does not state its input size; give an .npz "
-                       "with an array 'x' of preprocessed inputs")
+        raise CliError(f"--calibration {path}: a TorchScript model does not state its input size; give it with "
+                       "--input-shape (e.g. 3,224,224), or an .npz with an array 'x' of preprocessed inputs")
     try:
         with zipfile.ZipFile(path) as archive, archive.open("x.npy") as stream:
             version = np.lib.format.read_magic(stream)
@@ -640,6 +677,19 @@ def build_parser() -> argparse.ArgumentParser:
                           help="post-training: calibration inputs (an .npz with an array 'x', or a folder of images "
                           "resized to the model's input, scaled to [0, 1]; for a Hugging Face model directory, a "
                           "text file with one sentence a line) for sensitivities and measured fidelity")
+    compress.add_argument("--image-mean", type=_numbers, metavar="M[,M,M]",
+                          help="with a --calibration folder: subtract this from the [0, 1] pixels, per channel "
+                          "(e.g. 0.485,0.456,0.406 for ImageNet models from torchvision; 0.5 with --image-std 0.5 "
+                          "gives [-1, 1])")
+    compress.add_argument("--image-std", type=_numbers, metavar="S[,S,S]",
+                          help="with a --calibration folder: then divide by this, per channel (e.g. "
+                          "0.229,0.224,0.225 for ImageNet models from torchvision)")
+    compress.add_argument("--image-resize", choices=("stretch", "center-crop"),
+                          help="with a --calibration folder: resize whole images to the input size (stretch, the "
+                          "default) or their largest centred crop of its aspect ratio (center-crop)")
+    compress.add_argument("--input-shape", type=_sizes, metavar="D,D,...",
+                          help="with --calibration: the model's per-sample input shape where the model does not "
+                          "state it (TorchScript: e.g. 3,224,224 for a folder of images) or leaves sizes open")
     compress.add_argument("--bits-per-weight", type=float, metavar="B",
                           help="post-training: choose each tensor's k and codebooks for this average over the "
                           "compressed tensors (codebooks and indices counted as stored)")

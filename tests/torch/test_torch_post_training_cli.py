@@ -91,3 +91,69 @@ def test_per_kind_options_reach_pytorch_post_training_as_on_keras(files, tmp_pat
     assert float(np.mean(weights["conv.weight"] == 0)) == pytest.approx(0.25, abs=0.02)
     fidelity = read_metadata(output)["post_training"]["fidelity"]
     assert fidelity["relative_output_error"] < 0.5  # measured against the float model on held-out inputs
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """A folder of 24 small RGB images (larger than the model's 8x8 input, of another aspect ratio)."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(3)
+    for index in range(24):
+        smooth = rng.integers(0, 256, size=(3, 4, 3)).repeat(4, axis=0).repeat(5, axis=1)  # 12 x 20 pixels
+        Image.fromarray(smooth.astype(np.uint8)).save(folder / f"photo_{index:02d}.png")
+    return folder
+
+
+IMAGENET_OPTIONS = ["--image-mean", "0.485,0.456,0.406", "--image-std", "0.229,0.224,0.225",
+                    "--image-resize", "center-crop"]
+
+
+def test_torchscript_takes_a_folder_of_images_at_the_input_shape_with_their_normalisation(files, photos, tmp_path,
+                                                                                           capsys):
+    from weightzip.calibration import ImagePreprocessing, load_calibration
+    from weightzip.torch.post_training import compress_post_training
+
+    model, scripted, _, _, _, _ = files
+    output = tmp_path / "photos.wz"
+    assert main(["compress", str(scripted), "-o", str(output), "--calibration", str(photos), "--input-shape", "3,8,8",
+                 "--bits-per-weight", "4", *IMAGENET_OPTIONS]) == 0
+    printed = capsys.readouterr().out
+    assert "fidelity on 6 held-out samples" in printed
+    assert "bias correction: kept" not in printed  # a TorchScript model is not bias-corrected: nothing to keep
+    recorded = read_metadata(output)["post_training"]["fidelity"]
+    # the same inputs through the Python API: the CLI normalised and cropped them as asked
+    preprocessing = ImagePreprocessing(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), resize="center-crop")
+    inputs = load_calibration(photos, (3, 8, 8), preprocessing=preprocessing)
+    assert inputs.shape == (24, 3, 8, 8) and inputs.min() < -1.0  # normalised, not [0, 1]
+    _, report = compress_post_training(torch.jit.load(str(scripted)), inputs, bits_per_weight=4)
+    assert report.fidelity.relative_output_error == pytest.approx(recorded["relative_output_error"], abs=1e-6)
+    plain = tmp_path / "plain.wz"
+    assert main(["compress", str(scripted), "-o", str(plain), "--calibration", str(photos), "--input-shape", "3,8,8",
+                 "--bits-per-weight", "4"]) == 0
+    other = read_metadata(plain)["post_training"]["fidelity"]["relative_output_error"]
+    assert other != pytest.approx(recorded["relative_output_error"], abs=1e-6)  # [0, 1] pixels, stretched
+
+
+def test_image_options_that_cannot_apply_exit_2_and_write_nothing(files, photos, tmp_path, capsys):
+    _, scripted, exported, calibration, _, _ = files
+    output = tmp_path / "never.wz"
+    cases = [
+        (["--calibration", str(photos)], "--input-shape"),  # TorchScript states no input size
+        (["--input-shape", "3,8,8", "--image-mean", "0.5"], "add --calibration, or drop them"),
+        (["--calibration", str(calibration), "--image-std", "0.5"], "applies to a folder of images"),
+        (["--calibration", str(photos), "--input-shape", "3,8,8", "--image-std", "0,1,1"], "std must be positive"),
+        (["--calibration", str(photos), "--input-shape", "3,8,8", "--image-mean", "0.5,0.5"], "has 2 values"),
+    ]
+    for options, message in cases:
+        assert main(["compress", str(scripted), "-o", str(output), *options]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+        assert not output.exists()
+    assert main(["compress", str(exported), "-o", str(output), "--calibration", str(photos),
+                 "--input-shape", "3,16,16"]) == 2  # a .pt2 program states its input: 3 x 8 x 8
+    assert "contradicts the model's input" in capsys.readouterr().err and not output.exists()
+    with pytest.raises(SystemExit) as exit_:
+        main(["compress", str(scripted), "--input-shape", "3,x,8"])
+    assert exit_.value.code == 2 and "expected comma-separated positive sizes" in capsys.readouterr().err

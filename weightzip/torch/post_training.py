@@ -188,7 +188,7 @@ def compress_post_training(
         compressed, corrected = _compressed(model, targets, plan, correction)
     best_trial.pop("model", None)
     correction_note = None
-    if corrected is not None and spec.bias_correction is None:
+    if corrected is not None and corrected[0] and spec.bias_correction is None:  # (nothing corrected: no choice)
         compressed, corrected, correction_note = _better_corrected(
             model, targets, plan, compressed, corrected, correction, fit_batches, batch_size, spec.classifier,
             fit_reference, best_trial["rest"] if best_trial.get("plan") is plan else None)

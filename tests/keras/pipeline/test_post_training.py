@@ -212,6 +212,27 @@ def test_cli_post_training_with_calibration(saved, capsys):
     assert read_metadata(output)["post_training"]["bits_per_weight"] <= 3.0
 
 
+def test_cli_folder_of_images_normalised_as_asked(trained, saved, tmp_path, capsys):
+    from PIL import Image
+
+    from weightzip.calibration import ImagePreprocessing, load_calibration
+
+    model, calibration = trained
+    photos = tmp_path / "digits"
+    photos.mkdir()
+    for index, image in enumerate(calibration[:48]):
+        Image.fromarray(np.round(image[..., 0] * 255).astype(np.uint8)).save(photos / f"{index:02d}.png")
+    output = tmp_path / "digits.wz"
+    assert _cli("compress", saved / "model.keras", "-o", output, "--calibration", photos, "--image-mean", "0.1307",
+                "--image-std", "0.3081", "--bits-per-weight", "3") == 0
+    assert "top-1 agreement" in capsys.readouterr().out
+    recorded = read_metadata(output)["post_training"]["fidelity"]
+    inputs = load_calibration(photos, (28, 28, 1), preprocessing=ImagePreprocessing(mean=0.1307, std=0.3081))
+    assert inputs.shape == (48, 28, 28, 1) and inputs.max() > 2.0  # normalised, not [0, 1]
+    _, report = compress_post_training(model, inputs, bits_per_weight=3)  # what the command was asked to do
+    assert report.fidelity.relative_output_error == pytest.approx(recorded["relative_output_error"], abs=1e-5)
+
+
 @pytest.mark.parametrize("problem", ["wrong shape", "empty folder", "unmeetable target", "fidelity without data"])
 def test_cli_bad_input_is_one_line_exit_2_nothing_written(saved, tmp_path, capsys, problem):
     output = tmp_path / "out.wz"
