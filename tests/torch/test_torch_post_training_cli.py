@@ -48,6 +48,9 @@ def test_runnable_inputs_compress_to_a_target_with_measured_fidelity(files, tmp_
                  "--bits-per-weight", "4"]) == 0
     printed = capsys.readouterr().out
     assert "fidelity on 10 held-out samples" in printed and "bits per weight" in printed
+    if kind == "pt2":  # its layers are hooked as an nn.Module's (weightzip.torch.exported); TorchScript's cannot be
+        assert "error compensation (GPTQ on the clustered grid): 1 tensors'" in printed
+        assert "bias correction: 2 layers' output means restored" in printed
     assert main(["inspect", str(output)]) == 0
     assert "post-training (4 bits per weight), " in capsys.readouterr().out  # the one fidelity line of inspect
     recorded = read_metadata(output)["post_training"]

@@ -36,6 +36,7 @@ from weightzip.torch.calibration import (
     run_model,
     run_with_forward_hooks,
 )
+from weightzip.torch.exported import following_norm
 from weightzip.torch.targets import WeightTarget
 
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -91,6 +92,10 @@ def _channel_means(module: nn.Module, names: list[str], batches, samples: dict |
 
 
 def _following_batch_norm(model: nn.Module, name: str) -> nn.Module | None:
+    """The BatchNorm that takes layer `name`'s output: the next layer of an nn.Sequential, or in a graph
+    (a torch.export program's, :mod:`weightzip.torch.exported`) the one that alone takes it."""
+    if isinstance(model, torch.fx.GraphModule):
+        return following_norm(model, name)
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     if not isinstance(parent, nn.Sequential):
@@ -120,8 +125,8 @@ class BiasCorrection:
         """Shift `model`'s biases / BatchNorm means so each target layer's per-channel output mean on the inputs
         matches the reference's. Returns (corrected layers, layers left alone, the corrected model's outputs on
         :attr:`inputs` from the correcting pass, or None when nothing was corrected)."""
-        if isinstance(model, (torch.jit.ScriptModule, torch.fx.GraphModule)):
-            return [], ["(TorchScript / exported model: no bias correction)"], None
+        if isinstance(model, torch.jit.ScriptModule):
+            return [], ["(TorchScript model: no bias correction)"], None
         names, where, skipped = _correctable(model, self.targets, self.scale)
         if not names:
             return [], skipped, None

@@ -64,6 +64,7 @@ from weightzip.torch.calibration import (
     run_model,
     runs_channels_last,
 )
+from weightzip.torch.exported import with_layers
 from weightzip.torch.runnable import runnable_targets
 from weightzip.torch.targets import WeightTarget
 from weightzip.torch.tensors import to_numpy
@@ -133,6 +134,8 @@ def compress_post_training(
         check_output_path(path, overwrite=overwrite, inputs=inputs)
 
     model = copy.deepcopy(module).eval()
+    if isinstance(model, torch.fx.GraphModule):  # a torch.export program's: its calls of layers made nn layers
+        model = with_layers(model)  # (same parameters, names and outputs) for compensation and bias correction
     targets = runnable_targets(model)
     fit_batches = held_batches = None
     if calibration is not None:
