@@ -94,3 +94,51 @@ def test_exported_program_is_compensated_and_bias_corrected(program):
         reference = model(x)
         error, plain_error = (((m(x) - reference).norm() / reference.norm()).item() for m in (compressed, plain))
     assert error < 0.5 * plain_error  # measured: 0.0004 vs 0.0025 (the layers' output means restored above all)
+
+
+def test_torchscript_is_compressed_through_its_export_twin_and_keeps_every_tensor(program, tmp_path):
+    from weightzip.torch import decompress
+    from weightzip.torch.post_training import compress_post_training
+
+    model, _ = program
+    scripted = torch.jit.script(model)
+    calibration = np.random.default_rng(0).normal(size=(96, 3, 16, 16)).astype(np.float32)
+    path = tmp_path / "mixed.wz"
+    compressed, report = compress_post_training(scripted, calibration, bits_per_weight=3, bias_correction=True,
+                                                path=path)
+    assert isinstance(compressed, torch.jit.ScriptModule)
+    assert "TorchScript: measured and compressed as its torch.export graph (same tensors and outputs)" in report.notes
+    compensated = {row["tensor"] for row in report.rows() if row["compensated"]}
+    assert {"stem.weight", "grouped.weight", "line.weight"} <= compensated
+    assert any(note.startswith("bias correction: 4 layers'") for note in report.notes), report.notes
+    state = decompress(path)
+    assert set(state) == set(scripted.state_dict())  # the archive's every tensor, the twin lacks some
+    assert "stem_norm.num_batches_tracked" in {row["tensor"] for row in report.uncompressed}
+    restored = torch.jit.script(Mixed().eval())
+    restored.load_state_dict(state)
+    x = torch.from_numpy(np.random.default_rng(1).normal(size=(64, 3, 16, 16)).astype(np.float32))
+    with torch.no_grad():
+        torch.testing.assert_close(restored(x), compressed(x), rtol=0, atol=0)
+        reference = model(x)
+        error = ((compressed(x) - reference).norm() / reference.norm()).item()
+    plain, _ = compress_post_training(scripted, calibration, bits_per_weight=3, compensation=False, bias_correction=False)
+    with torch.no_grad():
+        assert error < 0.5 * ((plain(x) - reference).norm() / reference.norm()).item()
+
+
+def test_torchscript_that_torch_cannot_convert_is_compressed_as_before_and_says_so(program, monkeypatch):
+    import torch._export.converter as converter
+
+    from weightzip.torch.post_training import compress_post_training
+
+    class Refusing:
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError("cannot convert")
+
+    monkeypatch.setattr(converter, "TS2EPConverter", Refusing)
+    model, _ = program
+    calibration = np.random.default_rng(0).normal(size=(48, 3, 16, 16)).astype(np.float32)
+    compressed, report = compress_post_training(torch.jit.script(model), calibration, bits_per_weight=3)
+    assert isinstance(compressed, torch.jit.ScriptModule) and report.fidelity is not None
+    assert any(note.startswith("TorchScript: torch could not convert it") for note in report.notes), report.notes
+    assert not any(row["compensated"] for row in report.rows())

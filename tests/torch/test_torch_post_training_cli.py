@@ -48,9 +48,10 @@ def test_runnable_inputs_compress_to_a_target_with_measured_fidelity(files, tmp_
                  "--bits-per-weight", "4"]) == 0
     printed = capsys.readouterr().out
     assert "fidelity on 10 held-out samples" in printed and "bits per weight" in printed
-    if kind == "pt2":  # its layers are hooked as an nn.Module's (weightzip.torch.exported); TorchScript's cannot be
-        assert "error compensation (GPTQ on the clustered grid): 1 tensors'" in printed
-        assert "bias correction: 2 layers' output means restored" in printed
+    # its layers hooked as an nn.Module's (weightzip.torch.exported), TorchScript's through its torch.export twin
+    assert "error compensation (GPTQ on the clustered grid): 1 tensors'" in printed
+    assert "bias correction: 2 layers' output means restored" in printed
+    assert ("TorchScript: measured and compressed as its torch.export graph" in printed) == (kind == "torchscript")
     assert main(["inspect", str(output)]) == 0
     assert "post-training (4 bits per weight), " in capsys.readouterr().out  # the one fidelity line of inspect
     recorded = read_metadata(output)["post_training"]
@@ -124,7 +125,7 @@ def test_torchscript_takes_a_folder_of_images_at_the_input_shape_with_their_norm
                  "--bits-per-weight", "4", *IMAGENET_OPTIONS]) == 0
     printed = capsys.readouterr().out
     assert "fidelity on 6 held-out samples" in printed
-    assert "bias correction: kept" not in printed  # a TorchScript model is not bias-corrected: nothing to keep
+    assert "bias correction: 2 layers' output means restored" in printed  # through its torch.export twin
     recorded = read_metadata(output)["post_training"]["fidelity"]
     # the same inputs through the Python API: the CLI normalised and cropped them as asked
     preprocessing = ImagePreprocessing(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), resize="center-crop")

@@ -9,9 +9,16 @@ replaces each such call whose parameters are used by it alone with a ``call_modu
 same path: names, values and the state_dict stay as they were, and the program computes the same thing. Calls of
 other forms (transposed convolutions, string padding, a weight that is computed or shared) stay as they are; their
 weights are still compressed, without compensation or bias correction.
+
+A TorchScript archive's compiled layers cannot be hooked either: :func:`script_twin` converts it with torch's own
+TorchScript-to-export converter into such a graph (checked to hold the archive's tensors by name and to compute its
+outputs), which is measured and compressed in its place; the results are then written back into the archive's
+module by name (:func:`copy_values`), so the `.wz` keeps every tensor of the archive.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 from torch import nn
@@ -65,6 +72,44 @@ def following_norm(module: torch.fx.GraphModule, name: str) -> nn.Module | None:
             norm = module.get_submodule(users[0].target)
             return norm if isinstance(norm, nn.modules.batchnorm._BatchNorm) and norm.track_running_stats else None
     return None
+
+
+def script_twin(module: torch.jit.ScriptModule, example: torch.Tensor) -> torch.fx.GraphModule | None:
+    """A torch.export graph (:func:`with_layers` applied) computing what the TorchScript `module` computes on inputs
+    like `example` (a batch), its tensors a subset of the module's (same names and shapes); None when torch cannot
+    convert it or the result differs (then the archive is compressed without compensation or bias correction)."""
+    try:
+        from torch._export.converter import TS2EPConverter  # (torch's converter; private, so checked below)
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            twin = TS2EPConverter(module, (example,)).convert().module()
+            own, theirs = module.state_dict(), twin.state_dict()
+            if not theirs or any(name not in own or own[name].shape != value.shape for name, value in theirs.items()):
+                return None
+            parameters = dict(module.named_parameters())
+            for name in [name for name, _ in twin.named_buffers() if name in parameters]:  # (converted as buffers)
+                path, _, attribute = name.rpartition(".")
+                owner = twin.get_submodule(path)
+                value = owner._buffers.pop(attribute)
+                owner.register_parameter(attribute, nn.Parameter(value, requires_grad=parameters[name].requires_grad))
+            with torch.no_grad():
+                expected, found = module(example), twin(example)
+    except Exception:  # noqa: BLE001 - any failure to convert means: no twin
+        return None
+    if not (isinstance(expected, torch.Tensor) and isinstance(found, torch.Tensor) and expected.shape == found.shape
+            and torch.allclose(expected, found, rtol=1e-4, atol=1e-5 * float(expected.abs().max().clamp_min(1)))):
+        return None
+    return with_layers(twin)
+
+
+def copy_values(target: nn.Module, source: nn.Module) -> nn.Module:
+    """`target` (changed in place) with the values of every state tensor of `source` at the same name."""
+    state = target.state_dict(keep_vars=True)
+    with torch.no_grad():
+        for name, value in source.state_dict().items():
+            state[name].copy_(value)
+    return target
 
 
 def _arguments(node: torch.fx.Node, names: tuple[str, ...], defaults: dict) -> dict | None:
@@ -156,4 +201,4 @@ def _sizes(value) -> tuple[int, ...] | int:
     return tuple(int(v) for v in value) if isinstance(value, (list, tuple)) else int(value)
 
 
-__all__ = ["following_norm", "with_layers"]
+__all__ = ["copy_values", "following_norm", "script_twin", "with_layers"]

@@ -64,7 +64,7 @@ from weightzip.torch.calibration import (
     run_model,
     runs_channels_last,
 )
-from weightzip.torch.exported import with_layers
+from weightzip.torch.exported import copy_values, script_twin, with_layers
 from weightzip.torch.runnable import runnable_targets
 from weightzip.torch.targets import WeightTarget
 from weightzip.torch.tensors import to_numpy
@@ -136,10 +136,18 @@ def compress_post_training(
     model = copy.deepcopy(module).eval()
     if isinstance(model, torch.fx.GraphModule):  # a torch.export program's: its calls of layers made nn layers
         model = with_layers(model)  # (same parameters, names and outputs) for compensation and bias correction
+    stored_model, twin_note = model, None  # the module whose tensors the .wz stores (a TorchScript archive's)
+    if calibration is not None:
+        samples = calibration if isinstance(calibration, torch.Tensor) else torch.as_tensor(np.asarray(calibration))
+        if isinstance(model, torch.jit.ScriptModule):  # measured and compressed as its torch.export graph
+            twin = script_twin(model, samples[:2])
+            model = model if twin is None else twin
+            twin_note = ("TorchScript: measured and compressed as its torch.export graph (same tensors and outputs)"
+                         if twin is not None else "TorchScript: torch could not convert it to a torch.export graph: "
+                         "no error compensation or bias correction")
     targets = runnable_targets(model)
     fit_batches = held_batches = None
     if calibration is not None:
-        samples = calibration if isinstance(calibration, torch.Tensor) else torch.as_tensor(np.asarray(calibration))
         fit, held = split_calibration(int(samples.shape[0]), held_out=spec.held_out, seed=spec.seed)
         channels_last = runs_channels_last(model, samples)  # same values, faster convolutions
         fit_batches = batches_of(samples[torch.as_tensor(fit)], batch_size, channels_last=channels_last)
@@ -149,7 +157,7 @@ def compress_post_training(
                     and not spec.planned_by_rules)  # (a ruled plan is not compensated)
     tensors, hessians, fit_reference = _tensors_to_compress(model, targets, sensitivity, fit_batches, spec.seed,
                                                             hessians=compensating)
-    uncompressed = _left_alone(model, {t.name for t in tensors})
+    uncompressed = _left_alone(stored_model, {t.name for t in tensors})
 
     ruled = rule_plan(spec, tensors, {t.qualified_name: (t.module_name, t.module) for t in targets
                                       if t.qualified_name in {tensor.name for tensor in tensors}}, sensitivity)
@@ -180,7 +188,7 @@ def compress_post_training(
         return fidelity
 
     def file_bytes(candidate: AllocationPlan) -> int:
-        return len(_encode(model, candidate, report_stub(candidate, uncompressed), metadata, extra_tensors)) \
+        return len(_encode(stored_model, candidate, report_stub(candidate, uncompressed), metadata, extra_tensors)) \
             + HEADER_SLACK
 
     plan, mode = ruled or spec.plan(tensors, sensitivity, file_bytes=file_bytes, refine=refine,  # ruled: per layer
@@ -203,7 +211,11 @@ def compress_post_training(
     fidelity = None
     if calibration is not None:
         fidelity = measure_fidelity(reference, outputs_of(compressed, held_batches), classifier=spec.classifier)
+    if stored_model is not model:  # the TorchScript archive's module, with the values its twin was given
+        compressed = copy_values(copy.deepcopy(stored_model), compressed)
     report = final_report(plan, uncompressed, fidelity, sensitivity, mode, 0.0)
+    if twin_note is not None:
+        report.notes.append(twin_note)
     if corrected is not None:
         done, left, _ = corrected
         report.notes.append(f"bias correction: {len(done)} layers' output means restored on the fit inputs "
