@@ -211,3 +211,32 @@ def test_rescored_curves_count_the_bytes_compensated_indices_take():
         refined = compensation(planned)
         assert refined.choices["layer"].compensated
         assert refined.total_bytes <= budget + 2  # sizes as allocated (the codebook refit may reorder entries)
+
+
+def test_uniform_plan_keeps_compensation_only_where_it_measures_better():
+    """Without a size goal (every tensor at k), the compensated plan is kept only when the front end's measurement
+    on the fit inputs says it is better, as for allocated plans: on DS-CNN at Fisher-weighted k=8, two calibration
+    draws of five measured compensation worse on the fit inputs and gave better evaluation error without it."""
+    from weightzip.core.allocation import TensorToCompress
+    from weightzip.core.compensation import PlanCompensation
+    from weightzip.core.fidelity import Fidelity
+    from weightzip.core.post_training import choose_plan
+
+    rng = np.random.default_rng(3)
+    rows, columns = 32, 96
+    inputs = _correlated_inputs(rng, 1000, columns)
+    hessian = InputHessian((inputs.T @ inputs / len(inputs))[None], (0, 1), len(inputs))
+    layer = TensorToCompress("layer", rng.normal(size=(rows, columns)).astype(np.float32), np.ones((rows, columns)), 0)
+    refine = PlanCompensation({"layer": layer}, {"layer": hessian})
+
+    def measured(prefer_compensated):
+        def fidelity_of(plan):
+            error = 0.1 if plan.choices["layer"].compensated == prefer_compensated else 0.2
+            return Fidelity(8, None, error, 1.0 - error)
+        return fidelity_of
+
+    for prefer in (True, False):
+        chosen, mode = choose_plan([layer], clusters=8, weighted=True, refine=refine, fidelity_of=measured(prefer))
+        assert chosen.choices["layer"].compensated is prefer and mode == "uniform k=8 per tensor"
+    unmeasured, _ = choose_plan([layer], clusters=8, weighted=True, refine=refine)
+    assert unmeasured.choices["layer"].compensated  # nothing to measure with: refined, as asked

@@ -95,7 +95,11 @@ def choose_plan(tensors: list[TensorToCompress], *, clusters: int = 16, granular
         plan = uniform_plan(tensors, clusters=clusters, granularity=granularity, group_size=group_size,
                             weighted=weighted, write_options=write_options)
         mode = f"uniform k={clusters} per {granularity}" + (f" of {group_size}" if granularity == "group" else "")
-        return refine(plan), mode
+        refined = refine(plan)
+        if fidelity_of is None or refined is plan:
+            return refined, mode
+        # refining must earn it here too (as in _better_measured): the plan with the smaller measured error
+        return min((refined, plan), key=lambda p: fidelity_of(p).relative_output_error), mode
     curves = rate_distortion_curves(tensors, candidates or Candidates(), write_options=write_options)
     if bits_per_weight is not None:
         allocate(curves, bits_per_weight=bits_per_weight)  # raises if the target cannot be met
