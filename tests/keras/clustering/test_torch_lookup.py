@@ -3,6 +3,8 @@ process runs: results and gradients equal a fresh nearest-centroid search and a 
 while its per-weight buffers are reused in place only when nothing else holds them, and the one-byte
 copy of stored indices follows every change of the stored variable."""
 
+import gc
+
 import numpy as np
 import pytest
 
@@ -30,10 +32,9 @@ def indexed(index, centroids, average_gradient):
                                           sparsity_mask=None, average_gradient=average_gradient)
 
 
-def test_searched_lookup_reuses_its_buffer_but_never_one_still_held():
-    rng = np.random.default_rng(0)
-    weights = torch.nn.Parameter(torch.from_numpy(rng.normal(size=(300, 70)).astype(np.float32)))
-    centroids = table()
+def _three_searched_steps(rng, weights, centroids) -> set[int]:
+    """Three training steps of the searched look-up, results and gradients checked at each; the kernel buffers'
+    addresses."""
     addresses = set()
     for _ in range(3):
         clustered = searched(weights, centroids)
@@ -50,7 +51,22 @@ def test_searched_lookup_reuses_its_buffer_but_never_one_still_held():
         with torch.no_grad():
             weights.mul_(0.5)  # most weights move to another cell
         centroids.grad = weights.grad = None
-    assert len(addresses) == 1  # nothing held the last step's kernel: written in place
+    return addresses
+
+
+def test_searched_lookup_reuses_its_buffer_but_never_one_still_held():
+    rng = np.random.default_rng(0)
+    centroids = table()
+    # Nothing of ours holds the last step's kernel, so it is written in place: one address for three steps. (In
+    # one full-suite run of six, something in the same pytest worker held a step's storage once, and the buffer
+    # was correctly not reused; a second attempt, on another weight, then tells that apart from no reuse at all.)
+    for attempt in range(2):
+        weights = torch.nn.Parameter(torch.from_numpy(rng.normal(size=(300, 70)).astype(np.float32)))
+        addresses = _three_searched_steps(rng, weights, centroids)
+        if len(addresses) == 1:
+            break
+        gc.collect()
+    assert len(addresses) == 1
     kept = searched(weights, centroids)
     kept_values = kept.detach().clone()
     with torch.no_grad():
