@@ -142,3 +142,33 @@ def test_torchscript_that_torch_cannot_convert_is_compressed_as_before_and_says_
     assert isinstance(compressed, torch.jit.ScriptModule) and report.fidelity is not None
     assert any(note.startswith("TorchScript: torch could not convert it") for note in report.notes), report.notes
     assert not any(row["compensated"] for row in report.rows())
+
+
+class Recurrent(nn.Module):
+    """torch converts this TorchScript (an LSTM) to a graph whose batch size is fixed to the example's."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(10, 16, 3, padding=1)
+        self.lstm = nn.LSTM(16, 24, batch_first=True)
+        self.head = nn.Linear(24, 6)
+
+    def forward(self, x):
+        out, _ = self.lstm(torch.relu(self.conv(x)).transpose(1, 2))
+        return self.head(out[:, -1])
+
+
+def test_a_twin_that_runs_only_at_the_example_batch_size_is_not_used():
+    from weightzip.torch.exported import script_twin
+    from weightzip.torch.post_training import compress_post_training
+
+    torch.manual_seed(0)
+    scripted = torch.jit.script(Recurrent().eval())
+    calibration = np.random.default_rng(0).normal(size=(48, 10, 20)).astype(np.float32)
+    samples = torch.from_numpy(calibration)
+    assert script_twin(scripted, samples[:2]) is not None  # converted, and right at the example's batch size
+    assert script_twin(scripted, samples[:2], (samples[:3],)) is None
+    compressed, report = compress_post_training(scripted, calibration, bits_per_weight=4)  # runs at every batch size
+    assert any(note.startswith("TorchScript: torch could not convert it") for note in report.notes), report.notes
+    with torch.no_grad():
+        assert compressed(samples[:5]).shape == (5, 6)

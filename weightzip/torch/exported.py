@@ -74,10 +74,12 @@ def following_norm(module: torch.fx.GraphModule, name: str) -> nn.Module | None:
     return None
 
 
-def script_twin(module: torch.jit.ScriptModule, example: torch.Tensor) -> torch.fx.GraphModule | None:
+def script_twin(module: torch.jit.ScriptModule, example: torch.Tensor,
+                checks: tuple[torch.Tensor, ...] = ()) -> torch.fx.GraphModule | None:
     """A torch.export graph (:func:`with_layers` applied) computing what the TorchScript `module` computes on inputs
     like `example` (a batch), its tensors a subset of the module's (same names and shapes); None when torch cannot
-    convert it or the result differs (then the archive is compressed without compensation or bias correction)."""
+    convert it or the result differs on `example` or on any batch of `checks` (other batch sizes: a conversion may
+    fix the batch size of the example) (then the archive is compressed without compensation or bias correction)."""
     try:
         from torch._export.converter import TS2EPConverter  # (torch's converter; private, so checked below)
 
@@ -94,12 +96,13 @@ def script_twin(module: torch.jit.ScriptModule, example: torch.Tensor) -> torch.
                 value = owner._buffers.pop(attribute)
                 owner.register_parameter(attribute, nn.Parameter(value, requires_grad=parameters[name].requires_grad))
             with torch.no_grad():
-                expected, found = module(example), twin(example)
-    except Exception:  # noqa: BLE001 - any failure to convert means: no twin
+                pairs = [(module(batch), twin(batch)) for batch in (example, *checks)]
+    except Exception:  # noqa: BLE001 - any failure to convert or to run means: no twin
         return None
-    if not (isinstance(expected, torch.Tensor) and isinstance(found, torch.Tensor) and expected.shape == found.shape
-            and torch.allclose(expected, found, rtol=1e-4, atol=1e-5 * float(expected.abs().max().clamp_min(1)))):
-        return None
+    for expected, found in pairs:
+        if not (isinstance(expected, torch.Tensor) and isinstance(found, torch.Tensor) and expected.shape == found.shape
+                and torch.allclose(expected, found, rtol=1e-4, atol=1e-5 * float(expected.abs().max().clamp_min(1)))):
+            return None
     return with_layers(twin)
 
 

@@ -140,7 +140,7 @@ def compress_post_training(
     if calibration is not None:
         samples = calibration if isinstance(calibration, torch.Tensor) else torch.as_tensor(np.asarray(calibration))
         if isinstance(model, torch.jit.ScriptModule):  # measured and compressed as its torch.export graph
-            twin = script_twin(model, samples[:2])
+            twin = script_twin(model, samples[:2], (samples[:3], samples[:batch_size]))  # (the sizes it will run)
             model = model if twin is None else twin
             twin_note = ("TorchScript: measured and compressed as its torch.export graph (same tensors and outputs)"
                          if twin is not None else "TorchScript: torch could not convert it to a torch.export graph: "
