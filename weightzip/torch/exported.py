@@ -18,6 +18,7 @@ module by name (:func:`copy_values`), so the `.wz` keeps every tensor of the arc
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import torch
@@ -85,7 +86,8 @@ def script_twin(module: torch.jit.ScriptModule, example: torch.Tensor,
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            twin = TS2EPConverter(module, (example,)).convert().module()
+            # (a copy: converting changes the archive's module, e.g. an LSTM's weights then get no gradients)
+            twin = TS2EPConverter(copy.deepcopy(module), (example,)).convert().module()
             own, theirs = module.state_dict(), twin.state_dict()
             if not theirs or any(name not in own or own[name].shape != value.shape for name, value in theirs.items()):
                 return None
