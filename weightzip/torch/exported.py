@@ -24,6 +24,8 @@ import warnings
 import torch
 from torch import nn
 
+from weightzip.torch.calibration import output_tensor
+
 _aten = torch.ops.aten
 _CONVOLUTIONS = {_aten.conv1d.default: nn.Conv1d, _aten.conv2d.default: nn.Conv2d}
 _NORMS = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}  # by the input's rank
@@ -98,7 +100,7 @@ def script_twin(module: torch.jit.ScriptModule, example: torch.Tensor,
                 value = owner._buffers.pop(attribute)
                 owner.register_parameter(attribute, nn.Parameter(value, requires_grad=parameters[name].requires_grad))
             with torch.no_grad():
-                pairs = [(module(batch), twin(batch)) for batch in (example, *checks)]
+                pairs = [(output_tensor(module(batch)), output_tensor(twin(batch))) for batch in (example, *checks)]
     except Exception:  # noqa: BLE001 - any failure to convert or to run means: no twin
         return None
     for expected, found in pairs:
