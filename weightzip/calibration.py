@@ -223,7 +223,8 @@ def _load_image_folder(folder: Path, shape: tuple[int | None, ...], max_samples:
     mean, std = preprocessing.per_channel(max(channels, 1))
     if height is None or width is None:
         raise CalibrationError(f"the model's input {_describe(shape)} has no fixed height and width to resize "
-                               "images to; give its calibration inputs as an .npz with an array 'x'")
+                               "images to; give them (the command line's --input-shape, e.g. 224,224,3) or the "
+                               "calibration inputs as an .npz with an array 'x'")
     files = sorted(entry for entry in folder.iterdir() if not entry.name.startswith("."))
     others = [entry.name for entry in files if entry.suffix.lower() not in IMAGE_SUFFIXES]
     if others:
