@@ -59,6 +59,7 @@ def test_layers_hold_the_programs_own_tensors_and_compute_the_same(program):
     assert lifted is module
     after_state = lifted.state_dict(keep_vars=True)
     assert list(after_state) == list(state) and all(after_state[name] is state[name] for name in state)
+    assert not any(tensor.is_meta for tensor in [*lifted.parameters(), *lifted.buffers()])  # (layers built on meta)
     with torch.no_grad():
         torch.testing.assert_close(lifted(x), before, rtol=0, atol=0)
         torch.testing.assert_close(lifted(x), model(x), rtol=1e-5, atol=1e-5)

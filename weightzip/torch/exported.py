@@ -198,9 +198,7 @@ def _layer_for(module: torch.fx.GraphModule, node: torch.fx.Node):
     else:
         return None
     for role, tensor in tensors.items():
-        setattr(layer, role, tensor)  # the program's own parameter / buffer objects
-    if "bias" not in tensors and getattr(layer, "bias", None) is not None:
-        return None
+        setattr(layer, role, tensor)  # the program's own parameter / buffer objects (none left on the meta device)
     return path, layer, [fetch for fetch in fetches.values() if fetch is not None]
 
 
