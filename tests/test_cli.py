@@ -314,3 +314,11 @@ def test_keras_commands_print_nothing_on_stderr_unless_verbose(keras_model_file,
         assert result.stdout
     verbose = _run_cli("-v", "decompress", "m.wz", "-o", "verbose.tflite", cwd=tmp_path)
     assert verbose.returncode == 0 and verbose.stderr != ""  # the converter's own log lines
+
+
+def test_size_change_says_larger_when_the_file_came_out_larger():
+    from weightzip.cli import _size_change
+
+    assert _size_change(4200, 1000) == "4.2x smaller than"
+    assert _size_change(1000, 1000) == "1.0x smaller than"
+    assert _size_change(1000, 1300) == "1.3x larger than"  # a tiny model: the format's own bytes dominate

@@ -275,7 +275,7 @@ def _post_training_keras(model, source: Path, output: Path, args, console) -> in
     for line in report.summary_lines():
         console.print(line, highlight=False, soft_wrap=True)
     original = 4 * sum(math.prod(v.shape) for v in model.weights)
-    console.print(f"wrote {output}: {report.file_bytes:,} bytes ({original / report.file_bytes:.1f}x smaller than "
+    console.print(f"wrote {output}: {report.file_bytes:,} bytes ({_size_change(original, report.file_bytes)} "
                   "float32 parameters)")
     warning = report.warning()
     if warning:
@@ -328,7 +328,8 @@ def _compress_directory(source: Path, args) -> int:
         print(json.dumps(summary.to_json()))
         return 0
     left = [t for t in summary.tensors if t.action != "clustered"]
-    print(f"wrote {output}: {summary.output_bytes:,} bytes ({summary.ratio:.1f}x smaller than its "
+    print(f"wrote {output}: {summary.output_bytes:,} bytes "
+          f"({_size_change(summary.weight_bytes, summary.output_bytes)} its "
           f"{summary.weight_bytes:,} bytes of weights); {len(summary.tensors) - len(left)} tensors clustered, "
           f"{len(summary.carried_files)} other files carried")
     for reason in sorted({t.reason for t in left}):
@@ -368,7 +369,7 @@ def _compress_safetensors_file(source: Path, output: Path, args) -> int:
         raise CliError(f"{source}: not a valid .safetensors file ({error})") from None
     size = summary.output_bytes
     if not args.json:
-        print(f"wrote {output}: {size:,} bytes ({source.stat().st_size / size:.1f}x smaller than {source.name})")
+        print(f"wrote {output}: {size:,} bytes ({_size_change(source.stat().st_size, size)} {source.name})")
     _print_json(args, input=str(source), output=str(output), output_bytes=size, input_bytes=source.stat().st_size)
     return 0
 
@@ -399,7 +400,7 @@ def _compress_torch(source: Path, output: Path, args) -> int:
                                    init=settings["init"], per_channel=settings["per_channel"],
                                    group_size=settings["group_size"], sparsity=settings["sparsity_rules"],
                                    overwrite=args.overwrite)
-    console.print(f"wrote {output}: {size:,} bytes ({source.stat().st_size / size:.1f}x smaller than {source.name})")
+    console.print(f"wrote {output}: {size:,} bytes ({_size_change(source.stat().st_size, size)} {source.name})")
     _print_json(args, input=str(source), output=str(output), output_bytes=size, input_bytes=source.stat().st_size)
     return 0
 
@@ -408,6 +409,14 @@ def _is_torchscript(path: Path) -> bool:
     from weightzip.torch.torchscript import is_torchscript_archive
 
     return is_torchscript_archive(path)
+
+
+def _size_change(before: int, after: int) -> str:
+    """"4.2x smaller than" or, for a file that came out larger (a tiny model: the format's own bytes), "1.3x larger
+    than", to be followed by what `before` measures."""
+    if after <= before:
+        return f"{before / max(after, 1):.1f}x smaller than"
+    return f"{after / max(before, 1):.1f}x larger than"
 
 
 def _print_json(args, **summary) -> None:
@@ -440,8 +449,8 @@ def _post_training_torch(module, input_shape, source: Path, output: Path, args) 
                                            inputs=(source,), metadata=metadata, extra_tensors=extra_tensors)
     for line in report.summary_lines():
         console.print(line, highlight=False, soft_wrap=True)
-    console.print(f"wrote {output}: {report.file_bytes:,} bytes ({source.stat().st_size / report.file_bytes:.1f}x "
-                  f"smaller than {source.name})")
+    console.print(f"wrote {output}: {report.file_bytes:,} bytes ({_size_change(source.stat().st_size, report.file_bytes)} "
+                  f"{source.name})")
     _print_json(args, input=str(source), output=str(output), output_bytes=report.file_bytes,
                 input_bytes=source.stat().st_size, post_training=report.to_metadata())
     warning = report.warning()
