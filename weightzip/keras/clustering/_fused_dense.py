@@ -33,12 +33,14 @@ def served_state(wrapper, serves_entries, *, every_step: bool = False):
     (`serves_entries(k)`: whether the backend's kernels run for k centroids; `every_step`: whether the backend's
     product also serves every-step reassignment), else None."""
     state = dense_state(wrapper, every_step=every_step)
-    if state is None:
-        return None
+    return state if state is not None and takes_fused_product(state, serves_entries) else None
+
+
+def takes_fused_product(state, serves_entries) -> bool:
+    """Whether the kernel of a :func:`dense_state` is one the fused products serve: at least :data:`MIN_WEIGHTS`
+    weights, and k centroids for which `serves_entries(k)`."""
     kernel = state.weight.variable
-    if not serves_entries(int(state.centroids.shape[-1])) or kernel.shape[0] * kernel.shape[1] < MIN_WEIGHTS:
-        return None
-    return state
+    return bool(serves_entries(int(state.centroids.shape[-1]))) and kernel.shape[0] * kernel.shape[1] >= MIN_WEIGHTS
 
 
 def dense_state(wrapper, *, every_step: bool = False):

@@ -69,7 +69,8 @@ def _dense_output(layer, state, inputs):
     scratch = _torch_lookup.scratch_for(stored)
     units = int(state.weight.variable.shape[1])
     flat = inputs.reshape(-1, inputs.shape[-1])
-    x = _function().apply(flat, table, index, scratch).reshape(*inputs.shape[:-1], units)
+    tiled = _fused_dense.takes_fused_product(state, _numba_dense.serves)  # (with at most MAX_ROWS rows: the tiles)
+    x = _function().apply(flat, table, index, scratch, tiled).reshape(*inputs.shape[:-1], units)
     return _fused_dense.biased_and_activated(layer, x)
 
 
@@ -81,7 +82,7 @@ def _function():
         """``inputs @ table[index]`` (the kernel: rows x units), differentiated in `inputs` and `table`."""
 
         @staticmethod
-        def forward(ctx, inputs, table, index, scratch):
+        def forward(ctx, inputs, table, index, scratch, tiled):
             index, index_array = index
             flat_table = table.detach().reshape(-1)
             kernel, kernel_array = _torch_lookup.output_buffer(scratch, "kernel", index.numel(), table.dtype)
@@ -91,7 +92,7 @@ def _function():
             ctx.save_for_backward(inputs, kernel, index)  # (marks the kernel buffer in use)
             ctx.index_array = index_array.reshape(kernel.shape)
             ctx.table_shape = tuple(table.shape)
-            ctx.scratch = scratch
+            ctx.scratch, ctx.tiled = scratch, tiled
             return inputs @ kernel
 
         @staticmethod
@@ -100,21 +101,22 @@ def _function():
             input_gradient = upstream @ kernel.T if ctx.needs_input_grad[0] else None
             table_gradient = None
             if ctx.needs_input_grad[1]:
-                table_gradient = _centroid_gradient(inputs, upstream, ctx.index_array, ctx.table_shape, ctx.scratch)
-            return input_gradient, table_gradient, None, None
+                table_gradient = _centroid_gradient(inputs, upstream, ctx.index_array, ctx.table_shape, ctx.scratch,
+                                                    ctx.tiled)
+            return input_gradient, table_gradient, None, None, None
 
     return ClusteredDense
 
 
-def _centroid_gradient(inputs, upstream, index_array, table_shape, scratch):
+def _centroid_gradient(inputs, upstream, index_array, table_shape, scratch, tiled: bool):
     """Per centroid, the sum of ``(inputs^T upstream)`` over its members: tile by tile where
-    :func:`._numba_dense.outer_product_segment_sums` serves, else summed from the product in `scratch`'s buffer."""
+    :func:`._numba_dense.outer_product_segment_sums` serves (`tiled`: the layer takes the fused products, and at most
+    :data:`._fused_dense.MAX_ROWS` rows), else summed from the product in `scratch`'s buffer."""
     import torch
 
     gradient = torch.empty(table_shape, dtype=torch.float32)
     sums = gradient.numpy().reshape(-1)
-    if (index_array.size >= _fused_dense.MIN_WEIGHTS and inputs.shape[0] <= _fused_dense.MAX_ROWS
-            and index_array.dtype == np.uint8 and _numba_dense.serves(sums.size)):
+    if tiled and inputs.shape[0] <= _fused_dense.MAX_ROWS and index_array.dtype == np.uint8:
         _numba_dense.outer_product_segment_sums(inputs.detach().T.contiguous().numpy(),
                                                 upstream.detach().contiguous().numpy(), index_array, sums)
         return gradient
